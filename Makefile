@@ -1,0 +1,64 @@
+# erc8004-backend: the verbs. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+UV_VERSION := 0.13.9
+WITH_ENV := deploy/local/with-env
+PYTEST_ARGS ?=
+
+.PHONY: help deps infra up down run migrate schema test test-unit lint format status clean
+
+help: ## list the verbs
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.venv/.installed: requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@.venv/bin/uv pip install -q --python $(PY) --require-hashes -r requirements.lock
+	@.venv/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+	@echo "[deps] Python dependencies installed in .venv"
+
+deps: .venv/.installed ## install Python dependencies (PostgreSQL, Java, Maven install on first start)
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	.venv/bin/uv pip compile -q pyproject.toml --extra dev --generate-hashes -o requirements.lock
+
+infra: deps ## start PostgreSQL and Kafka only
+	deploy/local/stack.sh infra
+
+up: deps ## start everything in the background; returns when all /readyz answer 200
+	deploy/local/stack.sh up
+
+run: deps ## start everything in the foreground; Ctrl-C stops all of it
+	deploy/local/stack.sh run
+
+down: ## stop what make up / make run started
+	deploy/local/stack.sh down
+
+status: ## what is running
+	deploy/local/stack.sh status
+
+migrate: deps ## apply database migrations and create Kafka topics
+	deploy/local/stack.sh migrate
+
+schema: infra ## rewrite db/schema.sql from the migrations
+	$(WITH_ENV) $(PY) -m tools.migrate dump
+
+test: infra ## run the whole test suite against real PostgreSQL and Kafka
+	$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: deps ## pure unit tests only (no PostgreSQL, no Kafka)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+lint: deps ## ruff and mypy --strict
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy shared services tools tests
+
+format: deps ## apply ruff's fixes and formatting
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+clean: down ## stop everything and delete .run (databases, Kafka logs)
+	rm -rf .run

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The project's own PostgreSQL cluster under .run/postgres, on 127.0.0.1:5432,
+# from Debian's packages (installed when missing).
+#   postgres.sh start   initdb on first use, start, create the login and database
+#   postgres.sh stop    stop the cluster this script started
+#   postgres.sh status
+# With DATABASE_URL set in the environment nothing is started: that database is used.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+PGRUN="$RUN/postgres"
+DATA="$PGRUN/data"
+PORT=5432
+
+find_bindir() {
+  local d best=
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/postgres" ] || continue
+    [ "$(basename "$(dirname "$d")")" -ge 15 ] 2>/dev/null || continue
+    best=$d
+  done
+  [ -n "$best" ] && printf '%s\n' "$best"
+}
+
+ensure_installed() {
+  BIN=$(find_bindir) && return 0
+  log "PostgreSQL 15+ not found: installing Debian's postgresql packages"
+  apt_install postgresql postgresql-contrib
+  # The package creates and may start a 'main' cluster on our port: stop it,
+  # we run a cluster of our own.
+  if command -v pg_lsclusters >/dev/null; then
+    pg_lsclusters --no-header 2>/dev/null | while read -r ver name port status _; do
+      if [ "$status" = online ]; then
+        log "stopping the packaged cluster $ver/$name on port $port"
+        as_root pg_ctlcluster "$ver" "$name" stop || true
+      fi
+    done
+  fi
+  BIN=$(find_bindir) || die "PostgreSQL 15+ still not found after installing"
+}
+
+# Run a command as the cluster's OS user: postgres when we are root
+# (initdb refuses root), ourselves otherwise.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# url_part FIELD: user, password, db from DATABASE_URL.
+url_part() {
+  python3 - "$1" <<'PY'
+import sys, os, urllib.parse
+u = urllib.parse.urlsplit(os.environ["DATABASE_URL"])
+print({"user": u.username, "password": urllib.parse.unquote(u.password or ""),
+       "db": u.path.lstrip("/")}[sys.argv[1]])
+PY
+}
+
+psql_admin() { as_pg "$BIN/psql" -h "$PGRUN" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
+
+start() {
+  if [ -n "$EXTERNAL_DB" ]; then log "DATABASE_URL is set: using it, nothing started"; return 0; fi
+  ensure_installed
+  mkdir -p "$PGRUN"
+  [ "$(id -u)" = 0 ] && chown postgres: "$PGRUN"
+  if [ -f "$DATA/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+    log "already running ($DATA, port $PORT)"
+    return 0
+  fi
+  if port_open 127.0.0.1 "$PORT"; then
+    die "port $PORT is taken by another process; stop it or set DATABASE_URL"
+  fi
+  if [ ! -f "$DATA/PG_VERSION" ]; then
+    log "initdb $DATA ($("$BIN/postgres" --version))"
+    as_pg "$BIN/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --locale=C.UTF-8 >"$PGRUN/initdb.log"
+    cat >>"$DATA/postgresql.conf" <<CONF
+# erc8004-backend local cluster
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$PGRUN'
+max_connections = 300
+shared_buffers = 512MB
+shared_preload_libraries = 'pg_stat_statements'
+log_min_duration_statement = 1000
+CONF
+  fi
+  log "starting PostgreSQL on 127.0.0.1:$PORT (log: $PGRUN/postgres.log)"
+  as_pg "$BIN/pg_ctl" -D "$DATA" -l "$PGRUN/postgres.log" -w -t 60 start >/dev/null
+  local user password db
+  user=$(url_part user); password=$(url_part password); db=$(url_part db)
+  # The login owns the schema and runs migrations; it may create the service
+  # roles and the tests' scratch databases, and is no superuser.
+  if [ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '$user'")" ]; then
+    log "creating role $user"
+    psql_admin -c "CREATE ROLE \"$user\" LOGIN CREATEDB CREATEROLE PASSWORD '$password'"
+  fi
+  if [ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
+    log "creating database $db"
+    psql_admin -c "CREATE DATABASE \"$db\" OWNER \"$user\""
+  fi
+  # pg_stat_statements for the dashboards; the extension is created by the superuser.
+  as_pg "$BIN/psql" -h "$PGRUN" -p "$PORT" -U postgres -d "$db" -qtA \
+    -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+  log "ready: $DATABASE_URL" | sed 's#://\([^:]*\):[^@]*@#://\1:***@#'
+}
+
+stop() {
+  if [ -n "$EXTERNAL_DB" ]; then log "DATABASE_URL is set: nothing of ours to stop"; return 0; fi
+  BIN=$(find_bindir) || { log "not installed"; return 0; }
+  if [ -f "$DATA/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+    log "stopping PostgreSQL (pid $(head -1 "$DATA/postmaster.pid"))"
+    as_pg "$BIN/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >/dev/null
+  else
+    log "not running"
+  fi
+}
+
+status() {
+  BIN=$(find_bindir) || { echo "postgres: not installed"; return 1; }
+  if [ -f "$DATA/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+    echo "postgres: running (pid $(head -1 "$DATA/postmaster.pid"), 127.0.0.1:$PORT)"
+  else
+    echo "postgres: stopped"; return 1
+  fi
+}
+
+case "${1:-status}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) die "usage: $0 start|stop|status" ;;
+esac

@@ -1,0 +1,1 @@
+"""API: users and auth, trigger management, history and stats, OpenAPI document."""

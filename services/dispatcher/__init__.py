@@ -1,0 +1,1 @@
+"""Dispatcher: consumes action jobs, runs telegram/rest/mcp actions, retries, audits."""

@@ -1,0 +1,1 @@
+"""Ingest: HTTP intake for indexers, idempotent storage, outbox relay to Kafka."""

@@ -1,0 +1,26 @@
+"""Entrypoint: ``python -m services.ingest``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.ingest.app import create_app
+from services.ingest.settings import IngestSettings
+from shared.logging import configure_logging
+
+
+def main() -> None:
+    settings = IngestSettings.from_env()
+    configure_logging(settings.log_level, service=settings.service_name)
+    web.run_app(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        print=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

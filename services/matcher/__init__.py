@@ -1,0 +1,1 @@
+"""Matcher: consumes events, evaluates triggers, keeps trigger state, emits action jobs."""

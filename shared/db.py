@@ -1,0 +1,67 @@
+"""asyncpg pool creation and the database readiness check."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared.settings import ServiceSettings
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            format="text",
+        )
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    role: str = "",
+    application_name: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    **kwargs: Any,
+) -> asyncpg.Pool:
+    """A pool whose connections run as ``role`` (a startup parameter, so it survives
+    the pool's ``RESET ALL``) with JSON codecs registered once per connection."""
+    server_settings = {"application_name": application_name}
+    if role:
+        server_settings["role"] = role
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings=server_settings,
+        **kwargs,
+    )
+    assert pool is not None
+    return pool
+
+
+async def check_db(pool: asyncpg.Pool, *, within: float = 2.0) -> None:
+    """Raise unless the database answers within ``within`` seconds."""
+    async with asyncio.timeout(within):
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+
+def pool_from_settings(settings: ServiceSettings, *, min_size: int = 1) -> Awaitable[asyncpg.Pool]:
+    """The service's pool, as its role, sized by its settings."""
+    return create_pool(
+        settings.database_url.get_secret_value(),
+        role=settings.database_role,
+        application_name=f"erc8004-{settings.service_name}",
+        min_size=min_size,
+        max_size=settings.database_pool_max,
+    )

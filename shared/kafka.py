@@ -1,0 +1,84 @@
+"""Kafka plumbing shared by the services: topic creation and the readiness check."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.topics import TOPICS, TopicSpec
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    *,
+    topics: tuple[TopicSpec, ...] = TOPICS,
+    replication_factor: int = 1,
+    within: float = 60.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    async with asyncio.timeout(within):
+        await _start_with_retry(admin)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t.name not in existing]
+        if missing:
+            # Another process may create them in between: that is the goal too.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name=t.name,
+                            num_partitions=t.partitions,
+                            replication_factor=replication_factor,
+                            topic_configs=dict(t.configs),
+                        )
+                        for t in missing
+                    ]
+                )
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def _start_with_retry(admin: AIOKafkaAdminClient) -> None:
+    delay = 0.2
+    while True:
+        try:
+            await admin.start()
+        except Exception:  # noqa: BLE001 (broker still starting: any connect error retries)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        else:
+            return
+
+
+class KafkaProbe:
+    """A long-lived metadata client for readiness checks: made and bootstrapped on
+    first use (inside the running loop), then each check is one metadata request."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._client: AIOKafkaClient | None = None
+
+    async def check(self) -> None:
+        if self._client is None:
+            client = AIOKafkaClient(
+                bootstrap_servers=self._bootstrap_servers, request_timeout_ms=3000
+            )
+            try:
+                await client.bootstrap()
+            except BaseException:
+                await client.close()
+                raise
+            self._client = client
+        await self._client.fetch_all_metadata()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -1,0 +1,91 @@
+"""The frame of a Kafka-consuming service (matcher, dispatcher): a FastStream
+app whose lifespan owns the database pool and serves the operational endpoints
+on the service's port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+from aiohttp import web
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry
+
+from shared.db import check_db, pool_from_settings
+from shared.metrics import new_registry
+from shared.ops import add_ops_routes, start_site
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class StreamService:
+    """What a consuming service's handlers need, filled in by the lifespan."""
+
+    settings: ServiceSettings
+    broker: KafkaBroker
+    registry: CollectorRegistry = field(default_factory=new_registry)
+    pool: asyncpg.Pool | None = None
+
+    def db(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise RuntimeError("the database pool is not open (service not started)")
+        return self.pool
+
+
+def new_broker(settings: ServiceSettings) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        graceful_timeout=settings.shutdown_timeout,
+        client_id=f"erc8004-{settings.service_name}",
+    )
+
+
+async def _ping(broker: KafkaBroker) -> None:
+    if not await broker.ping(timeout=2.0):
+        raise ConnectionError("Kafka does not answer")
+
+
+def create_stream_app(
+    service: StreamService,
+    *,
+    on_ready: Callable[[StreamService], Awaitable[None]] | None = None,
+    on_stop: Callable[[StreamService], Awaitable[None]] | None = None,
+) -> FastStream:
+    """A FastStream app around ``service.broker``; /healthz, /readyz and /metrics
+    are served on the service's port for as long as the app runs."""
+    settings = service.settings
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        service.pool = await pool_from_settings(settings)
+        ops = web.Application()
+
+        async def check_postgres() -> None:
+            await check_db(service.db())
+
+        async def check_kafka() -> None:
+            await _ping(service.broker)
+
+        checks = {"postgres": check_postgres, "kafka": check_kafka}
+        add_ops_routes(ops, registry=service.registry, checks=checks)
+        runner = await start_site(ops, settings.http_host, settings.http_port)
+        try:
+            if on_ready is not None:
+                await on_ready(service)
+            log.info("started", port=settings.http_port)
+            yield
+        finally:
+            if on_stop is not None:
+                await on_stop(service)
+            await runner.cleanup()
+            await service.db().close()
+            service.pool = None
+            log.info("stopped")
+
+    return FastStream(service.broker, lifespan=lifespan)

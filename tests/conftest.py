@@ -1,0 +1,146 @@
+"""Test harness: the real PostgreSQL and Kafka of the local stack (or those named by
+DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS), a fresh database per test module cloned
+from a migrated template, and a uuid topic per test."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.kafka import ensure_topics
+from tools.migrate import MIGRATIONS, run_dbmate
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_ENV = ROOT / "deploy" / "local" / "dev.env"
+
+
+def dev_env() -> dict[str, str]:
+    """deploy/local/dev.env, with the process environment winning."""
+    values: dict[str, str] = {}
+    for line in DEV_ENV.read_text().splitlines():
+        if line.strip() and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    values.update({k: v for k, v in os.environ.items() if k in values})
+    return values
+
+
+ENV = dev_env()
+
+
+def with_database(url: str, name: str) -> str:
+    return urllib.parse.urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
+def migrations_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def env() -> dict[str, str]:
+    return dict(ENV)
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> str:
+    return ENV["DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_url: str) -> str:
+    """A database with every migration applied, named by the migrations' digest,
+    so it is built once and rebuilt only when a migration changes."""
+    name = f"erc8004_template_{migrations_digest()}"
+
+    async def prepare() -> bool:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if exists:
+                return False
+            # Old templates of earlier migration sets are dropped.
+            for old in await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'erc8004_template_%'"
+            ):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{old["datname"]}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            return True
+        finally:
+            await conn.close()
+
+    if asyncio.run(prepare()):
+        try:
+            run_dbmate(with_database(admin_url, name), "up")
+        except BaseException:
+            asyncio.run(_drop(admin_url, name))
+            raise
+    return name
+
+
+async def _drop(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def database_url(admin_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test module."""
+    name = f"erc8004_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield with_database(admin_url, name)
+    asyncio.run(_drop(admin_url, name))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the schema owner to this module's database."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    bootstrap = ENV["KAFKA_BOOTSTRAP_SERVERS"]
+    asyncio.run(ensure_topics(bootstrap))
+    return bootstrap
+
+
+@pytest.fixture
+async def topic(kafka_bootstrap: str) -> AsyncIterator[str]:
+    """A fresh topic with 3 partitions, deleted afterwards."""
+    name = f"test.{uuid.uuid4().hex}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+        yield name
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()

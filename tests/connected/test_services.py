@@ -1,0 +1,92 @@
+"""Every service starts as ``python -m services.<name>``, serves /healthz, /readyz and
+/metrics on its port, logs JSON, and stops cleanly on SIGTERM within 10 s."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import ServiceProcess, free_port, http_get
+
+pytestmark = [pytest.mark.db, pytest.mark.kafka]
+
+SERVICES = ["ingest", "matcher", "dispatcher", "api"]
+
+
+@pytest.fixture
+def service_env(env: dict[str, str], database_url: str, kafka_bootstrap: str) -> dict[str, str]:
+    return {**env, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    procs: list[ServiceProcess] = []
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_lifecycle(
+    name: str, service_env: dict[str, str], tmp_path: Path, started: list[ServiceProcess]
+) -> None:
+    svc = ServiceProcess(name, service_env, tmp_path)
+    started.append(svc.start())
+    assert json.loads(svc.wait_http("/healthz")) == {"status": "ok"}
+    ready = json.loads(svc.wait_http("/readyz"))
+    assert ready["status"] == "ready"
+    assert ready["checks"]["postgres"] == "ok"
+    assert ready["checks"]["kafka"] == "ok"
+
+    code, body = http_get(svc.base + "/metrics")
+    assert code == 200
+    assert b"process_resident_memory_bytes" in body
+
+    elapsed = svc.terminate(timeout=10)
+    assert svc.proc is not None
+    assert svc.proc.returncode == 0, svc.log_text()[-2000:]
+    assert elapsed < 10
+
+    # Logs are JSON lines carrying the service name and ISO UTC timestamps.
+    lines = [json.loads(line) for line in svc.log_text().splitlines() if line.startswith("{")]
+    assert lines, svc.log_text()[-2000:]
+    assert any(entry.get("service") == name for entry in lines)
+    assert all(entry["timestamp"].endswith("Z") for entry in lines)
+    assert "erc8004-dev" not in svc.log_text()  # the database password never shows
+
+
+def test_readyz_names_the_failing_dependency(
+    service_env: dict[str, str], tmp_path: Path, started: list[ServiceProcess]
+) -> None:
+    """With Kafka unreachable the API is not ready and says why; ingest stays
+    ready (its outbox holds events) and reports Kafka as informational."""
+    dead_kafka = f"127.0.0.1:{free_port()}"
+    api = ServiceProcess("api", {**service_env, "KAFKA_BOOTSTRAP_SERVERS": dead_kafka}, tmp_path)
+    ingest = ServiceProcess(
+        "ingest", {**service_env, "KAFKA_BOOTSTRAP_SERVERS": dead_kafka}, tmp_path
+    )
+    started.extend([api.start(), ingest.start()])
+
+    body = json.loads(api.wait_http("/readyz", status=503, timeout=30))
+    assert body["status"] == "not ready"
+    assert body["checks"]["postgres"] == "ok"
+    assert body["checks"]["kafka"].startswith("error")
+
+    body = json.loads(ingest.wait_http("/readyz", status=200, timeout=30))
+    assert body["checks"]["kafka"].startswith("error")
+    assert body["checks"]["postgres"] == "ok"
+
+
+def test_bad_settings_fail_fast_with_the_field(
+    service_env: dict[str, str], tmp_path: Path, started: list[ServiceProcess]
+) -> None:
+    env = {k: v for k, v in service_env.items() if k != "INGEST_TOKENS"}
+    env["INGEST_TOKENS"] = ""
+    svc = ServiceProcess("ingest", env, tmp_path)
+    started.append(svc.start())
+    assert svc.proc is not None
+    assert svc.proc.wait(timeout=20) != 0
+    assert "INGEST_TOKENS" in svc.log_text()

@@ -1,0 +1,1 @@
+"""Contract package shared by every service: pydantic models, no I/O."""

@@ -1,0 +1,147 @@
+"""Kafka messages: events and retractions on erc8004.events, action jobs on erc8004.actions."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from functools import cache
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from shared.events import INT32_MAX, INT63_MAX, Event, Hash
+from shared.triggers import Action, ActionConfig, ActionType
+
+
+def job_id(trigger_id: str, event_id: str, action_id: int) -> str:
+    """Deterministic job id: first 32 hex of sha256("{trigger_id}:{event_id}:{action_id}")."""
+    return hashlib.sha256(f"{trigger_id}:{event_id}:{action_id}".encode()).hexdigest()[:32]
+
+
+_Block = Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]
+
+
+class EventMessage(BaseModel):
+    """A stored event, published on erc8004.events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["event"] = "event"
+    event: Event
+
+
+def _check_range(title: str, from_block: int, to_block: int | None) -> None:
+    if to_block is not None and to_block < from_block:
+        raise ValidationError.from_exception_data(
+            title,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("block_range", "must be >= from_block"),
+                    loc=("to_block",),
+                    input=to_block,
+                )
+            ],
+        )
+
+
+class ReorgIn(BaseModel):
+    """Body of ingest's POST /v1/reorgs: blocks from_block..to_block were replaced."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chain_id: Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)]
+    from_block: _Block
+    to_block: _Block | None = None
+    new_block_hash: Hash | None = None
+    reason: Annotated[str, Strict(), Field(max_length=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        _check_range("ReorgIn", self.from_block, self.to_block)
+        return self
+
+
+class RetractionMessage(BaseModel):
+    """Blocks from_block..to_block (open-ended when None) of a chain were reorganised away."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["retraction"] = "retraction"
+    chain_id: Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)]
+    from_block: _Block
+    to_block: _Block | None = None
+    reorg_id: Annotated[str, Strict(), Field(min_length=1, max_length=200)]
+    created_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        _check_range("RetractionMessage", self.from_block, self.to_block)
+        return self
+
+
+TopicMessage = Annotated[EventMessage | RetractionMessage, Field(discriminator="kind")]
+
+
+@cache
+def _topic_adapter() -> TypeAdapter[EventMessage | RetractionMessage]:
+    return TypeAdapter(TopicMessage)
+
+
+def parse_topic_message(data: bytes) -> EventMessage | RetractionMessage:
+    """Parse a message of erc8004.events (raises pydantic.ValidationError)."""
+    return _topic_adapter().validate_json(data)
+
+
+def dump_message(msg: EventMessage | RetractionMessage) -> bytes:
+    """Compact JSON of a topic message (decimals as strings)."""
+    return msg.__pydantic_serializer__.to_json(msg)
+
+
+class ActionJob(BaseModel):
+    """One action to run for one (trigger, event), published on erc8004.actions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{32}$")]
+    trigger_id: Annotated[str, Strict(), Field(min_length=1, max_length=200)]
+    trigger_name: Annotated[str, Strict(), Field(max_length=200)]
+    user_id: Annotated[str, Strict(), Field(min_length=1, max_length=200)]
+    action_id: Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]
+    action_type: ActionType
+    #: The validated action config, secrets in clear text.
+    config: dict[str, Any]
+    event: Event
+    #: Why the trigger matched (condition results, EMA values, ...), for templates and history.
+    explain: dict[str, Any] = Field(default_factory=dict)
+    attempt: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1
+    due_at: AwareDatetime | None = None
+    created_at: AwareDatetime
+
+    def dump(self) -> bytes:
+        """Compact JSON."""
+        return self.__pydantic_serializer__.to_json(self)
+
+    @classmethod
+    def parse(cls, data: bytes) -> ActionJob:
+        """Parse a job message (raises pydantic.ValidationError)."""
+        return cls.model_validate_json(data)
+
+    def action_config(self) -> ActionConfig:
+        """The config validated as its action type's model."""
+        return Action.model_validate(
+            {"action_type": self.action_type, "config": self.config}
+        ).config
+
+    def retry(self, *, due_at: datetime) -> ActionJob:
+        """The same job as its next attempt, due at due_at."""
+        return self.model_copy(update={"attempt": self.attempt + 1, "due_at": due_at})

@@ -1,0 +1,175 @@
+"""shared.jobs: job ids and the Kafka message formats."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from shared.events import Event
+from shared.jobs import (
+    ActionJob,
+    EventMessage,
+    ReorgIn,
+    RetractionMessage,
+    dump_message,
+    job_id,
+    parse_topic_message,
+)
+from shared.triggers import RestConfig
+from tests.strategies import action_jobs, example_event, topic_messages
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 1, 30, 12, 0, tzinfo=UTC)
+_utf8 = st.characters(codec="utf-8")
+
+
+def test_job_id_known_value() -> None:
+    # sha256(b"t1:84532-100-3:7").hexdigest()[:32], fixed so a change of the formula shows
+    assert job_id("t1", "84532-100-3", 7) == "d8866d2accda8c9122aeae66796923bb"
+
+
+@given(st.text(_utf8, min_size=1), st.text(_utf8, min_size=1), st.integers(0, 2**31))
+def test_job_id_is_deterministic(trigger_id: str, event_id: str, action_id: int) -> None:
+    value = job_id(trigger_id, event_id, action_id)
+    assert value == job_id(trigger_id, event_id, action_id)
+    assert len(value) == 32
+    assert set(value) <= set("0123456789abcdef")
+
+
+def test_job_id_distinguishes_each_part() -> None:
+    ids = {
+        job_id("trigger-a", "1-2-3", 1),
+        job_id("trigger-b", "1-2-3", 1),
+        job_id("trigger-a", "1-2-4", 1),
+        job_id("trigger-a", "1-2-3", 2),
+        job_id("trigger-a", "1-2-3", 11),
+    }
+    assert len(ids) == 5
+
+
+@given(topic_messages())
+def test_topic_messages_round_trip(message: EventMessage | RetractionMessage) -> None:
+    data = dump_message(message)
+    assert isinstance(data, bytes)
+    assert parse_topic_message(data) == message
+
+
+def test_event_message_is_compact_json_with_decimal_strings() -> None:
+    event = Event.model_validate(
+        example_event("NewFeedback", score=None, value=9977, value_decimals=2)
+    )
+    data = dump_message(EventMessage(event=event))
+    assert b": " not in data
+    assert b", " not in data
+    body = json.loads(data)
+    assert body["kind"] == "event"
+    assert body["event"]["score"] == "99.77"
+    assert body["event"]["value"] == "9977"
+    assert body["event"]["id"] == "84532-100-3"
+    parsed = parse_topic_message(data)
+    assert isinstance(parsed, EventMessage)
+    assert parsed.event.score == event.score
+
+
+def test_retraction_message() -> None:
+    message = RetractionMessage(chain_id=1, from_block=10, reorg_id="r1", created_at=NOW)
+    parsed = parse_topic_message(dump_message(message))
+    assert isinstance(parsed, RetractionMessage)
+    assert (parsed.to_block, parsed.created_at) == (None, NOW)
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"kind": "block", "chain_id": 1}, ()),
+        ({"chain_id": 1}, ()),
+        (
+            {
+                "kind": "retraction",
+                "chain_id": 1,
+                "from_block": 5,
+                "to_block": 4,
+                "reorg_id": "r",
+                "created_at": "2026-01-01T00:00:00Z",
+            },
+            ("retraction", "to_block"),
+        ),
+        (
+            {
+                "kind": "retraction",
+                "chain_id": 1,
+                "from_block": 5,
+                "reorg_id": "r",
+                "created_at": "2026-01-01T00:00:00",
+            },
+            ("retraction", "created_at"),
+        ),
+        (
+            {"kind": "event", "event": {**example_event("Registered"), "owner": "0x1"}},
+            ("event", "event", "owner"),
+        ),
+    ],
+)
+def test_bad_topic_messages(body: dict[str, Any], loc: tuple[str | int, ...]) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_topic_message(json.dumps(body).encode())
+    assert [tuple(e["loc"]) for e in info.value.errors()] == [loc]
+
+
+def test_reorg_in() -> None:
+    reorg = ReorgIn.model_validate(
+        {"chain_id": 1, "from_block": 15, "new_block_hash": "0x" + "AA" * 32}
+    )
+    assert reorg.new_block_hash == "0x" + "aa" * 32
+    with pytest.raises(ValidationError) as info:
+        ReorgIn.model_validate({"chain_id": 1, "from_block": 15, "to_block": 14})
+    assert [tuple(e["loc"]) for e in info.value.errors()] == [("to_block",)]
+    with pytest.raises(ValidationError) as info:
+        ReorgIn.model_validate({"chain_id": 1, "reason": "test"})
+    assert [tuple(e["loc"]) for e in info.value.errors()] == [("from_block",)]
+
+
+@given(action_jobs())
+def test_action_jobs_round_trip(job: ActionJob) -> None:
+    assert ActionJob.parse(job.dump()) == job
+
+
+def test_action_job_retry_and_validation() -> None:
+    event = Event.model_validate(example_event("Registered"))
+    job = ActionJob(
+        job_id=job_id("t", event.id, 1),
+        trigger_id="t",
+        trigger_name="name",
+        user_id="u",
+        action_id=1,
+        action_type="rest",
+        config={"url": "https://a.example", "signing_secret": "s"},
+        event=event,
+        explain={"ema": "81.5"},
+        created_at=NOW,
+    )
+    later = job.retry(due_at=NOW + timedelta(seconds=30))
+    assert (later.attempt, later.due_at, later.job_id) == (
+        2,
+        NOW + timedelta(seconds=30),
+        job.job_id,
+    )
+    assert job.attempt == 1
+    config = job.action_config()
+    assert isinstance(config, RestConfig)
+    assert config.signing_secret is not None
+    assert config.signing_secret.get_secret_value() == "s"
+    body = json.loads(job.dump())
+    assert body["config"]["signing_secret"] == "s"
+    body["job_id"] = "not-hex"
+    body["created_at"] = "2026-01-01T00:00:00"
+    with pytest.raises(ValidationError) as info:
+        ActionJob.parse(json.dumps(body).encode())
+    assert {tuple(e["loc"]) for e in info.value.errors()} == {("job_id",), ("created_at",)}

@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 WITH_ENV := deploy/local/with-env
 PYTEST_ARGS ?=
 
-.PHONY: help deps infra up down run migrate schema test test-unit lint format status clean
+.PHONY: help deps lock infra up down run migrate schema test test-unit lint format status clean bench-ingest
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,3 +62,6 @@ format: deps ## apply ruff's fixes and formatting
 
 clean: down ## stop everything and delete .run (databases, Kafka logs)
 	rm -rf .run
+
+bench-ingest: infra ## ingest benchmark: events/s batched and single, latency, ratio to raw COPY
+	$(WITH_ENV) $(PY) -m tools.bench_ingest

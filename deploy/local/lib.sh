@@ -6,8 +6,17 @@ mkdir -p "$RUN/logs" "$RUN/pids"
 
 # What the caller set before dev.env is read: a DATABASE_URL or
 # KAFKA_BOOTSTRAP_SERVERS from outside means "use that, start nothing local".
-EXTERNAL_DB=${DATABASE_URL:+1}
-EXTERNAL_KAFKA=${KAFKA_BOOTSTRAP_SERVERS:+1}
+# The verdict is exported (LOCAL_DB, LOCAL_KAFKA) so that scripts run from a
+# shell that already loaded dev.env (make test, the tests) reach the same one.
+if [ -z "${LOCAL_DB+x}" ]; then
+  if [ -n "${DATABASE_URL:-}" ]; then LOCAL_DB=0; else LOCAL_DB=1; fi
+fi
+if [ -z "${LOCAL_KAFKA+x}" ]; then
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then LOCAL_KAFKA=0; else LOCAL_KAFKA=1; fi
+fi
+export LOCAL_DB LOCAL_KAFKA
+EXTERNAL_DB=; [ "$LOCAL_DB" = 1 ] || EXTERNAL_DB=1
+EXTERNAL_KAFKA=; [ "$LOCAL_KAFKA" = 1 ] || EXTERNAL_KAFKA=1
 
 # dev.env fills in whatever the environment does not already set.
 load_env() {

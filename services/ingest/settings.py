@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import ServiceSettings
+from shared.topics import EVENTS
 
 
 class IngestSettings(ServiceSettings):
@@ -18,6 +19,16 @@ class IngestSettings(ServiceSettings):
     #: Bearer tokens of the indexers, comma-separated in the environment.
     ingest_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         validation_alias="INGEST_TOKENS", min_length=1
+    )
+
+    #: The events topic (tests use a topic of their own).
+    events_topic: str = Field(default=EVENTS, min_length=1, validation_alias="EVENTS_TOPIC")
+    #: Outbox rows per relay batch, and the poll interval behind the NOTIFY wake-up.
+    relay_batch_size: int = Field(
+        default=1000, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE"
+    )
+    relay_poll_interval: float = Field(
+        default=1.0, gt=0, le=60, validation_alias="RELAY_POLL_INTERVAL"
     )
 
     @field_validator("ingest_tokens", mode="before")

@@ -1,0 +1,178 @@
+"""The outbox relay: moves committed outbox rows to Kafka, at least once.
+
+It wakes on the per-statement ``pg_notify('outbox')`` and also polls (a LISTEN
+loses every notification sent while nobody listens). A batch is taken in
+``seq`` order under a transaction-level advisory lock, produced with an
+idempotent ``acks=all`` producer, and deleted only after every message of it
+was acknowledged; any failure rolls the batch back to be produced again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.ingest import queries
+from services.ingest.metrics import IngestMetrics
+
+log = structlog.get_logger(__name__)
+
+ProducerFactory = Callable[[], AIOKafkaProducer]
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+
+def new_producer(bootstrap_servers: str) -> ProducerFactory:
+    def make() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id="erc8004-ingest-relay",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=512 * 1024,
+            request_timeout_ms=10_000,
+        )
+
+    return make
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        connect: Connect,
+        producer_factory: ProducerFactory,
+        metrics: IngestMetrics,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+        stats_interval: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._connect = connect
+        self._producer_factory = producer_factory
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._stats_interval = stats_interval
+        self._wake = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, list[int]] = {}
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        listener = asyncio.create_task(self._listen(), name="relay-listen")
+        stats = asyncio.create_task(self._stats(), name="relay-stats")
+        backoff = 0.2
+        try:
+            while True:
+                try:
+                    producer = await self._ensure_producer()
+                    moved = await self._relay_batch(producer)
+                except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    self._metrics.relay_errors.labels(type(exc).__name__).inc()
+                    log.warning("relay batch failed; retrying", error=repr(exc), backoff=backoff)
+                    await self._drop_producer()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.2
+                if moved is not None and moved >= self._batch_size:
+                    continue  # more waiting: no pause
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_interval):
+                        await self._wake.wait()
+        finally:
+            listener.cancel()
+            stats.cancel()
+            await asyncio.gather(listener, stats, return_exceptions=True)
+            await self._drop_producer()
+
+    async def _relay_batch(self, producer: AIOKafkaProducer) -> int | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await queries.lock_outbox_batch(conn, self._batch_size)
+            if not rows:
+                return None if rows is None else 0
+            futures = []
+            for row in rows:
+                partitions: list[int | None] = [None]
+                if row.broadcast:
+                    partitions = list(await self._partitions_of(producer, row.topic))
+                for partition in partitions:
+                    futures.append(
+                        await producer.send(
+                            row.topic, value=row.payload, key=row.key, partition=partition
+                        )
+                    )
+            async with asyncio.timeout(30):
+                await asyncio.gather(*futures)
+            await queries.delete_outbox(conn, [r.seq for r in rows])
+        self._metrics.relay_batch.observe(len(rows))
+        self._metrics.relayed.inc(len(rows))
+        return len(rows)
+
+    async def _partitions_of(self, producer: AIOKafkaProducer, topic: str) -> list[int]:
+        if topic not in self._partitions:
+            found = await producer.partitions_for(topic)
+            if not found:
+                raise KafkaError(f"no partitions known for {topic}")
+            self._partitions[topic] = sorted(found)
+        return self._partitions[topic]
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = self._producer_factory()
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+            log.info("relay connected to Kafka")
+        return self._producer
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        self._partitions.clear()
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await producer.stop()
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own (the pool's reset would UNLISTEN)."""
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self._connect()
+                await conn.add_listener("outbox", lambda *_: self._wake.set())
+                self._wake.set()  # anything committed while we were not listening
+                while True:  # a query now and then notices a dead connection
+                    await asyncio.sleep(5.0)
+                    async with asyncio.timeout(5.0):
+                        await conn.fetchval("SELECT 1")
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("relay listener lost its connection", error=repr(exc))
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(1.0)
+
+    async def _stats(self) -> None:
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    depth, lag = await queries.outbox_stats(conn)
+                self._metrics.outbox_depth.set(depth)
+                self._metrics.relay_lag.set(lag)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.debug("outbox stats unavailable", error=repr(exc))
+            await asyncio.sleep(self._stats_interval)

@@ -1,0 +1,307 @@
+"""Ingest against real PostgreSQL and Kafka: intake, validation, idempotency,
+checkpoints, reorgs and the outbox relay (in-process app, real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from services.ingest.app import create_app
+from services.ingest.settings import IngestSettings
+from shared.jobs import parse_topic_message
+from tests.kafkautil import read_topic
+from tools.eventgen import make_event, stream, take
+
+pytestmark = [pytest.mark.db, pytest.mark.kafka]
+
+TOKEN = "test-indexer-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+Client = TestClient[web.Request, web.Application]
+
+
+def settings_for(database_url: str, bootstrap: str, topic: str) -> IngestSettings:
+    return IngestSettings(
+        database_url=SecretStr(database_url),
+        kafka_bootstrap_servers=bootstrap,
+        ingest_tokens=(SecretStr("other-token"), SecretStr(TOKEN)),
+        events_topic=topic,
+        relay_poll_interval=0.2,
+    )
+
+
+@pytest.fixture
+def chain() -> int:
+    """A chain id of this test alone: tests share the module's database."""
+    return random.randrange(10_000_000, 2**31 - 1)
+
+
+@pytest.fixture
+async def client(database_url: str, kafka_bootstrap: str, topic: str) -> AsyncIterator[Client]:
+    app = create_app(settings_for(database_url, kafka_bootstrap, topic))
+    server = TestServer(app, host="127.0.0.1")
+    async with TestClient(server) as client:
+        yield client
+
+
+async def count_events(db: asyncpg.Connection, chain: int) -> int:
+    value = await db.fetchval("SELECT count(*) FROM events WHERE chain_id = $1", chain)
+    return int(value)
+
+
+async def test_single_and_batch_are_stored_and_relayed_once(
+    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+) -> None:
+    rng = random.Random(1)
+    events = take(stream(rng, chain_id=chain), 250)
+    resp = await client.post("/v1/events", json=events[0], headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 1, "duplicates": 0}
+    # A batch that repeats the first event and holds one event twice.
+    batch = [*events, events[10]]
+    resp = await client.post("/v1/events", json=batch, headers=AUTH)
+    assert await resp.json() == {"accepted": 249, "duplicates": 2}
+    # The same batch again: all duplicates, nothing new.
+    resp = await client.post("/v1/events", json=batch, headers=AUTH)
+    assert await resp.json() == {"accepted": 0, "duplicates": 251}
+    assert await count_events(db, chain) == 250
+
+    records = await read_topic(kafka_bootstrap, topic, expect=250)
+    ids = Counter(parse_topic_message(r.value).event.id for r in records)  # type: ignore[union-attr]
+    assert len(ids) == 250
+    assert set(ids.values()) == {1}, "an event was relayed more than once"
+    # The key is chain_id:agent_id, so one agent's events keep their order.
+    for record in records:
+        message = parse_topic_message(record.value)
+        assert record.key == f"{chain}:{message.event.agent_id}".encode()  # type: ignore[union-attr]
+    outbox = await db.fetchval("SELECT count(*) FROM event_outbox WHERE topic = $1", topic)
+    assert outbox == 0
+
+
+async def test_concurrent_posters_store_each_event_once(
+    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+) -> None:
+    rng = random.Random(2)
+    events = take(stream(rng, chain_id=chain), 600)
+    # Four posters, overlapping halves in different orders.
+    batches = [events[:400], list(reversed(events[200:])), events[100:500], events[::-1][:300]]
+    responses = await asyncio.gather(
+        *(client.post("/v1/events", json=b, headers=AUTH) for b in batches)
+    )
+    bodies = [await r.json() for r in responses]
+    assert all(r.status == 200 for r in responses), bodies
+    assert sum(b["accepted"] for b in bodies) == 600
+    assert sum(b["duplicates"] for b in bodies) == sum(len(b) for b in batches) - 600
+    assert await count_events(db, chain) == 600
+    records = await read_topic(kafka_bootstrap, topic, expect=600)
+    ids = Counter(parse_topic_message(r.value).event.id for r in records)  # type: ignore[union-attr]
+    assert len(ids) == 600
+    assert max(ids.values()) == 1
+
+
+def _valid(chain: int, **overrides: Any) -> dict[str, Any]:
+    position: dict[str, Any] = {"block_number": 5, "log_index": 0, **overrides}
+    return make_event(random.Random(3), chain_id=chain, legacy=True, **position)
+
+
+BAD_ITEMS: list[tuple[str, dict[str, Any], str]] = [
+    ("wrong type", {"block_number": "12"}, "block_number"),
+    ("bool for int", {"log_index": True}, "log_index"),
+    ("negative block", {"block_number": -1}, "block_number"),
+    ("bad hex hash", {"block_hash": "0x1234"}, "block_hash"),
+    ("bad address", {"client_address": "0xZZ" + "0" * 38}, "client_address"),
+    ("unknown registry", {"registry": "payments"}, "registry"),
+    ("unknown event type", {"event_type": "Exploded"}, "event_type"),
+    ("event of another registry", {"registry": "identity"}, "event_type"),
+    ("agent id out of range", {"agent_id": 2**63}, "agent_id"),
+    ("timestamp in the future", {"timestamp": 99_999_999_999}, "timestamp"),
+    ("unknown field", {"colour": "red"}, "colour"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "field"), BAD_ITEMS, ids=[c[0] for c in BAD_ITEMS])
+async def test_bad_item_rejects_the_whole_batch(
+    client: Client,
+    db: asyncpg.Connection,
+    chain: int,
+    case: str,
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    good = _valid(chain)
+    bad = {**_valid(chain, log_index=1), **change}
+    resp = await client.post("/v1/events", json=[good, bad], headers=AUTH)
+    assert resp.status == 422, case
+    body = await resp.json()
+    assert body["error"]
+    assert {(d["index"], d["field"]) for d in body["details"]} >= {(1, field)}, body
+    assert all(d["index"] == 1 for d in body["details"]), "the good item was blamed"
+    assert await count_events(db, chain) == 0
+
+
+async def test_missing_registry_fields_are_named(
+    client: Client, db: asyncpg.Connection, chain: int
+) -> None:
+    items = [
+        {k: v for k, v in _valid(chain).items() if k != "client_address"},
+        {
+            k: v
+            for k, v in make_event(
+                random.Random(4),
+                chain_id=chain,
+                block_number=6,
+                log_index=0,
+                event_type="Registered",
+            ).items()
+            if k != "owner"
+        },
+        {k: v for k, v in _valid(chain, log_index=3).items() if k not in ("score", "value")},
+    ]
+    resp = await client.post("/v1/events", json=items, headers=AUTH)
+    assert resp.status == 422
+    fields = {(d["index"], d["field"]) for d in (await resp.json())["details"]}
+    assert (0, "client_address") in fields
+    assert (1, "owner") in fields
+    assert 2 in {i for i, _ in fields}
+    assert await count_events(db, chain) == 0
+
+
+async def test_malformed_oversized_and_unauthenticated(
+    client: Client, db: asyncpg.Connection, chain: int
+) -> None:
+    resp = await client.post("/v1/events", data=b"{not json", headers=AUTH)
+    assert resp.status == 400
+    assert "JSON" in (await resp.json())["error"]
+
+    resp = await client.post("/v1/events", json="a string", headers=AUTH)
+    assert resp.status == 422
+
+    too_many = [_valid(chain, log_index=i) for i in range(1001)]
+    resp = await client.post("/v1/events", json=too_many, headers=AUTH)
+    assert resp.status == 413
+    assert "1000" in (await resp.json())["error"]
+
+    huge = orjson.dumps([{**_valid(chain), "token_uri": "x" * (6 * 1024 * 1024)}])
+    resp = await client.post("/v1/events", data=io.BytesIO(huge), headers=AUTH)
+    assert resp.status == 413
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        resp = await client.post("/v1/events", json=[_valid(chain)], headers=headers)
+        assert resp.status == 401
+        assert (await resp.json())["error"]
+    resp = await client.get(f"/v1/checkpoints/{chain}")
+    assert resp.status == 401
+    assert await count_events(db, chain) == 0
+
+
+async def test_checkpoint_is_the_highest_block_and_never_moves_back(
+    client: Client, chain: int
+) -> None:
+    rng = random.Random(5)
+    resp = await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)
+    assert resp.status == 404
+    high = make_event(rng, chain_id=chain, block_number=900, log_index=2)
+    low = make_event(rng, chain_id=chain, block_number=100, log_index=0)
+    await client.post("/v1/events", json=[low, high], headers=AUTH)
+    await client.post(
+        "/v1/events",
+        json=make_event(rng, chain_id=chain, block_number=50, log_index=0),
+        headers=AUTH,
+    )
+    resp = await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)
+    body = await resp.json()
+    assert body["last_block_number"] == 900
+    assert body["last_block_hash"] == high["block_hash"]
+    resp = await client.get("/v1/checkpoints/abc", headers=AUTH)
+    assert resp.status == 422
+
+
+async def test_reorg_releases_ids_and_retracts_on_every_partition(
+    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+) -> None:
+    rng = random.Random(6)
+    events = [make_event(rng, chain_id=chain, block_number=b, log_index=0) for b in range(10, 20)]
+    await client.post("/v1/events", json=events, headers=AUTH)
+    resp = await client.post(
+        "/v1/reorgs", json={"chain_id": chain, "from_block": 15, "reason": "test"}, headers=AUTH
+    )
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert sorted(body["released_event_ids"]) == sorted(f"{chain}-{b}-0" for b in range(15, 20))
+    # The replaced events stay in the table (append-only); the canonical ones at
+    # the same positions are accepted.
+    replacement = [
+        make_event(rng, chain_id=chain, block_number=b, log_index=0, block_hash="0x" + "ab" * 32)
+        for b in range(15, 18)
+    ]
+    resp = await client.post("/v1/events", json=replacement, headers=AUTH)
+    assert await resp.json() == {"accepted": 3, "duplicates": 0}
+    assert await count_events(db, chain) == 13
+    reorgs = await db.fetchval("SELECT count(*) FROM reorgs WHERE chain_id = $1", chain)
+    assert reorgs == 1
+
+    records = await read_topic(kafka_bootstrap, topic, expect=10 + 3 + 3)
+    retractions = [r for r in records if parse_topic_message(r.value).kind == "retraction"]
+    assert sorted(r.partition for r in retractions) == [0, 1, 2]
+    # On each partition the retraction comes after the replaced events and
+    # before their replacements.
+    for record in records:
+        message = parse_topic_message(record.value)
+        if message.kind != "event":
+            continue
+        retraction = next(r for r in retractions if r.partition == record.partition)
+        replaced = message.event.block_hash != "0x" + "ab" * 32
+        assert (record.offset < retraction.offset) == replaced
+
+    resp = await client.post("/v1/reorgs", json={"chain_id": chain}, headers=AUTH)
+    assert resp.status == 422
+    assert any(d["field"] == "from_block" for d in (await resp.json())["details"])
+
+
+async def test_two_relays_share_the_outbox_without_double_relaying(
+    database_url: str, kafka_bootstrap: str, topic: str, db: asyncpg.Connection, chain: int
+) -> None:
+    settings = settings_for(database_url, kafka_bootstrap, topic)
+    one, two = create_app(settings), create_app(settings)
+    async with (
+        TestClient(TestServer(one, host="127.0.0.1")) as c1,
+        TestClient(TestServer(two, host="127.0.0.1")) as c2,
+    ):
+        events = take(stream(random.Random(7), chain_id=chain), 3000)
+        posts = [
+            (c1 if i % 2 else c2).post("/v1/events", json=events[i : i + 100], headers=AUTH)
+            for i in range(0, 3000, 100)
+        ]
+        for resp in await asyncio.gather(*posts):
+            assert resp.status == 200
+        records = await read_topic(kafka_bootstrap, topic, expect=3000, settle=2.0)
+    ids = Counter(parse_topic_message(r.value).event.id for r in records)  # type: ignore[union-attr]
+    assert len(ids) == 3000
+    assert max(ids.values()) == 1
+
+
+async def test_metrics_count_by_chain_and_registry(client: Client, chain: int) -> None:
+    rng = random.Random(8)
+    events = [make_event(rng, chain_id=chain, block_number=1, log_index=i) for i in range(5)]
+    await client.post("/v1/events", json=events, headers=AUTH)
+    await client.post("/v1/events", json=events[:2], headers=AUTH)
+    await client.post("/v1/events", json=[{**events[0], "block_hash": "bad"}], headers=AUTH)
+    text = await (await client.get("/metrics")).text()
+    labels = f'chain_id="{chain}",registry="reputation"'
+    assert f"erc8004_ingest_events_received_total{{{labels}}} 8.0" in text
+    assert f"erc8004_ingest_events_accepted_total{{{labels}}} 5.0" in text
+    assert f"erc8004_ingest_events_duplicate_total{{{labels}}} 2.0" in text
+    assert f"erc8004_ingest_events_rejected_total{{{labels}}} 1.0" in text
+    assert 'erc8004_ingest_request_duration_seconds_count{route="/v1/events",status="200"}' in text
+    assert "erc8004_ingest_outbox_depth" in text
+    assert "erc8004_ingest_relay_lag_seconds" in text

@@ -13,6 +13,7 @@ help: ## list the verbs
 
 .venv/.installed: requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null
 	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	@.venv/bin/uv pip install -q --python $(PY) --require-hashes -r requirements.lock
 	@.venv/bin/uv pip install -q --python $(PY) --no-deps -e .

@@ -103,8 +103,9 @@ def parse_topic_message(data: bytes) -> EventMessage | RetractionMessage:
 
 
 def dump_message(msg: EventMessage | RetractionMessage) -> bytes:
-    """Compact JSON of a topic message (decimals as strings)."""
-    return msg.__pydantic_serializer__.to_json(msg)
+    """Compact JSON of a topic message (decimals as strings, absent fields left out:
+    every optional field defaults to None, so parsing restores them)."""
+    return msg.__pydantic_serializer__.to_json(msg, exclude_none=True)
 
 
 class ActionJob(BaseModel):

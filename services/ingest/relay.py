@@ -72,6 +72,8 @@ class Relay:
         backoff = 0.2
         try:
             while True:
+                # Cleared before the batch, so a NOTIFY arriving during it is kept.
+                self._wake.clear()
                 try:
                     producer = await self._ensure_producer()
                     moved = await self._relay_batch(producer)
@@ -85,7 +87,6 @@ class Relay:
                 backoff = 0.2
                 if moved is not None and moved >= self._batch_size:
                     continue  # more waiting: no pause
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll_interval):
                         await self._wake.wait()

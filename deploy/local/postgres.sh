@@ -55,13 +55,30 @@ print({"user": u.username, "password": urllib.parse.unquote(u.password or ""),
 PY
 }
 
+# As root the cluster runs as the postgres OS user, which must be able to reach
+# .run/postgres: grant traverse (o+x, nothing else) to ancestors that lack it,
+# e.g. a checkout under a 0700 temporary directory.
+ensure_reachable() {
+  [ "$(id -u)" = 0 ] || return 0
+  runuser -u postgres -- test -x "$PGRUN" 2>/dev/null && return 0
+  local dir=$PGRUN
+  while [ "$dir" != / ]; do
+    if [ -d "$dir" ] && ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
+      log "granting traverse permission (o+x) on $dir to the postgres user"
+      chmod o+x "$dir"
+    fi
+    dir=$(dirname "$dir")
+  done
+}
+
 psql_admin() { as_pg "$BIN/psql" -h "$PGRUN" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
 
 start() {
   if [ -n "$EXTERNAL_DB" ]; then log "DATABASE_URL is set: using it, nothing started"; return 0; fi
   ensure_installed
   mkdir -p "$PGRUN"
-  [ "$(id -u)" = 0 ] && chown postgres: "$PGRUN"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$PGRUN"; fi
+  ensure_reachable
   if [ -f "$DATA/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     log "already running ($DATA, port $PORT)"
     return 0

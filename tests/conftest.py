@@ -1,6 +1,6 @@
 """Test harness: the real PostgreSQL and Kafka of the local stack (or those named by
-DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS), a fresh database per test module cloned
-from a migrated template, and a uuid topic per test."""
+DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS), a fresh database per test cloned from a
+migrated template, and a uuid topic per test."""
 
 from __future__ import annotations
 
@@ -98,9 +98,10 @@ async def _drop(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def database_url(admin_url: str, template_db: str) -> Iterator[str]:
-    """A fresh, migrated database for one test module."""
+    """A fresh, migrated database for one test (a clone of the template: cheap).
+    Tests never see each other's rows, outbox messages or trigger state."""
     name = f"erc8004_test_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:

@@ -38,6 +38,10 @@ class EventMessage(BaseModel):
 
     kind: Literal["event"] = "event"
     event: Event
+    #: When ingest committed it (the database's transaction time, the events row's
+    #: created_at): the matcher fires a trigger only on events ingested after the
+    #: trigger was enabled. None (older producers): treated as new.
+    ingested_at: AwareDatetime | None = None
 
 
 def _check_range(title: str, from_block: int, to_block: int | None) -> None:

@@ -41,7 +41,7 @@ async def store_events(conn: Conn, events: Sequence[Event], *, topic: str = EVEN
             SELECT id, block_time FROM unnest($1::text[], $2::timestamptz[]) AS t(id, block_time)
             ORDER BY id
             ON CONFLICT (id) DO NOTHING
-            RETURNING id
+            RETURNING id, now() AS ingested_at
             """,
             ids,
             [first[i].block_time for i in ids],
@@ -50,6 +50,7 @@ async def store_events(conn: Conn, events: Sequence[Event], *, topic: str = EVEN
         # Input order (the indexers' chain order) for the events and their messages.
         accepted = [e for i, e in first.items() if i in new_ids]
         if accepted:
+            ingested_at = rows[0]["ingested_at"]  # now(): the transaction's time, as created_at
             await conn.copy_records_to_table(
                 "events", records=[event_row(e) for e in accepted], columns=list(EVENT_COLUMNS)
             )
@@ -59,7 +60,7 @@ async def store_events(conn: Conn, events: Sequence[Event], *, topic: str = EVEN
                     (
                         topic,
                         event_key(e.chain_id, e.agent_id).decode(),
-                        dump_message(EventMessage(kind="event", event=e)),
+                        dump_message(EventMessage(kind="event", event=e, ingested_at=ingested_at)),
                     )
                     for e in accepted
                 ],

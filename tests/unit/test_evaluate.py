@@ -1,0 +1,765 @@
+"""services.matcher.evaluate: leaf semantics, groups, EMA, rate windows, cooldown, explain."""
+
+from __future__ import annotations
+
+import copy
+import decimal
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from services.matcher.evaluate import (
+    ActionSpec,
+    Outcome,
+    TriggerSpec,
+    evaluate,
+    retract,
+    scope_key,
+)
+from shared.events import Event
+from shared.triggers import Condition
+from tests.strategies import DROP, example_event
+
+pytestmark = pytest.mark.unit
+
+BASE = 1_700_000_000
+CLIENT = "0x" + "22" * 20
+OTHER = "0x" + "66" * 20
+VALIDATOR = "0x" + "44" * 20
+W60 = {"time_window": "60s"}
+
+
+def cond(kind: str, op: str, value: str = "", field: str = "", **config: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"condition_type": kind, "operator": op, "value": value}
+    if field:
+        data["field"] = field
+    if config:
+        data["config"] = config
+    return data
+
+
+def group(op: str, *children: dict[str, Any]) -> dict[str, Any]:
+    return {"condition_type": "group", "operator": op, "config": {"conditions": list(children)}}
+
+
+def trig(*conds: dict[str, Any], cooldown: int | None = None, tid: str = "t1") -> TriggerSpec:
+    return TriggerSpec(
+        id=tid,
+        user_id="u1",
+        name="test",
+        chain_id=84532,
+        registry="reputation",
+        enabled_at=datetime(2024, 1, 1, tzinfo=UTC),
+        cooldown_seconds=cooldown,
+        conditions=tuple(Condition.model_validate(c) for c in conds),
+        actions=(ActionSpec(id=1, action_type="rest", priority=1, config={"url": "https://x"}),),
+    )
+
+
+def event(event_type: str = "NewFeedback", **overrides: Any) -> Event:
+    return Event.model_validate(example_event(event_type, **overrides))
+
+
+def fb(
+    i: int,
+    score: int | None = 87,
+    *,
+    ts: int = BASE,
+    value: int | None = None,
+    decimals: int | None = None,
+    **overrides: Any,
+) -> Event:
+    """NewFeedback number i (its log index), legacy score or current value/decimals."""
+    data: dict[str, Any] = {"log_index": i, "timestamp": ts, "block_number": 100 + i}
+    if value is not None:
+        data.update(score=DROP, value=value, value_decimals=decimals or 0)
+    else:
+        data["score"] = score
+    data.update(overrides)
+    return event("NewFeedback", **data)
+
+
+def revoke(i: int, index: int, *, ts: int = BASE, client: str = CLIENT, agent: int = 42) -> Event:
+    return event(
+        "FeedbackRevoked",
+        log_index=i,
+        timestamp=ts,
+        block_number=100 + i,
+        feedback_index=index,
+        client_address=client,
+        agent_id=agent,
+    )
+
+
+def verdict(c: dict[str, Any], e: Event) -> bool:
+    return evaluate(trig(c), e, state=None).fired
+
+
+def run(t: TriggerSpec, events: list[Event], state: dict[str, Any] | None = None) -> list[Outcome]:
+    out: list[Outcome] = []
+    for e in events:
+        outcome = evaluate(t, e, state=state)
+        state = outcome.state
+        out.append(outcome)
+    return out
+
+
+def fired(outcomes: list[Outcome]) -> list[bool]:
+    return [o.fired for o in outcomes]
+
+
+def entry(outcome: Outcome, path: str) -> dict[str, Any]:
+    (found,) = [c for c in outcome.explain["conditions"] if c["path"] == path]
+    assert isinstance(found, dict)
+    return found
+
+
+# --- leaves --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "expected"),
+    [
+        ("=", "42", True),
+        ("=", "7", False),
+        ("!=", "7", True),
+        ("!=", "42", False),
+        ("in", "7, 42", True),
+        ("in", "7,8", False),
+        ("not_in", "7,8", True),
+        ("not_in", "8,42", False),
+    ],
+)
+def test_agent_id_equals(op: str, value: str, expected: bool) -> None:
+    assert verdict(cond("agent_id_equals", op, value), fb(1)) is expected
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"), [("=", False), ("in", False), ("!=", True), ("not_in", True)]
+)
+def test_agent_id_equals_without_agent(op: str, expected: bool) -> None:
+    no_agent = fb(1).model_copy(update={"agent_id": None})
+    assert verdict(cond("agent_id_equals", op, "42"), no_agent) is expected
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "expected"),
+    [
+        ("=", "87", True),
+        ("=", "87.00", True),
+        ("=", "86", False),
+        ("!=", "86", True),
+        ("!=", "87", False),
+        ("<", "87.01", True),
+        ("<", "87", False),
+        ("<=", "87", True),
+        ("<=", "86.99", False),
+        (">", "86.99", True),
+        (">", "87", False),
+        (">=", "87", True),
+        (">=", "87.01", False),
+    ],
+)
+@pytest.mark.parametrize("layout", ["legacy", "current"])
+def test_score_threshold_both_layouts(op: str, value: str, expected: bool, layout: str) -> None:
+    e = fb(1, 87) if layout == "legacy" else fb(1, value=8700, decimals=2)
+    assert verdict(cond("score_threshold", op, value), e) is expected
+
+
+def test_score_threshold_decimal_and_negative_values() -> None:
+    uptime = fb(1, value=9977, decimals=2)  # 99.77 %
+    assert verdict(cond("score_threshold", ">", "99.7"), uptime)
+    assert not verdict(cond("score_threshold", ">", "99.77"), uptime)
+    loss = fb(2, value=-125, decimals=1)  # -12.5
+    assert verdict(cond("score_threshold", "<", "-12"), loss)
+    assert verdict(cond("score_threshold", "=", "-12.50"), loss)
+
+
+@pytest.mark.parametrize("op", ["=", "!=", "<", "<=", ">", ">="])
+def test_score_threshold_without_feedback_value(op: str) -> None:
+    assert not verdict(cond("score_threshold", op, "50"), event("Registered"))
+
+
+@pytest.mark.parametrize(
+    ("field", "op", "value", "expected"),
+    [
+        ("tag1", "=", "uptime", True),
+        ("tag1", "=", "Uptime", False),
+        ("tag1", "!=", "starred", True),
+        ("tag1", "!=", "uptime", False),
+        ("tag1", "in", "starred, uptime", True),
+        ("tag1", "in", "starred,reachable", False),
+        ("tag1", "not_in", "starred,reachable", True),
+        ("tag1", "not_in", "uptime,reachable", False),
+        ("tag2", "=", "week", True),
+        ("tag2", "=", "day", False),
+        ("tag2", "in", "day,week", True),
+    ],
+)
+def test_tag_equals(field: str, op: str, value: str, expected: bool) -> None:
+    e = fb(1, tag1="uptime", tag2="week")
+    assert verdict(cond("tag_equals", op, value, field=field), e) is expected
+
+
+def test_tag_equals_missing_tag_is_empty() -> None:
+    e = fb(1)  # no tags
+    assert not verdict(cond("tag_equals", "=", "uptime", field="tag1"), e)
+    assert verdict(cond("tag_equals", "!=", "uptime", field="tag1"), e)
+    assert verdict(cond("tag_equals", "not_in", "a,b", field="tag2"), e)
+    assert not verdict(cond("tag_equals", "in", "a,b", field="tag2"), e)
+
+
+def test_tag_equals_validation_tag() -> None:
+    e = event("ValidationResponse", tag="final")
+    assert verdict(cond("tag_equals", "=", "final", field="tag"), e)
+    assert not verdict(cond("tag_equals", "=", "soft", field="tag"), e)
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "expected"),
+    [
+        ("=", VALIDATOR, True),
+        ("=", OTHER, False),
+        ("=", f"{OTHER},{VALIDATOR.upper().replace('0X', '0x')}", True),
+        ("in", f"{OTHER},{VALIDATOR}", True),
+        ("in", OTHER, False),
+        ("not_in", OTHER, True),
+        ("not_in", f"{OTHER},{VALIDATOR}", False),
+    ],
+)
+def test_validator_whitelist(op: str, value: str, expected: bool) -> None:
+    e = event("ValidationRequest")
+    assert verdict(cond("validator_whitelist", op, value), e) is expected
+
+
+def test_validator_whitelist_without_validator() -> None:
+    assert not verdict(cond("validator_whitelist", "in", VALIDATOR), fb(1))
+    assert verdict(cond("validator_whitelist", "not_in", VALIDATOR), fb(1))
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "expected"),
+    [
+        ("=", "NewFeedback", True),
+        ("=", "FeedbackRevoked", False),
+        ("!=", "FeedbackRevoked", True),
+        ("!=", "NewFeedback", False),
+        ("in", "FeedbackRevoked,NewFeedback", True),
+        ("in", "FeedbackRevoked,ResponseAppended", False),
+        ("not_in", "FeedbackRevoked", True),
+        ("not_in", "NewFeedback,FeedbackRevoked", False),
+    ],
+)
+def test_event_type_equals(op: str, value: str, expected: bool) -> None:
+    assert verdict(cond("event_type_equals", op, value), fb(1)) is expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "value", "expected"),
+    [
+        ("ipfs://bafy", "true", True),
+        ("ipfs://bafy", "false", False),
+        ("", "true", False),
+        ("", "false", True),
+        (None, "TRUE", False),
+        (None, "False", True),
+    ],
+)
+def test_file_uri_exists(uri: str | None, value: str, expected: bool) -> None:
+    e = fb(1, file_uri=uri) if uri is not None else fb(1)
+    assert verdict(cond("file_uri_exists", "=", value), e) is expected
+
+
+def test_conditions_are_anded_and_no_conditions_fire() -> None:
+    e = fb(1, tag1="uptime")
+    both = trig(cond("agent_id_equals", "=", "42"), cond("tag_equals", "=", "uptime", "tag1"))
+    assert evaluate(both, e, state=None).fired
+    one = trig(cond("agent_id_equals", "=", "42"), cond("tag_equals", "=", "x", "tag1"))
+    assert not evaluate(one, e, state=None).fired
+    assert evaluate(trig(), e, state=None).fired
+
+
+# --- groups --------------------------------------------------------------------------------
+
+YES = cond("agent_id_equals", "=", "42")
+NO = cond("agent_id_equals", "=", "7")
+
+
+@pytest.mark.parametrize(
+    ("c", "expected"),
+    [
+        (group("any", NO, YES), True),
+        (group("any", NO, NO), False),
+        (group("all", YES, YES), True),
+        (group("all", YES, NO), False),
+        (group("not", NO), True),
+        (group("not", YES), False),
+        (group("all", YES, group("any", NO, group("not", NO))), True),
+        (group("not", group("any", NO, group("all", YES, YES))), False),
+        (group("any", group("all", YES, NO), group("not", group("not", NO))), False),
+    ],
+)
+def test_groups(c: dict[str, Any], expected: bool) -> None:
+    assert verdict(c, fb(1)) is expected
+
+
+def test_group_evaluates_stateful_children_without_short_circuit() -> None:
+    # any(score > 50, rate >= 1): the rate window counts even though the first child is True
+    t = trig(group("any", cond("score_threshold", ">", "50"), cond("rate_limit", ">=", "1", **W60)))
+    out = run(t, [fb(1, 90), fb(2, 10, ts=BASE + 1)])
+    assert fired(out) == [True, True]
+    assert len(out[1].state["conditions"]["0.1"]["window"]) == 2
+    paths = [c["path"] for c in out[1].explain["conditions"]]
+    assert paths == ["0", "0.0", "0.1"]
+
+
+def test_not_group_over_a_stateful_condition() -> None:
+    # fire while fewer than 2 events in a minute: not(count >= 2)
+    t = trig(group("not", cond("rate_limit", ">=", "2", **W60)))
+    out = run(t, [fb(1, ts=BASE), fb(2, ts=BASE + 10), fb(3, ts=BASE + 100)])
+    assert fired(out) == [True, False, True]
+
+
+# --- the stateless gate --------------------------------------------------------------------
+
+
+def test_stateless_gate_leaves_state_untouched() -> None:
+    t = trig(cond("tag_equals", "=", "uptime", "tag1"), cond("rate_limit", ">=", "1", **W60))
+    first = evaluate(t, fb(1, tag1="uptime"), state=None)
+    assert first.fired
+    assert first.changed
+    state = first.state
+    snapshot = copy.deepcopy(state)
+    out = evaluate(t, fb(2, tag1="starred", ts=BASE + 1), state=state)
+    assert out == Outcome(False, state, False, {})
+    assert state == snapshot
+    assert out.state is state
+
+
+def test_stateless_trigger_has_no_state() -> None:
+    out = evaluate(trig(YES), fb(1), state=None)
+    assert out.fired
+    assert not out.changed
+    assert out.state == {}
+
+
+# --- ema_threshold -------------------------------------------------------------------------
+
+
+def ema_of(outcome: Outcome, path: str = "0") -> Decimal:
+    return Decimal(outcome.state["conditions"][path]["ema"])
+
+
+def test_ema_first_value_then_window_size() -> None:
+    # window_size 3 -> alpha = 2/4 = 0.5
+    t = trig(cond("ema_threshold", "<", "10", window_size=3))
+    out = run(t, [fb(1, 80), fb(2, 40, ts=BASE + 1), fb(3, 100, ts=BASE + 2)])
+    assert [ema_of(o) for o in out] == [Decimal(80), Decimal(60), Decimal(80)]
+    state = out[-1].state["conditions"]["0"]
+    assert state["count"] == 3
+    assert state["armed"] is True
+    assert state["seen"] == ["84532-101-1", "84532-102-2", "84532-103-3"]
+
+
+def test_ema_with_alpha_and_decimal_values() -> None:
+    t = trig(cond("ema_threshold", ">", "1000", alpha="0.2"))
+    out = run(t, [fb(1, value=9977, decimals=2), fb(2, value=5, decimals=0, ts=BASE + 1)])
+    # 0.2 * 5 + 0.8 * 99.77
+    assert ema_of(out[0]) == Decimal("99.77")
+    assert ema_of(out[1]) == Decimal("80.816")
+
+
+def test_ema_window_size_alpha_is_two_over_n_plus_one() -> None:
+    t = trig(cond("ema_threshold", ">", "1000", window_size=2))
+    out = run(t, [fb(1, 0), fb(2, 90, ts=BASE + 1)])
+    assert abs(ema_of(out[1]) - Decimal(60)) < Decimal("1e-25")
+
+
+def test_ema_crossing_fires_once_and_rearms_past_the_band() -> None:
+    # alpha 1: the ema is the last value; fire below 50, re-arm at >= 60
+    t = trig(cond("ema_threshold", "<", "50", alpha=1, hysteresis=10))
+    values = [60, 40, 30, 55, 45, 59, 60, 40, 49]
+    out = run(t, [fb(i, v, ts=BASE + i) for i, v in enumerate(values)])
+    assert fired(out) == [False, True, False, False, False, False, False, True, False]
+    armed = [o.state["conditions"]["0"]["armed"] for o in out]
+    assert armed == [True, False, False, False, False, False, True, False, False]
+
+
+def test_ema_crossing_above_with_inclusive_operator() -> None:
+    t = trig(cond("ema_threshold", ">=", "80", alpha=1, hysteresis="5"))
+    values = [80, 90, 76, 75, 80, 74.5, 81]
+    out = run(t, [fb(i, value=int(v * 10), decimals=1, ts=BASE + i) for i, v in enumerate(values)])
+    # re-armed when not (ema >= 75), i.e. ema < 75: only 74.5
+    assert fired(out) == [True, False, False, False, False, False, True]
+
+
+def test_ema_crossing_without_hysteresis_rearms_once_not_firing() -> None:
+    t = trig(cond("ema_threshold", "<", "50", alpha=1))
+    out = run(t, [fb(i, v, ts=BASE + i) for i, v in enumerate([40, 45, 50, 49])])
+    assert fired(out) == [True, False, False, True]
+
+
+def test_ema_fire_on_every() -> None:
+    t = trig(cond("ema_threshold", "<", "50", alpha=1, fire_on="every"))
+    out = run(t, [fb(i, v, ts=BASE + i) for i, v in enumerate([40, 45, 60, 10])])
+    assert fired(out) == [True, True, False, True]
+
+
+def test_ema_redelivered_event_does_not_count_twice() -> None:
+    t = trig(cond("ema_threshold", "<", "50", window_size=3))
+    out = run(t, [fb(1, 80), fb(2, 40, ts=BASE + 1), fb(2, 40, ts=BASE + 1), fb(1, 80)])
+    assert [ema_of(o) for o in out] == [Decimal(80), Decimal(60), Decimal(60), Decimal(60)]
+    assert [o.changed for o in out] == [True, True, False, False]
+    assert entry(out[2], "0")["input"] == {"value": "40", "duplicate": True}
+
+
+def test_ema_ignores_events_without_feedback_value() -> None:
+    t = trig(cond("ema_threshold", "<", "50", alpha=1))
+    first = evaluate(t, fb(1, 40), state=None)
+    out = evaluate(t, event("ResponseAppended", log_index=9), state=first.state)
+    assert not out.fired
+    assert not out.changed
+    assert entry(out, "0")["input"] is None
+
+
+def test_ema_state_is_exact_under_any_thread_context() -> None:
+    t = trig(cond("ema_threshold", "<", "0", window_size=2))
+    events = [fb(i, v, ts=BASE + i) for i, v in enumerate([1, 2, 3, 4, 5, 6])]
+    expected = run(t, events)[-1].state
+    with decimal.localcontext(decimal.Context(prec=5)):
+        assert run(t, events)[-1].state == expected
+
+
+# --- rate_limit ----------------------------------------------------------------------------
+
+
+def counts(outcomes: list[Outcome], path: str = "0") -> list[Any]:
+    return [entry(o, path)["input"].get("count") for o in outcomes]
+
+
+def test_rate_window_uses_block_time() -> None:
+    t = trig(cond("rate_limit", ">=", "3", **W60))
+    stamps = [0, 10, 59, 60, 61, 200]
+    out = run(t, [fb(i, ts=BASE + s) for i, s in enumerate(stamps)])
+    assert counts(out) == [1, 2, 3, 3, 4, 1]
+    assert fired(out) == [False, False, True, True, True, False]
+    assert entry(out[4], "0")["input"]["window"] == [BASE + 1, BASE + 61]
+
+
+def test_rate_window_out_of_order_arrival() -> None:
+    t = trig(cond("rate_limit", ">=", "3", **W60))
+    stamps = [100, 130, 90, 75, 125]
+    out = run(t, [fb(i, ts=BASE + s) for i, s in enumerate(stamps)])
+    # 90 counts (30, 90]: itself, not the later 100 and 130; 75 counts (15, 75];
+    # 125 counts (65, 125]: 75, 90, 100 and itself
+    assert counts(out) == [1, 2, 1, 1, 4]
+    assert fired(out) == [False, False, False, False, True]
+    window = out[-1].state["conditions"]["0"]["window"]
+    assert [e[0] - BASE for e in window] == [75, 90, 100, 125, 130]
+
+
+def test_rate_event_later_than_the_allowance_is_late() -> None:
+    t = trig(cond("rate_limit", ">=", "1", **W60))
+    out = run(t, [fb(1, ts=BASE + 200), fb(2, ts=BASE + 139), fb(3, ts=BASE + 140)])
+    # allowance = min(W, 1 h) = 60 s: 139 < 200 - 60 is late, 140 is not
+    assert fired(out) == [True, False, True]
+    assert entry(out[1], "0")["input"] == {"late": True}
+    assert counts(out)[2] == 2  # (80, 140]: 139 and 140
+    # kept span: later than 200 - 60 - 60 = 80
+    late = evaluate(t, fb(4, ts=BASE + 80), state=out[-1].state)
+    assert not late.fired
+    assert not late.changed
+
+
+def test_rate_duplicate_event_is_not_counted() -> None:
+    t = trig(cond("rate_limit", ">=", "2", **W60))
+    out = run(t, [fb(1), fb(1), fb(2, ts=BASE + 5), fb(1)])
+    assert fired(out) == [False, False, True, False]
+    assert entry(out[1], "0")["input"] == {"duplicate": True}
+    assert [o.changed for o in out] == [True, False, True, False]
+    assert len(out[-1].state["conditions"]["0"]["window"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "expected"),
+    [
+        ("=", "2", [False, True, False]),
+        ("!=", "2", [True, False, True]),
+        ("<", "2", [True, False, False]),
+        ("<=", "2", [True, True, False]),
+        (">", "2", [False, False, True]),
+        (">=", "2", [False, True, True]),
+    ],
+)
+def test_rate_operators(op: str, value: str, expected: list[bool]) -> None:
+    t = trig(cond("rate_limit", op, value, **W60))
+    assert fired(run(t, [fb(i, ts=BASE + i) for i in range(3)])) == expected
+
+
+def test_rate_reset_on_trigger() -> None:
+    t = trig(cond("rate_limit", ">=", "2", time_window="1m", reset_on_trigger=True))
+    out = run(t, [fb(i, ts=BASE + i) for i in range(5)])
+    assert fired(out) == [False, True, False, True, False]
+    assert out[1].state["conditions"]["0"] == {"window": [], "high": None}
+    assert entry(out[1], "0")["reset"] is True
+    assert out[1].explain["state_after"]["conditions"]["0"] == {"entries": 0, "high": None}
+
+
+def test_rate_reset_only_when_the_trigger_fires() -> None:
+    t = trig(
+        cond("rate_limit", ">=", "2", time_window="1m", reset_on_trigger=True),
+        cond("ema_threshold", "<", "50", alpha=1, fire_on="every"),
+    )
+    out = run(t, [fb(0, 90), fb(1, 90, ts=BASE + 1), fb(2, 10, ts=BASE + 2)])
+    assert fired(out) == [False, False, True]
+    assert counts(out) == [1, 2, 3]
+    assert out[2].state["conditions"]["0"]["window"] == []
+
+
+def test_feedback_revoked_withdraws_from_rate_window() -> None:
+    t = trig(cond("event_type_equals", "=", "NewFeedback"), cond("rate_limit", ">=", "3", **W60))
+    feedbacks = [
+        fb(1, ts=BASE, feedback_index=1),
+        fb(2, ts=BASE + 1, feedback_index=2),
+        fb(3, ts=BASE + 2, feedback_index=1, client_address=OTHER),
+        fb(4, ts=BASE + 3, feedback_index=2, agent_id=43),
+    ]
+    state = run(t, feedbacks)[-1].state
+    assert len(state["conditions"]["1"]["window"]) == 4
+    out = evaluate(t, revoke(5, 2, ts=BASE + 4), state=state)
+    assert not out.fired
+    assert out.changed
+    assert out.explain["revoked"] == {"1": 1}
+    window = out.state["conditions"]["1"]["window"]
+    assert [e[1] for e in window] == ["84532-101-1", "84532-103-3", "84532-104-4"]
+    # the next feedback counts the 3 entries left and itself
+    nxt = evaluate(t, fb(6, ts=BASE + 5, feedback_index=3), state=out.state)
+    assert entry(nxt, "1")["input"]["count"] == 4
+    # revoking again changes nothing
+    again = evaluate(t, revoke(5, 2, ts=BASE + 4), state=out.state)
+    assert not again.changed
+    assert again.explain == {}
+
+
+def test_feedback_revoked_counts_itself_when_conditions_match_it() -> None:
+    t = trig(cond("rate_limit", ">=", "2", **W60))
+    state = run(t, [fb(1, feedback_index=1)])[-1].state
+    out = evaluate(t, revoke(2, 1, ts=BASE + 1), state=state)
+    assert out.explain["revoked"] == {"0": 1}
+    assert entry(out, "0")["input"]["count"] == 1
+    assert not out.fired
+    (only,) = out.state["conditions"]["0"]["window"]
+    assert only[1] == "84532-102-2"
+    assert only[2] is None
+    redelivered = evaluate(t, revoke(2, 1, ts=BASE + 1), state=out.state)
+    assert not redelivered.changed
+    assert not redelivered.fired
+
+
+# --- cooldown ------------------------------------------------------------------------------
+
+
+def test_cooldown_suppresses_refiring() -> None:
+    t = trig(YES, cooldown=60)
+    assert t.is_stateful
+    out = run(t, [fb(1, ts=BASE), fb(2, ts=BASE + 30), fb(3, ts=BASE + 60), fb(4, ts=BASE + 61)])
+    assert fired(out) == [True, False, True, False]
+    assert out[0].state == {"last_fired_at": BASE}
+    assert out[1].explain["suppressed"] == "cooldown"
+    assert out[1].explain["cooldown_until"] == BASE + 60
+    assert not out[1].changed
+    assert out[2].state == {"last_fired_at": BASE + 60}
+
+
+def test_cooldown_suppressed_firing_still_updates_condition_state() -> None:
+    t = trig(cond("rate_limit", ">=", "1", **W60), cooldown=600)
+    out = run(t, [fb(1, ts=BASE), fb(2, ts=BASE + 10)])
+    assert fired(out) == [True, False]
+    assert out[1].changed
+    assert len(out[1].state["conditions"]["0"]["window"]) == 2
+    assert out[1].state["last_fired_at"] == BASE
+
+
+def test_cooldown_zero_is_no_cooldown() -> None:
+    t = trig(YES, cooldown=0)
+    assert not t.is_stateful
+    assert fired(run(t, [fb(1, ts=BASE + 10), fb(2, ts=BASE)])) == [True, True]
+
+
+# --- scope, shape changes, retract ---------------------------------------------------------
+
+
+def test_scope_key() -> None:
+    e = fb(1)
+    per_trigger = trig(cond("rate_limit", ">", "1", **W60))
+    per_agent = trig(YES, group("not", cond("ema_threshold", "<", "1", alpha=1, scope="agent")))
+    assert not per_trigger.agent_scoped
+    assert per_agent.agent_scoped
+    assert scope_key(per_trigger, e) == ""
+    assert scope_key(per_agent, e) == "42"
+    assert scope_key(per_agent, e.model_copy(update={"agent_id": None})) == ""
+    assert scope_key(trig(YES), e) == ""
+
+
+def test_agent_scoped_states_are_independent() -> None:
+    t = trig(cond("rate_limit", ">=", "2", time_window="1m", scope="agent"))
+    states: dict[str, dict[str, Any]] = {}
+    results = []
+    for i, agent in enumerate([1, 2, 1, 2, 3]):
+        e = fb(i, ts=BASE + i, agent_id=agent)
+        key = scope_key(t, e)
+        out = evaluate(t, e, state=states.get(key))
+        states[key] = out.state
+        results.append(out.fired)
+    assert results == [False, False, True, True, False]
+    assert sorted(states) == ["1", "2", "3"]
+
+
+def test_unknown_paths_are_dropped_when_the_trigger_changed_shape() -> None:
+    old = trig(YES, cond("rate_limit", ">=", "1", **W60), cond("ema_threshold", "<", "1", alpha=1))
+    state = run(old, [fb(1)])[-1].state
+    assert sorted(state["conditions"]) == ["1", "2"]
+    new = trig(cond("ema_threshold", "<", "1", alpha=1), YES)  # "0" was a leaf, "1" a rate
+    out = evaluate(new, fb(2, 50, ts=BASE + 1), state=state)
+    assert sorted(out.state["conditions"]) == ["0"]
+    assert out.state["conditions"]["0"]["count"] == 1
+
+
+def test_retract_by_block_range() -> None:
+    t = trig(cond("rate_limit", ">=", "1", time_window="1h"), cooldown=10)
+    state = run(t, [fb(i, ts=BASE + i) for i in range(6)])[-1].state  # blocks 100..105
+    out = retract(t, state=state, chain_id=84532, from_block=102, to_block=103)
+    assert not out.fired
+    assert out.changed
+    assert [e[4] for e in out.state["conditions"]["0"]["window"]] == [100, 101, 104, 105]
+    assert out.state["last_fired_at"] == state["last_fired_at"]
+    assert out.explain["removed"] == {"0": 2}
+    open_ended = retract(t, state=state, chain_id=84532, from_block=104, to_block=None)
+    assert [e[4] for e in open_ended.state["conditions"]["0"]["window"]] == [100, 101, 102, 103]
+    other_chain = retract(t, state=state, chain_id=1, from_block=0, to_block=None)
+    assert not other_chain.changed
+    assert other_chain.state == state
+    nothing = retract(t, state=None, chain_id=84532, from_block=0, to_block=None)
+    assert not nothing.changed
+    assert nothing.state == {}
+    # a re-included event counts again
+    again = evaluate(t, fb(4, ts=BASE + 4), state=open_ended.state)
+    assert again.changed
+    assert entry(again, "0")["input"]["count"] == 5
+
+
+def test_retract_leaves_ema_alone() -> None:
+    t = trig(cond("ema_threshold", "<", "1", alpha="0.5"))
+    state = run(t, [fb(1, 10), fb(2, 20, ts=BASE + 1)])[-1].state
+    out = retract(t, state=state, chain_id=84532, from_block=0, to_block=None)
+    assert not out.changed
+    assert out.state == state
+
+
+# --- explain, JSON, purity -----------------------------------------------------------------
+
+
+def test_explain_of_a_firing() -> None:
+    t = trig(
+        cond("event_type_equals", "=", "NewFeedback"),
+        group(
+            "any",
+            cond("ema_threshold", "<", "50", window_size=3),
+            cond("tag_equals", "=", "uptime", "tag1"),
+        ),
+        cond("rate_limit", ">=", "2", time_window="1m"),
+        tid="trig-1",
+    )
+    first = evaluate(t, fb(1, 80), state=None)
+    out = evaluate(t, fb(2, 10, ts=BASE + 30), state=first.state)
+    assert out.fired
+    explain = out.explain
+    assert explain["trigger_id"] == "trig-1"
+    assert explain["event_id"] == "84532-102-2"
+    assert explain["fired"] is True
+    assert explain["suppressed"] is None
+    assert [c["path"] for c in explain["conditions"]] == ["0", "1", "1.0", "1.1", "2"]
+    by_path = {c["path"]: c for c in explain["conditions"]}
+    assert by_path["0"] == {
+        "path": "0",
+        "type": "event_type_equals",
+        "field": "event_type",
+        "operator": "=",
+        "value": "NewFeedback",
+        "input": "NewFeedback",
+        "verdict": True,
+        "state_before": None,
+        "state_after": None,
+    }
+    ema = by_path["1.0"]
+    assert ema["input"] == {"value": "10"}
+    assert ema["verdict"] is True
+    assert ema["state_before"] == {"ema": "80", "count": 1, "armed": True}
+    assert ema["state_after"] == {"ema": "45.0", "count": 2, "armed": False}
+    assert by_path["1.1"]["input"] is None
+    assert by_path["1.1"]["verdict"] is False
+    assert by_path["1"]["type"] == "group"
+    assert by_path["1"]["operator"] == "any"
+    rate = by_path["2"]
+    assert rate["input"] == {"count": 2, "window": [BASE - 30, BASE + 30]}
+    assert rate["state_before"] == {"entries": 1, "high": BASE}
+    assert rate["state_after"] == {"entries": 2, "high": BASE + 30}
+    assert explain["state_before"]["conditions"]["2"] == {"entries": 1, "high": BASE}
+    assert explain["state_after"]["conditions"]["1.0"]["armed"] is False
+    json.dumps(explain)
+
+
+def test_stateless_firing_explain_and_fast_rejection() -> None:
+    t = trig(cond("score_threshold", ">", "50"), cond("agent_id_equals", "in", "1,42"))
+    out = evaluate(t, fb(1, 90), state=None)
+    assert out.fired
+    assert [c["input"] for c in out.explain["conditions"]] == ["90", 42]
+    rejected = evaluate(t, fb(2, 10), state=None)
+    assert rejected == Outcome(False, {}, False, {})
+
+
+def test_state_is_json_and_input_state_is_not_mutated() -> None:
+    t = trig(
+        group(
+            "all",
+            cond("ema_threshold", ">", "50", alpha="0.3", hysteresis="2.5"),
+            cond("rate_limit", ">", "1", time_window="1m", reset_on_trigger=True),
+        ),
+        cooldown=5,
+    )
+    state: dict[str, Any] | None = None
+    events = [fb(i, 30 + 10 * i, ts=BASE + 3 * i, feedback_index=i) for i in range(8)]
+    events += [revoke(20, 3, ts=BASE + 30), fb(3, 60, ts=BASE + 9, feedback_index=3)]
+    for e in events:
+        before = copy.deepcopy(state)
+        out = evaluate(t, e, state=state)
+        assert state == before
+        assert json.loads(json.dumps(out.state)) == out.state
+        json.dumps(out.explain)
+        assert out.changed == (out.state != (state or {}))
+        # a state that went through JSON (as stored) gives the same outcome
+        if state is not None:
+            assert evaluate(t, e, state=json.loads(json.dumps(state))) == out
+        state = out.state
+    assert state is not None
+    assert sorted(state["conditions"]) == ["0.0", "0.1"]
+
+
+def test_specs_hash_and_compare() -> None:
+    a, b = trig(YES), trig(YES)
+    assert a == b
+    assert hash(a) == hash(b)
+    assert len({a, b}) == 1
+    assert hash(a.actions[0]) == hash(b.actions[0])
+
+
+def test_malformed_condition_state_starts_over() -> None:
+    t = trig(cond("ema_threshold", "<", "50", alpha="0.5"), cond("rate_limit", ">=", "1", **W60))
+    broken = {"conditions": {"0": {"ema": "NaN?", "count": 1, "armed": True, "seen": []}, "1": []}}
+    out = evaluate(t, fb(1, 40), state=broken)
+    assert out.fired
+    assert out.state["conditions"]["0"]["count"] == 1
+    assert len(out.state["conditions"]["1"]["window"]) == 1

@@ -961,6 +961,7 @@ CREATE TABLE public.trigger_evaluations (
     trigger_id text NOT NULL,
     event_id text NOT NULL,
     fired boolean NOT NULL,
+    explain jsonb,
     evaluated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 

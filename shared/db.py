@@ -16,7 +16,8 @@ from shared.settings import ServiceSettings
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def register_codecs(conn: asyncpg.Connection) -> None:
+    """JSON and JSONB as Python values (orjson), on one connection."""
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename,
@@ -45,7 +46,7 @@ async def create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=register_codecs,
         server_settings=server_settings,
         **kwargs,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError
@@ -82,3 +83,51 @@ class KafkaProbe:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+class LagProbe:
+    """Consumer lag of a group on a topic: end offsets minus committed offsets,
+    summed over partitions (a partition never committed counts from its start)."""
+
+    def __init__(self, bootstrap_servers: str, group: str, topic: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._group = group
+        self._topic = topic
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def measure(self) -> int:
+        if self._admin is None or self._consumer is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap_servers)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap_servers)
+            try:
+                await admin.start()
+                await consumer.start()
+            except BaseException:
+                await admin.close()
+                await consumer.stop()
+                raise
+            self._admin, self._consumer = admin, consumer
+        partitions = self._consumer.partitions_for_topic(self._topic) or set()
+        if not partitions:
+            await self._consumer.topics()  # refresh metadata
+            partitions = self._consumer.partitions_for_topic(self._topic) or set()
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        ends = await self._consumer.end_offsets(tps)
+        starts = await self._consumer.beginning_offsets(tps)
+        committed = await self._admin.list_consumer_group_offsets(self._group, partitions=tps)
+        lag = 0
+        for tp in tps:
+            done = committed.get(tp)
+            position = done.offset if done is not None and done.offset >= 0 else starts[tp]
+            lag += max(0, ends[tp] - position)
+        return lag
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self._admin = self._consumer = None

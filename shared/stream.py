@@ -4,6 +4,7 @@ on the service's port."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ def new_broker(settings: ServiceSettings) -> KafkaBroker:
         settings.kafka_bootstrap_servers,
         graceful_timeout=settings.shutdown_timeout,
         client_id=f"erc8004-{settings.service_name}",
+        # FastStream's per-message "Received"/"Processed" lines: debug, not info.
+        log_level=logging.DEBUG,
     )
 
 

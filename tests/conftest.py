@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from shared.db import register_codecs
 from shared.kafka import ensure_topics
 from tools.migrate import MIGRATIONS, run_dbmate
 
@@ -118,8 +119,10 @@ def database_url(admin_url: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection as the schema owner to this module's database."""
+    """A connection as the schema owner to this test's database (JSON decoded, as
+    the services' pools do)."""
     conn = await asyncpg.connect(database_url)
+    await register_codecs(conn)
     try:
         yield conn
     finally:

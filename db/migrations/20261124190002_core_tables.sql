@@ -206,6 +206,9 @@ CREATE TABLE trigger_evaluations (
     trigger_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
     fired BOOLEAN NOT NULL,
+    -- a firing's explain block, so the jobs of a firing can be produced again
+    -- after a crash between the commit and the broker's ack (NULL when not fired)
+    explain JSONB,
     evaluated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
     PRIMARY KEY (trigger_id, event_id),
     CONSTRAINT fk_trigger FOREIGN KEY (trigger_id) REFERENCES triggers(id) ON DELETE CASCADE

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from shared.settings import ServiceSettings
+from shared.topics import ACTIONS, EVENTS, MATCHER_GROUP
 
 
 class MatcherSettings(ServiceSettings):
@@ -14,3 +15,14 @@ class MatcherSettings(ServiceSettings):
 
     database_role: str = Field(default="erc8004_matcher", validation_alias="DATABASE_ROLE")
     http_port: int = Field(default=9101, ge=0, le=65535, validation_alias="HTTP_PORT")
+    events_topic: str = Field(default=EVENTS, min_length=1, validation_alias="EVENTS_TOPIC")
+    actions_topic: str = Field(default=ACTIONS, min_length=1, validation_alias="ACTIONS_TOPIC")
+    group_id: str = Field(default=MATCHER_GROUP, min_length=1, validation_alias="MATCHER_GROUP")
+    #: Messages per consumed batch (one transaction, one commit).
+    batch_max_records: int = Field(
+        default=500, ge=1, le=10_000, validation_alias="MATCHER_BATCH_MAX_RECORDS"
+    )
+    #: Full resync of the trigger index, behind the NOTIFY updates (at most 60 s).
+    resync_interval: float = Field(
+        default=60.0, gt=0, le=60, validation_alias="MATCHER_RESYNC_INTERVAL"
+    )

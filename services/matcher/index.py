@@ -1,0 +1,112 @@
+"""The trigger index: enabled triggers in memory, keyed so that an event is only
+evaluated against its candidates, never against every trigger.
+
+Buckets are ``(chain_id, registry) -> event type -> agent id -> triggers``, where
+the event type and agent come from the trigger's top-level (ANDed)
+``event_type_equals`` / ``agent_id_equals`` conditions with ``=`` or ``in``; a
+trigger without such a condition sits under the wildcard. An event's candidates
+are the union of at most four buckets, whatever the number of triggers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.matcher.evaluate import TriggerSpec
+from shared.events import Event
+from shared.triggers import ConditionType, Operator
+
+ANY = "*"
+#: A revocation withdraws a feedback from the rate windows of stateful triggers
+#: that count NewFeedback, so those are candidates of a FeedbackRevoked too.
+WITHDRAWS = {"FeedbackRevoked": "NewFeedback"}
+
+Bucket = dict[str, dict[str | int, dict[str, TriggerSpec]]]
+
+
+def _keys(trigger: TriggerSpec) -> tuple[list[str], list[str | int]]:
+    event_types: list[str] = [ANY]
+    agents: list[str | int] = [ANY]
+    for condition in trigger.conditions:
+        if condition.operator not in (Operator.eq, Operator.in_):
+            continue
+        if condition.condition_type == ConditionType.event_type_equals:
+            event_types = list(condition.values)
+        elif condition.condition_type == ConditionType.agent_id_equals:
+            agents = [int(v) for v in condition.values]
+    return event_types, agents
+
+
+class TriggerIndex:
+    def __init__(self, triggers: Iterable[TriggerSpec] = ()) -> None:
+        self._by_id: dict[str, TriggerSpec] = {}
+        self._buckets: dict[tuple[int, str], Bucket] = {}
+        for trigger in triggers:
+            self.put(trigger)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, trigger_id: str) -> TriggerSpec | None:
+        return self._by_id.get(trigger_id)
+
+    def ids(self) -> set[str]:
+        return set(self._by_id)
+
+    def put(self, trigger: TriggerSpec) -> None:
+        """Add or replace a trigger."""
+        self.remove(trigger.id)
+        self._by_id[trigger.id] = trigger
+        bucket = self._buckets.setdefault((trigger.chain_id, trigger.registry), {})
+        event_types, agents = _keys(trigger)
+        for event_type in event_types:
+            by_agent = bucket.setdefault(event_type, {})
+            for agent in agents:
+                by_agent.setdefault(agent, {})[trigger.id] = trigger
+
+    def remove(self, trigger_id: str) -> None:
+        trigger = self._by_id.pop(trigger_id, None)
+        if trigger is None:
+            return
+        bucket = self._buckets[(trigger.chain_id, trigger.registry)]
+        event_types, agents = _keys(trigger)
+        for event_type in event_types:
+            by_agent = bucket[event_type]
+            for agent in agents:
+                by_agent[agent].pop(trigger_id, None)
+                if not by_agent[agent]:
+                    del by_agent[agent]
+            if not by_agent:
+                del bucket[event_type]
+        if not bucket:
+            del self._buckets[(trigger.chain_id, trigger.registry)]
+
+    def candidates(self, event: Event) -> list[TriggerSpec]:
+        """The triggers that may match ``event``, in a stable order (by id)."""
+        bucket = self._buckets.get((event.chain_id, event.registry.value))
+        if bucket is None:
+            return []
+        found: dict[str, TriggerSpec] = {}
+        agent_keys: tuple[str | int, ...] = (
+            (ANY,) if event.agent_id is None else (event.agent_id, ANY)
+        )
+        for event_type in (event.event_type, ANY):
+            by_agent = bucket.get(event_type)
+            if by_agent:
+                for agent in agent_keys:
+                    found.update(by_agent.get(agent, {}))
+        withdrawn = WITHDRAWS.get(event.event_type)
+        if withdrawn is not None:
+            by_agent = bucket.get(withdrawn) or {}
+            for agent in agent_keys:
+                for trigger in by_agent.get(agent, {}).values():
+                    if trigger.is_stateful:
+                        found[trigger.id] = trigger
+        return [found[k] for k in sorted(found)]
+
+    def stateful_of_chain(self, chain_id: int) -> list[TriggerSpec]:
+        """Every stateful trigger of a chain (for reorg retractions)."""
+        return sorted(
+            (t for t in self._by_id.values() if t.chain_id == chain_id and t.is_stateful),
+            key=lambda t: t.id,
+        )

@@ -1,0 +1,86 @@
+"""Matcher metrics, on the app's own registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000)
+SECONDS_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 0.01, 0.05, 0.25, 1)
+BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+@dataclass(frozen=True)
+class MatcherMetrics:
+    events: Counter
+    retractions: Counter
+    candidates: Histogram
+    fired: Counter
+    jobs: Counter
+    evaluation_seconds: Histogram
+    batch_seconds: Histogram
+    index_size: Gauge
+    index_reloads: Counter
+    consumer_lag: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> MatcherMetrics:
+        return cls(
+            events=Counter(
+                "erc8004_matcher_events_evaluated_total",
+                "Events evaluated against their candidate triggers.",
+                registry=registry,
+            ),
+            retractions=Counter(
+                "erc8004_matcher_retractions_total",
+                "Reorg retractions applied.",
+                registry=registry,
+            ),
+            candidates=Histogram(
+                "erc8004_matcher_candidates_per_event",
+                "Candidate triggers looked up for one event.",
+                buckets=CANDIDATE_BUCKETS,
+                registry=registry,
+            ),
+            fired=Counter(
+                "erc8004_matcher_triggers_fired_total",
+                "Firings, counted once per condition type present in the trigger.",
+                ("condition_type",),
+                registry=registry,
+            ),
+            jobs=Counter(
+                "erc8004_matcher_jobs_produced_total",
+                "Action jobs produced to erc8004.actions.",
+                ("action_type",),
+                registry=registry,
+            ),
+            evaluation_seconds=Histogram(
+                "erc8004_matcher_evaluation_seconds",
+                "In-memory evaluation time of one event against its candidates.",
+                buckets=SECONDS_BUCKETS,
+                registry=registry,
+            ),
+            batch_seconds=Histogram(
+                "erc8004_matcher_batch_duration_seconds",
+                "Time to make one consumed batch durable (state, jobs acknowledged).",
+                buckets=BATCH_BUCKETS,
+                registry=registry,
+            ),
+            index_size=Gauge(
+                "erc8004_matcher_index_triggers",
+                "Enabled triggers in the in-memory index.",
+                registry=registry,
+            ),
+            index_reloads=Counter(
+                "erc8004_matcher_index_reloads_total",
+                "Index updates: one trigger (notify) or a full resync.",
+                ("kind",),
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "erc8004_matcher_consumer_lag_messages",
+                "Messages of erc8004.events not yet committed by the matcher group.",
+                registry=registry,
+            ),
+        )

@@ -1,0 +1,161 @@
+"""The matcher's SQL: trigger loading, state and idempotency records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from shared.db import Conn
+
+TRIGGERS_SQL = """
+SELECT t.id, t.user_id, t.name, t.chain_id, t.registry, t.enabled_at, t.cooldown_seconds,
+       coalesce((SELECT json_agg(json_build_object(
+                    'condition_type', c.condition_type, 'field', c.field,
+                    'operator', c.operator, 'value', c.value, 'config', c.config)
+                    ORDER BY c.id)
+                 FROM trigger_conditions c WHERE c.trigger_id = t.id), '[]') AS conditions,
+       coalesce((SELECT json_agg(json_build_object(
+                    'id', a.id, 'action_type', a.action_type, 'priority', a.priority,
+                    'config', a.config)
+                    ORDER BY a.priority, a.id)
+                 FROM trigger_actions a WHERE a.trigger_id = t.id), '[]') AS actions
+FROM triggers t
+WHERE t.enabled
+"""
+
+
+async def list_enabled_triggers(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch(TRIGGERS_SQL)
+
+
+async def get_enabled_trigger(conn: Conn, trigger_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(TRIGGERS_SQL + " AND t.id = $1", trigger_id)
+
+
+StateKey = tuple[str, str]
+
+
+async def lock_states(conn: Conn, keys: Sequence[StateKey]) -> dict[StateKey, dict[str, Any]]:
+    """Inside the caller's transaction: make sure a state row exists for every key of
+    a trigger that still exists, lock them all in key order (concurrent matchers
+    touching the same trigger wait, never deadlock) and return their states."""
+    ordered = sorted(set(keys))
+    trigger_ids = [k[0] for k in ordered]
+    scopes = [k[1] for k in ordered]
+    await conn.execute(
+        """
+        INSERT INTO trigger_state (trigger_id, scope_key, state_data)
+        SELECT k.trigger_id, k.scope_key, '{}'::jsonb
+        FROM unnest($1::text[], $2::text[]) AS k(trigger_id, scope_key)
+        WHERE EXISTS (SELECT 1 FROM triggers t WHERE t.id = k.trigger_id)
+        ORDER BY 1, 2
+        ON CONFLICT (trigger_id, scope_key) DO NOTHING
+        """,
+        trigger_ids,
+        scopes,
+    )
+    rows = await conn.fetch(
+        """
+        SELECT s.trigger_id, s.scope_key, s.state_data
+        FROM trigger_state s
+        JOIN unnest($1::text[], $2::text[]) AS k(trigger_id, scope_key)
+          ON s.trigger_id = k.trigger_id AND s.scope_key = k.scope_key
+        ORDER BY s.trigger_id, s.scope_key
+        FOR UPDATE OF s
+        """,
+        trigger_ids,
+        scopes,
+    )
+    return {(r["trigger_id"], r["scope_key"]): r["state_data"] for r in rows}
+
+
+async def lock_chain_states(
+    conn: Conn, trigger_ids: Sequence[str]
+) -> dict[StateKey, dict[str, Any]]:
+    """Every state row of the given triggers, locked (reorg retractions)."""
+    rows = await conn.fetch(
+        """
+        SELECT trigger_id, scope_key, state_data FROM trigger_state
+        WHERE trigger_id = any($1::text[])
+        ORDER BY trigger_id, scope_key
+        FOR UPDATE
+        """,
+        list(trigger_ids),
+    )
+    return {(r["trigger_id"], r["scope_key"]): r["state_data"] for r in rows}
+
+
+async def save_states(conn: Conn, states: dict[StateKey, dict[str, Any]]) -> None:
+    if not states:
+        return
+    keys = sorted(states)
+    await conn.execute(
+        """
+        UPDATE trigger_state s SET state_data = u.state_data, last_updated = now()
+        FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(trigger_id, scope_key, state_data)
+        WHERE s.trigger_id = u.trigger_id AND s.scope_key = u.scope_key
+        """,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [states[k] for k in keys],
+    )
+
+
+async def done_evaluations(
+    conn: Conn, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """(trigger, event) pairs already evaluated: their explain when they fired."""
+    if not pairs:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT e.trigger_id, e.event_id, e.fired, e.explain
+        FROM trigger_evaluations e
+        JOIN unnest($1::text[], $2::text[]) AS p(trigger_id, event_id)
+          ON e.trigger_id = p.trigger_id AND e.event_id = p.event_id
+        """,
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+    return {(r["trigger_id"], r["event_id"]): (r["explain"] if r["fired"] else None) for r in rows}
+
+
+async def record_evaluations(
+    conn: Conn, rows: Sequence[tuple[str, str, bool, dict[str, Any] | None]]
+) -> None:
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::jsonb[])
+        ON CONFLICT (trigger_id, event_id) DO NOTHING
+        """,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+    )
+
+
+async def forget_evaluations(
+    conn: Conn, trigger_ids: Sequence[str], chain_id: int, from_block: int, to_block: int | None
+) -> int:
+    """A reorg: the replaced events' evaluations are forgotten, so the canonical
+    events at the same positions (same ids) are evaluated afresh."""
+    status = await conn.execute(
+        """
+        DELETE FROM trigger_evaluations
+        WHERE trigger_id = any($1::text[])
+          AND split_part(event_id, '-', 1) = $2::text
+          AND split_part(event_id, '-', 2)::bigint >= $3
+          AND ($4::bigint IS NULL OR split_part(event_id, '-', 2)::bigint <= $4)
+        """,
+        list(trigger_ids),
+        str(chain_id),
+        from_block,
+        to_block,
+    )
+    return int(status.split()[-1])

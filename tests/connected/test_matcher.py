@@ -1,0 +1,543 @@
+"""The matcher end to end: erc8004.events -> evaluation -> erc8004.actions, with
+real Kafka and PostgreSQL, the matcher running as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.matcher import queries
+from services.matcher.evaluate import evaluate, scope_key
+from services.matcher.keeper import compile_trigger
+from shared.events import Event
+from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
+from tests.kafkautil import read_topic
+from tests.matcherutil import insert_trigger, insert_user, produce_events
+from tests.procs import ServiceProcess, http_get
+from tools.eventgen import make_event
+
+pytestmark = [pytest.mark.db, pytest.mark.kafka]
+
+A = "0x" + "a1" * 20
+B = "0x" + "b2" * 20
+
+
+@pytest.fixture
+async def actions_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
+    name = f"test.actions.{uuid.uuid4().hex}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+        yield name
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def matcher_env(
+    env: dict[str, str], database_url: str, topic: str, actions_topic: str
+) -> dict[str, str]:
+    return {
+        **env,
+        "DATABASE_URL": database_url,
+        "EVENTS_TOPIC": topic,
+        "ACTIONS_TOPIC": actions_topic,
+        "MATCHER_GROUP": f"matcher-{uuid.uuid4().hex[:8]}",
+        "MATCHER_BATCH_MAX_RECORDS": "50",
+    }
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    started: list[ServiceProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def start_matcher(env: dict[str, str], tmp: Path, procs: list[ServiceProcess]) -> ServiceProcess:
+    proc = ServiceProcess("matcher", env, tmp).start()
+    procs.append(proc)
+    proc.wait_http("/readyz", timeout=60)
+    return proc
+
+
+def metric(proc: ServiceProcess, name: str) -> float:
+    _, body = http_get(proc.base + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{}"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def wait_metric(proc: ServiceProcess, name: str, at_least: float, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while metric(proc, name) < at_least:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} < {at_least}: {metric(proc, name)}")
+        await asyncio.sleep(0.2)
+
+
+def event(chain: int, block: int, log: int, **fields: Any) -> Event:
+    rng = random.Random(f"{chain}:{block}:{log}")
+    return Event.model_validate(
+        make_event(rng, chain_id=chain, block_number=block, log_index=log, **fields)
+    )
+
+
+def feedback(
+    chain: int, block: int, agent: int, *, score: int, tag: str = "starred", **kw: Any
+) -> Event:
+    fields: dict[str, Any] = {"event_type": "NewFeedback", "agent_id": agent, "tag1": tag}
+    fields.update(kw)
+    raw = make_event(
+        random.Random(block), chain_id=chain, block_number=block, log_index=0, legacy=True, **fields
+    )
+    raw["score"] = score
+    return Event.model_validate(raw)
+
+
+async def read_jobs(bootstrap: str, topic: str, expect: int) -> list[ActionJob]:
+    records = await read_topic(bootstrap, topic, expect=expect, within=60, settle=1.5)
+    return [ActionJob.parse(r.value) for r in records]
+
+
+async def test_every_condition_type_end_to_end(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    ts = int(time.time()) - 600
+    rep = "reputation"
+
+    def trig(name: str, conditions: list[dict[str, Any]], registry: str = rep) -> Any:
+        return insert_trigger(
+            db, user_id=user, chain_id=chain, registry=registry, conditions=conditions, name=name
+        )
+
+    t = {
+        "agent": await trig(
+            "agent", [{"condition_type": "agent_id_equals", "operator": "=", "value": "42"}]
+        ),
+        "score": await trig(
+            "score",
+            [
+                {
+                    "condition_type": "score_threshold",
+                    "field": "score",
+                    "operator": ">",
+                    "value": "80",
+                }
+            ],
+        ),
+        "tag": await trig(
+            "tag",
+            [
+                {
+                    "condition_type": "tag_equals",
+                    "field": "tag1",
+                    "operator": "=",
+                    "value": "starred",
+                }
+            ],
+        ),
+        "event_type": await trig(
+            "event_type",
+            [{"condition_type": "event_type_equals", "operator": "=", "value": "FeedbackRevoked"}],
+        ),
+        "file": await trig(
+            "file",
+            [
+                {"condition_type": "file_uri_exists", "operator": "=", "value": "true"},
+                {"condition_type": "agent_id_equals", "operator": "in", "value": "7"},
+            ],
+        ),
+        "any": await trig(
+            "any",
+            [
+                {
+                    "condition_type": "group",
+                    "operator": "any",
+                    "config": {
+                        "conditions": [
+                            {
+                                "condition_type": "agent_id_equals",
+                                "field": "agent_id",
+                                "operator": "=",
+                                "value": "7",
+                                "config": {},
+                            },
+                            {
+                                "condition_type": "score_threshold",
+                                "field": "score",
+                                "operator": "<",
+                                "value": "40",
+                                "config": {},
+                            },
+                        ]
+                    },
+                }
+            ],
+        ),
+        "not": await trig(
+            "not",
+            [
+                {
+                    "condition_type": "group",
+                    "operator": "not",
+                    "config": {
+                        "conditions": [
+                            {
+                                "condition_type": "event_type_equals",
+                                "field": "event_type",
+                                "operator": "=",
+                                "value": "NewFeedback",
+                                "config": {},
+                            }
+                        ]
+                    },
+                }
+            ],
+        ),
+        "validator": await trig(
+            "validator",
+            [
+                {
+                    "condition_type": "validator_whitelist",
+                    "field": "validator_address",
+                    "operator": "in",
+                    "value": A,
+                }
+            ],
+            registry="validation",
+        ),
+        "ema": await trig(
+            "ema",
+            [
+                {
+                    "condition_type": "ema_threshold",
+                    "field": "score",
+                    "operator": "<",
+                    "value": "60",
+                    "config": {"alpha": 0.5, "scope": "agent"},
+                }
+            ],
+        ),
+        "rate": await trig(
+            "rate",
+            [
+                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
+                {
+                    "condition_type": "rate_limit",
+                    "field": "count",
+                    "operator": ">=",
+                    "value": "2",
+                    "config": {"time_window": "1h", "scope": "agent"},
+                },
+            ],
+        ),
+    }
+    e1 = feedback(chain, 100, 42, score=30, timestamp=ts)
+    e2 = feedback(chain, 101, 42, score=90, tag="uptime", timestamp=ts + 10, file_uri=None)
+    e3 = feedback(chain, 102, 7, score=50, timestamp=ts + 20)
+    e4 = event(chain, 103, 0, event_type="FeedbackRevoked", agent_id=7, timestamp=ts + 30)
+    v1 = event(
+        chain,
+        104,
+        0,
+        event_type="ValidationResponse",
+        agent_id=42,
+        validator_address=A,
+        timestamp=ts,
+    )
+    v2 = event(
+        chain,
+        105,
+        0,
+        event_type="ValidationResponse",
+        agent_id=42,
+        validator_address=B,
+        timestamp=ts,
+    )
+    expected = {
+        ("agent", e1.id), ("agent", e2.id),
+        ("score", e2.id),
+        ("tag", e1.id), ("tag", e3.id),
+        ("event_type", e4.id),
+        ("file", e3.id),
+        ("any", e1.id), ("any", e3.id), ("any", e4.id),
+        ("not", e4.id),
+        ("validator", v1.id),
+        ("ema", e1.id), ("ema", e3.id),  # agent scope: agent 7 starts its own EMA at 50
+        ("rate", e2.id),
+    }  # fmt: skip
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_events(kafka_bootstrap, topic, [e1, e2, e3, e4, v1, v2])
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(expected))
+    names = {v: k for k, v in t.items()}
+    got = {(names[j.trigger_id], j.event.id) for j in jobs}
+    assert got == expected
+    assert len(jobs) == len(expected), "a firing was produced twice"
+    for job in jobs:
+        assert job.job_id == job_id(job.trigger_id, job.event.id, job.action_id)
+        assert job.explain["fired"] is True
+        assert job.explain["conditions"], job.explain
+    ema_job = next(j for j in jobs if j.trigger_id == t["ema"])
+    assert any(c["type"] == "ema_threshold" for c in ema_job.explain["conditions"])
+
+
+async def test_index_follows_database_changes_and_skips_history(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    proc = start_matcher(matcher_env, tmp_path, procs)
+    assert metric(proc, "erc8004_matcher_index_triggers") == 0
+    trigger = await insert_trigger(
+        db,
+        user_id=user,
+        chain_id=chain,
+        registry="reputation",
+        conditions=[{"condition_type": "agent_id_equals", "operator": "=", "value": "99"}],
+    )
+    await wait_metric(proc, "erc8004_matcher_index_triggers", 1, within=10)
+    now = datetime.now(UTC)
+    new = feedback(chain, 10, 99, score=1)
+    old = feedback(chain, 11, 99, score=2)
+    await produce_events(kafka_bootstrap, topic, [new])
+    await produce_events(kafka_bootstrap, topic, [old], ingested_at=now - timedelta(hours=1))
+    await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 2)
+    # Disabled by plain SQL: the database trigger tells the matcher.
+    await db.execute("UPDATE triggers SET enabled = false WHERE id = $1", trigger)
+    deadline = time.monotonic() + 10
+    while metric(proc, "erc8004_matcher_index_triggers") != 0:
+        assert time.monotonic() < deadline, "the matcher did not see the trigger disabled"
+        await asyncio.sleep(0.1)
+    await produce_events(kafka_bootstrap, topic, [feedback(chain, 12, 99, score=3)])
+    await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 3)
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    assert [(j.trigger_id, j.event.id) for j in jobs] == [(trigger, new.id)]
+
+
+async def test_retraction_takes_events_out_of_rate_windows(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db,
+        user_id=user,
+        chain_id=chain,
+        registry="reputation",
+        conditions=[
+            {"condition_type": "rate_limit", "field": "count", "operator": ">", "value": "100",
+             "config": {"time_window": "1d"}},
+        ],
+    )  # fmt: skip
+    proc = start_matcher(matcher_env, tmp_path, procs)
+    ts = int(time.time()) - 600
+    events = [feedback(chain, 200 + i, 5, score=50, timestamp=ts + i) for i in range(6)]
+    await produce_events(kafka_bootstrap, topic, events)
+    await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 6)
+    await wait_all_evaluated(db, 6)
+
+    async def window() -> list[Any]:
+        state = await db.fetchval(
+            "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = ''",
+            trigger,
+        )
+        return [entry for c in state["conditions"].values() for entry in c.get("window", [])]
+
+    assert len(await window()) == 6
+    producer_msg = RetractionMessage(
+        kind="retraction",
+        chain_id=chain,
+        from_block=203,
+        to_block=None,
+        reorg_id="r1",
+        created_at=datetime.now(UTC),
+    )
+    await produce_raw(kafka_bootstrap, topic, dump_message(producer_msg), partitions=3)
+    await wait_metric(proc, "erc8004_matcher_retractions_total", 3)
+    assert len(await window()) == 3
+    left = await db.fetchval(
+        "SELECT count(*) FROM trigger_evaluations WHERE trigger_id = $1", trigger
+    )
+    assert left == 3
+
+
+async def produce_raw(bootstrap: str, topic: str, value: bytes, *, partitions: int) -> None:
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for p in range(partitions):
+            await producer.send_and_wait(topic, value, key=b"r", partition=p)
+    finally:
+        await producer.stop()
+
+
+async def stateful_setup(db: asyncpg.Connection, chain: int) -> list[str]:
+    user = await insert_user(db)
+    return [
+        await insert_trigger(
+            db,
+            user_id=user,
+            chain_id=chain,
+            registry="reputation",
+            conditions=[
+                {"condition_type": "ema_threshold", "field": "score", "operator": "<",
+                 "value": "45", "config": {"window_size": 5, "scope": "agent", "hysteresis": "5"}},
+            ],
+        ),
+        await insert_trigger(
+            db,
+            user_id=user,
+            chain_id=chain,
+            registry="reputation",
+            conditions=[
+                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
+                {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "4",
+                 "config": {"time_window": "1m", "scope": "agent", "reset_on_trigger": True}},
+            ],
+            cooldown_seconds=30,
+        ),
+    ]  # fmt: skip
+
+
+def stream_of(chain: int, n: int) -> list[Event]:
+    rng = random.Random(chain)
+    ts = int(time.time()) - 7200
+    out = []
+    for i in range(n):
+        ts += rng.choice((1, 2, 5, 20))
+        out.append(
+            feedback(
+                chain, 1000 + i, rng.randrange(1, 11), score=rng.randrange(0, 101), timestamp=ts
+            )
+        )
+    return out
+
+
+async def reference(
+    db: asyncpg.Connection, trigger_ids: list[str], events: list[Event]
+) -> tuple[dict[Any, Any], set[str]]:
+    """A clean replay in memory: per-agent order is what Kafka preserves (key chain:agent)."""
+    rows = [await queries.get_enabled_trigger(db, t) for t in trigger_ids]
+    triggers = [compile_trigger(r) for r in rows if r is not None]
+    states: dict[Any, Any] = {}
+    fired: set[str] = set()
+    for e in events:
+        for trig in triggers:
+            assert trig is not None
+            key = (trig.id, scope_key(trig, e))
+            out = evaluate(trig, e, state=states.get(key, {}))
+            states[key] = out.state
+            if out.fired:
+                fired.update(job_id(trig.id, e.id, a.id) for a in trig.actions)
+    return states, fired
+
+
+async def stored_states(db: asyncpg.Connection, trigger_ids: list[str]) -> dict[Any, Any]:
+    rows = await db.fetch(
+        "SELECT trigger_id, scope_key, state_data FROM trigger_state WHERE trigger_id = any($1)",
+        trigger_ids,
+    )
+    return {(r["trigger_id"], r["scope_key"]): r["state_data"] for r in rows}
+
+
+async def wait_all_evaluated(db: asyncpg.Connection, expected: int, within: float = 90) -> None:
+    deadline = time.monotonic() + within
+    while (n := await db.fetchval("SELECT count(*) FROM trigger_evaluations")) < expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {n} of {expected} evaluations")
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_stream_state_equals_clean_replay(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    triggers = await stateful_setup(db, chain)
+    events = stream_of(chain, 3000)
+    proc = start_matcher(matcher_env, tmp_path, procs)
+
+    async def produce_slowly() -> None:  # the stream keeps coming across the crash
+        for i in range(0, len(events), 150):
+            await produce_events(kafka_bootstrap, topic, events[i : i + 150])
+            await asyncio.sleep(0.15)
+
+    producing = asyncio.create_task(produce_slowly())
+    await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 600)
+    proc.kill()
+    killed_at = await db.fetchval("SELECT count(*) FROM trigger_evaluations")
+    assert not producing.done(), "the kill came after the stream ended"
+    start_matcher(matcher_env, tmp_path, procs)
+    await producing
+    assert killed_at < 2 * len(events)
+    await wait_all_evaluated(db, 2 * len(events))
+    want_states, want_jobs = await reference(db, triggers, events)
+    assert await stored_states(db, triggers) == want_states
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
+    assert {j.job_id for j in jobs} == want_jobs  # every firing owed, none invented
+
+
+@pytest.mark.slow
+async def test_two_replicas_give_the_results_of_one(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    triggers = await stateful_setup(db, chain)
+    events = stream_of(chain, 2000)
+    start_matcher(matcher_env, tmp_path, procs)
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_events(kafka_bootstrap, topic, events)
+    await wait_all_evaluated(db, 2 * len(events))
+    want_states, want_jobs = await reference(db, triggers, events)
+    assert await stored_states(db, triggers) == want_states
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
+    assert {j.job_id for j in jobs} == want_jobs
+    assert len(jobs) == len(want_jobs), "two replicas produced a firing twice"

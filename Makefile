@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 WITH_ENV := deploy/local/with-env
 PYTEST_ARGS ?=
 
-.PHONY: help deps lock infra up down run migrate schema test test-unit lint format status clean bench-ingest
+.PHONY: help deps lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -66,3 +66,6 @@ clean: down ## stop everything and delete .run (databases, Kafka logs)
 
 bench-ingest: infra ## ingest benchmark: events/s batched and single, latency, ratio to raw COPY
 	$(WITH_ENV) $(PY) -m tools.bench_ingest
+
+bench-matcher: infra ## matcher benchmark: events/s and per-event cost at 100 / 10k / 100k triggers
+	$(WITH_ENV) $(PY) -m tools.bench_matcher

@@ -1,0 +1,339 @@
+"""Matcher benchmark: events/s consumed and evaluated, and per-event evaluation
+time, with 100, 10,000 and 100,000 enabled triggers; the matcher's peak memory;
+a raw aiokafka consume of the same messages as the baseline.
+
+    python -m tools.bench_matcher [--events 50000] [--sizes 100,10000,100000]
+
+For each size: a scratch database with that many triggers of a mixed kind
+(agent-specific stateless and stateful conditions, plus a fixed set of 20
+chain-wide ones), a fresh topic pre-filled with the same realistic event
+stream, the real matcher process pinned to one core (taskset) timed from
+ready to the last event evaluated, and an in-process measurement of the
+in-memory evaluation per event (index lookup + evaluation, no I/O).
+Prints the figures and writes bench-results/matcher-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.matcher import queries
+from services.matcher.evaluate import evaluate, scope_key
+from services.matcher.index import TriggerIndex
+from services.matcher.keeper import compile_trigger
+from shared.db import register_codecs
+from shared.events import Event, parse_events
+from shared.jobs import EventMessage, dump_message
+from shared.topics import event_key
+from tools.bench_ingest import pct
+from tools.benchdb import scratch_database, scratch_topic
+from tools.eventgen import stream, take
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAIN = 8453
+AGENTS = 1_000_000
+WILDCARDS = 20
+
+
+def trigger_rows(n: int, rng: random.Random, user: str) -> tuple[list[Any], list[Any], list[Any]]:
+    """(triggers, conditions, actions) rows for COPY: a mixed population."""
+    triggers: list[Any] = []
+    conditions: list[Any] = []
+    actions: list[Any] = []
+    past = datetime.now(UTC) - timedelta(days=1)
+    for i in range(n + WILDCARDS):
+        tid = str(uuid.uuid4())
+        registry = "reputation"
+        conds: list[tuple[str, str, str, str, dict[str, Any]]] = []
+        agent = str(rng.randrange(1, AGENTS))
+        if i >= n:  # chain-wide: every NewFeedback of the chain is a candidate
+            conds = [
+                ("event_type_equals", "event_type", "=", "NewFeedback", {}),
+                ("score_threshold", "score", "<", "-99", {}),
+            ]
+        else:
+            kind = rng.random()
+            if kind < 0.60:
+                conds = [
+                    ("agent_id_equals", "agent_id", "=", agent, {}),
+                    ("score_threshold", "score", "<", str(rng.randrange(1, 30)), {}),
+                ]
+            elif kind < 0.75:
+                others = ",".join(str(rng.randrange(1, AGENTS)) for _ in range(2))
+                conds = [
+                    ("agent_id_equals", "agent_id", "in", f"{agent},{others}", {}),
+                    ("tag_equals", "tag1", "=", "tradingYield", {}),
+                ]
+            elif kind < 0.85:
+                conds = [
+                    ("agent_id_equals", "agent_id", "=", agent, {}),
+                    ("ema_threshold", "score", "<", "20", {"window_size": 10}),
+                ]
+            elif kind < 0.95:
+                conds = [
+                    ("agent_id_equals", "agent_id", "=", agent, {}),
+                    ("event_type_equals", "event_type", "=", "NewFeedback", {}),
+                    ("rate_limit", "count", ">=", "50", {"time_window": "1h"}),
+                ]
+            else:
+                registry = "validation"
+                conds = [
+                    ("agent_id_equals", "agent_id", "=", agent, {}),
+                    ("validator_whitelist", "validator_address", "in", "0x" + "ab" * 20, {}),
+                ]
+        triggers.append((tid, user, f"t{i}", CHAIN, registry, True, past))
+        conditions.extend((tid, *c) for c in conds)
+        actions.append((tid, "rest", {"url": "http://127.0.0.1:9/hook", "method": "POST"}))
+    return triggers, conditions, actions
+
+
+async def load_triggers(url: str, n: int) -> None:
+    conn = await asyncpg.connect(url)
+    await register_codecs(conn)
+    try:
+        user = str(uuid.uuid4())
+        await conn.execute(
+            "INSERT INTO users (id, username, email, password_hash) VALUES ($1,$2,$3,'x')",
+            user,
+            "bench",
+            "bench@example.org",
+        )
+        triggers, conditions, actions = trigger_rows(n, random.Random(n), user)
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "triggers",
+                records=triggers,
+                columns=["id", "user_id", "name", "chain_id", "registry", "enabled", "enabled_at"],
+            )
+            await conn.copy_records_to_table(
+                "trigger_conditions",
+                records=conditions,
+                columns=["trigger_id", "condition_type", "field", "operator", "value", "config"],
+            )
+            await conn.copy_records_to_table(
+                "trigger_actions", records=actions, columns=["trigger_id", "action_type", "config"]
+            )
+    finally:
+        await conn.close()
+
+
+async def produce(bootstrap: str, topic: str, events: list[Event]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        at = datetime.now(UTC)
+        started = time.perf_counter()
+        futures = [
+            await producer.send(
+                topic,
+                dump_message(EventMessage(kind="event", event=e, ingested_at=at)),
+                key=event_key(e.chain_id, e.agent_id),
+            )
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+        return len(events) / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(bootstrap: str, topic: str, expect: int) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got = 0
+        started = time.perf_counter()
+        while got < expect:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            got += sum(len(v) for v in batch.values())
+        return expect / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
+    async with session.get(f"{base}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run_matcher(url: str, topic: str, n_events: int) -> dict[str, float]:
+    port = 19101
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "EVENTS_TOPIC": topic,
+        "MATCHER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+        "HTTP_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+    }
+    cmd = [sys.executable, "-m", "services.matcher"]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "1", *cmd]  # one core
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    async with scratch_topic(bootstrap) as jobs:  # where fired jobs go
+        env["ACTIONS_TOPIC"] = jobs
+        with tempfile.TemporaryFile() as log:
+            started = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
+            try:
+                async with aiohttp.ClientSession() as session:
+                    ready = None
+                    while True:
+                        if proc.poll() is not None:
+                            log.seek(0)
+                            raise SystemExit(f"matcher exited:\n{log.read().decode()[-3000:]}")
+                        try:
+                            done = await metric(
+                                session, base, "erc8004_matcher_events_evaluated_total"
+                            )
+                        except aiohttp.ClientError:
+                            await asyncio.sleep(0.1)
+                            continue
+                        if ready is None:
+                            ready = time.perf_counter()
+                        if done >= n_events:
+                            break
+                        await asyncio.sleep(0.05)
+                    finished = time.perf_counter()
+                    fired = await metric(session, base, "erc8004_matcher_jobs_produced_total")
+                    if fired == 0:
+                        async with session.get(f"{base}/metrics") as resp:
+                            fired = sum(
+                                float(line.rsplit(" ", 1)[1])
+                                for line in (await resp.text()).splitlines()
+                                if line.startswith("erc8004_matcher_jobs_produced_total{")
+                            )
+                peak = peak_rss_mib(proc.pid)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+    assert ready is not None
+    return {
+        "startup_s": ready - started,
+        "events_per_s": n_events / (finished - ready),
+        "jobs": fired,
+        "peak_rss_mib": peak,
+    }
+
+
+async def in_memory(url: str, events: list[Event]) -> dict[str, float]:
+    conn = await asyncpg.connect(url)
+    await register_codecs(conn)
+    try:
+        rows = await queries.list_enabled_triggers(conn)
+    finally:
+        await conn.close()
+    index = TriggerIndex(t for t in map(compile_trigger, rows) if t is not None)
+    states: dict[tuple[str, str], dict[str, Any]] = {}
+    costs = []
+    candidates = 0
+    for event in events:
+        t0 = time.perf_counter()
+        found = index.candidates(event)
+        for trigger in found:
+            if trigger.is_stateful:
+                key = (trigger.id, scope_key(trigger, event))
+                states[key] = evaluate(trigger, event, state=states.get(key, {})).state
+            else:
+                evaluate(trigger, event, state=None)
+        costs.append(time.perf_counter() - t0)
+        candidates += len(found)
+    return {
+        "mean_us": sum(costs) / len(costs) * 1e6,
+        "p50_us": pct(costs, 0.5) * 1e6,
+        "p99_us": pct(costs, 0.99) * 1e6,
+        "candidates_per_event": candidates / len(events),
+        "index_size": len(index),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    admin_url = os.environ["DATABASE_URL"]
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    raw = take(stream(random.Random(7), chain_id=CHAIN), args.events)
+    for item in raw:  # agents spread over the whole id space, as on a busy chain
+        item["agent_id"] = random.Random(item["transaction_hash"]).randrange(1, AGENTS)
+    events, errors = parse_events(list(raw))
+    assert not errors
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores; matcher pinned to one",
+        "events": len(events),
+        "sizes": {},
+    }
+    for size in args.sizes:
+        print(f"[bench-matcher] {size} triggers: loading", flush=True)  # noqa: T201
+        async with scratch_database(admin_url, "bench_matcher") as url:
+            await load_triggers(url, size)
+            async with scratch_topic(bootstrap) as topic:
+                produce_rate = await produce(bootstrap, topic, events)
+                consume_rate = await raw_consume(bootstrap, topic, len(events))
+                memory = await in_memory(url, events)
+                process = await run_matcher(url, topic, len(events))
+        row = {
+            **{k: round(v, 2) for k, v in memory.items()},
+            **{k: round(v, 2) for k, v in process.items()},
+            "fired_fraction": round(process["jobs"] / len(events), 4),
+            "raw_produce_per_s": round(produce_rate),
+            "raw_consume_per_s": round(consume_rate),
+            "ratio_to_raw_consume": round(process["events_per_s"] / consume_rate, 3),
+        }
+        results["sizes"][str(size)] = row
+        print(f"[bench-matcher] {size}: {row}", flush=True)  # noqa: T201
+    sizes = [str(s) for s in args.sizes]
+    small, large = results["sizes"][sizes[0]], results["sizes"][sizes[-1]]
+    results["mean_cost_ratio_largest_to_smallest"] = round(large["mean_us"] / small["mean_us"], 2)
+    results["p99_cost_ratio_largest_to_smallest"] = round(large["p99_us"] / small["p99_us"], 2)
+    results["targets"] = {"cost_ratio_max": 2.0, "events_per_s_min": 20000, "fired_max": 0.01}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument(
+        "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 10_000, 100_000]
+    )
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    path = out / f"matcher-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))  # noqa: T201
+    print(f"[bench-matcher] written to {path.relative_to(ROOT)}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

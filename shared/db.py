@@ -17,15 +17,18 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 
 
 async def register_codecs(conn: asyncpg.Connection) -> None:
-    """JSON and JSONB as Python values (orjson), on one connection."""
-    for typename in ("json", "jsonb"):
-        await conn.set_type_codec(
-            typename,
-            schema="pg_catalog",
-            encoder=lambda v: orjson.dumps(v).decode(),
-            decoder=orjson.loads,
-            format="text",
-        )
+    """JSON and JSONB as Python values (orjson), in the binary wire format so that
+    COPY can carry them too (jsonb's binary form is a version byte, then text)."""
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary"
+    )
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        format="binary",
+    )
 
 
 async def create_pool(

@@ -52,7 +52,7 @@ class Runtime:
             metrics=self.metrics,
             resync_interval=settings.resync_interval,
         )
-        await keeper.load_all()
+        await keeper.start()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             client_id="erc8004-matcher",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -63,38 +64,73 @@ class IndexKeeper:
         resync_interval: float = 60.0,
     ) -> None:
         self.index = TriggerIndex()
+        self._fingerprints: dict[str, str] = {}
         self._pool = pool
         self._connect = connect
         self._metrics = metrics
         self._resync_interval = resync_interval
         self._changed: asyncio.Queue[str] = asyncio.Queue()
-        self._lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
 
-    async def load_all(self) -> None:
+    async def start(self) -> None:
+        """LISTEN first, then load: a change committed in between is either in the
+        load or in the queue, never lost."""
+        self._listener = await self._listen_connection()
+        await self.resync()
+
+    async def resync(self) -> None:
+        """Bring the index in line with the database: fingerprints of every enabled
+        trigger, then only the new or changed ones are fetched and compiled."""
         started = time.perf_counter()
         async with self._pool.acquire() as conn:
-            rows = await queries.list_enabled_triggers(conn)
-        compiled = [t for t in map(compile_trigger, rows) if t is not None]
-        async with self._lock:
-            self.index = TriggerIndex(compiled)
+            current = await queries.trigger_fingerprints(conn)
+            stale = [i for i, fp in current.items() if self._fingerprints.get(i) != fp]
+            rows = []
+            for i in range(0, len(stale), 5000):
+                rows += await queries.list_triggers_by_id(conn, stale[i : i + 5000])
+        compiled = 0
+        for n, row in enumerate(rows):
+            trigger = compile_trigger(row)
+            if trigger is None:
+                self.index.remove(row["id"])
+            else:
+                self.index.put(trigger)
+                compiled += 1
+            self._fingerprints[row["id"]] = row["fp"]
+            if n % 500 == 499:
+                await asyncio.sleep(0)  # a large load must not stall the consumer
+        removed = [i for i in self._fingerprints if i not in current]
+        for trigger_id in removed:
+            self.index.remove(trigger_id)
+            del self._fingerprints[trigger_id]
+        if rows:
+            # The index is long-lived and large (100k triggers: millions of
+            # objects); left to the cyclic GC, every full collection walks all of
+            # it. Frozen objects are skipped.
+            gc.collect()
+            gc.freeze()
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("full").inc()
-        log.info(
-            "trigger index loaded",
-            triggers=len(compiled),
-            skipped=len(rows) - len(compiled),
-            seconds=round(time.perf_counter() - started, 3),
-        )
+        if rows or removed:
+            log.info(
+                "trigger index synced",
+                triggers=len(self.index),
+                compiled=compiled,
+                skipped=len(rows) - compiled,
+                removed=len(removed),
+                seconds=round(time.perf_counter() - started, 3),
+            )
 
     async def reload(self, trigger_id: str) -> None:
         async with self._pool.acquire() as conn:
-            row = await queries.get_enabled_trigger(conn, trigger_id)
-        trigger = compile_trigger(row) if row is not None else None
-        async with self._lock:
-            if trigger is None:
-                self.index.remove(trigger_id)
-            else:
-                self.index.put(trigger)
+            rows = await queries.list_triggers_by_id(conn, [trigger_id])
+        trigger = compile_trigger(rows[0]) if rows else None
+        if trigger is None:
+            self.index.remove(trigger_id)
+            self._fingerprints.pop(trigger_id, None)
+        else:
+            self.index.put(trigger)
+            self._fingerprints[trigger_id] = rows[0]["fp"]
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("trigger").inc()
 
@@ -103,7 +139,7 @@ class IndexKeeper:
         tasks = [
             asyncio.create_task(self._listen(), name="index-listen"),
             asyncio.create_task(self._apply_changes(), name="index-apply"),
-            asyncio.create_task(self._resync(), name="index-resync"),
+            asyncio.create_task(self._resync_loop(), name="index-resync"),
         ]
         try:
             await asyncio.gather(*tasks)
@@ -120,25 +156,31 @@ class IndexKeeper:
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("trigger reload failed; resync will catch up", error=repr(exc))
 
-    async def _resync(self) -> None:
+    async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self._resync_interval)
             try:
-                await self.load_all()
+                await self.resync()
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("index resync failed", error=repr(exc))
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self._changed.put_nowait(str(payload))
 
+    async def _listen_connection(self) -> asyncpg.Connection:
+        conn = await self._connect()
+        await conn.add_listener("trigger_changed", self._on_notify)
+        return conn
+
     async def _listen(self) -> None:
+        """Keep the LISTEN connection alive; after a reconnect, resync (whatever was
+        sent while nobody listened is lost to LISTEN)."""
         while True:
-            conn: asyncpg.Connection | None = None
+            conn, self._listener = self._listener, None
             try:
-                conn = await self._connect()
-                await conn.add_listener("trigger_changed", self._on_notify)
-                # Changes made while nobody listened: a full load covers them.
-                await self.load_all()
+                if conn is None:
+                    conn = await self._listen_connection()
+                    await self.resync()
                 while True:
                     await asyncio.sleep(5.0)
                     async with asyncio.timeout(5.0):

@@ -25,13 +25,28 @@ FROM triggers t
 WHERE t.enabled
 """
 
+# Composed from the constant above only (no input reaches the text).
+FINGERPRINTS_SQL = "SELECT x.id, md5(x::text) AS fp FROM (" + TRIGGERS_SQL + ") AS x"  # noqa: S608
+BY_ID_SQL = (
+    "SELECT x.*, md5(x::text) AS fp FROM ("  # noqa: S608
+    + TRIGGERS_SQL
+    + " AND t.id = any($1::text[])) AS x"
+)
+
 
 async def list_enabled_triggers(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(TRIGGERS_SQL)
 
 
-async def get_enabled_trigger(conn: Conn, trigger_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(TRIGGERS_SQL + " AND t.id = $1", trigger_id)
+async def trigger_fingerprints(conn: Conn) -> dict[str, str]:
+    """id -> md5 of everything the matcher reads of an enabled trigger: a resync
+    compares these and compiles only what changed."""
+    rows = await conn.fetch(FINGERPRINTS_SQL)
+    return {r["id"]: r["fp"] for r in rows}
+
+
+async def list_triggers_by_id(conn: Conn, ids: Sequence[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(BY_ID_SQL, list(ids))
 
 
 StateKey = tuple[str, str]

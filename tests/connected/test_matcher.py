@@ -453,8 +453,8 @@ async def reference(
     db: asyncpg.Connection, trigger_ids: list[str], events: list[Event]
 ) -> tuple[dict[Any, Any], set[str]]:
     """A clean replay in memory: per-agent order is what Kafka preserves (key chain:agent)."""
-    rows = [await queries.get_enabled_trigger(db, t) for t in trigger_ids]
-    triggers = [compile_trigger(r) for r in rows if r is not None]
+    rows = await queries.list_triggers_by_id(db, trigger_ids)
+    triggers = [compile_trigger(r) for r in sorted(rows, key=lambda r: trigger_ids.index(r["id"]))]
     states: dict[Any, Any] = {}
     fired: set[str] = set()
     for e in events:

@@ -7,6 +7,7 @@ from aiohttp import web
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from shared.logging import configure_logging
+from shared.loop import new_event_loop
 
 
 def main() -> None:
@@ -14,6 +15,7 @@ def main() -> None:
     configure_logging(settings.log_level, service=settings.service_name)
     web.run_app(
         create_app(settings),
+        loop=new_event_loop(),
         host=settings.http_host,
         port=settings.http_port,
         shutdown_timeout=settings.shutdown_timeout,

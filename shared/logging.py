@@ -78,6 +78,7 @@ def configure_logging(level: str = "INFO", *, service: str, json: bool | None = 
     root.setLevel(level.upper())
     # Libraries at WARNING unless we debug: their INFO lines are per-connection noise.
     lib_level = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
-    for name in ("aiokafka", "asyncpg", "aiohttp.access", "faststream"):
+    # httpx2 (the mcp client) logs every request URL, query string included, at INFO.
+    for name in ("aiokafka", "asyncpg", "aiohttp.access", "faststream", "httpx2", "httpx"):
         logging.getLogger(name).setLevel(lib_level)
     structlog.contextvars.bind_contextvars(service=service)

@@ -74,18 +74,19 @@ def trigger_rows(n: int, rng: random.Random, user: str) -> tuple[list[Any], list
             if kind < 0.60:
                 conds = [
                     ("agent_id_equals", "agent_id", "=", agent, {}),
-                    ("score_threshold", "score", "<", str(rng.randrange(1, 30)), {}),
+                    ("score_threshold", "score", "<", str(rng.randrange(-99, -90)), {}),
                 ]
             elif kind < 0.75:
                 others = ",".join(str(rng.randrange(1, AGENTS)) for _ in range(2))
                 conds = [
                     ("agent_id_equals", "agent_id", "in", f"{agent},{others}", {}),
                     ("tag_equals", "tag1", "=", "tradingYield", {}),
+                    ("score_threshold", "score", "<", "-95", {}),
                 ]
             elif kind < 0.85:
                 conds = [
                     ("agent_id_equals", "agent_id", "=", agent, {}),
-                    ("ema_threshold", "score", "<", "20", {"window_size": 10}),
+                    ("ema_threshold", "score", "<", "-95", {"window_size": 10}),
                 ]
             elif kind < 0.95:
                 conds = [

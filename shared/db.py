@@ -73,3 +73,13 @@ def pool_from_settings(settings: ServiceSettings, *, min_size: int = 1) -> Await
         min_size=min_size,
         max_size=settings.database_pool_max,
     )
+
+
+async def close_pool(pool: asyncpg.Pool, *, within: float = 3.0) -> None:
+    """Close gracefully if that is quick, else terminate: shutdown stays bounded
+    (Kubernetes' grace period) even with a connection stuck on a dead server."""
+    try:
+        async with asyncio.timeout(within):
+            await pool.close()
+    except TimeoutError:
+        pool.terminate()

@@ -86,6 +86,9 @@ class RetractionMessage(BaseModel):
     to_block: _Block | None = None
     reorg_id: Annotated[str, Strict(), Field(min_length=1, max_length=200)]
     created_at: AwareDatetime
+    #: ``event_key`` of every replaced event: a retraction removes exactly these, so
+    #: applying it again (one copy per partition) never touches canonical events.
+    event_keys: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

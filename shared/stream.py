@@ -16,7 +16,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 
-from shared.db import check_db, pool_from_settings
+from shared.db import check_db, close_pool, pool_from_settings
 from shared.metrics import new_registry
 from shared.ops import add_ops_routes, start_site
 from shared.settings import ServiceSettings
@@ -87,7 +87,7 @@ def create_stream_app(
             if on_stop is not None:
                 await on_stop(service)
             await runner.cleanup()
-            await service.db().close()
+            await close_pool(service.db())
             service.pool = None
             log.info("stopped")
 

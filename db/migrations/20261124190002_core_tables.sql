@@ -201,7 +201,9 @@ CREATE TABLE trigger_state (
 -- record: one row per (trigger, event) evaluated, written in the same transaction
 -- as the trigger_state update, so an event redelivered by Kafka neither updates a
 -- stateful condition twice nor fires twice. Old rows are removed by
--- cleanup_old_trigger_evaluations().
+-- cleanup_old_trigger_evaluations(). event_id holds the event's version key,
+-- {id}@{block_hash}: after a reorg the canonical event at the same position is a
+-- new version and is evaluated afresh.
 CREATE TABLE trigger_evaluations (
     trigger_id TEXT NOT NULL,
     event_id TEXT NOT NULL,

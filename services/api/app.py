@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 
 from services.api.settings import ApiSettings
-from shared.db import check_db, pool_from_settings
+from shared.db import check_db, close_pool, pool_from_settings
 from shared.kafka import KafkaProbe
 from shared.metrics import new_registry
 from shared.ops import add_ops_routes
@@ -29,7 +29,7 @@ def create_app(settings: ApiSettings) -> web.Application:
         app[POOL] = await pool_from_settings(settings)
         log.info("api started", port=settings.http_port)
         yield
-        await app[POOL].close()
+        await close_pool(app[POOL])
         await probe.close()
 
     app.cleanup_ctx.append(database)

@@ -21,7 +21,7 @@ from services.ingest.routes import (
     routes,
 )
 from services.ingest.settings import IngestSettings
-from shared.db import check_db, pool_from_settings
+from shared.db import check_db, close_pool, pool_from_settings
 from shared.kafka import KafkaProbe
 from shared.metrics import new_registry
 from shared.ops import add_ops_routes
@@ -61,7 +61,7 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await app[POOL].close()
+        await close_pool(app[POOL])
         await probe.close()
 
     app.cleanup_ctx.append(resources)

@@ -26,25 +26,49 @@ class Stored:
     duplicates: list[Event]
 
 
-async def store_events(conn: Conn, events: Sequence[Event], *, topic: str = EVENTS) -> Stored:
+#: Claim the ids not claimed yet (in id order: concurrent posters of overlapping
+#: batches wait on each other, never deadlock).
+CLAIM = """
+INSERT INTO event_ids (id, block_time)
+SELECT id, block_time
+FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS t(id, block_time, block_hash)
+ORDER BY id
+ON CONFLICT (id) DO NOTHING
+RETURNING id, now() AS ingested_at
+"""
+#: The same, skipping events whose very version (id, block time, block hash) is
+#: stored already: after a reorg released an id, a re-post of the replaced block
+#: is a duplicate, not a new event. Used when the fast path met that case.
+CLAIM_CAREFULLY = """
+INSERT INTO event_ids (id, block_time)
+SELECT t.id, t.block_time
+FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS t(id, block_time, block_hash)
+WHERE NOT EXISTS (
+    SELECT 1 FROM events e
+    WHERE e.id = t.id AND e.block_time = t.block_time AND e.block_hash = t.block_hash)
+ORDER BY t.id
+ON CONFLICT (id) DO NOTHING
+RETURNING id, now() AS ingested_at
+"""
+
+
+async def store_events(
+    conn: Conn, events: Sequence[Event], *, topic: str = EVENTS, careful: bool = False
+) -> Stored:
     """Store the events not seen before, their outbox messages and the chains'
-    checkpoints, in one transaction. Ids are claimed in sorted order so that
-    concurrent posters of overlapping batches wait on each other, never deadlock."""
+    checkpoints, in one transaction. ``careful`` also counts as duplicates the
+    replaced events of a reorg posted again (the fast path fails on them with a
+    unique violation; the caller then retries carefully)."""
     first: dict[str, Event] = {}
     for event in events:
         first.setdefault(event.id, event)
     ids = sorted(first)
     async with conn.transaction():
         rows = await conn.fetch(
-            """
-            INSERT INTO event_ids (id, block_time)
-            SELECT id, block_time FROM unnest($1::text[], $2::timestamptz[]) AS t(id, block_time)
-            ORDER BY id
-            ON CONFLICT (id) DO NOTHING
-            RETURNING id, now() AS ingested_at
-            """,
+            CLAIM_CAREFULLY if careful else CLAIM,
             ids,
             [first[i].block_time for i in ids],
+            [first[i].block_hash for i in ids],
         )
         new_ids = {r["id"] for r in rows}
         # Input order (the indexers' chain order) for the events and their messages.
@@ -66,14 +90,19 @@ async def store_events(conn: Conn, events: Sequence[Event], *, topic: str = EVEN
                 ],
                 columns=list(OUTBOX_COLUMNS),
             )
-        await _advance_checkpoints(conn, events)
+        await _advance_checkpoints(conn, accepted)
     accepted_ids = {id(e) for e in accepted}
     duplicates = [e for e in events if id(e) not in accepted_ids]
     return Stored(accepted=accepted, duplicates=duplicates)
 
 
 async def _advance_checkpoints(conn: Conn, events: Sequence[Event]) -> None:
-    """The highest block seen per chain; never moves backwards."""
+    """The highest block stored per chain; never moves backwards (but for a reorg).
+    Only stored events advance it: a duplicate's block was seen when it was first
+    stored, unless a reorg moved the checkpoint back below it since, and then it is
+    a replaced version that must not move the checkpoint forward again."""
+    if not events:
+        return
     top: dict[int, Event] = {}
     for event in events:
         best = top.get(event.chain_id)
@@ -173,17 +202,38 @@ async def record_reorg(conn: Conn, reorg: ReorgIn, *, topic: str = EVENTS) -> Re
             reorg.reason,
         )
         assert row is not None
+        # The canonical version of each released id is its latest stored row.
         released = await conn.fetch(
             """
-            DELETE FROM event_ids WHERE id IN (
-                SELECT id FROM events
-                WHERE chain_id = $1 AND block_number >= $2
-                  AND ($3::bigint IS NULL OR block_number <= $3))
-            RETURNING id
+            WITH freed AS (
+                DELETE FROM event_ids WHERE id IN (
+                    SELECT id FROM events
+                    WHERE chain_id = $1 AND block_number >= $2
+                      AND ($3::bigint IS NULL OR block_number <= $3))
+                RETURNING id, block_time)
+            SELECT DISTINCT ON (e.id) e.id, e.block_hash
+            FROM freed f JOIN events e ON e.id = f.id AND e.block_time = f.block_time
+            ORDER BY e.id, e.created_at DESC
             """,
             reorg.chain_id,
             reorg.from_block,
             reorg.to_block,
+        )
+        # The one backward move of a checkpoint: an indexer resuming from it must
+        # re-read the replaced blocks.
+        await conn.execute(
+            """
+            UPDATE checkpoints SET
+                last_block_number = greatest($2::bigint - 1, 0),
+                last_block_hash = coalesce(
+                    (SELECT block_hash FROM events
+                     WHERE chain_id = $1 AND block_number = $2::bigint - 1
+                     ORDER BY created_at DESC LIMIT 1), ''),
+                updated_at = now()
+            WHERE chain_id = $1 AND last_block_number >= $2
+            """,
+            reorg.chain_id,
+            reorg.from_block,
         )
         message = RetractionMessage(
             kind="retraction",
@@ -192,6 +242,7 @@ async def record_reorg(conn: Conn, reorg: ReorgIn, *, topic: str = EVENTS) -> Re
             to_block=reorg.to_block,
             reorg_id=row["id"],
             created_at=row["created_at"],
+            event_keys=tuple(sorted(f"{r['id']}@{r['block_hash']}" for r in released)),
         )
         await conn.execute(
             "INSERT INTO event_outbox (topic, msg_key, payload, broadcast)"

@@ -77,7 +77,7 @@ class Relay:
                 try:
                     producer = await self._ensure_producer()
                     moved = await self._relay_batch(producer)
-                except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                except Exception as exc:  # noqa: BLE001 (Kafka, PostgreSQL, anything: retry)
                     self._metrics.relay_errors.labels(type(exc).__name__).inc()
                     log.warning("relay batch failed; retrying", error=repr(exc), backoff=backoff)
                     await self._drop_producer()
@@ -144,7 +144,7 @@ class Relay:
         self._partitions.clear()
         if producer is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(3):
                     await producer.stop()
 
     async def _listen(self) -> None:
@@ -159,7 +159,7 @@ class Relay:
                     await asyncio.sleep(5.0)
                     async with asyncio.timeout(5.0):
                         await conn.fetchval("SELECT 1")
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 (e.g. InterfaceError after a PG restart)
                 log.warning("relay listener lost its connection", error=repr(exc))
             finally:
                 if conn is not None and not conn.is_closed():
@@ -174,6 +174,6 @@ class Relay:
                     depth, lag = await queries.outbox_stats(conn)
                 self._metrics.outbox_depth.set(depth)
                 self._metrics.relay_lag.set(lag)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 (stats are best effort)
                 log.debug("outbox stats unavailable", error=repr(exc))
             await asyncio.sleep(self._stats_interval)

@@ -176,10 +176,18 @@ async def post_events(request: web.Request) -> web.Response:
 
 
 async def _store_with_retry(conn: Conn, events: list[Event], *, topic: str) -> queries.Stored:
-    """A deadlock or serialization failure is retried; the transaction rolled back whole."""
+    """A deadlock or serialization failure is retried; the transaction rolled back whole.
+    A unique violation means a replaced event of a reorg was posted again: the
+    careful path counts it as a duplicate."""
+    careful = False
     for attempt in range(3):
         try:
-            return await queries.store_events(conn, events, topic=topic)
+            return await queries.store_events(conn, events, topic=topic, careful=careful)
+        except asyncpg.UniqueViolationError:
+            if careful:
+                raise
+            careful = True
+            log.info("stored version posted again after a reorg: careful path")
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == 2:
                 raise

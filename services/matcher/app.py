@@ -95,7 +95,11 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._producer is not None:
-            await self._producer.stop()
+            # Bounded: with Kafka away, stop() would wait out request timeouts.
+            # Unacknowledged jobs are safe: their batch was not committed.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(3):
+                    await self._producer.stop()
 
 
 def create_app(settings: MatcherSettings) -> FastStream:

@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import operator
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from functools import cached_property
 from typing import Any, Final
 
-from shared.events import Event, feedback_value
+from shared.events import Event, event_key, feedback_value
 from shared.triggers import Condition, ConditionType
 
 __all__ = ["ActionSpec", "Outcome", "TriggerSpec", "evaluate", "retract", "scope_key"]
@@ -521,7 +521,9 @@ class _Run:
 
     def __init__(self, event: Event, work: dict[str, dict[str, Any]]) -> None:
         self.event = event
-        self.event_id = event.id
+        # Windows and EMAs remember versions, not positions: after a reorg the
+        # canonical event at a position has the same id and another block hash.
+        self.event_id = event_key(event)
         self.work = work
         self.entries: list[tuple[int, dict[str, Any]]] = []
 
@@ -685,7 +687,7 @@ def _fire_stateless(
     run.entries.sort(key=lambda item: item[0])
     explain = {
         "trigger_id": trigger.id,
-        "event_id": run.event_id,
+        "event_id": run.event.id,
         "fired": True,
         "suppressed": None,
         "conditions": [entry for _, entry in run.entries],
@@ -768,7 +770,7 @@ def _evaluate_stateful(
     run.entries.sort(key=lambda item: item[0])
     explain: dict[str, Any] = {
         "trigger_id": trigger.id,
-        "event_id": run.event_id,
+        "event_id": run.event.id,
         "fired": fired,
         "suppressed": suppressed,
         "conditions": [entry for _, entry in run.entries],
@@ -789,9 +791,13 @@ def retract(
     chain_id: int,
     from_block: int,
     to_block: int | None,
+    event_keys: Collection[str] | None = None,
 ) -> Outcome:
     """Take a reorged block range [from_block, to_block] (None: no upper bound) of a chain
-    back out of every rate window of `state`. EMAs cannot be undone and stay as they are."""
+    back out of every rate window of `state`; with ``event_keys`` (the replaced
+    versions, see shared.events.event_key), exactly those entries, so that applying
+    the retraction again never removes a canonical event of the same range. EMAs
+    cannot be undone and stay as they are."""
     prog = trigger._program
     old = _as_dict(state)
     explain: dict[str, Any] = {
@@ -806,7 +812,11 @@ def retract(
     work = _load(prog, old)
     upper = to_block
 
+    keys = frozenset(event_keys) if event_keys is not None else None
+
     def keep(entry: list[Any]) -> bool:
+        if keys is not None:
+            return entry[_ID] not in keys
         block = entry[_BLOCK]
         return not (
             entry[_CHAIN] == chain_id and block >= from_block and (upper is None or block <= upper)

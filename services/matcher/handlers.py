@@ -2,8 +2,8 @@
 
 Stateless triggers are evaluated in memory (a pure function of the event:
 redelivery gives the same jobs with the same ids). Stateful ones are evaluated
-inside one transaction that locks their state rows, skips (trigger, event) pairs
-already evaluated, and records the new evaluations with the state change, so a
+inside one transaction that locks their state rows, skips (trigger, event
+version) pairs already evaluated, and records the new evaluations with the state change, so a
 redelivered or replayed event never counts twice. Jobs are produced after the
 commit and before the batch is acknowledged: a firing whose jobs were lost with
 the process is produced again from its recorded explain on redelivery.
@@ -24,7 +24,7 @@ from services.matcher import queries
 from services.matcher.evaluate import TriggerSpec, evaluate, retract, scope_key
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
-from shared.events import Event
+from shared.events import Event, event_key
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
 
 log = structlog.get_logger(__name__)
@@ -97,13 +97,13 @@ class Matcher:
         async with self._pool.acquire() as conn, conn.transaction():
             keys = [(t.id, scope_key(t, e)) for e, t in pairs]
             states = await queries.lock_states(conn, keys)
-            done = await queries.done_evaluations(conn, [(t.id, e.id) for e, t in pairs])
+            done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
             changed: dict[queries.StateKey, dict[str, Any]] = {}
             records: list[tuple[str, str, bool, dict[str, Any] | None]] = []
             for (event, trigger), key in zip(pairs, keys, strict=True):
                 if key not in states:
                     continue  # deleted since the index saw it
-                pair = (trigger.id, event.id)
+                pair = (trigger.id, event_key(event))
                 if pair in done:
                     explain = done[pair]
                     if explain is not None:  # fired before: its jobs may not have left
@@ -114,7 +114,7 @@ class Matcher:
                     states[key] = changed[key] = outcome.state
                 explain_or_none = outcome.explain if outcome.fired else None
                 done[pair] = explain_or_none
-                records.append((trigger.id, event.id, outcome.fired, explain_or_none))
+                records.append((pair[0], pair[1], outcome.fired, explain_or_none))
                 if outcome.fired:
                     jobs += self._fire(trigger, event, outcome.explain)
             await queries.save_states(conn, changed)
@@ -137,13 +137,14 @@ class Matcher:
                     chain_id=message.chain_id,
                     from_block=message.from_block,
                     to_block=message.to_block,
+                    # Exactly the replaced versions: this message arrives once per
+                    # partition, and canonical events of the range may be counted
+                    # already; they have other keys and stay.
+                    event_keys=message.event_keys,
                 )
                 if outcome.changed:
                     changed[key] = outcome.state
             await queries.save_states(conn, changed)
-            forgotten = await queries.forget_evaluations(
-                conn, list(triggers), message.chain_id, message.from_block, message.to_block
-            )
         self._metrics.retractions.inc()
         log.info(
             "retraction applied",
@@ -151,8 +152,8 @@ class Matcher:
             chain_id=message.chain_id,
             from_block=message.from_block,
             to_block=message.to_block,
+            replaced=len(message.event_keys),
             states_changed=len(changed),
-            evaluations_forgotten=forgotten,
         )
 
     def _fire(

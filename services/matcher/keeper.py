@@ -71,6 +71,10 @@ class IndexKeeper:
         self._resync_interval = resync_interval
         self._changed: asyncio.Queue[str] = asyncio.Queue()
         self._listener: asyncpg.Connection | None = None
+        # resync and reload both change the index across awaits: one at a time,
+        # so a reload is never undone by a resync that read the database before it.
+        self._sync_lock = asyncio.Lock()
+        self._frozen = False
 
     async def start(self) -> None:
         """LISTEN first, then load: a change committed in between is either in the
@@ -81,6 +85,10 @@ class IndexKeeper:
     async def resync(self) -> None:
         """Bring the index in line with the database: fingerprints of every enabled
         trigger, then only the new or changed ones are fetched and compiled."""
+        async with self._sync_lock:
+            await self._resync()
+
+    async def _resync(self) -> None:
         started = time.perf_counter()
         async with self._pool.acquire() as conn:
             current = await queries.trigger_fingerprints(conn)
@@ -103,12 +111,14 @@ class IndexKeeper:
         for trigger_id in removed:
             self.index.remove(trigger_id)
             del self._fingerprints[trigger_id]
-        if rows:
+        if rows and not self._frozen:
             # The index is long-lived and large (100k triggers: millions of
             # objects); left to the cyclic GC, every full collection walks all of
-            # it. Frozen objects are skipped.
+            # it. Frozen objects are skipped. Once, after the first load: later
+            # freezes would also pin whatever a batch in flight holds.
             gc.collect()
             gc.freeze()
+            self._frozen = True
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("full").inc()
         if rows or removed:
@@ -122,6 +132,10 @@ class IndexKeeper:
             )
 
     async def reload(self, trigger_id: str) -> None:
+        async with self._sync_lock:
+            await self._reload(trigger_id)
+
+    async def _reload(self, trigger_id: str) -> None:
         async with self._pool.acquire() as conn:
             rows = await queries.list_triggers_by_id(conn, [trigger_id])
         trigger = compile_trigger(rows[0]) if rows else None
@@ -153,7 +167,7 @@ class IndexKeeper:
             trigger_id = await self._changed.get()
             try:
                 await self.reload(trigger_id)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 (any failure: the resync catches up)
                 log.warning("trigger reload failed; resync will catch up", error=repr(exc))
 
     async def _resync_loop(self) -> None:
@@ -161,7 +175,7 @@ class IndexKeeper:
             await asyncio.sleep(self._resync_interval)
             try:
                 await self.resync()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 (any failure: retried next interval)
                 log.warning("index resync failed", error=repr(exc))
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
@@ -185,7 +199,7 @@ class IndexKeeper:
                     await asyncio.sleep(5.0)
                     async with asyncio.timeout(5.0):
                         await conn.fetchval("SELECT 1")
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 (e.g. InterfaceError after a PG restart)
                 log.warning("trigger listener lost its connection", error=repr(exc))
             finally:
                 if conn is not None and not conn.is_closed():

@@ -153,24 +153,3 @@ async def record_evaluations(
         [r[2] for r in rows],
         [r[3] for r in rows],
     )
-
-
-async def forget_evaluations(
-    conn: Conn, trigger_ids: Sequence[str], chain_id: int, from_block: int, to_block: int | None
-) -> int:
-    """A reorg: the replaced events' evaluations are forgotten, so the canonical
-    events at the same positions (same ids) are evaluated afresh."""
-    status = await conn.execute(
-        """
-        DELETE FROM trigger_evaluations
-        WHERE trigger_id = any($1::text[])
-          AND split_part(event_id, '-', 1) = $2::text
-          AND split_part(event_id, '-', 2)::bigint >= $3
-          AND ($4::bigint IS NULL OR split_part(event_id, '-', 2)::bigint <= $4)
-        """,
-        list(trigger_ids),
-        str(chain_id),
-        from_block,
-        to_block,
-    )
-    return int(status.split()[-1])

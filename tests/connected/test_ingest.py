@@ -238,6 +238,10 @@ async def test_reorg_releases_ids_and_retracts_on_every_partition(
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert sorted(body["released_event_ids"]) == sorted(f"{chain}-{b}-0" for b in range(15, 20))
+    # The checkpoint moved back below the reorg, so a resuming indexer re-reads it.
+    checkpoint = await (await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
+    assert checkpoint["last_block_number"] == 14
+    assert checkpoint["last_block_hash"] == events[4]["block_hash"]
     # The replaced events stay in the table (append-only); the canonical ones at
     # the same positions are accepted.
     replacement = [
@@ -247,12 +251,34 @@ async def test_reorg_releases_ids_and_retracts_on_every_partition(
     resp = await client.post("/v1/events", json=replacement, headers=AUTH)
     assert await resp.json() == {"accepted": 3, "duplicates": 0}
     assert await count_events(db, chain) == 13
+    # An indexer retrying a batch of the replaced blocks (their old hashes): every
+    # one is a stored version, so a duplicate, including blocks 18 and 19 whose
+    # positions are free again (their canonical events may still come).
+    resp = await client.post("/v1/events", json=events[5:], headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 0, "duplicates": 5}
+    assert await count_events(db, chain) == 13
+    # Re-posted replaced versions did not move the checkpoint; the canonical ones did.
+    checkpoint = await (await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
+    assert checkpoint["last_block_number"] == 17
+    late = make_event(
+        rng, chain_id=chain, block_number=18, log_index=0, block_hash="0x" + "ab" * 32
+    )
+    resp = await client.post("/v1/events", json=late, headers=AUTH)
+    assert await resp.json() == {"accepted": 1, "duplicates": 0}
+    checkpoint = await (await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
+    assert checkpoint["last_block_number"] == 18
     reorgs = await db.fetchval("SELECT count(*) FROM reorgs WHERE chain_id = $1", chain)
     assert reorgs == 1
 
-    records = await read_topic(kafka_bootstrap, topic, expect=10 + 3 + 3)
+    records = await read_topic(kafka_bootstrap, topic, expect=10 + 3 + 3 + 1)
     retractions = [r for r in records if parse_topic_message(r.value).kind == "retraction"]
     assert sorted(r.partition for r in retractions) == [0, 1, 2]
+    message = parse_topic_message(retractions[0].value)
+    assert message.kind == "retraction"
+    assert sorted(message.event_keys) == sorted(
+        f"{chain}-{e['block_number']}-0@{e['block_hash']}" for e in events[5:]
+    )
     # On each partition the retraction comes after the replaced events and
     # before their replacements.
     for record in records:
@@ -260,12 +286,39 @@ async def test_reorg_releases_ids_and_retracts_on_every_partition(
         if message.kind != "event":
             continue
         retraction = next(r for r in retractions if r.partition == record.partition)
-        replaced = message.event.block_hash != "0x" + "ab" * 32
-        assert (record.offset < retraction.offset) == replaced
+        canonical = message.event.block_hash == "0x" + "ab" * 32
+        assert (record.offset > retraction.offset) == canonical
 
     resp = await client.post("/v1/reorgs", json={"chain_id": chain}, headers=AUTH)
     assert resp.status == 422
     assert any(d["field"] == "from_block" for d in (await resp.json())["details"])
+
+
+async def test_relay_listener_survives_a_lost_connection(
+    database_url: str, kafka_bootstrap: str, topic: str, db: asyncpg.Connection, chain: int
+) -> None:
+    """With polling slowed to 30 s, only NOTIFY moves events quickly: after the
+    relay's LISTEN connection is killed (as by a PostgreSQL restart) it comes back."""
+    settings = settings_for(database_url, kafka_bootstrap, topic).model_copy(
+        update={"relay_poll_interval": 30.0}
+    )
+    rng = random.Random(9)
+    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
+        first = [make_event(rng, chain_id=chain, block_number=1, log_index=i) for i in range(5)]
+        await client.post("/v1/events", json=first, headers=AUTH)
+        await read_topic(kafka_bootstrap, topic, expect=5, within=5, settle=0)
+        killed = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'erc8004-ingest-relay'"
+        )
+        assert killed == 1
+        await asyncio.sleep(2.5)  # reconnect after 1 s
+        second = [make_event(rng, chain_id=chain, block_number=2, log_index=i) for i in range(5)]
+        await client.post("/v1/events", json=second, headers=AUTH)
+        started = asyncio.get_running_loop().time()
+        records = await read_topic(kafka_bootstrap, topic, expect=10, within=10, settle=0)
+        assert len(records) == 10
+        assert asyncio.get_running_loop().time() - started < 5, "relayed by the poll, not NOTIFY"
 
 
 async def test_two_relays_share_the_outbox_without_double_relaying(

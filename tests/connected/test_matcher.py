@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from services.matcher import queries
 from services.matcher.evaluate import evaluate, scope_key
 from services.matcher.keeper import compile_trigger
-from shared.events import Event
+from shared.events import Event, event_key
 from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
 from tests.kafkautil import read_topic
 from tests.matcherutil import insert_trigger, insert_user, produce_events
@@ -378,30 +378,68 @@ async def test_retraction_takes_events_out_of_rate_windows(
         return [entry for c in state["conditions"].values() for entry in c.get("window", [])]
 
     assert len(await window()) == 6
-    producer_msg = RetractionMessage(
+    replaced = events[3:]
+    retraction = RetractionMessage(
         kind="retraction",
         chain_id=chain,
         from_block=203,
         to_block=None,
         reorg_id="r1",
         created_at=datetime.now(UTC),
+        event_keys=tuple(event_key(e) for e in replaced),
     )
-    await produce_raw(kafka_bootstrap, topic, dump_message(producer_msg), partitions=3)
-    await wait_metric(proc, "erc8004_matcher_retractions_total", 3)
+    # One copy on partition 0 first, then the canonical event at block 203 (same
+    # id, other block hash), then the copies of the other partitions: they must
+    # not take the canonical event out.
+    await produce_raw(kafka_bootstrap, topic, dump_message(retraction), partitions=[0])
+    await wait_metric(proc, "erc8004_matcher_retractions_total", 1)
     assert len(await window()) == 3
-    left = await db.fetchval(
-        "SELECT count(*) FROM trigger_evaluations WHERE trigger_id = $1", trigger
+    canonical = feedback(chain, 203, 5, score=50, timestamp=ts + 3, block_hash="0x" + "cd" * 32)
+    assert canonical.id == replaced[0].id
+    await produce_events(kafka_bootstrap, topic, [canonical])
+    await wait_all_evaluated(db, 7)
+    assert len(await window()) == 4
+    await produce_raw(kafka_bootstrap, topic, dump_message(retraction), partitions=[1, 2])
+    await wait_metric(proc, "erc8004_matcher_retractions_total", 3)
+    entries = await window()
+    assert len(entries) == 4
+    assert event_key(canonical) in {entry[1] for entry in entries}
+    assert not {event_key(e) for e in replaced} & {entry[1] for entry in entries}
+
+
+async def test_index_survives_losing_its_listen_connection(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """A PostgreSQL restart drops the LISTEN connection: the matcher reconnects,
+    resyncs, and keeps following trigger changes."""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    proc = start_matcher({**matcher_env, "MATCHER_RESYNC_INTERVAL": "60"}, tmp_path, procs)
+    cond = [{"condition_type": "agent_id_equals", "operator": "=", "value": "1"}]
+    await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
+    await wait_metric(proc, "erc8004_matcher_index_triggers", 1, within=10)
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = 'erc8004-matcher-listen'"
     )
-    assert left == 3
+    assert killed == 1
+    await asyncio.sleep(0.5)
+    await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
+    await wait_metric(proc, "erc8004_matcher_index_triggers", 2, within=15)
+    await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
+    await wait_metric(proc, "erc8004_matcher_index_triggers", 3, within=5)
 
 
-async def produce_raw(bootstrap: str, topic: str, value: bytes, *, partitions: int) -> None:
+async def produce_raw(bootstrap: str, topic: str, value: bytes, *, partitions: list[int]) -> None:
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        for p in range(partitions):
+        for p in partitions:
             await producer.send_and_wait(topic, value, key=b"r", partition=p)
     finally:
         await producer.stop()
@@ -532,10 +570,17 @@ async def test_two_replicas_give_the_results_of_one(
     chain = random.randrange(1_000_000, 2**31 - 1)
     triggers = await stateful_setup(db, chain)
     events = stream_of(chain, 2000)
-    start_matcher(matcher_env, tmp_path, procs)
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_events(kafka_bootstrap, topic, events)
+    one = start_matcher(matcher_env, tmp_path, procs)
+    two = start_matcher(matcher_env, tmp_path, procs)
+    # Spread over seconds, so the group has rebalanced onto both long before the end.
+    for i in range(0, len(events), 100):
+        await produce_events(kafka_bootstrap, topic, events[i : i + 100])
+        await asyncio.sleep(0.3)
     await wait_all_evaluated(db, 2 * len(events))
+    name = "erc8004_matcher_events_evaluated_total"
+    assert metric(one, name) > 0, "the first replica got no partition"
+    assert metric(two, name) > 0, "the second replica got no partition"
+    assert metric(one, name) + metric(two, name) >= len(events)
     want_states, want_jobs = await reference(db, triggers, events)
     assert await stored_states(db, triggers) == want_states
     jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))

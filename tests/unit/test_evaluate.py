@@ -361,7 +361,13 @@ def test_ema_first_value_then_window_size() -> None:
     state = out[-1].state["conditions"]["0"]
     assert state["count"] == 3
     assert state["armed"] is True
-    assert state["seen"] == ["84532-101-1", "84532-102-2", "84532-103-3"]
+    # versions (id@block_hash) are remembered, not positions
+    assert [k.partition("@")[0] for k in state["seen"]] == [
+        "84532-101-1",
+        "84532-102-2",
+        "84532-103-3",
+    ]
+    assert all(k.partition("@")[2].startswith("0x") for k in state["seen"])
 
 
 def test_ema_with_alpha_and_decimal_values() -> None:
@@ -534,7 +540,7 @@ def test_feedback_revoked_withdraws_from_rate_window() -> None:
     assert out.changed
     assert out.explain["revoked"] == {"1": 1}
     window = out.state["conditions"]["1"]["window"]
-    assert [e[1] for e in window] == ["84532-101-1", "84532-103-3", "84532-104-4"]
+    assert [e[1].partition("@")[0] for e in window] == ["84532-101-1", "84532-103-3", "84532-104-4"]
     # the next feedback counts the 3 entries left and itself
     nxt = evaluate(t, fb(6, ts=BASE + 5, feedback_index=3), state=out.state)
     assert entry(nxt, "1")["input"]["count"] == 4
@@ -552,7 +558,7 @@ def test_feedback_revoked_counts_itself_when_conditions_match_it() -> None:
     assert entry(out, "0")["input"]["count"] == 1
     assert not out.fired
     (only,) = out.state["conditions"]["0"]["window"]
-    assert only[1] == "84532-102-2"
+    assert only[1].partition("@")[0] == "84532-102-2"
     assert only[2] is None
     redelivered = evaluate(t, revoke(2, 1, ts=BASE + 1), state=out.state)
     assert not redelivered.changed

@@ -28,7 +28,7 @@ from services.matcher.evaluate import (
     evaluate,
     retract,
 )
-from shared.events import Event, feedback_value
+from shared.events import Event, event_key, feedback_value
 from shared.triggers import Condition
 from tests.strategies import DROP, example_event
 
@@ -145,12 +145,12 @@ class EmaReference:
 
     def step(self, event: Event) -> bool:
         v = feedback_value(event)
-        if v is None or event.id in self.seen:
+        if v is None or event_key(event) in self.seen:
             return False
         x = Fraction(v)
         self.scale = max(self.scale, abs(x))
         self.value = x if self.value is None else self.alpha * x + (1 - self.alpha) * self.value
-        self.seen = [*self.seen, event.id][-EMA_SEEN:]
+        self.seen = [*self.seen, event_key(event)][-EMA_SEEN:]
         if self.every:
             return self.hit(self.threshold)
         if self.armed and self.hit(self.threshold):
@@ -240,13 +240,13 @@ class RateReference:
 
     def step(self, event: Event) -> tuple[bool, int | None]:
         """The verdict, and the count when the event was counted."""
-        if event.id in self.seen:
+        if event_key(event) in self.seen:
             return False, None
         t = event.timestamp
         late = self.high is not None and t < self.high - self.lateness
         self.high = t if self.high is None else max(self.high, t)
         key = (event.agent_id, event.client_address, event.feedback_index)
-        self.seen[event.id] = (t, key if event.event_type == "NewFeedback" else None)
+        self.seen[event_key(event)] = (t, key if event.event_type == "NewFeedback" else None)
         if late:
             return False, None
         count = sum(1 for ts, _ in self.seen.values() if t - self.window < ts <= t)

@@ -16,6 +16,11 @@ from shared.topics import EVENTS, event_key
 #: pg_try_advisory_xact_lock key that serialises relay batches across replicas,
 #: so messages reach Kafka in outbox order (per key) whoever relays them.
 RELAY_LOCK = 8004_0001
+#: Advisory lock class of a chain (second key: the chain id): storing takes it
+#: shared, recording a reorg exclusive. So every store of that chain is wholly
+#: before the reorg (its outbox rows have smaller seqs, and the reorg sees its
+#: ids) or wholly after it: a retraction never overtakes a replaced event.
+CHAIN_LOCK = 8004_0002
 
 OUTBOX_COLUMNS = ("topic", "msg_key", "payload")
 
@@ -64,6 +69,12 @@ async def store_events(
         first.setdefault(event.id, event)
     ids = sorted(first)
     async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock_shared($1, c)"
+            " FROM unnest($2::int[]) AS c ORDER BY c",  # volatile: evaluated after the sort
+            CHAIN_LOCK,
+            sorted({e.chain_id for e in first.values()}),
+        )
         rows = await conn.fetch(
             CLAIM_CAREFULLY if careful else CLAIM,
             ids,
@@ -190,6 +201,7 @@ async def record_reorg(conn: Conn, reorg: ReorgIn, *, topic: str = EVENTS) -> Re
     at the same positions can be posted) and queue a retraction for every
     partition of erc8004.events, all in one transaction. ``events`` rows stay."""
     async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", CHAIN_LOCK, reorg.chain_id)
         row = await conn.fetchrow(
             """
             INSERT INTO reorgs (chain_id, from_block, to_block, new_block_hash, reason)

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from services.ingest.app import create_app
+from services.ingest.queries import CHAIN_LOCK
 from services.ingest.settings import IngestSettings
 from shared.jobs import parse_topic_message
 from tests.kafkautil import read_topic
@@ -358,3 +359,23 @@ async def test_metrics_count_by_chain_and_registry(client: Client, chain: int) -
     assert 'erc8004_ingest_request_duration_seconds_count{route="/v1/events",status="200"}' in text
     assert "erc8004_ingest_outbox_depth" in text
     assert "erc8004_ingest_relay_lag_seconds" in text
+
+
+async def test_reorg_waits_for_stores_of_its_chain_in_flight(
+    client: Client, db: asyncpg.Connection, chain: int
+) -> None:
+    """A store still committing when a reorg arrives finishes first, so the reorg
+    sees (and releases) its events, and its outbox rows precede the retraction."""
+    tx = db.transaction()
+    await tx.start()
+    try:
+        await db.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", CHAIN_LOCK, chain)
+        reorg = asyncio.create_task(
+            client.post("/v1/reorgs", json={"chain_id": chain, "from_block": 1}, headers=AUTH)
+        )
+        await asyncio.sleep(0.5)
+        assert not reorg.done(), "the reorg did not wait for the store in flight"
+    finally:
+        await tx.commit()
+    resp = await asyncio.wait_for(reorg, 10)
+    assert resp.status == 201

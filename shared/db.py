@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
 
 #: A connection of our own or one borrowed from a pool: queries take either.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -83,3 +87,48 @@ async def close_pool(pool: asyncpg.Pool, *, within: float = 3.0) -> None:
             await pool.close()
     except TimeoutError:
         pool.terminate()
+
+
+Notify = Callable[[str], None]
+
+
+async def listen(
+    connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, on_notify: Notify
+) -> asyncpg.Connection:
+    """A connection of its own LISTENing on ``channel`` (not a pooled one: the
+    pool's reset on release would UNLISTEN)."""
+    conn = await connect()
+    await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: on_notify(payload))
+    return conn
+
+
+async def keep_listening(
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+    channel: str,
+    on_notify: Notify,
+    *,
+    on_listening: Callable[[], Awaitable[None]],
+    first: asyncpg.Connection | None = None,
+) -> None:
+    """LISTEN until cancelled. A query every 5 s notices a dead connection (after a
+    PostgreSQL restart, say); it is replaced a second later, and ``on_listening``
+    runs after every (re)connect to catch up on what was sent while nobody
+    listened. ``first``: a connection already listening, caught up by the caller."""
+    conn = first
+    while True:
+        try:
+            if conn is None:
+                conn = await listen(connect, channel, on_notify)
+                await on_listening()
+            while True:
+                await asyncio.sleep(5.0)
+                async with asyncio.timeout(5.0):
+                    await conn.fetchval("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 (InterfaceError, OSError, ...: reconnect)
+            log.warning("listener lost its connection", channel=channel, error=repr(exc))
+        finally:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            conn = None
+        await asyncio.sleep(1.0)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.db import register_codecs
 from shared.kafka import ensure_topics
+from tools.benchdb import scratch_topic
 from tools.migrate import MIGRATIONS, run_dbmate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,12 +139,12 @@ def kafka_bootstrap() -> str:
 @pytest.fixture
 async def topic(kafka_bootstrap: str) -> AsyncIterator[str]:
     """A fresh topic with 3 partitions, deleted afterwards."""
-    name = f"test.{uuid.uuid4().hex}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    async with scratch_topic(kafka_bootstrap, 3, prefix="test") as name:
         yield name
-        await admin.delete_topics([name])
-    finally:
-        await admin.close()
+
+
+@pytest.fixture
+async def actions_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
+    """Another one, for what a service under test produces."""
+    async with scratch_topic(kafka_bootstrap, 3, prefix="test.actions") as name:
+        yield name

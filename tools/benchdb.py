@@ -1,4 +1,4 @@
-"""Scratch databases and topics for benchmarks: migrated, named by uuid, dropped after."""
+"""Scratch databases and topics (benchmarks and tests): named by uuid, dropped after."""
 
 from __future__ import annotations
 
@@ -32,8 +32,11 @@ async def scratch_database(admin_url: str, prefix: str = "bench") -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def scratch_topic(bootstrap: str, partitions: int = 12) -> AsyncIterator[str]:
-    name = f"bench.{uuid.uuid4().hex}"
+async def scratch_topic(
+    bootstrap: str, partitions: int = 12, *, prefix: str = "bench"
+) -> AsyncIterator[str]:
+    """A topic of its own, deleted afterwards."""
+    name = f"{prefix}.{uuid.uuid4().hex}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
+from shared.db import keep_listening
 
 log = structlog.get_logger(__name__)
 
@@ -148,24 +149,12 @@ class Relay:
                     await producer.stop()
 
     async def _listen(self) -> None:
-        """LISTEN on a connection of its own (the pool's reset would UNLISTEN)."""
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await self._connect()
-                await conn.add_listener("outbox", lambda *_: self._wake.set())
-                self._wake.set()  # anything committed while we were not listening
-                while True:  # a query now and then notices a dead connection
-                    await asyncio.sleep(5.0)
-                    async with asyncio.timeout(5.0):
-                        await conn.fetchval("SELECT 1")
-            except Exception as exc:  # noqa: BLE001 (e.g. InterfaceError after a PG restart)
-                log.warning("relay listener lost its connection", error=repr(exc))
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            await asyncio.sleep(1.0)
+        async def catch_up() -> None:
+            self._wake.set()  # anything committed while we were not listening
+
+        await keep_listening(
+            self._connect, "outbox", lambda _payload: self._wake.set(), on_listening=catch_up
+        )
 
     async def _stats(self) -> None:
         while True:

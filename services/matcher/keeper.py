@@ -5,7 +5,6 @@ LISTEN misses whatever is sent while its connection is down)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from services.matcher import queries
 from services.matcher.evaluate import ActionSpec, TriggerSpec
 from services.matcher.index import TriggerIndex
 from services.matcher.metrics import MatcherMetrics
+from shared.db import keep_listening, listen
 from shared.triggers import Condition
 
 log = structlog.get_logger(__name__)
@@ -79,7 +79,7 @@ class IndexKeeper:
     async def start(self) -> None:
         """LISTEN first, then load: a change committed in between is either in the
         load or in the queue, never lost."""
-        self._listener = await self._listen_connection()
+        self._listener = await listen(self._connect, "trigger_changed", self._on_notify)
         await self.resync()
 
     async def resync(self) -> None:
@@ -178,31 +178,17 @@ class IndexKeeper:
             except Exception as exc:  # noqa: BLE001 (any failure: retried next interval)
                 log.warning("index resync failed", error=repr(exc))
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self._changed.put_nowait(str(payload))
-
-    async def _listen_connection(self) -> asyncpg.Connection:
-        conn = await self._connect()
-        await conn.add_listener("trigger_changed", self._on_notify)
-        return conn
+    def _on_notify(self, payload: str) -> None:
+        self._changed.put_nowait(payload)
 
     async def _listen(self) -> None:
-        """Keep the LISTEN connection alive; after a reconnect, resync (whatever was
-        sent while nobody listened is lost to LISTEN)."""
-        while True:
-            conn, self._listener = self._listener, None
-            try:
-                if conn is None:
-                    conn = await self._listen_connection()
-                    await self.resync()
-                while True:
-                    await asyncio.sleep(5.0)
-                    async with asyncio.timeout(5.0):
-                        await conn.fetchval("SELECT 1")
-            except Exception as exc:  # noqa: BLE001 (e.g. InterfaceError after a PG restart)
-                log.warning("trigger listener lost its connection", error=repr(exc))
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            await asyncio.sleep(1.0)
+        """After a reconnect, resync: whatever was sent while nobody listened is
+        lost to LISTEN."""
+        first, self._listener = self._listener, None
+        await keep_listening(
+            self._connect,
+            "trigger_changed",
+            self._on_notify,
+            on_listening=self.resync,
+            first=first,
+        )

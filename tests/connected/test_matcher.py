@@ -7,14 +7,13 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.matcher import queries
 from services.matcher.evaluate import evaluate, scope_key
@@ -30,19 +29,6 @@ pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 A = "0x" + "a1" * 20
 B = "0x" + "b2" * 20
-
-
-@pytest.fixture
-async def actions_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
-    name = f"test.actions.{uuid.uuid4().hex}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
-        yield name
-        await admin.delete_topics([name])
-    finally:
-        await admin.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy, FastStream
-from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
 from pydantic import ValidationError
 
 from services.matcher.handlers import Matcher, with_backoff
@@ -102,6 +102,14 @@ class Runtime:
                     await self._producer.stop()
 
 
+async def raw_values(msg: StreamMessage[Any]) -> list[bytes]:
+    """The records' own bytes, as the batch handler's body: FastStream's default
+    decoder would build a message object and json.loads every record first, only
+    for us to parse the same bytes into our models again."""
+    records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+    return [record.value for record in records]
+
+
 def create_app(settings: MatcherSettings) -> FastStream:
     broker = new_broker(settings)
     service = StreamService(settings=settings, broker=broker)
@@ -115,14 +123,13 @@ def create_app(settings: MatcherSettings) -> FastStream:
         max_records=settings.batch_max_records,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=raw_values,
     )
-    async def on_events(_bodies: list[Any], msg: KafkaMessage) -> None:
-        # The records' own bytes: FastStream would decode JSON into dicts first.
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+    async def on_events(bodies: list[Any]) -> None:
         messages: list[EventMessage | RetractionMessage] = []
-        for record in records:
+        for body in bodies:
             try:
-                messages.append(parse_topic_message(record.value))
+                messages.append(parse_topic_message(body))
             except ValidationError as exc:
                 # A message no matcher can read would block its partition forever.
                 log.error("unreadable message skipped", error=str(exc)[:500])

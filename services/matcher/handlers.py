@@ -117,8 +117,7 @@ class Matcher:
                 records.append((pair[0], pair[1], outcome.fired, explain_or_none))
                 if outcome.fired:
                     jobs += self._fire(trigger, event, outcome.explain)
-            await queries.save_states(conn, changed)
-            await queries.record_evaluations(conn, records)
+            await queries.save(conn, changed, records)
         return jobs
 
     async def _retract(self, message: RetractionMessage) -> None:

@@ -103,18 +103,38 @@ async def lock_chain_states(
 
 
 async def save_states(conn: Conn, states: dict[StateKey, dict[str, Any]]) -> None:
-    if not states:
+    await save(conn, states, [])
+
+
+async def save(
+    conn: Conn,
+    states: dict[StateKey, dict[str, Any]],
+    evaluations: Sequence[tuple[str, str, bool, dict[str, Any] | None]],
+) -> None:
+    """Changed states and new evaluation records in one statement (one round trip;
+    a data-modifying WITH runs to completion whether or not it is read)."""
+    if not states and not evaluations:
         return
     keys = sorted(states)
     await conn.execute(
         """
-        UPDATE trigger_state s SET state_data = u.state_data, last_updated = now()
-        FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(trigger_id, scope_key, state_data)
-        WHERE s.trigger_id = u.trigger_id AND s.scope_key = u.scope_key
+        WITH saved AS (
+            UPDATE trigger_state s SET state_data = u.state_data, last_updated = now()
+            FROM unnest($1::text[], $2::text[], $3::jsonb[])
+                AS u(trigger_id, scope_key, state_data)
+            WHERE s.trigger_id = u.trigger_id AND s.scope_key = u.scope_key
+            RETURNING 1)
+        INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)
+        SELECT * FROM unnest($4::text[], $5::text[], $6::bool[], $7::jsonb[])
+        ON CONFLICT (trigger_id, event_id) DO NOTHING
         """,
         [k[0] for k in keys],
         [k[1] for k in keys],
         [states[k] for k in keys],
+        [r[0] for r in evaluations],
+        [r[1] for r in evaluations],
+        [r[2] for r in evaluations],
+        [r[3] for r in evaluations],
     )
 
 
@@ -135,21 +155,3 @@ async def done_evaluations(
         [p[1] for p in pairs],
     )
     return {(r["trigger_id"], r["event_id"]): (r["explain"] if r["fired"] else None) for r in rows}
-
-
-async def record_evaluations(
-    conn: Conn, rows: Sequence[tuple[str, str, bool, dict[str, Any] | None]]
-) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        """
-        INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::jsonb[])
-        ON CONFLICT (trigger_id, event_id) DO NOTHING
-        """,
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [r[3] for r in rows],
-    )

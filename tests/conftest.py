@@ -17,7 +17,7 @@ import pytest
 
 from shared.db import register_codecs
 from shared.kafka import ensure_topics
-from tools.benchdb import scratch_topic
+from tools.benchdb import drop_database, scratch_topic
 from tools.migrate import MIGRATIONS, run_dbmate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,17 +86,9 @@ def template_db(admin_url: str) -> str:
         try:
             run_dbmate(with_database(admin_url, name), "up")
         except BaseException:
-            asyncio.run(_drop(admin_url, name))
+            asyncio.run(drop_database(admin_url, name))
             raise
     return name
-
-
-async def _drop(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -114,7 +106,7 @@ def database_url(admin_url: str, template_db: str) -> Iterator[str]:
 
     asyncio.run(create())
     yield with_database(admin_url, name)
-    asyncio.run(_drop(admin_url, name))
+    asyncio.run(drop_database(admin_url, name))
 
 
 @pytest.fixture

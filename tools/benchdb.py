@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import urllib.parse
 import uuid
@@ -17,18 +18,38 @@ def with_database(url: str, name: str) -> str:
     return urllib.parse.urlsplit(url)._replace(path=f"/{name}").geturl()
 
 
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop, retrying a few times: FORCE terminates the database's backends, but a
+    non-superuser may not terminate an autovacuum worker that is busy in it."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for attempt in range(20):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.25)
+            else:
+                return
+    finally:
+        await conn.close()
+
+
 @contextlib.asynccontextmanager
 async def scratch_database(admin_url: str, prefix: str = "bench") -> AsyncIterator[str]:
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
         url = with_database(admin_url, name)
         run_dbmate(url, "up")
         yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(admin_url, name)
 
 
 @contextlib.asynccontextmanager

@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
@@ -65,6 +66,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
+        self._key_partition: dict[bytes, int] = {}
 
     async def run(self) -> None:
         """Relay until cancelled."""
@@ -102,23 +104,47 @@ class Relay:
             rows = await queries.lock_outbox_batch(conn, self._batch_size)
             if not rows:
                 return None if rows is None else 0
-            futures = []
-            for row in rows:
-                partitions: list[int | None] = [None]
-                if row.broadcast:
-                    partitions = list(await self._partitions_of(producer, row.topic))
-                for partition in partitions:
-                    futures.append(
-                        await producer.send(
-                            row.topic, value=row.payload, key=row.key, partition=partition
-                        )
-                    )
+            futures = await self._produce(producer, rows)
             async with asyncio.timeout(30):
                 await asyncio.gather(*futures)
             await queries.delete_outbox(conn, [r.seq for r in rows])
         self._metrics.relay_batch.observe(len(rows))
         self._metrics.relayed.inc(len(rows))
         return len(rows)
+
+    async def _produce(
+        self, producer: AIOKafkaProducer, rows: list[queries.OutboxRow]
+    ) -> list[asyncio.Future[object]]:
+        """Rows grouped into record batches per partition, in seq order within each
+        (a future per batch, not per message). The partition of a key is the
+        client's default (murmur2, as Java's), cached per key; a broadcast row
+        goes to every partition."""
+        per_partition: dict[tuple[str, int], list[queries.OutboxRow]] = {}
+        for row in rows:
+            partitions = await self._partitions_of(producer, row.topic)
+            targets = partitions if row.broadcast else [self._partition(row.key, partitions)]
+            for partition in targets:
+                per_partition.setdefault((row.topic, partition), []).append(row)
+        futures: list[asyncio.Future[object]] = []
+        for (topic, partition), items in per_partition.items():
+            batch = producer.create_batch()
+            for row in items:
+                if batch.append(key=row.key, value=row.payload, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=row.key, value=row.payload, timestamp=None) is None:
+                        raise KafkaError(f"outbox row {row.seq} does not fit in a record batch")
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
+
+    def _partition(self, key: bytes, partitions: list[int]) -> int:
+        cached = self._key_partition.get(key)
+        if cached is None:
+            if len(self._key_partition) > 200_000:
+                self._key_partition.clear()
+            cached = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            self._key_partition[key] = cached
+        return cached
 
     async def _partitions_of(self, producer: AIOKafkaProducer, topic: str) -> list[int]:
         if topic not in self._partitions:
@@ -143,6 +169,7 @@ class Relay:
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         self._partitions.clear()
+        self._key_partition.clear()
         if producer is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):

@@ -289,6 +289,18 @@ async def test_every_condition_type_end_to_end(
     ema_job = next(j for j in jobs if j.trigger_id == t["ema"])
     assert any(c["type"] == "ema_threshold" for c in ema_job.explain["conditions"])
 
+    # Every metric the issue names, with values that follow from this run.
+    proc = procs[0]
+    assert metric(proc, "erc8004_matcher_events_evaluated_total") == 6
+    assert metric(proc, "erc8004_matcher_index_triggers") == len(t)
+    _, body = http_get(proc.base + "/metrics")
+    text = body.decode()
+    assert "erc8004_matcher_candidates_per_event_count 6.0" in text
+    assert 'erc8004_matcher_triggers_fired_total{condition_type="ema_threshold"} 2.0' in text
+    assert 'erc8004_matcher_jobs_produced_total{action_type="rest"} 15.0' in text
+    assert "erc8004_matcher_evaluation_seconds_bucket" in text
+    assert "erc8004_matcher_consumer_lag_messages" in text
+
 
 async def test_index_follows_database_changes_and_skips_history(
     db: asyncpg.Connection,

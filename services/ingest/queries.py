@@ -10,7 +10,7 @@ import asyncpg
 
 from shared.db import Conn
 from shared.events import EVENT_COLUMNS, Event, event_row
-from shared.jobs import EventMessage, ReorgIn, RetractionMessage, dump_message
+from shared.jobs import ReorgIn, RetractionMessage, dump_event_messages, dump_message
 from shared.topics import EVENTS, event_key
 
 #: pg_try_advisory_xact_lock key that serialises relay batches across replicas,
@@ -89,15 +89,12 @@ async def store_events(
             await conn.copy_records_to_table(
                 "events", records=[event_row(e) for e in accepted], columns=list(EVENT_COLUMNS)
             )
+            payloads = dump_event_messages(accepted, ingested_at)
             await conn.copy_records_to_table(
                 "event_outbox",
                 records=[
-                    (
-                        topic,
-                        event_key(e.chain_id, e.agent_id).decode(),
-                        dump_message(EventMessage(kind="event", event=e, ingested_at=ingested_at)),
-                    )
-                    for e in accepted
+                    (topic, event_key(e.chain_id, e.agent_id).decode(), payload)
+                    for e, payload in zip(accepted, payloads, strict=True)
                 ],
                 columns=list(OUTBOX_COLUMNS),
             )

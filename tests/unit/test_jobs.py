@@ -17,12 +17,13 @@ from shared.jobs import (
     EventMessage,
     ReorgIn,
     RetractionMessage,
+    dump_event_messages,
     dump_message,
     job_id,
     parse_topic_message,
 )
 from shared.triggers import RestConfig
-from tests.strategies import action_jobs, example_event, topic_messages
+from tests.strategies import action_jobs, events, example_event, topic_messages
 
 pytestmark = pytest.mark.unit
 
@@ -173,3 +174,14 @@ def test_action_job_retry_and_validation() -> None:
     with pytest.raises(ValidationError) as info:
         ActionJob.parse(json.dumps(body).encode())
     assert {tuple(e["loc"]) for e in info.value.errors()} == {("job_id",), ("created_at",)}
+
+
+@given(events=st.lists(events(), min_size=1, max_size=5))
+def test_dump_event_messages_equals_the_model_dump(events: list[Event]) -> None:
+    at = datetime(2026, 11, 24, 12, 30, 1, 123456, tzinfo=UTC)
+    fast = dump_event_messages(events, at)
+    slow = [dump_message(EventMessage(kind="event", event=e, ingested_at=at)) for e in events]
+    assert fast == slow
+    assert [parse_topic_message(b) for b in fast] == [
+        EventMessage(kind="event", event=e, ingested_at=at) for e in events
+    ]

@@ -2,7 +2,8 @@
 # The project's own PostgreSQL cluster under .run/postgres, on 127.0.0.1:5432,
 # from Debian's packages (installed when missing).
 #   postgres.sh start   initdb on first use, start, create the login and database
-#   postgres.sh stop    stop the cluster this script started
+#   postgres.sh stop    stop the cluster this script started (PG_STOP_MODE=immediate
+#                       stops it as a crash would: no checkpoint, recovery on start)
 #   postgres.sh status
 # With DATABASE_URL set in the environment nothing is started: that database is used.
 set -euo pipefail
@@ -126,7 +127,7 @@ stop() {
   BIN=$(find_bindir) || { log "not installed"; return 0; }
   if [ -f "$DATA/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     log "stopping PostgreSQL (pid $(head -1 "$DATA/postmaster.pid"))"
-    as_pg "$BIN/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >/dev/null
+    as_pg "$BIN/pg_ctl" -D "$DATA" -m "${PG_STOP_MODE:-fast}" -w -t 60 stop >/dev/null
   else
     log "not running"
   fi

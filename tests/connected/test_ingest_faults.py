@@ -26,6 +26,13 @@ pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow]
 TOKEN = "dev-indexer-token"
 
 
+def local_postgres() -> bool:
+    """The cluster is the local one (deploy/local/postgres.sh), which we may stop."""
+    if "LOCAL_DB" in os.environ:
+        return os.environ["LOCAL_DB"] == "1"
+    return "DATABASE_URL" not in os.environ
+
+
 def local_kafka() -> bool:
     """The broker is the local one (deploy/local/kafka.sh), which we may stop:
     deploy/local/with-env says so in LOCAL_KAFKA; without it, no address was given."""
@@ -166,5 +173,63 @@ async def test_kafka_down_ingest_keeps_accepting_and_outbox_drains(
         assert set(ids) == poster.acked
         assert len(ids) == 6_000
         assert drained_in < 120
+    finally:
+        ingest.stop()
+
+
+@pytest.mark.skipif(
+    not local_postgres(), reason="crashes the local cluster; an external one is not ours"
+)
+async def test_postgres_crash_mid_load_loses_nothing_acknowledged(
+    env: dict[str, str], database_url: str, kafka_bootstrap: str, topic: str, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped as a crash would (no checkpoint) while indexers post, then
+    started again: ingest answers errors meanwhile, recovers by itself, and every
+    event it acknowledged is stored once and relayed."""
+    chain = random.randrange(10_000_000, 2**31 - 1)
+    events = take(stream(random.Random(13), chain_id=chain), 8_000)
+    pending = [events[i : i + 100] for i in range(0, len(events), 100)]
+    svc_env = {**env, "DATABASE_URL": database_url, "EVENTS_TOPIC": topic}
+    ingest = ServiceProcess("ingest", svc_env, tmp_path).start()
+    postgres = ROOT / "deploy" / "local" / "postgres.sh"
+    try:
+        ingest.wait_http("/readyz")
+        poster = Poster(ingest.base)
+        async with aiohttp.ClientSession() as session:
+
+            async def worker() -> None:
+                while pending:
+                    batch = pending.pop(0)
+                    if not await poster.post(session, batch):
+                        pending.append(batch)
+                        await asyncio.sleep(0.1)
+
+            workers = [asyncio.create_task(worker()) for _ in range(4)]
+            while len(poster.acked) < 2_000:
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(
+                subprocess.run,
+                [str(postgres), "stop"],
+                check=True,
+                env={**os.environ, "PG_STOP_MODE": "immediate"},
+            )
+            acked_at_crash = set(poster.acked)
+            await asyncio.sleep(2)
+            await asyncio.to_thread(subprocess.run, [str(postgres), "start"], check=True)
+            await asyncio.wait_for(asyncio.gather(*workers), 120)
+        assert poster.failed_posts > 0, "the crash did not interrupt the load"
+        assert len(poster.acked) == len(events)
+        db = await asyncpg.connect(database_url)
+        try:
+            stored = {
+                r["id"] for r in await db.fetch("SELECT id FROM events WHERE chain_id = $1", chain)
+            }
+            assert acked_at_crash <= stored, "an acknowledged event was lost in the crash"
+            assert len(stored) == len(events)
+            await wait_outbox_empty(db, topic, within=60)
+        finally:
+            await db.close()
+        ids = await topic_ids(kafka_bootstrap, topic, expect=len(events))
+        assert set(ids) == poster.acked
     finally:
         ingest.stop()

@@ -213,9 +213,11 @@ async def test_postgres_crash_mid_load_loses_nothing_acknowledged(
                 check=True,
                 env={**os.environ, "PG_STOP_MODE": "immediate"},
             )
-            acked_at_crash = set(poster.acked)
-            await asyncio.sleep(2)
-            await asyncio.to_thread(subprocess.run, [str(postgres), "start"], check=True)
+            try:
+                acked_at_crash = set(poster.acked)
+                await asyncio.sleep(2)
+            finally:  # whatever happens, the cluster comes back for the other tests
+                await asyncio.to_thread(subprocess.run, [str(postgres), "start"], check=True)
             await asyncio.wait_for(asyncio.gather(*workers), 120)
         assert poster.failed_posts > 0, "the crash did not interrupt the load"
         assert len(poster.acked) == len(events)

@@ -4,7 +4,9 @@ real Kafka and PostgreSQL, the matcher running as its own process."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +20,12 @@ import pytest
 from services.matcher import queries
 from services.matcher.evaluate import evaluate, scope_key
 from services.matcher.keeper import compile_trigger
+from shared.db import register_codecs
 from shared.events import Event, event_key
 from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
 from tests.kafkautil import read_topic
 from tests.matcherutil import insert_trigger, insert_user, produce_events
-from tests.procs import ServiceProcess, http_get
+from tests.procs import ROOT, ServiceProcess, http_get
 from tools.eventgen import make_event
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
@@ -584,3 +587,60 @@ async def test_two_replicas_give_the_results_of_one(
     jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
     assert {j.job_id for j in jobs} == want_jobs
     assert len(jobs) == len(want_jobs), "two replicas produced a firing twice"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("LOCAL_DB", "1" if "DATABASE_URL" not in os.environ else "0") != "1",
+    reason="crashes the local cluster; an external one is not ours",
+)
+async def test_postgres_crash_mid_stream_state_equals_clean_replay(
+    database_url: str,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """The database crashes (no checkpoint) under a running matcher: its batches
+    fail and are redelivered; after recovery the state equals a clean replay and
+    every owed job was produced."""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    db = await asyncpg.connect(database_url)
+    await register_codecs(db)
+    try:
+        triggers = await stateful_setup(db, chain)
+    finally:
+        await db.close()
+    events = stream_of(chain, 2000)
+    proc = start_matcher(matcher_env, tmp_path, procs)
+
+    async def produce_slowly() -> None:  # ~8 s: the stream goes on across the crash
+        for i in range(0, len(events), 50):
+            await produce_events(kafka_bootstrap, topic, events[i : i + 50])
+            await asyncio.sleep(0.15)
+
+    producing = asyncio.create_task(produce_slowly())
+    await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 200)
+    postgres = ROOT / "deploy" / "local" / "postgres.sh"
+    stop_env = {**os.environ, "PG_STOP_MODE": "immediate"}
+    await asyncio.to_thread(subprocess.run, [str(postgres), "stop"], check=True, env=stop_env)
+    try:
+        await asyncio.sleep(2)
+        stream_went_on = not producing.done()
+    finally:
+        await asyncio.to_thread(subprocess.run, [str(postgres), "start"], check=True)
+    assert stream_went_on, "the crash came after the stream ended"
+    await producing
+    db = await asyncpg.connect(database_url)
+    await register_codecs(db)
+    try:
+        await wait_all_evaluated(db, 2 * len(events), within=120)
+        want_states, want_jobs = await reference(db, triggers, events)
+        assert await stored_states(db, triggers) == want_states
+    finally:
+        await db.close()
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
+    assert {j.job_id for j in jobs} == want_jobs
+    assert "batch failed; it will be redelivered" in proc.log_text(), "no batch met the crash"

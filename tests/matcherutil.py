@@ -3,6 +3,7 @@ API or plain SQL would), events produced as the ingest relay does."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -97,3 +98,12 @@ async def produce_events(
             await future
     finally:
         await producer.stop()
+
+
+async def produce_slowly(
+    bootstrap: str, topic: str, events: Sequence[Event], chunk: int, *, pause: float = 0.15
+) -> None:
+    """The events in chunks with a pause between: a stream that goes on for a while."""
+    for i in range(0, len(events), chunk):
+        await produce_events(bootstrap, topic, events[i : i + chunk])
+        await asyncio.sleep(pause)

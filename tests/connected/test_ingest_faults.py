@@ -67,6 +67,25 @@ class Poster:
         self.failed_posts += 1
         return False
 
+    def start(
+        self,
+        session: aiohttp.ClientSession,
+        pending: list[list[dict[str, Any]]],
+        *,
+        workers: int = 4,
+    ) -> list[asyncio.Task[None]]:
+        """Workers posting ``pending`` until it is empty; what is not acknowledged is
+        posted again, as an indexer would."""
+
+        async def worker() -> None:
+            while pending:
+                batch = pending.pop(0)
+                if not await self.post(session, batch):
+                    pending.append(batch)
+                    await asyncio.sleep(0.05)
+
+        return [asyncio.create_task(worker()) for _ in range(workers)]
+
 
 async def topic_ids(bootstrap: str, topic: str, expect: int) -> Counter[str]:
     records = await read_topic(bootstrap, topic, expect=expect, within=60, settle=2)
@@ -104,15 +123,7 @@ async def test_kill_9_mid_load_loses_nothing_acknowledged(
         poster = Poster(ingest.base)
         pending = list(batches)
         async with aiohttp.ClientSession() as session:
-
-            async def worker() -> None:
-                while pending:
-                    batch = pending.pop(0)
-                    if not await poster.post(session, batch):
-                        pending.append(batch)  # an indexer retries what was not acknowledged
-                        await asyncio.sleep(0.05)
-
-            workers = [asyncio.create_task(worker()) for _ in range(4)]
+            workers = poster.start(session, pending)
             while len(poster.acked) < 5_000:
                 await asyncio.sleep(0.01)
             ingest.kill()  # -9, mid-load: requests in flight are cut off
@@ -196,15 +207,7 @@ async def test_postgres_crash_mid_load_loses_nothing_acknowledged(
         ingest.wait_http("/readyz")
         poster = Poster(ingest.base)
         async with aiohttp.ClientSession() as session:
-
-            async def worker() -> None:
-                while pending:
-                    batch = pending.pop(0)
-                    if not await poster.post(session, batch):
-                        pending.append(batch)
-                        await asyncio.sleep(0.1)
-
-            workers = [asyncio.create_task(worker()) for _ in range(4)]
+            workers = poster.start(session, pending)
             while len(poster.acked) < 2_000:
                 await asyncio.sleep(0.01)
             await asyncio.to_thread(

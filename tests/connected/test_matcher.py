@@ -24,7 +24,7 @@ from shared.db import register_codecs
 from shared.events import Event, event_key
 from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
 from tests.kafkautil import read_topic
-from tests.matcherutil import insert_trigger, insert_user, produce_events
+from tests.matcherutil import insert_trigger, insert_user, produce_events, produce_slowly
 from tests.procs import ROOT, ServiceProcess, http_get
 from tools.eventgen import make_event
 
@@ -538,12 +538,8 @@ async def test_kill_9_mid_stream_state_equals_clean_replay(
     events = stream_of(chain, 3000)
     proc = start_matcher(matcher_env, tmp_path, procs)
 
-    async def produce_slowly() -> None:  # the stream keeps coming across the crash
-        for i in range(0, len(events), 150):
-            await produce_events(kafka_bootstrap, topic, events[i : i + 150])
-            await asyncio.sleep(0.15)
-
-    producing = asyncio.create_task(produce_slowly())
+    # the stream keeps coming across the crash
+    producing = asyncio.create_task(produce_slowly(kafka_bootstrap, topic, events, 150))
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 600)
     proc.kill()
     killed_at = await db.fetchval("SELECT count(*) FROM trigger_evaluations")
@@ -574,9 +570,7 @@ async def test_two_replicas_give_the_results_of_one(
     one = start_matcher(matcher_env, tmp_path, procs)
     two = start_matcher(matcher_env, tmp_path, procs)
     # Spread over seconds, so the group has rebalanced onto both long before the end.
-    for i in range(0, len(events), 100):
-        await produce_events(kafka_bootstrap, topic, events[i : i + 100])
-        await asyncio.sleep(0.3)
+    await produce_slowly(kafka_bootstrap, topic, events, 100, pause=0.3)
     await wait_all_evaluated(db, 2 * len(events))
     name = "erc8004_matcher_events_evaluated_total"
     assert metric(one, name) > 0, "the first replica got no partition"
@@ -616,12 +610,8 @@ async def test_postgres_crash_mid_stream_state_equals_clean_replay(
     events = stream_of(chain, 2000)
     proc = start_matcher(matcher_env, tmp_path, procs)
 
-    async def produce_slowly() -> None:  # ~8 s: the stream goes on across the crash
-        for i in range(0, len(events), 50):
-            await produce_events(kafka_bootstrap, topic, events[i : i + 50])
-            await asyncio.sleep(0.15)
-
-    producing = asyncio.create_task(produce_slowly())
+    # ~8 s: the stream goes on across the crash
+    producing = asyncio.create_task(produce_slowly(kafka_bootstrap, topic, events, 50))
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 200)
     postgres = ROOT / "deploy" / "local" / "postgres.sh"
     stop_env = {**os.environ, "PG_STOP_MODE": "immediate"}

@@ -41,6 +41,7 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await pool_from_settings(settings)
         task: asyncio.Task[None] | None = None
+        worker: Relay | None = None
         if relay:
             worker = Relay(
                 pool=app[POOL],
@@ -57,10 +58,14 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
             task = asyncio.create_task(worker.run(), name="relay")
         log.info("ingest started", port=settings.http_port, relay=relay)
         yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and worker is not None:
+            worker.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 4.0)
+            except TimeoutError:  # stuck on an unreachable broker: cut it short
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await close_pool(app[POOL])
         await probe.close()
 

@@ -64,17 +64,24 @@ class Relay:
         self._poll_interval = poll_interval
         self._stats_interval = stats_interval
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._key_partition: dict[bytes, int] = {}
 
+    def stop(self) -> None:
+        """Ask ``run`` to return after the step it is in (a batch, a producer start):
+        cancelling it mid-start would leak the producer's bootstrap connection."""
+        self._stopping.set()
+        self._wake.set()
+
     async def run(self) -> None:
-        """Relay until cancelled."""
+        """Relay until ``stop`` (or cancellation)."""
         listener = asyncio.create_task(self._listen(), name="relay-listen")
         stats = asyncio.create_task(self._stats(), name="relay-stats")
         backoff = 0.2
         try:
-            while True:
+            while not self._stopping.is_set():
                 # Cleared before the batch, so a NOTIFY arriving during it is kept.
                 self._wake.clear()
                 try:
@@ -84,7 +91,9 @@ class Relay:
                     self._metrics.relay_errors.labels(type(exc).__name__).inc()
                     log.warning("relay batch failed; retrying", error=repr(exc), backoff=backoff)
                     await self._drop_producer()
-                    await asyncio.sleep(backoff)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(backoff):
+                            await self._stopping.wait()
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.2

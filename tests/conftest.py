@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from shared.db import register_codecs
 from shared.kafka import ensure_topics
-from tools.benchdb import drop_database, scratch_topic
+from tools.benchdb import drop_database, scratch_topic, with_database
 from tools.migrate import MIGRATIONS, run_dbmate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,10 +35,6 @@ def dev_env() -> dict[str, str]:
 
 
 ENV = dev_env()
-
-
-def with_database(url: str, name: str) -> str:
-    return urllib.parse.urlsplit(url)._replace(path=f"/{name}").geturl()
 
 
 def migrations_digest() -> str:

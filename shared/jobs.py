@@ -165,3 +165,17 @@ class ActionJob(BaseModel):
     def retry(self, *, due_at: datetime) -> ActionJob:
         """The same job as its next attempt, due at due_at."""
         return self.model_copy(update={"attempt": self.attempt + 1, "due_at": due_at})
+
+
+class DeadLetter(BaseModel):
+    """A job whose last attempt failed, published on erc8004.actions.dlq (key trigger_id)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job: ActionJob
+    error: Annotated[str, Field(max_length=2000)]
+    attempts: Annotated[int, Strict(), Field(ge=1, le=1000)]
+    failed_at: AwareDatetime
+
+    def dump(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self)

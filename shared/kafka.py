@@ -87,9 +87,10 @@ class KafkaProbe:
 
 class LagProbe:
     """Consumer lag of a group on a topic: end offsets minus committed offsets,
-    summed over partitions (a partition never committed counts from its start)."""
+    summed over partitions (a partition never committed counts from its start).
+    With ``group=None`` it measures how many messages the topic holds."""
 
-    def __init__(self, bootstrap_servers: str, group: str, topic: str) -> None:
+    def __init__(self, bootstrap_servers: str, group: str | None, topic: str) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._group = group
         self._topic = topic
@@ -117,7 +118,11 @@ class LagProbe:
             return 0
         ends = await self._consumer.end_offsets(tps)
         starts = await self._consumer.beginning_offsets(tps)
-        committed = await self._admin.list_consumer_group_offsets(self._group, partitions=tps)
+        committed = (
+            await self._admin.list_consumer_group_offsets(self._group, partitions=tps)
+            if self._group is not None
+            else {}
+        )
         lag = 0
         for tp in tps:
             done = committed.get(tp)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
+from services.dispatcher.registration import KNOWN_IDENTITY_REGISTRIES
+from shared.outbound import parse_networks
 from shared.settings import ServiceSettings
+from shared.topics import ACTIONS, ACTIONS_DLQ, ACTIONS_RETRY, DISPATCHER_GROUP
 
 
 class DispatcherSettings(ServiceSettings):
@@ -14,3 +17,77 @@ class DispatcherSettings(ServiceSettings):
 
     database_role: str = Field(default="erc8004_dispatcher", validation_alias="DATABASE_ROLE")
     http_port: int = Field(default=9102, ge=0, le=65535, validation_alias="HTTP_PORT")
+    actions_topic: str = Field(default=ACTIONS, min_length=1, validation_alias="ACTIONS_TOPIC")
+    retry_topic: str = Field(
+        default=ACTIONS_RETRY, min_length=1, validation_alias="ACTIONS_RETRY_TOPIC"
+    )
+    dlq_topic: str = Field(default=ACTIONS_DLQ, min_length=1, validation_alias="ACTIONS_DLQ_TOPIC")
+    group_id: str = Field(
+        default=DISPATCHER_GROUP, min_length=1, validation_alias="DISPATCHER_GROUP"
+    )
+    #: Encrypts webhook signing secrets and agents' MCP tokens at rest (a Fernet key,
+    #: or several comma-separated, the first one current).
+    secrets_key: SecretStr = Field(validation_alias="SECRETS_KEY")
+    telegram_bot_token: SecretStr = Field(
+        default=SecretStr(""), validation_alias="TELEGRAM_BOT_TOKEN"
+    )
+    telegram_api_base: str = Field(
+        default="https://api.telegram.org", validation_alias="TELEGRAM_API_BASE"
+    )
+    #: Telegram's limits: about 30 messages/s per bot, 1 message/s per chat.
+    telegram_rate: float = Field(default=30.0, gt=0, le=1000, validation_alias="TELEGRAM_RATE")
+    telegram_chat_interval: float = Field(
+        default=1.0, ge=0, le=60, validation_alias="TELEGRAM_CHAT_INTERVAL"
+    )
+    ipfs_gateway: str = Field(default="https://ipfs.io/ipfs/", validation_alias="IPFS_GATEWAY")
+    #: CIDRs exempt from the private-address guard ('' = none; development: 127.0.0.0/8).
+    outbound_allowed_networks: str = Field(default="", validation_alias="OUTBOUND_ALLOWED_NETWORKS")
+    outbound_connect_timeout: float = Field(
+        default=5.0, gt=0, le=60, validation_alias="OUTBOUND_CONNECT_TIMEOUT"
+    )
+    outbound_max_response_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=64 * 1_048_576,
+        validation_alias="OUTBOUND_MAX_RESPONSE_BYTES",
+    )
+    #: Identity registry addresses a registration file may name (comma-separated).
+    identity_registries: str = Field(
+        default=",".join(KNOWN_IDENTITY_REGISTRIES), validation_alias="IDENTITY_REGISTRIES"
+    )
+    registration_cache_ttl: float = Field(
+        default=300.0, ge=0, le=86400, validation_alias="REGISTRATION_CACHE_TTL"
+    )
+    #: Jobs per consumed batch; a batch commits once every attempt in it was recorded,
+    #: or after batch_deadline seconds with guard copies of the slower ones.
+    batch_max_records: int = Field(
+        default=200, ge=1, le=5000, validation_alias="DISPATCHER_BATCH_MAX_RECORDS"
+    )
+    batch_deadline: float = Field(
+        default=2.0, gt=0, le=60, validation_alias="DISPATCHER_BATCH_DEADLINE"
+    )
+    per_destination_concurrency: int = Field(
+        default=8, ge=1, le=1000, validation_alias="DISPATCHER_DESTINATION_CONCURRENCY"
+    )
+    destination_queue: int = Field(
+        default=64, ge=0, le=100_000, validation_alias="DISPATCHER_DESTINATION_QUEUE"
+    )
+    #: Attempts of actions whose config has no max_attempts (telegram).
+    default_max_attempts: int = Field(
+        default=5, ge=1, le=20, validation_alias="DISPATCHER_MAX_ATTEMPTS"
+    )
+    backoff_base: float = Field(default=1.0, gt=0, le=600, validation_alias="RETRY_BACKOFF_BASE")
+    backoff_cap: float = Field(default=300.0, gt=0, le=3600, validation_alias="RETRY_BACKOFF_CAP")
+    #: A retry due later than this is put back on the retry topic instead of held.
+    retry_hold: float = Field(default=30.0, gt=0, le=120, validation_alias="RETRY_MAX_HOLD")
+    breaker_threshold: int = Field(default=5, ge=1, le=1000, validation_alias="BREAKER_THRESHOLD")
+    breaker_pause: float = Field(default=30.0, gt=0, le=3600, validation_alias="BREAKER_PAUSE")
+
+    @field_validator("outbound_allowed_networks")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        parse_networks(v)
+        return v
+
+    def registries(self) -> tuple[str, ...]:
+        return tuple(r.strip().lower() for r in self.identity_registries.split(",") if r.strip())

@@ -1,0 +1,30 @@
+"""SQL of the dispatcher (role erc8004_dispatcher: reads triggers, actions, events,
+MCP tokens and reorgs; inserts action_results)."""
+
+from __future__ import annotations
+
+#: What a batch of jobs needs from the database: whether each action still exists
+#: and its trigger is enabled, and the action's encrypted signing secret.
+ACTIONS_OF_JOBS = """
+SELECT a.id, a.trigger_id, a.secret_ciphertext, t.enabled
+FROM trigger_actions a JOIN triggers t ON t.id = a.trigger_id
+WHERE a.id = ANY($1::int[])
+"""
+
+#: Attempts already recorded for these jobs (to skip redelivered ones).
+RECORDED_ATTEMPTS = """
+SELECT job_id, attempt, status, executed_at
+FROM action_results
+WHERE job_id = ANY($1::text[])
+"""
+
+AGENT_CIPHERTEXT = """
+SELECT token_ciphertext FROM agent_mcp_tokens WHERE chain_id = $1 AND agent_id = $2
+"""
+
+INSERT_RESULT = """
+INSERT INTO action_results
+    (job_id, trigger_id, event_id, user_id, action_type, status, duration_ms,
+     error_message, response_data, retry_count, attempt)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+"""

@@ -1,0 +1,230 @@
+"""Agents' registration files and feedback files (../shared/ERC8004.md).
+
+An agent's registration file sits at the ``token_uri`` of its latest canonical
+``Registered`` / ``URIUpdated`` event: ``ipfs://`` (through ``IPFS_GATEWAY``),
+``https://`` / ``http://`` (through the outbound guard) or a ``data:`` URI. Its
+MCP endpoint is the first service named ``mcp`` (any case; older files say
+``endpoints``), accepted only when the file's ``registrations`` name this chain,
+an identity registry we know, and this agent. Parsed files are cached per agent
+and used while the agent's latest identity event (URIUpdated, MetadataUpdate, ...)
+is the one they were read under, and for at most ``ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from shared.outbound import OutboundError, OutboundPolicy, OutboundTimeoutError, fetch
+
+#: Identity registries of ERC8004.md's deployments (mainnets, testnets), lower case.
+KNOWN_IDENTITY_REGISTRIES = (
+    "0x8004a169fb4a3325136eb29fa0ceb6d2e539a432",
+    "0x8004a818bfb912233c491871b3d84c89a494bd9e",
+)
+
+
+class ResolveError(Exception):
+    """A file or endpoint could not be had. ``transient``: worth retrying (timeouts,
+    connection errors, 429/5xx); otherwise the same call fails the same way."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _decode_data_uri(uri: str, limit: int) -> bytes:
+    head, sep, payload = uri[5:].partition(",")
+    if not sep:
+        raise ResolveError("data: URI without a comma", transient=False)
+    if head.endswith(";base64"):
+        if len(payload) > (limit * 4) // 3 + 4:
+            raise ResolveError(f"data: URI decodes to more than {limit} bytes", transient=False)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ResolveError("data: URI is not valid base64", transient=False) from None
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > limit:
+        raise ResolveError(f"data: URI decodes to more than {limit} bytes", transient=False)
+    return data
+
+
+@dataclass
+class _Cached:
+    stamp: tuple[int, int]
+    uri: str
+    endpoint: str
+    read_at: float
+
+
+_LATEST_IDENTITY = """
+SELECT e.event_type, e.token_uri, e.block_number, e.log_index
+FROM events e
+WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
+  AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')
+  AND NOT EXISTS (
+      SELECT 1 FROM reorgs r
+      WHERE r.chain_id = e.chain_id AND r.from_block <= e.block_number
+        AND (r.to_block IS NULL OR r.to_block >= e.block_number)
+        AND r.created_at > e.created_at)
+ORDER BY e.block_number DESC, e.log_index DESC
+LIMIT 50
+"""
+
+
+class Resolver:
+    """Fetches URIs (ipfs, http(s), data) and resolves agents' MCP endpoints."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        session: aiohttp.ClientSession,
+        policy: OutboundPolicy,
+        ipfs_gateway: str,
+        identity_registries: tuple[str, ...] = KNOWN_IDENTITY_REGISTRIES,
+        ttl: float = 300.0,
+        max_bytes: int = 1_048_576,
+    ) -> None:
+        self._pool = pool
+        self._session = session
+        self._policy = policy
+        self._gateway = ipfs_gateway if ipfs_gateway.endswith("/") else ipfs_gateway + "/"
+        self._registries = frozenset(r.lower() for r in identity_registries)
+        self._ttl = ttl
+        self._max_bytes = max_bytes
+        self._cache: dict[tuple[int, int], _Cached] = {}
+
+    def http_url(self, uri: str) -> str | None:
+        """The URL a URI is fetched from; None for data: URIs. ResolveError otherwise."""
+        scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+        if scheme == "data":
+            return None
+        if scheme == "ipfs":
+            path = uri[len("ipfs://") :] if uri[:7].lower() == "ipfs://" else uri[5:]
+            path = path.removeprefix("ipfs/").lstrip("/")
+            if not path:
+                raise ResolveError("ipfs: URI without a CID", transient=False)
+            return self._gateway + path
+        if scheme in ("http", "https"):
+            return uri
+        raise ResolveError(f"unsupported URI scheme {scheme or '(none)'!r}", transient=False)
+
+    async def fetch_uri(self, uri: str, *, time_limit: float) -> bytes:
+        """The bytes at ``uri`` (at most max_bytes), through the outbound guard."""
+        url = self.http_url(uri)
+        if url is None:
+            return _decode_data_uri(uri, self._max_bytes)
+        policy = OutboundPolicy(
+            allowed_networks=self._policy.allowed_networks,
+            connect_timeout=min(self._policy.connect_timeout, time_limit),
+            total_timeout=time_limit,
+            max_response_bytes=self._max_bytes,
+            max_redirects=self._policy.max_redirects,
+        )
+        try:
+            resp = await fetch(self._session, "GET", url, policy=policy)
+        except OutboundTimeoutError as exc:
+            raise ResolveError(str(exc), transient=True) from None
+        except OutboundError as exc:
+            raise ResolveError(str(exc), transient=False) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ResolveError(
+                f"fetching {uri[:200]}: {type(exc).__name__}", transient=True
+            ) from None
+        if resp.status != 200:
+            transient = resp.status in (408, 425, 429) or resp.status >= 500
+            raise ResolveError(f"fetching {uri[:200]}: HTTP {resp.status}", transient=transient)
+        return resp.body
+
+    async def mcp_endpoint(self, chain_id: int, agent_id: int, *, time_limit: float) -> str:
+        """The agent's MCP endpoint from its current registration file."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_LATEST_IDENTITY, chain_id, agent_id)
+        uri = next((r["token_uri"] for r in rows if r["token_uri"]), None)
+        if not rows or uri is None:
+            raise ResolveError(
+                f"agent {chain_id}:{agent_id} has no registration (no Registered/URIUpdated event)",
+                transient=False,
+            )
+        stamp = (rows[0]["block_number"], rows[0]["log_index"])
+        key = (chain_id, agent_id)
+        cached = self._cache.get(key)
+        if (
+            cached is not None
+            and cached.stamp == stamp
+            and cached.uri == uri
+            and time.monotonic() - cached.read_at < self._ttl
+        ):
+            return cached.endpoint
+        raw = await self.fetch_uri(uri, time_limit=time_limit)
+        endpoint = self._endpoint_of(raw, chain_id, agent_id)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = _Cached(stamp, uri, endpoint, time.monotonic())
+        return endpoint
+
+    def _endpoint_of(self, raw: bytes, chain_id: int, agent_id: int) -> str:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ResolveError("registration file is not JSON", transient=False) from None
+        if not isinstance(doc, dict):
+            raise ResolveError("registration file is not a JSON object", transient=False)
+        if not self._names_agent(doc.get("registrations"), chain_id, agent_id):
+            raise ResolveError(
+                f"registration file does not name agent {agent_id} of chain {chain_id} "
+                "in a known identity registry",
+                transient=False,
+            )
+        services = doc.get("services")
+        if services is None:
+            services = doc.get("endpoints")
+        if not isinstance(services, list):
+            raise ResolveError("registration file has no services list", transient=False)
+        for service in services:
+            if (
+                isinstance(service, dict)
+                and isinstance(service.get("name"), str)
+                and service["name"].lower() == "mcp"
+            ):
+                endpoint = service.get("endpoint")
+                if not isinstance(endpoint, str) or not endpoint.lower().startswith(
+                    ("http://", "https://")
+                ):
+                    raise ResolveError(
+                        "the registration file's MCP endpoint is not an http(s) URL",
+                        transient=False,
+                    )
+                return endpoint
+        raise ResolveError("registration file names no MCP service", transient=False)
+
+    def _names_agent(self, registrations: Any, chain_id: int, agent_id: int) -> bool:
+        if not isinstance(registrations, list):
+            return False
+        for reg in registrations:
+            if not isinstance(reg, dict):
+                continue
+            ref = reg.get("agentRegistry")
+            rid = reg.get("agentId")
+            if not isinstance(ref, str) or str(rid) != str(agent_id):
+                continue
+            parts = ref.split(":")
+            if (
+                len(parts) == 3
+                and parts[0] == "eip155"
+                and parts[1] == str(chain_id)
+                and parts[2].lower() in self._registries
+            ):
+                return True
+        return False

@@ -1,0 +1,468 @@
+"""The dispatcher's core: one attempt per consumed job, recorded, retried or
+dead-lettered.
+
+Delivery (DESIGN.md, delivery contract 4): at least once toward the outside world.
+
+* A batch of jobs is attempted concurrently; the batch (and so its offsets) is done
+  when every attempt in it was recorded in ``action_results`` and its follow-up
+  (retry or dead letter) acknowledged by Kafka. Attempts still running at
+  ``batch_deadline`` are covered by a *guard copy* on the retry topic, due after the
+  attempt's own timeout, and the batch commits: a slow destination holds up only its
+  own jobs. If the process dies, the guard copy redoes the attempt; if the attempt
+  finished, its recorded row makes the copy a no-op.
+* Before an attempt, jobs whose (job_id, attempt) is already recorded (a redelivery
+  after a crash, a guard copy) are skipped; a successful job is never attempted again.
+* A transient failure (timeout, connection error, 408/425/429/5xx) is scheduled on
+  ``erc8004.actions.retry`` with its due time (exponential backoff, full jitter, at
+  least the destination's retry_after); after ``max_attempts`` the job goes to
+  ``erc8004.actions.dlq``. Permanent failures (4xx, templates, validation, a refused
+  destination, a hash mismatch) end the job at once.
+* Per destination: a circuit breaker (its jobs are deferred to the retry topic while
+  it is open, without spending an attempt) and a concurrency limit with a bounded
+  queue (beyond it jobs are deferred too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+import structlog
+from pydantic import ValidationError
+
+from services.dispatcher import queries
+from services.dispatcher.actions import origin, run_mcp, run_rest, run_telegram
+from services.dispatcher.metrics import DispatcherMetrics
+from services.dispatcher.policy import (
+    Breakers,
+    DestinationLimits,
+    Outcome,
+    RateLimiter,
+    backoff_delay,
+)
+from services.dispatcher.registration import ResolveError, Resolver
+from services.dispatcher.settings import DispatcherSettings
+from shared.events import INT32_MAX
+from shared.jobs import ActionJob, DeadLetter
+from shared.outbound import OutboundPolicy
+from shared.secrets import SecretBox, SecretDecryptError
+from shared.triggers import ActionConfig, McpConfig, RestConfig, TelegramConfig
+
+log = structlog.get_logger(__name__)
+
+#: Send(topic, key, value) -> awaits the broker's acknowledgement.
+Send = Callable[[str, bytes, bytes], Awaitable[None]]
+
+GUARD_MARGIN = 10.0
+ERROR_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class _ActionRow:
+    trigger_id: str
+    secret_ciphertext: bytes | None
+    enabled: bool
+
+
+@dataclass
+class _Prepared:
+    """What one job needs before its attempt: looked up per batch."""
+
+    action: _ActionRow | None
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class Dispatcher:
+    """Runs jobs; owned by the dispatcher app, one per process."""
+
+    def __init__(
+        self,
+        *,
+        settings: DispatcherSettings,
+        pool: asyncpg.Pool,
+        send: Send,
+        metrics: DispatcherMetrics,
+        session: aiohttp.ClientSession,
+        policy: OutboundPolicy,
+        resolver: Resolver,
+        secrets: SecretBox,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.send = send
+        self.metrics = metrics
+        self.session = session
+        self.policy = policy
+        self.resolver = resolver
+        self.secrets = secrets
+        self.breakers = Breakers(threshold=settings.breaker_threshold, pause=settings.breaker_pause)
+        self.limits = DestinationLimits(
+            settings.per_destination_concurrency, settings.destination_queue
+        )
+        self.telegram_limiter = RateLimiter(
+            rate=settings.telegram_rate,
+            burst=max(1, int(settings.telegram_rate)),
+            per_key_interval=settings.telegram_chat_interval,
+        )
+        self.stopping = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ batches
+
+    async def handle_batch(self, jobs: Sequence[ActionJob], *, from_retry: bool = False) -> None:
+        """Attempt ``jobs``; return when every attempt is recorded or covered by a guard
+        copy. Raises (so the batch is redelivered) when the database or Kafka fails."""
+        if not jobs:
+            return
+        unique: dict[tuple[str, int], ActionJob] = {}
+        for job in jobs:
+            unique.setdefault((job.job_id, job.attempt), job)
+        todo = await self._not_yet_recorded(list(unique.values()))
+        prepared = await self._prepare(todo)
+        started: dict[asyncio.Task[None], ActionJob] = {}
+        if from_retry:
+            todo = await self._hold_or_park(todo)
+            # Due order; each job starts at its due time, earlier ones run meanwhile.
+            for job in sorted(todo, key=lambda j: j.due_at or j.created_at):
+                await self._sleep_until(job.due_at)
+                started[self._spawn(job, prepared[job.job_id, job.attempt])] = job
+        else:
+            for job in todo:
+                started[self._spawn(job, prepared[job.job_id, job.attempt])] = job
+        if not started:
+            return
+        done, pending = await asyncio.wait(started, timeout=self.settings.batch_deadline)
+        if pending:
+            await self._guard([started[t] for t in pending])
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    def _spawn(self, job: ActionJob, prepared: _Prepared) -> asyncio.Task[None]:
+        task = asyncio.create_task(self.run_job(job, prepared), name=f"job-{job.job_id}")
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Raised to the batch when it still waits; logged here for the ones whose
+            # batch already committed (their guard copy covers them).
+            log.warning("attempt not recorded", error=repr(task.exception())[:300])
+
+    async def _hold_or_park(self, jobs: list[ActionJob]) -> list[ActionJob]:
+        """Retry-topic jobs due within retry_hold are held; later ones go back on the
+        retry topic unchanged (bounded waits in the consumer, bounded head-of-line)."""
+        horizon = now_utc() + timedelta(seconds=self.settings.retry_hold)
+        keep: list[ActionJob] = []
+        park: list[ActionJob] = []
+        for job in jobs:
+            (park if job.due_at is not None and job.due_at > horizon else keep).append(job)
+        if park:
+            await asyncio.gather(*(self._to_retry_topic(j) for j in park))
+            self.metrics.deferred.labels("not_due").inc(len(park))
+        return keep
+
+    async def _sleep_until(self, due: datetime | None) -> None:
+        if due is None:
+            return
+        delay = (due - now_utc()).total_seconds()
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+        if self.stopping.is_set():
+            raise asyncio.CancelledError("dispatcher stopping: retry batch left uncommitted")
+
+    async def _guard(self, jobs: list[ActionJob]) -> None:
+        now = now_utc()
+        copies = [
+            job.model_copy(update={"due_at": now + timedelta(seconds=self._max_seconds(job))})
+            for job in jobs
+        ]
+        await asyncio.gather(*(self._to_retry_topic(c) for c in copies))
+        self.metrics.guards.inc(len(copies))
+
+    def _max_seconds(self, job: ActionJob) -> float:
+        timeout = float(job.config.get("timeout_ms", 10_000)) / 1000
+        if job.action_type == "telegram":
+            timeout = 4 * (10 + 3)
+        elif job.action_type == "mcp":
+            timeout *= 2  # the file fetch, then the call
+        return timeout + GUARD_MARGIN
+
+    async def _not_yet_recorded(self, jobs: list[ActionJob]) -> list[ActionJob]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(queries.RECORDED_ATTEMPTS, [j.job_id for j in jobs])
+        by_job: dict[str, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_job.setdefault(row["job_id"], []).append(row)
+        out = []
+        for job in jobs:
+            # Rows older than the job message belong to an earlier run (an API redrive
+            # sends the job again with a new created_at).
+            seen = [r for r in by_job.get(job.job_id, ()) if r["executed_at"] >= job.created_at]
+            if any(r["status"] == "success" or r["attempt"] == job.attempt for r in seen):
+                self.metrics.skipped.inc()
+                continue
+            out.append(job)
+        return out
+
+    async def _prepare(self, jobs: list[ActionJob]) -> dict[tuple[str, int], _Prepared]:
+        ids = sorted({j.action_id for j in jobs if j.action_id <= INT32_MAX})
+        rows: dict[int, _ActionRow] = {}
+        if ids:
+            async with self.pool.acquire() as conn:
+                for r in await conn.fetch(queries.ACTIONS_OF_JOBS, ids):
+                    rows[r["id"]] = _ActionRow(
+                        r["trigger_id"], r["secret_ciphertext"], bool(r["enabled"])
+                    )
+        return {(j.job_id, j.attempt): _Prepared(rows.get(j.action_id)) for j in jobs}
+
+    # ------------------------------------------------------------------ one job
+
+    async def run_job(self, job: ActionJob, prepared: _Prepared) -> None:
+        self.metrics.inflight.inc()
+        try:
+            await self._run_job(job, prepared)
+        finally:
+            self.metrics.inflight.dec()
+
+    async def _run_job(self, job: ActionJob, prepared: _Prepared) -> None:
+        action = prepared.action
+        if action is None or action.trigger_id != job.trigger_id:
+            await self._conclude(job, Outcome.permanent("the trigger or action was deleted"), 0.0)
+            return
+        if not action.enabled:
+            await self._conclude(job, Outcome.permanent("the trigger is disabled"), 0.0)
+            return
+        try:
+            cfg = job.action_config()
+        except ValidationError as exc:
+            msg = f"invalid action config: {exc.errors()[0].get('msg', 'invalid')}"
+            await self._conclude(job, Outcome.permanent(msg), 0.0)
+            return
+        try:
+            target = await self._target(job, cfg, action)
+        except ResolveError as exc:
+            what = f"resolving the agent's MCP endpoint: {exc}"
+            failure = (
+                Outcome.transient(what, destination_fault=False)
+                if exc.transient
+                else (Outcome.permanent(what))
+            )
+            await self._conclude(job, failure, 0.0)
+            return
+        except SecretDecryptError as exc:
+            await self._conclude(job, Outcome.permanent(str(exc)), 0.0)
+            return
+        destination = target.destination
+        slot = self.limits.slot(destination)
+        if slot is None:
+            await self._defer(job, 1.0, "busy")
+            return
+        async with slot:
+            wait = self.breakers.admit(destination)
+            if wait is not None:
+                await self._defer(job, wait, "breaker_open")
+                return
+            started = time.perf_counter()
+            outcome: Outcome | None = None
+            try:
+                async with asyncio.timeout(self._max_seconds(job)):
+                    outcome = await self._attempt(job, cfg, target)
+            except TimeoutError:
+                outcome = Outcome.transient("attempt exceeded its time limit")
+            finally:
+                fault = outcome is None or (
+                    outcome.kind == "transient" and outcome.destination_fault
+                )
+                self.breakers.record(destination, fault=fault)
+                self.metrics.open_breakers.set(self.breakers.open_count())
+            elapsed = time.perf_counter() - started
+        self.metrics.duration.labels(job.action_type).observe(elapsed)
+        await self._conclude(job, outcome, elapsed)
+
+    async def _target(self, job: ActionJob, cfg: ActionConfig, action: _ActionRow) -> _Target:
+        if isinstance(cfg, RestConfig):
+            secret = None
+            if action.secret_ciphertext is not None:
+                secret = self.secrets.decrypt(
+                    action.secret_ciphertext, context=f"trigger_actions:{job.action_id}"
+                )
+            elif cfg.signing_secret is not None:
+                secret = cfg.signing_secret.get_secret_value()
+            # The URL may be a template: its unrendered origin is still per destination.
+            return _Target(destination=origin(cfg.url), secret=secret)
+        if isinstance(cfg, TelegramConfig):
+            return _Target(destination=f"telegram:{origin(self.settings.telegram_api_base)}")
+        assert isinstance(cfg, McpConfig)
+        if not cfg.resolve_endpoint:
+            # The agent's token goes only to the agent's own (resolved) server, never to
+            # a URL a trigger's author typed.
+            assert cfg.server_url is not None
+            return _Target(destination=origin(cfg.server_url), server_url=cfg.server_url)
+        event = job.event
+        if event.agent_id is None:
+            raise ResolveError("the event names no agent", transient=False)
+        url = await self.resolver.mcp_endpoint(
+            event.chain_id, event.agent_id, time_limit=cfg.timeout_ms / 1000
+        )
+        token = None
+        async with self.pool.acquire() as conn:
+            ciphertext = await conn.fetchval(
+                queries.AGENT_CIPHERTEXT, event.chain_id, event.agent_id
+            )
+        if ciphertext is not None:
+            token = self.secrets.decrypt(
+                ciphertext, context=f"agent_mcp_tokens:{event.chain_id}:{event.agent_id}"
+            )
+        return _Target(destination=origin(url), server_url=url, secret=token)
+
+    async def _attempt(self, job: ActionJob, cfg: ActionConfig, target: _Target) -> Outcome:
+        if isinstance(cfg, RestConfig):
+            return await run_rest(
+                job, cfg, session=self.session, policy=self.policy, secret=target.secret
+            )
+        if isinstance(cfg, TelegramConfig):
+            return await run_telegram(
+                job,
+                cfg,
+                session=self.session,
+                policy=self.policy,
+                api_base=self.settings.telegram_api_base,
+                bot_token=self.settings.telegram_bot_token.get_secret_value(),
+                limiter=self.telegram_limiter,
+            )
+        assert isinstance(cfg, McpConfig)
+        return await run_mcp(
+            job,
+            cfg,
+            resolver=self.resolver,
+            policy=self.policy,
+            bearer_token=target.secret,
+            server_url=target.server_url,
+        )
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _max_attempts(self, job: ActionJob) -> int:
+        value = job.config.get("max_attempts")
+        return (
+            value if isinstance(value, int) and value >= 1 else self.settings.default_max_attempts
+        )
+
+    async def _conclude(self, job: ActionJob, outcome: Outcome, elapsed: float) -> None:
+        """Follow-up first (retry or dead letter, acknowledged), then the row: a crash in
+        between repeats the attempt (same idempotency key) rather than losing it."""
+        status: str
+        if outcome.kind == "success":
+            status = "success"
+        elif outcome.kind == "permanent":
+            status = "failed"
+        elif job.attempt < self._max_attempts(job):
+            delay = max(
+                backoff_delay(
+                    job.attempt, base=self.settings.backoff_base, cap=self.settings.backoff_cap
+                ),
+                min(outcome.retry_after or 0.0, self.settings.backoff_cap),
+            )
+            await self._to_retry_topic(job.retry(due_at=now_utc() + timedelta(seconds=delay)))
+            self.metrics.retries.labels(job.action_type).inc()
+            status = "retrying"
+        else:
+            letter = DeadLetter(
+                job=job,
+                error=(outcome.error or "failed")[:2000],
+                attempts=job.attempt,
+                failed_at=now_utc(),
+            )
+            await self.send(self.settings.dlq_topic, job.trigger_id.encode(), letter.dump())
+            self.metrics.dlq.labels(job.action_type).inc()
+            status = "dead"
+        await self._record(job, status, outcome, elapsed)
+        self.metrics.actions.labels(job.action_type, status).inc()
+        start = job.due_at or job.created_at
+        self.metrics.delay.labels(job.action_type).observe(
+            max(0.0, (now_utc() - start).total_seconds())
+        )
+        log.info(
+            "attempt",
+            job_id=job.job_id,
+            trigger_id=job.trigger_id,
+            action_type=job.action_type,
+            attempt=job.attempt,
+            status=status,
+            duration_ms=round(elapsed * 1000),
+            error=outcome.error,
+        )
+
+    async def _record(self, job: ActionJob, status: str, outcome: Outcome, elapsed: float) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                queries.INSERT_RESULT,
+                job.job_id,
+                job.trigger_id,
+                job.event.id,
+                job.user_id,
+                job.action_type.value,
+                status,
+                round(elapsed * 1000),
+                (outcome.error or None) and outcome.error[:ERROR_CHARS],
+                outcome.response,
+                job.attempt - 1,
+                job.attempt,
+            )
+
+    async def _defer(self, job: ActionJob, seconds: float, reason: str) -> None:
+        """Back on the retry topic, same attempt, due in ``seconds`` (no attempt made)."""
+        due = now_utc() + timedelta(seconds=max(0.5, seconds))
+        await self._to_retry_topic(job.model_copy(update={"due_at": due}))
+        self.metrics.deferred.labels(reason).inc()
+
+    async def _to_retry_topic(self, job: ActionJob) -> None:
+        await self.send(self.settings.retry_topic, job.trigger_id.encode(), job.dump())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def drain(self, grace: float) -> None:
+        """Stop holding retries; wait up to ``grace`` seconds for attempts in flight, then
+        cancel them (their batches either were not committed or have guard copies)."""
+        self.stopping.set()
+        tasks = list(self._background)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class _Target:
+    destination: str
+    server_url: str | None = None
+    secret: str | None = None
+
+
+def parse_jobs(bodies: Sequence[bytes]) -> tuple[list[ActionJob], list[tuple[bytes, str]]]:
+    """Jobs, and the messages that are not jobs (with the reason)."""
+    jobs: list[ActionJob] = []
+    bad: list[tuple[bytes, str]] = []
+    for body in bodies:
+        try:
+            jobs.append(ActionJob.parse(body))
+        except ValidationError as exc:
+            bad.append((body, str(exc)[:500]))
+    return jobs, bad

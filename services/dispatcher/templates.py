@@ -1,0 +1,159 @@
+"""User templates, rendered in jinja2's immutable sandbox.
+
+A template is a string, or (request bodies, MCP arguments) a JSON object whose
+string leaves are templates. The context is the job's event fields, the trigger
+(id, name), the matcher's ``explain`` block and the job (id, attempt); undefined
+names are errors (StrictUndefined), so a typo fails the job clearly instead of
+sending an empty value. Every failure is a :class:`TemplateRenderError`: the job is
+not retried (the same template and event fail the same way every time).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import orjson
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from shared.jobs import ActionJob
+
+#: Rendered output is capped: a template is not a way to build megabyte bodies.
+MAX_RENDERED_CHARS = 262_144
+
+
+class TemplateRenderError(Exception):
+    """A template does not compile or render; the message says where and why."""
+
+
+def context_of(job: ActionJob, **extra: Any) -> dict[str, Any]:
+    """The variables a template sees."""
+    return {
+        "event": job.event.model_dump(mode="json"),
+        "trigger": {"id": job.trigger_id, "name": job.trigger_name},
+        "explain": job.explain,
+        "job": {"id": job.job_id, "attempt": job.attempt},
+        **extra,
+    }
+
+
+def _tojson(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _environment(finalize: Callable[[Any], Any] | None) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        finalize=finalize,
+        auto_reload=False,
+    )
+    env.filters["tojson"] = _tojson
+    return env
+
+
+# --- escaping for Telegram's parse modes: applied to every {{ expression }} output,
+# never to the template's own text (which holds the markup the user wants).
+
+_MDV2_SPECIAL = re.compile(r"([_*\[\]()~`>#+\-=|{}.!\\])")
+_MD_SPECIAL = re.compile(r"([_*`\[])")
+
+
+def escape_markdown_v2(text: str) -> str:
+    """Escape every character MarkdownV2 reserves (Bot API, "MarkdownV2 style")."""
+    return _MDV2_SPECIAL.sub(r"\\\1", text)
+
+
+def escape_markdown(text: str) -> str:
+    """Escape the legacy Markdown entity characters."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+_ESCAPES: dict[str | None, Callable[[str], str] | None] = {
+    None: None,
+    "MarkdownV2": escape_markdown_v2,
+    "Markdown": escape_markdown,
+    "HTML": lambda s: html.escape(s, quote=False),
+}
+
+
+def _finalizer(escape: Callable[[str], str] | None) -> Callable[[Any], Any] | None:
+    if escape is None:
+        return None
+
+    def finalize(value: Any) -> Any:
+        return escape("" if value is None else str(value))
+
+    return finalize
+
+
+@lru_cache(maxsize=8)
+def _env(parse_mode: str | None) -> ImmutableSandboxedEnvironment:
+    return _environment(_finalizer(_ESCAPES[parse_mode]))
+
+
+@lru_cache(maxsize=4096)
+def _compiled(parse_mode: str | None, source: str) -> jinja2.Template:
+    return _env(parse_mode).from_string(source)
+
+
+def render_text(source: str, context: Mapping[str, Any], *, parse_mode: str | None = None) -> str:
+    """Render one template string; expression output is escaped for ``parse_mode``."""
+    try:
+        out = _compiled(parse_mode, source).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateRenderError(
+            f"template syntax error at line {exc.lineno}: {exc.message}"
+        ) from None
+    except jinja2.UndefinedError as exc:
+        raise TemplateRenderError(f"template error: {exc.message}") from None
+    except SecurityError as exc:
+        raise TemplateRenderError(f"template refused by the sandbox: {exc}") from None
+    except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
+        raise TemplateRenderError(f"template error: {type(exc).__name__}: {exc}") from None
+    except RecursionError:
+        raise TemplateRenderError("template error: recursion too deep") from None
+    if len(out) > MAX_RENDERED_CHARS:
+        raise TemplateRenderError(f"rendered template exceeds {MAX_RENDERED_CHARS} characters")
+    return out
+
+
+def render_tree(template: Any, context: Mapping[str, Any], *, path: str = "") -> Any:
+    """Render an object template: every string leaf, recursively (keys are kept)."""
+    if isinstance(template, str):
+        try:
+            return render_text(template, context)
+        except TemplateRenderError as exc:
+            raise TemplateRenderError(f"{path or 'template'}: {exc}") from None
+    if isinstance(template, dict):
+        return {
+            k: render_tree(v, context, path=f"{path}.{k}" if path else k)
+            for k, v in template.items()
+        }
+    if isinstance(template, list):
+        return [render_tree(v, context, path=f"{path}[{i}]") for i, v in enumerate(template)]
+    return template
+
+
+def render_json_object(
+    template: str | dict[str, Any], context: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A template that must produce a JSON object (MCP tool arguments): an object
+    template is rendered leaf by leaf; a string template must render to a JSON object."""
+    if isinstance(template, dict):
+        out = render_tree(template, context)
+        assert isinstance(out, dict)
+        return out
+    text = render_text(template, context)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise TemplateRenderError(f"arguments template did not render to JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise TemplateRenderError("arguments template must render to a JSON object")
+    return value

@@ -1,0 +1,335 @@
+"""Dispatcher pieces without I/O: templates, escaping, splitting, signatures,
+backoff, breakers, limits, outcomes of HTTP statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from services.dispatcher.actions import (
+    _http_outcome,
+    build_rest_request,
+    origin,
+    split_message,
+    webhook_signature,
+)
+from services.dispatcher.policy import (
+    Breakers,
+    DestinationLimits,
+    RateLimiter,
+    backoff_delay,
+    parse_retry_after,
+)
+from services.dispatcher.templates import (
+    TemplateRenderError,
+    context_of,
+    escape_markdown_v2,
+    render_json_object,
+    render_text,
+)
+from shared.events import Event
+from shared.jobs import ActionJob, job_id
+from shared.triggers import ActionType, RestConfig
+from tools.eventgen import make_event
+
+pytestmark = pytest.mark.unit
+
+
+def a_job(config: dict[str, Any] | None = None, **kw: Any) -> ActionJob:
+    event = Event.model_validate(
+        make_event(random.Random(1), chain_id=8453, agent_id=7, block_number=100, log_index=0)
+    )
+    return ActionJob(
+        job_id=job_id("t1", event.id, 1),
+        trigger_id="t1",
+        trigger_name="Low score",
+        user_id="u1",
+        action_id=1,
+        action_type=ActionType.rest,
+        config=config or {"url": "https://example.org/hook"},
+        event=event,
+        created_at=datetime.now(UTC),
+        **{"explain": {"verdict": True, "ema": "41.5"}, **kw},
+    )
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_template_sees_event_trigger_explain_and_job() -> None:
+    job = a_job()
+    out = render_text(
+        "{{ trigger.name }} agent {{ event.agent_id }} ema={{ explain.ema }} "
+        "job={{ job.id }} #{{ job.attempt }}",
+        context_of(job),
+    )
+    assert out == f"Low score agent 7 ema=41.5 job={job.job_id} #1"
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{{ event.nope }}", "nope"),
+        ("{{ undefined_name }}", "undefined_name"),
+        ("{% for %}", "syntax error"),
+        ("{{ ''.__class__.__mro__ }}", "sandbox"),
+        ("{{ event.__class__ }}", "sandbox"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{% for i in range(10) %}{{ 'x' * 100000 }}{% endfor %}", "exceeds"),
+    ],
+)
+def test_template_failures_are_clear(source: str, reason: str) -> None:
+    with pytest.raises(TemplateRenderError, match=reason):
+        render_text(source, context_of(a_job()))
+
+
+def test_sandbox_cannot_mutate_context() -> None:
+    with pytest.raises(TemplateRenderError):
+        render_text("{{ explain.update({'x': 1}) }}", context_of(a_job()))
+
+
+def test_markdown_v2_escapes_values_not_the_template() -> None:
+    job = a_job(explain={"note": "a_b*c [x](y) 1.5!"})
+    out = render_text("*{{ explain.note }}*", context_of(job), parse_mode="MarkdownV2")
+    assert out == r"*a\_b\*c \[x\]\(y\) 1\.5\!*"
+    html_out = render_text(
+        "<b>{{ explain.note2 }}</b>", {"explain": {"note2": "<i>&"}}, parse_mode="HTML"
+    )
+    assert html_out == "<b>&lt;i&gt;&amp;</b>"
+
+
+@given(st.text(max_size=200))
+def test_markdown_v2_escape_leaves_no_special_unescaped(text: str) -> None:
+    escaped = escape_markdown_v2(text)
+    i = 0
+    while i < len(escaped):
+        if escaped[i] == "\\":
+            i += 2
+            continue
+        assert escaped[i] not in "_*[]()~`>#+-=|{}.!"
+        i += 1
+
+
+def test_json_object_templates() -> None:
+    ctx = context_of(a_job())
+    assert render_json_object({"agent": "{{ event.agent_id }}", "n": 3}, ctx) == {
+        "agent": "7",
+        "n": 3,
+    }
+    assert render_json_object('{"agent": {{ event.agent_id }}}', ctx) == {"agent": 7}
+    with pytest.raises(TemplateRenderError, match="JSON object"):
+        render_json_object("[1, 2]", ctx)
+    with pytest.raises(TemplateRenderError, match="did not render to JSON"):
+        render_json_object("{nope", ctx)
+
+
+# --------------------------------------------------------------------------- rest requests
+
+
+def test_rest_request_carries_idempotency_key_and_a_verifiable_signature() -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    cfg = RestConfig.model_validate(
+        {
+            "url": "https://example.org/hook/{{event.agent_id}}",
+            "headers": {"X-Agent": "{{ event.agent_id }}", "Idempotency-Key": "mine"},
+            "body_template": {"text": "{{ trigger.name }}"},
+        }
+    )
+    job = a_job()
+    req = build_rest_request(job, cfg, secret=secret)
+    assert req.url == "https://example.org/hook/7"
+    assert req.headers["Idempotency-Key"] == job.job_id  # ours wins
+    assert req.headers["X-Agent"] == "7"
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.body == b'{"text":"Low score"}'
+    # The reference implementation of Standard Webhooks accepts it.
+    payload = Webhook(secret).verify(req.body, req.headers)
+    assert payload == {"text": "Low score"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(req.body + b" ", req.headers)
+
+
+def test_raw_secret_signature_and_default_body() -> None:
+    job = a_job()
+    req = build_rest_request(job, RestConfig(url="https://example.org/"), secret="plain-secret")
+    assert req.body is not None
+    assert b'"job_id"' in req.body
+    ts = int(req.headers["webhook-timestamp"])
+    assert req.headers["webhook-signature"] == webhook_signature(
+        "plain-secret", job.job_id, ts, req.body
+    )
+    # Without a secret: no signature headers; GET has no body.
+    get = build_rest_request(job, RestConfig(url="https://example.org/", method="GET"), secret=None)
+    assert get.body is None
+    assert "webhook-signature" not in get.headers
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [("{{ explain.verdict }}", "http"), ("https://x.org/\r\nX: y", "whitespace")],
+)
+def test_rendered_url_is_checked(url: str, reason: str) -> None:
+    cfg = RestConfig.model_construct(
+        method="POST",
+        url=url,
+        headers={},
+        body_template=None,
+        timeout_ms=1000,
+        expected_status=None,
+        signing_secret=None,
+        max_attempts=3,
+    )
+    with pytest.raises(TemplateRenderError, match=reason):
+        build_rest_request(a_job(), cfg, secret=None)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "kind"),
+    [
+        (200, None, "success"),
+        (204, None, "success"),
+        (302, None, "permanent"),
+        (400, None, "permanent"),
+        (404, None, "permanent"),
+        (408, None, "transient"),
+        (429, None, "transient"),
+        (500, None, "transient"),
+        (503, None, "transient"),
+        (202, [201], "permanent"),
+        (201, [201], "success"),
+    ],
+)
+def test_http_status_outcomes(status: int, expected: list[int] | None, kind: str) -> None:
+    out = _http_outcome(status, {"retry-after": "7"}, b"x" * 2000, expected)
+    assert out.kind == kind
+    assert out.response is not None
+    assert len(out.response["body"]) <= 501
+    if status == 429:
+        assert out.retry_after == 7
+        assert not out.destination_fault
+
+
+def test_origin() -> None:
+    assert origin("https://Example.org/a?b") == "https://example.org:443"
+    assert origin("http://127.0.0.1:8080/x") == "http://127.0.0.1:8080"
+
+
+# --------------------------------------------------------------------------- telegram split
+
+
+def test_split_message_at_line_ends_and_truncates() -> None:
+    text = "\n".join(f"line {i:04d} " + "x" * 90 for i in range(200))
+    parts = split_message(text, limit=4096, max_parts=2)
+    assert len(parts) == 2
+    assert all(len(p) <= 4096 for p in parts)
+    assert parts[0].startswith("line 0000")
+    assert parts[1].endswith("…")
+    assert not parts[1].startswith("\n")
+    assert split_message("short") == ["short"]
+    assert split_message("y" * 5000, limit=4096, max_parts=4) == ["y" * 4096, "y" * 904]
+
+
+# --------------------------------------------------------------------------- policies
+
+
+@given(st.integers(1, 30), st.floats(0, 1, exclude_max=True))
+def test_backoff_full_jitter_bounds(attempt: int, r: float) -> None:
+    delay = backoff_delay(attempt, base=1.0, cap=300.0, rng=lambda: r)
+    assert 0 <= delay <= min(300.0, 2 ** (attempt - 1))
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("12") == 12
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+def test_breaker_opens_half_opens_and_closes() -> None:
+    t = [0.0]
+    b = Breakers(threshold=3, pause=10.0, clock=lambda: t[0])
+    for _ in range(2):
+        assert b.admit("d") is None
+        b.record("d", fault=True)
+    assert not b.is_open("d")
+    assert b.admit("d") is None
+    b.record("d", fault=True)
+    assert b.is_open("d")
+    assert b.open_count() == 1
+    assert b.admit("d") == 10.0
+    t[0] = 5.0
+    assert b.admit("d") == 5.0
+    assert b.admit("other") is None  # per destination
+    t[0] = 10.0
+    assert b.admit("d") is None  # the half-open probe
+    assert b.admit("d") is not None  # only one probe at a time
+    b.record("d", fault=True)  # probe failed: open for another pause
+    assert b.admit("d") == 10.0
+    t[0] = 20.0
+    assert b.admit("d") is None
+    b.record("d", fault=False)  # probe succeeded: closed
+    assert not b.is_open("d")
+    assert b.admit("d") is None
+
+
+def test_non_fault_results_reset_the_count() -> None:
+    b = Breakers(threshold=2, pause=10.0)
+    b.record("d", fault=True)
+    b.record("d", fault=False)
+    b.record("d", fault=True)
+    assert not b.is_open("d")
+
+
+async def test_destination_limits_bound_concurrency_and_queue() -> None:
+    limits = DestinationLimits(per_destination=2, queue=1)
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+
+    async def work() -> None:
+        nonlocal running, peak
+        slot = limits.slot("d")
+        assert slot is not None
+        async with slot:
+            running += 1
+            peak = max(peak, running)
+            await release.wait()
+            running -= 1
+
+    tasks = [asyncio.create_task(work()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert limits.in_flight() == 2
+    assert limits.slot("d") is None  # 2 running, 1 waiting: full
+    assert limits.slot("elsewhere") is not None
+    release.set()
+    await asyncio.gather(*tasks)
+    assert peak == 2
+
+
+async def test_rate_limiter_spaces_calls_per_key() -> None:
+    t = [0.0]
+    limiter = RateLimiter(rate=30, burst=30, per_key_interval=1.0, clock=lambda: t[0])
+    assert await limiter.acquire("chat", max_wait=0) is None
+    assert await limiter.acquire("chat", max_wait=0) == pytest.approx(1.0)
+    assert await limiter.acquire("other", max_wait=0) is None
+    limiter.pause("other", 20)
+    assert await limiter.acquire("other", max_wait=5) == pytest.approx(20)
+    t[0] = 1.0
+    assert await limiter.acquire("chat", max_wait=0) is None
+
+
+async def test_rate_limiter_bucket_caps_the_overall_rate() -> None:
+    t = [0.0]
+    limiter = RateLimiter(rate=30, burst=30, per_key_interval=0, clock=lambda: t[0])
+    for i in range(30):
+        assert await limiter.acquire(f"c{i}", max_wait=0) is None
+    wait = await limiter.acquire("c30", max_wait=0)
+    assert wait == pytest.approx(1 / 30)

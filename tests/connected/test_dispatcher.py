@@ -1,0 +1,627 @@
+"""The dispatcher end to end: jobs on erc8004.actions -> telegram / rest / mcp against
+real local servers -> action_results, retries through erc8004.actions.retry, dead
+letters on erc8004.actions.dlq. The dispatcher runs as its own process; nothing is
+mocked below HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+from eth_hash.auto import keccak
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from shared.jobs import ActionJob, DeadLetter
+from shared.secrets import SecretBox
+from tests.conftest import ENV
+from tests.dispatcherutil import (
+    McpAgentServer,
+    Receiver,
+    Seen,
+    action_ids,
+    an_event,
+    make_job,
+    produce_jobs,
+    results,
+    serve,
+    serve_mcp,
+    store_events,
+    wait_for,
+)
+from tests.kafkautil import read_topic
+from tests.matcherutil import insert_trigger, insert_user
+from tests.procs import ServiceProcess, http_get
+from tools.benchdb import scratch_topic
+
+pytestmark = [pytest.mark.db, pytest.mark.kafka]
+
+IDENTITY = "0x8004A169FB4a3325136EB29fA0ceB6D2e539a432"
+
+
+@pytest.fixture
+async def retry_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
+    async with scratch_topic(kafka_bootstrap, 3, prefix="test.retry") as name:
+        yield name
+
+
+@pytest.fixture
+async def dlq_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
+    async with scratch_topic(kafka_bootstrap, 1, prefix="test.dlq") as name:
+        yield name
+
+
+@pytest.fixture
+def dispatcher_env(
+    env: dict[str, str],
+    database_url: str,
+    actions_topic: str,
+    retry_topic: str,
+    dlq_topic: str,
+) -> dict[str, str]:
+    return {
+        **env,
+        "DATABASE_URL": database_url,
+        "ACTIONS_TOPIC": actions_topic,
+        "ACTIONS_RETRY_TOPIC": retry_topic,
+        "ACTIONS_DLQ_TOPIC": dlq_topic,
+        "DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
+        "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "RETRY_BACKOFF_BASE": "0.2",
+        "RETRY_BACKOFF_CAP": "1",
+        "BREAKER_THRESHOLD": "50",
+    }
+
+
+@pytest.fixture
+def procs() -> Iterator[list[ServiceProcess]]:
+    started: list[ServiceProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def start_dispatcher(
+    env: dict[str, str], tmp: Path, procs: list[ServiceProcess], **extra: str
+) -> ServiceProcess:
+    proc = ServiceProcess("dispatcher", {**env, **extra}, tmp).start()
+    procs.append(proc)
+    proc.wait_http("/readyz", timeout=60)
+    return proc
+
+
+def metric_value(proc: ServiceProcess, name: str, **labels: str) -> float:
+    _, body = http_get(proc.base + "/metrics")
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in body.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        if metric in (name, f"{name}{{{want}}}"):
+            return float(value)
+    return 0.0
+
+
+async def rest_trigger(
+    db: asyncpg.Connection, config: dict[str, Any], *, secret: str | None = None
+) -> tuple[str, str, int]:
+    """A trigger with one rest action; the signing secret stored encrypted, as the API does."""
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db,
+        user_id=user,
+        chain_id=8453,
+        registry="reputation",
+        conditions=[
+            {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
+        ],
+        actions=[{"action_type": "rest", "config": config}],
+    )
+    (action,) = await action_ids(db, trigger)
+    if secret is not None:
+        box = SecretBox(_dev_key())
+        await db.execute(
+            "UPDATE trigger_actions SET secret_ciphertext = $2 WHERE id = $1",
+            action,
+            box.encrypt(secret, context=f"trigger_actions:{action}"),
+        )
+    return user, trigger, action
+
+
+def _dev_key() -> str:
+    return ENV["SECRETS_KEY"]
+
+
+def statuses(rows: list[asyncpg.Record]) -> list[str]:
+    return [r["status"] for r in rows]
+
+
+# --------------------------------------------------------------------------- rest
+
+
+async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    verified: list[bool] = []
+
+    def respond(seen: Seen, n: int) -> web.Response:
+        try:
+            Webhook(secret).verify(seen.body, seen.headers)
+            verified.append(True)
+        except WebhookVerificationError:
+            verified.append(False)
+            return web.Response(status=401)
+        if n <= 2:
+            return web.Response(status=503, text="warming up")
+        return web.json_response({"received": True})
+
+    async with serve(Receiver(respond=respond)) as receiver:
+        config = {
+            "url": f"{receiver.base}/hooks/{{{{event.agent_id}}}}",
+            "body_template": {"agent": "{{ event.agent_id }}", "who": "{{ trigger.name }}"},
+            "max_attempts": 5,
+        }
+        user, trigger, action = await rest_trigger(db, config, secret=secret)
+        job = make_job(
+            trigger_id=trigger,
+            user_id=user,
+            action_id=action,
+            action_type="rest",
+            config=config,
+            event=an_event(),
+        )
+        start_dispatcher(dispatcher_env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, [job])
+
+        async def delivered() -> bool:
+            return "success" in statuses(await results(db, job.job_id))
+
+        await wait_for(delivered, within=30, what="delivery after retries")
+        await asyncio.sleep(1.0)  # nothing more may arrive
+
+    rows = await results(db, job.job_id)
+    assert statuses(rows) == ["retrying", "retrying", "success"]
+    assert [r["attempt"] for r in rows] == [1, 2, 3]
+    assert [r["retry_count"] for r in rows] == [0, 1, 2]
+    assert rows[0]["response_data"]["status"] == 503
+    assert rows[0]["error_message"] == "HTTP 503"
+    assert rows[2]["response_data"]["status"] == 200
+    assert all(r["trigger_id"] == trigger and r["user_id"] == user for r in rows)
+    assert len(receiver.seen) == 3
+    assert verified == [True, True, True]
+    assert {s.headers["idempotency-key"] for s in receiver.seen} == {job.job_id}
+    assert {s.headers["webhook-id"] for s in receiver.seen} == {job.job_id}
+    assert {s.path for s in receiver.seen} == {"/hooks/7"}
+    assert receiver.seen[0].json() == {"agent": "7", "who": "test trigger"}
+    # Backoff: the attempts are spread out, not immediate.
+    assert receiver.seen[2].at - receiver.seen[0].at > 0.05
+
+
+async def test_rest_permanent_failures_dead_letters_and_metrics(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    dlq_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    def respond(seen: Seen, _n: int) -> web.Response:
+        if seen.path == "/missing":
+            return web.Response(status=404, text="no such hook")
+        if seen.path == "/down":
+            return web.Response(status=502, text="bad gateway")
+        return web.Response(status=200)
+
+    async with serve(Receiver(respond=respond)) as receiver:
+        jobs: dict[str, ActionJob] = {}
+        configs: dict[str, dict[str, Any]] = {
+            "missing": {"url": f"{receiver.base}/missing"},
+            "down": {"url": f"{receiver.base}/down", "max_attempts": 2},
+            "template": {"url": f"{receiver.base}/ok", "body_template": "{{ event.no_such }}"},
+        }
+        for name, config in configs.items():
+            user, trigger, action = await rest_trigger(db, config)
+            jobs[name] = make_job(
+                trigger_id=trigger,
+                user_id=user,
+                action_id=action,
+                action_type="rest",
+                config=config,
+                event=an_event(),
+            )
+        # A job whose trigger was disabled after it fired is not run.
+        user, trigger, action = await rest_trigger(db, {"url": f"{receiver.base}/ok"})
+        await db.execute("UPDATE triggers SET enabled = false WHERE id = $1", trigger)
+        jobs["disabled"] = make_job(
+            trigger_id=trigger,
+            user_id=user,
+            action_id=action,
+            action_type="rest",
+            config={"url": f"{receiver.base}/ok"},
+            event=an_event(),
+        )
+        proc = start_dispatcher(dispatcher_env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, list(jobs.values()))
+
+        async def settled() -> bool:
+            return len(await results(db)) >= 5
+
+        await wait_for(settled, within=30, what="all outcomes recorded")
+        await asyncio.sleep(1.0)
+
+    assert statuses(await results(db, jobs["missing"].job_id)) == ["failed"]
+    assert (await results(db, jobs["missing"].job_id))[0]["error_message"] == "HTTP 404"
+    assert statuses(await results(db, jobs["down"].job_id)) == ["retrying", "dead"]
+    (template_row,) = await results(db, jobs["template"].job_id)
+    assert template_row["status"] == "failed"
+    assert "no_such" in template_row["error_message"]
+    (disabled_row,) = await results(db, jobs["disabled"].job_id)
+    assert disabled_row["status"] == "failed"
+    assert "disabled" in disabled_row["error_message"]
+    # The receiver saw /missing once, /down twice, nothing for the template or disabled job.
+    assert Counter(s.path for s in receiver.seen) == {"/missing": 1, "/down": 2}
+
+    (record,) = await read_topic(kafka_bootstrap, dlq_topic, expect=1, within=10)
+    letter = DeadLetter.model_validate_json(record.value)
+    assert letter.job.job_id == jobs["down"].job_id
+    assert letter.attempts == 2
+    assert letter.error == "HTTP 502"
+
+    assert (
+        metric_value(proc, "erc8004_dispatcher_actions_total", action_type="rest", status="failed")
+        == 3
+    )
+    assert (
+        metric_value(proc, "erc8004_dispatcher_actions_total", action_type="rest", status="dead")
+        == 1
+    )
+    assert metric_value(proc, "erc8004_dispatcher_retries_total", action_type="rest") == 1
+    assert metric_value(proc, "erc8004_dispatcher_dlq_total", action_type="rest") == 1
+
+
+async def test_guard_refuses_internal_destinations(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    async with serve(Receiver()) as receiver:
+        urls = [
+            f"http://127.0.0.1:{receiver.port}/hook",
+            "http://10.0.0.1/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            f"http://[::1]:{receiver.port}/hook",
+            f"http://localhost:{receiver.port}/hook",
+        ]
+        jobs = []
+        for url in urls:
+            user, trigger, action = await rest_trigger(db, {"url": url})
+            jobs.append(
+                make_job(
+                    trigger_id=trigger,
+                    user_id=user,
+                    action_id=action,
+                    action_type="rest",
+                    config={"url": url},
+                    event=an_event(),
+                )
+            )
+        # Nothing is allowed: the loopback receiver is as private as the others.
+        start_dispatcher(dispatcher_env, tmp_path, procs, OUTBOUND_ALLOWED_NETWORKS="")
+        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
+
+        async def settled() -> bool:
+            return len(await results(db)) >= len(jobs)
+
+        await wait_for(settled, within=30, what="refusals recorded")
+        await asyncio.sleep(0.5)
+        assert receiver.seen == []
+    for job in jobs:
+        (row,) = await results(db, job.job_id)
+        assert row["status"] == "failed", row
+        assert "refused" in row["error_message"], row["error_message"]
+
+
+# --------------------------------------------------------------------------- telegram
+
+
+async def test_telegram_escapes_and_honours_429_retry_after(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    def respond(seen: Seen, n: int) -> web.Response:
+        if not seen.path.endswith("/sendMessage"):
+            return web.json_response({"ok": False, "description": "Not Found"}, status=404)
+        if n == 1:
+            return web.json_response(
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": "Too Many Requests: retry after 1",
+                    "parameters": {"retry_after": 1},
+                },
+                status=429,
+            )
+        return web.json_response({"ok": True, "result": {"message_id": 100 + n}})
+
+    async with serve(Receiver(respond=respond)) as bot_api:
+        config = {
+            "chat_id": "-1001234567890",
+            "message_template": (
+                "*{{ trigger.name }}* agent {{ event.agent_id }}: {{ explain.note }}"
+            ),
+            "parse_mode": "MarkdownV2",
+        }
+        user = await insert_user(db)
+        trigger = await insert_trigger(
+            db,
+            user_id=user,
+            chain_id=8453,
+            registry="reputation",
+            conditions=[
+                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
+            ],
+            actions=[{"action_type": "telegram", "config": config}],
+        )
+        (action,) = await action_ids(db, trigger)
+        job = make_job(
+            trigger_id=trigger,
+            user_id=user,
+            action_id=action,
+            action_type="telegram",
+            config=config,
+            event=an_event(),
+            name="Score.drop!",
+        )
+        proc = start_dispatcher(
+            dispatcher_env,
+            tmp_path,
+            procs,
+            TELEGRAM_API_BASE=bot_api.base,
+            TELEGRAM_BOT_TOKEN="123456:secret-bot-token",
+        )
+        await produce_jobs(kafka_bootstrap, actions_topic, [job])
+
+        async def delivered() -> bool:
+            return "success" in statuses(await results(db, job.job_id))
+
+        await wait_for(delivered, within=30, what="telegram delivery")
+
+    rows = await results(db, job.job_id)
+    assert statuses(rows) == ["retrying", "success"]
+    assert "429" in rows[0]["error_message"]
+    assert rows[1]["response_data"] == {"message_ids": [102], "parts": 1}
+    first, second = bot_api.seen
+    assert first.path == "/bot123456:secret-bot-token/sendMessage"
+    # Telegram asked for 1 s: the retry came no sooner.
+    assert second.at - first.at >= 1.0
+    body = second.json()
+    assert body["chat_id"] == "-1001234567890"
+    assert body["parse_mode"] == "MarkdownV2"
+    # Values escaped for MarkdownV2, the template's own markup kept.
+    assert body["text"] == r"*Score\.drop\!* agent 7: a\_b\*c"
+    # The bot token is never written to the audit trail or the log.
+    for row in rows:
+        assert "secret-bot-token" not in (row["error_message"] or "")
+        assert "secret-bot-token" not in orjson.dumps(row["response_data"]).decode()
+    assert "secret-bot-token" not in proc.log_text()
+
+
+# --------------------------------------------------------------------------- mcp
+
+
+def registration_file(chain_id: int, agent_id: int, endpoint: str) -> dict[str, Any]:
+    return {
+        "type": "https://eips.ethereum.org/EIPS/eip-8004#registration-v1",
+        "name": f"agent {agent_id}",
+        "services": [
+            {"name": "web", "endpoint": "https://example.org"},
+            {"name": "MCP", "endpoint": endpoint, "version": "2025-06-18"},
+        ],
+        "registrations": [{"agentId": agent_id, "agentRegistry": f"eip155:{chain_id}:{IDENTITY}"}],
+        "active": True,
+    }
+
+
+async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    feedback = orjson.dumps({"agentId": 7, "value": 87, "valueDecimals": 0, "comment": "fast"})
+    async with serve_mcp(McpAgentServer()) as agent, serve(Receiver()) as files:
+        files.routes["/agents/7.json"] = orjson.dumps(registration_file(8453, 7, agent.url))
+        files.routes["/feedback/ok.json"] = feedback
+        files.routes["/feedback/tampered.json"] = feedback.replace(b"87", b"12")
+        data_uri = (
+            "data:application/json;base64,"
+            + base64.b64encode(orjson.dumps(registration_file(8453, 8, agent.url))).decode()
+        )
+        # Agent 7 registers over HTTP, agent 8 with a data: URI; agent 9 names another chain.
+        await store_events(
+            db,
+            [
+                an_event(
+                    11, event_type="Registered", agent_id=7, token_uri=f"{files.base}/agents/7.json"
+                ),
+                an_event(12, event_type="Registered", agent_id=8, token_uri=data_uri),
+                an_event(
+                    13,
+                    event_type="Registered",
+                    agent_id=9,
+                    token_uri="data:application/json;base64,"
+                    + base64.b64encode(orjson.dumps(registration_file(1, 9, agent.url))).decode(),
+                ),
+            ],
+        )
+        box = SecretBox(_dev_key())
+        await db.execute(
+            "INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address)"
+            " VALUES (8453, 7, $1, $2)",
+            box.encrypt("agent-7-bearer", context="agent_mcp_tokens:8453:7"),
+            "0x" + "ab" * 20,
+        )
+        config = {
+            "resolve_endpoint": True,
+            "tool_name": "notify",
+            "verify_file_hash": True,
+            "include_file_content": True,
+            "arguments_template": {
+                "message": (
+                    "{{ trigger.name }}: agent {{ event.agent_id }} scored {{ file.content.value }}"
+                ),
+            },
+        }
+        plain = {"resolve_endpoint": True, "tool_name": "notify"}
+        user = await insert_user(db)
+        trigger = await insert_trigger(
+            db,
+            user_id=user,
+            chain_id=8453,
+            registry="reputation",
+            conditions=[
+                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
+            ],
+            actions=[
+                {"action_type": "mcp", "config": config},
+                {"action_type": "mcp", "config": plain},
+            ],
+        )
+        verified, unverified = await action_ids(db, trigger)
+        ok_hash = "0x" + keccak(feedback).hex()
+
+        def feedback_event(seed: int, path: str, agent_id: int = 7) -> Any:
+            return an_event(
+                seed, agent_id=agent_id, file_uri=f"{files.base}{path}", file_hash=ok_hash
+            )
+
+        job: dict[str, Any] = {"trigger_id": trigger, "user_id": user, "action_type": "mcp"}
+        good = make_job(
+            **job, action_id=verified, config=config, event=feedback_event(21, "/feedback/ok.json")
+        )
+        bad = make_job(
+            **job,
+            action_id=verified,
+            config=config,
+            event=feedback_event(22, "/feedback/tampered.json"),
+        )
+        by_data_uri = make_job(
+            **job, action_id=unverified, config=plain, event=an_event(23, agent_id=8)
+        )
+        other_chain = make_job(
+            **job, action_id=unverified, config=plain, event=an_event(24, agent_id=9)
+        )
+        start_dispatcher(dispatcher_env, tmp_path, procs, IPFS_GATEWAY=f"{files.base}/ipfs/")
+        await produce_jobs(kafka_bootstrap, actions_topic, [good, bad, by_data_uri, other_chain])
+
+        async def settled() -> bool:
+            return len(await results(db)) >= 4
+
+        await wait_for(settled, within=40, what="mcp outcomes")
+        await asyncio.sleep(0.5)
+
+    (row,) = await results(db, good.job_id)
+    assert row["status"] == "success", row["error_message"]
+    assert row["response_data"]["content"] == "noted 1" or row["response_data"][
+        "content"
+    ].startswith("noted")
+    (row,) = await results(db, bad.job_id)
+    assert row["status"] == "failed"
+    assert "hash mismatch" in row["error_message"]
+    assert row["response_data"]["expected_hash"] == ok_hash
+    (row,) = await results(db, by_data_uri.job_id)
+    assert row["status"] == "success", row["error_message"]
+    (row,) = await results(db, other_chain.job_id)
+    assert row["status"] == "failed"
+    assert "does not name agent 9 of chain 8453" in row["error_message"]
+
+    assert len(agent.calls) == 2  # the tampered file and the foreign agent never reached the tool
+    headers, args = next((h, a) for h, a in agent.calls if "message" in a)
+    assert args["message"] == "test trigger: agent 7 scored 87"
+    assert args["file"]["hash"] == ok_hash
+    assert args["file"]["content"]["comment"] == "fast"
+    assert headers["authorization"] == "Bearer agent-7-bearer"
+    assert headers["idempotency-key"] == good.job_id
+    headers, args = next((h, a) for h, a in agent.calls if "job_id" in a)
+    assert args["job_id"] == by_data_uri.job_id
+    assert args["event"]["agent_id"] == 8
+    assert "authorization" not in headers  # agent 8 registered no token
+
+
+# --------------------------------------------------------------------------- faults
+
+
+async def test_kill_9_mid_flight_every_job_completed_duplicates_share_their_key(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    async with serve(Receiver(delay=0.02)) as receiver:
+        config = {"url": f"{receiver.base}/hook", "timeout_ms": 5000}
+        user, trigger, action = await rest_trigger(db, config)
+        jobs = [
+            make_job(
+                trigger_id=trigger,
+                user_id=user,
+                action_id=action,
+                action_type="rest",
+                config=config,
+                event=an_event(seed),
+            )
+            for seed in range(400)
+        ]
+        env = {**dispatcher_env, "DISPATCHER_BATCH_MAX_RECORDS": "50"}
+        first = start_dispatcher(env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
+        deadline = time.monotonic() + 60
+        while len(receiver.seen) < 100:
+            assert time.monotonic() < deadline, "the dispatcher never got going"
+            await asyncio.sleep(0.02)
+        first.kill()
+        killed_at = len(receiver.seen)
+        start_dispatcher(env, tmp_path, procs)
+
+        async def all_done() -> bool:
+            n = await db.fetchval(
+                "SELECT count(DISTINCT job_id) FROM action_results WHERE status = 'success'"
+            )
+            return bool(n == len(jobs))
+
+        await wait_for(all_done, within=120, what="every job delivered after the kill")
+        await asyncio.sleep(1.0)
+
+    assert killed_at < len(jobs)  # the kill did land mid-flight
+    delivered = Counter(s.json()["job_id"] for s in receiver.seen)
+    assert set(delivered) == {j.job_id for j in jobs}
+    for seen in receiver.seen:
+        # Every request of a job carries that job's key: duplicates are deduplicable.
+        assert seen.headers["idempotency-key"] == seen.json()["job_id"]
+    assert await db.fetchval("SELECT count(*) FROM action_results WHERE status <> 'success'") == 0

@@ -1,0 +1,244 @@
+"""Helpers for dispatcher tests and benchmarks: local receivers that speak HTTP, the
+Bot API and MCP; jobs produced as the matcher does; results read back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import uvicorn
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from mcp.server.mcpserver import Context, MCPServer
+
+from shared.events import EVENT_COLUMNS, Event, event_row
+from shared.jobs import ActionJob, job_id
+from shared.triggers import ActionType
+from tests.procs import free_port
+from tools.eventgen import make_event
+
+
+@dataclass
+class Seen:
+    """One request a local server received."""
+
+    at: float
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A local aiohttp server recording every request. ``respond`` decides the answer
+    (default 200 ``{"ok": true}``); ``delay`` slows every answer down."""
+
+    respond: Callable[[Seen, int], Awaitable[web.StreamResponse] | web.StreamResponse] | None = None
+    delay: float = 0.0
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    routes: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        seen = Seen(
+            time.monotonic(),
+            request.method,
+            request.path,
+            {k.lower(): v for k, v in request.headers.items()},
+            await request.read(),
+        )
+        self.seen.append(seen)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if request.path in self.routes:
+            return web.Response(body=self.routes[request.path], content_type="application/json")
+        if self.respond is not None:
+            out = self.respond(seen, len(self.seen))
+            return await out if asyncio.iscoroutine(out) else out  # type: ignore[return-value]
+        return web.json_response({"ok": True})
+
+
+@asynccontextmanager
+async def serve(receiver: Receiver) -> AsyncIterator[Receiver]:
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", receiver._handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    receiver.port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", receiver.port)
+    await site.start()
+    try:
+        yield receiver
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class McpAgentServer:
+    """A real MCP server (the ``mcp`` package, streamable HTTP) with one tool,
+    ``notify``, that records its arguments and the request's headers."""
+
+    calls: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+@asynccontextmanager
+async def serve_mcp(agent: McpAgentServer) -> AsyncIterator[McpAgentServer]:
+    server: MCPServer[Any] = MCPServer("test-agent")
+
+    @server.tool()
+    async def notify(
+        ctx: Context,
+        event: dict[str, Any] | None = None,
+        trigger: dict[str, Any] | None = None,
+        explain: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        file: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> str:
+        request = ctx.request_context.request
+        headers = {k.lower(): v for k, v in request.headers.items()} if request else {}
+        arguments = {
+            "event": event,
+            "trigger": trigger,
+            "explain": explain,
+            "job_id": job_id,
+            "file": file,
+            "message": message,
+        }
+        agent.calls.append((headers, {k: v for k, v in arguments.items() if v is not None}))
+        return f"noted {len(agent.calls)}"
+
+    agent.port = free_port()
+    config = uvicorn.Config(
+        server.streamable_http_app(),
+        host="127.0.0.1",
+        port=agent.port,
+        log_level="warning",
+        lifespan="on",
+    )
+    uv = uvicorn.Server(config)
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield agent
+    finally:
+        uv.should_exit = True
+        await task
+
+
+def an_event(
+    seed: int = 1, *, event_type: str = "NewFeedback", agent_id: int = 7, **overrides: Any
+) -> Event:
+    rng = random.Random(seed)
+    return Event.model_validate(
+        make_event(
+            rng,
+            chain_id=8453,
+            block_number=1000 + seed,
+            log_index=seed % 100,
+            event_type=event_type,
+            agent_id=agent_id,
+            **overrides,
+        )
+    )
+
+
+async def action_ids(db: asyncpg.Connection, trigger_id: str) -> list[int]:
+    return [
+        r["id"]
+        for r in await db.fetch(
+            "SELECT id FROM trigger_actions WHERE trigger_id = $1 ORDER BY id", trigger_id
+        )
+    ]
+
+
+def make_job(
+    *,
+    trigger_id: str,
+    user_id: str,
+    action_id: int,
+    action_type: str,
+    config: dict[str, Any],
+    event: Event,
+    name: str = "test trigger",
+) -> ActionJob:
+    return ActionJob(
+        job_id=job_id(trigger_id, event.id, action_id),
+        trigger_id=trigger_id,
+        trigger_name=name,
+        user_id=user_id,
+        action_id=action_id,
+        action_type=ActionType(action_type),
+        config=config,
+        event=event,
+        explain={"fired": True, "note": "a_b*c"},
+        created_at=datetime.now(UTC),
+    )
+
+
+async def produce_jobs(bootstrap: str, topic: str, jobs: Sequence[ActionJob]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, job.dump(), key=job.trigger_id.encode()) for job in jobs
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def store_events(db: asyncpg.Connection, events: Sequence[Event]) -> None:
+    """Events straight into the table (as ingest's COPY does)."""
+    await db.copy_records_to_table(
+        "events", records=[event_row(e) for e in events], columns=list(EVENT_COLUMNS)
+    )
+
+
+async def results(db: asyncpg.Connection, job: str | None = None) -> list[asyncpg.Record]:
+    if job is None:
+        return await db.fetch("SELECT * FROM action_results ORDER BY executed_at, attempt")
+    return await db.fetch(
+        "SELECT * FROM action_results WHERE job_id = $1 ORDER BY attempt, executed_at", job
+    )
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], *, within: float = 30.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {within:g}s waiting for {what}")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

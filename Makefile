@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 WITH_ENV := deploy/local/with-env
 PYTEST_ARGS ?=
 
-.PHONY: help deps lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher
+.PHONY: help deps lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,3 +69,6 @@ bench-ingest: infra ## ingest benchmark: events/s batched and single, latency, r
 
 bench-matcher: infra ## matcher benchmark: events/s and per-event cost at 100 / 10k / 100k triggers
 	$(WITH_ENV) $(PY) -m tools.bench_matcher
+
+bench-dispatcher: infra ## dispatcher benchmark: REST actions/s, produced-to-received delay p50/p99
+	$(WITH_ENV) $(PY) -m tools.bench_dispatcher

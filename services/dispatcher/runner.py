@@ -115,6 +115,7 @@ class Dispatcher:
         )
         self.stopping = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self.writer = ResultWriter(pool)
 
     # ------------------------------------------------------------------ batches
 
@@ -126,6 +127,9 @@ class Dispatcher:
         unique: dict[tuple[str, int], ActionJob] = {}
         for job in jobs:
             unique.setdefault((job.job_id, job.attempt), job)
+        while len(self._background) >= self.settings.max_in_flight:
+            # Back-pressure: no new work while the dispatcher holds this much.
+            await asyncio.wait(set(self._background), return_when=asyncio.FIRST_COMPLETED)
         todo = await self._not_yet_recorded(list(unique.values()))
         prepared = await self._prepare(todo)
         started: dict[asyncio.Task[None], ActionJob] = {}
@@ -270,7 +274,7 @@ class Dispatcher:
         destination = target.destination
         slot = self.limits.slot(destination)
         if slot is None:
-            await self._defer(job, 1.0, "busy")
+            await self._defer(job, 5.0, "busy")
             return
         async with slot:
             wait = self.breakers.admit(destination)
@@ -397,7 +401,7 @@ class Dispatcher:
         self.metrics.delay.labels(job.action_type).observe(
             max(0.0, (now_utc() - start).total_seconds())
         )
-        log.info(
+        (log.debug if status == "success" else log.info)(
             "attempt",
             job_id=job.job_id,
             trigger_id=job.trigger_id,
@@ -409,9 +413,8 @@ class Dispatcher:
         )
 
     async def _record(self, job: ActionJob, status: str, outcome: Outcome, elapsed: float) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute(
-                queries.INSERT_RESULT,
+        await self.writer.write(
+            (
                 job.job_id,
                 job.trigger_id,
                 job.event.id,
@@ -424,6 +427,7 @@ class Dispatcher:
                 job.attempt - 1,
                 job.attempt,
             )
+        )
 
     async def _defer(self, job: ActionJob, seconds: float, reason: str) -> None:
         """Back on the retry topic, same attempt, due in ``seconds`` (no attempt made)."""
@@ -447,6 +451,41 @@ class Dispatcher:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+class ResultWriter:
+    """Group commit of action_results rows: concurrent attempts hand in their rows and
+    wait; one INSERT statement per flush (executemany, one transaction) writes every
+    row handed in meanwhile, then each waiter learns the outcome. One pool connection
+    and one commit for many attempts instead of one each."""
+
+    def __init__(self, pool: asyncpg.Pool, max_rows: int = 1000) -> None:
+        self._pool = pool
+        self._max_rows = max_rows
+        self._rows: list[tuple[tuple[object, ...], asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def write(self, row: tuple[object, ...]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.append((row, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(), name="action-results-writer")
+        await future
+
+    async def _flush(self) -> None:
+        while self._rows:
+            batch, self._rows = self._rows[: self._max_rows], self._rows[self._max_rows :]
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.executemany(queries.INSERT_RESULT, [row for row, _ in batch])
+            except Exception as exc:  # noqa: BLE001 (handed to every waiter)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
 
 
 @dataclass(frozen=True)

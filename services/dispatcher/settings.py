@@ -69,8 +69,14 @@ class DispatcherSettings(ServiceSettings):
     per_destination_concurrency: int = Field(
         default=8, ge=1, le=1000, validation_alias="DISPATCHER_DESTINATION_CONCURRENCY"
     )
+    #: Jobs waiting for one destination beyond which its new jobs are deferred to the
+    #: retry topic (a backlogged destination does not fill the dispatcher's memory).
     destination_queue: int = Field(
-        default=64, ge=0, le=100_000, validation_alias="DISPATCHER_DESTINATION_QUEUE"
+        default=1000, ge=0, le=100_000, validation_alias="DISPATCHER_DESTINATION_QUEUE"
+    )
+    #: Attempts in flight or waiting, all destinations: a new batch waits below this.
+    max_in_flight: int = Field(
+        default=5000, ge=1, le=1_000_000, validation_alias="DISPATCHER_MAX_IN_FLIGHT"
     )
     #: Attempts of actions whose config has no max_attempts (telegram).
     default_max_attempts: int = Field(

@@ -104,6 +104,8 @@ def _compiled(parse_mode: str | None, source: str) -> jinja2.Template:
 
 def render_text(source: str, context: Mapping[str, Any], *, parse_mode: str | None = None) -> str:
     """Render one template string; expression output is escaped for ``parse_mode``."""
+    if "{" not in source:
+        return source  # no expression, statement or comment: nothing to render
     try:
         out = _compiled(parse_mode, source).render(context)
     except jinja2.TemplateSyntaxError as exc:

@@ -1,0 +1,336 @@
+"""Dispatcher benchmark: REST actions/s against a local receiver, and the delay from
+a job produced to its request received.
+
+    python -m tools.bench_dispatcher [--jobs 10000] [--rate 500] [--seconds 10]
+
+1. Throughput: ``--jobs`` REST jobs are put on a fresh actions topic, then the real
+   dispatcher process starts; actions/s is measured from the first request the
+   receiver gets to the last (every job recorded in action_results).
+2. Delay: with the dispatcher running, jobs are produced at ``--rate`` per second
+   for ``--seconds``; each job's delay is its request's arrival at the receiver
+   minus the moment it was produced (one clock: receiver and producer share this
+   process). p50 / p95 / p99 are printed.
+3. Baselines in the same run: a raw aiokafka produce + consume of the same
+   messages, and raw aiohttp POSTs of the same bodies to the same receiver with the
+   dispatcher's per-destination concurrency.
+
+The receiver is an aiohttp server in this process answering 200 at once. Prints the
+figures and writes bench-results/dispatcher-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from shared.events import Event
+from shared.jobs import ActionJob, job_id
+from shared.triggers import ActionType
+from tools.bench_ingest import pct
+from tools.bench_matcher import peak_rss_mib, raw_consume
+from tools.benchdb import scratch_database, scratch_topic
+from tools.eventgen import make_event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(msg: str) -> None:
+    print(f"[bench-dispatcher] {msg}", flush=True)  # noqa: T201
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.requests = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests += 1
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            self.arrivals.setdefault(key, time.time())
+        return web.Response(status=200, body=body[:0])
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def make_trigger(url: str, hook: str) -> Target:
+    config = {"url": hook, "timeout_ms": 5000}
+    conn = await asyncpg.connect(url)
+    try:
+        user = str(uuid.uuid4())
+        await conn.execute(
+            "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, 'x')",
+            user,
+            f"bench{user[:8]}",
+            f"{user[:8]}@example.org",
+        )
+        trigger = await conn.fetchval(
+            "INSERT INTO triggers (user_id, name, chain_id, registry) "
+            "VALUES ($1, 'bench', 8453, 'reputation') RETURNING id",
+            user,
+        )
+        action = await conn.fetchval(
+            "INSERT INTO trigger_actions (trigger_id, action_type, config) "
+            "VALUES ($1, 'rest', $2::jsonb) RETURNING id",
+            trigger,
+            json.dumps(config),
+        )
+    finally:
+        await conn.close()
+    return Target(user, trigger, action, config)
+
+
+@dataclass(frozen=True)
+class Target:
+    user: str
+    trigger: str
+    action: int
+    config: dict[str, Any]
+
+
+def jobs_for(n: int, offset: int, t: Target) -> list[ActionJob]:
+    rng = random.Random(offset)
+    now = datetime.now(UTC)
+    out = []
+    for i in range(offset, offset + n):
+        event = Event.model_validate(
+            make_event(rng, chain_id=8453, block_number=1_000_000 + i, log_index=i % 50)
+        )
+        out.append(
+            ActionJob(
+                job_id=job_id(t.trigger, event.id, t.action),
+                trigger_id=t.trigger,
+                trigger_name="bench",
+                user_id=t.user,
+                action_id=t.action,
+                action_type=ActionType.rest,
+                config=t.config,
+                event=event,
+                explain={"bench": True},
+                created_at=now,
+            )
+        )
+    return out
+
+
+async def produce_all(bootstrap: str, topic: str, jobs: list[ActionJob]) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        futures = [await producer.send(topic, j.dump(), key=j.trigger_id.encode()) for j in jobs]
+        await asyncio.gather(*futures)
+        return len(jobs) / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def raw_posts(hook: str, bodies: list[bytes], concurrency: int) -> float:
+    queue = list(reversed(bodies))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                async with session.post(
+                    hook, data=body, headers={"Content-Type": "application/json"}
+                ) as resp:
+                    await resp.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(bodies) / (time.perf_counter() - started)
+
+
+async def count_success(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM action_results WHERE status = 'success'")
+        )
+    finally:
+        await conn.close()
+
+
+async def outcome_counts(url: str) -> dict[str, float]:
+    """Rows of action_results by status, and the requests the receiver got per job."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT status, count(*) AS n FROM action_results GROUP BY 1")
+        errors = await conn.fetch(
+            "SELECT error_message, count(*) AS n FROM action_results "
+            "WHERE error_message IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 3"
+        )
+    finally:
+        await conn.close()
+    for row in errors:
+        say(f"error seen {row['n']} times: {row['error_message']}")
+    return {f"rows_{r['status']}": float(r["n"]) for r in rows}
+
+
+async def wait_all_recorded(url: str, n: int, proc: subprocess.Popen[bytes], log: Any) -> None:
+    deadline = time.monotonic() + 600
+    while await count_success(url) < n:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"dispatcher exited:\n{log.read().decode()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise SystemExit("throughput phase did not finish in 600 s")
+        await asyncio.sleep(0.2)
+
+
+async def paced(
+    bootstrap: str, topic: str, jobs: list[ActionJob], rate: float, receiver: Receiver
+) -> list[float]:
+    """Produce ``jobs`` at ``rate``/s; the delays (ms) from produced to received."""
+    produced: dict[str, float] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        pending = []
+        for i, job in enumerate(jobs):
+            wait = start + i / rate - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            stamped = job.model_copy(update={"created_at": datetime.now(UTC)})
+            produced[job.job_id] = time.time()
+            pending.append(await producer.send(topic, stamped.dump(), key=job.trigger_id.encode()))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 120
+    while not all(k in receiver.arrivals for k in produced):
+        if time.monotonic() > deadline:
+            raise SystemExit("delay phase: not every job arrived in 120 s")
+        await asyncio.sleep(0.1)
+    return [(receiver.arrivals[k] - t) * 1000 for k, t in produced.items()]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    admin_url = os.environ["DATABASE_URL"]
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    receiver = Receiver()
+    await receiver.start()
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    figures: dict[str, float] = {}
+    try:
+        async with (
+            scratch_database(admin_url, "bench_dispatcher") as url,
+            scratch_topic(bootstrap, 12) as actions,
+            scratch_topic(bootstrap, 12) as retry,
+            scratch_topic(bootstrap, 3) as dlq,
+        ):
+            target = await make_trigger(url, hook)
+            say(f"throughput: producing {args.jobs} jobs")
+            jobs = jobs_for(args.jobs, 0, target)
+            figures["raw_produce_per_s"] = await produce_all(bootstrap, actions, jobs)
+            figures["raw_consume_per_s"] = await raw_consume(bootstrap, actions, len(jobs))
+            say("raw baseline: aiohttp POSTs to the receiver")
+            bodies = [j.dump() for j in jobs[:5000]]
+            figures["raw_post_per_s"] = await raw_posts(hook, bodies, args.concurrency)
+            receiver.arrivals.clear()
+            env = {
+                **os.environ,
+                "DATABASE_URL": url,
+                "ACTIONS_TOPIC": actions,
+                "ACTIONS_RETRY_TOPIC": retry,
+                "ACTIONS_DLQ_TOPIC": dlq,
+                "DISPATCHER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+                "DISPATCHER_DESTINATION_CONCURRENCY": str(args.concurrency),
+                "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
+                "HTTP_PORT": "19102",
+                "LOG_LEVEL": "WARNING",
+            }
+            with tempfile.TemporaryFile() as log:
+                cmd = [sys.executable, *os.environ.get("BENCH_PY_ARGS", "").split(), "-m", "services.dispatcher"]
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
+                try:
+                    say("throughput: dispatcher started")
+                    await wait_all_recorded(url, len(jobs), proc, log)
+                    times = sorted(receiver.arrivals.values())
+                    figures["actions_per_s"] = (len(times) - 1) / (times[-1] - times[0])
+                    say(f"throughput: {figures['actions_per_s']:.0f} actions/s")
+                    total = int(args.rate * args.seconds)
+                    say(f"delay: {total} jobs at {args.rate:g}/s")
+                    delays = await paced(
+                        bootstrap, actions, jobs_for(total, args.jobs, target), args.rate, receiver
+                    )
+                    figures["dispatcher_peak_rss_mib"] = peak_rss_mib(proc.pid)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=20)
+                figures.update(await outcome_counts(url))
+    finally:
+        await receiver.stop()
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, shared by receiver, producer, dispatcher, "
+        "PostgreSQL and Kafka",
+        "concurrency_per_destination": args.concurrency,
+        "jobs": args.jobs,
+        **{k: round(v, 1) for k, v in figures.items()},
+        "ratio_to_raw_post": round(figures["actions_per_s"] / figures["raw_post_per_s"], 3),
+        "ratio_to_raw_consume": round(figures["actions_per_s"] / figures["raw_consume_per_s"], 4),
+        "paced_rate_per_s": args.rate,
+        "paced_jobs": len(delays),
+        "delay_ms_p50": round(pct(delays, 0.50), 1),
+        "delay_ms_p95": round(pct(delays, 0.95), 1),
+        "delay_ms_p99": round(pct(delays, 0.99), 1),
+        "delay_ms_max": round(max(delays), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    path = out / f"dispatcher-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))  # noqa: T201
+    say(f"written to {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

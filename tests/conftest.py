@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -67,12 +68,19 @@ def template_db(admin_url: str) -> str:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if exists:
                 return False
-            # Old templates of earlier migration sets are dropped.
+            # Templates of other migration sets are dropped once a day old: another
+            # checkout (a branch with one more migration) may be testing with one now.
             for old in await conn.fetch(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'erc8004_template_%'"
+                """SELECT datname FROM pg_database
+                   WHERE datname LIKE 'erc8004_template_%'
+                     AND coalesce(substring(shobj_description(oid, 'pg_database')
+                                            FROM '^created ([0-9]+)$')::bigint, 0)
+                         < extract(epoch FROM now()) - 86400"""
             ):
                 await conn.execute(f'DROP DATABASE IF EXISTS "{old["datname"]}" WITH (FORCE)')
             await conn.execute(f'CREATE DATABASE "{name}"')
+            created = int(time.time())
+            await conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'created {created}'")
             return True
         finally:
             await conn.close()

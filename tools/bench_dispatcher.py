@@ -278,7 +278,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "LOG_LEVEL": "WARNING",
             }
             with tempfile.TemporaryFile() as log:
-                cmd = [sys.executable, *os.environ.get("BENCH_PY_ARGS", "").split(), "-m", "services.dispatcher"]
+                # BENCH_PY_ARGS: interpreter options, e.g. "-m cProfile -o d.prof".
+                py_args = os.environ.get("BENCH_PY_ARGS", "").split()
+                cmd = [sys.executable, *py_args, "-m", "services.dispatcher"]
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
                 try:
                     say("throughput: dispatcher started")

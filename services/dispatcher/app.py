@@ -20,12 +20,10 @@ from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.registration import Resolver
 from services.dispatcher.runner import Dispatcher, parse_jobs
 from services.dispatcher.settings import DispatcherSettings
-from services.matcher.app import raw_values
-from services.matcher.handlers import with_backoff
 from shared.kafka import LagProbe
 from shared.outbound import OutboundPolicy, new_session
 from shared.secrets import SecretBox
-from shared.stream import StreamService, create_stream_app, new_broker
+from shared.stream import StreamService, create_stream_app, new_broker, raw_values, with_backoff
 
 log = structlog.get_logger(__name__)
 

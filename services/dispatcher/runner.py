@@ -60,6 +60,8 @@ log = structlog.get_logger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[None]]
 
 GUARD_MARGIN = 10.0
+#: Longest pause of the retry consumer after putting far-off retries back.
+PARK_NAP = 5.0
 ERROR_CHARS = 1000
 
 
@@ -133,8 +135,9 @@ class Dispatcher:
         todo = await self._not_yet_recorded(list(unique.values()))
         prepared = await self._prepare(todo)
         started: dict[asyncio.Task[None], ActionJob] = {}
+        nap = 0.0
         if from_retry:
-            todo = await self._hold_or_park(todo)
+            todo, nap = await self._hold_or_park(todo)
             # Due order; each job starts at its due time, earlier ones run meanwhile.
             for job in sorted(todo, key=lambda j: j.due_at or j.created_at):
                 await self._sleep_until(job.due_at)
@@ -142,15 +145,17 @@ class Dispatcher:
         else:
             for job in todo:
                 started[self._spawn(job, prepared[job.job_id, job.attempt])] = job
-        if not started:
-            return
-        done, pending = await asyncio.wait(started, timeout=self.settings.batch_deadline)
-        if pending:
-            await self._guard([started[t] for t in pending])
-        for task in done:
-            exc = task.exception()
-            if exc is not None:
-                raise exc
+        if started:
+            done, pending = await asyncio.wait(started, timeout=self.settings.batch_deadline)
+            if pending:
+                await self._guard([started[t] for t in pending])
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+        if nap > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=nap)
 
     def _spawn(self, job: ActionJob, prepared: _Prepared) -> asyncio.Task[None]:
         task = asyncio.create_task(self.run_job(job, prepared), name=f"job-{job.job_id}")
@@ -165,18 +170,23 @@ class Dispatcher:
             # batch already committed (their guard copy covers them).
             log.warning("attempt not recorded", error=repr(task.exception())[:300])
 
-    async def _hold_or_park(self, jobs: list[ActionJob]) -> list[ActionJob]:
+    async def _hold_or_park(self, jobs: list[ActionJob]) -> tuple[list[ActionJob], float]:
         """Retry-topic jobs due within retry_hold are held; later ones go back on the
-        retry topic unchanged (bounded waits in the consumer, bounded head-of-line)."""
-        horizon = now_utc() + timedelta(seconds=self.settings.retry_hold)
+        retry topic unchanged (bounded waits in the consumer, bounded head-of-line).
+        Also returns how long to pause before reading on when some were put back (at
+        most PARK_NAP seconds), so that a topic of far-off retries is not spun through."""
+        now = now_utc()
+        horizon = now + timedelta(seconds=self.settings.retry_hold)
         keep: list[ActionJob] = []
         park: list[ActionJob] = []
         for job in jobs:
             (park if job.due_at is not None and job.due_at > horizon else keep).append(job)
-        if park:
-            await asyncio.gather(*(self._to_retry_topic(j) for j in park))
-            self.metrics.deferred.labels("not_due").inc(len(park))
-        return keep
+        if not park:
+            return keep, 0.0
+        await asyncio.gather(*(self._to_retry_topic(j) for j in park))
+        self.metrics.deferred.labels("not_due").inc(len(park))
+        earliest = min(j.due_at for j in park if j.due_at is not None)
+        return keep, min(PARK_NAP, (earliest - now).total_seconds())
 
     async def _sleep_until(self, due: datetime | None) -> None:
         if due is None:

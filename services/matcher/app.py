@@ -11,16 +11,15 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy, FastStream
-from faststream.message import StreamMessage
 from pydantic import ValidationError
 
-from services.matcher.handlers import Matcher, with_backoff
+from services.matcher.handlers import Matcher
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, parse_topic_message
 from shared.kafka import LagProbe
-from shared.stream import StreamService, create_stream_app, new_broker
+from shared.stream import StreamService, create_stream_app, new_broker, raw_values, with_backoff
 
 log = structlog.get_logger(__name__)
 
@@ -100,14 +99,6 @@ class Runtime:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
                     await self._producer.stop()
-
-
-async def raw_values(msg: StreamMessage[Any]) -> list[bytes]:
-    """The records' own bytes, as the batch handler's body: FastStream's default
-    decoder would build a message object and json.loads every record first, only
-    for us to parse the same bytes into our models again."""
-    records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-    return [record.value for record in records]
 
 
 def create_app(settings: MatcherSettings) -> FastStream:

@@ -11,7 +11,6 @@ the process is produced again from its recorded explain on redelivery.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -177,8 +176,3 @@ class Matcher:
             )
             for action in trigger.actions
         ]
-
-
-async def with_backoff(attempt: int) -> None:
-    """Pause before a failed batch is redelivered, so a database outage is not hammered."""
-    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))

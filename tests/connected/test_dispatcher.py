@@ -625,3 +625,124 @@ async def test_kill_9_mid_flight_every_job_completed_duplicates_share_their_key(
         # Every request of a job carries that job's key: duplicates are deduplicable.
         assert seen.headers["idempotency-key"] == seen.json()["job_id"]
     assert await db.fetchval("SELECT count(*) FROM action_results WHERE status <> 'success'") == 0
+
+
+async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    async with (
+        serve_mcp(McpAgentServer()) as old,
+        serve_mcp(McpAgentServer()) as new,
+        serve(Receiver()) as gateway,
+    ):
+        gateway.routes["/ipfs/bafyold"] = orjson.dumps(registration_file(8453, 5, old.url))
+        gateway.routes["/ipfs/bafynew/agent.json"] = orjson.dumps(
+            registration_file(8453, 5, new.url)
+        )
+        await store_events(
+            db, [an_event(31, event_type="Registered", agent_id=5, token_uri="ipfs://bafyold")]
+        )
+        config = {"resolve_endpoint": True, "tool_name": "notify"}
+        user = await insert_user(db)
+        trigger = await insert_trigger(
+            db,
+            user_id=user,
+            chain_id=8453,
+            registry="reputation",
+            conditions=[
+                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
+            ],
+            actions=[{"action_type": "mcp", "config": config}],
+        )
+        (action,) = await action_ids(db, trigger)
+
+        def job(seed: int) -> ActionJob:
+            return make_job(
+                trigger_id=trigger,
+                user_id=user,
+                action_id=action,
+                action_type="mcp",
+                config=config,
+                event=an_event(seed, agent_id=5),
+            )
+
+        start_dispatcher(dispatcher_env, tmp_path, procs, IPFS_GATEWAY=f"{gateway.base}/ipfs/")
+        first = job(41)
+        await produce_jobs(kafka_bootstrap, actions_topic, [first])
+
+        async def recorded(n: int) -> bool:
+            return len(await results(db)) >= n
+
+        await wait_for(lambda: recorded(1), within=30, what="first call")
+        # The agent moves its registration file: the cached endpoint must not be used.
+        await store_events(
+            db,
+            [
+                an_event(
+                    51,
+                    event_type="URIUpdated",
+                    agent_id=5,
+                    token_uri="ipfs://bafynew/agent.json",
+                )
+            ],
+        )
+        second = job(42)
+        await produce_jobs(kafka_bootstrap, actions_topic, [second])
+        await wait_for(lambda: recorded(2), within=30, what="second call")
+
+    assert statuses(await results(db)) == ["success", "success"]
+    assert [args["job_id"] for _, args in old.calls] == [first.job_id]
+    assert [args["job_id"] for _, args in new.calls] == [second.job_id]
+    assert [s.path for s in gateway.seen] == ["/ipfs/bafyold", "/ipfs/bafynew/agent.json"]
+
+
+async def test_breaker_opens_on_a_failing_destination_and_defers_its_jobs(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    async with serve(Receiver(respond=lambda _s, _n: web.Response(status=503))) as down:
+        config = {"url": f"{down.base}/hook", "max_attempts": 1}
+        user, trigger, action = await rest_trigger(db, config)
+        jobs = [
+            make_job(
+                trigger_id=trigger,
+                user_id=user,
+                action_id=action,
+                action_type="rest",
+                config=config,
+                event=an_event(seed),
+            )
+            for seed in range(10)
+        ]
+        env = {
+            **dispatcher_env,
+            "BREAKER_THRESHOLD": "3",
+            "BREAKER_PAUSE": "60",
+            "DISPATCHER_DESTINATION_CONCURRENCY": "1",
+        }
+        proc = start_dispatcher(env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
+
+        async def deferred() -> bool:
+            value = metric_value(proc, "erc8004_dispatcher_deferred_total", reason="breaker_open")
+            return value >= 7
+
+        await wait_for(deferred, within=30, what="jobs deferred by the open breaker")
+        await asyncio.sleep(3.0)
+        # The deferred jobs (due in 60 s) are put back on the retry topic at a bounded
+        # pace while they wait, not spun through as fast as Kafka goes.
+        parked = metric_value(proc, "erc8004_dispatcher_deferred_total", reason="not_due")
+        assert parked <= 7 * 3
+        # Three failures opened the breaker; the other jobs never reached the host.
+        assert len(down.seen) == 3
+        assert metric_value(proc, "erc8004_dispatcher_open_breakers") == 1
+    assert statuses(await results(db)) == ["dead", "dead", "dead"]

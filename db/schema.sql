@@ -358,6 +358,7 @@ CREATE TABLE public.action_results (
 
 CREATE MATERIALIZED VIEW public.action_metrics_hourly AS
  SELECT date_trunc('hour'::text, action_results.executed_at, 'UTC'::text) AS hour,
+    action_results.user_id,
     action_results.action_type,
     count(*) AS total_executions,
     sum(
@@ -373,8 +374,37 @@ CREATE MATERIALIZED VIEW public.action_metrics_hourly AS
     avg(action_results.duration_ms) AS avg_duration_ms,
     percentile_cont((0.95)::double precision) WITHIN GROUP (ORDER BY ((action_results.duration_ms)::double precision)) AS p95_duration_ms
    FROM public.action_results
-  GROUP BY (date_trunc('hour'::text, action_results.executed_at, 'UTC'::text)), action_results.action_type
+  GROUP BY (date_trunc('hour'::text, action_results.executed_at, 'UTC'::text)), action_results.user_id, action_results.action_type
   WITH NO DATA;
+
+
+--
+-- Name: action_metrics_hourly_mine; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.action_metrics_hourly_mine WITH (security_barrier='true') AS
+ SELECT action_metrics_hourly.hour,
+    action_metrics_hourly.action_type,
+    action_metrics_hourly.total_executions,
+    action_metrics_hourly.success_count,
+    action_metrics_hourly.failure_count,
+    action_metrics_hourly.avg_duration_ms,
+    action_metrics_hourly.p95_duration_ms
+   FROM public.action_metrics_hourly
+  WHERE (action_metrics_hourly.user_id = public.current_app_user_id());
+
+
+--
+-- Name: agent_mcp_token_nonces; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agent_mcp_token_nonces (
+    chain_id integer NOT NULL,
+    agent_id bigint NOT NULL,
+    nonce text NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
 
 
 --
@@ -584,60 +614,6 @@ CREATE MATERIALIZED VIEW public.events_hourly AS
    FROM public.events
   GROUP BY (date_trunc('hour'::text, events.block_time, 'UTC'::text)), events.chain_id, events.registry, events.event_type
   WITH NO DATA;
-
-
---
--- Name: events_p202610; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.events_p202610 (
-    id text NOT NULL,
-    chain_id integer NOT NULL,
-    block_number bigint NOT NULL,
-    block_hash text NOT NULL,
-    transaction_hash text NOT NULL,
-    log_index integer NOT NULL,
-    registry text NOT NULL,
-    event_type text NOT NULL,
-    agent_id bigint,
-    "timestamp" bigint NOT NULL,
-    block_time timestamp with time zone NOT NULL,
-    owner text,
-    previous_owner text,
-    updated_by text,
-    token_uri text,
-    metadata_key text,
-    metadata_value text,
-    client_address text,
-    feedback_index bigint,
-    score numeric,
-    value numeric,
-    value_decimals smallint,
-    tag1 text,
-    tag2 text,
-    endpoint text,
-    file_uri text,
-    file_hash text,
-    responder text,
-    validator_address text,
-    request_uri text,
-    request_hash text,
-    response integer,
-    response_uri text,
-    response_hash text,
-    tag text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
-    CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
-    CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
-    CONSTRAINT events_chain_id_check CHECK ((chain_id > 0)),
-    CONSTRAINT events_feedback_index_check CHECK ((feedback_index >= 0)),
-    CONSTRAINT events_log_index_check CHECK ((log_index >= 0)),
-    CONSTRAINT events_registry_check CHECK ((registry = ANY (ARRAY['identity'::text, 'reputation'::text, 'validation'::text]))),
-    CONSTRAINT events_response_check CHECK (((response >= 0) AND (response <= 100))),
-    CONSTRAINT events_value_check CHECK ((abs(value) <= '100000000000000000000000000000000000000'::numeric)),
-    CONSTRAINT events_value_decimals_check CHECK (((value_decimals >= 0) AND (value_decimals <= 18)))
-);
 
 
 --
@@ -857,6 +833,60 @@ CREATE TABLE public.events_p202702 (
 
 
 --
+-- Name: events_p202703; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.events_p202703 (
+    id text NOT NULL,
+    chain_id integer NOT NULL,
+    block_number bigint NOT NULL,
+    block_hash text NOT NULL,
+    transaction_hash text NOT NULL,
+    log_index integer NOT NULL,
+    registry text NOT NULL,
+    event_type text NOT NULL,
+    agent_id bigint,
+    "timestamp" bigint NOT NULL,
+    block_time timestamp with time zone NOT NULL,
+    owner text,
+    previous_owner text,
+    updated_by text,
+    token_uri text,
+    metadata_key text,
+    metadata_value text,
+    client_address text,
+    feedback_index bigint,
+    score numeric,
+    value numeric,
+    value_decimals smallint,
+    tag1 text,
+    tag2 text,
+    endpoint text,
+    file_uri text,
+    file_hash text,
+    responder text,
+    validator_address text,
+    request_uri text,
+    request_hash text,
+    response integer,
+    response_uri text,
+    response_hash text,
+    tag text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
+    CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
+    CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
+    CONSTRAINT events_chain_id_check CHECK ((chain_id > 0)),
+    CONSTRAINT events_feedback_index_check CHECK ((feedback_index >= 0)),
+    CONSTRAINT events_log_index_check CHECK ((log_index >= 0)),
+    CONSTRAINT events_registry_check CHECK ((registry = ANY (ARRAY['identity'::text, 'reputation'::text, 'validation'::text]))),
+    CONSTRAINT events_response_check CHECK (((response >= 0) AND (response <= 100))),
+    CONSTRAINT events_value_check CHECK ((abs(value) <= '100000000000000000000000000000000000000'::numeric)),
+    CONSTRAINT events_value_decimals_check CHECK (((value_decimals >= 0) AND (value_decimals <= 18)))
+);
+
+
+--
 -- Name: reorgs; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1024,13 +1054,6 @@ ALTER TABLE ONLY public.events ATTACH PARTITION public.events_default DEFAULT;
 
 
 --
--- Name: events_p202610; Type: TABLE ATTACH; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202610 FOR VALUES FROM ('2026-10-01 00:00:00+00') TO ('2026-11-01 00:00:00+00');
-
-
---
 -- Name: events_p202611; Type: TABLE ATTACH; Schema: public; Owner: -
 --
 
@@ -1056,6 +1079,13 @@ ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202701 FOR VALUES
 --
 
 ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202702 FOR VALUES FROM ('2027-02-01 00:00:00+00') TO ('2027-03-01 00:00:00+00');
+
+
+--
+-- Name: events_p202703; Type: TABLE ATTACH; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202703 FOR VALUES FROM ('2027-03-01 00:00:00+00') TO ('2027-04-01 00:00:00+00');
 
 
 --
@@ -1085,6 +1115,14 @@ ALTER TABLE ONLY public.trigger_conditions ALTER COLUMN id SET DEFAULT nextval('
 
 ALTER TABLE ONLY public.action_results
     ADD CONSTRAINT action_results_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: agent_mcp_token_nonces agent_mcp_token_nonces_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_mcp_token_nonces
+    ADD CONSTRAINT agent_mcp_token_nonces_pkey PRIMARY KEY (chain_id, agent_id, nonce);
 
 
 --
@@ -1152,14 +1190,6 @@ ALTER TABLE ONLY public.events_default
 
 
 --
--- Name: events_p202610 events_p202610_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.events_p202610
-    ADD CONSTRAINT events_p202610_pkey PRIMARY KEY (id, block_time, block_hash);
-
-
---
 -- Name: events_p202611 events_p202611_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1189,6 +1219,14 @@ ALTER TABLE ONLY public.events_p202701
 
 ALTER TABLE ONLY public.events_p202702
     ADD CONSTRAINT events_p202702_pkey PRIMARY KEY (id, block_time, block_hash);
+
+
+--
+-- Name: events_p202703 events_p202703_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.events_p202703
+    ADD CONSTRAINT events_p202703_pkey PRIMARY KEY (id, block_time, block_hash);
 
 
 --
@@ -1353,48 +1391,6 @@ CREATE INDEX idx_events_validator_address ON ONLY public.events USING btree (val
 --
 
 CREATE INDEX events_default_validator_address_idx ON public.events_default USING btree (validator_address) WHERE (validator_address IS NOT NULL);
-
-
---
--- Name: events_p202610_agent_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_agent_id_idx ON public.events_p202610 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
-
-
---
--- Name: events_p202610_chain_id_block_number_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_chain_id_block_number_idx ON public.events_p202610 USING btree (chain_id, block_number);
-
-
---
--- Name: events_p202610_chain_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_chain_id_block_time_idx ON public.events_p202610 USING btree (chain_id, block_time DESC);
-
-
---
--- Name: events_p202610_client_address_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_client_address_idx ON public.events_p202610 USING btree (client_address) WHERE (client_address IS NOT NULL);
-
-
---
--- Name: events_p202610_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_registry_event_type_idx ON public.events_p202610 USING btree (registry, event_type);
-
-
---
--- Name: events_p202610_validator_address_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_validator_address_idx ON public.events_p202610 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
 
 
 --
@@ -1566,10 +1562,52 @@ CREATE INDEX events_p202702_validator_address_idx ON public.events_p202702 USING
 
 
 --
+-- Name: events_p202703_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_agent_id_idx ON public.events_p202703 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202703_chain_id_block_number_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_chain_id_block_number_idx ON public.events_p202703 USING btree (chain_id, block_number);
+
+
+--
+-- Name: events_p202703_chain_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_chain_id_block_time_idx ON public.events_p202703 USING btree (chain_id, block_time DESC);
+
+
+--
+-- Name: events_p202703_client_address_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_client_address_idx ON public.events_p202703 USING btree (client_address) WHERE (client_address IS NOT NULL);
+
+
+--
+-- Name: events_p202703_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_registry_event_type_idx ON public.events_p202703 USING btree (registry, event_type);
+
+
+--
+-- Name: events_p202703_validator_address_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_validator_address_idx ON public.events_p202703 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
+
+
+--
 -- Name: idx_action_metrics_hourly_key; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE UNIQUE INDEX idx_action_metrics_hourly_key ON public.action_metrics_hourly USING btree (hour, action_type);
+CREATE UNIQUE INDEX idx_action_metrics_hourly_key ON public.action_metrics_hourly USING btree (hour, user_id, action_type) NULLS NOT DISTINCT;
 
 
 --
@@ -1619,6 +1657,13 @@ CREATE INDEX idx_action_results_trigger_id_executed_at ON public.action_results 
 --
 
 CREATE INDEX idx_action_results_user_id_executed_at ON public.action_results USING btree (user_id, executed_at DESC);
+
+
+--
+-- Name: idx_agent_mcp_token_nonces_expires_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_agent_mcp_token_nonces_expires_at ON public.agent_mcp_token_nonces USING btree (expires_at);
 
 
 --
@@ -1745,55 +1790,6 @@ ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_defau
 --
 
 ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_default_validator_address_idx;
-
-
---
--- Name: events_p202610_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202610_agent_id_idx;
-
-
---
--- Name: events_p202610_chain_id_block_number_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_block_number ATTACH PARTITION public.events_p202610_chain_id_block_number_idx;
-
-
---
--- Name: events_p202610_chain_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_chain_id_block_time ATTACH PARTITION public.events_p202610_chain_id_block_time_idx;
-
-
---
--- Name: events_p202610_client_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202610_client_address_idx;
-
-
---
--- Name: events_p202610_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202610_pkey;
-
-
---
--- Name: events_p202610_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202610_registry_event_type_idx;
-
-
---
--- Name: events_p202610_validator_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202610_validator_address_idx;
 
 
 --
@@ -1990,6 +1986,55 @@ ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p2027
 --
 
 ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202702_validator_address_idx;
+
+
+--
+-- Name: events_p202703_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202703_agent_id_idx;
+
+
+--
+-- Name: events_p202703_chain_id_block_number_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_block_number ATTACH PARTITION public.events_p202703_chain_id_block_number_idx;
+
+
+--
+-- Name: events_p202703_chain_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_chain_id_block_time ATTACH PARTITION public.events_p202703_chain_id_block_time_idx;
+
+
+--
+-- Name: events_p202703_client_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202703_client_address_idx;
+
+
+--
+-- Name: events_p202703_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202703_pkey;
+
+
+--
+-- Name: events_p202703_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202703_registry_event_type_idx;
+
+
+--
+-- Name: events_p202703_validator_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202703_validator_address_idx;
 
 
 --
@@ -2229,6 +2274,28 @@ CREATE POLICY trigger_conditions_user_isolation ON public.trigger_conditions TO 
 
 
 --
+-- Name: trigger_evaluations; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.trigger_evaluations ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: trigger_evaluations trigger_evaluations_matcher_all; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY trigger_evaluations_matcher_all ON public.trigger_evaluations TO erc8004_matcher USING (true) WITH CHECK (true);
+
+
+--
+-- Name: trigger_evaluations trigger_evaluations_user_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY trigger_evaluations_user_isolation ON public.trigger_evaluations FOR SELECT TO erc8004_api USING ((EXISTS ( SELECT 1
+   FROM public.triggers t
+  WHERE ((t.id = trigger_evaluations.trigger_id) AND (t.user_id = public.current_app_user_id())))));
+
+
+--
 -- Name: trigger_state; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2294,4 +2361,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261124190003'),
     ('20261124190004'),
     ('20261124190005'),
-    ('20261124190006');
+    ('20261124190006'),
+    ('20261201120000');

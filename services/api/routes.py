@@ -69,7 +69,7 @@ from services.api.models import (
 )
 from services.api.openapi import PathParam, Route, build_document
 from services.api.signatures import mcp_token_message, recover_signer
-from shared.evaluate import evaluate
+from shared.evaluate import TriggerSpec, evaluate
 from shared.events import INT32_MAX, INT63_MAX, Event, event_key
 from shared.jobs import ActionJob, job_id
 from shared.replay import compile_trigger
@@ -206,6 +206,13 @@ def _stored_form(row: asyncpg.Record) -> dict[str, Any]:
             for a in row["actions"]
         ],
     }
+
+
+def _spec(row: asyncpg.Record) -> TriggerSpec | None:
+    """A stored trigger in the evaluator's form, as the matcher compiles it."""
+    form = dict(row)
+    form["conditions"] = [{k: v for k, v in c.items() if k != "id"} for c in row["conditions"]]
+    return compile_trigger(form)
 
 
 def _split_secret(
@@ -461,7 +468,7 @@ async def retry_result(request: web.Request) -> web.Response:
     if explain is None:
         # A stateless trigger records no evaluation: its explain is a pure function
         # of the trigger and the event, so evaluate again.
-        spec = compile_trigger(trigger)
+        spec = _spec(trigger)
         if spec is not None and not spec.is_stateful:
             explain = evaluate(spec, event, state=None).explain
     job = ActionJob(
@@ -507,7 +514,7 @@ async def backtest_trigger(request: web.Request) -> web.Response:
         row = await queries.get_trigger(conn, trigger_id)
         if row is None:
             raise not_found("no such trigger")
-        spec = compile_trigger(row)
+        spec = _spec(row)
         if spec is None:
             raise ApiError(409, "the stored trigger does not validate; update it first")
         out = await run_backtest(

@@ -358,6 +358,7 @@ CREATE TABLE public.action_results (
 
 CREATE MATERIALIZED VIEW public.action_metrics_hourly AS
  SELECT date_trunc('hour'::text, action_results.executed_at, 'UTC'::text) AS hour,
+    action_results.user_id,
     action_results.action_type,
     count(*) AS total_executions,
     sum(
@@ -373,8 +374,37 @@ CREATE MATERIALIZED VIEW public.action_metrics_hourly AS
     avg(action_results.duration_ms) AS avg_duration_ms,
     percentile_cont((0.95)::double precision) WITHIN GROUP (ORDER BY ((action_results.duration_ms)::double precision)) AS p95_duration_ms
    FROM public.action_results
-  GROUP BY (date_trunc('hour'::text, action_results.executed_at, 'UTC'::text)), action_results.action_type
+  GROUP BY (date_trunc('hour'::text, action_results.executed_at, 'UTC'::text)), action_results.user_id, action_results.action_type
   WITH NO DATA;
+
+
+--
+-- Name: action_metrics_hourly_mine; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.action_metrics_hourly_mine WITH (security_barrier='true') AS
+ SELECT action_metrics_hourly.hour,
+    action_metrics_hourly.action_type,
+    action_metrics_hourly.total_executions,
+    action_metrics_hourly.success_count,
+    action_metrics_hourly.failure_count,
+    action_metrics_hourly.avg_duration_ms,
+    action_metrics_hourly.p95_duration_ms
+   FROM public.action_metrics_hourly
+  WHERE (action_metrics_hourly.user_id = public.current_app_user_id());
+
+
+--
+-- Name: agent_mcp_token_nonces; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.agent_mcp_token_nonces (
+    chain_id integer NOT NULL,
+    agent_id bigint NOT NULL,
+    nonce text NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
 
 
 --
@@ -1088,6 +1118,14 @@ ALTER TABLE ONLY public.action_results
 
 
 --
+-- Name: agent_mcp_token_nonces agent_mcp_token_nonces_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.agent_mcp_token_nonces
+    ADD CONSTRAINT agent_mcp_token_nonces_pkey PRIMARY KEY (chain_id, agent_id, nonce);
+
+
+--
 -- Name: agent_mcp_tokens agent_mcp_tokens_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1569,7 +1607,7 @@ CREATE INDEX events_p202703_validator_address_idx ON public.events_p202703 USING
 -- Name: idx_action_metrics_hourly_key; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE UNIQUE INDEX idx_action_metrics_hourly_key ON public.action_metrics_hourly USING btree (hour, action_type);
+CREATE UNIQUE INDEX idx_action_metrics_hourly_key ON public.action_metrics_hourly USING btree (hour, user_id, action_type) NULLS NOT DISTINCT;
 
 
 --
@@ -1619,6 +1657,13 @@ CREATE INDEX idx_action_results_trigger_id_executed_at ON public.action_results 
 --
 
 CREATE INDEX idx_action_results_user_id_executed_at ON public.action_results USING btree (user_id, executed_at DESC);
+
+
+--
+-- Name: idx_agent_mcp_token_nonces_expires_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_agent_mcp_token_nonces_expires_at ON public.agent_mcp_token_nonces USING btree (expires_at);
 
 
 --
@@ -2229,6 +2274,28 @@ CREATE POLICY trigger_conditions_user_isolation ON public.trigger_conditions TO 
 
 
 --
+-- Name: trigger_evaluations; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.trigger_evaluations ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: trigger_evaluations trigger_evaluations_matcher_all; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY trigger_evaluations_matcher_all ON public.trigger_evaluations TO erc8004_matcher USING (true) WITH CHECK (true);
+
+
+--
+-- Name: trigger_evaluations trigger_evaluations_user_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY trigger_evaluations_user_isolation ON public.trigger_evaluations FOR SELECT TO erc8004_api USING ((EXISTS ( SELECT 1
+   FROM public.triggers t
+  WHERE ((t.id = trigger_evaluations.trigger_id) AND (t.user_id = public.current_app_user_id())))));
+
+
+--
 -- Name: trigger_state; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2295,4 +2362,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261124190004'),
     ('20261124190005'),
     ('20261124190006'),
+    ('20261201120000'),
     ('20261201170000');

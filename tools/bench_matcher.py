@@ -36,13 +36,13 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.matcher import queries
-from services.matcher.evaluate import evaluate, scope_key
-from services.matcher.index import TriggerIndex
-from services.matcher.keeper import compile_trigger
 from shared.db import register_codecs
+from shared.evaluate import evaluate, scope_key
 from shared.events import Event, parse_events
 from shared.jobs import EventMessage, dump_message
+from shared.replay import compile_trigger
 from shared.topics import event_key
+from shared.trigger_index import TriggerIndex
 from tools.bench_ingest import pct
 from tools.benchdb import scratch_database, scratch_topic
 from tools.eventgen import stream, take

@@ -4,35 +4,59 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import asyncpg
 import structlog
 from aiohttp import web
 
+from services.api.auth import LoginLimiter, Passwords, Tokens
+from services.api.common import (
+    LIMITER,
+    MAX_BODY_BYTES,
+    METRICS,
+    PASSWORDS,
+    POOL,
+    SECRETS,
+    SETTINGS,
+    TOKENS,
+    middleware,
+)
+from services.api.jobs import JobProducer
+from services.api.metrics import ApiMetrics
+from services.api.routes import PRODUCER, add_routes
 from services.api.settings import ApiSettings
 from shared.db import check_db, close_pool, pool_from_settings
 from shared.kafka import KafkaProbe
 from shared.metrics import new_registry
 from shared.ops import add_ops_routes
+from shared.secrets import SecretBox
 
-POOL = web.AppKey("pool", asyncpg.Pool)
-SETTINGS = web.AppKey("settings", ApiSettings)
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: ApiSettings) -> web.Application:
-    app = web.Application()
-    app[SETTINGS] = settings
+def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> web.Application:
+    """The API app; ``passwords`` lets tests use cheaper hashing parameters."""
+    # A little over the body cap so that our own check answers with the JSON 413.
+    app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[middleware])
     registry = new_registry()
+    app[SETTINGS] = settings
+    app[METRICS] = ApiMetrics.create(registry)
+    app[PASSWORDS] = passwords or Passwords()
+    app[TOKENS] = Tokens(settings.jwt_secret.get_secret_value(), settings.access_token_ttl)
+    app[LIMITER] = LoginLimiter(
+        max_failures=settings.login_max_failures, window=settings.login_window
+    )
+    app[SECRETS] = SecretBox(settings.secrets_key)
+    app[PRODUCER] = JobProducer(settings.kafka_bootstrap_servers, settings.actions_topic)
     probe = KafkaProbe(settings.kafka_bootstrap_servers)
 
-    async def database(app: web.Application) -> AsyncIterator[None]:
+    async def resources(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await pool_from_settings(settings)
         log.info("api started", port=settings.http_port)
         yield
+        await app[PRODUCER].close()
         await close_pool(app[POOL])
         await probe.close()
 
-    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(resources)
 
     async def check_postgres() -> None:
         await check_db(app[POOL])
@@ -40,4 +64,5 @@ def create_app(settings: ApiSettings) -> web.Application:
     add_ops_routes(
         app, registry=registry, checks={"postgres": check_postgres, "kafka": probe.check}
     )
+    add_routes(app)
     return app

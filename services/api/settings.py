@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
+from shared.topics import ACTIONS
 
 
 class ApiSettings(ServiceSettings):
@@ -14,5 +15,19 @@ class ApiSettings(ServiceSettings):
 
     database_role: str = Field(default="erc8004_api", validation_alias="DATABASE_ROLE")
     http_port: int = Field(default=8080, ge=0, le=65535, validation_alias="HTTP_PORT")
-    jwt_secret: SecretStr = Field(validation_alias="JWT_SECRET", min_length=16)
+    jwt_secret: SecretStr = Field(validation_alias="JWT_SECRET", min_length=32)
     secrets_key: SecretStr = Field(validation_alias="SECRETS_KEY")
+    #: Lifetime of an access token, seconds.
+    access_token_ttl: int = Field(
+        default=3600, ge=60, le=86400, validation_alias="ACCESS_TOKEN_TTL"
+    )
+    #: Failed logins per username within LOGIN_WINDOW seconds before 429 (ten times
+    #: as many per client address).
+    login_max_failures: int = Field(default=5, ge=1, le=1000, validation_alias="LOGIN_MAX_FAILURES")
+    login_window: float = Field(default=900, gt=0, le=86400, validation_alias="LOGIN_WINDOW")
+    #: Where redriven jobs go (tests use a topic of their own).
+    actions_topic: str = Field(default=ACTIONS, min_length=1, validation_alias="ACTIONS_TOPIC")
+    #: Stored events one backtest replays at most.
+    backtest_max_events: int = Field(
+        default=200_000, ge=1, le=5_000_000, validation_alias="BACKTEST_MAX_EVENTS"
+    )

@@ -20,9 +20,9 @@ import asyncpg
 import structlog
 
 from services.matcher import queries
-from services.matcher.evaluate import TriggerSpec, evaluate, retract, scope_key
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
+from shared.evaluate import TriggerSpec, evaluate, retract, scope_key
 from shared.events import Event, event_key
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
 

@@ -8,50 +8,18 @@ import asyncio
 import gc
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 import structlog
-from pydantic import ValidationError
 
 from services.matcher import queries
-from services.matcher.evaluate import ActionSpec, TriggerSpec
-from services.matcher.index import TriggerIndex
 from services.matcher.metrics import MatcherMetrics
 from shared.db import keep_listening, listen
-from shared.triggers import Condition
+from shared.replay import compile_trigger
+from shared.trigger_index import TriggerIndex
 
 log = structlog.get_logger(__name__)
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
-
-
-def compile_trigger(row: asyncpg.Record | dict[str, Any]) -> TriggerSpec | None:
-    """A stored trigger as the evaluator takes it; None (logged) when a row written
-    behind the API's back does not validate: one bad trigger never stops the rest."""
-    try:
-        conditions = tuple(Condition.model_validate(c) for c in row["conditions"])
-    except ValidationError as exc:
-        log.error("trigger skipped: invalid condition", trigger_id=row["id"], error=str(exc))
-        return None
-    return TriggerSpec(
-        id=row["id"],
-        user_id=row["user_id"],
-        name=row["name"],
-        chain_id=row["chain_id"],
-        registry=row["registry"],
-        enabled_at=row["enabled_at"],
-        cooldown_seconds=row["cooldown_seconds"],
-        conditions=conditions,
-        actions=tuple(
-            ActionSpec(
-                id=a["id"],
-                action_type=a["action_type"],
-                priority=a["priority"] if a["priority"] is not None else 1,
-                config=a["config"] or {},
-            )
-            for a in row["actions"]
-        ),
-    )
 
 
 class IndexKeeper:

@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 
 from services.matcher import queries
-from services.matcher.evaluate import evaluate, scope_key
-from services.matcher.keeper import compile_trigger
 from shared.db import register_codecs
+from shared.evaluate import evaluate, scope_key
 from shared.events import Event, event_key
 from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
+from shared.replay import compile_trigger
 from tests.kafkautil import read_topic
 from tests.matcherutil import insert_trigger, insert_user, produce_events, produce_slowly
 from tests.procs import ROOT, ServiceProcess, http_get

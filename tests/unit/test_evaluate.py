@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.matcher.evaluate import (
+from shared.evaluate import (
     ActionSpec,
     Outcome,
     TriggerSpec,

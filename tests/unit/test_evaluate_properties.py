@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.matcher.evaluate import (
+from shared.evaluate import (
     EMA_SEEN,
     MAX_LATENESS,
     ActionSpec,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.matcher.evaluate import TriggerSpec
+from shared.evaluate import TriggerSpec
 from shared.events import Event
 from shared.triggers import ConditionType, Operator
 

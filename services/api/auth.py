@@ -1,0 +1,160 @@
+"""Credentials: argon2 password hashes, JWT access tokens, API keys, and the login
+attempt limiter. Plain functions and small classes, no I/O but the hashing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+#: API keys start with this, so a bearer token is told apart from a JWT at a glance
+#: (and secret scanners can find leaked keys).
+API_KEY_PREFIX: Final = "e8k_"
+JWT_ALGORITHM: Final = "HS256"
+JWT_ISSUER: Final = "erc8004-api"
+
+
+class Passwords:
+    """argon2id hashes (argon2-cffi's defaults, RFC 9106's low-memory profile),
+    computed in a worker thread: a hash takes tens of milliseconds of CPU."""
+
+    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+        self._hasher = hasher or PasswordHasher()
+        # Verified against when the user does not exist: the same work either way.
+        self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        def check() -> bool:
+            try:
+                return self._hasher.verify(stored or self._dummy, password) and stored is not None
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
+
+        return await asyncio.to_thread(check)
+
+    def needs_rehash(self, stored: str) -> bool:
+        return self._hasher.check_needs_rehash(stored)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """HS256 access tokens signed with JWT_SECRET."""
+
+    secret: str
+    ttl: int
+
+    def issue(self, user_id: str, *, now: float | None = None) -> str:
+        issued = int(now if now is not None else time.time())
+        claims = {
+            "sub": user_id,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + self.ttl,
+            "iss": JWT_ISSUER,
+            "typ": "access",
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self.secret, algorithm=JWT_ALGORITHM)
+
+    def user_id(self, token: str) -> str | None:
+        """The user a valid, unexpired access token names; None otherwise."""
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[JWT_ALGORITHM],
+                issuer=JWT_ISSUER,
+                options={"require": ["sub", "exp", "iat", "iss"]},
+                leeway=5,
+            )
+        except jwt.PyJWTError:
+            return None
+        sub = claims.get("sub")
+        if claims.get("typ") != "access" or not isinstance(sub, str) or not 0 < len(sub) <= 200:
+            return None
+        return sub
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """(key, prefix shown to tell keys apart, hash stored)."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, key[:12], api_key_hash(key)
+
+
+def api_key_hash(key: str) -> str:
+    """sha256 of the key: keys have 256 bits of entropy, so a fast hash is enough
+    (and lets the database find a key by its hash)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class LoginLimiter:
+    """Failed logins per username and per client address in a sliding window.
+
+    In memory, per process: with several replicas an attacker gets the limit once
+    per replica, which still bounds guessing to a handful per window."""
+
+    def __init__(
+        self,
+        *,
+        max_failures: int,
+        window: float,
+        per_address_factor: int = 10,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._limits = {"user": max_failures, "addr": max_failures * per_address_factor}
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._max_keys = max_keys
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        entries = self._failures.get(key)
+        if entries is None:
+            return deque()
+        while entries and entries[0] <= now - self.window:
+            entries.popleft()
+        if not entries:
+            del self._failures[key]
+        return entries
+
+    def _keys(self, username: str, address: str) -> list[tuple[str, str]]:
+        return [("user", username.strip().lower()), ("addr", address)]
+
+    def retry_after(self, username: str, address: str, *, now: float | None = None) -> int:
+        """Seconds until another attempt is allowed (0: allowed now)."""
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        for key in self._keys(username, address):
+            entries = self._recent(key, now)
+            if len(entries) >= self._limits[key[0]]:
+                wait = max(wait, entries[0] + self.window - now)
+        return int(wait) + 1 if wait > 0 else 0
+
+    def failed(self, username: str, address: str, *, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if len(self._failures) >= self._max_keys:
+            self._prune(now)
+        for key in self._keys(username, address):
+            self._failures.setdefault(key, deque()).append(now)
+
+    def succeeded(self, username: str) -> None:
+        self._failures.pop(("user", username.strip().lower()), None)
+
+    def _prune(self, now: float) -> None:
+        for key in list(self._failures):
+            self._recent(key, now)
+        if len(self._failures) >= self._max_keys:  # still full: forget the oldest half
+            for key in list(self._failures)[: self._max_keys // 2]:
+                del self._failures[key]

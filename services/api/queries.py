@@ -1,0 +1,510 @@
+"""The API's SQL. Every query about a user's objects runs inside :func:`as_user`,
+whose transaction names the user to row-level security; filters compose WHERE
+clauses from fixed fragments, with values always passed as parameters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared.db import Conn
+from shared.events import EVENT_COLUMNS
+
+#: An event version is canonical unless a reorg recorded after it was stored
+#: covers its block (the table is append-only: replaced versions stay).
+CANONICAL = """NOT EXISTS (
+    SELECT 1 FROM reorgs r
+    WHERE r.chain_id = e.chain_id AND e.block_number >= r.from_block
+      AND (r.to_block IS NULL OR e.block_number <= r.to_block)
+      AND r.created_at > e.created_at)"""
+EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
+
+
+@asynccontextmanager
+async def as_user(pool: asyncpg.Pool, user_id: str) -> AsyncIterator[Conn]:
+    """A connection in a transaction whose ``app.current_user_id`` is the user's
+    (``set_config(..., true)`` is ``SET LOCAL`` with a parameter): row-level
+    security shows it that user's rows only, and the setting ends with it."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.current_user_id', $1, true)", user_id)
+        yield conn
+
+
+class Where:
+    """WHERE clauses with numbered parameters."""
+
+    def __init__(self, *args: Any) -> None:
+        self.clauses: list[str] = []
+        self.args: list[Any] = list(args)
+
+    def param(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, clause: str, *values: Any) -> None:
+        """``clause`` with ``{}`` placeholders for the values' parameters."""
+        self.clauses.append(clause.format(*(self.param(v) for v in values)))
+
+    def sql(self) -> str:
+        return " AND ".join(self.clauses) if self.clauses else "true"
+
+
+# --- users and keys ------------------------------------------------------------------------
+
+
+async def insert_user(
+    conn: Conn, *, username: str, email: str, password_hash: str
+) -> asyncpg.Record | None:
+    """The new user; None when the username or e-mail is taken (compared without case)."""
+    return await conn.fetchrow(
+        """
+        INSERT INTO users (username, email, password_hash)
+        SELECT $1, $2, $3
+        WHERE NOT EXISTS (SELECT 1 FROM users
+                          WHERE lower(username) = lower($1) OR lower(email) = lower($2))
+        ON CONFLICT DO NOTHING
+        RETURNING id, username, email, created_at
+        """,
+        username,
+        email,
+        password_hash,
+    )
+
+
+async def get_login(conn: Conn, username: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, password_hash, is_active IS NOT FALSE AS active FROM users WHERE username = $1",
+        username,
+    )
+
+
+async def record_login(conn: Conn, user_id: str, new_hash: str | None) -> None:
+    await conn.execute(
+        """UPDATE users SET last_login_at = now(), password_hash = coalesce($2, password_hash)
+           WHERE id = $1""",
+        user_id,
+        new_hash,
+    )
+
+
+async def is_active_user(conn: Conn, user_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM users WHERE id = $1 AND is_active IS NOT FALSE", user_id
+        )
+    )
+
+
+async def authenticate_api_key(conn: Conn, key_hash: str) -> str | None:
+    row = await conn.fetchrow("SELECT user_id FROM authenticate_api_key($1)", key_hash)
+    return None if row is None else str(row["user_id"])
+
+
+API_KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at"
+
+
+async def insert_api_key(
+    conn: Conn, *, user_id: str, name: str | None, prefix: str, key_hash: str
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"""INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4)
+            RETURNING {API_KEY_COLUMNS}""",  # noqa: S608 (a constant column list)
+        user_id,
+        name,
+        prefix,
+        key_hash,
+    )
+    assert row is not None
+    return row
+
+
+async def list_api_keys(
+    conn: Conn, *, after: tuple[datetime, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    where = Where()
+    if after is not None:
+        where.add("(created_at, id) < ({}, {})", *after)
+    return await conn.fetch(
+        f"""SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {where.sql()}
+            ORDER BY created_at DESC, id DESC LIMIT {limit + 1}""",  # noqa: S608 (fixed fragments)
+        *where.args,
+    )
+
+
+async def revoke_api_key(conn: Conn, key_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+            RETURNING {API_KEY_COLUMNS}""",  # noqa: S608 (a constant column list)
+        key_id,
+    )
+
+
+# --- triggers ------------------------------------------------------------------------------
+
+TRIGGER_SELECT = """
+SELECT t.id, t.user_id, t.name, t.description, t.chain_id, t.registry,
+       t.enabled IS NOT FALSE AS enabled, t.is_stateful IS TRUE AS is_stateful,
+       t.cooldown_seconds, t.enabled_at, t.created_at, t.updated_at,
+       coalesce((SELECT json_agg(json_build_object(
+                    'id', c.id, 'condition_type', c.condition_type, 'field', c.field,
+                    'operator', c.operator, 'value', c.value, 'config', c.config)
+                    ORDER BY c.id)
+                 FROM trigger_conditions c WHERE c.trigger_id = t.id), '[]') AS conditions,
+       coalesce((SELECT json_agg(json_build_object(
+                    'id', a.id, 'action_type', a.action_type, 'priority', a.priority,
+                    'config', a.config,
+                    'signing_secret_set', a.secret_ciphertext IS NOT NULL)
+                    ORDER BY a.priority, a.id)
+                 FROM trigger_actions a WHERE a.trigger_id = t.id), '[]') AS actions
+FROM triggers t
+"""
+
+
+async def get_trigger(conn: Conn, trigger_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    suffix = " FOR UPDATE OF t" if lock else ""
+    return await conn.fetchrow(TRIGGER_SELECT + " WHERE t.id = $1" + suffix, trigger_id)
+
+
+async def list_triggers(
+    conn: Conn, *, after: tuple[datetime, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    where = Where()
+    if after is not None:
+        where.add("(t.created_at, t.id) < ({}, {})", *after)
+    return await conn.fetch(
+        TRIGGER_SELECT
+        + f" WHERE {where.sql()} ORDER BY t.created_at DESC, t.id DESC LIMIT {limit + 1}",
+        *where.args,
+    )
+
+
+async def insert_trigger(
+    conn: Conn, *, user_id: str, data: dict[str, Any], is_stateful: bool
+) -> str:
+    trigger_id: str = await conn.fetchval(
+        """INSERT INTO triggers (user_id, name, description, chain_id, registry, enabled,
+                                 is_stateful, cooldown_seconds)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+        user_id,
+        data["name"],
+        data.get("description"),
+        data["chain_id"],
+        data["registry"],
+        data["enabled"],
+        is_stateful,
+        data.get("cooldown_seconds"),
+    )
+    return trigger_id
+
+
+async def update_trigger(
+    conn: Conn, trigger_id: str, *, data: dict[str, Any], is_stateful: bool
+) -> None:
+    await conn.execute(
+        """UPDATE triggers SET name = $2, description = $3, chain_id = $4, registry = $5,
+                               enabled = $6, is_stateful = $7, cooldown_seconds = $8
+           WHERE id = $1""",
+        trigger_id,
+        data["name"],
+        data.get("description"),
+        data["chain_id"],
+        data["registry"],
+        data["enabled"],
+        is_stateful,
+        data.get("cooldown_seconds"),
+    )
+
+
+async def replace_conditions(
+    conn: Conn, trigger_id: str, conditions: Sequence[dict[str, Any]]
+) -> None:
+    await conn.execute("DELETE FROM trigger_conditions WHERE trigger_id = $1", trigger_id)
+    if conditions:
+        await conn.executemany(
+            """INSERT INTO trigger_conditions (trigger_id, condition_type, field, operator, value,
+                                               config)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            [
+                (
+                    trigger_id,
+                    c["condition_type"],
+                    c["field"],
+                    c["operator"],
+                    c["value"],
+                    c["config"],
+                )
+                for c in conditions
+            ],
+        )
+
+
+async def next_action_id(conn: Conn) -> int:
+    value: int = await conn.fetchval("SELECT nextval('trigger_actions_id_seq')")
+    return value
+
+
+async def insert_action(
+    conn: Conn,
+    *,
+    action_id: int,
+    trigger_id: str,
+    action_type: str,
+    priority: int,
+    config: dict[str, Any],
+    secret: bytes | None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO trigger_actions (id, trigger_id, action_type, priority, config,
+                                        secret_ciphertext)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        action_id,
+        trigger_id,
+        action_type,
+        priority,
+        config,
+        secret,
+    )
+
+
+async def update_action(
+    conn: Conn,
+    *,
+    action_id: int,
+    action_type: str,
+    priority: int,
+    config: dict[str, Any],
+    secret: bytes | None,
+    keep_secret: bool,
+) -> None:
+    await conn.execute(
+        """UPDATE trigger_actions
+           SET action_type = $2, priority = $3, config = $4,
+               secret_ciphertext = CASE WHEN $6 THEN secret_ciphertext ELSE $5 END
+           WHERE id = $1""",
+        action_id,
+        action_type,
+        priority,
+        config,
+        secret,
+        keep_secret,
+    )
+
+
+async def delete_actions_except(conn: Conn, trigger_id: str, keep: Sequence[int]) -> None:
+    await conn.execute(
+        "DELETE FROM trigger_actions WHERE trigger_id = $1 AND NOT (id = any($2::int[]))",
+        trigger_id,
+        list(keep),
+    )
+
+
+async def delete_trigger(conn: Conn, trigger_id: str) -> bool:
+    return (
+        await conn.fetchval("DELETE FROM triggers WHERE id = $1 RETURNING true", trigger_id) is True
+    )
+
+
+async def list_states(
+    conn: Conn, trigger_id: str, *, after: str | None, limit: int
+) -> list[asyncpg.Record]:
+    where = Where(trigger_id)
+    where.add("trigger_id = $1")
+    if after is not None:
+        where.add("scope_key > {}", after)
+    return await conn.fetch(
+        f"""SELECT scope_key, state_data, last_updated FROM trigger_state
+            WHERE {where.sql()} ORDER BY scope_key LIMIT {limit + 1}""",  # noqa: S608 (fixed fragments)
+        *where.args,
+    )
+
+
+# --- results -------------------------------------------------------------------------------
+
+RESULT_COLUMNS = (
+    "id, job_id, trigger_id, event_id, action_type, status, executed_at, duration_ms, "
+    "error_message, response_data, retry_count, attempt"
+)
+#: Sort key of results: newest first, rows without a time last.
+RESULT_TIME = "coalesce(executed_at, '-infinity'::timestamptz)"
+
+
+async def list_results(
+    conn: Conn,
+    trigger_id: str,
+    *,
+    status: str | None,
+    action_type: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    where = Where(trigger_id)
+    where.add("trigger_id = $1")
+    if status is not None:
+        where.add("status = {}", status)
+    if action_type is not None:
+        where.add("action_type = {}", action_type)
+    if since is not None:
+        where.add("executed_at >= {}", since)
+    if until is not None:
+        where.add("executed_at < {}", until)
+    if after is not None:
+        where.add(f"({RESULT_TIME}, id) < ({{}}::text::timestamptz, {{}})", *after)
+    return await conn.fetch(
+        f"""SELECT {RESULT_COLUMNS} FROM action_results WHERE {where.sql()}
+            ORDER BY {RESULT_TIME} DESC, id DESC LIMIT {limit + 1}""",  # noqa: S608 (fixed fragments)
+        *where.args,
+    )
+
+
+async def latest_result(conn: Conn, trigger_id: str, job_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""SELECT {RESULT_COLUMNS} FROM action_results
+            WHERE trigger_id = $1 AND job_id = $2
+            ORDER BY {RESULT_TIME} DESC, attempt DESC, id DESC LIMIT 1""",  # noqa: S608 (constants)
+        trigger_id,
+        job_id,
+    )
+
+
+async def get_actions(conn: Conn, trigger_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, action_type, priority, config FROM trigger_actions WHERE trigger_id = $1",
+        trigger_id,
+    )
+
+
+async def get_canonical_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""SELECT {EVENT_SELECT} FROM events e WHERE e.id = $1 AND {CANONICAL}
+            ORDER BY e.created_at DESC LIMIT 1""",  # noqa: S608 (constants)
+        event_id,
+    )
+
+
+async def get_evaluation_explain(
+    conn: Conn, trigger_id: str, event_key: str
+) -> dict[str, Any] | None:
+    value: dict[str, Any] | None = await conn.fetchval(
+        "SELECT explain FROM trigger_evaluations WHERE trigger_id = $1 AND event_id = $2 AND fired",
+        trigger_id,
+        event_key,
+    )
+    return value
+
+
+# --- events and stats ----------------------------------------------------------------------
+
+
+async def list_events(
+    conn: Conn, where: Where, *, after: tuple[str, str, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    where.clauses.append(CANONICAL)
+    if after is not None:
+        where.add("(e.block_time, e.id, e.block_hash) < ({}::text::timestamptz, {}, {})", *after)
+    return await conn.fetch(
+        f"""SELECT {EVENT_SELECT} FROM events e WHERE {where.sql()}
+            ORDER BY e.block_time DESC, e.id DESC, e.block_hash DESC
+            LIMIT {limit + 1}""",  # noqa: S608 (fixed fragments)
+        *where.args,
+    )
+
+
+async def list_event_stats(
+    conn: Conn, where: Where, *, after: tuple[str, int, str, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    if after is not None:
+        where.add(
+            "(hour, chain_id, registry, event_type) < ({}::text::timestamptz, {}, {}, {})", *after
+        )
+    return await conn.fetch(
+        f"""SELECT hour, chain_id, registry, event_type, event_count FROM events_hourly
+            WHERE {where.sql()}
+            ORDER BY hour DESC, chain_id DESC, registry DESC, event_type DESC
+            LIMIT {limit + 1}""",  # noqa: S608 (fixed fragments)
+        *where.args,
+    )
+
+
+async def list_action_stats(
+    conn: Conn, where: Where, *, after: tuple[str, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    where.clauses.append("hour IS NOT NULL")
+    if after is not None:
+        where.add("(hour, action_type) < ({}::text::timestamptz, {})", *after)
+    return await conn.fetch(
+        f"""SELECT hour, action_type, total_executions, success_count, failure_count,
+                   avg_duration_ms, p95_duration_ms
+            FROM action_metrics_hourly_mine WHERE {where.sql()}
+            ORDER BY hour DESC, action_type DESC LIMIT {limit + 1}""",  # noqa: S608 (fixed fragments)
+        *where.args,
+    )
+
+
+def backtest_events_sql(limit: int) -> str:
+    """Canonical events of one chain and registry in a block-time range [$3, $4), in
+    chain order, at most ``limit``."""
+    return f"""SELECT {EVENT_SELECT} FROM events e
+               WHERE e.chain_id = $1 AND e.registry = $2
+                 AND e.block_time >= $3 AND e.block_time < $4 AND {CANONICAL}
+               ORDER BY e.block_number, e.log_index, e.created_at
+               LIMIT {int(limit)}"""  # noqa: S608 (constants and an int)
+
+
+# --- agents --------------------------------------------------------------------------------
+
+
+async def agent_owner(conn: Conn, chain_id: int, agent_id: int) -> str | None:
+    """The owner named by the agent's latest canonical Registered or Transfer event."""
+    value: str | None = await conn.fetchval(
+        f"""SELECT e.owner FROM events e
+            WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
+              AND e.event_type IN ('Registered', 'Transfer') AND e.owner IS NOT NULL
+              AND {CANONICAL}
+            ORDER BY e.block_number DESC, e.log_index DESC, e.created_at DESC
+            LIMIT 1""",  # noqa: S608 (constants)
+        chain_id,
+        agent_id,
+    )
+    return value
+
+
+async def use_nonce(
+    conn: Conn, chain_id: int, agent_id: int, nonce: str, expires_at: datetime
+) -> bool:
+    """Record a signature's nonce; False when it was used before. Expired nonces
+    are forgotten (their messages are refused by their expiry anyway)."""
+    await conn.execute("DELETE FROM agent_mcp_token_nonces WHERE expires_at < now()")
+    inserted = await conn.fetchval(
+        """INSERT INTO agent_mcp_token_nonces (chain_id, agent_id, nonce, expires_at)
+           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true""",
+        chain_id,
+        agent_id,
+        nonce,
+        expires_at,
+    )
+    return inserted is True
+
+
+async def upsert_mcp_token(
+    conn: Conn, chain_id: int, agent_id: int, *, ciphertext: bytes, owner: str
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (chain_id, agent_id) DO UPDATE
+           SET token_ciphertext = excluded.token_ciphertext,
+               owner_address = excluded.owner_address
+           RETURNING chain_id, agent_id, owner_address, updated_at""",
+        chain_id,
+        agent_id,
+        ciphertext,
+        owner,
+    )
+    assert row is not None
+    return row

@@ -1,0 +1,792 @@
+"""The API's routes (DESIGN.md "Interfaces"): handlers and the route table that
+both registers them and generates the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from services.api import queries
+from services.api.auth import new_api_key
+from services.api.backtest import event_from_row, run_backtest, unsaved_spec
+from services.api.common import (
+    LIMITER,
+    METRICS,
+    PASSWORDS,
+    POOL,
+    SECRETS,
+    SETTINGS,
+    TOKENS,
+    ApiError,
+    cursor_datetime,
+    cursor_time,
+    decode_cursor,
+    detail,
+    encode_cursor,
+    invalid,
+    json_ok,
+    not_found,
+    parse_body,
+    parse_query,
+    path_id,
+    path_int,
+    read_json,
+    user_id,
+)
+from services.api.jobs import JobProducer, KafkaUnavailableError
+from services.api.models import (
+    ActionStatOut,
+    ApiKeyCreated,
+    ApiKeyIn,
+    ApiKeyOut,
+    BacktestIn,
+    BacktestOut,
+    BacktestTriggerIn,
+    EventsQuery,
+    EventStatOut,
+    LoginIn,
+    McpTokenIn,
+    McpTokenOut,
+    Page,
+    PageQuery,
+    RegisterIn,
+    ResultOut,
+    ResultsQuery,
+    RetryOut,
+    StateItem,
+    StatePage,
+    StatsActionsQuery,
+    StatsEventsQuery,
+    TokenOut,
+    TriggerOut,
+    UserOut,
+)
+from services.api.openapi import PathParam, Route, build_document
+from services.api.signatures import mcp_token_message, recover_signer
+from shared.evaluate import TriggerSpec, evaluate
+from shared.events import INT32_MAX, INT63_MAX, Event, event_key
+from shared.jobs import ActionJob, job_id
+from shared.replay import compile_trigger
+from shared.triggers import TriggerCreate, TriggerUpdate
+
+log = structlog.get_logger(__name__)
+
+PRODUCER = web.AppKey("producer", JobProducer)
+DOCUMENT = web.AppKey("document", dict)
+#: How far ahead an MCP token signature may expire (it is accepted once anyway).
+MAX_SIGNATURE_VALIDITY = 3600
+
+
+def _page(items: list[Any], limit: int, key: Any) -> tuple[list[Any], str | None]:
+    """The first ``limit`` rows and the cursor after them (None on the last page)."""
+    if len(items) <= limit:
+        return items, None
+    items = items[:limit]
+    return items, encode_cursor(key(items[-1]))
+
+
+def _iso(value: datetime | None) -> str:
+    return "-infinity" if value is None else value.isoformat()
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+async def register(request: web.Request) -> web.Response:
+    body = await parse_body(request, RegisterIn)
+    password_hash = await request.app[PASSWORDS].hash(body.password.get_secret_value())
+    async with request.app[POOL].acquire() as conn:
+        row = await queries.insert_user(
+            conn, username=body.username, email=body.email, password_hash=password_hash
+        )
+    if row is None:
+        raise ApiError(409, "registration refused: the username or e-mail is not available")
+    request.app[METRICS].registrations.inc()
+    log.info("user registered", new_user_id=row["id"])
+    return json_ok(UserOut(**dict(row)), status=201)
+
+
+def _client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await parse_body(request, LoginIn)
+    app = request.app
+    limiter, address = app[LIMITER], _client_address(request)
+    wait = limiter.retry_after(body.username, address)
+    if wait:
+        app[METRICS].logins_limited.inc()
+        raise ApiError(
+            429, "too many failed logins; try again later", headers={"Retry-After": str(wait)}
+        )
+    passwords = app[PASSWORDS]
+    password = body.password.get_secret_value()
+    async with app[POOL].acquire() as conn:
+        row = await queries.get_login(conn, body.username)
+        stored = row["password_hash"] if row is not None else None
+        ok = await passwords.verify(stored, password)
+        if not ok or row is None or not row["active"]:
+            limiter.failed(body.username, address)
+            app[METRICS].login_failures.inc()
+            log.info("login refused")
+            raise ApiError(401, "invalid username or password")
+        rehash = stored is not None and passwords.needs_rehash(stored)
+        new_hash = await passwords.hash(password) if rehash else None
+        await queries.record_login(conn, row["id"], new_hash)
+    limiter.succeeded(body.username)
+    settings = app[SETTINGS]
+    token = app[TOKENS].issue(row["id"])
+    log.info("login", login_user_id=row["id"])
+    return json_ok(TokenOut(access_token=token, expires_in=settings.access_token_ttl))
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    body = await parse_body(request, ApiKeyIn)
+    key, prefix, key_hash = new_api_key()
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        row = await queries.insert_api_key(
+            conn, user_id=user_id(request), name=body.name, prefix=prefix, key_hash=key_hash
+        )
+    log.info("api key created", api_key_id=row["id"])
+    return json_ok(ApiKeyCreated(**dict(row), key=key), status=201)
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    query = parse_query(request, PageQuery)
+    after = decode_cursor(query.cursor, (str, str))
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        rows = await queries.list_api_keys(
+            conn,
+            after=None if after is None else (cursor_datetime(after[0]), after[1]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(rows, query.limit, lambda r: [r["created_at"].isoformat(), r["id"]])
+    return json_ok(Page[ApiKeyOut](items=[ApiKeyOut(**dict(r)) for r in rows], next_cursor=cursor))
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    key_id = path_id(request, "key_id")
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        row = await queries.revoke_api_key(conn, key_id)
+    if row is None:
+        raise not_found("no such API key")
+    log.info("api key revoked", api_key_id=key_id)
+    return json_ok(ApiKeyOut(**dict(row)))
+
+
+# --- triggers ------------------------------------------------------------------------------
+
+
+def _trigger_out(row: asyncpg.Record) -> TriggerOut:
+    return TriggerOut.model_validate(dict(row))
+
+
+def _stored_form(row: asyncpg.Record) -> dict[str, Any]:
+    """A stored trigger in the shape of a TriggerCreate body (secrets are not there)."""
+    return {
+        "name": row["name"],
+        "description": row["description"],
+        "chain_id": row["chain_id"],
+        "registry": row["registry"],
+        "enabled": row["enabled"],
+        "cooldown_seconds": row["cooldown_seconds"],
+        "conditions": [
+            {k: c[k] for k in ("condition_type", "field", "operator", "value", "config")}
+            for c in row["conditions"]
+        ],
+        "actions": [
+            {"action_type": a["action_type"], "priority": a["priority"], "config": a["config"]}
+            for a in row["actions"]
+        ],
+    }
+
+
+def _spec(row: asyncpg.Record) -> TriggerSpec | None:
+    """A stored trigger in the evaluator's form, as the matcher compiles it."""
+    form = dict(row)
+    form["conditions"] = [{k: v for k, v in c.items() if k != "id"} for c in row["conditions"]]
+    return compile_trigger(form)
+
+
+def _split_secret(
+    request: web.Request, action_id: int, config: dict[str, Any]
+) -> tuple[dict[str, Any], bytes | None]:
+    """The config to store (without the signing secret) and the secret's ciphertext."""
+    config = dict(config)
+    secret = config.pop("signing_secret", None)
+    if not secret:
+        return config, None
+    box = request.app[SECRETS]
+    return config, box.encrypt(str(secret), context=f"trigger_actions:{action_id}")
+
+
+async def _insert_actions(
+    request: web.Request, conn: Any, trigger_id: str, actions: list[dict[str, Any]]
+) -> None:
+    for action in actions:
+        action_id = await queries.next_action_id(conn)
+        config, secret = _split_secret(request, action_id, action["config"])
+        await queries.insert_action(
+            conn,
+            action_id=action_id,
+            trigger_id=trigger_id,
+            action_type=action["action_type"],
+            priority=action["priority"],
+            config=config,
+            secret=secret,
+        )
+
+
+async def list_triggers(request: web.Request) -> web.Response:
+    query = parse_query(request, PageQuery)
+    after = decode_cursor(query.cursor, (str, str))
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        rows = await queries.list_triggers(
+            conn,
+            after=None if after is None else (cursor_datetime(after[0]), after[1]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(rows, query.limit, lambda r: [r["created_at"].isoformat(), r["id"]])
+    return json_ok(Page[TriggerOut](items=[_trigger_out(r) for r in rows], next_cursor=cursor))
+
+
+async def create_trigger(request: web.Request) -> web.Response:
+    body = await parse_body(request, TriggerCreate)
+    storage = body.storage_dump()
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        trigger_id = await queries.insert_trigger(
+            conn, user_id=user_id(request), data=storage, is_stateful=body.is_stateful
+        )
+        await queries.replace_conditions(conn, trigger_id, storage["conditions"])
+        await _insert_actions(request, conn, trigger_id, storage["actions"])
+        row = await queries.get_trigger(conn, trigger_id)
+    assert row is not None
+    log.info("trigger created", trigger_id=trigger_id)
+    return json_ok(_trigger_out(row), status=201)
+
+
+async def get_trigger(request: web.Request) -> web.Response:
+    trigger_id = path_id(request, "trigger_id")
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        row = await queries.get_trigger(conn, trigger_id)
+    if row is None:
+        raise not_found("no such trigger")
+    return json_ok(_trigger_out(row))
+
+
+def _strip_ids(raw: Any) -> tuple[Any, list[Any]]:
+    """The PATCH body without the output-only keys a GET returns (``id`` of
+    conditions and actions, ``signing_secret_set``), and the action ids given."""
+    action_ids: list[Any] = []
+    if not isinstance(raw, dict):
+        return raw, action_ids
+    raw = dict(raw)
+    if isinstance(raw.get("conditions"), list):
+        raw["conditions"] = [
+            {k: v for k, v in c.items() if k != "id"} if isinstance(c, dict) else c
+            for c in raw["conditions"]
+        ]
+    if isinstance(raw.get("actions"), list):
+        items = []
+        for a in raw["actions"]:
+            if isinstance(a, dict):
+                action_ids.append(a.get("id"))
+                items.append({k: v for k, v in a.items() if k not in ("id", "signing_secret_set")})
+            else:
+                action_ids.append(None)
+                items.append(a)
+        raw["actions"] = items
+    return raw, action_ids
+
+
+async def update_trigger(request: web.Request) -> web.Response:
+    trigger_id = path_id(request, "trigger_id")
+    raw, action_ids = _strip_ids(await read_json(request))
+    try:
+        update = TriggerUpdate.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid("body", exc) from None
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        current = await queries.get_trigger(conn, trigger_id, lock=True)
+        if current is None:
+            raise not_found("no such trigger")
+        merged = {**_stored_form(current), **update.storage_dump()}
+        try:
+            new = TriggerCreate.model_validate(merged)
+        except ValidationError as exc:
+            raise invalid("body", exc) from None
+        storage = new.storage_dump()
+        await queries.update_trigger(conn, trigger_id, data=storage, is_stateful=new.is_stateful)
+        if "conditions" in update.model_fields_set:
+            await queries.replace_conditions(conn, trigger_id, storage["conditions"])
+        if "actions" in update.model_fields_set:
+            await _update_actions(
+                request,
+                conn,
+                current=current,
+                actions=storage["actions"],
+                action_ids=action_ids,
+                raw=raw,
+            )
+        row = await queries.get_trigger(conn, trigger_id)
+    assert row is not None
+    log.info("trigger updated", trigger_id=trigger_id, fields=sorted(update.model_fields_set))
+    return json_ok(_trigger_out(row))
+
+
+async def _update_actions(
+    request: web.Request,
+    conn: Any,
+    *,
+    current: asyncpg.Record,
+    actions: list[dict[str, Any]],
+    action_ids: list[Any],
+    raw: dict[str, Any],
+) -> None:
+    """Actions given with the ``id`` of an existing one are changed in place (same id,
+    so the same job ids; the signing secret stays unless the config names
+    ``signing_secret``: a value replaces it, null removes it); the others are new;
+    existing actions not given are deleted."""
+    existing = {a["id"]: a for a in current["actions"]}
+    errors = []
+    seen: set[int] = set()
+    for i, aid in enumerate(action_ids):
+        if aid is None:
+            continue
+        if type(aid) is not int or aid not in existing or aid in seen:
+            errors.append(detail(("body", "actions", i, "id"), "not an action of this trigger"))
+        else:
+            seen.add(aid)
+    if errors:
+        raise ApiError(422, "invalid body", errors)
+    await queries.delete_actions_except(conn, current["id"], sorted(seen))
+    for i, (action, aid) in enumerate(zip(actions, action_ids, strict=True)):
+        if aid is None:
+            await _insert_actions(request, conn, current["id"], [action])
+            continue
+        config, secret = _split_secret(request, aid, action["config"])
+        raw_config = raw["actions"][i].get("config")
+        named = isinstance(raw_config, dict) and "signing_secret" in raw_config
+        keep = not named and action["action_type"] == existing[aid]["action_type"] == "rest"
+        await queries.update_action(
+            conn,
+            action_id=aid,
+            action_type=action["action_type"],
+            priority=action["priority"],
+            config=config,
+            secret=secret,
+            keep_secret=keep,
+        )
+
+
+async def delete_trigger(request: web.Request) -> web.Response:
+    trigger_id = path_id(request, "trigger_id")
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        deleted = await queries.delete_trigger(conn, trigger_id)
+    if not deleted:
+        raise not_found("no such trigger")
+    log.info("trigger deleted", trigger_id=trigger_id)
+    return web.Response(status=204)
+
+
+async def get_trigger_state(request: web.Request) -> web.Response:
+    trigger_id = path_id(request, "trigger_id")
+    query = parse_query(request, PageQuery)
+    after = decode_cursor(query.cursor, (str,))
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        trigger = await queries.get_trigger(conn, trigger_id)
+        if trigger is None:
+            raise not_found("no such trigger")
+        rows = await queries.list_states(
+            conn, trigger_id, after=None if after is None else after[0], limit=query.limit
+        )
+    rows, cursor = _page(rows, query.limit, lambda r: [r["scope_key"]])
+    return json_ok(
+        StatePage(
+            trigger_id=trigger_id,
+            is_stateful=trigger["is_stateful"],
+            items=[StateItem(**dict(r)) for r in rows],
+            next_cursor=cursor,
+        )
+    )
+
+
+async def list_trigger_results(request: web.Request) -> web.Response:
+    trigger_id = path_id(request, "trigger_id")
+    query = parse_query(request, ResultsQuery)
+    after = decode_cursor(query.cursor, (str, str))
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        if await queries.get_trigger(conn, trigger_id) is None:
+            raise not_found("no such trigger")
+        rows = await queries.list_results(
+            conn,
+            trigger_id,
+            status=query.status,
+            action_type=None if query.action_type is None else query.action_type.value,
+            since=query.since,
+            until=query.until,
+            after=None if after is None else (cursor_time(after[0]), after[1]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(rows, query.limit, lambda r: [_iso(r["executed_at"]), r["id"]])
+    return json_ok(Page[ResultOut](items=[ResultOut(**dict(r)) for r in rows], next_cursor=cursor))
+
+
+async def retry_result(request: web.Request) -> web.Response:
+    """Produce a failed or dead-lettered job again, as attempt 1 with the same job id,
+    rebuilt from the trigger's current action config and the stored event."""
+    trigger_id = path_id(request, "trigger_id")
+    wanted = path_id(request, "job_id")
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        trigger = await queries.get_trigger(conn, trigger_id)
+        if trigger is None:
+            raise not_found("no such trigger")
+        result = await queries.latest_result(conn, trigger_id, wanted)
+        if result is None or result["event_id"] is None:
+            raise not_found("no results of this job")
+        if result["status"] not in ("failed", "dead"):
+            raise ApiError(
+                409, f"the job's latest attempt is {result['status']}: nothing to redrive"
+            )
+        event_id: str = result["event_id"]
+        actions = await queries.get_actions(conn, trigger_id)
+        action = next((a for a in actions if job_id(trigger_id, event_id, a["id"]) == wanted), None)
+        if action is None:
+            raise ApiError(409, "the job's action no longer exists")
+        row = await queries.get_canonical_event(conn, event_id)
+        if row is None:
+            raise ApiError(409, "the job's event is no longer stored")
+        event = event_from_row(row)
+        explain = await queries.get_evaluation_explain(conn, trigger_id, event_key(event))
+    if explain is None:
+        # A stateless trigger records no evaluation: its explain is a pure function
+        # of the trigger and the event, so evaluate again.
+        spec = _spec(trigger)
+        if spec is not None and not spec.is_stateful:
+            explain = evaluate(spec, event, state=None).explain
+    job = ActionJob(
+        job_id=wanted,
+        trigger_id=trigger_id,
+        trigger_name=trigger["name"],
+        user_id=trigger["user_id"],
+        action_id=action["id"],
+        action_type=action["action_type"],
+        config=action["config"],
+        event=event,
+        explain=explain or {},
+        attempt=1,
+        created_at=datetime.now(UTC),
+    )
+    producer = request.app[PRODUCER]
+    try:
+        await producer.send(job)
+    except KafkaUnavailableError:
+        log.warning("redrive failed: Kafka unavailable", job_id=wanted)
+        raise ApiError(503, "Kafka is unavailable; the job was not redriven") from None
+    request.app[METRICS].jobs_redriven.labels(job.action_type.value).inc()
+    log.info("job redriven", job_id=wanted, trigger_id=trigger_id, previous=result["status"])
+    return json_ok(
+        RetryOut(
+            job_id=wanted,
+            trigger_id=trigger_id,
+            action_id=action["id"],
+            event_id=event_id,
+            attempt=1,
+            topic=producer.topic,
+        ),
+        status=202,
+    )
+
+
+async def backtest_trigger(request: web.Request) -> web.Response:
+    trigger_id = path_id(request, "trigger_id")
+    body = await parse_body(request, BacktestIn)
+    started = time.perf_counter()
+    settings = request.app[SETTINGS]
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        row = await queries.get_trigger(conn, trigger_id)
+        if row is None:
+            raise not_found("no such trigger")
+        spec = _spec(row)
+        if spec is None:
+            raise ApiError(409, "the stored trigger does not validate; update it first")
+        out = await run_backtest(
+            conn, spec, body, trigger_id=trigger_id, max_events=settings.backtest_max_events
+        )
+    return _backtest_done(request, out, started)
+
+
+async def backtest_unsaved(request: web.Request) -> web.Response:
+    body = await parse_body(request, BacktestTriggerIn)
+    started = time.perf_counter()
+    spec = unsaved_spec(body.trigger, user_id=user_id(request))
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        out = await run_backtest(
+            conn,
+            spec,
+            body,
+            trigger_id=None,
+            max_events=request.app[SETTINGS].backtest_max_events,
+        )
+    return _backtest_done(request, out, started)
+
+
+def _backtest_done(request: web.Request, out: BacktestOut, started: float) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.backtest_events.inc(out.events_scanned)
+    elapsed = time.perf_counter() - started
+    metrics.backtest_seconds.observe(elapsed)
+    log.info(
+        "backtest",
+        trigger_id=out.trigger_id,
+        events=out.events_scanned,
+        fired=out.fired,
+        seconds=round(elapsed, 3),
+    )
+    return json_ok(out)
+
+
+# --- events and statistics -----------------------------------------------------------------
+
+
+async def list_events(request: web.Request) -> web.Response:
+    query = parse_query(request, EventsQuery)
+    after = decode_cursor(query.cursor, (str, str, str))
+    where = queries.Where()
+    for column, value in (
+        ("chain_id", query.chain_id),
+        ("registry", None if query.registry is None else query.registry.value),
+        ("event_type", query.event_type),
+        ("agent_id", query.agent_id),
+    ):
+        if value is not None:
+            where.add(f"e.{column} = {{}}", value)
+    if query.from_block is not None:
+        where.add("e.block_number >= {}", query.from_block)
+    if query.to_block is not None:
+        where.add("e.block_number <= {}", query.to_block)
+    if query.since is not None:
+        where.add("e.block_time >= {}", query.since)
+    if query.until is not None:
+        where.add("e.block_time < {}", query.until)
+    async with request.app[POOL].acquire() as conn:
+        rows = await queries.list_events(
+            conn,
+            where,
+            after=None if after is None else (cursor_time(after[0]), after[1], after[2]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(
+        rows, query.limit, lambda r: [r["block_time"].isoformat(), r["id"], r["block_hash"]]
+    )
+    return json_ok(Page[Event](items=[event_from_row(r) for r in rows], next_cursor=cursor))
+
+
+async def event_stats(request: web.Request) -> web.Response:
+    query = parse_query(request, StatsEventsQuery)
+    after = decode_cursor(query.cursor, (str, int, str, str))
+    where = queries.Where()
+    for column, value in (
+        ("chain_id", query.chain_id),
+        ("registry", None if query.registry is None else query.registry.value),
+        ("event_type", query.event_type),
+    ):
+        if value is not None:
+            where.add(f"{column} = {{}}", value)
+    if query.since is not None:
+        where.add("hour >= {}", query.since)
+    if query.until is not None:
+        where.add("hour < {}", query.until)
+    async with request.app[POOL].acquire() as conn:
+        rows = await queries.list_event_stats(
+            conn,
+            where,
+            after=None if after is None else (cursor_time(after[0]), *after[1:]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(
+        rows,
+        query.limit,
+        lambda r: [r["hour"].isoformat(), r["chain_id"], r["registry"], r["event_type"]],
+    )
+    return json_ok(
+        Page[EventStatOut](items=[EventStatOut(**dict(r)) for r in rows], next_cursor=cursor)
+    )
+
+
+async def action_stats(request: web.Request) -> web.Response:
+    query = parse_query(request, StatsActionsQuery)
+    after = decode_cursor(query.cursor, (str, str))
+    where = queries.Where()
+    if query.action_type is not None:
+        where.add("action_type = {}", query.action_type.value)
+    if query.since is not None:
+        where.add("hour >= {}", query.since)
+    if query.until is not None:
+        where.add("hour < {}", query.until)
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        rows = await queries.list_action_stats(
+            conn,
+            where,
+            after=None if after is None else (cursor_time(after[0]), after[1]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(rows, query.limit, lambda r: [r["hour"].isoformat(), r["action_type"]])
+    return json_ok(
+        Page[ActionStatOut](items=[ActionStatOut(**dict(r)) for r in rows], next_cursor=cursor)
+    )
+
+
+# --- agents --------------------------------------------------------------------------------
+
+
+async def put_mcp_token(request: web.Request) -> web.Response:
+    chain_id = path_int(request, "chain_id", low=1, high=INT32_MAX)
+    agent_id = path_int(request, "agent_id", low=0, high=INT63_MAX)
+    body = await parse_body(request, McpTokenIn)
+    now = time.time()
+    if body.expires_at <= now:
+        raise ApiError(422, "invalid body", [detail(("body", "expires_at"), "has passed")])
+    if body.expires_at > now + MAX_SIGNATURE_VALIDITY:
+        raise ApiError(
+            422,
+            "invalid body",
+            [detail(("body", "expires_at"), f"at most {MAX_SIGNATURE_VALIDITY} s ahead")],
+        )
+    token = body.token.get_secret_value()
+    message = mcp_token_message(
+        chain_id=chain_id,
+        agent_id=agent_id,
+        token=token,
+        nonce=body.nonce,
+        expires_at=body.expires_at,
+    )
+    signer = recover_signer(message, body.signature)
+    if signer is None:
+        raise ApiError(
+            422, "invalid body", [detail(("body", "signature"), "not a valid signature")]
+        )
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        owner = await queries.agent_owner(conn, chain_id, agent_id)
+        if owner is None:
+            raise not_found("no Registered event of this agent is known")
+        if owner.lower() != signer:
+            log.info("mcp token refused: not the owner", chain_id=chain_id, agent_id=agent_id)
+            raise ApiError(403, "the signature is not by the agent's current owner")
+        expires = datetime.fromtimestamp(body.expires_at, UTC)
+        if not await queries.use_nonce(conn, chain_id, agent_id, body.nonce, expires):
+            raise ApiError(409, "this signed message was used already (nonce)")
+        ciphertext = request.app[SECRETS].encrypt(
+            token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
+        )
+        row = await queries.upsert_mcp_token(
+            conn, chain_id, agent_id, ciphertext=ciphertext, owner=owner.lower()
+        )
+    log.info("mcp token stored", chain_id=chain_id, agent_id=agent_id)
+    return json_ok(McpTokenOut(**dict(row)))
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DOCUMENT])
+
+
+# --- the table -----------------------------------------------------------------------------
+
+_TRIGGER = PathParam("trigger_id", {"type": "string", "maxLength": 200}, "A trigger's id.")
+
+
+def _path(name: str, description: str, **schema: Any) -> PathParam:
+    return PathParam(name, {"type": "string", **schema}, description)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/auth/register", register, "Create an account", 201, UserOut, RegisterIn,
+          auth=False, errors=(409,), tag="accounts"),
+    Route("POST", "/v1/auth/login", login, "Log in: an access token", 200, TokenOut, LoginIn,
+          auth=False, errors=(401, 429), tag="accounts",
+          description="Wrong username and wrong password give the same 401."),
+    Route("POST", "/v1/api-keys", create_api_key, "Create an API key (shown once)", 201,
+          ApiKeyCreated, ApiKeyIn, tag="accounts"),
+    Route("GET", "/v1/api-keys", list_api_keys, "List your API keys", 200, Page[ApiKeyOut],
+          query=PageQuery, tag="accounts"),
+    Route("DELETE", "/v1/api-keys/{key_id}", revoke_api_key, "Revoke an API key", 200, ApiKeyOut,
+          path_params=(_path("key_id", "An API key's id.", maxLength=200),), errors=(404,),
+          tag="accounts"),
+    Route("GET", "/v1/triggers", list_triggers, "List your triggers", 200, Page[TriggerOut],
+          query=PageQuery, tag="triggers"),
+    Route("POST", "/v1/triggers", create_trigger, "Create a trigger", 201, TriggerOut,
+          TriggerCreate, tag="triggers"),
+    Route("POST", "/v1/triggers/backtest", backtest_unsaved,
+          "Backtest an unsaved trigger over stored events", 200, BacktestOut, BacktestTriggerIn,
+          tag="triggers"),
+    Route("GET", "/v1/triggers/{trigger_id}", get_trigger, "A trigger", 200, TriggerOut,
+          path_params=(_TRIGGER,), errors=(404,), tag="triggers"),
+    Route("PATCH", "/v1/triggers/{trigger_id}", update_trigger,
+          "Change a trigger (e.g. enable or disable it)", 200, TriggerOut, TriggerUpdate,
+          path_params=(_TRIGGER,), errors=(404,), tag="triggers",
+          description=(
+              "Only the fields given change. `conditions` replace all conditions. `actions` "
+              "items with the `id` of an existing action change it in place (its signing "
+              "secret stays unless `config.signing_secret` is given, null removes it); items "
+              "without `id` are new; existing actions not listed are deleted."
+          )),
+    Route("DELETE", "/v1/triggers/{trigger_id}", delete_trigger, "Delete a trigger", 204,
+          path_params=(_TRIGGER,), errors=(404,), tag="triggers"),
+    Route("GET", "/v1/triggers/{trigger_id}/state", get_trigger_state,
+          "A trigger's stateful condition state, per scope", 200, StatePage, query=PageQuery,
+          path_params=(_TRIGGER,), errors=(404,), tag="history"),
+    Route("GET", "/v1/triggers/{trigger_id}/results", list_trigger_results,
+          "A trigger's action results", 200, Page[ResultOut], query=ResultsQuery,
+          path_params=(_TRIGGER,), errors=(404,), tag="history"),
+    Route("POST", "/v1/triggers/{trigger_id}/results/{job_id}/retry", retry_result,
+          "Redrive a failed or dead-lettered job", 202, RetryOut,
+          path_params=(_TRIGGER, _path("job_id", "The job's id.", maxLength=200)),
+          errors=(404, 409, 503), tag="history"),
+    Route("POST", "/v1/triggers/{trigger_id}/backtest", backtest_trigger,
+          "Backtest a trigger over stored events", 200, BacktestOut, BacktestIn,
+          path_params=(_TRIGGER,), errors=(404, 409), tag="triggers"),
+    Route("GET", "/v1/events", list_events, "Stored events, newest first", 200, Page[Event],
+          query=EventsQuery, tag="history"),
+    Route("GET", "/v1/stats/events", event_stats, "Events per hour", 200, Page[EventStatOut],
+          query=StatsEventsQuery, tag="stats"),
+    Route("GET", "/v1/stats/actions", action_stats, "Your actions per hour", 200,
+          Page[ActionStatOut], query=StatsActionsQuery, tag="stats"),
+    Route("PUT", "/v1/agents/{chain_id}/{agent_id}/mcp-token", put_mcp_token,
+          "Set an agent's MCP bearer token (signed by its owner)", 200, McpTokenOut, McpTokenIn,
+          path_params=(
+              _path("chain_id", "The chain id.", pattern=r"^[0-9]{1,10}$"),
+              _path("agent_id", "The agent id.", pattern=r"^[0-9]{1,19}$"),
+          ),
+          errors=(403, 404, 409), tag="agents",
+          description=(
+              "The body carries the token and an EIP-191 (personal_sign) signature, by the "
+              "agent's current owner, of the lines `ERC-8004 MCP token`, `chain_id: <id>`, "
+              "`agent_id: <id>`, `token_sha256: 0x<hex>`, `nonce: <nonce>`, "
+              "`expires_at: <unix seconds>` joined by `\\n`. A nonce is accepted once; the "
+              "expiry is at most an hour ahead. The token is never returned."
+          )),
+    Route("GET", "/openapi.json", openapi_document, "This document", 200, auth=False,
+          tag="meta"),
+)  # fmt: skip
+
+
+def document() -> dict[str, Any]:
+    doc = build_document(ROUTES, title="erc8004-backend API", version="1.0.0")
+    doc["paths"]["/openapi.json"]["get"]["responses"]["200"] = {
+        "description": "OpenAPI 3.1",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    return doc
+
+
+def add_routes(app: web.Application) -> None:
+    app[DOCUMENT] = document()
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)

@@ -1,0 +1,638 @@
+"""The API in-process (aiohttp's test server, real sockets) against the real
+PostgreSQL, connected as erc8004_api: accounts, triggers, history, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient, TestServer
+from eth_keys.datatypes import PrivateKey
+
+from services.api.app import create_app
+from services.api.auth import Tokens
+from services.api.signatures import eip191_digest, mcp_token_message
+from shared.jobs import ActionJob, job_id
+from shared.secrets import SecretBox
+from tests.apiutil import (
+    JWT_SECRET,
+    REST_ACTION,
+    SECRETS_KEY,
+    Client,
+    a_trigger,
+    an_event,
+    api_settings,
+    cheap_passwords,
+    signup,
+    store_events,
+)
+from tests.kafkautil import read_topic
+
+pytestmark = [pytest.mark.db]
+
+CHAIN = 84532
+OTHER_SECRET = "another-secret-0123456789abcdefghijkl"
+
+
+@pytest.fixture
+async def client(database_url: str, kafka_bootstrap: str) -> AsyncIterator[Client]:
+    settings = api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused")
+    app = create_app(settings, passwords=cheap_passwords())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+async def json_of(resp: Any) -> Any:
+    return await resp.json()
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+async def test_register_login_uniform_errors_and_tokens(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    body = {"username": "alice", "email": "alice@example.org", "password": "correct horse 1"}
+    resp = await client.post("/v1/auth/register", json=body)
+    assert resp.status == 201
+    user = await resp.json()
+    assert set(user) == {"id", "username", "email", "created_at"}
+    stored = await db.fetchval("SELECT password_hash FROM users WHERE id = $1", user["id"])
+    assert stored.startswith("$argon2id$")
+    assert "correct horse" not in stored
+
+    again = await client.post("/v1/auth/register", json={**body, "username": "alice2"})
+    assert again.status == 409  # the e-mail is taken (case-insensitively too)
+    assert (
+        await client.post(
+            "/v1/auth/register", json={**body, "email": "ALICE@example.org", "username": "x-y"}
+        )
+    ).status == 409
+
+    wrong_password = await client.post(
+        "/v1/auth/login", json={"username": "alice", "password": "nope"}
+    )
+    no_such_user = await client.post("/v1/auth/login", json={"username": "bob", "password": "x"})
+    assert wrong_password.status == no_such_user.status == 401
+    assert await wrong_password.json() == await no_such_user.json()
+
+    ok = await client.post(
+        "/v1/auth/login", json={"username": "alice", "password": "correct horse 1"}
+    )
+    assert ok.status == 200
+    token = await ok.json()
+    assert token["token_type"] == "bearer"
+    assert token["expires_in"] == 3600
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    assert (await client.get("/v1/triggers", headers=auth)).status == 200
+
+    for headers in (
+        {},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": "Basic YWxpY2U6eA=="},
+        {"Authorization": f"Bearer {token['access_token']}x"},
+        # signed with another secret, and one expired an hour ago
+        {"Authorization": "Bearer " + Tokens(OTHER_SECRET, 60).issue(user["id"])},
+        {"Authorization": "Bearer "
+         + Tokens(JWT_SECRET, 60).issue(user["id"], now=time.time() - 3600)},
+    ):  # fmt: skip
+        resp = await client.get("/v1/triggers", headers=headers)
+        assert resp.status == 401, headers
+        assert (await resp.json())["error"]
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_failed_logins_are_limited_whether_or_not_the_user_exists(client: Client) -> None:
+    await signup(client, "carol")
+    for name in ("carol", "nobody-here"):
+        for _ in range(5):
+            resp = await client.post("/v1/auth/login", json={"username": name, "password": "bad"})
+            assert resp.status == 401
+        limited = await client.post("/v1/auth/login", json={"username": name, "password": "bad"})
+        assert limited.status == 429
+        assert int(limited.headers["Retry-After"]) > 0
+    text = await (await client.get("/metrics")).text()
+    assert "erc8004_api_login_failures_total 10.0" in text
+    assert "erc8004_api_login_limited_total 2.0" in text
+    assert (
+        'erc8004_api_requests_total{method="POST",route="/v1/auth/login",status="429"} 2.0' in text
+    )
+
+
+async def test_api_keys_are_shown_once_stored_hashed_usable_and_revocable(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    auth = await signup(client)
+    resp = await client.post("/v1/api-keys", json={"name": "ci"}, headers=auth)
+    assert resp.status == 201
+    created = await resp.json()
+    key = created["key"]
+    assert key.startswith("e8k_")
+    assert created["prefix"] == key[:12]
+    row = await db.fetchrow("SELECT * FROM api_keys WHERE id = $1", created["id"])
+    assert row is not None
+    assert key not in [str(v) for v in row.values()]
+
+    by_key = {"Authorization": f"Bearer {key}"}
+    assert (await client.get("/v1/triggers", headers=by_key)).status == 200
+    listed = await (await client.get("/v1/api-keys", headers=by_key)).json()
+    assert [k["id"] for k in listed["items"]] == [created["id"]]
+    assert "key" not in listed["items"][0]
+
+    revoked = await client.delete(f"/v1/api-keys/{created['id']}", headers=auth)
+    assert revoked.status == 200
+    assert (await revoked.json())["revoked_at"] is not None
+    assert (await client.get("/v1/triggers", headers=by_key)).status == 401
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+async def test_trigger_crud_keeps_secrets_write_only_and_notifies_the_matcher(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    auth = await signup(client)
+    notified: list[str] = []
+    await db.add_listener("trigger_changed", lambda *args: notified.append(args[3]))
+
+    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN), headers=auth)
+    assert resp.status == 201, await resp.text()
+    trigger = await resp.json()
+    tid = trigger["id"]
+    assert trigger["is_stateful"] is False
+    assert trigger["enabled"] is True
+    assert [c["condition_type"] for c in trigger["conditions"]] == [
+        "event_type_equals",
+        "score_threshold",
+    ]
+    rest = next(a for a in trigger["actions"] if a["action_type"] == "rest")
+    assert rest["signing_secret_set"] is True
+    assert "s3cr3t" not in await resp.text()
+
+    # the secret is not in config but encrypted, bound to its row
+    row = await db.fetchrow(
+        "SELECT config, secret_ciphertext FROM trigger_actions WHERE id = $1", rest["id"]
+    )
+    assert row is not None
+    assert "signing_secret" not in row["config"]
+    assert b"s3cr3t" not in row["secret_ciphertext"]
+    box = SecretBox(SECRETS_KEY)
+    assert (
+        box.decrypt(row["secret_ciphertext"], context=f"trigger_actions:{rest['id']}")
+        == "s3cr3t-signing-key"
+    )
+    got = await client.get(f"/v1/triggers/{tid}", headers=auth)
+    assert await got.json() == trigger
+    assert "s3cr3t" not in await got.text()
+
+    # disable: one PATCH; the matcher hears of it
+    await asyncio.sleep(0.2)
+    notified.clear()
+    resp = await client.patch(f"/v1/triggers/{tid}", json={"enabled": False}, headers=auth)
+    assert resp.status == 200
+    assert (await resp.json())["enabled"] is False
+    await asyncio.sleep(0.3)
+    assert tid in notified
+
+    # a GET body sent back (ids included) keeps the actions and their secret
+    echoed = {"actions": trigger["actions"]}
+    resp = await client.patch(f"/v1/triggers/{tid}", json=echoed, headers=auth)
+    assert resp.status == 200, await resp.text()
+    after = await resp.json()
+    assert [a["id"] for a in after["actions"]] == [a["id"] for a in trigger["actions"]]
+    assert next(a for a in after["actions"] if a["id"] == rest["id"])["signing_secret_set"]
+
+    # replacing conditions makes it stateful; dropping the REST action deletes it
+    stateful = {
+        "conditions": [
+            {"condition_type": "rate_limit", "operator": ">=", "value": "3",
+             "config": {"time_window": "1h"}},
+        ],
+        "actions": [a for a in trigger["actions"] if a["action_type"] == "telegram"],
+    }  # fmt: skip
+    resp = await client.patch(f"/v1/triggers/{tid}", json=stateful, headers=auth)
+    assert resp.status == 200, await resp.text()
+    changed = await resp.json()
+    assert changed["is_stateful"] is True
+    assert [a["action_type"] for a in changed["actions"]] == ["telegram"]
+    assert await db.fetchval("SELECT count(*) FROM trigger_actions WHERE trigger_id = $1", tid) == 1
+
+    listed = await (await client.get("/v1/triggers", headers=auth)).json()
+    assert [t["id"] for t in listed["items"]] == [tid]
+
+    notified.clear()
+    assert (await client.delete(f"/v1/triggers/{tid}", headers=auth)).status == 204
+    assert (await client.get(f"/v1/triggers/{tid}", headers=auth)).status == 404
+    assert (await client.delete(f"/v1/triggers/{tid}", headers=auth)).status == 404
+    await asyncio.sleep(0.3)
+    assert tid in notified
+
+
+async def test_bad_input_answers_with_locations_and_stores_nothing(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    auth = await signup(client)
+    bad = a_trigger(
+        CHAIN,
+        conditions=[
+            {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
+            {"condition_type": "score_threshold", "operator": ">", "value": "high"},
+        ],
+        actions=[{"action_type": "rest", "config": {"url": "ftp://x"}}],
+    )
+    resp = await client.post("/v1/triggers", json=bad, headers=auth)
+    assert resp.status == 422
+    body = await resp.json()
+    locs = {tuple(d["loc"]) for d in body["details"]}
+    assert ("body", "conditions", 1, "value") in locs
+    assert ("body", "actions", 0, "config", "url") in locs
+    assert {d["field"] for d in body["details"]} >= {"conditions.1.value", "actions.0.config.url"}
+    assert await db.fetchval("SELECT count(*) FROM triggers") == 0
+
+    resp = await client.get("/v1/events?limit=0", headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["details"][0]["loc"] == ["query", "limit"]
+    resp = await client.get("/v1/events?cursor=bm90LWEtY3Vyc29y", headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["details"][0]["loc"] == ["query", "cursor"]
+
+    not_json = await client.post("/v1/triggers", data=b"{nope", headers=auth)
+    assert not_json.status == 400
+    assert (await not_json.json())["error"]
+    huge = await client.post(
+        "/v1/triggers",
+        data=b'{"name": "' + b"x" * (300 * 1024) + b'"}',
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    assert huge.status == 413
+    assert (await huge.json())["error"]
+    unknown = await client.get("/v1/nothing-here", headers=auth)
+    assert unknown.status == 404
+    assert "error" in await unknown.json()
+    assert await db.fetchval("SELECT count(*) FROM triggers") == 0
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+RLS_TABLES = (
+    "triggers",
+    "trigger_conditions",
+    "trigger_actions",
+    "trigger_state",
+    "trigger_evaluations",
+    "action_results",
+    "api_keys",
+)
+
+
+async def snapshot(db: asyncpg.Connection) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for table in (*RLS_TABLES, "agent_mcp_tokens", "users"):
+        rows = await db.fetch(f"SELECT t::text AS r FROM {table} t ORDER BY 1")
+        out[table] = [r["r"] for r in rows]
+    return out
+
+
+async def seed_history(db: asyncpg.Connection, trigger_id: str, user_id: str) -> str:
+    """A state row, an evaluation and a failed result of one firing."""
+    event = an_event(CHAIN, 100, event_type="NewFeedback", score=90)
+    await store_events(db, [event])
+    action_id = await db.fetchval(
+        "SELECT min(id) FROM trigger_actions WHERE trigger_id = $1", trigger_id
+    )
+    jid = job_id(trigger_id, event.id, action_id)
+    await db.execute(
+        "INSERT INTO trigger_state (trigger_id, scope_key, state_data) VALUES ($1, '', $2)",
+        trigger_id,
+        {"conditions": {}},
+    )
+    await db.execute(
+        "INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)"
+        " VALUES ($1, $2, true, $3)",
+        trigger_id,
+        f"{event.id}@{event.block_hash}",
+        {"fired": True, "trigger_id": trigger_id},
+    )
+    await db.execute(
+        "INSERT INTO action_results (job_id, trigger_id, event_id, user_id, action_type, status,"
+        " error_message, attempt) VALUES ($1, $2, $3, $4, 'rest', 'dead', 'HTTP 500', 5)",
+        jid,
+        trigger_id,
+        event.id,
+        user_id,
+    )
+    return jid
+
+
+async def test_another_user_gets_404_everywhere_and_changes_nothing(
+    client: Client, db: asyncpg.Connection, database_url: str
+) -> None:
+    alice, bob = await signup(client, "alice"), await signup(client, "bob")
+    created = await (await client.post("/v1/triggers", json=a_trigger(CHAIN), headers=alice)).json()
+    tid = created["id"]
+    alice_id = await db.fetchval("SELECT id FROM users WHERE username = 'alice'")
+    jid = await seed_history(db, tid, alice_id)
+    key = await (await client.post("/v1/api-keys", json={}, headers=alice)).json()
+    await db.execute("REFRESH MATERIALIZED VIEW action_metrics_hourly")
+    before = await snapshot(db)
+    window = {"from": "2020-01-01T00:00:00Z", "to": "2020-12-01T00:00:00Z"}
+
+    attempts = [
+        ("GET", f"/v1/triggers/{tid}", None),
+        ("PATCH", f"/v1/triggers/{tid}", {"enabled": False}),
+        ("PATCH", f"/v1/triggers/{tid}", {"name": "mine now"}),
+        ("DELETE", f"/v1/triggers/{tid}", None),
+        ("GET", f"/v1/triggers/{tid}/state", None),
+        ("GET", f"/v1/triggers/{tid}/results", None),
+        ("POST", f"/v1/triggers/{tid}/results/{jid}/retry", None),
+        ("POST", f"/v1/triggers/{tid}/backtest", window),
+        ("DELETE", f"/v1/api-keys/{key['id']}", None),
+    ]
+    for method, path, body in attempts:
+        resp = await client.request(method, path, json=body, headers=bob)
+        assert resp.status == 404, (method, path, resp.status, await resp.text())
+    # lists show bob nothing of alice's
+    for path in ("/v1/triggers", "/v1/api-keys", "/v1/stats/actions"):
+        listed = await (await client.get(path, headers=bob)).json()
+        assert listed["items"] == [], path
+    assert await snapshot(db) == before
+    # ... while alice sees all of it
+    assert (await client.get(f"/v1/triggers/{tid}/results", headers=alice)).status == 200
+    mine = await (await client.get("/v1/stats/actions", headers=alice)).json()
+    assert [s["total_executions"] for s in mine["items"]] == [1]
+
+    # The database itself refuses: as erc8004_api without a user, no rows at all
+    conn = await asyncpg.connect(database_url, server_settings={"role": "erc8004_api"})
+    try:
+        assert await conn.fetchval("SELECT current_user") == "erc8004_api"
+        for table in (*RLS_TABLES, "action_metrics_hourly_mine"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchval("SELECT count(*) FROM action_metrics_hourly")
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.current_user_id', $1, true)", alice_id)
+            assert await conn.fetchval("SELECT count(*) FROM triggers") == 1
+        assert await conn.fetchval("SELECT count(*) FROM triggers") == 0
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- history
+
+
+async def test_results_filter_page_and_redrive_a_dead_job(
+    database_url: str, db: asyncpg.Connection, kafka_bootstrap: str, actions_topic: str
+) -> None:
+    settings = api_settings(database_url, kafka_bootstrap, actions_topic)
+    app = create_app(settings, passwords=cheap_passwords())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        auth = await signup(client, "dora")
+        created = await (
+            await client.post("/v1/triggers", json=a_trigger(CHAIN), headers=auth)
+        ).json()
+        tid = created["id"]
+        user = await db.fetchval("SELECT id FROM users WHERE username = 'dora'")
+        jid = await seed_history(db, tid, user)
+        base = datetime(2026, 1, 1, tzinfo=UTC)
+        for i in range(5):
+            await db.execute(
+                "INSERT INTO action_results (job_id, trigger_id, event_id, user_id, action_type,"
+                " status, executed_at) VALUES ($1, $2, 'x', $3, 'telegram', $4, $5)",
+                f"{i:032x}",
+                tid,
+                user,
+                "success" if i % 2 else "failed",
+                base + timedelta(minutes=i),
+            )
+        url = f"/v1/triggers/{tid}/results"
+        everything = await (await client.get(url, headers=auth)).json()
+        assert len(everything["items"]) == 6
+        assert everything["next_cursor"] is None
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            page = await (
+                await client.get(url, params={"limit": "2", "cursor": cursor}, headers=auth)
+            ).json()
+            seen += [r["id"] for r in page["items"]]
+            if page["next_cursor"] is None:
+                break
+            cursor = page["next_cursor"]
+        assert seen == [r["id"] for r in everything["items"]]
+        failed = await (await client.get(url, params={"status": "failed"}, headers=auth)).json()
+        assert {r["status"] for r in failed["items"]} == {"failed"}
+        assert len(failed["items"]) == 3
+        window = {"since": (base + timedelta(minutes=1)).isoformat(),
+                  "until": (base + timedelta(minutes=3)).isoformat()}  # fmt: skip
+        ranged = await (await client.get(url, params=window, headers=auth)).json()
+        assert len(ranged["items"]) == 2
+
+        resp = await client.post(f"{url}/{jid}/retry", headers=auth)
+        assert resp.status == 202, await resp.text()
+        out = await resp.json()
+        assert out["job_id"] == jid
+        assert out["attempt"] == 1
+        assert out["topic"] == actions_topic
+        records = await read_topic(kafka_bootstrap, actions_topic, expect=1, settle=0.5)
+        assert len(records) == 1
+        assert records[0].key == tid.encode()
+        job = ActionJob.parse(records[0].value)
+        assert job.job_id == jid
+        assert job.attempt == 1
+        assert job.trigger_id == tid
+        rest = next(a for a in created["actions"] if a["action_type"] == "rest")
+        assert job.action_id == rest["id"]
+        assert job.config == rest["config"]
+        assert "signing_secret" not in job.config
+        assert job.explain == {"fired": True, "trigger_id": tid}  # the recorded explain
+        assert job.event.id == out["event_id"]
+
+        success, failed_elsewhere = f"{1:032x}", f"{0:032x}"
+        assert (await client.post(f"{url}/{success}/retry", headers=auth)).status == 409
+        # failed, but its id is no (trigger, event, action) of this trigger's actions
+        resp = await client.post(f"{url}/{failed_elsewhere}/retry", headers=auth)
+        assert resp.status == 409
+        assert "action" in (await resp.json())["error"]
+        resp = await client.post(f"{url}/{'f' * 32}/retry", headers=auth)
+        assert resp.status == 404
+        await db.execute(
+            "INSERT INTO action_results (job_id, trigger_id, event_id, user_id, action_type,"
+            " status, attempt, executed_at) VALUES ($1, $2, $3, $4, 'rest', 'success', 1, now())",
+            jid,
+            tid,
+            out["event_id"],
+            user,
+        )
+        assert (await client.post(f"{url}/{jid}/retry", headers=auth)).status == 409
+
+
+async def test_events_filters_and_pages_and_hourly_stats(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    auth = await signup(client)
+    ts = int(time.time()) - 7200
+    events = [
+        an_event(CHAIN, 1000 + i, event_type="NewFeedback", agent_id=7 if i % 3 else 8,
+                 timestamp=ts + 60 * i, score=50)
+        for i in range(12)
+    ] + [an_event(CHAIN + 1, 5, event_type="Registered", agent_id=7, timestamp=ts)]  # fmt: skip
+    await store_events(db, events)
+    everything = await (await client.get("/v1/events?limit=200", headers=auth)).json()
+    assert len(everything["items"]) == 13
+    assert everything["items"][0]["block_number"] == 1011  # newest first
+    paged: list[str] = []
+    params: dict[str, str] = {"chain_id": str(CHAIN), "limit": "5"}
+    while True:
+        page = await (await client.get("/v1/events", params=params, headers=auth)).json()
+        paged += [e["id"] for e in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert paged == [e.id for e in sorted(events[:12], key=lambda e: -e.block_number)]
+    agent = await (await client.get("/v1/events", params={"agent_id": "8"}, headers=auth)).json()
+    assert {e["agent_id"] for e in agent["items"]} == {8}
+    assert len(agent["items"]) == 4
+    blocks = await (
+        await client.get("/v1/events", params={"from_block": "1002", "to_block": "1004",
+                                               "registry": "reputation"}, headers=auth)
+    ).json()  # fmt: skip
+    assert sorted(e["block_number"] for e in blocks["items"]) == [1002, 1003, 1004]
+    typed = await (
+        await client.get("/v1/events", params={"event_type": "Registered"}, headers=auth)
+    ).json()
+    assert [e["chain_id"] for e in typed["items"]] == [CHAIN + 1]
+    since = datetime.fromtimestamp(ts + 600, UTC).isoformat()
+    timed = await (await client.get("/v1/events", params={"since": since}, headers=auth)).json()
+    assert len(timed["items"]) == 2
+
+    await db.execute("SELECT refresh_stats_views()")
+    stats = await (
+        await client.get("/v1/stats/events", params={"chain_id": str(CHAIN)}, headers=auth)
+    ).json()
+    assert sum(s["event_count"] for s in stats["items"]) == 12
+    assert {s["event_type"] for s in stats["items"]} == {"NewFeedback"}
+
+
+# --------------------------------------------------------------------------- MCP tokens
+
+
+def sign(key: PrivateKey, message: str) -> str:
+    signature = key.sign_msg_hash(eip191_digest(message))
+    r, s, v = signature.r, signature.s, signature.v
+    return "0x" + str(
+        r.to_bytes(32, "big").hex() + s.to_bytes(32, "big").hex() + bytes([v + 27]).hex()
+    )
+
+
+def token_body(key: PrivateKey, agent: int, token: str, **kw: Any) -> dict[str, Any]:
+    nonce = kw.pop("nonce", uuid.uuid4().hex)
+    expires_at = kw.pop("expires_at", int(time.time()) + 600)
+    message = mcp_token_message(
+        chain_id=CHAIN, agent_id=agent, token=token, nonce=nonce, expires_at=expires_at
+    )
+    return {"token": token, "nonce": nonce, "expires_at": expires_at,
+            "signature": sign(key, message)}  # fmt: skip
+
+
+async def test_mcp_token_needs_the_current_owners_signature_once(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    auth = await signup(client)
+    owner, buyer = PrivateKey(b"\x11" * 32), PrivateKey(b"\x22" * 32)
+    owner_address = owner.public_key.to_checksum_address()
+    agent = 77
+    await store_events(
+        db,
+        [an_event(CHAIN, 10, event_type="Registered", agent_id=agent, owner=owner_address)],
+    )
+    url = f"/v1/agents/{CHAIN}/{agent}/mcp-token"
+    token = "mcp-bearer-" + uuid.uuid4().hex
+    body = token_body(owner, agent, token)
+    resp = await client.put(url, json=body, headers=auth)
+    assert resp.status == 200, await resp.text()
+    out = await resp.json()
+    assert out["owner_address"] == owner_address.lower()
+    assert token not in await resp.text()
+    stored = await db.fetchval(
+        "SELECT token_ciphertext FROM agent_mcp_tokens WHERE chain_id = $1 AND agent_id = $2",
+        CHAIN,
+        agent,
+    )
+    assert token.encode() not in stored
+    context = f"agent_mcp_tokens:{CHAIN}:{agent}"
+    assert SecretBox(SECRETS_KEY).decrypt(stored, context=context) == token
+
+    assert (await client.put(url, json=body, headers=auth)).status == 409  # replayed
+    assert (await client.put(url, json=token_body(buyer, agent, "t2"), headers=auth)).status == 403
+    tampered = {**token_body(owner, agent, "t3"), "token": "t4"}  # signed another token
+    assert (await client.put(url, json=tampered, headers=auth)).status == 403
+    expired = token_body(owner, agent, "t5", expires_at=int(time.time()) - 1)
+    resp = await client.put(url, json=expired, headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["details"][0]["loc"] == [
+        "body",
+        "expires_at",
+    ]
+    other_agent = f"/v1/agents/{CHAIN}/78/mcp-token"
+    assert (
+        await client.put(other_agent, json=token_body(owner, 78, "t6"), headers=auth)
+    ).status == 404
+    # signed for agent 77, presented for another agent: the recovered signer differs
+    await store_events(
+        db, [an_event(CHAIN, 11, event_type="Registered", agent_id=78, owner=owner_address)]
+    )
+    assert (
+        await client.put(other_agent, json=token_body(owner, 77, "t7"), headers=auth)
+    ).status == 403
+
+    # after a transfer only the new owner may set it
+    await store_events(
+        db,
+        [an_event(CHAIN, 20, event_type="Transfer", agent_id=agent,
+                  owner=buyer.public_key.to_checksum_address())],
+    )  # fmt: skip
+    assert (await client.put(url, json=token_body(owner, agent, "t8"), headers=auth)).status == 403
+    assert (await client.put(url, json=token_body(buyer, agent, "t9"), headers=auth)).status == 200
+
+
+# --------------------------------------------------------------------------- logs
+
+
+async def test_passwords_and_tokens_never_reach_the_logs(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    password = "pw-never-logged-" + uuid.uuid4().hex
+    mcp_token = "mcp-never-logged-" + uuid.uuid4().hex
+    owner = PrivateKey(b"\x33" * 32)
+    await store_events(
+        db,
+        [an_event(CHAIN, 30, event_type="Registered", agent_id=5,
+                  owner=owner.public_key.to_checksum_address())],
+    )  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        register = {"username": "erin", "email": "erin@example.org", "password": password}
+        assert (await client.post("/v1/auth/register", json=register)).status == 201
+        bad = {"username": "erin", "password": password + "x"}
+        assert (await client.post("/v1/auth/login", json=bad)).status == 401
+        resp = await client.post("/v1/auth/login", json={"username": "erin", "password": password})
+        access = (await resp.json())["access_token"]
+        auth = {"Authorization": f"Bearer {access}"}
+        key = (await (await client.post("/v1/api-keys", json={}, headers=auth)).json())["key"]
+        trigger = await client.post("/v1/triggers", json=a_trigger(CHAIN), headers=auth)
+        assert trigger.status == 201
+        body = token_body(owner, 5, mcp_token)
+        assert (
+            await client.put(f"/v1/agents/{CHAIN}/5/mcp-token", json=body, headers=auth)
+        ).status == 200
+    text = repr(logs)
+    assert len(logs) >= 6, logs
+    for secret in (password, access, key, mcp_token, REST_ACTION["config"]["signing_secret"]):
+        assert secret not in text

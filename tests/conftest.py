@@ -60,7 +60,7 @@ def admin_url() -> str:
 def template_db(admin_url: str) -> str:
     """A database with every migration applied, named by the migrations' digest,
     so it is built once and rebuilt only when a migration changes."""
-    name = f"erc8004_template_{migrations_digest()}"
+    name = f"erc8004_tmpl_{migrations_digest()}"
 
     async def prepare() -> bool:
         conn = await asyncpg.connect(admin_url)
@@ -72,7 +72,7 @@ def template_db(admin_url: str) -> str:
             # checkout (a branch with one more migration) may be testing with one now.
             for old in await conn.fetch(
                 """SELECT datname FROM pg_database
-                   WHERE datname LIKE 'erc8004_template_%'
+                   WHERE datname LIKE 'erc8004_tmpl_%'
                      AND coalesce(substring(shobj_description(oid, 'pg_database')
                                             FROM '^created ([0-9]+)$')::bigint, 0)
                          < extract(epoch FROM now()) - 86400"""

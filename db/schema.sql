@@ -55,8 +55,27 @@ CREATE FUNCTION public.cleanup_old_action_results() RETURNS void
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    DELETE FROM action_results
-    WHERE executed_at < NOW() - INTERVAL '90 days';
+    PERFORM cleanup_old_action_results(INTERVAL '90 days', NOW());
+END;
+$$;
+
+
+--
+-- Name: cleanup_old_action_results(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.cleanup_old_action_results(older_than interval, reference timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    deleted BIGINT;
+BEGIN
+    IF older_than IS NULL OR reference IS NULL THEN
+        RAISE EXCEPTION 'older_than and reference must not be NULL';
+    END IF;
+    DELETE FROM action_results WHERE executed_at < reference - older_than;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
 END;
 $$;
 
@@ -68,10 +87,26 @@ $$;
 CREATE FUNCTION public.cleanup_old_trigger_evaluations(older_than interval DEFAULT '30 days'::interval) RETURNS bigint
     LANGUAGE plpgsql
     AS $$
+BEGIN
+    RETURN cleanup_old_trigger_evaluations(older_than, NOW());
+END;
+$$;
+
+
+--
+-- Name: cleanup_old_trigger_evaluations(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.cleanup_old_trigger_evaluations(older_than interval, reference timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
 DECLARE
     deleted BIGINT;
 BEGIN
-    DELETE FROM trigger_evaluations WHERE evaluated_at < NOW() - older_than;
+    IF older_than IS NULL OR reference IS NULL THEN
+        RAISE EXCEPTION 'older_than and reference must not be NULL';
+    END IF;
+    DELETE FROM trigger_evaluations WHERE evaluated_at < reference - older_than;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     RETURN deleted;
 END;
@@ -144,9 +179,22 @@ $_$;
 
 CREATE FUNCTION public.ensure_event_partitions(months_ahead integer DEFAULT 3, months_back integer DEFAULT 1) RETURNS integer
     LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RETURN ensure_event_partitions(months_ahead, months_back, NOW());
+END;
+$$;
+
+
+--
+-- Name: ensure_event_partitions(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.ensure_event_partitions(months_ahead integer, months_back integer, reference timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
     AS $_$
 DECLARE
-    this_month TIMESTAMP := date_trunc('month', NOW() AT TIME ZONE 'UTC');
+    this_month TIMESTAMP;
     month_start TIMESTAMP;
     lower_bound TIMESTAMPTZ;
     upper_bound TIMESTAMPTZ;
@@ -156,9 +204,13 @@ BEGIN
     IF months_ahead IS NULL OR months_back IS NULL OR months_ahead < 0 OR months_back < 0 THEN
         RAISE EXCEPTION 'months_ahead and months_back must be >= 0';
     END IF;
+    IF reference IS NULL THEN
+        RAISE EXCEPTION 'reference must not be NULL';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'events'::regclass) THEN
         RETURN 0;
     END IF;
+    this_month := date_trunc('month', reference AT TIME ZONE 'UTC');
     -- One run at a time (two concurrent runs would race on CREATE TABLE).
     PERFORM pg_advisory_xact_lock(hashtext('erc8004.ensure_event_partitions'));
 
@@ -177,9 +229,6 @@ BEGIN
 
         IF EXISTS (SELECT 1 FROM events_default
                    WHERE block_time >= lower_bound AND block_time < upper_bound) THEN
-            -- CREATE ... PARTITION OF would fail on the rows of that range in the
-            -- DEFAULT partition: build the partition apart, move the rows, attach
-            -- (ATTACH adds the indexes, the foreign key and the triggers of events).
             EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                            partition_name);
             PERFORM set_config('erc8004.events_maintenance', 'on', true);
@@ -219,6 +268,133 @@ BEGIN
     RAISE EXCEPTION 'events is append-only (% refused)', TG_OP
         USING ERRCODE = 'restrict_violation',
               HINT = 'a reorganised chain is recorded in reorgs; old events are removed by dropping partitions';
+END;
+$$;
+
+
+--
+-- Name: maintenance_cleanup_action_results(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_cleanup_action_results(retention interval DEFAULT '90 days'::interval, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN cleanup_old_action_results(
+        maintenance_retention(retention, INTERVAL '1 day', 'action_results'),
+        maintenance_reference(reference));
+END;
+$$;
+
+
+--
+-- Name: maintenance_cleanup_trigger_evaluations(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_cleanup_trigger_evaluations(retention interval DEFAULT '30 days'::interval, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN cleanup_old_trigger_evaluations(
+        maintenance_retention(retention, INTERVAL '1 hour', 'trigger_evaluations'),
+        maintenance_reference(reference));
+END;
+$$;
+
+
+--
+-- Name: maintenance_drop_event_partitions(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_drop_event_partitions(retention interval DEFAULT '365 days'::interval, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN drop_event_partitions_older_than(
+        maintenance_reference(reference)
+        - maintenance_retention(retention, INTERVAL '30 days', 'events'));
+END;
+$$;
+
+
+--
+-- Name: maintenance_ensure_event_partitions(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_ensure_event_partitions(months_ahead integer DEFAULT 3, months_back integer DEFAULT 1, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    IF months_ahead > 24 OR months_back > 24 THEN
+        RAISE EXCEPTION 'months_ahead and months_back must be <= 24'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN ensure_event_partitions(months_ahead, months_back, maintenance_reference(reference));
+END;
+$$;
+
+
+--
+-- Name: maintenance_max_clock_skew(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_max_clock_skew() RETURNS interval
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT INTERVAL '5 minutes' $$;
+
+
+--
+-- Name: maintenance_reference(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_reference(reference timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF reference IS NULL THEN
+        RETURN NOW();
+    END IF;
+    IF reference > NOW() + maintenance_max_clock_skew() THEN
+        RAISE EXCEPTION 'reference time % is more than % ahead of the database clock',
+            reference, maintenance_max_clock_skew()
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN reference;
+END;
+$$;
+
+
+--
+-- Name: maintenance_refresh_stats_views(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_refresh_stats_views() RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM refresh_stats_views();
+END;
+$$;
+
+
+--
+-- Name: maintenance_retention(interval, interval, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_retention(retention interval, floor interval, what text) RETURNS interval
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF retention IS NULL OR retention < floor THEN
+        RAISE EXCEPTION '% retention % is below its floor %', what, retention, floor
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN retention;
 END;
 $$;
 
@@ -587,60 +763,6 @@ CREATE MATERIALIZED VIEW public.events_hourly AS
 
 
 --
--- Name: events_p202610; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.events_p202610 (
-    id text NOT NULL,
-    chain_id integer NOT NULL,
-    block_number bigint NOT NULL,
-    block_hash text NOT NULL,
-    transaction_hash text NOT NULL,
-    log_index integer NOT NULL,
-    registry text NOT NULL,
-    event_type text NOT NULL,
-    agent_id bigint,
-    "timestamp" bigint NOT NULL,
-    block_time timestamp with time zone NOT NULL,
-    owner text,
-    previous_owner text,
-    updated_by text,
-    token_uri text,
-    metadata_key text,
-    metadata_value text,
-    client_address text,
-    feedback_index bigint,
-    score numeric,
-    value numeric,
-    value_decimals smallint,
-    tag1 text,
-    tag2 text,
-    endpoint text,
-    file_uri text,
-    file_hash text,
-    responder text,
-    validator_address text,
-    request_uri text,
-    request_hash text,
-    response integer,
-    response_uri text,
-    response_hash text,
-    tag text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
-    CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
-    CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
-    CONSTRAINT events_chain_id_check CHECK ((chain_id > 0)),
-    CONSTRAINT events_feedback_index_check CHECK ((feedback_index >= 0)),
-    CONSTRAINT events_log_index_check CHECK ((log_index >= 0)),
-    CONSTRAINT events_registry_check CHECK ((registry = ANY (ARRAY['identity'::text, 'reputation'::text, 'validation'::text]))),
-    CONSTRAINT events_response_check CHECK (((response >= 0) AND (response <= 100))),
-    CONSTRAINT events_value_check CHECK ((abs(value) <= '100000000000000000000000000000000000000'::numeric)),
-    CONSTRAINT events_value_decimals_check CHECK (((value_decimals >= 0) AND (value_decimals <= 18)))
-);
-
-
---
 -- Name: events_p202611; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -807,6 +929,60 @@ CREATE TABLE public.events_p202701 (
 --
 
 CREATE TABLE public.events_p202702 (
+    id text NOT NULL,
+    chain_id integer NOT NULL,
+    block_number bigint NOT NULL,
+    block_hash text NOT NULL,
+    transaction_hash text NOT NULL,
+    log_index integer NOT NULL,
+    registry text NOT NULL,
+    event_type text NOT NULL,
+    agent_id bigint,
+    "timestamp" bigint NOT NULL,
+    block_time timestamp with time zone NOT NULL,
+    owner text,
+    previous_owner text,
+    updated_by text,
+    token_uri text,
+    metadata_key text,
+    metadata_value text,
+    client_address text,
+    feedback_index bigint,
+    score numeric,
+    value numeric,
+    value_decimals smallint,
+    tag1 text,
+    tag2 text,
+    endpoint text,
+    file_uri text,
+    file_hash text,
+    responder text,
+    validator_address text,
+    request_uri text,
+    request_hash text,
+    response integer,
+    response_uri text,
+    response_hash text,
+    tag text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
+    CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
+    CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
+    CONSTRAINT events_chain_id_check CHECK ((chain_id > 0)),
+    CONSTRAINT events_feedback_index_check CHECK ((feedback_index >= 0)),
+    CONSTRAINT events_log_index_check CHECK ((log_index >= 0)),
+    CONSTRAINT events_registry_check CHECK ((registry = ANY (ARRAY['identity'::text, 'reputation'::text, 'validation'::text]))),
+    CONSTRAINT events_response_check CHECK (((response >= 0) AND (response <= 100))),
+    CONSTRAINT events_value_check CHECK ((abs(value) <= '100000000000000000000000000000000000000'::numeric)),
+    CONSTRAINT events_value_decimals_check CHECK (((value_decimals >= 0) AND (value_decimals <= 18)))
+);
+
+
+--
+-- Name: events_p202703; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.events_p202703 (
     id text NOT NULL,
     chain_id integer NOT NULL,
     block_number bigint NOT NULL,
@@ -1024,13 +1200,6 @@ ALTER TABLE ONLY public.events ATTACH PARTITION public.events_default DEFAULT;
 
 
 --
--- Name: events_p202610; Type: TABLE ATTACH; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202610 FOR VALUES FROM ('2026-10-01 00:00:00+00') TO ('2026-11-01 00:00:00+00');
-
-
---
 -- Name: events_p202611; Type: TABLE ATTACH; Schema: public; Owner: -
 --
 
@@ -1056,6 +1225,13 @@ ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202701 FOR VALUES
 --
 
 ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202702 FOR VALUES FROM ('2027-02-01 00:00:00+00') TO ('2027-03-01 00:00:00+00');
+
+
+--
+-- Name: events_p202703; Type: TABLE ATTACH; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.events ATTACH PARTITION public.events_p202703 FOR VALUES FROM ('2027-03-01 00:00:00+00') TO ('2027-04-01 00:00:00+00');
 
 
 --
@@ -1152,14 +1328,6 @@ ALTER TABLE ONLY public.events_default
 
 
 --
--- Name: events_p202610 events_p202610_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.events_p202610
-    ADD CONSTRAINT events_p202610_pkey PRIMARY KEY (id, block_time, block_hash);
-
-
---
 -- Name: events_p202611 events_p202611_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1189,6 +1357,14 @@ ALTER TABLE ONLY public.events_p202701
 
 ALTER TABLE ONLY public.events_p202702
     ADD CONSTRAINT events_p202702_pkey PRIMARY KEY (id, block_time, block_hash);
+
+
+--
+-- Name: events_p202703 events_p202703_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.events_p202703
+    ADD CONSTRAINT events_p202703_pkey PRIMARY KEY (id, block_time, block_hash);
 
 
 --
@@ -1353,48 +1529,6 @@ CREATE INDEX idx_events_validator_address ON ONLY public.events USING btree (val
 --
 
 CREATE INDEX events_default_validator_address_idx ON public.events_default USING btree (validator_address) WHERE (validator_address IS NOT NULL);
-
-
---
--- Name: events_p202610_agent_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_agent_id_idx ON public.events_p202610 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
-
-
---
--- Name: events_p202610_chain_id_block_number_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_chain_id_block_number_idx ON public.events_p202610 USING btree (chain_id, block_number);
-
-
---
--- Name: events_p202610_chain_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_chain_id_block_time_idx ON public.events_p202610 USING btree (chain_id, block_time DESC);
-
-
---
--- Name: events_p202610_client_address_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_client_address_idx ON public.events_p202610 USING btree (client_address) WHERE (client_address IS NOT NULL);
-
-
---
--- Name: events_p202610_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_registry_event_type_idx ON public.events_p202610 USING btree (registry, event_type);
-
-
---
--- Name: events_p202610_validator_address_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX events_p202610_validator_address_idx ON public.events_p202610 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
 
 
 --
@@ -1563,6 +1697,48 @@ CREATE INDEX events_p202702_registry_event_type_idx ON public.events_p202702 USI
 --
 
 CREATE INDEX events_p202702_validator_address_idx ON public.events_p202702 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
+
+
+--
+-- Name: events_p202703_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_agent_id_idx ON public.events_p202703 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202703_chain_id_block_number_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_chain_id_block_number_idx ON public.events_p202703 USING btree (chain_id, block_number);
+
+
+--
+-- Name: events_p202703_chain_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_chain_id_block_time_idx ON public.events_p202703 USING btree (chain_id, block_time DESC);
+
+
+--
+-- Name: events_p202703_client_address_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_client_address_idx ON public.events_p202703 USING btree (client_address) WHERE (client_address IS NOT NULL);
+
+
+--
+-- Name: events_p202703_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_registry_event_type_idx ON public.events_p202703 USING btree (registry, event_type);
+
+
+--
+-- Name: events_p202703_validator_address_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_validator_address_idx ON public.events_p202703 USING btree (validator_address) WHERE (validator_address IS NOT NULL);
 
 
 --
@@ -1745,55 +1921,6 @@ ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_defau
 --
 
 ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_default_validator_address_idx;
-
-
---
--- Name: events_p202610_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202610_agent_id_idx;
-
-
---
--- Name: events_p202610_chain_id_block_number_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_block_number ATTACH PARTITION public.events_p202610_chain_id_block_number_idx;
-
-
---
--- Name: events_p202610_chain_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_chain_id_block_time ATTACH PARTITION public.events_p202610_chain_id_block_time_idx;
-
-
---
--- Name: events_p202610_client_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202610_client_address_idx;
-
-
---
--- Name: events_p202610_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202610_pkey;
-
-
---
--- Name: events_p202610_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202610_registry_event_type_idx;
-
-
---
--- Name: events_p202610_validator_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202610_validator_address_idx;
 
 
 --
@@ -1990,6 +2117,55 @@ ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p2027
 --
 
 ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202702_validator_address_idx;
+
+
+--
+-- Name: events_p202703_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202703_agent_id_idx;
+
+
+--
+-- Name: events_p202703_chain_id_block_number_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_block_number ATTACH PARTITION public.events_p202703_chain_id_block_number_idx;
+
+
+--
+-- Name: events_p202703_chain_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_chain_id_block_time ATTACH PARTITION public.events_p202703_chain_id_block_time_idx;
+
+
+--
+-- Name: events_p202703_client_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202703_client_address_idx;
+
+
+--
+-- Name: events_p202703_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202703_pkey;
+
+
+--
+-- Name: events_p202703_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202703_registry_event_type_idx;
+
+
+--
+-- Name: events_p202703_validator_address_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p202703_validator_address_idx;
 
 
 --
@@ -2294,4 +2470,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261124190003'),
     ('20261124190004'),
     ('20261124190005'),
-    ('20261124190006');
+    ('20261124190006'),
+    ('20261201170000');

@@ -88,6 +88,13 @@ format: deps ## apply ruff's fixes and formatting
 clean: down ## stop everything and delete .run (databases, Kafka logs)
 	rm -rf .run
 
+backup: deps ## pg_dump -Fc of DATABASE_URL's database into .run/backups (BACKUP_DIR=... elsewhere)
+	$(WITH_ENV) $(PY) -m tools.backup dump --dir $(BACKUP_DIR)
+
+restore: deps ## pg_restore DUMP=<file> into a new database DB=<name> (default erc8004_restore_<time>)
+	@test -n "$(DUMP)" || { echo "usage: make restore DUMP=.run/backups/<file>.dump [DB=<name>]"; exit 2; }
+	$(WITH_ENV) $(PY) -m tools.backup restore $(DUMP) $(if $(DB),--database $(DB))
+
 bench-ingest: infra ## ingest benchmark: events/s batched and single, latency, ratio to raw COPY
 	$(WITH_ENV) $(PY) -m tools.bench_ingest
 

@@ -109,6 +109,8 @@ async def move_clock_limit(db: asyncpg.Connection, skew: str) -> None:
 async def test_maintenance_with_the_clock_moved_forward(
     db: asyncpg.Connection, ingest_pool: asyncpg.Pool
 ) -> None:
+    if await db.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        pytest.skip("monthly partitions are the native path; TimescaleDB drops chunks")
     now: datetime = await db.fetchval("SELECT now()")
     reference = now + timedelta(days=400)
     chain = 900_000 + uuid.uuid4().int % 100_000

@@ -294,6 +294,8 @@ def test_migration_job_matches_its_release(built: dict[str, list[Doc]], overlay:
     assert config_value(migrate, "KAFKA_BOOTSTRAP_SERVERS") == config_value(
         services, "KAFKA_BOOTSTRAP_SERVERS"
     )
+    replication = int(config_value(migrate, "KAFKA_REPLICATION_FACTOR"))
+    assert replication == (3 if overlay == "prod" else 1)  # topics outlive a broker in prod
     (url,) = (e for e in container["env"] if e["name"] == "DATABASE_URL")
     assert url["valueFrom"]["secretKeyRef"]["key"] == "DATABASE_URL_MIGRATE"
     assert job["spec"]["backoffLimit"] >= 1

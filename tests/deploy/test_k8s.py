@@ -143,6 +143,11 @@ def test_deployments_have_probes_limits_and_a_restricted_context(
         # close, all end before Kubernetes kills the pod.
         grace = pod["terminationGracePeriodSeconds"]
         assert grace > shutdown + PRE_STOP_AND_POOL_CLOSE, (name, grace)
+        (secrets,) = (v["secret"] for v in pod["volumes"] if "secret" in v)
+        # Files of a secret volume belong to root and the fsGroup: group-readable.
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+        assert secrets["defaultMode"] & 0o040, (name, oct(secrets["defaultMode"]))
+        assert not secrets["defaultMode"] & 0o007, name  # nothing for others
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {
             "/tmp",  # noqa: S108 (an emptyDir: the root filesystem is read-only)
             "/run/secrets/erc8004",

@@ -273,6 +273,32 @@ $$;
 
 
 --
+-- Name: maintenance_claim(text, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_claim(task text, min_interval interval DEFAULT '00:00:00'::interval) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    claimed BOOLEAN;
+BEGIN
+    IF task IS NULL OR min_interval IS NULL THEN
+        RAISE EXCEPTION 'task and min_interval must not be NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO maintenance_runs AS r (task, last_run_at)
+    VALUES (maintenance_claim.task, NOW())
+    ON CONFLICT ON CONSTRAINT maintenance_runs_pkey DO UPDATE
+        SET last_run_at = NOW()
+        WHERE r.last_run_at <= NOW() - min_interval
+    RETURNING true INTO claimed;
+    RETURN COALESCE(claimed, false);
+END;
+$$;
+
+
+--
 -- Name: maintenance_cleanup_action_results(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1033,6 +1059,16 @@ CREATE TABLE public.events_p202703 (
 
 
 --
+-- Name: maintenance_runs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.maintenance_runs (
+    task text NOT NULL,
+    last_run_at timestamp with time zone NOT NULL
+);
+
+
+--
 -- Name: reorgs; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1365,6 +1401,14 @@ ALTER TABLE ONLY public.events_p202702
 
 ALTER TABLE ONLY public.events_p202703
     ADD CONSTRAINT events_p202703_pkey PRIMARY KEY (id, block_time, block_hash);
+
+
+--
+-- Name: maintenance_runs maintenance_runs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.maintenance_runs
+    ADD CONSTRAINT maintenance_runs_pkey PRIMARY KEY (task);
 
 
 --

@@ -3,11 +3,13 @@ background (the ingest does), calling the database's ``maintenance_*()``
 functions (SECURITY DEFINER wrappers of the owner's maintenance, EXECUTE granted
 to ``erc8004_ingest``; see db/README.md).
 
-Each task runs in one transaction under ``pg_try_advisory_xact_lock``: while one
-replica runs a task, another that comes to it counts it ``skipped``. With N
-replicas a task may run up to N times per interval, one after the other; every
-task is idempotent and cheap when there is nothing to do. A failed task is
-tried again after ``retry_after`` seconds instead of a full interval.
+Each task runs in one transaction under ``pg_try_advisory_xact_lock`` and, in
+the loop, a claim in the table ``maintenance_runs`` (``maintenance_claim``): a
+replica that finds the lock taken, or the task run by another replica within
+the interval, counts it ``skipped``. So of N replicas one runs each task per
+interval, and when that one is gone another takes over at its next tick. A
+failed task rolls its claim back and is tried again after ``retry_after``
+seconds instead of a full interval.
 
 Metrics (prefix ``erc8004_<service>_maintenance_``): ``last_success_timestamp_seconds
 {task}`` (wall clock of the last success, 0 before the first), ``runs_total{task,
@@ -127,7 +129,7 @@ class MaintenanceMetrics:
             ),
             runs=Counter(
                 f"{prefix}_runs_total",
-                "Maintenance task runs by outcome (skipped: another replica held its lock).",
+                "Maintenance task runs by outcome (skipped: another replica runs or ran it).",
                 ("task", "outcome"),
                 registry=registry,
             ),
@@ -185,9 +187,12 @@ class MaintenanceScheduler:
     def tasks(self) -> tuple[Task, ...]:
         return self._tasks
 
-    async def run_task(self, name: str, *, reference: datetime | None = None) -> Outcome:
+    async def run_task(
+        self, name: str, *, reference: datetime | None = None, min_interval: float = 0.0
+    ) -> Outcome:
         """Run one task now (``reference``: the time it computes from, default the
-        database's now()); never raises for a database error, records it."""
+        database's now()), unless a replica ran it within ``min_interval`` seconds;
+        never raises for a database error, records it."""
         task = self._tasks[self._index[name]]
         started = time.monotonic()
         outcome: Outcome
@@ -207,7 +212,10 @@ class MaintenanceScheduler:
                     MAINTENANCE_LOCK,
                     self._index[name],
                 )
-                if locked:
+                claimed = locked and await conn.fetchval(
+                    "SELECT maintenance_claim($1, $2)", name, timedelta(seconds=min_interval)
+                )
+                if claimed:
                     args = (reference, *task.args) if task.with_reference else task.args
                     result = await conn.fetchval(task.sql, *args)
                     outcome = "success"
@@ -232,7 +240,7 @@ class MaintenanceScheduler:
                 reference=None if reference is None else reference.isoformat(),
             )
         elif outcome == "skipped":
-            log.info("maintenance task skipped: another replica runs it", task=name)
+            log.info("maintenance task skipped: another replica runs it or ran it", task=name)
         return outcome
 
     async def run_all(self, *, reference: datetime | None = None) -> dict[str, Outcome]:
@@ -255,7 +263,9 @@ class MaintenanceScheduler:
             for task in self._tasks:
                 if self._stopping.is_set() or due[task.name] > loop.time():
                     continue
-                outcome = await self.run_task(task.name)
+                # A little under the interval, so that a replica's drift does not
+                # skip a whole period.
+                outcome = await self.run_task(task.name, min_interval=task.interval * 0.9)
                 delay = self._retry_after if outcome == "failure" else task.interval
                 due[task.name] = loop.time() + min(delay, task.interval)
 

@@ -8,7 +8,9 @@
 --     as new overloads; the old signatures stay and call them with now(), so
 --     nothing that calls them changes;
 --   * adds SECURITY DEFINER wrappers maintenance_*() (owned by the migrating
---     owner, search_path pinned) with EXECUTE granted to erc8004_ingest only.
+--     owner, search_path pinned) with EXECUTE granted to erc8004_ingest only,
+--     and maintenance_claim() over the table maintenance_runs, so that one
+--     replica runs each task per interval.
 --
 -- Guards in the wrappers, because a role that may call them could otherwise
 -- expire everything: the retention periods have floors (events 30 days,
@@ -183,6 +185,43 @@ $$ LANGUAGE plpgsql;
 
 REVOKE EXECUTE ON FUNCTION maintenance_retention(INTERVAL, INTERVAL, TEXT) FROM PUBLIC;
 
+-- maintenance_runs: when each task last ran to completion (committed), so that
+-- of several ingest replicas only one runs a task per interval. Owned by the
+-- owner, no grants: only maintenance_claim() writes it.
+CREATE TABLE maintenance_runs (
+    task TEXT PRIMARY KEY,
+    last_run_at TIMESTAMPTZ NOT NULL
+);
+
+-- maintenance_claim(task, min_interval): true when the task has not run within
+-- min_interval, recording this run. Called in the task's own transaction, so a
+-- run that fails rolls its claim back and another replica may try again.
+CREATE FUNCTION maintenance_claim(task TEXT, min_interval INTERVAL DEFAULT INTERVAL '0')
+RETURNS BOOLEAN
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = public, pg_temp
+AS $$
+DECLARE
+    claimed BOOLEAN;
+BEGIN
+    IF task IS NULL OR min_interval IS NULL THEN
+        RAISE EXCEPTION 'task and min_interval must not be NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO maintenance_runs AS r (task, last_run_at)
+    VALUES (maintenance_claim.task, NOW())
+    ON CONFLICT ON CONSTRAINT maintenance_runs_pkey DO UPDATE
+        SET last_run_at = NOW()
+        WHERE r.last_run_at <= NOW() - min_interval
+    RETURNING true INTO claimed;
+    RETURN COALESCE(claimed, false);
+END;
+$$;
+
+REVOKE EXECUTE ON FUNCTION maintenance_claim(TEXT, INTERVAL) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION maintenance_claim(TEXT, INTERVAL) TO erc8004_ingest;
+
 -- The wrappers the scheduler calls (SECURITY DEFINER: they run as the owner).
 CREATE FUNCTION maintenance_ensure_event_partitions(months_ahead INTEGER DEFAULT 3,
                                                     months_back INTEGER DEFAULT 1,
@@ -273,6 +312,8 @@ GRANT EXECUTE ON FUNCTION maintenance_cleanup_trigger_evaluations(INTERVAL, TIME
 GRANT EXECUTE ON FUNCTION maintenance_refresh_stats_views() TO erc8004_ingest;
 
 -- migrate:down
+DROP FUNCTION IF EXISTS maintenance_claim(TEXT, INTERVAL);
+DROP TABLE IF EXISTS maintenance_runs;
 DROP FUNCTION IF EXISTS maintenance_refresh_stats_views();
 DROP FUNCTION IF EXISTS maintenance_cleanup_trigger_evaluations(INTERVAL, TIMESTAMPTZ);
 DROP FUNCTION IF EXISTS maintenance_cleanup_action_results(INTERVAL, TIMESTAMPTZ);

@@ -244,17 +244,33 @@ async def test_one_replica_at_a_time_and_guards(
     assert sample(registry, "runs_total", task="cleanup_action_results", outcome="skipped") == 1
     assert await sched.run_task("cleanup_action_results") == "success"
 
-    # A retention below the database's floor is refused.
+    # A retention below the database's floor is refused; the failed run claims nothing.
     short, short_registry = scheduler(
         ingest_pool, RetentionPolicy(events_retention=timedelta(days=2))
     )
-    assert await short.run_task("drop_event_partitions") == "failure"
+    assert await short.run_task("drop_event_partitions", min_interval=3600) == "failure"
     assert (
         short_registry.get_sample_value(
             "erc8004_ingest_maintenance_runs_total",
             {"task": "drop_event_partitions", "outcome": "failure"},
         )
         == 1
+    )
+
+    # Two replicas on the hourly schedule: the first runs the task, the second
+    # finds it done within the interval and skips it.
+    replica_a, _ = scheduler(ingest_pool)
+    replica_b, registry_b = scheduler(ingest_pool)
+    assert await replica_a.run_task("drop_event_partitions", min_interval=3600) == "success"
+    assert await replica_b.run_task("drop_event_partitions", min_interval=3600) == "skipped"
+    assert sample(registry_b, "runs_total", task="drop_event_partitions", outcome="skipped") == 1
+    assert await replica_b.run_task("drop_event_partitions", min_interval=0) == "success"
+    assert await db.fetchval(
+        "SELECT last_run_at > now() - interval '1 minute' FROM maintenance_runs"
+        " WHERE task = 'drop_event_partitions'"
+    )
+    assert not await db.fetchval(
+        "SELECT has_table_privilege('erc8004_ingest', 'maintenance_runs', 'UPDATE')"
     )
 
     # Only the ingest's role may run the wrappers.

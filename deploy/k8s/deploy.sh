@@ -7,10 +7,14 @@ env=${1:?usage: $0 dev|prod}
 here=$(cd "$(dirname "$0")" && pwd)
 overlay="$here/overlays/$env"
 [ -d "$overlay/migrate" ] || { echo "no overlay $overlay" >&2; exit 2; }
-ns=$(kubectl kustomize "$overlay/migrate" | awk '$1 == "namespace:" {print $2; exit}')
+# The kustomize the tests validated with (make tools), else the one in kubectl.
+KUSTOMIZE=${KUSTOMIZE:-$(command -v kustomize || echo "$here/../../.run/bin/kustomize")}
+build() { if [ -x "$KUSTOMIZE" ]; then "$KUSTOMIZE" build "$1"; else kubectl kustomize "$1"; fi; }
+apply() { build "$1" | kubectl apply -f -; }
+ns=$(build "$overlay/migrate" | awk '$1 == "namespace:" {print $2; exit}')
 
 kubectl -n "$ns" delete job erc8004-migrate --ignore-not-found --wait=true
-kubectl apply -k "$overlay/migrate"
+apply "$overlay/migrate"
 echo "[deploy] waiting for the migrations (job/erc8004-migrate in $ns)"
 deadline=$((SECONDS + 900))
 while :; do
@@ -24,7 +28,7 @@ while :; do
   fi
   [ $SECONDS -lt $deadline ] || { echo "[deploy] migrations timed out" >&2; exit 1; }
 done
-kubectl apply -k "$overlay"
+apply "$overlay"
 for d in ingest matcher dispatcher api; do
   kubectl -n "$ns" rollout status "deployment/erc8004-$d" --timeout=10m
 done

@@ -5,8 +5,17 @@ PY := .venv/bin/python
 UV_VERSION := 0.13.9
 WITH_ENV := deploy/local/with-env
 PYTEST_ARGS ?=
+# Deployment tooling for the tests (kustomize, promtool), built from their Go
+# modules into .run/bin once per version (the module and build caches stay
+# under .run/go, so `make clean` removes them).
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+TOOLS_BIN := $(CURDIR)/.run/bin
+KUSTOMIZE_VERSION := v5.8.1
+PROMTOOL_VERSION := v0.316.0
+GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
+BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher
+.PHONY: help deps tools lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher backup restore
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,8 +31,23 @@ help: ## list the verbs
 
 deps: .venv/.installed ## install Python dependencies (PostgreSQL, Java, Maven install on first start)
 
-lock: ## re-resolve requirements.lock from pyproject.toml
+$(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION):
+	@mkdir -p $(TOOLS_BIN)
+	@echo "[tools] building kustomize $(KUSTOMIZE_VERSION) (once)"
+	@$(GO_ENV) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@touch $@
+
+$(TOOLS_BIN)/.promtool-$(PROMTOOL_VERSION):
+	@mkdir -p $(TOOLS_BIN)
+	@echo "[tools] building promtool $(PROMTOOL_VERSION) (once; a few minutes)"
+	@$(GO_ENV) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	@touch $@
+
+tools: $(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION) $(TOOLS_BIN)/.promtool-$(PROMTOOL_VERSION) ## build kustomize and promtool into .run/bin (cached)
+
+lock: ## re-resolve requirements.lock (and the image's requirements-runtime.lock) from pyproject.toml
 	.venv/bin/uv pip compile -q pyproject.toml --extra dev --generate-hashes -o requirements.lock
+	.venv/bin/uv pip compile -q pyproject.toml --generate-hashes -c requirements.lock -o requirements-runtime.lock
 
 infra: deps ## start PostgreSQL and Kafka only
 	deploy/local/stack.sh infra
@@ -46,10 +70,10 @@ migrate: deps ## apply database migrations and create Kafka topics
 schema: infra ## rewrite db/schema.sql from the migrations
 	$(WITH_ENV) $(PY) -m tools.migrate dump
 
-test: infra ## run the whole test suite against real PostgreSQL and Kafka
+test: infra tools ## run the whole test suite against real PostgreSQL and Kafka
 	$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: deps ## pure unit tests only (no PostgreSQL, no Kafka)
+test-unit: deps tools ## pure unit tests only (no PostgreSQL, no Kafka)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 lint: deps ## ruff and mypy --strict
@@ -63,6 +87,13 @@ format: deps ## apply ruff's fixes and formatting
 
 clean: down ## stop everything and delete .run (databases, Kafka logs)
 	rm -rf .run
+
+backup: deps ## pg_dump -Fc of DATABASE_URL's database into .run/backups (BACKUP_DIR=... elsewhere)
+	$(WITH_ENV) $(PY) -m tools.backup dump --dir $(BACKUP_DIR)
+
+restore: deps ## pg_restore DUMP=<file> into a new database DB=<name> (default erc8004_restore_<time>)
+	@test -n "$(DUMP)" || { echo "usage: make restore DUMP=.run/backups/<file>.dump [DB=<name>]"; exit 2; }
+	$(WITH_ENV) $(PY) -m tools.backup restore $(DUMP) $(if $(DB),--database $(DB))
 
 bench-ingest: infra ## ingest benchmark: events/s batched and single, latency, ratio to raw COPY
 	$(WITH_ENV) $(PY) -m tools.bench_ingest

@@ -55,8 +55,27 @@ CREATE FUNCTION public.cleanup_old_action_results() RETURNS void
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    DELETE FROM action_results
-    WHERE executed_at < NOW() - INTERVAL '90 days';
+    PERFORM cleanup_old_action_results(INTERVAL '90 days', NOW());
+END;
+$$;
+
+
+--
+-- Name: cleanup_old_action_results(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.cleanup_old_action_results(older_than interval, reference timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    deleted BIGINT;
+BEGIN
+    IF older_than IS NULL OR reference IS NULL THEN
+        RAISE EXCEPTION 'older_than and reference must not be NULL';
+    END IF;
+    DELETE FROM action_results WHERE executed_at < reference - older_than;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
 END;
 $$;
 
@@ -68,10 +87,26 @@ $$;
 CREATE FUNCTION public.cleanup_old_trigger_evaluations(older_than interval DEFAULT '30 days'::interval) RETURNS bigint
     LANGUAGE plpgsql
     AS $$
+BEGIN
+    RETURN cleanup_old_trigger_evaluations(older_than, NOW());
+END;
+$$;
+
+
+--
+-- Name: cleanup_old_trigger_evaluations(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.cleanup_old_trigger_evaluations(older_than interval, reference timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
 DECLARE
     deleted BIGINT;
 BEGIN
-    DELETE FROM trigger_evaluations WHERE evaluated_at < NOW() - older_than;
+    IF older_than IS NULL OR reference IS NULL THEN
+        RAISE EXCEPTION 'older_than and reference must not be NULL';
+    END IF;
+    DELETE FROM trigger_evaluations WHERE evaluated_at < reference - older_than;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     RETURN deleted;
 END;
@@ -144,9 +179,22 @@ $_$;
 
 CREATE FUNCTION public.ensure_event_partitions(months_ahead integer DEFAULT 3, months_back integer DEFAULT 1) RETURNS integer
     LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RETURN ensure_event_partitions(months_ahead, months_back, NOW());
+END;
+$$;
+
+
+--
+-- Name: ensure_event_partitions(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.ensure_event_partitions(months_ahead integer, months_back integer, reference timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
     AS $_$
 DECLARE
-    this_month TIMESTAMP := date_trunc('month', NOW() AT TIME ZONE 'UTC');
+    this_month TIMESTAMP;
     month_start TIMESTAMP;
     lower_bound TIMESTAMPTZ;
     upper_bound TIMESTAMPTZ;
@@ -156,9 +204,13 @@ BEGIN
     IF months_ahead IS NULL OR months_back IS NULL OR months_ahead < 0 OR months_back < 0 THEN
         RAISE EXCEPTION 'months_ahead and months_back must be >= 0';
     END IF;
+    IF reference IS NULL THEN
+        RAISE EXCEPTION 'reference must not be NULL';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'events'::regclass) THEN
         RETURN 0;
     END IF;
+    this_month := date_trunc('month', reference AT TIME ZONE 'UTC');
     -- One run at a time (two concurrent runs would race on CREATE TABLE).
     PERFORM pg_advisory_xact_lock(hashtext('erc8004.ensure_event_partitions'));
 
@@ -177,9 +229,6 @@ BEGIN
 
         IF EXISTS (SELECT 1 FROM events_default
                    WHERE block_time >= lower_bound AND block_time < upper_bound) THEN
-            -- CREATE ... PARTITION OF would fail on the rows of that range in the
-            -- DEFAULT partition: build the partition apart, move the rows, attach
-            -- (ATTACH adds the indexes, the foreign key and the triggers of events).
             EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                            partition_name);
             PERFORM set_config('erc8004.events_maintenance', 'on', true);
@@ -219,6 +268,159 @@ BEGIN
     RAISE EXCEPTION 'events is append-only (% refused)', TG_OP
         USING ERRCODE = 'restrict_violation',
               HINT = 'a reorganised chain is recorded in reorgs; old events are removed by dropping partitions';
+END;
+$$;
+
+
+--
+-- Name: maintenance_claim(text, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_claim(task text, min_interval interval DEFAULT '00:00:00'::interval) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    claimed BOOLEAN;
+BEGIN
+    IF task IS NULL OR min_interval IS NULL THEN
+        RAISE EXCEPTION 'task and min_interval must not be NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO maintenance_runs AS r (task, last_run_at)
+    VALUES (maintenance_claim.task, NOW())
+    ON CONFLICT ON CONSTRAINT maintenance_runs_pkey DO UPDATE
+        SET last_run_at = NOW()
+        WHERE r.last_run_at <= NOW() - min_interval
+    RETURNING true INTO claimed;
+    RETURN COALESCE(claimed, false);
+END;
+$$;
+
+
+--
+-- Name: maintenance_cleanup_action_results(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_cleanup_action_results(retention interval DEFAULT '90 days'::interval, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN cleanup_old_action_results(
+        maintenance_retention(retention, INTERVAL '1 day', 'action_results'),
+        maintenance_reference(reference));
+END;
+$$;
+
+
+--
+-- Name: maintenance_cleanup_trigger_evaluations(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_cleanup_trigger_evaluations(retention interval DEFAULT '30 days'::interval, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN cleanup_old_trigger_evaluations(
+        maintenance_retention(retention, INTERVAL '1 hour', 'trigger_evaluations'),
+        maintenance_reference(reference));
+END;
+$$;
+
+
+--
+-- Name: maintenance_drop_event_partitions(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_drop_event_partitions(retention interval DEFAULT '365 days'::interval, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN drop_event_partitions_older_than(
+        maintenance_reference(reference)
+        - maintenance_retention(retention, INTERVAL '30 days', 'events'));
+END;
+$$;
+
+
+--
+-- Name: maintenance_ensure_event_partitions(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_ensure_event_partitions(months_ahead integer DEFAULT 3, months_back integer DEFAULT 1, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    IF months_ahead > 24 OR months_back > 24 THEN
+        RAISE EXCEPTION 'months_ahead and months_back must be <= 24'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN ensure_event_partitions(months_ahead, months_back, maintenance_reference(reference));
+END;
+$$;
+
+
+--
+-- Name: maintenance_max_clock_skew(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_max_clock_skew() RETURNS interval
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT INTERVAL '5 minutes' $$;
+
+
+--
+-- Name: maintenance_reference(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_reference(reference timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF reference IS NULL THEN
+        RETURN NOW();
+    END IF;
+    IF reference > NOW() + maintenance_max_clock_skew() THEN
+        RAISE EXCEPTION 'reference time % is more than % ahead of the database clock',
+            reference, maintenance_max_clock_skew()
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN reference;
+END;
+$$;
+
+
+--
+-- Name: maintenance_refresh_stats_views(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_refresh_stats_views() RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM refresh_stats_views();
+END;
+$$;
+
+
+--
+-- Name: maintenance_retention(interval, interval, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_retention(retention interval, floor interval, what text) RETURNS interval
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF retention IS NULL OR retention < floor THEN
+        RAISE EXCEPTION '% retention % is below its floor %', what, retention, floor
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN retention;
 END;
 $$;
 
@@ -887,6 +1089,16 @@ CREATE TABLE public.events_p202703 (
 
 
 --
+-- Name: maintenance_runs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.maintenance_runs (
+    task text NOT NULL,
+    last_run_at timestamp with time zone NOT NULL
+);
+
+
+--
 -- Name: reorgs; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1227,6 +1439,14 @@ ALTER TABLE ONLY public.events_p202702
 
 ALTER TABLE ONLY public.events_p202703
     ADD CONSTRAINT events_p202703_pkey PRIMARY KEY (id, block_time, block_hash);
+
+
+--
+-- Name: maintenance_runs maintenance_runs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.maintenance_runs
+    ADD CONSTRAINT maintenance_runs_pkey PRIMARY KEY (task);
 
 
 --
@@ -2363,4 +2583,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261124190005'),
     ('20261124190006'),
     ('20261201120000'),
-    ('20261201170000');
+    ('20261201170000'),
+    ('20261201180000');

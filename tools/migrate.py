@@ -5,7 +5,9 @@
     python -m tools.migrate status
     python -m tools.migrate dump        # migrations on a scratch database, rewrite db/schema.sql
 
-Reads DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS from the environment.
+Reads DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS from the environment, and
+KAFKA_REPLICATION_FACTOR (default 1, the local single-node broker) for the
+topics it creates; min.insync.replicas comes from the cluster's default.
 dbmate takes a lock, so concurrent runs (two pods' migration jobs) are safe.
 """
 
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         run_dbmate(database_url, args.command)
     if args.command in ("up", "topics") and not args.no_topics:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-        created = asyncio.run(ensure_topics(bootstrap))
+        replication = int(os.environ.get("KAFKA_REPLICATION_FACTOR", "1"))
+        created = asyncio.run(ensure_topics(bootstrap, replication_factor=replication))
         print(  # noqa: T201
             f"[migrate] topics on {bootstrap}: "
             + (f"created {', '.join(created)}" if created else "all present"),

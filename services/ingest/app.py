@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 import structlog
@@ -23,20 +24,50 @@ from services.ingest.routes import (
 from services.ingest.settings import IngestSettings
 from shared.db import check_db, close_pool, pool_from_settings
 from shared.kafka import KafkaProbe
+from shared.maintenance import (
+    MaintenanceMetrics,
+    MaintenanceScheduler,
+    RetentionPolicy,
+    Task,
+    default_tasks,
+)
 from shared.metrics import new_registry
 from shared.ops import add_ops_routes
 
 log = structlog.get_logger(__name__)
 
 
+MAINTENANCE = web.AppKey("maintenance", MaintenanceScheduler)
+
+
+def maintenance_tasks(settings: IngestSettings) -> tuple[Task, ...]:
+    return default_tasks(
+        RetentionPolicy(
+            events_retention=timedelta(days=settings.events_retention_days),
+            action_results_retention=timedelta(days=settings.action_results_retention_days),
+            trigger_evaluations_retention=timedelta(
+                days=settings.trigger_evaluations_retention_days
+            ),
+            partitions_ahead_months=settings.event_partitions_ahead_months,
+            partitions_interval=settings.maintenance_partitions_interval,
+            cleanup_interval=settings.maintenance_cleanup_interval,
+            refresh_interval=settings.maintenance_refresh_interval,
+        )
+    )
+
+
 def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Application:
-    """The ingest app; ``relay=False`` leaves the outbox to other replicas (tests)."""
+    """The ingest app; ``relay=False`` leaves the outbox to other replicas (tests).
+    With ``MAINTENANCE_ENABLED`` it also runs the database's maintenance
+    (shared/maintenance.py): partitions, retention, stats views."""
     # A little over the body cap so that our own check answers with the JSON 413.
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[request_context])
     registry = new_registry()
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics.create(registry)
     probe = KafkaProbe(settings.kafka_bootstrap_servers)
+    tasks = maintenance_tasks(settings)
+    maintenance_metrics = MaintenanceMetrics.create(registry, service="ingest", tasks=tasks)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await pool_from_settings(settings)
@@ -56,8 +87,23 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
                 poll_interval=settings.relay_poll_interval,
             )
             task = asyncio.create_task(worker.run(), name="relay")
-        log.info("ingest started", port=settings.http_port, relay=relay)
+        app[MAINTENANCE] = MaintenanceScheduler(
+            pool=app[POOL],
+            tasks=tasks,
+            metrics=maintenance_metrics,
+            initial_delay=settings.maintenance_initial_delay,
+        )
+        maintenance: asyncio.Task[None] | None = None
+        if settings.maintenance_enabled:
+            maintenance = asyncio.create_task(app[MAINTENANCE].run(), name="maintenance")
+        log.info(
+            "ingest started",
+            port=settings.http_port,
+            relay=relay,
+            maintenance=settings.maintenance_enabled,
+        )
         yield
+        app[MAINTENANCE].stop()  # a task in flight finishes while the relay stops
         if task is not None and worker is not None:
             worker.stop()
             try:
@@ -66,6 +112,13 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if maintenance is not None:
+            try:  # rolled back if it takes too long; the next start runs it again
+                await asyncio.wait_for(asyncio.shield(maintenance), 2.0)
+            except TimeoutError:
+                maintenance.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await maintenance
         await close_pool(app[POOL])
         await probe.close()
 

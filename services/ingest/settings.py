@@ -31,6 +31,39 @@ class IngestSettings(ServiceSettings):
         default=1.0, gt=0, le=60, validation_alias="RELAY_POLL_INTERVAL"
     )
 
+    # Maintenance (shared/maintenance.py), run by every ingest replica, one at a time.
+    maintenance_enabled: bool = Field(default=True, validation_alias="MAINTENANCE_ENABLED")
+    #: Days of events kept (monthly partitions entirely older are dropped; floor 30).
+    events_retention_days: int = Field(
+        default=365, ge=30, le=36_500, validation_alias="EVENTS_RETENTION_DAYS"
+    )
+    #: Days of action_results kept (the schema document's 90).
+    action_results_retention_days: int = Field(
+        default=90, ge=1, le=36_500, validation_alias="ACTION_RESULTS_RETENTION_DAYS"
+    )
+    #: Days of the matcher's per-(trigger, event) idempotency records kept.
+    trigger_evaluations_retention_days: int = Field(
+        default=30, ge=1, le=3650, validation_alias="TRIGGER_EVALUATIONS_RETENTION_DAYS"
+    )
+    #: Monthly event partitions created ahead of the current month.
+    event_partitions_ahead_months: int = Field(
+        default=3, ge=1, le=24, validation_alias="EVENT_PARTITIONS_AHEAD_MONTHS"
+    )
+    #: Seconds between runs: partitions (create ahead, drop expired), row cleanups,
+    #: refresh of the stats views; and before the first run after start.
+    maintenance_partitions_interval: float = Field(
+        default=3600.0, ge=1, le=86_400, validation_alias="MAINTENANCE_PARTITIONS_INTERVAL"
+    )
+    maintenance_cleanup_interval: float = Field(
+        default=3600.0, ge=1, le=86_400, validation_alias="MAINTENANCE_CLEANUP_INTERVAL"
+    )
+    maintenance_refresh_interval: float = Field(
+        default=300.0, ge=1, le=86_400, validation_alias="MAINTENANCE_REFRESH_INTERVAL"
+    )
+    maintenance_initial_delay: float = Field(
+        default=10.0, ge=0, le=3600, validation_alias="MAINTENANCE_INITIAL_DELAY"
+    )
+
     @field_validator("ingest_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

@@ -1,0 +1,195 @@
+"""The alert rules and the Grafana dashboard: promtool checks and unit-tests the
+rules, parses every dashboard expression, and every metric they use is one the
+services (or postgres_exporter) expose, with the labels the queries use.
+Against running services: tests/connected/test_metrics_scrape.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from services.ingest.metrics import IngestMetrics
+from services.matcher.metrics import MatcherMetrics
+from shared.maintenance import MaintenanceMetrics, RetentionPolicy, default_tasks
+from tests.deploy.promql import (
+    DASHBOARD,
+    RULES,
+    all_queries,
+    dashboard_queries,
+    family,
+    service_of,
+)
+from tests.deploy.tools import run
+
+pytestmark = pytest.mark.unit
+
+#: postgres_exporter families the dashboard uses (its built-in collectors
+#: stat_activity, stat_user_tables, stat_statements with include_query).
+POSTGRES_EXPORTER = {
+    "pg_stat_activity_count": {"datname", "state"},
+    "pg_stat_user_tables_table_size_bytes": {"datname", "schemaname", "relname"},
+    "pg_stat_user_tables_index_size_bytes": {"datname", "schemaname", "relname"},
+    "pg_stat_statements_calls_total": {"user", "datname", "queryid"},
+    "pg_stat_statements_seconds_total": {"user", "datname", "queryid"},
+    "pg_stat_statements_query_id": {"queryid", "query"},
+}
+SERVICES = {"ingest", "matcher", "dispatcher", "api"}
+
+
+def test_rules_pass_promtool_check() -> None:
+    result = run("promtool", "check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_rules_fire_on_their_conditions_only() -> None:
+    """deploy/prometheus/erc8004-rules.test.yaml: promtool's rule unit tests."""
+    result = run("promtool", "test", "rules", str(RULES.with_suffix(".test.yaml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_is_unit_tested() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    tests = yaml.safe_load(RULES.with_suffix(".test.yaml").read_text())
+    tested = {
+        case["alertname"]
+        for test in tests["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    # Not unit-tested on purpose: up == 0 and the API's 5xx ratio are
+    # one-line comparisons of a single series.
+    untested = {
+        "Erc8004ServiceDown",
+        "Erc8004ApiErrors",
+        "Erc8004RelayLagCritical",
+        "Erc8004DispatcherConsumerLag",
+        "Erc8004StatsViewsStale",
+    }
+    assert alerts - tested <= untested
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"]
+        assert rule["annotations"]["description"]
+
+
+def test_dashboard_expressions_parse(tmp_path: Path) -> None:
+    """Each dashboard expression, Grafana's variables filled in, as a recording
+    rule: promtool parses them all."""
+    substitutions = {
+        "$__rate_interval": "5m",
+        "$__range": "1h",
+        "$chain_id": ".*",
+        "$database": "erc8004_backend",
+    }
+    rules = []
+    for i, query in enumerate(dashboard_queries()):
+        expr = query.expr
+        for var, value in substitutions.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, (query.where, expr)
+        rules.append({"record": f"dashboard:expr_{i}", "expr": expr})
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run("promtool", "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_is_well_formed() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert {"datasource", "chain_id", "database"} <= variables
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = []
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        titles.append(panel["title"])
+        assert panel["datasource"]["uid"] == "${datasource}"
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs, panel["title"]
+        assert len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\$([a-z_]+)", target["expr"])) - {"__rate_interval"}
+            assert used <= variables, (panel["title"], used)
+    # What the issue asks the dashboard to show.
+    text = DASHBOARD.read_text()
+    for metric in (
+        "erc8004_ingest_events_received_total",
+        "erc8004_ingest_events_rejected_total",
+        "erc8004_ingest_outbox_depth",
+        "erc8004_ingest_relay_lag_seconds",
+        "erc8004_matcher_events_evaluated_total",
+        "erc8004_matcher_consumer_lag_messages",
+        "erc8004_matcher_triggers_fired_total",
+        "erc8004_dispatcher_actions_total",
+        "erc8004_dispatcher_action_duration_seconds_bucket",
+        "erc8004_dispatcher_retries_total",
+        "erc8004_dispatcher_dlq_total",
+        "process_resident_memory_bytes",
+        "pg_stat_activity_count",
+        "pg_stat_user_tables_table_size_bytes",
+        "pg_stat_statements_seconds_total",
+    ):
+        assert metric in text, metric
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}, sum by (le, action_type)" in text
+
+
+def test_queries_use_known_metric_names() -> None:
+    for query in all_queries():
+        assert query.metrics, query.where
+        for metric in query.metrics:
+            if metric.startswith("erc8004_"):
+                assert service_of(metric) in SERVICES, (query.where, metric)
+            elif metric.startswith("pg_"):
+                assert metric in POSTGRES_EXPORTER, (query.where, metric)
+                assert query.labels <= set().union(*POSTGRES_EXPORTER.values()), query.where
+            else:
+                assert metric.startswith(("process_", "python_")) or metric == "up", metric
+
+
+def label_names(registry: CollectorRegistry) -> dict[str, set[str]]:
+    """Exposed family name -> label names, from the metric objects themselves (a
+    labelled metric without children shows no samples to read them from)."""
+    families: dict[str, set[str]] = {}
+    for collector in set(registry._names_to_collectors.values()):
+        name, kind = getattr(collector, "_name"), getattr(collector, "_type")  # noqa: B009
+        exposed = f"{name}_total" if kind == "counter" else name
+        families[exposed] = set(getattr(collector, "_labelnames"))  # noqa: B009
+    return families
+
+
+@pytest.mark.parametrize("service", ["ingest", "matcher"])
+def test_queries_match_the_metrics_services_define(service: str) -> None:
+    """Names and labels, from the metric definitions of the services that exist
+    (dispatcher and API: tests/connected/test_metrics_scrape.py)."""
+    registry = CollectorRegistry()
+    if service == "ingest":
+        IngestMetrics.create(registry)
+        MaintenanceMetrics.create(
+            registry, service="ingest", tasks=default_tasks(RetentionPolicy())
+        )
+    else:
+        MatcherMetrics.create(registry)
+    families = label_names(registry)
+    used = [q for q in all_queries() if any(service_of(m) == service for m in q.metrics)]
+    assert used
+    for query in used:
+        for metric in query.metrics:
+            if service_of(metric) != service:
+                continue
+            name = family(metric, set(families))
+            assert name is not None, (query.where, metric)
+            assert query.labels <= families[name], (query.where, metric, query.labels)

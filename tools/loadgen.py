@@ -58,7 +58,7 @@ class Stats:
 @dataclass
 class Settings:
     base: str = "http://127.0.0.1:8081"
-    token: str = "dev-indexer-token"
+    token: str = "dev-indexer-token"  # noqa: S105 (deploy/local/dev.env, development only)
     chains: tuple[int, ...] = (8453, 1, 10, 42161)
     events: int = 10_000
     #: events/s over all chains (0: as fast as ingest answers)

@@ -15,7 +15,7 @@ PROMTOOL_VERSION := v0.316.0
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps tools lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher backup restore
+.PHONY: help deps tools lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -103,3 +103,9 @@ bench-matcher: infra ## matcher benchmark: events/s and per-event cost at 100 / 
 
 bench-dispatcher: infra ## dispatcher benchmark: REST actions/s, produced-to-received delay p50/p99
 	$(WITH_ENV) $(PY) -m tools.bench_dispatcher
+
+bench: infra ## whole pipeline: sustained events/s, actions/s, ack-to-webhook latency, raw baselines, plots
+	$(WITH_ENV) $(PY) -m tools.bench_e2e $(BENCH_ARGS)
+
+chaos: infra ## kill -9 and restart every component under load, then check nothing was lost
+	$(WITH_ENV) $(PY) -m tools.chaos $(CHAOS_ARGS)

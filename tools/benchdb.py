@@ -52,6 +52,17 @@ async def scratch_database(admin_url: str, prefix: str = "bench") -> AsyncIterat
         await drop_database(admin_url, name)
 
 
+async def _leaders_elected(admin: AIOKafkaAdminClient, name: str, partitions: int) -> None:
+    """Wait (up to 10 s) until every partition of a new topic has a leader, so the
+    first produce does not meet NotLeaderForPartition and skew a measurement."""
+    for _ in range(100):
+        (topic,) = await admin.describe_topics([name])
+        parts = topic.get("partitions") or []
+        if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
+            return
+        await asyncio.sleep(0.1)
+
+
 @contextlib.asynccontextmanager
 async def scratch_topic(
     bootstrap: str, partitions: int = 12, *, prefix: str = "bench"
@@ -62,6 +73,7 @@ async def scratch_topic(
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        await _leaders_elected(admin, name, partitions)
         yield name
         await admin.delete_topics([name])
     finally:

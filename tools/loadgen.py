@@ -69,6 +69,8 @@ class Settings:
     reorg_every: int = 0
     reorg_depth: int = 3
     seed: int = 1
+    #: first block of every chain (runs that must not overlap start apart)
+    start_block: int = 1_000_000
     #: per request; a slower answer is retried
     timeout: float = 30.0
     #: give up on one request after this long failing
@@ -116,7 +118,9 @@ class LoadGenerator:
 
     async def _indexer(self, chain: int, n: int, index: int) -> None:
         rng = random.Random(self.s.seed * 1000 + index)
-        events: Iterator[dict[str, Any]] = stream(rng, chain_id=chain)
+        events: Iterator[dict[str, Any]] = stream(
+            rng, chain_id=chain, start_block=self.s.start_block
+        )
         rate = self.s.rate / len(self.s.chains) if self.s.rate > 0 else 0.0
         started = time.perf_counter()
         sent = 0
@@ -237,6 +241,7 @@ def main() -> None:
     parser.add_argument("--reorg-every", type=int, default=0)
     parser.add_argument("--reorg-depth", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--start-block", type=int, default=1_000_000)
     args = parser.parse_args()
     settings = Settings(
         base=args.url.rstrip("/"),
@@ -250,6 +255,7 @@ def main() -> None:
         reorg_every=args.reorg_every,
         reorg_depth=args.reorg_depth,
         seed=args.seed,
+        start_block=args.start_block,
     )
     gen = LoadGenerator(settings)
     started = time.perf_counter()

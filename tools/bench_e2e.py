@@ -1,0 +1,338 @@
+"""End-to-end benchmark of the whole pipeline: indexers -> ingest -> Kafka ->
+matcher -> Kafka -> dispatcher -> webhook receiver.
+
+    python -m tools.bench_e2e [--events 60000] [--triggers 10000] [--latency-seconds 30]
+
+On a scratch database and scratch topics, with ingest, matcher and dispatcher as
+real processes, 10,000 triggers of mixed condition types of which the ones on
+"hot" agents fire (the load steers 1 % of the events to them, one job each, REST
+to a local receiver that records arrival times):
+
+1. Sustained throughput: ``--events`` posted as fast as ingest takes them by four
+   indexers (one per chain, 500-event batches); events/s from the first post to
+   the last event evaluated by the matcher; actions/s from the first to the last
+   owed webhook received.
+2. Latency at a fixed 1,000 events/s for ``--latency-seconds``: for each owed
+   job, webhook received minus the ingest acknowledgement of its event.
+3. Raw baselines in the same run: asyncpg COPY of the same rows into the events
+   table of a fresh database, aiokafka produce and consume of the same messages.
+
+Prints the figures, writes bench-results/e2e-<time>.json and two PNG plots
+(latency distribution; throughput over time). Targets (reported, not asserted):
+throughput >= 10 % of the raw COPY rate, p99 <= 250 ms at 1,000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+import itertools
+
+import matplotlib.pyplot as plt
+
+from shared.events import event_row, parse_events
+from tools.bench_ingest import pct, raw_copy
+from tools.bench_matcher import produce, raw_consume
+from tools.benchdb import scratch_topic
+from tools.loadgen import LoadGenerator, Settings
+from tools.pipeline import (
+    ROOT,
+    Pipeline,
+    Population,
+    Receiver,
+    install_triggers,
+    scratch_pipeline,
+    write_json,
+)
+
+CHAINS = (8453, 1, 10, 42161)
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)  # noqa: T201
+
+
+@dataclass
+class Sampler:
+    """Counters sampled every half second: (t, accepted, evaluated, delivered)."""
+
+    pipeline: Pipeline
+    receiver: Receiver
+    samples: list[tuple[float, float, float, float]] = field(default_factory=list)
+    t0: float = field(default_factory=time.time)
+
+    async def run(self) -> None:
+        ingest = self.pipeline.services["ingest"]
+        matcher = self.pipeline.services["matcher"]
+        while True:
+            accepted, evaluated = await asyncio.gather(
+                ingest.metric("erc8004_ingest_events_accepted_total"),
+                matcher.metric("erc8004_matcher_events_evaluated_total"),
+            )
+            self.samples.append(
+                (time.time() - self.t0, accepted, evaluated, float(len(self.receiver.deliveries)))
+            )
+            self.pipeline.sample()
+            await asyncio.sleep(0.5)
+
+
+@dataclass
+class Phase:
+    acked: dict[str, float] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    owed: dict[str, str] = field(default_factory=dict)  # job id -> event id
+
+
+def make_generator(settings: Settings, population: Population, phase: Phase) -> LoadGenerator:
+    def on_ack(event: dict[str, Any], at: float) -> None:
+        eid = f"{event['chain_id']}-{event['block_number']}-{event['log_index']}"
+        phase.acked[eid] = at
+        phase.events.append(event)
+        job = population.owed_job(event)
+        if job is not None:
+            phase.owed[job] = eid
+
+    return LoadGenerator(settings, on_ack=on_ack, shape=population.shape)
+
+
+async def wait_until(check: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one run, told in order)
+    admin_url = os.environ["DATABASE_URL"]
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    out = ROOT / "bench-results"
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    receiver = Receiver()
+    await receiver.start()
+    population = Population(CHAINS, hot_agents=args.hot_agents, hot_fraction=args.hot_fraction)
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}; load, services, "
+        "PostgreSQL and Kafka share them",
+    }
+    try:
+        async with scratch_pipeline(admin_url, bootstrap, out / f"e2e-{stamp}-logs") as pipeline:
+            say(f"installing {args.triggers} triggers")
+            await install_triggers(pipeline.url, population, total=args.triggers, hook=receiver.url)
+            await pipeline.start()
+            say("pipeline ready")
+            sampler = Sampler(pipeline, receiver)
+            sampling = asyncio.create_task(sampler.run())
+            matcher = pipeline.services["matcher"]
+
+            # 1. sustained throughput
+            sustained = Phase()
+            gen = make_generator(
+                Settings(
+                    base=pipeline.ingest.base,
+                    chains=CHAINS,
+                    events=args.events,
+                    rate=0,
+                    batch=500,
+                    single=0,
+                    duplicates=0,
+                    seed=1,
+                ),
+                population,
+                sustained,
+            )
+            say(f"sustained: {args.events} events as fast as ingest takes them")
+            t_start = time.time()
+            await gen.run(progress=True)
+            t_posted = time.time()
+
+            async def evaluated_all() -> bool:
+                return await matcher.metric("erc8004_matcher_events_evaluated_total") >= len(
+                    sustained.acked
+                )
+
+            await wait_until(evaluated_all, 600, "the matcher to evaluate every event")
+            t_evaluated = time.time()
+
+            async def delivered_all() -> bool:
+                got = {d.job_id for d in receiver.deliveries}
+                return all(j in got for j in sustained.owed)
+
+            await wait_until(delivered_all, 300, "every owed action to be delivered")
+            first_at: dict[str, float] = {}
+            for d in receiver.deliveries:
+                first_at.setdefault(d.job_id, d.at)
+            times = sorted(first_at[j] for j in sustained.owed)
+            sustained_eps = len(sustained.acked) / (t_evaluated - t_start)
+            say(f"sustained: {sustained_eps:.0f} events/s through the pipeline")
+            t_phase2 = time.time() - sampler.t0
+
+            # 2. latency at a fixed rate
+            latency = Phase()
+            gen2 = make_generator(
+                Settings(
+                    base=pipeline.ingest.base,
+                    chains=CHAINS,
+                    events=int(1000 * args.latency_seconds),
+                    rate=1000,
+                    batch=20,
+                    single=0.05,
+                    duplicates=0.01,
+                    seed=2,
+                    start_block=50_000_000,
+                ),
+                population,
+                latency,
+            )
+            say(f"latency: 1,000 events/s for {args.latency_seconds:g} s")
+            await gen2.run(progress=True)
+
+            async def delivered_latency() -> bool:
+                got = {d.job_id for d in receiver.deliveries}
+                return all(j in got for j in latency.owed)
+
+            await wait_until(delivered_latency, 120, "the latency phase's actions")
+            first_at = {}
+            for d in receiver.deliveries:
+                first_at.setdefault(d.job_id, d.at)
+            delays = [
+                (first_at[job] - latency.acked[eid]) * 1000 for job, eid in latency.owed.items()
+            ]
+            sampling.cancel()
+            pipeline.sample()
+            peaks = {n: round(s.peak_rss_mib, 1) for n, s in pipeline.services.items()}
+            duplicates = len(receiver.deliveries) - len({d.job_id for d in receiver.deliveries})
+
+        # 3. raw baselines of the same rows and messages
+        say("raw baselines: asyncpg COPY, aiokafka produce and consume")
+        events, errors = parse_events(list[object](sustained.events))
+        assert not errors
+        rows = [event_row(e) for e in events]
+        copy_seconds = await raw_copy(admin_url, rows, 500)
+        async with scratch_topic(bootstrap, 12) as topic:
+            produce_rate = await produce(bootstrap, topic, events)
+            consume_rate = await raw_consume(bootstrap, topic, len(events))
+    finally:
+        await receiver.stop()
+
+    raw_copy_rate = len(rows) / copy_seconds
+    result.update(
+        {
+            "triggers": args.triggers,
+            "hot_triggers": len(population.hot),
+            "sustained": {
+                "events": len(sustained.acked),
+                "events_per_s": round(sustained_eps),
+                "ingest_accept_seconds": round(t_posted - t_start, 2),
+                "evaluated_after_post_seconds": round(t_evaluated - t_posted, 2),
+                "owed_actions": len(sustained.owed),
+                "actions_per_s": round((len(times) - 1) / (times[-1] - times[0]), 1)
+                if len(times) > 1
+                else None,
+                "fired_fraction": round(len(sustained.owed) / len(sustained.acked), 4),
+            },
+            "latency_at_1000_per_s": {
+                "events": len(latency.acked),
+                "owed_actions": len(latency.owed),
+                "p50_ms": round(pct(delays, 0.50), 1),
+                "p95_ms": round(pct(delays, 0.95), 1),
+                "p99_ms": round(pct(delays, 0.99), 1),
+                "max_ms": round(max(delays), 1),
+            },
+            "raw": {
+                "copy_events_per_s": round(raw_copy_rate),
+                "kafka_produce_per_s": round(produce_rate),
+                "kafka_consume_per_s": round(consume_rate),
+            },
+            "ratios": {
+                "pipeline_to_raw_copy": round(sustained_eps / raw_copy_rate, 3),
+                "pipeline_to_raw_produce": round(sustained_eps / produce_rate, 3),
+                "pipeline_to_raw_consume": round(sustained_eps / consume_rate, 4),
+            },
+            "peak_rss_mib": peaks,
+            "duplicate_deliveries": duplicates,
+            "targets": {"ratio_to_raw_copy_min": 0.10, "p99_ms_max": 250},
+        }
+    )
+    plots = draw(out, stamp, delays, sampler.samples, t_phase2)
+    result["plots"] = [str(p.relative_to(ROOT)) for p in plots]
+    path = out / f"e2e-{stamp}.json"
+    write_json(path, result)
+    result["written_to"] = str(path.relative_to(ROOT))
+    return result
+
+
+def draw(
+    out: Path,
+    stamp: str,
+    delays: list[float],
+    samples: list[tuple[float, float, float, float]],
+    t_phase2: float,
+) -> list[Path]:
+    latency_png = out / f"e2e-{stamp}-latency.png"
+    fig, (hist, cdf) = plt.subplots(1, 2, figsize=(11, 4))
+    hist.hist(delays, bins=50, color="#3b7dd8")
+    hist.set_xlabel("ingest ack -> webhook received (ms)")
+    hist.set_ylabel("actions")
+    hist.set_title("Latency at 1,000 events/s")
+    ordered = sorted(delays)
+    cdf.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], color="#3b7dd8")
+    for q, style in ((0.5, ":"), (0.95, "--"), (0.99, "-.")):
+        cdf.axvline(pct(delays, q), linestyle=style, color="grey", label=f"p{int(q * 100)}")
+    cdf.set_xlabel("ms")
+    cdf.set_ylabel("fraction of actions")
+    cdf.legend()
+    cdf.set_title("Cumulative")
+    fig.tight_layout()
+    fig.savefig(latency_png, dpi=100)
+    plt.close(fig)
+
+    throughput_png = out / f"e2e-{stamp}-throughput.png"
+    fig, (events_ax, actions_ax) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    ts = [s[0] for s in samples[1:]]
+
+    def rate(i: int) -> list[float]:
+        return [(b[i] - a[i]) / max(1e-9, b[0] - a[0]) for a, b in itertools.pairwise(samples)]
+
+    events_ax.plot(ts, rate(1), label="accepted by ingest")
+    events_ax.plot(ts, rate(2), label="evaluated by the matcher")
+    events_ax.set_ylabel("events/s")
+    events_ax.axvline(t_phase2, color="grey", linestyle=":", label="fixed 1,000/s from here")
+    events_ax.legend()
+    actions_ax.plot(ts, rate(3), color="#d8703b", label="webhooks received")
+    actions_ax.set_ylabel("actions/s")
+    actions_ax.set_xlabel("seconds")
+    actions_ax.legend()
+    fig.tight_layout()
+    fig.savefig(throughput_png, dpi=100)
+    plt.close(fig)
+    return [latency_png, throughput_png]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--triggers", type=int, default=10_000)
+    parser.add_argument("--hot-agents", type=int, default=30)
+    parser.add_argument("--hot-fraction", type=float, default=0.01)
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    print(json.dumps(result, indent=2))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

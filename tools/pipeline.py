@@ -1,0 +1,405 @@
+"""The whole pipeline on its own scratch database and topics, for the end-to-end
+benchmark and the chaos run: ingest, matcher and dispatcher as real processes on
+free ports; a local webhook receiver; triggers of which a known share fires.
+
+Trigger population (``install_triggers``): per chain, one *hot* trigger per hot
+agent (ids from HOT_AGENT_BASE), each firing on every NewFeedback of its agent
+(a third stateless, a third rate_limit count >= 1, a third EMA with fire_on every,
+so both stateful kinds are exercised), plus *cold* triggers on ordinary agents
+whose conditions never hold (score below -95, tags that never occur, EMA below
+-95, rate above 10^6). The load steers ``hot_fraction`` of the events to hot
+agents (:meth:`Population.shape`), so exactly those events fire, one job each:
+the owed firings are known from the acknowledged events alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+from aiohttp import web
+
+from shared.db import register_codecs
+from shared.jobs import job_id
+from tools.benchdb import scratch_database, scratch_topic
+
+ROOT = Path(__file__).resolve().parent.parent
+HOT_AGENT_BASE = 10_000_000
+HOT_KINDS = ("stateless", "rate", "ema")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def vm_hwm_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Service:
+    """One service process; ``peak_rss_mib`` is the highest VmHWM over its lives."""
+
+    name: str
+    env: dict[str, str]
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    peak_rss_mib: float = 0.0
+    starts: int = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {**self.env, "HTTP_PORT": str(self.port)}
+        log = (self.log_dir / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.starts += 1
+
+    def sample(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.peak_rss_mib = max(self.peak_rss_mib, vm_hwm_mib(self.proc.pid))
+
+    def kill(self) -> None:
+        """SIGKILL by the process's own pid."""
+        assert self.proc is not None
+        self.sample()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.sample()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    async def wait_ready(self, path: str = "/readyz", within: float = 90) -> None:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    tail = (self.log_dir / f"{self.name}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+                try:
+                    async with session.get(self.base + path) as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready within {within:g}s")
+
+    async def metric(self, name: str) -> float:
+        """Sum of every sample of ``name`` (all label sets); 0 when absent or down."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
+                session.get(self.base + "/metrics") as resp,
+            ):
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@dataclass
+class Delivery:
+    at: float
+    idempotency_key: str
+    job_id: str
+    event_id: str
+
+
+class Receiver:
+    """The webhook receiver: records every request (arrival time, Idempotency-Key,
+    the job and event it carries) and answers 200 at once."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        now = time.time()
+        try:
+            doc = orjson.loads(body)
+            job, event = doc.get("job_id", ""), doc.get("event", {}).get("id", "")
+        except (orjson.JSONDecodeError, AttributeError):
+            job, event = "", ""
+        self.deliveries.append(
+            Delivery(now, request.headers.get("Idempotency-Key", ""), str(job), str(event))
+        )
+        return web.Response(status=200)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@dataclass
+class Hot:
+    trigger_id: str
+    action_id: int
+    kind: str
+
+
+@dataclass
+class Population:
+    """Which triggers fire on what: (chain, hot agent) -> its trigger."""
+
+    chains: tuple[int, ...]
+    hot_agents: int
+    hot_fraction: float
+    hot: dict[tuple[int, int], Hot] = field(default_factory=dict)
+    cold: int = 0
+
+    def shape(self, event: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        """Steer a share of NewFeedback to hot agents (NewFeedback is 55 % of the mix)."""
+        if event["event_type"] == "NewFeedback" and rng.random() < self.hot_fraction / 0.55:
+            event["agent_id"] = HOT_AGENT_BASE + rng.randrange(self.hot_agents)
+        return event
+
+    def owed_job(self, event: dict[str, Any]) -> str | None:
+        """The job id an acknowledged event is owed, if it fires."""
+        if event["event_type"] != "NewFeedback":
+            return None
+        hot = self.hot.get((event["chain_id"], event["agent_id"]))
+        if hot is None:
+            return None
+        eid = f"{event['chain_id']}-{event['block_number']}-{event['log_index']}"
+        return job_id(hot.trigger_id, eid, hot.action_id)
+
+
+Cond = tuple[str, str, str, str, dict[str, Any]]
+
+
+def _cold_conditions(rng: random.Random) -> list[Cond]:
+    agent = str(rng.randrange(1, 5000))
+    kind = rng.random()
+    if kind < 0.5:
+        return [
+            ("agent_id_equals", "agent_id", "=", agent, {}),
+            ("score_threshold", "score", "<", "-95", {}),
+        ]
+    if kind < 0.65:
+        return [
+            ("agent_id_equals", "agent_id", "=", agent, {}),
+            ("tag_equals", "tag1", "=", "neverUsedTag", {}),
+        ]
+    if kind < 0.8:
+        return [
+            ("agent_id_equals", "agent_id", "=", agent, {}),
+            ("ema_threshold", "score", "<", "-95", {"window_size": 10, "scope": "agent"}),
+        ]
+    return [
+        ("agent_id_equals", "agent_id", "=", agent, {}),
+        ("event_type_equals", "event_type", "=", "NewFeedback", {}),
+        ("rate_limit", "count", ">=", "1000000", {"time_window": "1h", "scope": "agent"}),
+    ]
+
+
+def _hot_conditions(agent: int, kind: str) -> list[Cond]:
+    base: list[Cond] = [
+        ("agent_id_equals", "agent_id", "=", str(agent), {}),
+        ("event_type_equals", "event_type", "=", "NewFeedback", {}),
+    ]
+    if kind == "rate":
+        return [*base, ("rate_limit", "count", ">=", "1", {"time_window": "1h"})]
+    if kind == "ema":
+        return [
+            *base,
+            ("ema_threshold", "score", ">", "-1000000", {"window_size": 5, "fire_on": "every"}),
+        ]
+    return base
+
+
+async def install_triggers(
+    url: str, population: Population, *, total: int, hook: str, seed: int = 7
+) -> None:
+    """``total`` triggers (hot ones included), written with COPY in one transaction."""
+    rng = random.Random(seed)
+    user = str(uuid.uuid4())
+    past = datetime.now(UTC) - timedelta(days=1)
+    triggers: list[tuple[object, ...]] = []
+    conditions: list[tuple[object, ...]] = []
+    action_config = {"url": hook, "timeout_ms": 5000, "max_attempts": 10}
+    hot_ids: list[tuple[int, int, str, str]] = []
+    for chain in population.chains:
+        for i in range(population.hot_agents):
+            agent = HOT_AGENT_BASE + i
+            kind = HOT_KINDS[i % len(HOT_KINDS)]
+            tid = str(uuid.uuid4())
+            triggers.append((tid, user, f"hot {kind} {chain}:{agent}", chain, "reputation", past))
+            conditions.extend((tid, *c) for c in _hot_conditions(agent, kind))
+            hot_ids.append((chain, agent, tid, kind))
+    n_cold = max(0, total - len(triggers))
+    for i in range(n_cold):
+        tid = str(uuid.uuid4())
+        chain = population.chains[i % len(population.chains)]
+        triggers.append((tid, user, f"cold {i}", chain, "reputation", past))
+        conditions.extend((tid, *c) for c in _cold_conditions(rng))
+    population.cold = n_cold
+    conn = await asyncpg.connect(url)
+    await register_codecs(conn)
+    try:
+        await conn.execute(
+            "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, 'x')",
+            user,
+            f"load{user[:8]}",
+            f"{user[:8]}@example.org",
+        )
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "triggers",
+                records=triggers,
+                columns=["id", "user_id", "name", "chain_id", "registry", "enabled_at"],
+            )
+            await conn.copy_records_to_table(
+                "trigger_conditions",
+                records=conditions,
+                columns=["trigger_id", "condition_type", "field", "operator", "value", "config"],
+            )
+            await conn.copy_records_to_table(
+                "trigger_actions",
+                records=[(t[0], "rest", action_config) for t in triggers],
+                columns=["trigger_id", "action_type", "config"],
+            )
+        rows = await conn.fetch("SELECT id, trigger_id FROM trigger_actions")
+    finally:
+        await conn.close()
+    actions = {r["trigger_id"]: r["id"] for r in rows}
+    for chain, agent, tid, kind in hot_ids:
+        population.hot[(chain, agent)] = Hot(tid, actions[tid], kind)
+
+
+@dataclass
+class Pipeline:
+    url: str
+    bootstrap: str
+    events_topic: str
+    actions_topic: str
+    retry_topic: str
+    dlq_topic: str
+    log_dir: Path
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def service_env(self, log_level: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DATABASE_URL": self.url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "EVENTS_TOPIC": self.events_topic,
+            "ACTIONS_TOPIC": self.actions_topic,
+            "ACTIONS_RETRY_TOPIC": self.retry_topic,
+            "ACTIONS_DLQ_TOPIC": self.dlq_topic,
+            "MATCHER_GROUP": f"matcher-{uuid.uuid4().hex[:8]}",
+            "DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
+            "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "MAINTENANCE_ENABLED": "false",
+            "LOG_LEVEL": log_level,
+        }
+
+    async def start(self, *, log_level: str = "WARNING") -> None:
+        env = self.service_env(log_level)
+        for name in ("ingest", "matcher", "dispatcher"):
+            self.services[name] = Service(name, env, self.log_dir)
+            self.services[name].start()
+        await asyncio.gather(*(s.wait_ready() for s in self.services.values()))
+
+    def sample(self) -> None:
+        for service in self.services.values():
+            service.sample()
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+
+    @property
+    def ingest(self) -> Service:
+        return self.services["ingest"]
+
+
+@asynccontextmanager
+async def scratch_pipeline(
+    admin_url: str, bootstrap: str, log_dir: Path, *, partitions: int = 12
+) -> AsyncIterator[Pipeline]:
+    """A migrated scratch database and four scratch topics, dropped afterwards."""
+    await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(scratch_database(admin_url, "e2e"))
+        topics = [
+            await stack.enter_async_context(scratch_topic(bootstrap, n, prefix=prefix))
+            for prefix, n in (
+                ("e2e.events", partitions),
+                ("e2e.actions", partitions),
+                ("e2e.retry", partitions),
+                ("e2e.dlq", 3),
+            )
+        ]
+        events, actions, retry, dlq = topics
+        pipeline = Pipeline(url, bootstrap, events, actions, retry, dlq, log_dir=log_dir)
+        try:
+            yield pipeline
+        finally:
+            pipeline.stop()
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

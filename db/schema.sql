@@ -548,6 +548,7 @@ CREATE TABLE public.action_results (
     response_data jsonb,
     retry_count integer DEFAULT 0,
     attempt integer DEFAULT 1 NOT NULL,
+    run_id text,
     CONSTRAINT action_results_action_type_check CHECK ((action_type = ANY (ARRAY['telegram'::text, 'rest'::text, 'mcp'::text]))),
     CONSTRAINT action_results_attempt_check CHECK ((attempt >= 1)),
     CONSTRAINT action_results_status_check CHECK ((status = ANY (ARRAY['success'::text, 'failed'::text, 'retrying'::text, 'dead'::text])))
@@ -1527,6 +1528,13 @@ ALTER TABLE ONLY public.users
 
 ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_username_key UNIQUE (username);
+
+
+--
+-- Name: action_results_attempt_once; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX action_results_attempt_once ON public.action_results USING btree (job_id, COALESCE(run_id, ''::text), attempt);
 
 
 --
@@ -2584,4 +2592,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261124190006'),
     ('20261201120000'),
     ('20261201170000'),
-    ('20261201180000');
+    ('20261201180000'),
+    ('20261201190000');

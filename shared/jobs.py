@@ -146,6 +146,9 @@ class ActionJob(BaseModel):
     attempt: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1
     due_at: AwareDatetime | None = None
     created_at: AwareDatetime
+    #: Which run of the job this is: None for the matcher's firing, a fresh id for each
+    #: redrive through the API. Attempts are recorded (and deduplicated) per run.
+    run_id: Annotated[str, Strict(), Field(min_length=1, max_length=64)] | None = None
 
     def dump(self) -> bytes:
         """Compact JSON."""
@@ -165,6 +168,24 @@ class ActionJob(BaseModel):
     def retry(self, *, due_at: datetime) -> ActionJob:
         """The same job as its next attempt, due at due_at."""
         return self.model_copy(update={"attempt": self.attempt + 1, "due_at": due_at})
+
+
+class UnreadableLetter(BaseModel):
+    """A message of erc8004.actions(.retry) that is not a job (a newer producer, a bug):
+    kept on erc8004.actions.dlq instead of being dropped (``raw`` base64 in JSON)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    kind: Literal["unreadable"] = "unreadable"
+    topic: str
+    raw: bytes
+    error: Annotated[str, Field(max_length=2000)]
+    failed_at: AwareDatetime
+
+    def dump(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self)
 
 
 class DeadLetter(BaseModel):

@@ -606,6 +606,34 @@ class TelegramConfig(BaseModel):
         return v
 
 
+#: Headers a REST action may not set: message framing and routing (a user-chosen
+#: Transfer-Encoding or Content-Length next to the client's own would let a body
+#: smuggle a second request onto a shared keep-alive connection), and the ones the
+#: dispatcher sets itself.
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "keep-alive",
+        "idempotency-key",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+
+
+def is_reserved_header(name: str) -> bool:
+    lower = name.lower()
+    return lower in RESERVED_HEADERS or lower.startswith("proxy-")
+
+
 class RestConfig(BaseModel):
     """Config of a rest (webhook) action."""
 
@@ -640,6 +668,10 @@ class RestConfig(BaseModel):
         for name, text in v.items():
             if _TOKEN.fullmatch(name) is None:
                 errors.add((name,), "not a valid header name", name)
+            elif is_reserved_header(name):
+                errors.add(
+                    (name,), "set by the dispatcher itself (framing, routing or signing)", name
+                )
             elif len(text) > 8192 or any(c in text for c in "\r\n\x00"):
                 errors.add((name,), "header values are one line of at most 8192 characters", text)
         errors.raise_any("RestConfig")

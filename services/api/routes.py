@@ -4,6 +4,7 @@ both registers them and generates the OpenAPI document."""
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -483,6 +484,9 @@ async def retry_result(request: web.Request) -> web.Response:
         explain=explain or {},
         attempt=1,
         created_at=datetime.now(UTC),
+        # A run of its own: the dispatcher records (and deduplicates) attempts per run,
+        # so the earlier run's rows do not make it skip this one.
+        run_id=uuid.uuid4().hex,
     )
     producer = request.app[PRODUCER]
     try:

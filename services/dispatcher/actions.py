@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import time
@@ -46,9 +47,8 @@ from shared.outbound import (
     RefusedDestination,
     fetch,
     httpx_client_factory,
-    redact_url,
 )
-from shared.triggers import McpConfig, RestConfig, TelegramConfig
+from shared.triggers import McpConfig, RestConfig, TelegramConfig, is_reserved_header
 
 EXCERPT_CHARS = 500
 TELEGRAM_MAX_CHARS = 4096
@@ -98,9 +98,14 @@ def _valid_http_url(url: str) -> str | None:
 
 def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` of
-    ``{id}.{timestamp}.{body}``; a ``whsec_`` secret is base64 of the key bytes."""
+    ``{id}.{timestamp}.{body}``; a ``whsec_`` secret is base64 of the key bytes (any
+    other secret is used as its UTF-8 bytes). TemplateRenderError for a ``whsec_``
+    secret that is not base64."""
     if secret.startswith("whsec_"):
-        key = base64.b64decode(secret.removeprefix("whsec_"))
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise TemplateRenderError("the signing secret is whsec_ but not base64") from None
     else:
         key = secret.encode()
     signed = f"{msg_id}.{timestamp}.".encode() + body
@@ -151,7 +156,9 @@ def build_rest_request(job: ActionJob, cfg: RestConfig, *, secret: str | None) -
         except orjson.JSONDecodeError:
             content_type = "text/plain; charset=utf-8"
     lower = {k.lower() for k in headers}
-    out = {k: v for k, v in headers.items() if k.lower() not in _OWN_HEADERS}
+    out = {
+        k: v for k, v in headers.items() if not is_reserved_header(k) and k.lower() != "user-agent"
+    }
     if body is not None and "content-type" not in lower:
         out["Content-Type"] = content_type
     out["User-Agent"] = USER_AGENT
@@ -162,11 +169,6 @@ def build_rest_request(job: ActionJob, cfg: RestConfig, *, secret: str | None) -
         out["webhook-timestamp"] = str(ts)
         out["webhook-signature"] = webhook_signature(secret, job.job_id, ts, body or b"")
     return RestRequest(cfg.method, url, out, body)
-
-
-_OWN_HEADERS = frozenset(
-    {"idempotency-key", "webhook-id", "webhook-timestamp", "webhook-signature", "user-agent"}
-)
 
 
 def _http_outcome(
@@ -188,7 +190,8 @@ def _http_outcome(
 
 def _exception_outcome(exc: BaseException, what: str) -> Outcome:
     if isinstance(exc, RefusedDestination):
-        return Outcome.permanent(f"{what}: {exc}")
+        where = f" {exc.address}" if exc.address else ""
+        return Outcome.permanent(f"{what}: refused{where}: {exc.reason}", sent=False)
     if isinstance(exc, OutboundTimeoutError | TimeoutError):
         return Outcome.transient(f"{what}: timeout")
     if isinstance(exc, OutboundError):
@@ -213,8 +216,9 @@ async def run_rest(
     try:
         req = build_rest_request(job, cfg, secret=secret)
     except TemplateRenderError as exc:
-        return Outcome.permanent(str(exc))
-    what = f"{req.method} {redact_url(req.url)}"
+        return Outcome.permanent(str(exc), sent=False)
+    # The origin only: webhook URLs often carry their token in the path (Slack, Discord).
+    what = f"{req.method} {origin(req.url)}"
     try:
         resp = await fetch(
             session,
@@ -266,14 +270,20 @@ async def run_telegram(
     limiter: RateLimiter,
     part_seconds: float = 10.0,
 ) -> Outcome:
+    parse_mode = cfg.parse_mode
     try:
-        text = render_text(cfg.message_template, context_of(job), parse_mode=cfg.parse_mode)
+        text = render_text(cfg.message_template, context_of(job), parse_mode=parse_mode)
+        if parse_mode is not None and len(text) > TELEGRAM_MAX_CHARS:
+            # Markup cut in two would not parse (Telegram answers 400): a message too
+            # long for one part goes as plain text, split at line ends.
+            parse_mode = None
+            text = render_text(cfg.message_template, context_of(job))
     except TemplateRenderError as exc:
-        return Outcome.permanent(str(exc))
+        return Outcome.permanent(str(exc), sent=False)
     if not text.strip():
-        return Outcome.permanent("message template rendered an empty message")
+        return Outcome.permanent("message template rendered an empty message", sent=False)
     if not bot_token:
-        return Outcome.permanent("TELEGRAM_BOT_TOKEN is not set")
+        return Outcome.permanent("TELEGRAM_BOT_TOKEN is not set", sent=False)
     url = f"{api_base.rstrip('/')}/bot{bot_token}/sendMessage"
     parts = split_message(text)
     sent: list[int] = []
@@ -285,10 +295,11 @@ async def run_telegram(
                 retry_after=wait,
                 destination_fault=False,
                 response={"sent_parts": len(sent)} if sent else None,
+                sent=bool(sent),
             )
         payload: dict[str, Any] = {"chat_id": cfg.chat_id, "text": part}
-        if cfg.parse_mode is not None:
-            payload["parse_mode"] = cfg.parse_mode
+        if parse_mode is not None:
+            payload["parse_mode"] = parse_mode
         try:
             resp = await fetch(
                 session, "POST", url, policy=_policy_for(policy, part_seconds), json=payload
@@ -372,7 +383,8 @@ def _mcp_exception_outcome(exc: BaseException, what: str) -> Outcome:
     leaves = _leaves(exc)
     for leaf in leaves:
         if isinstance(leaf, RefusedDestination):
-            return Outcome.permanent(f"{what}: {leaf}")
+            where = f" {leaf.address}" if leaf.address else ""
+            return Outcome.permanent(f"{what}: refused{where}: {leaf.reason}", sent=False)
         if isinstance(leaf, httpx2.HTTPStatusError):
             status = leaf.response.status_code
             if is_transient_status(status):
@@ -469,7 +481,7 @@ async def run_mcp(
         else:
             arguments = render_json_object(cfg.arguments_template, ctx)
     except TemplateRenderError as exc:
-        return Outcome.permanent(str(exc))
+        return Outcome.permanent(str(exc), sent=False)
     if cfg.include_file_content and file_view is not None and "file" not in arguments:
         arguments["file"] = file_view
     headers = {"Idempotency-Key": job.job_id, "User-Agent": USER_AGENT}
@@ -477,10 +489,17 @@ async def run_mcp(
         headers["Authorization"] = f"Bearer {bearer_token}"
     remaining = max(0.1, deadline - asyncio.get_running_loop().time())
     factory = httpx_client_factory(_policy_for(policy, remaining))
-    what = f"MCP tools/call {cfg.tool_name} at {redact_url(url)}"
+    what = f"MCP tools/call {cfg.tool_name} at {origin(url)}"
+    statuses: list[int] = []
+
+    async def note_status(response: httpx2.Response) -> None:
+        # The mcp client turns an HTTP error into a JSON-RPC error: keep the status.
+        statuses.append(response.status_code)
+
     try:
         async with asyncio.timeout(remaining):
             client = factory(headers=headers)
+            client.event_hooks["response"].append(note_status)
             async with (
                 client,
                 streamable_http_client(url, http_client=client) as (read, write),
@@ -489,7 +508,17 @@ async def run_mcp(
                 await session.initialize()
                 result = await session.call_tool(cfg.tool_name, arguments)
     except Exception as exc:  # noqa: BLE001 (every failure becomes an Outcome)
-        out = _mcp_exception_outcome(exc, what)
+        failed = next((s for s in reversed(statuses) if s >= 400), None)
+        if failed is not None:
+            out = _http_outcome(failed, {}, b"", None)
+            out = Outcome(
+                out.kind,
+                error=f"{what}: HTTP {failed}",
+                retry_after=out.retry_after,
+                destination_fault=out.destination_fault,
+            )
+        else:
+            out = _mcp_exception_outcome(exc, what)
         return _scrub(out, bearer_token) if bearer_token else out
     texts = [getattr(c, "text", "") for c in (getattr(result, "content", None) or [])]
     response: dict[str, Any] = {"content": excerpt("\n".join(t for t in texts if t).encode())}

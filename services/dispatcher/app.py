@@ -18,8 +18,9 @@ from faststream import AckPolicy, FastStream
 
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.registration import Resolver
-from services.dispatcher.runner import Dispatcher, parse_jobs
+from services.dispatcher.runner import Dispatcher, StoppingError, now_utc, parse_jobs
 from services.dispatcher.settings import DispatcherSettings
+from shared.jobs import UnreadableLetter
 from shared.kafka import LagProbe
 from shared.outbound import OutboundPolicy, new_session
 from shared.secrets import SecretBox
@@ -123,13 +124,16 @@ def create_app(settings: DispatcherSettings) -> FastStream:
 
     async def handle(bodies: list[Any], *, from_retry: bool) -> None:
         jobs, bad = parse_jobs(bodies)
-        for _body, reason in bad:
-            # A message no dispatcher can read would block its partition forever.
-            log.error("unreadable job skipped", error=reason)
+        topic = settings.retry_topic if from_retry else settings.actions_topic
+        for body, reason in bad:
+            # Not dropped, not retried: kept on the dead-letter topic for a person.
+            log.error("unreadable job sent to the dead-letter topic", topic=topic, error=reason)
+            letter = UnreadableLetter(topic=topic, raw=body, error=reason, failed_at=now_utc())
+            await runtime.send(settings.dlq_topic, b"unreadable", letter.dump())
         assert runtime.dispatcher is not None
         try:
             await runtime.dispatcher.handle_batch(jobs, from_retry=from_retry)
-        except asyncio.CancelledError:
+        except StoppingError:
             raise
         except Exception:
             failures[0] += 1
@@ -162,4 +166,13 @@ def create_app(settings: DispatcherSettings) -> FastStream:
     async def on_retries(bodies: list[Any]) -> None:
         await handle(bodies, from_retry=True)
 
-    return create_stream_app(service, on_ready=runtime.start, on_stop=runtime.stop)
+    app = create_stream_app(service, on_ready=runtime.start, on_stop=runtime.stop)
+
+    @app.on_shutdown
+    async def stop_holding() -> None:
+        # Before the broker stops its subscribers: a retry batch sleeping until its
+        # jobs are due gives up at once (uncommitted) instead of holding shutdown.
+        if runtime.dispatcher is not None:
+            runtime.dispatcher.stopping.set()
+
+    return app

@@ -29,6 +29,9 @@ class Outcome:
     #: Whether the failure says something about the destination's health (timeouts,
     #: connection errors, 5xx): only those count toward its circuit breaker.
     destination_fault: bool = False
+    #: Whether a request reached (or was tried on) the destination at all: template
+    #: errors, refused addresses and rate-limit waits say nothing about its health.
+    sent: bool = True
 
     @classmethod
     def ok(cls, response: dict[str, Any] | None = None) -> Outcome:
@@ -42,18 +45,22 @@ class Outcome:
         response: dict[str, Any] | None = None,
         retry_after: float | None = None,
         destination_fault: bool = True,
+        sent: bool = True,
     ) -> Outcome:
         return cls(
             "transient",
             error=error,
             response=response,
             retry_after=retry_after,
-            destination_fault=destination_fault,
+            destination_fault=destination_fault and sent,
+            sent=sent,
         )
 
     @classmethod
-    def permanent(cls, error: str, *, response: dict[str, Any] | None = None) -> Outcome:
-        return cls("permanent", error=error, response=response)
+    def permanent(
+        cls, error: str, *, response: dict[str, Any] | None = None, sent: bool = True
+    ) -> Outcome:
+        return cls("permanent", error=error, response=response, sent=sent)
 
 
 def is_transient_status(status: int) -> bool:
@@ -118,7 +125,7 @@ class Breakers:
         if waited < self.pause:
             return self.pause - waited
         if state.probing:
-            return min(self.pause, 1.0)  # a probe is in flight: ask again shortly
+            return max(1.0, self.pause / 4)  # a probe is in flight: ask again later
         state.probing = True
         return None
 
@@ -132,6 +139,13 @@ class Breakers:
         state.failures += 1
         if state.opened_at is not None or state.failures >= self.threshold:
             state.opened_at = self.clock()
+
+    def release(self, destination: str) -> None:
+        """A call :meth:`admit` let through made no request (a template error, a
+        refused address): it says nothing; a half-open probe may be tried again."""
+        state = self._states.get(destination)
+        if state is not None:
+            state.probing = False
 
     def open_count(self) -> int:
         return sum(1 for s in self._states.values() if s.opened_at is not None)

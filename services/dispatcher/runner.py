@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import structlog
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from services.dispatcher import queries
@@ -48,6 +52,7 @@ from services.dispatcher.policy import (
 )
 from services.dispatcher.registration import ResolveError, Resolver
 from services.dispatcher.settings import DispatcherSettings
+from shared.db import Conn
 from shared.events import INT32_MAX
 from shared.jobs import ActionJob, DeadLetter
 from shared.outbound import OutboundPolicy
@@ -60,9 +65,14 @@ log = structlog.get_logger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[None]]
 
 GUARD_MARGIN = 10.0
+TERMINAL = frozenset({"success", "failed", "dead"})
 #: Longest pause of the retry consumer after putting far-off retries back.
 PARK_NAP = 5.0
 ERROR_CHARS = 1000
+
+
+class StoppingError(Exception):
+    """The dispatcher is stopping: the batch in hand is left to its next owner."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,28 @@ class _Prepared:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+def _is_infrastructure(exc: BaseException) -> bool:
+    """A failure of the database or Kafka (the batch is redelivered), as opposed to a
+    problem of one job (recorded as that job's permanent failure)."""
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.exceptions.InsufficientResourcesError
+        | KafkaError,
+    )
+
+
+#: (job id, run id, attempt): what one recorded row stands for.
+AttemptKey = tuple[str, str, int]
+
+
+def attempt_key(job: ActionJob) -> AttemptKey:
+    return (job.job_id, job.run_id or "", job.attempt)
 
 
 class Dispatcher:
@@ -117,6 +149,9 @@ class Dispatcher:
         )
         self.stopping = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        #: Attempts running in this process: a guard copy or redelivery of one of them
+        #: waits for it instead of running it a second time.
+        self._running: dict[AttemptKey, asyncio.Task[None]] = {}
         self.writer = ResultWriter(pool)
 
     # ------------------------------------------------------------------ batches
@@ -126,45 +161,80 @@ class Dispatcher:
         copy. Raises (so the batch is redelivered) when the database or Kafka fails."""
         if not jobs:
             return
-        unique: dict[tuple[str, int], ActionJob] = {}
+        unique: dict[AttemptKey, ActionJob] = {}
         for job in jobs:
-            unique.setdefault((job.job_id, job.attempt), job)
-        while len(self._background) >= self.settings.max_in_flight:
-            # Back-pressure: no new work while the dispatcher holds this much.
-            await asyncio.wait(set(self._background), return_when=asyncio.FIRST_COMPLETED)
+            unique.setdefault(attempt_key(job), job)
+        await self._back_pressure()
         todo = await self._not_yet_recorded(list(unique.values()))
-        prepared = await self._prepare(todo)
         started: dict[asyncio.Task[None], ActionJob] = {}
         nap = 0.0
         if from_retry:
             todo, nap = await self._hold_or_park(todo)
-            # Due order; each job starts at its due time, earlier ones run meanwhile.
-            for job in sorted(todo, key=lambda j: j.due_at or j.created_at):
-                await self._sleep_until(job.due_at)
-                started[self._spawn(job, prepared[job.job_id, job.attempt])] = job
+            started = await self._start_when_due(todo)
         else:
-            for job in todo:
-                started[self._spawn(job, prepared[job.job_id, job.attempt])] = job
-        if started:
-            done, pending = await asyncio.wait(started, timeout=self.settings.batch_deadline)
-            if pending:
-                await self._guard([started[t] for t in pending])
-            for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
-        if nap > 0:
+            prepared = await self._prepare(todo)
+            started = {self._start(job, prepared): job for job in todo}
+        await self._wait_or_guard(started)
+        if nap > 0 and not started:
+            # Everything read was put back: pause before reading the same jobs again.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=nap)
 
-    def _spawn(self, job: ActionJob, prepared: _Prepared) -> asyncio.Task[None]:
-        task = asyncio.create_task(self.run_job(job, prepared), name=f"job-{job.job_id}")
+    async def _start_when_due(self, jobs: list[ActionJob]) -> dict[asyncio.Task[None], ActionJob]:
+        """Retry-topic jobs in due order, each started at its due time (earlier ones
+        run meanwhile), unless recorded while it waited (a guard copy's original)."""
+        started: dict[asyncio.Task[None], ActionJob] = {}
+        for job in sorted(jobs, key=lambda j: j.due_at or j.created_at):
+            if job.due_at is not None and job.due_at > now_utc():
+                await self._sleep_until(job.due_at)
+                if not await self._not_yet_recorded([job]):
+                    continue
+            started[self._start(job, await self._prepare([job]))] = job
+        return started
+
+    async def _wait_or_guard(self, started: dict[asyncio.Task[None], ActionJob]) -> None:
+        """Until every attempt is recorded, or the batch deadline: then the slower
+        ones get guard copies and the batch may commit."""
+        if not started:
+            return
+        done, pending = await asyncio.wait(started, timeout=self.settings.batch_deadline)
+        if pending:
+            await self._guard([started[t] for t in pending])
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    async def _back_pressure(self) -> None:
+        """No new work while the dispatcher holds max_in_flight jobs (at most a minute:
+        the consumer must poll again before Kafka's max.poll.interval)."""
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(self._background) >= self.settings.max_in_flight:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.wait(
+                set(self._background), timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+
+    def _start(self, job: ActionJob, prepared: dict[AttemptKey, _Prepared]) -> asyncio.Task[None]:
+        """The task attempting ``job``: the one already running in this process, or a
+        new one."""
+        key = attempt_key(job)
+        running = self._running.get(key)
+        if running is not None and not running.done():
+            self.metrics.skipped.inc()
+            return running
+        task = asyncio.create_task(self.run_job(job, prepared[key]), name=f"job-{job.job_id}")
+        self._running[key] = task
         self._background.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(lambda t: self._finished(key, t))
         return task
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, key: AttemptKey, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
+        if self._running.get(key) is task:
+            del self._running[key]
         if not task.cancelled() and task.exception() is not None:
             # Raised to the batch when it still waits; logged here for the ones whose
             # batch already committed (their guard copy covers them).
@@ -188,16 +258,16 @@ class Dispatcher:
         earliest = min(j.due_at for j in park if j.due_at is not None)
         return keep, min(PARK_NAP, (earliest - now).total_seconds())
 
-    async def _sleep_until(self, due: datetime | None) -> None:
-        if due is None:
-            return
+    async def _sleep_until(self, due: datetime) -> None:
         delay = (due - now_utc()).total_seconds()
         if delay <= 0:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=delay)
         if self.stopping.is_set():
-            raise asyncio.CancelledError("dispatcher stopping: retry batch left uncommitted")
+            # An ordinary exception: the batch is nacked, not committed (a
+            # CancelledError would end FastStream's consume loop silently).
+            raise StoppingError("dispatcher stopping: retry batch left uncommitted")
 
     async def _guard(self, jobs: list[ActionJob]) -> None:
         now = now_utc()
@@ -211,29 +281,31 @@ class Dispatcher:
     def _max_seconds(self, job: ActionJob) -> float:
         timeout = float(job.config.get("timeout_ms", 10_000)) / 1000
         if job.action_type == "telegram":
-            timeout = 4 * (10 + 3)
+            timeout = 4 * (10 + 1)
         elif job.action_type == "mcp":
-            timeout *= 2  # the file fetch, then the call
+            timeout *= 3  # endpoint resolution, the file fetch, then the call
         return timeout + GUARD_MARGIN
 
     async def _not_yet_recorded(self, jobs: list[ActionJob]) -> list[ActionJob]:
+        """The jobs still owed an attempt: not when this run already has a row for this
+        attempt or a later one, or a terminal row (success, failed, dead)."""
+        if not jobs:
+            return []
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(queries.RECORDED_ATTEMPTS, [j.job_id for j in jobs])
-        by_job: dict[str, list[asyncpg.Record]] = {}
+        by_run: dict[tuple[str, str], list[asyncpg.Record]] = {}
         for row in rows:
-            by_job.setdefault(row["job_id"], []).append(row)
+            by_run.setdefault((row["job_id"], row["run_id"] or ""), []).append(row)
         out = []
         for job in jobs:
-            # Rows older than the job message belong to an earlier run (an API redrive
-            # sends the job again with a new created_at).
-            seen = [r for r in by_job.get(job.job_id, ()) if r["executed_at"] >= job.created_at]
-            if any(r["status"] == "success" or r["attempt"] == job.attempt for r in seen):
+            seen = by_run.get((job.job_id, job.run_id or ""), ())
+            if any(r["status"] in TERMINAL or r["attempt"] >= job.attempt for r in seen):
                 self.metrics.skipped.inc()
                 continue
             out.append(job)
         return out
 
-    async def _prepare(self, jobs: list[ActionJob]) -> dict[tuple[str, int], _Prepared]:
+    async def _prepare(self, jobs: list[ActionJob]) -> dict[AttemptKey, _Prepared]:
         ids = sorted({j.action_id for j in jobs if j.action_id <= INT32_MAX})
         rows: dict[int, _ActionRow] = {}
         if ids:
@@ -242,71 +314,86 @@ class Dispatcher:
                     rows[r["id"]] = _ActionRow(
                         r["trigger_id"], r["secret_ciphertext"], bool(r["enabled"])
                     )
-        return {(j.job_id, j.attempt): _Prepared(rows.get(j.action_id)) for j in jobs}
+        return {attempt_key(j): _Prepared(rows.get(j.action_id)) for j in jobs}
 
     # ------------------------------------------------------------------ one job
 
     async def run_job(self, job: ActionJob, prepared: _Prepared) -> None:
         self.metrics.inflight.inc()
         try:
-            await self._run_job(job, prepared)
+            try:
+                result = await self._run_job(job, prepared)
+            except Exception as exc:
+                if _is_infrastructure(exc):
+                    raise
+                # A problem of this job alone (a bug, a value nothing anticipated):
+                # recorded, so it neither blocks its partition nor repeats forever.
+                log.exception("attempt failed unexpectedly", job_id=job.job_id)
+                result = (Outcome.permanent(f"internal error: {type(exc).__name__}"), 0.0)
+            if result is not None:
+                await self._conclude(job, *result)
         finally:
             self.metrics.inflight.dec()
 
-    async def _run_job(self, job: ActionJob, prepared: _Prepared) -> None:
+    async def _run_job(self, job: ActionJob, prepared: _Prepared) -> tuple[Outcome, float] | None:
+        """The attempt's outcome and duration; None when the job was deferred."""
         action = prepared.action
         if action is None or action.trigger_id != job.trigger_id:
-            await self._conclude(job, Outcome.permanent("the trigger or action was deleted"), 0.0)
-            return
+            return Outcome.permanent("the trigger or action was deleted", sent=False), 0.0
         if not action.enabled:
-            await self._conclude(job, Outcome.permanent("the trigger is disabled"), 0.0)
-            return
+            return Outcome.permanent("the trigger is disabled", sent=False), 0.0
         try:
             cfg = job.action_config()
         except ValidationError as exc:
             msg = f"invalid action config: {exc.errors()[0].get('msg', 'invalid')}"
-            await self._conclude(job, Outcome.permanent(msg), 0.0)
-            return
+            return Outcome.permanent(msg, sent=False), 0.0
         try:
             target = await self._target(job, cfg, action)
         except ResolveError as exc:
             what = f"resolving the agent's MCP endpoint: {exc}"
-            failure = (
-                Outcome.transient(what, destination_fault=False)
-                if exc.transient
-                else (Outcome.permanent(what))
-            )
-            await self._conclude(job, failure, 0.0)
-            return
+            if exc.transient:
+                return Outcome.transient(what, destination_fault=False, sent=False), 0.0
+            return Outcome.permanent(what, sent=False), 0.0
         except SecretDecryptError as exc:
-            await self._conclude(job, Outcome.permanent(str(exc)), 0.0)
-            return
+            return Outcome.permanent(str(exc), sent=False), 0.0
+        if isinstance(cfg, TelegramConfig):
+            chat_wait = self.telegram_limiter.wait_for(cfg.chat_id)
+            if chat_wait > 1.0:
+                # This chat's turn is far off: wait outside the shared Telegram slots.
+                return await self._defer(job, chat_wait, "chat_rate")
+        return await self._attempt_at(job, cfg, target)
+
+    async def _attempt_at(
+        self, job: ActionJob, cfg: ActionConfig, target: _Target
+    ) -> tuple[Outcome, float] | None:
+        """The attempt within its destination's slot and breaker (None: deferred)."""
         destination = target.destination
         slot = self.limits.slot(destination)
         if slot is None:
-            await self._defer(job, 5.0, "busy")
-            return
+            return await self._defer(job, 5.0, "busy")
         async with slot:
             wait = self.breakers.admit(destination)
             if wait is not None:
-                await self._defer(job, wait, "breaker_open")
-                return
+                return await self._defer(job, wait, "breaker_open")
             started = time.perf_counter()
             outcome: Outcome | None = None
             try:
-                async with asyncio.timeout(self._max_seconds(job)):
+                async with asyncio.timeout(self._max_seconds(job) - GUARD_MARGIN):
                     outcome = await self._attempt(job, cfg, target)
             except TimeoutError:
                 outcome = Outcome.transient("attempt exceeded its time limit")
             finally:
-                fault = outcome is None or (
-                    outcome.kind == "transient" and outcome.destination_fault
-                )
-                self.breakers.record(destination, fault=fault)
+                if outcome is None or outcome.sent:
+                    fault = outcome is None or (
+                        outcome.kind == "transient" and outcome.destination_fault
+                    )
+                    self.breakers.record(destination, fault=fault)
+                else:
+                    self.breakers.release(destination)
                 self.metrics.open_breakers.set(self.breakers.open_count())
             elapsed = time.perf_counter() - started
         self.metrics.duration.labels(job.action_type).observe(elapsed)
-        await self._conclude(job, outcome, elapsed)
+        return outcome, elapsed
 
     async def _target(self, job: ActionJob, cfg: ActionConfig, action: _ActionRow) -> _Target:
         if isinstance(cfg, RestConfig):
@@ -333,16 +420,35 @@ class Dispatcher:
         url = await self.resolver.mcp_endpoint(
             event.chain_id, event.agent_id, time_limit=cfg.timeout_ms / 1000
         )
+        try:
+            destination = origin(url)
+        except ValueError:
+            raise ResolveError(
+                "the registration file's MCP endpoint is invalid", transient=False
+            ) from None
         token = None
-        async with self.pool.acquire() as conn:
-            ciphertext = await conn.fetchval(
-                queries.AGENT_CIPHERTEXT, event.chain_id, event.agent_id
-            )
-        if ciphertext is not None:
-            token = self.secrets.decrypt(
-                ciphertext, context=f"agent_mcp_tokens:{event.chain_id}:{event.agent_id}"
-            )
-        return _Target(destination=origin(url), server_url=url, secret=token)
+        if self._may_carry_token(url):
+            async with self.pool.acquire() as conn:
+                ciphertext = await conn.fetchval(
+                    queries.AGENT_CIPHERTEXT, event.chain_id, event.agent_id
+                )
+            if ciphertext is not None:
+                token = self.secrets.decrypt(
+                    ciphertext, context=f"agent_mcp_tokens:{event.chain_id}:{event.agent_id}"
+                )
+        return _Target(destination=destination, server_url=url, secret=token)
+
+    def _may_carry_token(self, url: str) -> bool:
+        """Bearer tokens travel over https only, or over http to an address the
+        operator allowed explicitly (a development setup on loopback)."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() == "https":
+            return True
+        try:
+            ip = ipaddress.ip_address(parts.hostname or "")
+        except ValueError:
+            return False
+        return self.policy.allows(ip)
 
     async def _attempt(self, job: ActionJob, cfg: ActionConfig, target: _Target) -> Outcome:
         if isinstance(cfg, RestConfig):
@@ -385,7 +491,9 @@ class Dispatcher:
             status = "success"
         elif outcome.kind == "permanent":
             status = "failed"
-        elif job.attempt < self._max_attempts(job):
+        elif job.attempt < self._max_attempts(job) and not (outcome.error or "").startswith(
+            "expired:"
+        ):
             delay = max(
                 backoff_delay(
                     job.attempt, base=self.settings.backoff_base, cap=self.settings.backoff_cap
@@ -436,14 +544,29 @@ class Dispatcher:
                 outcome.response,
                 job.attempt - 1,
                 job.attempt,
+                job.run_id,
             )
         )
 
-    async def _defer(self, job: ActionJob, seconds: float, reason: str) -> None:
-        """Back on the retry topic, same attempt, due in ``seconds`` (no attempt made)."""
-        due = now_utc() + timedelta(seconds=max(0.5, seconds))
+    async def _defer(
+        self, job: ActionJob, seconds: float, reason: str
+    ) -> tuple[Outcome, float] | None:
+        """Back on the retry topic, same attempt, due in ``seconds`` (no attempt made);
+        a job deferred past max_job_age ends as dead instead of cycling for ever."""
+        age = (now_utc() - job.created_at).total_seconds()
+        if age > self.settings.max_job_age:
+            return (
+                Outcome.transient(
+                    f"expired: still deferred ({reason}) {age:.0f}s after it was created",
+                    sent=False,
+                ),
+                0.0,
+            )
+        jitter = random.uniform(0, min(5.0, seconds / 4))  # noqa: S311 (spreading, not security)
+        due = now_utc() + timedelta(seconds=max(0.5, seconds) + jitter)
         await self._to_retry_topic(job.model_copy(update={"due_at": due}))
         self.metrics.deferred.labels(reason).inc()
+        return None
 
     async def _to_retry_topic(self, job: ActionJob) -> None:
         await self.send(self.settings.retry_topic, job.trigger_id.encode(), job.dump())
@@ -486,8 +609,15 @@ class ResultWriter:
         while self._rows:
             batch, self._rows = self._rows[: self._max_rows], self._rows[self._max_rows :]
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await conn.executemany(queries.INSERT_RESULT, [row for row, _ in batch])
+                async with self._pool.acquire() as conn:
+                    try:
+                        async with conn.transaction():
+                            await conn.executemany(queries.INSERT_RESULT, [row for row, _ in batch])
+                    except asyncpg.ForeignKeyViolationError:
+                        # A trigger or user deleted while its jobs were under way: the
+                        # rows go in one by one, without the reference that is gone.
+                        for row, _ in batch:
+                            await _insert_orphan(conn, row)
             except Exception as exc:  # noqa: BLE001 (handed to every waiter)
                 for _, future in batch:
                     if not future.done():
@@ -498,6 +628,19 @@ class ResultWriter:
                         future.set_result(None)
 
 
+async def _insert_orphan(conn: Conn, row: tuple[object, ...]) -> None:
+    """One row; its trigger_id set NULL when the trigger is gone (as ON DELETE SET NULL
+    does to the rows already there); dropped when its user is gone (their rows are
+    deleted with them)."""
+    try:
+        await conn.execute(queries.INSERT_RESULT, *row)
+    except asyncpg.ForeignKeyViolationError:
+        try:
+            await conn.execute(queries.INSERT_RESULT, row[0], None, *row[2:])
+        except asyncpg.ForeignKeyViolationError:
+            log.info("result of a deleted user's job not recorded", job_id=row[0])
+
+
 @dataclass(frozen=True)
 class _Target:
     destination: str
@@ -506,12 +649,17 @@ class _Target:
 
 
 def parse_jobs(bodies: Sequence[bytes]) -> tuple[list[ActionJob], list[tuple[bytes, str]]]:
-    """Jobs, and the messages that are not jobs (with the reason)."""
+    """Jobs, and the messages that are not jobs with the reason (field locations and
+    error kinds only: input values may hold a user's header secrets)."""
     jobs: list[ActionJob] = []
     bad: list[tuple[bytes, str]] = []
     for body in bodies:
         try:
             jobs.append(ActionJob.parse(body))
         except ValidationError as exc:
-            bad.append((body, str(exc)[:500]))
+            reason = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['type']}"
+                for e in exc.errors(include_input=False, include_url=False)[:10]
+            )
+            bad.append((body, reason[:500]))
     return jobs, bad

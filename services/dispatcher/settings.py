@@ -85,7 +85,12 @@ class DispatcherSettings(ServiceSettings):
     backoff_base: float = Field(default=1.0, gt=0, le=600, validation_alias="RETRY_BACKOFF_BASE")
     backoff_cap: float = Field(default=300.0, gt=0, le=3600, validation_alias="RETRY_BACKOFF_CAP")
     #: A retry due later than this is put back on the retry topic instead of held.
-    retry_hold: float = Field(default=30.0, gt=0, le=120, validation_alias="RETRY_MAX_HOLD")
+    retry_hold: float = Field(default=10.0, gt=0, le=120, validation_alias="RETRY_MAX_HOLD")
+    #: A job still deferred (open breaker, busy destination) this long after it was
+    #: created is dead-lettered instead of cycling on the retry topic.
+    max_job_age: float = Field(
+        default=86400.0, gt=0, le=30 * 86400, validation_alias="DISPATCHER_MAX_JOB_AGE"
+    )
     breaker_threshold: int = Field(default=5, ge=1, le=1000, validation_alias="BREAKER_THRESHOLD")
     breaker_pause: float = Field(default=30.0, gt=0, le=3600, validation_alias="BREAKER_PAUSE")
 

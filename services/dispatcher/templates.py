@@ -10,8 +10,11 @@ not retried (the same template and event fail the same way every time).
 
 from __future__ import annotations
 
+import contextvars
 import html
 import re
+import sys
+import time
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -25,6 +28,12 @@ from shared.jobs import ActionJob
 
 #: Rendered output is capped: a template is not a way to build megabyte bodies.
 MAX_RENDERED_CHARS = 262_144
+#: Longest string or list a ``*`` / ``**`` in a template may produce.
+MAX_PRODUCT = 65_536
+#: Items all ``range()`` calls of one rendering may produce together.
+MAX_RANGE_ITEMS = 100_000
+#: CPU time a template with statements ({% for %}, macros) may take to render.
+RENDER_SECONDS = 0.25
 
 
 class TemplateRenderError(Exception):
@@ -46,14 +55,62 @@ def _tojson(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+class _Budget:
+    """What one rendering may still spend: range() items, and a deadline."""
+
+    __slots__ = ("deadline", "range_items")
+
+    def __init__(self) -> None:
+        self.range_items = MAX_RANGE_ITEMS
+        self.deadline = 0.0
+
+
+_budget: contextvars.ContextVar[_Budget] = contextvars.ContextVar("template_budget")
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    budget = _budget.get(None)
+    if budget is not None:
+        budget.range_items -= len(r)
+        if budget.range_items < 0:
+            raise SecurityError(f"range() items exceed {MAX_RANGE_ITEMS} in one template")
+    elif len(r) > MAX_RANGE_ITEMS:
+        raise SecurityError(f"range() larger than {MAX_RANGE_ITEMS}")
+    return r
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with ``*`` and ``**`` checked before they compute (a
+    gigabyte string, a huge power) and range() counted per rendering."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int) and isinstance(left, int) and abs(right) > 256:
+                raise SecurityError("exponent too large in a template")
+        elif operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_PRODUCT
+                ):
+                    raise SecurityError(f"'*' would make more than {MAX_PRODUCT} items")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment(finalize: Callable[[Any], Any] | None) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         finalize=finalize,
         auto_reload=False,
     )
     env.filters["tojson"] = _tojson
+    env.globals["range"] = _bounded_range
+    env.globals.pop("lipsum", None)  # text generation: not a message's business
     return env
 
 
@@ -102,12 +159,54 @@ def _compiled(parse_mode: str | None, source: str) -> jinja2.Template:
     return _env(parse_mode).from_string(source)
 
 
+def _render(template: jinja2.Template, context: Mapping[str, Any], statements: bool) -> str:
+    """Render with the output capped as it grows; a template with statements (loops,
+    macros) also runs under a tracer that stops it after RENDER_SECONDS of work."""
+    budget = _Budget()
+    token = _budget.set(budget)
+    previous = sys.gettrace()
+    try:
+        if statements:
+            budget.deadline = time.thread_time() + RENDER_SECONDS
+            sys.settrace(_tracer(budget))
+        size = 0
+        chunks: list[str] = []
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > MAX_RENDERED_CHARS:
+                raise TemplateRenderError(
+                    f"rendered template exceeds {MAX_RENDERED_CHARS} characters"
+                )
+            chunks.append(chunk)
+        return "".join(chunks)
+    finally:
+        if statements:
+            sys.settrace(previous)
+        _budget.reset(token)
+
+
+class _TooSlowError(Exception):
+    pass
+
+
+def _tracer(budget: _Budget) -> Callable[..., Any]:
+    steps = [0]
+
+    def trace(_frame: Any, _event: str, _arg: Any) -> Any:
+        steps[0] += 1
+        if steps[0] % 1000 == 0 and time.thread_time() > budget.deadline:
+            raise _TooSlowError
+        return trace
+
+    return trace
+
+
 def render_text(source: str, context: Mapping[str, Any], *, parse_mode: str | None = None) -> str:
     """Render one template string; expression output is escaped for ``parse_mode``."""
     if "{" not in source:
         return source  # no expression, statement or comment: nothing to render
     try:
-        out = _compiled(parse_mode, source).render(context)
+        out = _render(_compiled(parse_mode, source), context, "{%" in source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateRenderError(
             f"template syntax error at line {exc.lineno}: {exc.message}"
@@ -120,8 +219,12 @@ def render_text(source: str, context: Mapping[str, Any], *, parse_mode: str | No
         raise TemplateRenderError(f"template error: {type(exc).__name__}: {exc}") from None
     except RecursionError:
         raise TemplateRenderError("template error: recursion too deep") from None
-    if len(out) > MAX_RENDERED_CHARS:
-        raise TemplateRenderError(f"rendered template exceeds {MAX_RENDERED_CHARS} characters")
+    except MemoryError:
+        raise TemplateRenderError("template error: out of memory") from None
+    except _TooSlowError:
+        raise TemplateRenderError(
+            f"template took more than {RENDER_SECONDS:g}s of CPU to render"
+        ) from None
     return out
 
 

@@ -447,6 +447,7 @@ async def test_results_filter_page_and_redrive_a_dead_job(
         job = ActionJob.parse(records[0].value)
         assert job.job_id == jid
         assert job.attempt == 1
+        assert job.run_id is not None  # a run of its own, recorded apart from the first
         assert job.trigger_id == tid
         rest = next(a for a in created["actions"] if a["action_type"] == "rest")
         assert job.action_id == rest["id"]

@@ -18,10 +18,11 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from eth_hash.auto import keccak
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.jobs import ActionJob, DeadLetter
+from shared.jobs import ActionJob, DeadLetter, UnreadableLetter
 from shared.secrets import SecretBox
 from tests.conftest import ENV
 from tests.dispatcherutil import (
@@ -746,3 +747,170 @@ async def test_breaker_opens_on_a_failing_destination_and_defers_its_jobs(
         assert len(down.seen) == 3
         assert metric_value(proc, "erc8004_dispatcher_open_breakers") == 1
     assert statuses(await results(db)) == ["dead", "dead", "dead"]
+
+
+async def test_slow_receiver_gets_each_job_once_and_a_poison_batch_moves_on(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    dlq_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """Attempts outlasting the batch deadline are covered by guard copies, which must
+    not run them a second time; a job whose trigger was deleted and a message that is
+    not a job are recorded / dead-lettered without holding up their partition."""
+
+    async def respond(seen: Seen, _n: int) -> web.Response:
+        if seen.path == "/slow":
+            await asyncio.sleep(1.5)
+        return web.Response(status=200)
+
+    async with serve(Receiver(respond=respond)) as receiver:
+        config = {"url": f"{receiver.base}/slow", "timeout_ms": 5000}
+        user, trigger, action = await rest_trigger(db, config)
+        slow = [
+            make_job(
+                trigger_id=trigger,
+                user_id=user,
+                action_id=action,
+                action_type="rest",
+                config=config,
+                event=an_event(seed),
+            )
+            for seed in range(4)
+        ]
+        gone_cfg = {"url": f"{receiver.base}/fast"}
+        user2, gone_trigger, gone_action = await rest_trigger(db, gone_cfg)
+        gone = make_job(
+            trigger_id=gone_trigger,
+            user_id=user2,
+            action_id=gone_action,
+            action_type="rest",
+            config=gone_cfg,
+            event=an_event(9),
+        )
+        await db.execute("DELETE FROM triggers WHERE id = $1", gone_trigger)
+        after_cfg = {"url": f"{receiver.base}/fast"}
+        user3, after_trigger, after_action = await rest_trigger(db, after_cfg)
+        after = make_job(
+            trigger_id=after_trigger,
+            user_id=user3,
+            action_id=after_action,
+            action_type="rest",
+            config=after_cfg,
+            event=an_event(10),
+        )
+        proc = start_dispatcher(dispatcher_env, tmp_path, procs, DISPATCHER_BATCH_DEADLINE="0.5")
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            # All on one partition (one key), the poison ones before a good job.
+            key = b"one-key"
+            for job in [*slow, gone]:
+                await producer.send_and_wait(actions_topic, job.dump(), key=key)
+            await producer.send_and_wait(actions_topic, b'{"not": "a job"}', key=key)
+            await producer.send_and_wait(actions_topic, after.dump(), key=key)
+        finally:
+            await producer.stop()
+
+        async def settled() -> bool:
+            return len(await results(db)) >= len(slow) + 2
+
+        await wait_for(settled, within=60, what="all recorded")
+        # Guard copies come due after the attempt's time limit (5 s + margin).
+        await asyncio.sleep(17)
+        assert metric_value(proc, "erc8004_dispatcher_guard_copies_total") >= 1
+
+    per_path = Counter(s.path for s in receiver.seen)
+    assert per_path == {"/slow": len(slow), "/fast": 1}, per_path
+    for job in slow:
+        assert statuses(await results(db, job.job_id)) == ["success"]
+    (row,) = await results(db, gone.job_id)
+    assert row["status"] == "failed"
+    assert row["trigger_id"] is None
+    assert "deleted" in row["error_message"]
+    assert statuses(await results(db, after.job_id)) == ["success"]
+    (record,) = await read_topic(kafka_bootstrap, dlq_topic, expect=1, within=10)
+    letter = UnreadableLetter.model_validate_json(record.value)
+    assert letter.raw == b'{"not": "a job"}'
+    assert letter.topic == dispatcher_env["ACTIONS_TOPIC"]
+
+
+async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    async with serve(Receiver(respond=lambda _s, _n: web.Response(status=503))) as down:
+        config = {"server_url": f"{down.base}/mcp", "tool_name": "notify", "max_attempts": 2}
+        user = await insert_user(db)
+        trigger = await insert_trigger(
+            db,
+            user_id=user,
+            chain_id=8453,
+            registry="reputation",
+            conditions=[
+                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
+            ],
+            actions=[{"action_type": "mcp", "config": config}],
+        )
+        (action,) = await action_ids(db, trigger)
+        job = make_job(
+            trigger_id=trigger,
+            user_id=user,
+            action_id=action,
+            action_type="mcp",
+            config=config,
+            event=an_event(3),
+        )
+        start_dispatcher(dispatcher_env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, [job])
+
+        async def dead() -> bool:
+            return "dead" in statuses(await results(db, job.job_id))
+
+        await wait_for(dead, within=30, what="the MCP job to be retried, then dead")
+    rows = await results(db, job.job_id)
+    assert statuses(rows) == ["retrying", "dead"]
+    assert "HTTP 503" in rows[0]["error_message"]
+
+    # A redrive (as the API sends it: attempt 1, a new run id) runs again, and is
+    # recorded under its own run.
+    async with serve(Receiver()) as ok:
+        cfg = {"url": f"{ok.base}/hook"}
+        user2, trigger2, action2 = await rest_trigger(db, cfg)
+        first = make_job(
+            trigger_id=trigger2,
+            user_id=user2,
+            action_id=action2,
+            action_type="rest",
+            config=cfg,
+            event=an_event(4),
+        )
+        await produce_jobs(kafka_bootstrap, actions_topic, [first])
+        await wait_for(
+            lambda: _has_status(db, first.job_id, "success"), within=30, what="first run"
+        )
+        again = first.model_copy(update={"run_id": "redrive-1"})
+        await produce_jobs(kafka_bootstrap, actions_topic, [first, again])
+
+        async def redriven() -> bool:
+            return len(await results(db, first.job_id)) >= 2
+
+        await wait_for(redriven, within=30, what="the redrive")
+        await asyncio.sleep(1.0)
+    rows = await results(db, first.job_id)
+    assert sorted((r["run_id"] or "", r["status"]) for r in rows) == [
+        ("", "success"),
+        ("redrive-1", "success"),
+    ]
+    assert len(ok.seen) == 2  # the plain redelivery of the first run was skipped
+
+
+async def _has_status(db: asyncpg.Connection, job: str, status: str) -> bool:
+    return status in statuses(await results(db, job))

@@ -457,7 +457,7 @@ async def test_row_level_security_scopes_the_api_role_by_user(db: asyncpg.Connec
         )
         await db.execute(
             "INSERT INTO action_results (job_id, trigger_id, user_id, action_type, status)"
-            " VALUES ('j', $1, $2, 'telegram', 'success')",
+            " VALUES ('job-' || $1, $1, $2, 'telegram', 'success')",
             trigger_id,
             user,
         )

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.dispatcher.actions import (
@@ -83,12 +86,32 @@ def test_template_sees_event_trigger_explain_and_job() -> None:
         ("{{ ''.__class__.__mro__ }}", "sandbox"),
         ("{{ event.__class__ }}", "sandbox"),
         ("{{ 1 / 0 }}", "ZeroDivisionError"),
-        ("{% for i in range(10) %}{{ 'x' * 100000 }}{% endfor %}", "exceeds"),
+        ("{% for i in range(10) %}{{ 'x' * 60000 }}{% endfor %}", "exceeds"),
+        ("{{ 'x' * 10**11 }}", "more than 65536"),
+        ("{{ [1] * 100000 }}", "more than 65536"),
+        ("{{ 2 ** 100000 }}", "exponent"),
+        ("{{ range(1000000) | list | length }}", "range"),
+        ("{% for i in range(60000) %}{% for j in range(60000) %}{% endfor %}{% endfor %}", "range"),
+        ("{{ lipsum(1000) }}", "lipsum"),
     ],
 )
 def test_template_failures_are_clear(source: str, reason: str) -> None:
     with pytest.raises(TemplateRenderError, match=reason):
         render_text(source, context_of(a_job()))
+
+
+def test_runaway_loops_are_stopped_quickly() -> None:
+    """Nested loops over a string are not range(): the CPU budget stops them."""
+    job = a_job(explain={"s": "x" * 2000})
+    source = "{% for a in explain.s %}{% for b in explain.s %}{% for c in explain.s %}"
+    source += "{% endfor %}{% endfor %}{% endfor %}"
+    started = time.perf_counter()
+    with pytest.raises(TemplateRenderError, match="CPU"):
+        render_text(source, context_of(job))
+    assert time.perf_counter() - started < 2.0
+    # An ordinary loop is fine, and the tracer is gone afterwards.
+    assert render_text("{% for k in explain %}{{ k }};{% endfor %}", context_of(job)) == "s;"
+    assert sys.gettrace() is None
 
 
 def test_sandbox_cannot_mutate_context() -> None:
@@ -139,14 +162,14 @@ def test_rest_request_carries_idempotency_key_and_a_verifiable_signature() -> No
     cfg = RestConfig.model_validate(
         {
             "url": "https://example.org/hook/{{event.agent_id}}",
-            "headers": {"X-Agent": "{{ event.agent_id }}", "Idempotency-Key": "mine"},
+            "headers": {"X-Agent": "{{ event.agent_id }}"},
             "body_template": {"text": "{{ trigger.name }}"},
         }
     )
     job = a_job()
     req = build_rest_request(job, cfg, secret=secret)
     assert req.url == "https://example.org/hook/7"
-    assert req.headers["Idempotency-Key"] == job.job_id  # ours wins
+    assert req.headers["Idempotency-Key"] == job.job_id
     assert req.headers["X-Agent"] == "7"
     assert req.headers["Content-Type"] == "application/json"
     assert req.body == b'{"text":"Low score"}'
@@ -170,6 +193,42 @@ def test_raw_secret_signature_and_default_body() -> None:
     get = build_rest_request(job, RestConfig(url="https://example.org/", method="GET"), secret=None)
     assert get.body is None
     assert "webhook-signature" not in get.headers
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Transfer-Encoding",
+        "content-length",
+        "Host",
+        "Connection",
+        "Proxy-Authorization",
+        "Idempotency-Key",
+        "webhook-signature",
+        "Expect",
+    ],
+)
+def test_framing_and_own_headers_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="set by the dispatcher itself"):
+        RestConfig.model_validate({"url": "https://example.org/", "headers": {name: "x"}})
+    # A config written behind the models' back still cannot set them.
+    cfg = RestConfig.model_construct(
+        method="POST",
+        url="https://example.org/",
+        headers={name: "0"},
+        body_template=None,
+        timeout_ms=1000,
+        expected_status=None,
+        signing_secret=None,
+        max_attempts=3,
+    )
+    req = build_rest_request(a_job(), cfg, secret=None)
+    assert "0" not in [v for k, v in req.headers.items() if k.lower() == name.lower()]
+
+
+def test_malformed_whsec_secret_is_a_clear_failure() -> None:
+    with pytest.raises(TemplateRenderError, match="not base64"):
+        build_rest_request(a_job(), RestConfig(url="https://example.org/"), secret="whsec_@@@")
 
 
 @pytest.mark.parametrize(

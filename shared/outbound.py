@@ -90,8 +90,21 @@ _RFC1918 = (
 _UNIQUE_LOCAL = IPv6Network("fc00::/7")
 _NAT64 = IPv6Network("64:ff9b::/96")
 
-# Headers a redirect to another origin must not carry along.
-_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
+# The only headers a redirect to another origin carries along: a caller's other
+# headers (Authorization, Cookie, X-Api-Key, ...) may be credentials of the origin
+# they were written for.
+_CROSS_ORIGIN_HEADERS = frozenset(
+    {
+        "accept",
+        "user-agent",
+        "content-type",
+        "content-encoding",
+        "idempotency-key",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
 # Headers that describe a body, dropped when a redirect drops the body.
 _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
 
@@ -547,7 +560,7 @@ async def _exchange(
         except (ValueError, TypeError) as exc:
             raise RedirectError(redact_url(url), "unparseable Location") from exc
         if target.origin() != url.origin():
-            for name in _CREDENTIAL_HEADERS:
+            for name in {k.lower() for k in headers} - _CROSS_ORIGIN_HEADERS:
                 headers.popall(name, None)
         if (status == 303 and method != "HEAD") or (status in {301, 302} and method == "POST"):
             method = "GET"

@@ -67,19 +67,34 @@ class _Cached:
     read_at: float
 
 
-_LATEST_IDENTITY = """
-SELECT e.event_type, e.token_uri, e.block_number, e.log_index
-FROM events e
-WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
-  AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')
+_CANONICAL = """
   AND NOT EXISTS (
       SELECT 1 FROM reorgs r
       WHERE r.chain_id = e.chain_id AND r.from_block <= e.block_number
         AND (r.to_block IS NULL OR r.to_block >= e.block_number)
         AND r.created_at > e.created_at)
-ORDER BY e.block_number DESC, e.log_index DESC
-LIMIT 50
 """
+
+#: The agent's current URI: its latest canonical Registered or URIUpdated event.
+_LATEST_URI = (
+    """
+SELECT e.token_uri FROM events e
+WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
+  AND e.event_type IN ('Registered', 'URIUpdated')"""
+    + _CANONICAL
+    + "ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
+)
+
+#: Where the cached file stops being valid: the latest identity event that may
+#: change it (a new URI, or ERC-4906 MetadataUpdate).
+_LATEST_CHANGE = (
+    """
+SELECT e.block_number, e.log_index FROM events e
+WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
+  AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')"""
+    + _CANONICAL
+    + "ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
+)
 
 
 class Resolver:
@@ -150,14 +165,20 @@ class Resolver:
     async def mcp_endpoint(self, chain_id: int, agent_id: int, *, time_limit: float) -> str:
         """The agent's MCP endpoint from its current registration file."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_LATEST_IDENTITY, chain_id, agent_id)
-        uri = next((r["token_uri"] for r in rows if r["token_uri"]), None)
-        if not rows or uri is None:
+            uri_row = await conn.fetchrow(_LATEST_URI, chain_id, agent_id)
+            change = await conn.fetchrow(_LATEST_CHANGE, chain_id, agent_id)
+        if uri_row is None or change is None:
             raise ResolveError(
                 f"agent {chain_id}:{agent_id} has no registration (no Registered/URIUpdated event)",
                 transient=False,
             )
-        stamp = (rows[0]["block_number"], rows[0]["log_index"])
+        uri = uri_row["token_uri"]
+        if not uri:
+            # Not an older URI: the agent cleared it, and its old server is not its own.
+            raise ResolveError(
+                f"agent {chain_id}:{agent_id} has an empty registration URI", transient=False
+            )
+        stamp = (change["block_number"], change["log_index"])
         key = (chain_id, agent_id)
         cached = self._cache.get(key)
         if (

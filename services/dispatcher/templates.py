@@ -135,7 +135,7 @@ _ESCAPES: dict[str | None, Callable[[str], str] | None] = {
     None: None,
     "MarkdownV2": escape_markdown_v2,
     "Markdown": escape_markdown,
-    "HTML": lambda s: html.escape(s, quote=False),
+    "HTML": lambda s: html.escape(s, quote=True),
 }
 
 

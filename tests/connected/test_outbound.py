@@ -302,13 +302,19 @@ async def test_redirect_to_another_origin_drops_credentials() -> None:
             raise web.HTTPTemporaryRedirect(target.url("/hook"))
 
         async with serve(redirect) as origin, new_session(LOOPBACK) as session:
-            headers = {"Authorization": "Bearer secret", "Idempotency-Key": "job-2"}
+            headers = {
+                "Authorization": "Bearer secret",
+                "X-Api-Key": "key-of-the-origin",
+                "Idempotency-Key": "job-2",
+            }
             response = await fetch(
                 session, "POST", origin.url(), policy=LOOPBACK, headers=headers, data=b"{}"
             )
             assert response.status == 200
             assert origin.seen[0].headers["Authorization"] == "Bearer secret"
+            assert origin.seen[0].headers["X-Api-Key"] == "key-of-the-origin"
         assert "Authorization" not in target.seen[0].headers
+        assert "X-Api-Key" not in target.seen[0].headers
         assert target.seen[0].headers["Idempotency-Key"] == "job-2"
         assert target.seen[0].body == b"{}"
 

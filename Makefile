@@ -15,7 +15,7 @@ PROMTOOL_VERSION := v0.316.0
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps tools lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore
+.PHONY: help deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,7 +43,12 @@ $(TOOLS_BIN)/.promtool-$(PROMTOOL_VERSION):
 	@$(GO_ENV) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 	@touch $@
 
-tools: $(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION) $(TOOLS_BIN)/.promtool-$(PROMTOOL_VERSION) ## build kustomize and promtool into .run/bin (cached)
+tools: $(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION) ## build kustomize into .run/bin (cached; make test needs it)
+
+tools-promtool: $(TOOLS_BIN)/.promtool-$(PROMTOOL_VERSION) ## build promtool into .run/bin (cached; a few minutes)
+
+test-rules: deps tools-promtool ## promtool's check and unit tests of the alert rules
+	$(WITH_ENV) $(PY) -m pytest -m promtool tests/deploy $(PYTEST_ARGS)
 
 lock: ## re-resolve requirements.lock (and the image's requirements-runtime.lock) from pyproject.toml
 	.venv/bin/uv pip compile -q pyproject.toml --extra dev --generate-hashes -o requirements.lock

@@ -54,6 +54,7 @@ from tools.pipeline import (
 )
 
 CHAINS = (8453, 1, 10, 42161)
+PARTITIONS = 12  # scratch_pipeline's
 LOCAL = ROOT / "deploy" / "local"
 
 
@@ -111,13 +112,12 @@ def local_infra() -> list[str]:
     return out
 
 
-async def read_event_ids(bootstrap: str, topic: str) -> Counter[str]:
+async def read_event_ids(bootstrap: str, topic: str, partitions: int) -> Counter[str]:
     """Every event id on the topic (duplicates counted), read from the start."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -276,7 +276,7 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
                 outbox = await conn.fetchval("SELECT count(*) FROM event_outbox")
             finally:
                 await conn.close()
-            relayed = await read_event_ids(bootstrap, pipeline.events_topic)
+            relayed = await read_event_ids(bootstrap, pipeline.events_topic, PARTITIONS)
             mismatched = await clean_replay_mismatches(pipeline.url, population, acked)
             pipeline.stop()
     finally:

@@ -235,7 +235,7 @@ def _cold_conditions(rng: random.Random) -> list[Cond]:
     if kind < 0.5:
         return [
             ("agent_id_equals", "agent_id", "=", agent, {}),
-            ("score_threshold", "score", "<", "-95", {}),
+            ("score_threshold", "score", "<", "-1000", {}),  # values are within ±100
         ]
     if kind < 0.65:
         return [
@@ -245,7 +245,7 @@ def _cold_conditions(rng: random.Random) -> list[Cond]:
     if kind < 0.8:
         return [
             ("agent_id_equals", "agent_id", "=", agent, {}),
-            ("ema_threshold", "score", "<", "-95", {"window_size": 10, "scope": "agent"}),
+            ("ema_threshold", "score", "<", "-1000", {"window_size": 10, "scope": "agent"}),
         ]
     return [
         ("agent_id_equals", "agent_id", "=", agent, {}),

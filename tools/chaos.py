@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -86,6 +87,7 @@ class Killer:
         elif component == "kafka":
             pid = int((ROOT / ".run" / "pids" / "kafka.pid").read_text())
             os.kill(pid, signal.SIGKILL)
+            await gone(pid)
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
             await asyncio.to_thread(run_script, "kafka.sh", "start")
         elif component == "postgres":
@@ -97,6 +99,24 @@ class Killer:
         line = f"killed {component} (#{self.kills[component]}), back in {took:.1f}s"
         self.log.append(line)
         say(line)
+
+
+def _proc_state(pid: int) -> str | None:
+    """The process's state letter (R, S, Z, ...), None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+async def gone(pid: int, within: float = 30) -> None:
+    """Until ``pid`` has exited (a zombie not yet reaped counts as exited)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _proc_state(pid) in (None, "Z", "X"):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"pid {pid} still running {within:g}s after SIGKILL")
 
 
 def local_infra() -> list[str]:

@@ -34,8 +34,15 @@ die() { printf '[%s] error: %s\n' "$(basename "$0" .sh)" "$*" >&2; exit 1; }
 
 PY="$ROOT/.venv/bin/python"
 
-# pid_alive FILE: the pid in FILE names a running process.
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# pid_alive FILE: the pid in FILE names a running process (a killed one that is
+# not reaped yet, a zombie, is not running).
+pid_alive() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$pid/stat" 2>/dev/null
+}
 
 # port_open HOST PORT: something accepts TCP connections there.
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }

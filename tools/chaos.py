@@ -245,8 +245,8 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
             await install_triggers(pipeline.url, population, total=1000, hook=receiver.url)
             await pipeline.start(log_level="INFO")
             killer = Killer(pipeline, rng)
-            # Enough load to outlast the kills: ~6 s per kill at the given rate.
-            total = int(args.rate * max(60, 7 * len(schedule)))
+            # More load than the kills need; it is stopped once they are done.
+            total = int(args.rate * 3600)
             gen = LoadGenerator(
                 Settings(
                     base=pipeline.ingest.base,
@@ -269,7 +269,8 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
                     break
                 await killer.kill(component)
                 await asyncio.sleep(rng.uniform(1.0, 5.0))
-            say(f"kills done ({sum(killer.kills.values())}); waiting for the load to finish")
+            say(f"kills done ({sum(killer.kills.values())}); stopping the load")
+            gen.stop()
             await load
             say(f"load done: {len(acked)} events acknowledged, {len(owed)} firings owed")
 

@@ -91,6 +91,11 @@ class LoadGenerator:
         self.stats = Stats()
         self.acked: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the requests under way (until acknowledged), then post nothing more."""
+        self._stopping = True
 
     async def run(self, *, progress: bool = False) -> Stats:
         timeout = aiohttp.ClientTimeout(total=self.s.timeout)
@@ -126,7 +131,7 @@ class LoadGenerator:
         sent = 0
         history: list[list[dict[str, Any]]] = []
         since_reorg = 0
-        while sent < n:
+        while sent < n and not self._stopping:
             if rng.random() < self.s.single:
                 chunk = [self._next(events, rng) for _ in range(min(5, n - sent))]
                 for e in chunk:

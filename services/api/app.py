@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.api.auth import LoginLimiter, Passwords, Tokens
 from services.api.common import (
+    BACKTESTS,
     LIMITER,
     MAX_BODY_BYTES,
     METRICS,
@@ -17,6 +18,7 @@ from services.api.common import (
     SECRETS,
     SETTINGS,
     TOKENS,
+    Slots,
     middleware,
 )
 from services.api.jobs import JobProducer
@@ -41,6 +43,7 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     app[METRICS] = ApiMetrics.create(registry)
     app[PASSWORDS] = passwords or Passwords()
     app[TOKENS] = Tokens(settings.jwt_secret.get_secret_value(), settings.access_token_ttl)
+    app[BACKTESTS] = Slots(settings.backtest_concurrency)
     app[LIMITER] = LoginLimiter(
         max_failures=settings.login_max_failures, window=settings.login_window
     )

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import jwt
 from argon2 import PasswordHasher
@@ -23,17 +23,39 @@ JWT_ALGORITHM: Final = "HS256"
 JWT_ISSUER: Final = "erc8004-api"
 
 
+class PasswordsBusyError(Exception):
+    """Too many password hashes waiting: answered 503 with Retry-After."""
+
+
 class Passwords:
     """argon2id hashes (argon2-cffi's defaults, RFC 9106's low-memory profile),
     computed in a worker thread: a hash takes tens of milliseconds of CPU."""
 
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self, hasher: PasswordHasher | None = None, *, concurrency: int = 2, queue: int = 32
+    ) -> None:
         self._hasher = hasher or PasswordHasher()
         # Verified against when the user does not exist: the same work either way.
         self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+        # Each hash takes ~64 MiB and a core for tens of ms: a few at once, a bounded
+        # queue behind them, and "busy" beyond (memory stays bounded under a flood).
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue = concurrency + queue
+        self._waiting = 0
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._waiting >= self._queue:
+            raise PasswordsBusyError
+        self._waiting += 1
+        try:
+            async with self._slots:
+                return await asyncio.to_thread(fn, *args)
+        finally:
+            self._waiting -= 1
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        result: str = await self._run(self._hasher.hash, password)
+        return result
 
     async def verify(self, stored: str | None, password: str) -> bool:
         def check() -> bool:
@@ -42,7 +64,8 @@ class Passwords:
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
 
-        return await asyncio.to_thread(check)
+        ok: bool = await self._run(check)
+        return ok
 
     def needs_rehash(self, stored: str) -> bool:
         return self._hasher.check_needs_rehash(stored)
@@ -131,6 +154,15 @@ class LoginLimiter:
 
     def _keys(self, username: str, address: str) -> list[tuple[str, str]]:
         return [("user", username.strip().lower()), ("addr", address)]
+
+    def reserve(self, username: str, address: str) -> int:
+        """Take an attempt before the password is checked: 0 when allowed (the attempt
+        counts as a failure until :meth:`succeeded` refunds it), else the seconds to
+        wait. Counting first means concurrent guesses cannot all pass the check."""
+        wait = self.retry_after(username, address)
+        if not wait:
+            self.failed(username, address)
+        return wait
 
     def retry_after(self, username: str, address: str, *, now: float | None = None) -> int:
         """Seconds until another attempt is allowed (0: allowed now)."""

@@ -59,10 +59,15 @@ async def run_backtest(
     *,
     trigger_id: str | None,
     max_events: int,
+    time_limit: float,
 ) -> BacktestOut:
     """Replay ``spec`` over the canonical events of its chain and registry with block
     times in [from, to), in chain order (block number, log index). Must run inside a
-    transaction (a server-side cursor streams the events)."""
+    transaction (a server-side cursor streams the events). Stops, truncated, after
+    ``max_events`` events or ``time_limit`` seconds, yielding to other requests every
+    few hundred events."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + time_limit
     replay = Replay(spec)
     scanned = evaluated = fired = 0
     truncated = False
@@ -77,8 +82,11 @@ async def run_backtest(
             break
         scanned += 1
         step = replay.step(event_from_row(row))
-        if scanned % 5000 == 0:
+        if scanned % 500 == 0:
             await asyncio.sleep(0)  # let other requests in between
+            if loop.time() > deadline:
+                truncated = True
+                break
         if step is None:
             continue
         evaluated += 1

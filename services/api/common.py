@@ -3,12 +3,14 @@ cursors, authentication and the request middleware (metrics, request ids)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -36,7 +38,38 @@ PASSWORDS = web.AppKey("passwords", Passwords)
 TOKENS = web.AppKey("tokens", Tokens)
 LIMITER = web.AppKey("limiter", LoginLimiter)
 SECRETS = web.AppKey("secrets", SecretBox)
+
+
+class SlotsBusyError(Exception):
+    """As many callers wait as there are slots."""
+
+
+class Slots:
+    """``n`` at once, at most ``n`` more waiting; beyond that :class:`SlotsBusyError`."""
+
+    def __init__(self, n: int) -> None:
+        self._sem = asyncio.Semaphore(n)
+        self._n = n
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def take(self) -> AsyncIterator[None]:
+        if self._sem.locked() and self._waiting >= self._n:
+            raise SlotsBusyError
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._sem.release()
+
+
+BACKTESTS = web.AppKey("backtests", Slots)
 USER = web.RequestKey("user_id", str)  # the authenticated user's id
+VIA = web.RequestKey("via", str)  # how it authenticated: jwt | api_key
 
 log = structlog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -250,6 +283,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             if request.path.startswith("/v1/") and request.path not in PUBLIC_PATHS:
                 principal = await authenticate(request)
                 request[USER] = principal.user_id
+                request[VIA] = principal.via
                 structlog.contextvars.bind_contextvars(user_id=principal.user_id)
             response = await handler(request)
         except ApiError as exc:

@@ -21,13 +21,14 @@ REF = "#/components/schemas/{model}"
 ERRORS: dict[int, str] = {
     400: "The body is not JSON.",
     401: "No or invalid bearer token (or wrong username or password).",
-    403: "The signature is not the agent owner's.",
+    403: "Not allowed with this credential (an agent owner's signature is needed, or a "
+    "login's access token where an API key was given).",
     404: "No such object (or it belongs to another user).",
     409: "Conflicts with the current state.",
     413: "The body is too large.",
     422: "Invalid input; `details` name each field.",
     429: "Too many failed logins; retry after `Retry-After` seconds.",
-    503: "A dependency (Kafka) is unavailable.",
+    503: "Busy or a dependency (Kafka) is unavailable; retry after `Retry-After` seconds.",
 }
 
 

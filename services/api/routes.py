@@ -3,10 +3,12 @@ both registers them and generates the OpenAPI document."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -14,9 +16,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from services.api import queries
-from services.api.auth import new_api_key
+from services.api.auth import PasswordsBusyError, new_api_key
 from services.api.backtest import event_from_row, run_backtest, unsaved_spec
 from services.api.common import (
+    BACKTESTS,
     LIMITER,
     METRICS,
     PASSWORDS,
@@ -24,7 +27,9 @@ from services.api.common import (
     SECRETS,
     SETTINGS,
     TOKENS,
+    VIA,
     ApiError,
+    SlotsBusyError,
     cursor_datetime,
     cursor_time,
     decode_cursor,
@@ -77,6 +82,7 @@ from shared.replay import compile_trigger
 from shared.triggers import TriggerCreate, TriggerUpdate
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 PRODUCER = web.AppKey("producer", JobProducer)
 DOCUMENT = web.AppKey("document", dict)
@@ -101,7 +107,7 @@ def _iso(value: datetime | None) -> str:
 
 async def register(request: web.Request) -> web.Response:
     body = await parse_body(request, RegisterIn)
-    password_hash = await request.app[PASSWORDS].hash(body.password.get_secret_value())
+    password_hash = await _hashing(request.app[PASSWORDS].hash(body.password.get_secret_value()))
     async with request.app[POOL].acquire() as conn:
         row = await queries.insert_user(
             conn, username=body.username, email=body.email, password_hash=password_hash
@@ -113,6 +119,15 @@ async def register(request: web.Request) -> web.Response:
     return json_ok(UserOut(**dict(row)), status=201)
 
 
+async def _hashing(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except PasswordsBusyError:
+        raise ApiError(
+            503, "too many logins at once; try again shortly", headers={"Retry-After": "1"}
+        ) from None
+
+
 def _client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
@@ -121,7 +136,7 @@ async def login(request: web.Request) -> web.Response:
     body = await parse_body(request, LoginIn)
     app = request.app
     limiter, address = app[LIMITER], _client_address(request)
-    wait = limiter.retry_after(body.username, address)
+    wait = limiter.reserve(body.username, address)
     if wait:
         app[METRICS].logins_limited.inc()
         raise ApiError(
@@ -129,17 +144,18 @@ async def login(request: web.Request) -> web.Response:
         )
     passwords = app[PASSWORDS]
     password = body.password.get_secret_value()
+    # No pool connection is held while hashing: a login flood must not starve the pool.
     async with app[POOL].acquire() as conn:
         row = await queries.get_login(conn, body.username)
-        stored = row["password_hash"] if row is not None else None
-        ok = await passwords.verify(stored, password)
-        if not ok or row is None or not row["active"]:
-            limiter.failed(body.username, address)
-            app[METRICS].login_failures.inc()
-            log.info("login refused")
-            raise ApiError(401, "invalid username or password")
-        rehash = stored is not None and passwords.needs_rehash(stored)
-        new_hash = await passwords.hash(password) if rehash else None
+    stored = row["password_hash"] if row is not None else None
+    ok = await _hashing(passwords.verify(stored, password))
+    if not ok or row is None or not row["active"]:
+        app[METRICS].login_failures.inc()
+        log.info("login refused")
+        raise ApiError(401, "invalid username or password")
+    rehash = stored is not None and passwords.needs_rehash(stored)
+    new_hash = await _hashing(passwords.hash(password)) if rehash else None
+    async with app[POOL].acquire() as conn:
         await queries.record_login(conn, row["id"], new_hash)
     limiter.succeeded(body.username)
     settings = app[SETTINGS]
@@ -148,7 +164,15 @@ async def login(request: web.Request) -> web.Response:
     return json_ok(TokenOut(access_token=token, expires_in=settings.access_token_ttl))
 
 
+def _password_login_only(request: web.Request) -> None:
+    """Keys are managed with a password login's token: a leaked key cannot mint
+    replacements that outlive its revocation."""
+    if request[VIA] != "jwt":
+        raise ApiError(403, "API keys are managed with a login's access token, not an API key")
+
+
 async def create_api_key(request: web.Request) -> web.Response:
+    _password_login_only(request)
     body = await parse_body(request, ApiKeyIn)
     key, prefix, key_hash = new_api_key()
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
@@ -173,6 +197,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
+    _password_login_only(request)
     key_id = path_id(request, "key_id")
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
         row = await queries.revoke_api_key(conn, key_id)
@@ -521,23 +546,49 @@ async def backtest_trigger(request: web.Request) -> web.Response:
         spec = _spec(row)
         if spec is None:
             raise ApiError(409, "the stored trigger does not validate; update it first")
+    async with (
+        _backtest_slot(request),
+        queries.as_user(request.app[POOL], user_id(request)) as conn,
+    ):
         out = await run_backtest(
-            conn, spec, body, trigger_id=trigger_id, max_events=settings.backtest_max_events
+            conn,
+            spec,
+            body,
+            trigger_id=trigger_id,
+            max_events=settings.backtest_max_events,
+            time_limit=settings.backtest_seconds,
         )
     return _backtest_done(request, out, started)
+
+
+@contextlib.asynccontextmanager
+async def _backtest_slot(request: web.Request) -> AsyncIterator[None]:
+    """One of BACKTEST_CONCURRENCY slots; 503 when as many wait already."""
+    try:
+        async with request.app[BACKTESTS].take():
+            yield
+    except SlotsBusyError:
+        raise ApiError(
+            503, "too many backtests at once; try again shortly", headers={"Retry-After": "5"}
+        ) from None
 
 
 async def backtest_unsaved(request: web.Request) -> web.Response:
     body = await parse_body(request, BacktestTriggerIn)
     started = time.perf_counter()
     spec = unsaved_spec(body.trigger, user_id=user_id(request))
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+    settings = request.app[SETTINGS]
+    async with (
+        _backtest_slot(request),
+        queries.as_user(request.app[POOL], user_id(request)) as conn,
+    ):
         out = await run_backtest(
             conn,
             spec,
             body,
             trigger_id=None,
-            max_events=request.app[SETTINGS].backtest_max_events,
+            max_events=settings.backtest_max_events,
+            time_limit=settings.backtest_seconds,
         )
     return _backtest_done(request, out, started)
 
@@ -712,17 +763,18 @@ def _path(name: str, description: str, **schema: Any) -> PathParam:
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/auth/register", register, "Create an account", 201, UserOut, RegisterIn,
-          auth=False, errors=(409,), tag="accounts"),
+          auth=False, errors=(409, 503), tag="accounts"),
     Route("POST", "/v1/auth/login", login, "Log in: an access token", 200, TokenOut, LoginIn,
-          auth=False, errors=(401, 429), tag="accounts",
+          auth=False, errors=(401, 429, 503), tag="accounts",
           description="Wrong username and wrong password give the same 401."),
     Route("POST", "/v1/api-keys", create_api_key, "Create an API key (shown once)", 201,
-          ApiKeyCreated, ApiKeyIn, tag="accounts"),
+          ApiKeyCreated, ApiKeyIn, errors=(403,), tag="accounts",
+          description="Needs a login's access token: an API key cannot create keys."),
     Route("GET", "/v1/api-keys", list_api_keys, "List your API keys", 200, Page[ApiKeyOut],
           query=PageQuery, tag="accounts"),
     Route("DELETE", "/v1/api-keys/{key_id}", revoke_api_key, "Revoke an API key", 200, ApiKeyOut,
-          path_params=(_path("key_id", "An API key's id.", maxLength=200),), errors=(404,),
-          tag="accounts"),
+          path_params=(_path("key_id", "An API key's id.", maxLength=200),), errors=(403, 404),
+          tag="accounts", description="Needs a login's access token, not an API key."),
     Route("GET", "/v1/triggers", list_triggers, "List your triggers", 200, Page[TriggerOut],
           query=PageQuery, tag="triggers"),
     Route("POST", "/v1/triggers", create_trigger, "Create a trigger", 201, TriggerOut,

@@ -31,3 +31,9 @@ class ApiSettings(ServiceSettings):
     backtest_max_events: int = Field(
         default=200_000, ge=1, le=5_000_000, validation_alias="BACKTEST_MAX_EVENTS"
     )
+    #: Seconds one backtest may run before it answers with what it has (truncated).
+    backtest_seconds: float = Field(default=20.0, gt=0, le=600, validation_alias="BACKTEST_SECONDS")
+    #: Backtests running at once per process; more wait, and beyond twice that 503.
+    backtest_concurrency: int = Field(
+        default=2, ge=1, le=64, validation_alias="BACKTEST_CONCURRENCY"
+    )

@@ -47,6 +47,7 @@ from tools.benchdb import scratch_topic
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 IDENTITY = "0x8004A169FB4a3325136EB29fA0ceB6D2e539a432"
+OWNER = "0x" + "ab" * 20
 
 
 @pytest.fixture
@@ -468,7 +469,11 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
             db,
             [
                 an_event(
-                    11, event_type="Registered", agent_id=7, token_uri=f"{files.base}/agents/7.json"
+                    11,
+                    event_type="Registered",
+                    agent_id=7,
+                    token_uri=f"{files.base}/agents/7.json",
+                    owner=OWNER,
                 ),
                 an_event(12, event_type="Registered", agent_id=8, token_uri=data_uri),
                 an_event(
@@ -485,7 +490,7 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
             "INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address)"
             " VALUES (8453, 7, $1, $2)",
             box.encrypt("agent-7-bearer", context="agent_mcp_tokens:8453:7"),
-            "0x" + "ab" * 20,
+            OWNER,
         )
         config = {
             "resolve_endpoint": True,
@@ -646,7 +651,18 @@ async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
             registration_file(8453, 5, new.url)
         )
         await store_events(
-            db, [an_event(31, event_type="Registered", agent_id=5, token_uri="ipfs://bafyold")]
+            db,
+            [
+                an_event(
+                    31, event_type="Registered", agent_id=5, token_uri="ipfs://bafyold", owner=OWNER
+                )
+            ],
+        )
+        await db.execute(
+            "INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address)"
+            " VALUES (8453, 5, $1, $2)",
+            SecretBox(_dev_key()).encrypt("agent-5-bearer", context="agent_mcp_tokens:8453:5"),
+            OWNER,
         )
         config = {"resolve_endpoint": True, "tool_name": "notify"}
         user = await insert_user(db)
@@ -680,16 +696,18 @@ async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
             return len(await results(db)) >= n
 
         await wait_for(lambda: recorded(1), within=30, what="first call")
-        # The agent moves its registration file: the cached endpoint must not be used.
+        # The agent changes hands and its new owner moves the registration file: the
+        # cached endpoint must not be used, and the old owner's token not sent.
         await store_events(
             db,
             [
+                an_event(50, event_type="Transfer", agent_id=5, owner="0x" + "cd" * 20),
                 an_event(
                     51,
                     event_type="URIUpdated",
                     agent_id=5,
                     token_uri="ipfs://bafynew/agent.json",
-                )
+                ),
             ],
         )
         second = job(42)
@@ -699,6 +717,8 @@ async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
     assert statuses(await results(db)) == ["success", "success"]
     assert [args["job_id"] for _, args in old.calls] == [first.job_id]
     assert [args["job_id"] for _, args in new.calls] == [second.job_id]
+    assert old.calls[0][0]["authorization"] == "Bearer agent-5-bearer"
+    assert "authorization" not in new.calls[0][0]
     assert [s.path for s in gateway.seen] == ["/ipfs/bafyold", "/ipfs/bafynew/agent.json"]
 
 

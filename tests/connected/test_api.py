@@ -126,6 +126,22 @@ async def test_failed_logins_are_limited_whether_or_not_the_user_exists(client: 
     )
 
 
+async def test_concurrent_guesses_cannot_pass_the_login_limit(client: Client) -> None:
+    """Attempts are counted before the password is checked: 30 guesses at once get
+    at most LOGIN_MAX_FAILURES (5) verifications, the others 429 (or 503: busy)."""
+    await signup(client, "dave")
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/auth/login", json={"username": "dave", "password": f"guess{i}"})
+            for i in range(30)
+        )
+    )
+    statuses = sorted(r.status for r in answers)
+    assert statuses.count(401) <= 5
+    assert set(statuses) <= {401, 429, 503}
+    assert statuses.count(429) >= 20
+
+
 async def test_api_keys_are_shown_once_stored_hashed_usable_and_revocable(
     client: Client, db: asyncpg.Connection
 ) -> None:
@@ -145,6 +161,10 @@ async def test_api_keys_are_shown_once_stored_hashed_usable_and_revocable(
     listed = await (await client.get("/v1/api-keys", headers=by_key)).json()
     assert [k["id"] for k in listed["items"]] == [created["id"]]
     assert "key" not in listed["items"][0]
+    # A key cannot mint more keys (or revoke): a leaked one could outlive its revocation.
+    minted = await client.post("/v1/api-keys", json={"name": "x"}, headers=by_key)
+    assert minted.status == 403
+    assert (await client.delete(f"/v1/api-keys/{created['id']}", headers=by_key)).status == 403
 
     revoked = await client.delete(f"/v1/api-keys/{created['id']}", headers=auth)
     assert revoked.status == 200

@@ -193,6 +193,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                     duplicates=0.01,
                     seed=2,
                     start_block=50_000_000,
+                    start_timestamp=max(e["timestamp"] for e in sustained.events) + 10,
                 ),
                 population,
                 latency,

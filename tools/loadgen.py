@@ -71,6 +71,9 @@ class Settings:
     seed: int = 1
     #: first block of every chain (runs that must not overlap start apart)
     start_block: int = 1_000_000
+    #: block time of the first block (None: an hour ago); a later run continues after
+    #: an earlier one's last block time (windows do not take events back in time)
+    start_timestamp: int | None = None
     #: per request; a slower answer is retried
     timeout: float = 30.0
     #: give up on one request after this long failing
@@ -124,7 +127,7 @@ class LoadGenerator:
     async def _indexer(self, chain: int, n: int, index: int) -> None:
         rng = random.Random(self.s.seed * 1000 + index)
         events: Iterator[dict[str, Any]] = stream(
-            rng, chain_id=chain, start_block=self.s.start_block
+            rng, chain_id=chain, start_block=self.s.start_block, timestamp=self.s.start_timestamp
         )
         rate = self.s.rate / len(self.s.chains) if self.s.rate > 0 else 0.0
         started = time.perf_counter()

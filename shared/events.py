@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Final, Self
 
 from pydantic import (
@@ -289,14 +290,16 @@ class Event(BaseModel):
     response_hash: Hash | None = None
     tag: Tag | None = None
 
+    # cached_property: each is read several times per event on ingest's hot path
+    # (the row, the message, the id claim); the model is frozen, so they never change.
     @computed_field  # type: ignore[prop-decorator]
-    @property
+    @cached_property
     def id(self) -> str:
         """`{chain_id}-{block_number}-{log_index}`."""
         return f"{self.chain_id}-{self.block_number}-{self.log_index}"
 
     @computed_field  # type: ignore[prop-decorator]
-    @property
+    @cached_property
     def block_time(self) -> datetime:
         """The block timestamp as an aware UTC datetime."""
         return datetime.fromtimestamp(self.timestamp, UTC)

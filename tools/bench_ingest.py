@@ -135,11 +135,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "EVENTS_TOPIC": topic,
             "HTTP_PORT": str(port),
             "LOG_LEVEL": "WARNING",
+            # Periodic maintenance (view refreshes over the events) is not intake.
+            "MAINTENANCE_ENABLED": "false",
         }
         with tempfile.TemporaryFile() as log:
             # Popen only forks: nothing here blocks the loop for long.
             proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env, stdout=log, stderr=log
+                # BENCH_PY_ARGS: interpreter options, e.g. "-m cProfile -o i.prof".
+                [
+                    sys.executable,
+                    *os.environ.get("BENCH_PY_ARGS", "").split(),
+                    "-m",
+                    "services.ingest",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
             )
             try:
                 base = f"http://127.0.0.1:{port}"

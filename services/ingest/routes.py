@@ -82,6 +82,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+_REGISTRIES = frozenset(r.value for r in Registry)
+
+
 def _labels(item: object) -> tuple[str, str]:
     """Bounded metric labels from a raw item (rejected items may be anything)."""
     chain, registry = "invalid", "invalid"
@@ -89,7 +92,7 @@ def _labels(item: object) -> tuple[str, str]:
         value = item.get("chain_id")
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31:
             chain = str(value)
-        if item.get("registry") in {r.value for r in Registry}:
+        if item.get("registry") in _REGISTRIES:
             registry = str(item["registry"])
     return chain, registry
 

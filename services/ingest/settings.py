@@ -25,7 +25,7 @@ class IngestSettings(ServiceSettings):
     events_topic: str = Field(default=EVENTS, min_length=1, validation_alias="EVENTS_TOPIC")
     #: Outbox rows per relay batch, and the poll interval behind the NOTIFY wake-up.
     relay_batch_size: int = Field(
-        default=1000, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE"
+        default=2000, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE"
     )
     relay_poll_interval: float = Field(
         default=1.0, gt=0, le=60, validation_alias="RELAY_POLL_INTERVAL"

@@ -11,7 +11,7 @@ order). An indexer posts a batch of ``--batch`` events, or with probability
 duplicates); every ``--reorg-every`` events it reports a reorg of the last
 ``--reorg-depth`` blocks and posts their replacements (same positions, new block
 hash). A request that fails (connection refused, 5xx, timeout) is retried with
-backoff until it is acknowledged: only a 200 counts. A 4xx stops the run.
+backoff until it is acknowledged: only a 2xx counts. A 4xx stops the run.
 
 Programmatic use (benchmarks, chaos runs): :class:`LoadGenerator` with an
 ``on_ack`` callback receiving each newly acknowledged event and the time.
@@ -203,7 +203,7 @@ class LoadGenerator:
             try:
                 async with self._session.post(self.s.base + path, data=data, headers=headers) as r:
                     text = await r.read()
-                    if r.status == 200:
+                    if 200 <= r.status < 300:
                         self.stats.latencies.append(time.perf_counter() - t0)
                         answer = orjson.loads(text)
                         return answer if isinstance(answer, dict) else {}

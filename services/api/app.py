@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -34,6 +35,26 @@ from shared.secrets import SecretBox
 log = structlog.get_logger(__name__)
 
 
+async def _refuse_to_bypass_row_security(pool: asyncpg.Pool) -> None:
+    """Tenant isolation rests on row-level security, which does not apply to a table's
+    owner or a BYPASSRLS role: the API refuses to start as one (DATABASE_ROLE unset
+    with the owner's login, say) instead of silently showing every user's rows."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            """SELECT r.rolname, r.rolbypassrls OR r.rolsuper AS bypass,
+                      EXISTS (SELECT 1 FROM pg_tables t
+                              WHERE t.schemaname = 'public' AND t.tablename = 'triggers'
+                                AND t.tableowner = current_user) AS owner
+               FROM pg_roles r WHERE r.rolname = current_user"""
+        )
+    if row is None or row["bypass"] or row["owner"]:
+        name = row["rolname"] if row is not None else "?"
+        raise RuntimeError(
+            f"the API connects as {name!r}, which owns the tables or bypasses row-level "
+            "security: set DATABASE_ROLE (erc8004_api) so that tenant isolation applies"
+        )
+
+
 def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> web.Application:
     """The API app; ``passwords`` lets tests use cheaper hashing parameters."""
     # A little over the body cap so that our own check answers with the JSON 413.
@@ -53,6 +74,11 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await pool_from_settings(settings)
+        try:
+            await _refuse_to_bypass_row_security(app[POOL])
+        except BaseException:
+            await close_pool(app[POOL])
+            raise
         log.info("api started", port=settings.http_port)
         yield
         await app[PRODUCER].close()

@@ -295,6 +295,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             response = error_response(exc.status, exc.reason)
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+        except (asyncpg.QueryCanceledError, TimeoutError):
+            # statement_timeout, or no pool connection in time: busy, not broken.
+            log.warning("request timed out", route=route, method=method)
+            response = error_response(503, "the request took too long; narrow it or retry")
+            response.headers["Retry-After"] = "5"
         except Exception:
             log.exception("request failed", route=route, method=method)
             response = error_response(500, "internal error")

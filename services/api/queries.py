@@ -24,13 +24,26 @@ CANONICAL = """NOT EXISTS (
 EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
 
 
+#: Longest a statement of a user's request may run, and a request may wait for a
+#: pool connection.
+STATEMENT_TIMEOUT = "15s"
+ACQUIRE_SECONDS = 10.0
+
+
 @asynccontextmanager
 async def as_user(pool: asyncpg.Pool, user_id: str) -> AsyncIterator[Conn]:
     """A connection in a transaction whose ``app.current_user_id`` is the user's
     (``set_config(..., true)`` is ``SET LOCAL`` with a parameter): row-level
     security shows it that user's rows only, and the setting ends with it."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT set_config('app.current_user_id', $1, true)", user_id)
+    async with pool.acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
+        # Every statement of a request is bounded too: one user's heavy filter cannot
+        # hold a pool connection (and a core of PostgreSQL) for minutes.
+        await conn.execute(
+            "SELECT set_config('app.current_user_id', $1, true),"
+            " set_config('statement_timeout', $2, true)",
+            user_id,
+            STATEMENT_TIMEOUT,
+        )
         yield conn
 
 

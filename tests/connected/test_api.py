@@ -657,3 +657,19 @@ async def test_passwords_and_tokens_never_reach_the_logs(
     assert len(logs) >= 6, logs
     for secret in (password, access, key, mcp_token, REST_ACTION["config"]["signing_secret"]):
         assert secret not in text
+
+
+async def test_the_api_refuses_to_start_as_a_role_that_bypasses_row_security(
+    database_url: str, kafka_bootstrap: str
+) -> None:
+    """With DATABASE_ROLE empty the API would query as the owner login, which row-level
+    security does not restrict: it must not start at all."""
+    settings = api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused")
+    owner = settings.model_copy(update={"database_role": ""})
+    app = create_app(owner, passwords=cheap_passwords())
+    server = TestServer(app, host="127.0.0.1")
+    try:
+        with pytest.raises(RuntimeError, match="DATABASE_ROLE"):
+            await server.start_server()
+    finally:
+        await server.close()

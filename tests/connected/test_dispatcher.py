@@ -113,10 +113,11 @@ def metric_value(proc: ServiceProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def rest_trigger(
-    db: asyncpg.Connection, config: dict[str, Any], *, secret: str | None = None
-) -> tuple[str, str, int]:
-    """A trigger with one rest action; the signing secret stored encrypted, as the API does."""
+async def feedback_trigger(
+    db: asyncpg.Connection, *actions: tuple[str, dict[str, Any]]
+) -> tuple[str, str, list[int]]:
+    """A new user's trigger on NewFeedback with these (action_type, config) actions:
+    (user id, trigger id, action ids)."""
     user = await insert_user(db)
     trigger = await insert_trigger(
         db,
@@ -126,9 +127,16 @@ async def rest_trigger(
         conditions=[
             {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
         ],
-        actions=[{"action_type": "rest", "config": config}],
+        actions=[{"action_type": kind, "config": config} for kind, config in actions],
     )
-    (action,) = await action_ids(db, trigger)
+    return user, trigger, await action_ids(db, trigger)
+
+
+async def rest_trigger(
+    db: asyncpg.Connection, config: dict[str, Any], *, secret: str | None = None
+) -> tuple[str, str, int]:
+    """A trigger with one rest action; the signing secret stored encrypted, as the API does."""
+    user, trigger, (action,) = await feedback_trigger(db, ("rest", config))
     if secret is not None:
         box = SecretBox(_dev_key())
         await db.execute(
@@ -376,18 +384,7 @@ async def test_telegram_escapes_and_honours_429_retry_after(
             ),
             "parse_mode": "MarkdownV2",
         }
-        user = await insert_user(db)
-        trigger = await insert_trigger(
-            db,
-            user_id=user,
-            chain_id=8453,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
-            ],
-            actions=[{"action_type": "telegram", "config": config}],
-        )
-        (action,) = await action_ids(db, trigger)
+        user, trigger, (action,) = await feedback_trigger(db, ("telegram", config))
         job = make_job(
             trigger_id=trigger,
             user_id=user,
@@ -504,21 +501,9 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
             },
         }
         plain = {"resolve_endpoint": True, "tool_name": "notify"}
-        user = await insert_user(db)
-        trigger = await insert_trigger(
-            db,
-            user_id=user,
-            chain_id=8453,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
-            ],
-            actions=[
-                {"action_type": "mcp", "config": config},
-                {"action_type": "mcp", "config": plain},
-            ],
+        user, trigger, (verified, unverified) = await feedback_trigger(
+            db, ("mcp", config), ("mcp", plain)
         )
-        verified, unverified = await action_ids(db, trigger)
         ok_hash = "0x" + keccak(feedback).hex()
 
         def feedback_event(seed: int, path: str, agent_id: int = 7) -> Any:
@@ -665,18 +650,7 @@ async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
             OWNER,
         )
         config = {"resolve_endpoint": True, "tool_name": "notify"}
-        user = await insert_user(db)
-        trigger = await insert_trigger(
-            db,
-            user_id=user,
-            chain_id=8453,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
-            ],
-            actions=[{"action_type": "mcp", "config": config}],
-        )
-        (action,) = await action_ids(db, trigger)
+        user, trigger, (action,) = await feedback_trigger(db, ("mcp", config))
 
         def job(seed: int) -> ActionJob:
             return make_job(
@@ -868,18 +842,7 @@ async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
 ) -> None:
     async with serve(Receiver(respond=lambda _s, _n: web.Response(status=503))) as down:
         config = {"server_url": f"{down.base}/mcp", "tool_name": "notify", "max_attempts": 2}
-        user = await insert_user(db)
-        trigger = await insert_trigger(
-            db,
-            user_id=user,
-            chain_id=8453,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
-            ],
-            actions=[{"action_type": "mcp", "config": config}],
-        )
-        (action,) = await action_ids(db, trigger)
+        user, trigger, (action,) = await feedback_trigger(db, ("mcp", config))
         job = make_job(
             trigger_id=trigger,
             user_id=user,

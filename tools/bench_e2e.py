@@ -212,6 +212,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             delays = [
                 (first_at[job] - latency.acked[eid]) * 1000 for job, eid in latency.owed.items()
             ]
+            # Where the time goes: ack -> the matcher fired (the job's created_at), and
+            # fired -> the webhook received.
+            fired_at = {d.job_id: d.fired_at for d in receiver.deliveries if d.fired_at}
+            to_fired = [
+                (fired_at[job] - latency.acked[eid]) * 1000
+                for job, eid in latency.owed.items()
+                if job in fired_at
+            ]
+            to_webhook = [
+                (first_at[job] - fired_at[job]) * 1000 for job in latency.owed if job in fired_at
+            ]
             sampling.cancel()
             pipeline.sample()
             peaks = {n: round(s.peak_rss_mib, 1) for n, s in pipeline.services.items()}
@@ -252,6 +263,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                 "p95_ms": round(pct(delays, 0.95), 1),
                 "p99_ms": round(pct(delays, 0.99), 1),
                 "max_ms": round(max(delays), 1),
+                "ack_to_fired_p50_p99_ms": [
+                    round(pct(to_fired, 0.5), 1),
+                    round(pct(to_fired, 0.99), 1),
+                ],
+                "fired_to_webhook_p50_p99_ms": [
+                    round(pct(to_webhook, 0.5), 1),
+                    round(pct(to_webhook, 0.99), 1),
+                ],
             },
             "raw": {
                 "copy_events_per_s": round(raw_copy_rate),

@@ -152,6 +152,8 @@ class Delivery:
     idempotency_key: str
     job_id: str
     event_id: str
+    #: when the matcher fired (the job's created_at), seconds since the epoch
+    fired_at: float | None = None
 
 
 class Receiver:
@@ -170,13 +172,16 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         now = time.time()
+        fired: float | None = None
         try:
             doc = orjson.loads(body)
             job, event = doc.get("job_id", ""), doc.get("event", {}).get("id", "")
-        except (orjson.JSONDecodeError, AttributeError):
+            if isinstance(doc.get("fired_at"), str):
+                fired = datetime.fromisoformat(doc["fired_at"]).timestamp()
+        except (orjson.JSONDecodeError, AttributeError, ValueError):
             job, event = "", ""
         self.deliveries.append(
-            Delivery(now, request.headers.get("Idempotency-Key", ""), str(job), str(event))
+            Delivery(now, request.headers.get("Idempotency-Key", ""), str(job), str(event), fired)
         )
         return web.Response(status=200)
 

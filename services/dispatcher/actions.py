@@ -117,6 +117,7 @@ def _default_body(job: ActionJob) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
         "attempt": job.attempt,
+        "fired_at": job.created_at.isoformat(),
         "trigger": {"id": job.trigger_id, "name": job.trigger_name},
         "event": job.event.model_dump(mode="json"),
         "explain": job.explain,

@@ -24,7 +24,14 @@ from shared.jobs import UnreadableLetter
 from shared.kafka import LagProbe
 from shared.outbound import OutboundPolicy, new_session
 from shared.secrets import SecretBox
-from shared.stream import StreamService, create_stream_app, new_broker, raw_values, with_backoff
+from shared.stream import (
+    IDLE_POLL_MS,
+    StreamService,
+    create_stream_app,
+    new_broker,
+    raw_values,
+    with_backoff,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +154,7 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         group_id=settings.group_id,
         batch=True,
         max_records=settings.batch_max_records,
+        batch_timeout_ms=IDLE_POLL_MS,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=raw_values,
@@ -159,6 +167,7 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         group_id=f"{settings.group_id}.retry",
         batch=True,
         max_records=settings.batch_max_records,
+        batch_timeout_ms=IDLE_POLL_MS,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=raw_values,

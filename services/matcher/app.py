@@ -19,7 +19,14 @@ from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, parse_topic_message
 from shared.kafka import LagProbe
-from shared.stream import StreamService, create_stream_app, new_broker, raw_values, with_backoff
+from shared.stream import (
+    IDLE_POLL_MS,
+    StreamService,
+    create_stream_app,
+    new_broker,
+    raw_values,
+    with_backoff,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +119,7 @@ def create_app(settings: MatcherSettings) -> FastStream:
         group_id=settings.group_id,
         batch=True,
         max_records=settings.batch_max_records,
+        batch_timeout_ms=IDLE_POLL_MS,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=raw_values,

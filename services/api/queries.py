@@ -13,14 +13,8 @@ import asyncpg
 
 from shared.db import Conn
 from shared.events import EVENT_COLUMNS
+from shared.sql import AGENT_OWNER, CANONICAL
 
-#: An event version is canonical unless a reorg recorded after it was stored
-#: covers its block (the table is append-only: replaced versions stay).
-CANONICAL = """NOT EXISTS (
-    SELECT 1 FROM reorgs r
-    WHERE r.chain_id = e.chain_id AND e.block_number >= r.from_block
-      AND (r.to_block IS NULL OR e.block_number <= r.to_block)
-      AND r.created_at > e.created_at)"""
 EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
 
 
@@ -474,16 +468,7 @@ def backtest_events_sql(limit: int) -> str:
 
 async def agent_owner(conn: Conn, chain_id: int, agent_id: int) -> str | None:
     """The owner named by the agent's latest canonical Registered or Transfer event."""
-    value: str | None = await conn.fetchval(
-        f"""SELECT e.owner FROM events e
-            WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
-              AND e.event_type IN ('Registered', 'Transfer') AND e.owner IS NOT NULL
-              AND {CANONICAL}
-            ORDER BY e.block_number DESC, e.log_index DESC, e.created_at DESC
-            LIMIT 1""",  # noqa: S608 (constants)
-        chain_id,
-        agent_id,
-    )
+    value: str | None = await conn.fetchval(AGENT_OWNER, chain_id, agent_id)
     return value
 
 

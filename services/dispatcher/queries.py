@@ -3,6 +3,8 @@ MCP tokens and reorgs; inserts action_results)."""
 
 from __future__ import annotations
 
+from shared.sql import AGENT_OWNER
+
 #: What a batch of jobs needs from the database: whether each action still exists
 #: and its trigger is enabled, and the action's encrypted signing secret.
 ACTIONS_OF_JOBS = """
@@ -21,21 +23,11 @@ WHERE job_id = ANY($1::text[])
 #: The agent's MCP token, only while whoever set it still owns the agent (its latest
 #: canonical Registered or Transfer event names them): a token does not pass to the
 #: agent's next owner, nor to the server that owner's registration file names.
-AGENT_CIPHERTEXT = """
+AGENT_CIPHERTEXT = f"""
 SELECT t.token_ciphertext FROM agent_mcp_tokens t
 WHERE t.chain_id = $1 AND t.agent_id = $2
-  AND lower(t.owner_address) = (
-      SELECT lower(e.owner) FROM events e
-      WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
-        AND e.event_type IN ('Registered', 'Transfer') AND e.owner IS NOT NULL
-        AND NOT EXISTS (
-            SELECT 1 FROM reorgs r
-            WHERE r.chain_id = e.chain_id AND r.from_block <= e.block_number
-              AND (r.to_block IS NULL OR r.to_block >= e.block_number)
-              AND r.created_at > e.created_at)
-      ORDER BY e.block_number DESC, e.log_index DESC, e.created_at DESC
-      LIMIT 1)
-"""
+  AND lower(t.owner_address) = lower(({AGENT_OWNER}))
+"""  # noqa: S608 (constants)
 
 #: One row per attempt of a run; a second recording of the same attempt is a no-op.
 INSERT_RESULT = """

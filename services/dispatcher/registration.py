@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import asyncpg
 import orjson
 
 from shared.outbound import OutboundError, OutboundPolicy, OutboundTimeoutError, fetch
+from shared.sql import CANONICAL
 
 #: Identity registries of ERC8004.md's deployments (mainnets, testnets), lower case.
 KNOWN_IDENTITY_REGISTRIES = (
@@ -67,22 +69,15 @@ class _Cached:
     read_at: float
 
 
-_CANONICAL = """
-  AND NOT EXISTS (
-      SELECT 1 FROM reorgs r
-      WHERE r.chain_id = e.chain_id AND r.from_block <= e.block_number
-        AND (r.to_block IS NULL OR r.to_block >= e.block_number)
-        AND r.created_at > e.created_at)
-"""
-
 #: The agent's current URI: its latest canonical Registered or URIUpdated event.
 _LATEST_URI = (
     """
 SELECT e.token_uri FROM events e
 WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
-  AND e.event_type IN ('Registered', 'URIUpdated')"""
-    + _CANONICAL
-    + "ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
+  AND e.event_type IN ('Registered', 'URIUpdated')
+  AND """
+    + CANONICAL
+    + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
 )
 
 #: Where the cached file stops being valid: the latest identity event that may
@@ -91,9 +86,10 @@ _LATEST_CHANGE = (
     """
 SELECT e.block_number, e.log_index FROM events e
 WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
-  AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')"""
-    + _CANONICAL
-    + "ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
+  AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')
+  AND """
+    + CANONICAL
+    + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
 )
 
 
@@ -140,12 +136,8 @@ class Resolver:
         url = self.http_url(uri)
         if url is None:
             return _decode_data_uri(uri, self._max_bytes)
-        policy = OutboundPolicy(
-            allowed_networks=self._policy.allowed_networks,
-            connect_timeout=min(self._policy.connect_timeout, time_limit),
-            total_timeout=time_limit,
-            max_response_bytes=self._max_bytes,
-            max_redirects=self._policy.max_redirects,
+        policy = dataclasses.replace(
+            self._policy.within(time_limit), max_response_bytes=self._max_bytes
         )
         try:
             resp = await fetch(self._session, "GET", url, policy=policy)

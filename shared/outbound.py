@@ -24,6 +24,7 @@ Nothing here logs; exceptions carry URLs without credentials, query or fragment.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
 import ssl
@@ -163,6 +164,12 @@ class OutboundPolicy:
         """A policy whose allowed networks are the ``OUTBOUND_ALLOWED_NETWORKS`` value
         ``setting``; ``kw`` sets the other fields."""
         return cls(allowed_networks=parse_networks(setting), **kw)
+
+    def within(self, seconds: float) -> OutboundPolicy:
+        """The same policy for one exchange of at most ``seconds`` in all."""
+        return dataclasses.replace(
+            self, connect_timeout=min(self.connect_timeout, seconds), total_timeout=seconds
+        )
 
     def allows(self, ip: IPAddress) -> bool:
         """Whether ``ip`` is inside one of the allowed networks."""

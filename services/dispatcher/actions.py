@@ -69,16 +69,6 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
-def _policy_for(policy: OutboundPolicy, timeout: float) -> OutboundPolicy:
-    return OutboundPolicy(
-        allowed_networks=policy.allowed_networks,
-        connect_timeout=min(policy.connect_timeout, timeout),
-        total_timeout=timeout,
-        max_response_bytes=policy.max_response_bytes,
-        max_redirects=policy.max_redirects,
-    )
-
-
 def _valid_http_url(url: str) -> str | None:
     """Why a rendered URL is unusable, or None."""
     try:
@@ -225,7 +215,7 @@ async def run_rest(
             session,
             req.method,
             req.url,
-            policy=_policy_for(policy, cfg.timeout_ms / 1000),
+            policy=policy.within(cfg.timeout_ms / 1000),
             headers=req.headers,
             data=req.body,
         )
@@ -303,7 +293,7 @@ async def run_telegram(
             payload["parse_mode"] = parse_mode
         try:
             resp = await fetch(
-                session, "POST", url, policy=_policy_for(policy, part_seconds), json=payload
+                session, "POST", url, policy=policy.within(part_seconds), json=payload
             )
         except Exception as exc:  # noqa: BLE001
             out = _exception_outcome(exc, "telegram sendMessage")
@@ -489,7 +479,7 @@ async def run_mcp(
     if bearer_token:
         headers["Authorization"] = f"Bearer {bearer_token}"
     remaining = max(0.1, deadline - asyncio.get_running_loop().time())
-    factory = httpx_client_factory(_policy_for(policy, remaining))
+    factory = httpx_client_factory(policy.within(remaining))
     what = f"MCP tools/call {cfg.tool_name} at {origin(url)}"
     statuses: list[int] = []
 

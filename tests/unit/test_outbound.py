@@ -215,3 +215,14 @@ async def test_new_session_keeps_the_guard_settings() -> None:
         new_session(STRICT, connector=None)
     with pytest.raises(TypeError, match="proxy, trust_env"):
         new_session(STRICT, trust_env=True, proxy="http://proxy.example")
+
+
+def test_within_bounds_one_exchange_and_keeps_the_rest() -> None:
+    base = OutboundPolicy.from_setting(
+        "127.0.0.0/8", connect_timeout=5, total_timeout=30, max_response_bytes=1000
+    )
+    short = base.within(2.0)
+    assert (short.connect_timeout, short.total_timeout) == (2.0, 2.0)
+    assert short.allowed_networks == base.allowed_networks
+    assert short.max_response_bytes == 1000
+    assert base.within(10).connect_timeout == 5

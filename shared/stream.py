@@ -5,6 +5,7 @@ on the service's port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,8 +15,11 @@ from typing import Any
 import asyncpg
 import structlog
 from aiohttp import web
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
 from faststream.message import StreamMessage
 from prometheus_client import CollectorRegistry
 
@@ -101,6 +105,100 @@ def create_stream_app(
             log.info("stopped")
 
     return FastStream(service.broker, lifespan=lifespan)
+
+
+class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions change hands between batches, never in the middle of one.
+
+    The group rebalances whenever a replica joins or leaves (a deploy, the
+    autoscaler). aiokafka calls ``on_partitions_revoked`` before it gives the
+    partitions up and waits for it; this one waits (at most ``limit`` seconds)
+    until the batch being handled is done and its offsets committed, so the next
+    owner starts after that batch instead of handling it again. Handling it twice
+    would be harmless to the results (they are idempotent) but would produce its
+    jobs twice. A batch fetched before a rebalance and not yet started is dropped:
+    its records are fetched again from the committed offset by whoever owns them now.
+
+    Subscribers using it run with ``AckPolicy.MANUAL`` and handle each batch inside
+    ``async with handoff.batch(message)``, which commits on success and rewinds on
+    failure (what ``NACK_ON_ERROR`` does), under the lock the revocation waits for.
+    """
+
+    def __init__(self, name: str, *, limit: float) -> None:
+        self.name = name
+        self.limit = limit
+        self._busy = asyncio.Lock()
+        self.stale_batches = 0
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self.limit):
+                await self._busy.acquire()
+        except TimeoutError:
+            log.warning(
+                "a batch outlasted the partition hand-over; the next owner may redo it",
+                consumer=self.name,
+                limit_s=self.limit,
+            )
+            return
+        self._busy.release()
+        waited = asyncio.get_running_loop().time() - started
+        log.info("partitions handed over", consumer=self.name, waited_s=round(waited, 3))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+    @asynccontextmanager
+    async def batch(self, message: KafkaMessage) -> AsyncIterator[bool]:
+        """Run one batch under the hand-over lock; yields False (and commits nothing)
+        when the batch went stale in a rebalance: the handler must then skip it."""
+        async with self._busy:
+            if not await self._current(message):
+                self.stale_batches += 1
+                log.info("batch from before a rebalance skipped", consumer=self.name)
+                yield False
+                return
+            try:
+                yield True
+            except BaseException:
+                with contextlib.suppress(IllegalStateError):  # partition gone meanwhile
+                    await message.nack()
+                raise
+            try:
+                await message.ack()
+            except CommitFailedError:
+                # The hand-over timed out and the group moved on: the batch's effects
+                # are durable and idempotent; its next owner redoes it.
+                log.warning("batch done but not committed (rebalanced)", consumer=self.name)
+
+    @staticmethod
+    async def _current(message: KafkaMessage) -> bool:
+        """True while every record of the batch is still ours and ahead of the
+        committed point: after a rebalance a kept partition restarts from its
+        committed offset, so a batch fetched before it would be handled twice."""
+        records = (
+            message.raw_message
+            if isinstance(message.raw_message, tuple)
+            else (message.raw_message,)
+        )
+        consumer = message.consumer
+        assigned = consumer.assignment()  # type: ignore[attr-defined]
+        last: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            last[tp] = max(last.get(tp, -1), record.offset)
+        for tp, offset in last.items():
+            if tp not in assigned:
+                return False
+            try:
+                if await consumer.position(tp) <= offset:  # type: ignore[attr-defined]
+                    return False
+            except IllegalStateError:
+                return False
+        return True
 
 
 async def raw_values(msg: StreamMessage[Any]) -> list[bytes]:

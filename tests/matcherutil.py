@@ -4,6 +4,7 @@ API or plain SQL would), events produced as the ingest relay does."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared.events import Event
 from shared.jobs import EventMessage, dump_message
@@ -77,6 +79,18 @@ async def insert_trigger(
                 a["config"],
             )
     return trigger_id
+
+
+def chain_over_partitions(agents: Sequence[int], partitions: int) -> int:
+    """A random chain id whose agents' keys land on every partition of the topic
+    (the producer's own partitioner), so a test of several consumers never depends
+    on the hash sending every agent to one of them."""
+    every = list(range(partitions))
+    while True:
+        chain = random.randrange(1_000_000, 2**31 - 1)
+        used = {DefaultPartitioner()(event_key(chain, a), every, every) for a in agents}
+        if len(used) == partitions:
+            return chain
 
 
 async def produce_events(

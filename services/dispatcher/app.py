@@ -15,6 +15,7 @@ import aiohttp
 import structlog
 from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy, FastStream
+from faststream.kafka.annotations import KafkaMessage
 
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.registration import Resolver
@@ -26,6 +27,7 @@ from shared.outbound import OutboundPolicy, new_session
 from shared.secrets import SecretBox
 from shared.stream import (
     IDLE_POLL_MS,
+    Handoff,
     StreamService,
     create_stream_app,
     new_broker,
@@ -149,6 +151,14 @@ def create_app(settings: DispatcherSettings) -> FastStream:
             raise
         failures[0] = 0
 
+    # A batch of erc8004.actions ends by batch_deadline (guard copies cover what is
+    # still running); a retry batch may also be holding jobs not yet due: past the
+    # limit its next owner redoes it, and recorded attempts make that a no-op.
+    handoffs = {
+        topic: Handoff(f"dispatcher:{topic}", limit=settings.batch_deadline + 5.0)
+        for topic in (settings.actions_topic, settings.retry_topic)
+    }
+
     @broker.subscriber(
         settings.actions_topic,
         group_id=settings.group_id,
@@ -156,11 +166,14 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         max_records=settings.batch_max_records,
         batch_timeout_ms=IDLE_POLL_MS,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
+        listener=handoffs[settings.actions_topic],
         decoder=raw_values,
     )
-    async def on_jobs(bodies: list[Any]) -> None:
-        await handle(bodies, from_retry=False)
+    async def on_jobs(bodies: list[Any], batch: KafkaMessage) -> None:
+        async with handoffs[settings.actions_topic].batch(batch) as current:
+            if current:
+                await handle(bodies, from_retry=False)
 
     @broker.subscriber(
         settings.retry_topic,
@@ -169,11 +182,14 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         max_records=settings.batch_max_records,
         batch_timeout_ms=IDLE_POLL_MS,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,
+        listener=handoffs[settings.retry_topic],
         decoder=raw_values,
     )
-    async def on_retries(bodies: list[Any]) -> None:
-        await handle(bodies, from_retry=True)
+    async def on_retries(bodies: list[Any], batch: KafkaMessage) -> None:
+        async with handoffs[settings.retry_topic].batch(batch) as current:
+            if current:
+                await handle(bodies, from_retry=True)
 
     app = create_stream_app(service, on_ready=runtime.start, on_stop=runtime.stop)
 

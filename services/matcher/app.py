@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy, FastStream
+from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from services.matcher.handlers import Matcher
@@ -21,6 +22,7 @@ from shared.jobs import ActionJob, EventMessage, RetractionMessage, parse_topic_
 from shared.kafka import LagProbe
 from shared.stream import (
     IDLE_POLL_MS,
+    Handoff,
     StreamService,
     create_stream_app,
     new_broker,
@@ -113,6 +115,9 @@ def create_app(settings: MatcherSettings) -> FastStream:
     service = StreamService(settings=settings, broker=broker)
     runtime = Runtime(settings, MatcherMetrics.create(service.registry))
     failures = [0]
+    # A batch is one transaction of at most a few seconds; 20 s is well inside the
+    # rebalance timeout (max.poll.interval, 300 s) the other members wait for.
+    handoff = Handoff("matcher", limit=20.0)
 
     @broker.subscriber(
         settings.events_topic,
@@ -121,10 +126,16 @@ def create_app(settings: MatcherSettings) -> FastStream:
         max_records=settings.batch_max_records,
         batch_timeout_ms=IDLE_POLL_MS,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
+        listener=handoff,
         decoder=raw_values,
     )
-    async def on_events(bodies: list[Any]) -> None:
+    async def on_events(bodies: list[Any], batch: KafkaMessage) -> None:
+        async with handoff.batch(batch) as current:
+            if current:
+                await handle(bodies)
+
+    async def handle(bodies: list[Any]) -> None:
         messages: list[EventMessage | RetractionMessage] = []
         for body in bodies:
             try:

@@ -24,7 +24,13 @@ from shared.events import Event, event_key
 from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
 from shared.replay import compile_trigger
 from tests.kafkautil import read_topic
-from tests.matcherutil import insert_trigger, insert_user, produce_events, produce_slowly
+from tests.matcherutil import (
+    chain_over_partitions,
+    insert_trigger,
+    insert_user,
+    produce_events,
+    produce_slowly,
+)
 from tests.procs import ROOT, ServiceProcess, http_get
 from tools.eventgen import make_event
 
@@ -474,6 +480,9 @@ async def stateful_setup(db: asyncpg.Connection, chain: int) -> list[str]:
     ]  # fmt: skip
 
 
+AGENTS = range(1, 11)
+
+
 def stream_of(chain: int, n: int) -> list[Event]:
     rng = random.Random(chain)
     ts = int(time.time()) - 7200
@@ -481,9 +490,7 @@ def stream_of(chain: int, n: int) -> list[Event]:
     for i in range(n):
         ts += rng.choice((1, 2, 5, 20))
         out.append(
-            feedback(
-                chain, 1000 + i, rng.randrange(1, 11), score=rng.randrange(0, 101), timestamp=ts
-            )
+            feedback(chain, 1000 + i, rng.choice(AGENTS), score=rng.randrange(0, 101), timestamp=ts)
         )
     return out
 
@@ -564,7 +571,7 @@ async def test_two_replicas_give_the_results_of_one(
     tmp_path: Path,
     procs: list[ServiceProcess],
 ) -> None:
-    chain = random.randrange(1_000_000, 2**31 - 1)
+    chain = chain_over_partitions(AGENTS, 3)  # the topic fixture's partitions
     triggers = await stateful_setup(db, chain)
     events = stream_of(chain, 2000)
     one = start_matcher(matcher_env, tmp_path, procs)

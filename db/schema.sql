@@ -1136,6 +1136,8 @@ CREATE TABLE public.trigger_actions (
     config jsonb NOT NULL,
     secret_ciphertext bytea,
     created_at timestamp with time zone DEFAULT now(),
+    secret_headers_ciphertext bytea,
+    secret_header_names text[],
     CONSTRAINT trigger_actions_action_type_check CHECK ((action_type = ANY (ARRAY['telegram'::text, 'rest'::text, 'mcp'::text])))
 );
 
@@ -2593,4 +2595,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201120000'),
     ('20261201170000'),
     ('20261201180000'),
-    ('20261201190000');
+    ('20261201190000'),
+    ('20261201200000');

@@ -634,6 +634,31 @@ def is_reserved_header(name: str) -> bool:
     return lower in RESERVED_HEADERS or lower.startswith("proxy-")
 
 
+#: Header names whose values are credentials: the API takes them only in a REST
+#: action's ``secret_headers`` (encrypted at rest, never returned, never on Kafka).
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "api-key",
+        "x-api-key",
+        "x-auth-token",
+        "x-access-token",
+        "private-token",
+    }
+)
+
+
+def _check_headers(errors: _Errors, items: dict[str, str]) -> None:
+    for name, text in items.items():
+        if _TOKEN.fullmatch(name) is None:
+            errors.add((name,), "not a valid header name", name)
+        elif is_reserved_header(name):
+            errors.add((name,), "set by the dispatcher itself (framing, routing or signing)", name)
+        elif len(text) > 8192 or any(c in text for c in "\r\n\x00"):
+            errors.add((name,), "header values are one line of at most 8192 characters", None)
+
+
 class RestConfig(BaseModel):
     """Config of a rest (webhook) action."""
 
@@ -649,6 +674,9 @@ class RestConfig(BaseModel):
         Annotated[list[Annotated[int, Strict(), Field(ge=100, le=599)]], Field(min_length=1)] | None
     ) = None
     signing_secret: Annotated[SecretStr, Field(min_length=1, max_length=1024)] | None = None
+    #: Headers that carry credentials (Authorization, API keys): sent like ``headers``
+    #: but literal (not templates), stored encrypted, write-only in the API.
+    secret_headers: dict[str, SecretStr] | None = Field(default=None, max_length=20)
     max_attempts: MaxAttempts = 5
 
     @field_validator("url")
@@ -665,23 +693,47 @@ class RestConfig(BaseModel):
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
         errors = _Errors()
-        for name, text in v.items():
-            if _TOKEN.fullmatch(name) is None:
-                errors.add((name,), "not a valid header name", name)
-            elif is_reserved_header(name):
-                errors.add(
-                    (name,), "set by the dispatcher itself (framing, routing or signing)", name
-                )
-            elif len(text) > 8192 or any(c in text for c in "\r\n\x00"):
-                errors.add((name,), "header values are one line of at most 8192 characters", text)
+        _check_headers(errors, v)
         errors.raise_any("RestConfig")
         return v
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_headers(cls, v: dict[str, SecretStr] | None) -> dict[str, SecretStr] | None:
+        if v is None:
+            return v
+        errors = _Errors()
+        _check_headers(errors, {k: s.get_secret_value() for k, s in v.items()})
+        for name, text in v.items():
+            if not text.get_secret_value():
+                errors.add((name,), "empty: leave the header out instead", None)
+        errors.raise_any("RestConfig")
+        return v
+
+    @model_validator(mode="after")
+    def _one_place_per_header(self) -> RestConfig:
+        both = {k.lower() for k in self.headers} & {k.lower() for k in self.secret_headers or {}}
+        if both:
+            raise PydanticCustomError(
+                "header_twice",
+                "header named in both headers and secret_headers: {names}",
+                {"names": ", ".join(sorted(both))},
+            )
+        return self
 
     @field_serializer("signing_secret")
     def _secret(self, v: SecretStr | None, info: SerializationInfo) -> str | None:
         if v is None:
             return None
         return v.get_secret_value() if _reveal(info) else str(v)
+
+    @field_serializer("secret_headers")
+    def _secret_header_values(
+        self, v: dict[str, SecretStr] | None, info: SerializationInfo
+    ) -> dict[str, str] | None:
+        if v is None:
+            return None
+        return {k: s.get_secret_value() if _reveal(info) else str(s) for k, s in v.items()}
 
 
 class McpConfig(BaseModel):

@@ -126,9 +126,12 @@ class ActionOut(_Out):
     id: int
     action_type: str
     priority: int
-    #: The config as stored; a REST action's signing secret is never returned.
+    #: The config as stored; a REST action's signing secret and secret headers are
+    #: never returned.
     config: dict[str, Any]
     signing_secret_set: bool
+    #: The names of the REST action's secret headers (their values are never returned).
+    secret_headers_set: list[str]
 
 
 class TriggerOut(_Out):

@@ -164,7 +164,8 @@ SELECT t.id, t.user_id, t.name, t.description, t.chain_id, t.registry,
        coalesce((SELECT json_agg(json_build_object(
                     'id', a.id, 'action_type', a.action_type, 'priority', a.priority,
                     'config', a.config,
-                    'signing_secret_set', a.secret_ciphertext IS NOT NULL)
+                    'signing_secret_set', a.secret_ciphertext IS NOT NULL,
+                    'secret_headers_set', coalesce(to_json(a.secret_header_names), '[]'))
                     ORDER BY a.priority, a.id)
                  FROM trigger_actions a WHERE a.trigger_id = t.id), '[]') AS actions
 FROM triggers t
@@ -263,17 +264,22 @@ async def insert_action(
     priority: int,
     config: dict[str, Any],
     secret: bytes | None,
+    headers: bytes | None = None,
+    header_names: list[str] | None = None,
 ) -> None:
     await conn.execute(
         """INSERT INTO trigger_actions (id, trigger_id, action_type, priority, config,
-                                        secret_ciphertext)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
+                                        secret_ciphertext, secret_headers_ciphertext,
+                                        secret_header_names)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         action_id,
         trigger_id,
         action_type,
         priority,
         config,
         secret,
+        headers,
+        header_names,
     )
 
 
@@ -286,11 +292,17 @@ async def update_action(
     config: dict[str, Any],
     secret: bytes | None,
     keep_secret: bool,
+    headers: bytes | None = None,
+    header_names: list[str] | None = None,
+    keep_headers: bool = False,
 ) -> None:
     await conn.execute(
         """UPDATE trigger_actions
            SET action_type = $2, priority = $3, config = $4,
-               secret_ciphertext = CASE WHEN $6 THEN secret_ciphertext ELSE $5 END
+               secret_ciphertext = CASE WHEN $6 THEN secret_ciphertext ELSE $5 END,
+               secret_headers_ciphertext =
+                   CASE WHEN $9 THEN secret_headers_ciphertext ELSE $7 END,
+               secret_header_names = CASE WHEN $9 THEN secret_header_names ELSE $8 END
            WHERE id = $1""",
         action_id,
         action_type,
@@ -298,6 +310,9 @@ async def update_action(
         config,
         secret,
         keep_secret,
+        headers,
+        header_names,
+        keep_headers,
     )
 
 

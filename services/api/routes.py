@@ -7,10 +7,12 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
@@ -79,7 +81,7 @@ from shared.evaluate import TriggerSpec, evaluate
 from shared.events import INT32_MAX, INT63_MAX, Event, event_key
 from shared.jobs import ActionJob, job_id
 from shared.replay import compile_trigger
-from shared.triggers import TriggerCreate, TriggerUpdate
+from shared.triggers import CREDENTIAL_HEADERS, TriggerCreate, TriggerUpdate
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -241,16 +243,53 @@ def _spec(row: asyncpg.Record) -> TriggerSpec | None:
     return compile_trigger(form)
 
 
-def _split_secret(
-    request: web.Request, action_id: int, config: dict[str, Any]
-) -> tuple[dict[str, Any], bytes | None]:
-    """The config to store (without the signing secret) and the secret's ciphertext."""
+@dataclass(frozen=True)
+class _Sealed:
+    """A REST action's write-only parts, encrypted for storage."""
+
+    config: dict[str, Any]  # what is stored in clear (and travels in jobs)
+    secret: bytes | None  # the signing secret
+    headers: bytes | None  # the secret headers, as a JSON object
+    header_names: list[str] | None
+
+
+def _seal(request: web.Request, action_id: int, config: dict[str, Any]) -> _Sealed:
+    """The config to store without its signing secret and secret headers, and those
+    encrypted (contexts ``trigger_actions:<id>`` and ``trigger_actions:<id>:headers``)."""
     config = dict(config)
     secret = config.pop("signing_secret", None)
-    if not secret:
-        return config, None
+    headers = config.pop("secret_headers", None)
     box = request.app[SECRETS]
-    return config, box.encrypt(str(secret), context=f"trigger_actions:{action_id}")
+    sealed_secret = sealed_headers = None
+    if secret:
+        sealed_secret = box.encrypt(str(secret), context=f"trigger_actions:{action_id}")
+    if headers:
+        text = orjson.dumps(headers).decode()
+        sealed_headers = box.encrypt(text, context=f"trigger_actions:{action_id}:headers")
+    return _Sealed(
+        config=config,
+        secret=sealed_secret,
+        headers=sealed_headers,
+        header_names=sorted(headers) if headers else None,
+    )
+
+
+def _no_clear_credentials(actions: list[dict[str, Any]]) -> None:
+    """A credential in a REST action's clear ``headers`` would be stored, returned and
+    sent through Kafka as it is: refused, with where it belongs."""
+    errors = [
+        detail(
+            ("body", "actions", i, "config", "headers", name),
+            "a credential header: give it in config.secret_headers (stored encrypted, "
+            "never returned)",
+        )
+        for i, action in enumerate(actions)
+        if action["action_type"] == "rest"
+        for name in action["config"].get("headers") or {}
+        if name.lower() in CREDENTIAL_HEADERS
+    ]
+    if errors:
+        raise ApiError(422, "invalid body", errors)
 
 
 async def _insert_actions(
@@ -258,15 +297,17 @@ async def _insert_actions(
 ) -> None:
     for action in actions:
         action_id = await queries.next_action_id(conn)
-        config, secret = _split_secret(request, action_id, action["config"])
+        sealed = _seal(request, action_id, action["config"])
         await queries.insert_action(
             conn,
             action_id=action_id,
             trigger_id=trigger_id,
             action_type=action["action_type"],
             priority=action["priority"],
-            config=config,
-            secret=secret,
+            config=sealed.config,
+            secret=sealed.secret,
+            headers=sealed.headers,
+            header_names=sealed.header_names,
         )
 
 
@@ -286,6 +327,7 @@ async def list_triggers(request: web.Request) -> web.Response:
 async def create_trigger(request: web.Request) -> web.Response:
     body = await parse_body(request, TriggerCreate)
     storage = body.storage_dump()
+    _no_clear_credentials(storage["actions"])
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
         trigger_id = await queries.insert_trigger(
             conn, user_id=user_id(request), data=storage, is_stateful=body.is_stateful
@@ -307,9 +349,13 @@ async def get_trigger(request: web.Request) -> web.Response:
     return json_ok(_trigger_out(row))
 
 
+_ACTION_OUTPUT_ONLY = ("id", "signing_secret_set", "secret_headers_set")
+
+
 def _strip_ids(raw: Any) -> tuple[Any, list[Any]]:
     """The PATCH body without the output-only keys a GET returns (``id`` of
-    conditions and actions, ``signing_secret_set``), and the action ids given."""
+    conditions and actions, ``signing_secret_set``, ``secret_headers_set``), and the
+    action ids given."""
     action_ids: list[Any] = []
     if not isinstance(raw, dict):
         return raw, action_ids
@@ -324,7 +370,7 @@ def _strip_ids(raw: Any) -> tuple[Any, list[Any]]:
         for a in raw["actions"]:
             if isinstance(a, dict):
                 action_ids.append(a.get("id"))
-                items.append({k: v for k, v in a.items() if k not in ("id", "signing_secret_set")})
+                items.append({k: v for k, v in a.items() if k not in _ACTION_OUTPUT_ONLY})
             else:
                 action_ids.append(None)
                 items.append(a)
@@ -349,6 +395,8 @@ async def update_trigger(request: web.Request) -> web.Response:
         except ValidationError as exc:
             raise invalid("body", exc) from None
         storage = new.storage_dump()
+        if "actions" in update.model_fields_set:
+            _no_clear_credentials(storage["actions"])
         await queries.update_trigger(conn, trigger_id, data=storage, is_stateful=new.is_stateful)
         if "conditions" in update.model_fields_set:
             await queries.replace_conditions(conn, trigger_id, storage["conditions"])
@@ -377,9 +425,9 @@ async def _update_actions(
     raw: dict[str, Any],
 ) -> None:
     """Actions given with the ``id`` of an existing one are changed in place (same id,
-    so the same job ids; the signing secret stays unless the config names
-    ``signing_secret``: a value replaces it, null removes it); the others are new;
-    existing actions not given are deleted."""
+    so the same job ids; the signing secret and the secret headers stay unless the
+    config names ``signing_secret`` / ``secret_headers``: a value replaces them, null
+    removes them); the others are new; existing actions not given are deleted."""
     existing = {a["id"]: a for a in current["actions"]}
     errors = []
     seen: set[int] = set()
@@ -397,18 +445,21 @@ async def _update_actions(
         if aid is None:
             await _insert_actions(request, conn, current["id"], [action])
             continue
-        config, secret = _split_secret(request, aid, action["config"])
+        sealed = _seal(request, aid, action["config"])
         raw_config = raw["actions"][i].get("config")
-        named = isinstance(raw_config, dict) and "signing_secret" in raw_config
-        keep = not named and action["action_type"] == existing[aid]["action_type"] == "rest"
+        given = set(raw_config) if isinstance(raw_config, dict) else set()
+        still_rest = action["action_type"] == existing[aid]["action_type"] == "rest"
         await queries.update_action(
             conn,
             action_id=aid,
             action_type=action["action_type"],
             priority=action["priority"],
-            config=config,
-            secret=secret,
-            keep_secret=keep,
+            config=sealed.config,
+            secret=sealed.secret,
+            keep_secret=still_rest and "signing_secret" not in given,
+            headers=sealed.headers,
+            header_names=sealed.header_names,
+            keep_headers=still_rest and "secret_headers" not in given,
         )
 
 

@@ -122,8 +122,15 @@ class RestRequest:
     body: bytes | None
 
 
-def build_rest_request(job: ActionJob, cfg: RestConfig, *, secret: str | None) -> RestRequest:
-    """The request an attempt sends (TemplateRenderError when a template fails)."""
+def build_rest_request(
+    job: ActionJob,
+    cfg: RestConfig,
+    *,
+    secret: str | None,
+    secret_headers: dict[str, str] | None = None,
+) -> RestRequest:
+    """The request an attempt sends (TemplateRenderError when a template fails).
+    ``secret_headers`` (decrypted) are sent as they are: values, not templates."""
     ctx = context_of(job)
     url = render_text(cfg.url, ctx)
     if (why := _valid_http_url(url)) is not None:
@@ -146,6 +153,7 @@ def build_rest_request(job: ActionJob, cfg: RestConfig, *, secret: str | None) -
             orjson.loads(body)
         except orjson.JSONDecodeError:
             content_type = "text/plain; charset=utf-8"
+    headers = {**headers, **(secret_headers or {})}
     lower = {k.lower() for k in headers}
     out = {
         k: v for k, v in headers.items() if not is_reserved_header(k) and k.lower() != "user-agent"
@@ -203,9 +211,10 @@ async def run_rest(
     session: aiohttp.ClientSession,
     policy: OutboundPolicy,
     secret: str | None,
+    secret_headers: dict[str, str] | None = None,
 ) -> Outcome:
     try:
-        req = build_rest_request(job, cfg, secret=secret)
+        req = build_rest_request(job, cfg, secret=secret, secret_headers=secret_headers)
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
     # The origin only: webhook URLs often carry their token in the path (Slack, Discord).
@@ -220,8 +229,19 @@ async def run_rest(
             data=req.body,
         )
     except Exception as exc:  # noqa: BLE001 (every failure becomes an Outcome)
-        return _exception_outcome(exc, what)
-    return _http_outcome(resp.status, resp.headers, resp.body, cfg.expected_status)
+        return _scrub(_exception_outcome(exc, what), *(secret_headers or {}).values())
+    # A receiver that echoes the request (many test endpoints do) must not put the
+    # credentials into action_results: masked in the whole body, before the excerpt.
+    body = _mask(resp.body, (secret_headers or {}).values())
+    return _http_outcome(resp.status, resp.headers, body, cfg.expected_status)
+
+
+def _mask(body: bytes, secrets: Iterable[str]) -> bytes:
+    """``body`` with each secret masked, as it is and as a JSON string escapes it."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        body = body.replace(secret.encode(), b"***")
+        body = body.replace(orjson.dumps(secret)[1:-1], b"***")
+    return body
 
 
 # --------------------------------------------------------------------------- telegram
@@ -338,17 +358,22 @@ def _telegram_answer(
     return Outcome.permanent(f"telegram HTTP {status}: {description}", response=response)
 
 
-def _scrub(outcome: Outcome, secret: str) -> Outcome:
-    """The outcome with every occurrence of ``secret`` masked (the bot token sits in
-    the URL path, which redact_url keeps)."""
-    if not secret:
+def _scrub(outcome: Outcome, *secrets: str) -> Outcome:
+    """The outcome with every occurrence of each secret masked, as it is and as JSON
+    escapes it (the bot token sits in the URL path, which redact_url keeps; a REST
+    receiver may echo the request's headers)."""
+    secrets = tuple(s for s in secrets if s)
+    if not secrets:
         return outcome
-    error = outcome.error.replace(secret, "***") if outcome.error else outcome.error
-    response = (
-        orjson.loads(orjson.dumps(outcome.response).replace(secret.encode(), b"***"))
-        if outcome.response
-        else outcome.response
-    )
+    error = outcome.error
+    dumped = orjson.dumps(outcome.response) if outcome.response else None
+    for secret in sorted(secrets, key=len, reverse=True):
+        if error:
+            error = error.replace(secret, "***")
+        if dumped is not None:
+            dumped = dumped.replace(secret.encode(), b"***")
+            dumped = dumped.replace(orjson.dumps(secret)[1:-1], b"***")
+    response = orjson.loads(dumped) if dumped is not None else outcome.response
     return Outcome(
         outcome.kind,
         error=error,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from shared.sql import AGENT_OWNER
 
 #: What a batch of jobs needs from the database: whether each action still exists
-#: and its trigger is enabled, and the action's encrypted signing secret.
+#: and its trigger is enabled, and the action's encrypted signing secret and headers.
 ACTIONS_OF_JOBS = """
-SELECT a.id, a.trigger_id, a.secret_ciphertext, t.enabled
+SELECT a.id, a.trigger_id, a.secret_ciphertext, a.secret_headers_ciphertext, t.enabled
 FROM trigger_actions a JOIN triggers t ON t.id = a.trigger_id
 WHERE a.id = ANY($1::int[])
 """

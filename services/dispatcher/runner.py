@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import orjson
 import structlog
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
@@ -80,6 +81,7 @@ class _ActionRow:
     trigger_id: str
     secret_ciphertext: bytes | None
     enabled: bool
+    headers_ciphertext: bytes | None = None
 
 
 @dataclass
@@ -312,7 +314,10 @@ class Dispatcher:
             async with self.pool.acquire() as conn:
                 for r in await conn.fetch(queries.ACTIONS_OF_JOBS, ids):
                     rows[r["id"]] = _ActionRow(
-                        r["trigger_id"], r["secret_ciphertext"], bool(r["enabled"])
+                        r["trigger_id"],
+                        r["secret_ciphertext"],
+                        bool(r["enabled"]),
+                        r["secret_headers_ciphertext"],
                     )
         return {attempt_key(j): _Prepared(rows.get(j.action_id)) for j in jobs}
 
@@ -404,8 +409,13 @@ class Dispatcher:
                 )
             elif cfg.signing_secret is not None:
                 secret = cfg.signing_secret.get_secret_value()
+            headers = None
+            if action.headers_ciphertext is not None:
+                headers = self._secret_headers(job, action.headers_ciphertext)
+            elif cfg.secret_headers:
+                headers = {k: v.get_secret_value() for k, v in cfg.secret_headers.items()}
             # The URL may be a template: its unrendered origin is still per destination.
-            return _Target(destination=origin(cfg.url), secret=secret)
+            return _Target(destination=origin(cfg.url), secret=secret, headers=headers)
         if isinstance(cfg, TelegramConfig):
             return _Target(destination=f"telegram:{origin(self.settings.telegram_api_base)}")
         assert isinstance(cfg, McpConfig)
@@ -438,6 +448,18 @@ class Dispatcher:
                 )
         return _Target(destination=destination, server_url=url, secret=token)
 
+    def _secret_headers(self, job: ActionJob, ciphertext: bytes) -> dict[str, str]:
+        text = self.secrets.decrypt(ciphertext, context=f"trigger_actions:{job.action_id}:headers")
+        try:
+            headers = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            headers = None
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise SecretDecryptError("the action's secret headers are not a JSON object")
+        return headers
+
     def _may_carry_token(self, url: str) -> bool:
         """Bearer tokens travel over https only, or over http to an address the
         operator allowed explicitly (a development setup on loopback)."""
@@ -453,7 +475,12 @@ class Dispatcher:
     async def _attempt(self, job: ActionJob, cfg: ActionConfig, target: _Target) -> Outcome:
         if isinstance(cfg, RestConfig):
             return await run_rest(
-                job, cfg, session=self.session, policy=self.policy, secret=target.secret
+                job,
+                cfg,
+                session=self.session,
+                policy=self.policy,
+                secret=target.secret,
+                secret_headers=target.headers,
             )
         if isinstance(cfg, TelegramConfig):
             return await run_telegram(
@@ -646,6 +673,7 @@ class _Target:
     destination: str
     server_url: str | None = None
     secret: str | None = None
+    headers: dict[str, str] | None = None  # a REST action's secret headers
 
 
 def parse_jobs(bodies: Sequence[bytes]) -> tuple[list[ActionJob], list[tuple[bytes, str]]]:

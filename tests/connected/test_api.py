@@ -4,6 +4,7 @@ PostgreSQL, connected as erc8004_api: accounts, triggers, history, isolation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from services.api.app import create_app
 from services.api.auth import Tokens
 from services.api.signatures import eip191_digest, mcp_token_message
 from shared.jobs import ActionJob, job_id
-from shared.secrets import SecretBox
+from shared.secrets import SecretBox, SecretDecryptError
 from tests.apiutil import (
     JWT_SECRET,
     REST_ACTION,
@@ -253,6 +254,109 @@ async def test_trigger_crud_keeps_secrets_write_only_and_notifies_the_matcher(
     assert (await client.delete(f"/v1/triggers/{tid}", headers=auth)).status == 404
     await asyncio.sleep(0.3)
     assert tid in notified
+
+
+async def test_secret_headers_are_encrypted_write_only_and_kept_across_patches(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    auth = await signup(client)
+    token = "Bearer tok-9f2c1e7a-secret"
+    rest = {
+        "action_type": "rest",
+        "config": {
+            "url": "https://hooks.example.org/in",
+            "headers": {"X-Source": "erc8004"},
+            "secret_headers": {"Authorization": token, "X-Api-Key": "k-77ab"},
+        },
+    }
+    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN, actions=[rest]), headers=auth)
+    assert resp.status == 201, await resp.text()
+    trigger = await resp.json()
+    (action,) = trigger["actions"]
+    assert action["secret_headers_set"] == ["Authorization", "X-Api-Key"]
+    assert action["config"]["headers"] == {"X-Source": "erc8004"}
+    assert "secret_headers" not in action["config"]
+    body = await resp.text()
+    assert "tok-9f2c1e7a" not in body
+    assert "k-77ab" not in body
+
+    row = await db.fetchrow(
+        "SELECT config, secret_headers_ciphertext, secret_header_names FROM trigger_actions"
+        " WHERE id = $1",
+        action["id"],
+    )
+    assert row is not None
+    assert "secret_headers" not in row["config"]
+    assert b"tok-9f2c1e7a" not in row["secret_headers_ciphertext"]
+    box = SecretBox(SECRETS_KEY)
+    context = f"trigger_actions:{action['id']}:headers"
+    stored = json.loads(box.decrypt(row["secret_headers_ciphertext"], context=context))
+    assert stored == {"Authorization": token, "X-Api-Key": "k-77ab"}
+    other = f"trigger_actions:{action['id'] + 1}:headers"
+    with pytest.raises(SecretDecryptError):  # bound to its row
+        box.decrypt(row["secret_headers_ciphertext"], context=other)
+
+    # a GET body sent back keeps them; naming secret_headers replaces; null removes
+    tid = trigger["id"]
+    resp = await client.patch(f"/v1/triggers/{tid}", json={"actions": [action]}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["actions"][0]["secret_headers_set"] == [
+        "Authorization",
+        "X-Api-Key",
+    ]
+    replaced = {**action, "config": {**action["config"], "secret_headers": {"X-Api-Key": "k2"}}}
+    resp = await client.patch(f"/v1/triggers/{tid}", json={"actions": [replaced]}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["actions"][0]["secret_headers_set"] == ["X-Api-Key"]
+    ciphertext = await db.fetchval(
+        "SELECT secret_headers_ciphertext FROM trigger_actions WHERE id = $1", action["id"]
+    )
+    assert json.loads(box.decrypt(ciphertext, context=context)) == {"X-Api-Key": "k2"}
+    removed = {**action, "config": {**action["config"], "secret_headers": None}}
+    resp = await client.patch(f"/v1/triggers/{tid}", json={"actions": [removed]}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["actions"][0]["secret_headers_set"] == []
+    assert (
+        await db.fetchval(
+            "SELECT secret_headers_ciphertext FROM trigger_actions WHERE id = $1", action["id"]
+        )
+        is None
+    )
+
+
+async def test_credentials_in_clear_headers_are_refused_with_where_they_belong(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    auth = await signup(client)
+    clear = {
+        "action_type": "rest",
+        "config": {"url": "https://hooks.example.org/in", "headers": {"authorization": "x"}},
+    }
+    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN, actions=[clear]), headers=auth)
+    assert resp.status == 422
+    (problem,) = (await resp.json())["details"]
+    assert problem["loc"] == ["body", "actions", 0, "config", "headers", "authorization"]
+    assert "secret_headers" in problem["message"]
+
+    twice = {
+        "action_type": "rest",
+        "config": {
+            "url": "https://hooks.example.org/in",
+            "headers": {"X-Api-Key": "a"},
+            "secret_headers": {"x-api-key": "b"},
+        },
+    }
+    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN, actions=[twice]), headers=auth)
+    assert resp.status == 422
+    assert "both" in await resp.text()
+    bad = {
+        "action_type": "rest",
+        "config": {"url": "https://hooks.example.org/in", "secret_headers": {"Host": "x"}},
+    }
+    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN, actions=[bad]), headers=auth)
+    assert resp.status == 422
+    assert "set by the dispatcher" in await resp.text()
+    assert await db.fetchval("SELECT count(*) FROM triggers") == 0
 
 
 async def test_bad_input_answers_with_locations_and_stores_nothing(

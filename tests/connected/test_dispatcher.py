@@ -133,16 +133,31 @@ async def feedback_trigger(
 
 
 async def rest_trigger(
-    db: asyncpg.Connection, config: dict[str, Any], *, secret: str | None = None
+    db: asyncpg.Connection,
+    config: dict[str, Any],
+    *,
+    secret: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[str, str, int]:
-    """A trigger with one rest action; the signing secret stored encrypted, as the API does."""
+    """A trigger with one rest action; the signing secret and the secret headers stored
+    encrypted, as the API does."""
     user, trigger, (action,) = await feedback_trigger(db, ("rest", config))
+    box = SecretBox(_dev_key())
     if secret is not None:
-        box = SecretBox(_dev_key())
         await db.execute(
             "UPDATE trigger_actions SET secret_ciphertext = $2 WHERE id = $1",
             action,
             box.encrypt(secret, context=f"trigger_actions:{action}"),
+        )
+    if headers is not None:
+        await db.execute(
+            "UPDATE trigger_actions SET secret_headers_ciphertext = $2,"
+            " secret_header_names = $3 WHERE id = $1",
+            action,
+            box.encrypt(
+                orjson.dumps(headers).decode(), context=f"trigger_actions:{action}:headers"
+            ),
+            sorted(headers),
         )
     return user, trigger, action
 
@@ -220,6 +235,55 @@ async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
     assert receiver.seen[0].json() == {"agent": "7", "who": "test trigger"}
     # Backoff: the attempts are spread out, not immediate.
     assert receiver.seen[2].at - receiver.seen[0].at > 0.05
+
+
+async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    token = "Bearer tok-5d0b-very-secret"
+
+    def echo(seen: Seen, n: int) -> web.Response:
+        # Echoes the request's headers, as many test endpoints do: the audit trail
+        # must not keep what the receiver hands back.
+        status = 500 if n == 1 else 200
+        return web.json_response({"headers": seen.headers}, status=status)
+
+    async with serve(Receiver(respond=echo)) as receiver:
+        config = {"url": f"{receiver.base}/in", "headers": {"X-Source": "erc8004"}}
+        user, trigger, action = await rest_trigger(
+            db, config, headers={"Authorization": token, "X-Api-Key": 'key"quoted'}
+        )
+        job = make_job(
+            trigger_id=trigger,
+            user_id=user,
+            action_id=action,
+            action_type="rest",
+            config=config,
+            event=an_event(),
+        )
+        proc = start_dispatcher(dispatcher_env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, [job])
+
+        async def delivered() -> bool:
+            return "success" in statuses(await results(db, job.job_id))
+
+        await wait_for(delivered, within=30, what="delivery")
+
+    assert [s.headers["authorization"] for s in receiver.seen] == [token, token]
+    assert receiver.seen[0].headers["x-api-key"] == 'key"quoted'
+    assert receiver.seen[0].headers["x-source"] == "erc8004"
+    rows = await results(db, job.job_id)
+    assert statuses(rows) == ["retrying", "success"]
+    audit = orjson.dumps([dict(r) for r in rows], default=str).decode()
+    assert "x-source" in audit.lower()  # the echo is kept ...
+    assert "tok-5d0b" not in audit  # ... without the credentials
+    assert "quoted" not in audit
+    assert "tok-5d0b" not in proc.log_text()
 
 
 async def test_rest_permanent_failures_dead_letters_and_metrics(

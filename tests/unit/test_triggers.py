@@ -564,6 +564,42 @@ def test_signing_secret_is_masked_unless_revealed() -> None:
     assert revealed["config"]["signing_secret"] == "top-secret-1"
 
 
+def test_secret_headers_are_masked_unless_revealed_and_checked_like_headers() -> None:
+    config = {
+        "url": "https://a.example",
+        "headers": {"X-Source": "e"},
+        "secret_headers": {"Authorization": "Bearer t-123"},
+    }
+    action = Action.model_validate({"action_type": "rest", "config": config})
+    assert isinstance(action.config, RestConfig)
+    assert "t-123" not in action.model_dump_json()
+    assert "t-123" not in repr(action)
+    revealed = action.model_dump(mode="json", context=REVEAL_SECRETS)
+    assert revealed["config"]["secret_headers"] == {"Authorization": "Bearer t-123"}
+    assert Action.model_validate(revealed) == action
+
+    def problems(secret_headers: Any, headers: Any = None) -> list[Any]:
+        body = {"url": "https://a.example", "secret_headers": secret_headers}
+        if headers is not None:
+            body["headers"] = headers
+        return errors_of(RestConfig, body)
+
+    assert problems({"Host": "x"}) == [
+        (("secret_headers", "Host"), "set by the dispatcher itself (framing, routing or signing)")
+    ]
+    assert problems({"Bad Name": "x"}) == [
+        (("secret_headers", "Bad Name"), "not a valid header name")
+    ]
+    assert problems({"X-Key": "a\r\nb"}) == [
+        (("secret_headers", "X-Key"), "header values are one line of at most 8192 characters")
+    ]
+    assert problems({"X-Key": ""}) == [
+        (("secret_headers", "X-Key"), "empty: leave the header out instead")
+    ]
+    ((loc, message),) = problems({"x-key": "a"}, headers={"X-Key": "b"})
+    assert message == "header named in both headers and secret_headers: x-key"
+
+
 # --- triggers ------------------------------------------------------------------------------
 
 

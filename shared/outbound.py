@@ -113,10 +113,10 @@ _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer
 # --------------------------------------------------------------------------- policy
 
 
-def parse_networks(setting: str) -> tuple[IPNetwork, ...]:
+def parse_networks(setting: str, name: str = SETTING_NAME) -> tuple[IPNetwork, ...]:
     """Parse a comma-separated list of networks (``10.0.0.0/8, ::1``); a bare address is
     a one-address network. Blank entries are ignored; a bad one raises ValueError
-    naming it."""
+    naming it (and the setting ``name``)."""
     networks: list[IPNetwork] = []
     for raw in setting.split(","):
         entry = raw.strip()
@@ -125,7 +125,7 @@ def parse_networks(setting: str) -> tuple[IPNetwork, ...]:
         try:
             networks.append(ipaddress.ip_network(entry, strict=True))
         except ValueError as exc:
-            raise ValueError(f"{SETTING_NAME}: {entry!r} is not an IP network ({exc})") from exc
+            raise ValueError(f"{name}: {entry!r} is not an IP network ({exc})") from exc
     return tuple(networks)
 
 

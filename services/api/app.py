@@ -16,6 +16,7 @@ from services.api.common import (
     METRICS,
     PASSWORDS,
     POOL,
+    PROXIES,
     SECRETS,
     SETTINGS,
     TOKENS,
@@ -30,6 +31,7 @@ from shared.db import check_db, close_pool, pool_from_settings
 from shared.kafka import KafkaProbe
 from shared.metrics import new_registry
 from shared.ops import add_ops_routes
+from shared.outbound import parse_networks
 from shared.secrets import SecretBox
 
 log = structlog.get_logger(__name__)
@@ -69,6 +71,7 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
         max_failures=settings.login_max_failures, window=settings.login_window
     )
     app[SECRETS] = SecretBox(settings.secrets_key)
+    app[PROXIES] = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")
     app[PRODUCER] = JobProducer(settings.kafka_bootstrap_servers, settings.actions_topic)
     probe = KafkaProbe(settings.kafka_bootstrap_servers)
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import time
 import uuid
@@ -25,6 +26,7 @@ from services.api import queries
 from services.api.auth import API_KEY_PREFIX, LoginLimiter, Passwords, Tokens, api_key_hash
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
+from shared.outbound import IPNetwork
 from shared.secrets import SecretBox
 
 #: Request bodies above this are refused with 413 (a trigger with 50 conditions and
@@ -37,6 +39,7 @@ METRICS = web.AppKey("metrics", ApiMetrics)
 PASSWORDS = web.AppKey("passwords", Passwords)
 TOKENS = web.AppKey("tokens", Tokens)
 LIMITER = web.AppKey("limiter", LoginLimiter)
+PROXIES = web.AppKey("trusted_proxies", tuple)
 SECRETS = web.AppKey("secrets", SecretBox)
 
 
@@ -314,3 +317,29 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def client_address(
+    peer: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]
+) -> str:
+    """Who the client is, for the login limiter: the TCP peer, unless the peer is one
+    of the ``trusted`` proxies; then X-Forwarded-For is read from the right, past
+    every trusted hop, and the first other address is the client. Entries further
+    left were written by the client itself and are never believed."""
+    if peer is None:
+        return "unknown"
+    hops = [h.strip() for line in forwarded_for for h in line.split(",") if h.strip()]
+    current = peer
+    while _is_trusted(current, trusted) and hops:
+        current = hops.pop()
+    return current[:64]
+
+
+def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in trusted)

@@ -26,12 +26,14 @@ from services.api.common import (
     METRICS,
     PASSWORDS,
     POOL,
+    PROXIES,
     SECRETS,
     SETTINGS,
     TOKENS,
     VIA,
     ApiError,
     SlotsBusyError,
+    client_address,
     cursor_datetime,
     cursor_time,
     decode_cursor,
@@ -131,7 +133,9 @@ async def _hashing(work: Awaitable[T]) -> T:
 
 
 def _client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+    return client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", []), request.app[PROXIES]
+    )
 
 
 async def login(request: web.Request) -> web.Response:

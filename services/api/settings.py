@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
+from shared.outbound import parse_networks
 from shared.settings import ServiceSettings
 from shared.topics import ACTIONS
 
@@ -33,7 +34,17 @@ class ApiSettings(ServiceSettings):
     )
     #: Seconds one backtest may run before it answers with what it has (truncated).
     backtest_seconds: float = Field(default=20.0, gt=0, le=600, validation_alias="BACKTEST_SECONDS")
+    #: Reverse proxies (ingress controllers, load balancers) whose X-Forwarded-For is
+    #: believed, as CIDRs ('' = none: the client is the TCP peer). Behind an ingress
+    #: without it, every client shares the ingress's address in the login limiter.
+    trusted_proxies: str = Field(default="", validation_alias="TRUSTED_PROXIES")
     #: Backtests running at once per process; more wait, and beyond twice that 503.
     backtest_concurrency: int = Field(
         default=2, ge=1, le=64, validation_alias="BACKTEST_CONCURRENCY"
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        parse_networks(v, "TRUSTED_PROXIES")
+        return v

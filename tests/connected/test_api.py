@@ -127,6 +127,35 @@ async def test_failed_logins_are_limited_whether_or_not_the_user_exists(client: 
     )
 
 
+@pytest.mark.parametrize("trusted", ["127.0.0.0/8", ""])
+async def test_the_login_limit_per_address_sees_clients_behind_a_trusted_proxy(
+    database_url: str, kafka_bootstrap: str, trusted: str
+) -> None:
+    """Behind a trusted proxy each client has its own address bucket (X-Forwarded-For
+    read from the right, so a client cannot pick its own); without TRUSTED_PROXIES
+    the header is ignored and everyone behind the proxy shares the proxy's bucket."""
+    settings = api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused")
+    settings = settings.model_copy(update={"trusted_proxies": trusted, "login_max_failures": 1})
+    app = create_app(settings, passwords=cheap_passwords())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+        async def guess(i: int, forwarded: str) -> int:
+            resp = await client.post(
+                "/v1/auth/login",
+                json={"username": f"user{i}", "password": "bad"},
+                headers={"X-Forwarded-For": forwarded},
+            )
+            return resp.status
+
+        # 10 failures (LOGIN_MAX_FAILURES x 10) from one address, each on its own user
+        assert [await guess(i, "203.0.113.5") for i in range(10)] == [401] * 10
+        assert await guess(10, "203.0.113.5") == 429
+        # the client cannot escape its bucket by writing an address of its own in front
+        assert await guess(11, "198.51.100.7, 203.0.113.5") == 429
+        other = await guess(12, "203.0.113.6")
+        assert other == (401 if trusted else 429)
+
+
 async def test_concurrent_guesses_cannot_pass_the_login_limit(client: Client) -> None:
     """Attempts are counted before the password is checked: 30 guesses at once get
     at most LOGIN_MAX_FAILURES (5) verifications, the others 429 (or 503: busy)."""

@@ -12,10 +12,12 @@ import pytest
 from eth_keys.datatypes import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr, ValidationError
 
 from services.api.auth import LoginLimiter, Tokens, api_key_hash, new_api_key
-from services.api.common import ApiError, decode_cursor, encode_cursor
+from services.api.common import ApiError, client_address, decode_cursor, encode_cursor
 from services.api.routes import ROUTES, document
+from services.api.settings import ApiSettings
 from services.api.signatures import (
     SECP256K1_N,
     eip191_digest,
@@ -24,6 +26,7 @@ from services.api.signatures import (
 )
 from shared.evaluate import ActionSpec, TriggerSpec, evaluate
 from shared.events import Event
+from shared.outbound import parse_networks
 from shared.replay import Replay
 from shared.triggers import Condition
 from tests.strategies import example_event
@@ -194,3 +197,33 @@ def test_replay_is_the_matcher_step_by_step() -> None:
         assert outcome.fired == step.outcome.fired
         state = outcome.state
     assert [s.outcome.fired for s in steps] == [False, True, True, True]
+
+
+def test_client_address_believes_only_trusted_proxies_from_the_right() -> None:
+    trusted = parse_networks("10.0.0.0/8, 127.0.0.1, fd00::/8", "TRUSTED_PROXIES")
+    # no trusted proxy: the peer, whatever the header says
+    assert client_address("203.0.113.9", ["1.2.3.4"], ()) == "203.0.113.9"
+    assert client_address("203.0.113.9", ["1.2.3.4"], trusted) == "203.0.113.9"
+    # a trusted peer: the rightmost address that is not a trusted hop
+    assert client_address("10.1.2.3", ["198.51.100.1, 203.0.113.5"], trusted) == "203.0.113.5"
+    assert client_address("10.1.2.3", ["203.0.113.5, 10.9.9.9"], trusted) == "203.0.113.5"
+    assert client_address("10.1.2.3", ["198.51.100.1", "203.0.113.5"], trusted) == "203.0.113.5"
+    assert client_address("127.0.0.1", ["2001:db8::1, fd00::5"], trusted) == "2001:db8::1"
+    # IPv4-mapped peers are their IPv4 address
+    assert client_address("::ffff:10.0.0.1", ["203.0.113.5"], trusted) == "203.0.113.5"
+    # only trusted hops, or no header: the last one seen
+    assert client_address("10.1.2.3", ["10.0.0.2"], trusted) == "10.0.0.2"
+    assert client_address("10.1.2.3", [], trusted) == "10.1.2.3"
+    # an unparsable entry is not a trusted hop: it is where the walk stops
+    assert client_address("10.1.2.3", ["x" * 100], trusted) == "x" * 64
+    assert client_address(None, ["203.0.113.5"], trusted) == "unknown"
+
+
+def test_trusted_proxies_setting_is_checked() -> None:
+    with pytest.raises(ValidationError, match="TRUSTED_PROXIES: 'not-a-net'"):
+        ApiSettings(
+            database_url=SecretStr("postgresql://x@127.0.0.1/x"),
+            jwt_secret=SecretStr("x" * 32),
+            secrets_key=SecretStr("k"),
+            trusted_proxies="10.0.0.0/8, not-a-net",
+        )

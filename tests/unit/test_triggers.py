@@ -596,7 +596,7 @@ def test_secret_headers_are_masked_unless_revealed_and_checked_like_headers() ->
     assert problems({"X-Key": ""}) == [
         (("secret_headers", "X-Key"), "empty: leave the header out instead")
     ]
-    ((loc, message),) = problems({"x-key": "a"}, headers={"X-Key": "b"})
+    ((_loc, message),) = problems({"x-key": "a"}, headers={"X-Key": "b"})
     assert message == "header named in both headers and secret_headers: x-key"
 
 

@@ -521,3 +521,12 @@ async def upsert_mcp_token(
     )
     assert row is not None
     return row
+
+
+async def delete_mcp_token(conn: Conn, chain_id: int, agent_id: int) -> bool:
+    deleted = await conn.fetchval(
+        "DELETE FROM agent_mcp_tokens WHERE chain_id = $1 AND agent_id = $2 RETURNING true",
+        chain_id,
+        agent_id,
+    )
+    return deleted is True

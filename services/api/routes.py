@@ -63,6 +63,7 @@ from services.api.models import (
     LoginIn,
     McpTokenIn,
     McpTokenOut,
+    McpTokenRemovalIn,
     Page,
     PageQuery,
     RegisterIn,
@@ -78,7 +79,11 @@ from services.api.models import (
     UserOut,
 )
 from services.api.openapi import PathParam, Route, build_document
-from services.api.signatures import mcp_token_message, recover_signer
+from services.api.signatures import (
+    mcp_token_message,
+    mcp_token_removal_message,
+    recover_signer,
+)
 from shared.evaluate import TriggerSpec, evaluate
 from shared.events import INT32_MAX, INT63_MAX, Event, event_key
 from shared.jobs import ActionJob, job_id
@@ -757,10 +762,15 @@ async def action_stats(request: web.Request) -> web.Response:
 # --- agents --------------------------------------------------------------------------------
 
 
-async def put_mcp_token(request: web.Request) -> web.Response:
-    chain_id = path_int(request, "chain_id", low=1, high=INT32_MAX)
-    agent_id = path_int(request, "agent_id", low=0, high=INT63_MAX)
-    body = await parse_body(request, McpTokenIn)
+def _agent_path(request: web.Request) -> tuple[int, int]:
+    return (
+        path_int(request, "chain_id", low=1, high=INT32_MAX),
+        path_int(request, "agent_id", low=0, high=INT63_MAX),
+    )
+
+
+def _signer(body: McpTokenRemovalIn, message: str) -> str:
+    """The address that signed ``message``, after checking the body's expiry."""
     now = time.time()
     if body.expires_at <= now:
         raise ApiError(422, "invalid body", [detail(("body", "expires_at"), "has passed")])
@@ -770,6 +780,33 @@ async def put_mcp_token(request: web.Request) -> web.Response:
             "invalid body",
             [detail(("body", "expires_at"), f"at most {MAX_SIGNATURE_VALIDITY} s ahead")],
         )
+    signer = recover_signer(message, body.signature)
+    if signer is None:
+        raise ApiError(
+            422, "invalid body", [detail(("body", "signature"), "not a valid signature")]
+        )
+    return signer
+
+
+async def _owner_check(
+    conn: Any, chain_id: int, agent_id: int, signer: str, body: McpTokenRemovalIn
+) -> str:
+    """The agent's current owner, if it is the signer and the nonce is new."""
+    owner = await queries.agent_owner(conn, chain_id, agent_id)
+    if owner is None:
+        raise not_found("no Registered event of this agent is known")
+    if owner.lower() != signer:
+        log.info("mcp token refused: not the owner", chain_id=chain_id, agent_id=agent_id)
+        raise ApiError(403, "the signature is not by the agent's current owner")
+    expires = datetime.fromtimestamp(body.expires_at, UTC)
+    if not await queries.use_nonce(conn, chain_id, agent_id, body.nonce, expires):
+        raise ApiError(409, "this signed message was used already (nonce)")
+    return owner.lower()
+
+
+async def put_mcp_token(request: web.Request) -> web.Response:
+    chain_id, agent_id = _agent_path(request)
+    body = await parse_body(request, McpTokenIn)
     token = body.token.get_secret_value()
     message = mcp_token_message(
         chain_id=chain_id,
@@ -778,29 +815,32 @@ async def put_mcp_token(request: web.Request) -> web.Response:
         nonce=body.nonce,
         expires_at=body.expires_at,
     )
-    signer = recover_signer(message, body.signature)
-    if signer is None:
-        raise ApiError(
-            422, "invalid body", [detail(("body", "signature"), "not a valid signature")]
-        )
+    signer = _signer(body, message)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        owner = await queries.agent_owner(conn, chain_id, agent_id)
-        if owner is None:
-            raise not_found("no Registered event of this agent is known")
-        if owner.lower() != signer:
-            log.info("mcp token refused: not the owner", chain_id=chain_id, agent_id=agent_id)
-            raise ApiError(403, "the signature is not by the agent's current owner")
-        expires = datetime.fromtimestamp(body.expires_at, UTC)
-        if not await queries.use_nonce(conn, chain_id, agent_id, body.nonce, expires):
-            raise ApiError(409, "this signed message was used already (nonce)")
+        owner = await _owner_check(conn, chain_id, agent_id, signer, body)
         ciphertext = request.app[SECRETS].encrypt(
             token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
         )
         row = await queries.upsert_mcp_token(
-            conn, chain_id, agent_id, ciphertext=ciphertext, owner=owner.lower()
+            conn, chain_id, agent_id, ciphertext=ciphertext, owner=owner
         )
     log.info("mcp token stored", chain_id=chain_id, agent_id=agent_id)
     return json_ok(McpTokenOut(**dict(row)))
+
+
+async def delete_mcp_token(request: web.Request) -> web.Response:
+    chain_id, agent_id = _agent_path(request)
+    body = await parse_body(request, McpTokenRemovalIn)
+    message = mcp_token_removal_message(
+        chain_id=chain_id, agent_id=agent_id, nonce=body.nonce, expires_at=body.expires_at
+    )
+    signer = _signer(body, message)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _owner_check(conn, chain_id, agent_id, signer, body)
+        if not await queries.delete_mcp_token(conn, chain_id, agent_id):
+            raise not_found("no MCP token is stored for this agent")
+    log.info("mcp token deleted", chain_id=chain_id, agent_id=agent_id)
+    return web.Response(status=204)
 
 
 async def openapi_document(request: web.Request) -> web.Response:
@@ -882,6 +922,21 @@ ROUTES: tuple[Route, ...] = (
               "`agent_id: <id>`, `token_sha256: 0x<hex>`, `nonce: <nonce>`, "
               "`expires_at: <unix seconds>` joined by `\\n`. A nonce is accepted once; the "
               "expiry is at most an hour ahead. The token is never returned."
+          )),
+    Route("DELETE", "/v1/agents/{chain_id}/{agent_id}/mcp-token", delete_mcp_token,
+          "Remove an agent's MCP bearer token (signed by its owner)", 204, None,
+          McpTokenRemovalIn,
+          path_params=(
+              _path("chain_id", "The chain id.", pattern=r"^[0-9]{1,10}$"),
+              _path("agent_id", "The agent id.", pattern=r"^[0-9]{1,19}$"),
+          ),
+          errors=(403, 404, 409), tag="agents",
+          description=(
+              "The body carries an EIP-191 (personal_sign) signature, by the agent's "
+              "current owner, of the lines `ERC-8004 MCP token removal`, `chain_id: <id>`, "
+              "`agent_id: <id>`, `nonce: <nonce>`, `expires_at: <unix seconds>` joined by "
+              "`\\n`; nonce and expiry as for setting it. MCP actions of the agent then "
+              "call its server without a token."
           )),
     Route("GET", "/openapi.json", openapi_document, "This document", 200, auth=False,
           tag="meta"),

@@ -47,6 +47,18 @@ def mcp_token_message(
     )
 
 
+def mcp_token_removal_message(*, chain_id: int, agent_id: int, nonce: str, expires_at: int) -> str:
+    return "\n".join(
+        (
+            "ERC-8004 MCP token removal",
+            f"chain_id: {chain_id}",
+            f"agent_id: {agent_id}",
+            f"nonce: {nonce}",
+            f"expires_at: {expires_at}",
+        )
+    )
+
+
 def eip191_digest(message: str) -> bytes:
     """keccak256("\\x19Ethereum Signed Message:\\n" + len(message) + message)."""
     data = message.encode()

@@ -19,7 +19,11 @@ from eth_keys.datatypes import PrivateKey
 
 from services.api.app import create_app
 from services.api.auth import Tokens
-from services.api.signatures import eip191_digest, mcp_token_message
+from services.api.signatures import (
+    eip191_digest,
+    mcp_token_message,
+    mcp_token_removal_message,
+)
 from shared.jobs import ActionJob, job_id
 from shared.secrets import SecretBox, SecretDecryptError
 from tests.apiutil import (
@@ -755,6 +759,29 @@ async def test_mcp_token_needs_the_current_owners_signature_once(
     )  # fmt: skip
     assert (await client.put(url, json=token_body(owner, agent, "t8"), headers=auth)).status == 403
     assert (await client.put(url, json=token_body(buyer, agent, "t9"), headers=auth)).status == 200
+
+    # removal: signed by the current owner only, once per nonce; then nothing to remove
+    def removal(key: PrivateKey, agent_id: int = agent) -> dict[str, Any]:
+        nonce, expires_at = uuid.uuid4().hex, int(time.time()) + 600
+        message = mcp_token_removal_message(
+            chain_id=CHAIN, agent_id=agent_id, nonce=nonce, expires_at=expires_at
+        )
+        return {"nonce": nonce, "expires_at": expires_at, "signature": sign(key, message)}
+
+    assert (await client.delete(url, json=removal(owner), headers=auth)).status == 403
+    assert (await client.delete(url, json=removal(buyer, 78), headers=auth)).status == 403
+    a_token_for_put = token_body(buyer, agent, "t10")  # a set-token signature is no removal
+    del a_token_for_put["token"]
+    assert (await client.delete(url, json=a_token_for_put, headers=auth)).status == 403
+    assert await db.fetchval("SELECT count(*) FROM agent_mcp_tokens WHERE agent_id = $1", agent)
+    signed = removal(buyer)
+    assert (await client.delete(url, json=signed)).status == 401
+    resp = await client.delete(url, json=signed, headers=auth)
+    assert resp.status == 204, await resp.text()
+    count = "SELECT count(*) FROM agent_mcp_tokens WHERE chain_id = $1 AND agent_id = $2"
+    assert await db.fetchval(count, CHAIN, agent) == 0
+    assert (await client.delete(url, json=signed, headers=auth)).status == 409  # replayed
+    assert (await client.delete(url, json=removal(buyer), headers=auth)).status == 404
 
 
 # --------------------------------------------------------------------------- logs

@@ -1257,7 +1257,8 @@ CREATE TABLE public.users (
     created_at timestamp with time zone DEFAULT now(),
     updated_at timestamp with time zone DEFAULT now(),
     last_login_at timestamp with time zone,
-    is_active boolean DEFAULT true
+    is_active boolean DEFAULT true,
+    tokens_valid_after timestamp with time zone
 );
 
 
@@ -2596,4 +2597,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201170000'),
     ('20261201180000'),
     ('20261201190000'),
-    ('20261201200000');
+    ('20261201200000'),
+    ('20261201210000');

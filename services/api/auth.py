@@ -93,6 +93,11 @@ class Tokens:
 
     def user_id(self, token: str) -> str | None:
         """The user a valid, unexpired access token names; None otherwise."""
+        verified = self.verify(token)
+        return None if verified is None else verified[0]
+
+    def verify(self, token: str) -> tuple[str, int] | None:
+        """(user, issued at) of a valid, unexpired access token; None otherwise."""
         try:
             claims = jwt.decode(
                 token,
@@ -104,10 +109,12 @@ class Tokens:
             )
         except jwt.PyJWTError:
             return None
-        sub = claims.get("sub")
+        sub, iat = claims.get("sub"), claims.get("iat")
         if claims.get("typ") != "access" or not isinstance(sub, str) or not 0 < len(sub) <= 200:
             return None
-        return sub
+        if not isinstance(iat, int):
+            return None
+        return sub, iat
 
 
 def new_api_key() -> tuple[str, str, str]:

@@ -249,10 +249,10 @@ async def authenticate(request: web.Request) -> Principal:
             if user_id is None:
                 raise unauthorized()
             return Principal(user_id, "api_key")
-        user_id = app[TOKENS].user_id(token)
-        if user_id is None or not await queries.is_active_user(conn, user_id):
+        verified = app[TOKENS].verify(token)
+        if verified is None or not await queries.is_active_user(conn, *verified):
             raise unauthorized()
-        return Principal(user_id, "jwt")
+        return Principal(verified[0], "jwt")
 
 
 def unauthorized() -> ApiError:

@@ -98,12 +98,22 @@ async def record_login(conn: Conn, user_id: str, new_hash: str | None) -> None:
     )
 
 
-async def is_active_user(conn: Conn, user_id: str) -> bool:
+async def is_active_user(conn: Conn, user_id: str, issued_at: int) -> bool:
+    """The user is active and has not revoked tokens issued at ``issued_at`` (unix s)."""
     return bool(
         await conn.fetchval(
-            "SELECT true FROM users WHERE id = $1 AND is_active IS NOT FALSE", user_id
+            """SELECT true FROM users
+               WHERE id = $1 AND is_active IS NOT FALSE
+                 AND (tokens_valid_after IS NULL
+                      OR $2::bigint > extract(epoch FROM tokens_valid_after))""",
+            user_id,
+            issued_at,
         )
     )
+
+
+async def revoke_tokens(conn: Conn, user_id: str) -> None:
+    await conn.execute("UPDATE users SET tokens_valid_after = now() WHERE id = $1", user_id)
 
 
 async def authenticate_api_key(conn: Conn, key_hash: str) -> str | None:

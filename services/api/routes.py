@@ -175,11 +175,21 @@ async def login(request: web.Request) -> web.Response:
     return json_ok(TokenOut(access_token=token, expires_in=settings.access_token_ttl))
 
 
-def _password_login_only(request: web.Request) -> None:
-    """Keys are managed with a password login's token: a leaked key cannot mint
-    replacements that outlive its revocation."""
+def _password_login_only(request: web.Request, what: str = "API keys are managed") -> None:
+    """Keys (and sessions) are managed with a password login's token: a leaked key
+    cannot mint replacements that outlive its revocation."""
     if request[VIA] != "jwt":
-        raise ApiError(403, "API keys are managed with a login's access token, not an API key")
+        raise ApiError(403, f"{what} with a login's access token, not an API key")
+
+
+async def logout_everywhere(request: web.Request) -> web.Response:
+    """Every access token of the user issued so far stops working (API keys are
+    revoked one by one)."""
+    _password_login_only(request, "sessions are ended")
+    async with request.app[POOL].acquire() as conn:
+        await queries.revoke_tokens(conn, user_id(request))
+    log.info("access tokens revoked")
+    return web.Response(status=204)
 
 
 async def create_api_key(request: web.Request) -> web.Response:
@@ -862,6 +872,13 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/auth/login", login, "Log in: an access token", 200, TokenOut, LoginIn,
           auth=False, errors=(401, 429, 503), tag="accounts",
           description="Wrong username and wrong password give the same 401."),
+    Route("POST", "/v1/auth/logout-all", logout_everywhere,
+          "Log out everywhere: revoke every access token issued so far", 204,
+          errors=(403,), tag="accounts",
+          description=(
+              "Needs a login's access token (an API key answers 403; keys are revoked one by "
+              "one). Tokens issued up to the second of this call stop working, this one too."
+          )),
     Route("POST", "/v1/api-keys", create_api_key, "Create an API key (shown once)", 201,
           ApiKeyCreated, ApiKeyIn, errors=(403,), tag="accounts",
           description="Needs a login's access token: an API key cannot create keys."),

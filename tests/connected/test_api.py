@@ -206,6 +206,34 @@ async def test_api_keys_are_shown_once_stored_hashed_usable_and_revocable(
     assert (await client.get("/v1/triggers", headers=by_key)).status == 401
 
 
+async def test_logout_everywhere_revokes_every_access_token_issued_so_far(
+    client: Client,
+) -> None:
+    creds = {"username": "erin", "password": "pw-" + uuid.uuid4().hex}
+    registered = await client.post("/v1/auth/register", json={**creds, "email": "e@example.org"})
+    assert registered.status == 201
+
+    async def login() -> dict[str, str]:
+        resp = await client.post("/v1/auth/login", json=creds)
+        assert resp.status == 200
+        return {"Authorization": "Bearer " + (await resp.json())["access_token"]}
+
+    auth, second = await login(), await login()
+    key = (await (await client.post("/v1/api-keys", json={}, headers=auth)).json())["key"]
+    by_key = {"Authorization": f"Bearer {key}"}
+    assert (await client.post("/v1/auth/logout-all", headers=by_key)).status == 403
+    assert (await client.get("/v1/triggers", headers=second)).status == 200
+
+    assert (await client.post("/v1/auth/logout-all", headers=auth)).status == 204
+    for revoked in (auth, second):
+        assert (await client.get("/v1/triggers", headers=revoked)).status == 401
+    assert (await client.get("/v1/triggers", headers=by_key)).status == 200  # keys stay
+    # iat has whole seconds: a login from the next second on is valid
+    await asyncio.sleep(1.05 - time.time() % 1)
+    fresh = await login()
+    assert (await client.get("/v1/triggers", headers=fresh)).status == 200
+
+
 # --------------------------------------------------------------------------- triggers
 
 

@@ -1090,6 +1090,18 @@ CREATE TABLE public.events_p202703 (
 
 
 --
+-- Name: job_redrives; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.job_redrives (
+    job_id text NOT NULL,
+    user_id text NOT NULL,
+    run_id text NOT NULL,
+    requested_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
 -- Name: maintenance_runs; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1443,6 +1455,14 @@ ALTER TABLE ONLY public.events_p202702
 
 ALTER TABLE ONLY public.events_p202703
     ADD CONSTRAINT events_p202703_pkey PRIMARY KEY (id, block_time, block_hash);
+
+
+--
+-- Name: job_redrives job_redrives_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_redrives
+    ADD CONSTRAINT job_redrives_pkey PRIMARY KEY (job_id);
 
 
 --
@@ -2410,6 +2430,14 @@ ALTER TABLE ONLY public.triggers
 
 
 --
+-- Name: job_redrives job_redrives_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.job_redrives
+    ADD CONSTRAINT job_redrives_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+
+--
 -- Name: action_results; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2447,6 +2475,19 @@ ALTER TABLE public.api_keys ENABLE ROW LEVEL SECURITY;
 --
 
 CREATE POLICY api_keys_user_isolation ON public.api_keys TO erc8004_api USING ((user_id = public.current_app_user_id())) WITH CHECK ((user_id = public.current_app_user_id()));
+
+
+--
+-- Name: job_redrives; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.job_redrives ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: job_redrives job_redrives_user_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY job_redrives_user_isolation ON public.job_redrives TO erc8004_api USING ((user_id = public.current_app_user_id())) WITH CHECK ((user_id = public.current_app_user_id()));
 
 
 --
@@ -2598,4 +2639,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201180000'),
     ('20261201190000'),
     ('20261201200000'),
-    ('20261201210000');
+    ('20261201210000'),
+    ('20261201220000');

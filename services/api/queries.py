@@ -540,3 +540,29 @@ async def delete_mcp_token(conn: Conn, chain_id: int, agent_id: int) -> bool:
         agent_id,
     )
     return deleted is True
+
+
+async def claim_redrive(
+    conn: Conn, job_id: str, user_id: str, run_id: str, interval: float
+) -> float:
+    """Record a redrive of ``job_id``; 0 when it may go ahead, else the seconds until
+    the job may be redriven again (the previous one was less than ``interval`` ago)."""
+    claimed = await conn.fetchval(
+        """INSERT INTO job_redrives (job_id, user_id, run_id) VALUES ($1, $2, $3)
+           ON CONFLICT (job_id) DO UPDATE SET run_id = excluded.run_id, requested_at = now()
+           WHERE job_redrives.requested_at <= now() - make_interval(secs => $4)
+           RETURNING true""",
+        job_id,
+        user_id,
+        run_id,
+        interval,
+    )
+    if claimed:
+        return 0.0
+    wait: float = await conn.fetchval(
+        """SELECT extract(epoch FROM requested_at + make_interval(secs => $2) - now())::float8
+           FROM job_redrives WHERE job_id = $1""",
+        job_id,
+        interval,
+    )
+    return max(wait, 0.1)

@@ -4,6 +4,7 @@ both registers them and generates the OpenAPI document."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -561,34 +562,43 @@ async def retry_result(request: web.Request) -> web.Response:
             raise ApiError(409, "the job's event is no longer stored")
         event = event_from_row(row)
         explain = await queries.get_evaluation_explain(conn, trigger_id, event_key(event))
-    if explain is None:
-        # A stateless trigger records no evaluation: its explain is a pure function
-        # of the trigger and the event, so evaluate again.
-        spec = _spec(trigger)
-        if spec is not None and not spec.is_stateful:
-            explain = evaluate(spec, event, state=None).explain
-    job = ActionJob(
-        job_id=wanted,
-        trigger_id=trigger_id,
-        trigger_name=trigger["name"],
-        user_id=trigger["user_id"],
-        action_id=action["id"],
-        action_type=action["action_type"],
-        config=action["config"],
-        event=event,
-        explain=explain or {},
-        attempt=1,
-        created_at=datetime.now(UTC),
-        # A run of its own: the dispatcher records (and deduplicates) attempts per run,
-        # so the earlier run's rows do not make it skip this one.
-        run_id=uuid.uuid4().hex,
-    )
-    producer = request.app[PRODUCER]
-    try:
-        await producer.send(job)
-    except KafkaUnavailableError:
-        log.warning("redrive failed: Kafka unavailable", job_id=wanted)
-        raise ApiError(503, "Kafka is unavailable; the job was not redriven") from None
+        if explain is None:
+            # A stateless trigger records no evaluation: its explain is a pure function
+            # of the trigger and the event, so evaluate again.
+            spec = _spec(trigger)
+            if spec is not None and not spec.is_stateful:
+                explain = evaluate(spec, event, state=None).explain
+        job = ActionJob(
+            job_id=wanted,
+            trigger_id=trigger_id,
+            trigger_name=trigger["name"],
+            user_id=trigger["user_id"],
+            action_id=action["id"],
+            action_type=action["action_type"],
+            config=action["config"],
+            event=event,
+            explain=explain or {},
+            attempt=1,
+            created_at=datetime.now(UTC),
+            # A run of its own: the dispatcher records (and deduplicates) attempts per
+            # run, so the earlier run's rows do not make it skip this one.
+            run_id=uuid.uuid4().hex,
+        )
+        assert job.run_id is not None
+        interval = request.app[SETTINGS].redrive_interval
+        wait = await queries.claim_redrive(conn, wanted, user_id(request), job.run_id, interval)
+        if wait > 0:
+            raise ApiError(
+                429,
+                f"this job was redriven less than {interval:g} s ago",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        # Produced before the claim commits: a failed send leaves no claim behind.
+        try:
+            await request.app[PRODUCER].send(job)
+        except KafkaUnavailableError:
+            log.warning("redrive failed: Kafka unavailable", job_id=wanted)
+            raise ApiError(503, "Kafka is unavailable; the job was not redriven") from None
     request.app[METRICS].jobs_redriven.labels(job.action_type.value).inc()
     log.info("job redriven", job_id=wanted, trigger_id=trigger_id, previous=result["status"])
     return json_ok(
@@ -598,7 +608,7 @@ async def retry_result(request: web.Request) -> web.Response:
             action_id=action["id"],
             event_id=event_id,
             attempt=1,
-            topic=producer.topic,
+            topic=request.app[PRODUCER].topic,
         ),
         status=202,
     )
@@ -916,7 +926,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/triggers/{trigger_id}/results/{job_id}/retry", retry_result,
           "Redrive a failed or dead-lettered job", 202, RetryOut,
           path_params=(_TRIGGER, _path("job_id", "The job's id.", maxLength=200)),
-          errors=(404, 409, 503), tag="history"),
+          errors=(404, 409, 429, 503), tag="history",
+          description="The same job is redriven at most once per REDRIVE_INTERVAL (60 s)."),
     Route("POST", "/v1/triggers/{trigger_id}/backtest", backtest_trigger,
           "Backtest a trigger over stored events", 200, BacktestOut, BacktestIn,
           path_params=(_TRIGGER,), errors=(404, 409), tag="triggers"),

@@ -34,6 +34,10 @@ class ApiSettings(ServiceSettings):
     )
     #: Seconds one backtest may run before it answers with what it has (truncated).
     backtest_seconds: float = Field(default=20.0, gt=0, le=600, validation_alias="BACKTEST_SECONDS")
+    #: Seconds before the same job may be redriven again through the API.
+    redrive_interval: float = Field(
+        default=60.0, ge=0, le=86400, validation_alias="REDRIVE_INTERVAL"
+    )
     #: Reverse proxies (ingress controllers, load balancers) whose X-Forwarded-For is
     #: believed, as CIDRs ('' = none: the client is the TCP peer). Behind an ingress
     #: without it, every client shares the ingress's address in the login limiter.

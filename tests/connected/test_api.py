@@ -620,9 +620,21 @@ async def test_results_filter_page_and_redrive_a_dead_job(
         ranged = await (await client.get(url, params=window, headers=auth)).json()
         assert len(ranged["items"]) == 2
 
+        # Kafka unreachable: 503, and no claim is left behind to block the next try
+        away = settings.model_copy(update={"kafka_bootstrap_servers": "127.0.0.1:1"})
+        away_app = create_app(away, passwords=cheap_passwords())
+        async with TestClient(TestServer(away_app, host="127.0.0.1")) as away_client:
+            resp = await away_client.post(f"{url}/{jid}/retry", headers=auth)
+            assert resp.status == 503, await resp.text()
+        assert await db.fetchval("SELECT count(*) FROM job_redrives") == 0
+
         resp = await client.post(f"{url}/{jid}/retry", headers=auth)
         assert resp.status == 202, await resp.text()
         out = await resp.json()
+        # the same job again at once: refused until REDRIVE_INTERVAL has passed
+        again = await client.post(f"{url}/{jid}/retry", headers=auth)
+        assert again.status == 429
+        assert 0 < int(again.headers["Retry-After"]) <= 60
         assert out["job_id"] == jid
         assert out["attempt"] == 1
         assert out["topic"] == actions_topic

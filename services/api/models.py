@@ -19,7 +19,15 @@ from pydantic import (
 )
 
 from shared.events import INT32_MAX, INT63_MAX, Registry
-from shared.triggers import ActionType, TriggerCreate
+from shared.triggers import (
+    MAX_CONDITIONS,
+    REVEAL_SECRETS,
+    Action,
+    ActionType,
+    Condition,
+    TriggerCreate,
+    TriggerUpdate,
+)
 
 T = TypeVar("T")
 
@@ -329,3 +337,63 @@ class McpTokenOut(_Out):
     agent_id: int
     owner_address: str
     updated_at: datetime | None
+
+
+# --- the PATCH body, as documented -----------------------------------------------------
+
+
+class ConditionPatch(Condition):
+    """A condition in a PATCH body; the ``id`` a GET returns is accepted and ignored
+    (the conditions given replace the trigger's conditions)."""
+
+    id: int | None = Field(default=None, description="Ignored (output of a GET).")
+
+
+class ActionPatch(Action):
+    """An action in a PATCH body: with the ``id`` of one of the trigger's actions it
+    changes that action in place (same id, same job ids), without one it is new. The
+    other output-only fields of a GET are accepted and ignored."""
+
+    id: int | None = Field(default=None, description="An existing action's id.")
+    signing_secret_set: bool | None = Field(default=None, description="Ignored.")
+    secret_headers_set: list[str] | None = Field(default=None, description="Ignored.")
+
+
+def _omit_not_null(schema: dict[str, Any]) -> None:
+    """Fields that may be omitted but not null: their schema without the null."""
+    for name in ("name", "chain_id", "registry", "enabled", "conditions", "actions"):
+        prop = schema["properties"][name]
+        options = [o for o in prop.pop("anyOf") if o != {"type": "null"}]
+        prop.pop("default", None)
+        (only,) = options
+        prop.update(only)
+
+
+class TriggerPatch(TriggerUpdate):
+    """PATCH body: only the fields given change; null clears description/cooldown.
+    A GET body sent back as it is is a valid PATCH (ids and output-only fields)."""
+
+    model_config = ConfigDict(json_schema_extra=_omit_not_null)
+
+    # Narrower item types than TriggerUpdate's (lists are invariant for mypy; pydantic
+    # validates the items as the subclasses, which are Conditions and Actions).
+    conditions: Annotated[list[ConditionPatch], Field(max_length=MAX_CONDITIONS)] | None = None  # type: ignore[assignment]
+    actions: Annotated[list[ActionPatch], Field(min_length=1, max_length=20)] | None = None  # type: ignore[assignment]
+    is_stateful: bool | None = Field(default=None, description="Ignored (output of a GET).")
+
+    def action_ids(self) -> list[int | None]:
+        return [a.id for a in self.actions or ()]
+
+    def as_update(self) -> TriggerUpdate:
+        """The update itself, without the ids and output-only fields."""
+        data = self.model_dump(
+            mode="json",
+            context=REVEAL_SECRETS,
+            exclude_unset=True,
+            exclude={
+                "is_stateful": True,
+                "conditions": {"__all__": {"id"}},
+                "actions": {"__all__": {"id", "signing_secret_set", "secret_headers_set"}},
+            },
+        )
+        return TriggerUpdate.model_validate(data)

@@ -77,6 +77,7 @@ from services.api.models import (
     StatsEventsQuery,
     TokenOut,
     TriggerOut,
+    TriggerPatch,
     UserOut,
 )
 from services.api.openapi import PathParam, Route, build_document
@@ -89,7 +90,7 @@ from shared.evaluate import TriggerSpec, evaluate
 from shared.events import INT32_MAX, INT63_MAX, Event, event_key
 from shared.jobs import ActionJob, job_id
 from shared.replay import compile_trigger
-from shared.triggers import CREDENTIAL_HEADERS, TriggerCreate, TriggerUpdate
+from shared.triggers import CREDENTIAL_HEADERS, TriggerCreate
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -369,42 +370,15 @@ async def get_trigger(request: web.Request) -> web.Response:
     return json_ok(_trigger_out(row))
 
 
-_ACTION_OUTPUT_ONLY = ("id", "signing_secret_set", "secret_headers_set")
-
-
-def _strip_ids(raw: Any) -> tuple[Any, list[Any]]:
-    """The PATCH body without the output-only keys a GET returns (``id`` of
-    conditions and actions, ``signing_secret_set``, ``secret_headers_set``), and the
-    action ids given."""
-    action_ids: list[Any] = []
-    if not isinstance(raw, dict):
-        return raw, action_ids
-    raw = dict(raw)
-    if isinstance(raw.get("conditions"), list):
-        raw["conditions"] = [
-            {k: v for k, v in c.items() if k != "id"} if isinstance(c, dict) else c
-            for c in raw["conditions"]
-        ]
-    if isinstance(raw.get("actions"), list):
-        items = []
-        for a in raw["actions"]:
-            if isinstance(a, dict):
-                action_ids.append(a.get("id"))
-                items.append({k: v for k, v in a.items() if k not in _ACTION_OUTPUT_ONLY})
-            else:
-                action_ids.append(None)
-                items.append(a)
-        raw["actions"] = items
-    return raw, action_ids
-
-
 async def update_trigger(request: web.Request) -> web.Response:
     trigger_id = path_id(request, "trigger_id")
-    raw, action_ids = _strip_ids(await read_json(request))
+    raw = await read_json(request)
     try:
-        update = TriggerUpdate.model_validate(raw)
+        patch = TriggerPatch.model_validate(raw)
+        update = patch.as_update()
     except ValidationError as exc:
         raise invalid("body", exc) from None
+    action_ids = patch.action_ids()
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
         current = await queries.get_trigger(conn, trigger_id, lock=True)
         if current is None:
@@ -907,7 +881,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/triggers/{trigger_id}", get_trigger, "A trigger", 200, TriggerOut,
           path_params=(_TRIGGER,), errors=(404,), tag="triggers"),
     Route("PATCH", "/v1/triggers/{trigger_id}", update_trigger,
-          "Change a trigger (e.g. enable or disable it)", 200, TriggerOut, TriggerUpdate,
+          "Change a trigger (e.g. enable or disable it)", 200, TriggerOut, TriggerPatch,
           path_params=(_TRIGGER,), errors=(404,), tag="triggers",
           description=(
               "Only the fields given change. `conditions` replace all conditions. `actions` "

@@ -16,6 +16,7 @@ from pydantic import SecretStr, ValidationError
 
 from services.api.auth import LoginLimiter, Tokens, api_key_hash, new_api_key
 from services.api.common import ApiError, client_address, decode_cursor, encode_cursor
+from services.api.models import TriggerPatch
 from services.api.routes import ROUTES, document
 from services.api.settings import ApiSettings
 from services.api.signatures import (
@@ -165,6 +166,51 @@ def test_openapi_document_lists_every_route_with_resolvable_schemas() -> None:
     # write-only secrets are not in any response schema
     trigger_out = schemas["TriggerOut"]
     assert "signing_secret" not in str(trigger_out)
+
+
+def test_patch_body_is_documented_as_the_handler_reads_it() -> None:
+    """The PATCH body schema: fields that refuse null do not advertise it, and a GET
+    body sent back (ids, output-only fields) is valid; the model the handler
+    validates with turns it into the update without them."""
+    doc = document()
+    body = doc["paths"]["/v1/triggers/{trigger_id}"]["patch"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TriggerPatch"
+    }
+    schemas = doc["components"]["schemas"]
+    props = schemas["TriggerPatch"]["properties"]
+    for name in ("name", "chain_id", "registry", "enabled", "conditions", "actions"):
+        assert "null" not in str(props[name]), name
+    for name in ("description", "cooldown_seconds"):
+        assert {"type": "null"} in props[name]["anyOf"], name
+    assert props["actions"]["items"] == {"$ref": "#/components/schemas/ActionPatch"}
+    assert {"id", "signing_secret_set", "secret_headers_set"} <= set(
+        schemas["ActionPatch"]["properties"]
+    )
+    assert "id" in schemas["ConditionPatch"]["properties"]
+
+    echoed = {
+        "name": "x",
+        "is_stateful": False,
+        "conditions": [{"id": 9, "condition_type": "event_type_equals", "field": "",
+                        "operator": "=", "value": "NewFeedback", "config": {}}],
+        "actions": [{"id": 4, "action_type": "telegram", "priority": 1,
+                     "config": {"chat_id": "1", "message_template": "m"},
+                     "signing_secret_set": False, "secret_headers_set": []},
+                    {"action_type": "telegram", "config": {"chat_id": "2",
+                                                           "message_template": "n"}}],
+    }  # fmt: skip
+    patch = TriggerPatch.model_validate(echoed)
+    assert patch.action_ids() == [4, None]
+    update = patch.as_update().storage_dump()
+    assert set(update) == {"name", "conditions", "actions"}
+    assert "id" not in update["conditions"][0]
+    assert [set(a) for a in update["actions"]] == [
+        {"action_type", "priority", "config"},
+        {"action_type", "config"},  # unset stays unset: the stored form fills it in
+    ]
+    with pytest.raises(ValidationError, match="may be omitted but not null"):
+        TriggerPatch.model_validate({"name": None})
 
 
 def test_replay_is_the_matcher_step_by_step() -> None:

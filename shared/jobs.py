@@ -149,6 +149,9 @@ class ActionJob(BaseModel):
     #: Which run of the job this is: None for the matcher's firing, a fresh id for each
     #: redrive through the API. Attempts are recorded (and deduplicated) per run.
     run_id: Annotated[str, Strict(), Field(min_length=1, max_length=64)] | None = None
+    #: Telegram: the parts of a split message that earlier attempts of this run
+    #: delivered; the next attempt sends the rest, not the whole message again.
+    parts_sent: Annotated[int, Strict(), Field(ge=0, le=100)] = 0
 
     def dump(self) -> bytes:
         """Compact JSON."""
@@ -165,9 +168,13 @@ class ActionJob(BaseModel):
             {"action_type": self.action_type, "config": self.config}
         ).config
 
-    def retry(self, *, due_at: datetime) -> ActionJob:
-        """The same job as its next attempt, due at due_at."""
-        return self.model_copy(update={"attempt": self.attempt + 1, "due_at": due_at})
+    def retry(self, *, due_at: datetime, parts_sent: int | None = None) -> ActionJob:
+        """The same job as its next attempt, due at due_at (``parts_sent``: how far
+        the attempts so far got through a split message)."""
+        update: dict[str, Any] = {"attempt": self.attempt + 1, "due_at": due_at}
+        if parts_sent is not None:
+            update["parts_sent"] = parts_sent
+        return self.model_copy(update=update)
 
 
 class UnreadableLetter(BaseModel):

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -297,7 +297,46 @@ async def run_telegram(
         return Outcome.permanent("TELEGRAM_BOT_TOKEN is not set", sent=False)
     url = f"{api_base.rstrip('/')}/bot{bot_token}/sendMessage"
     parts = split_message(text)
+    # The same job renders the same text: parts an earlier attempt delivered are not
+    # sent again.
+    done = min(job.parts_sent, len(parts))
     sent: list[int] = []
+    outcome = await _send_parts(
+        parts[done:],
+        sent,
+        cfg=cfg,
+        parse_mode=parse_mode,
+        url=url,
+        session=session,
+        policy=policy,
+        limiter=limiter,
+        part_seconds=part_seconds,
+    )
+    outcome = _scrub(outcome, bot_token)
+    if outcome.kind == "transient":
+        return replace(outcome, parts_sent=done + len(sent))
+    if outcome.kind == "success":
+        response = {"message_ids": sent, "parts": len(parts)}
+        if done:
+            response["resumed_at_part"] = done + 1
+        return Outcome.ok(response)
+    return outcome
+
+
+async def _send_parts(
+    parts: list[str],
+    sent: list[int],
+    *,
+    cfg: TelegramConfig,
+    parse_mode: str | None,
+    url: str,
+    session: aiohttp.ClientSession,
+    policy: OutboundPolicy,
+    limiter: RateLimiter,
+    part_seconds: float,
+) -> Outcome:
+    """Send ``parts`` in order, the message id of each delivered one appended to
+    ``sent``; stops at the first failure."""
     for part in parts:
         wait = await limiter.acquire(cfg.chat_id, max_wait=3.0)
         if wait is not None:
@@ -316,12 +355,11 @@ async def run_telegram(
                 session, "POST", url, policy=policy.within(part_seconds), json=payload
             )
         except Exception as exc:  # noqa: BLE001
-            out = _exception_outcome(exc, "telegram sendMessage")
-            return _scrub(out, bot_token)
+            return _exception_outcome(exc, "telegram sendMessage")
         failed = _telegram_answer(resp.status, resp.body, sent, cfg.chat_id, limiter)
         if failed is not None:
-            return _scrub(failed, bot_token)
-    return Outcome.ok({"message_ids": sent, "parts": len(parts)})
+            return failed
+    return Outcome.ok()
 
 
 def _telegram_answer(

@@ -32,6 +32,9 @@ class Outcome:
     #: Whether a request reached (or was tried on) the destination at all: template
     #: errors, refused addresses and rate-limit waits say nothing about its health.
     sent: bool = True
+    #: Telegram: parts of the split message delivered so far in this run (the next
+    #: attempt starts after them); None when the action has no parts.
+    parts_sent: int | None = None
 
     @classmethod
     def ok(cls, response: dict[str, Any] | None = None) -> Outcome:

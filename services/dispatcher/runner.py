@@ -527,7 +527,8 @@ class Dispatcher:
                 ),
                 min(outcome.retry_after or 0.0, self.settings.backoff_cap),
             )
-            await self._to_retry_topic(job.retry(due_at=now_utc() + timedelta(seconds=delay)))
+            due = now_utc() + timedelta(seconds=delay)
+            await self._to_retry_topic(job.retry(due_at=due, parts_sent=outcome.parts_sent))
             self.metrics.retries.labels(job.action_type).inc()
             status = "retrying"
         else:

@@ -492,6 +492,62 @@ async def test_telegram_escapes_and_honours_429_retry_after(
     assert "secret-bot-token" not in proc.log_text()
 
 
+async def test_telegram_retry_sends_only_the_parts_not_yet_delivered(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    def respond(seen: Seen, n: int) -> web.Response:
+        if n == 2:  # the second part fails the first time
+            return web.json_response({"ok": False, "description": "Bad Gateway"}, status=502)
+        return web.json_response({"ok": True, "result": {"message_id": 100 + n}})
+
+    async with serve(Receiver(respond=respond)) as bot_api:
+        # ~9,000 characters: three parts of at most 4,096
+        config = {
+            "chat_id": "42",
+            "message_template": "{% for i in range(900) %}line {{ '%04d' % i }}\n{% endfor %}",
+        }
+        user, trigger, (action,) = await feedback_trigger(db, ("telegram", config))
+        job = make_job(
+            trigger_id=trigger,
+            user_id=user,
+            action_id=action,
+            action_type="telegram",
+            config=config,
+            event=an_event(),
+        )
+        start_dispatcher(
+            dispatcher_env,
+            tmp_path,
+            procs,
+            TELEGRAM_API_BASE=bot_api.base,
+            TELEGRAM_BOT_TOKEN="123456:token",
+        )
+        await produce_jobs(kafka_bootstrap, actions_topic, [job])
+
+        async def delivered() -> bool:
+            return "success" in statuses(await results(db, job.job_id))
+
+        await wait_for(delivered, within=30, what="telegram delivery")
+        await asyncio.sleep(0.5)  # nothing more may arrive
+
+    texts = [s.json()["text"] for s in bot_api.seen]
+    assert len(texts) == 4
+    first, second, second_again, third = texts
+    assert first.startswith("line 0000")
+    assert second == second_again  # the failed part, and only it, sent again
+    assert texts.count(first) == 1
+    assert (first + second + third).count("line 0899") == 1
+    rows = await results(db, job.job_id)
+    assert statuses(rows) == ["retrying", "success"]
+    assert rows[0]["response_data"]["sent_parts"] == 1
+    assert rows[1]["response_data"] == {"message_ids": [103, 104], "parts": 3, "resumed_at_part": 2}
+
+
 # --------------------------------------------------------------------------- mcp
 
 

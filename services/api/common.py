@@ -243,16 +243,21 @@ async def authenticate(request: web.Request) -> Principal:
     if scheme.lower() != "bearer" or not token or len(token) > 4096:
         raise unauthorized()
     app = request.app
-    async with app[POOL].acquire() as conn:
-        if token.startswith(API_KEY_PREFIX):
+    if token.startswith(API_KEY_PREFIX):
+        async with app[POOL].acquire() as conn:
             user_id = await queries.authenticate_api_key(conn, api_key_hash(token))
-            if user_id is None:
-                raise unauthorized()
-            return Principal(user_id, "api_key")
-        verified = app[TOKENS].verify(token)
-        if verified is None or not await queries.is_active_user(conn, *verified):
+        if user_id is None:
             raise unauthorized()
-        return Principal(verified[0], "jwt")
+        return Principal(user_id, "api_key")
+    # A token that does not verify is refused without touching the database.
+    verified = app[TOKENS].verify(token)
+    if verified is None:
+        raise unauthorized()
+    async with app[POOL].acquire() as conn:
+        active = await queries.is_active_user(conn, *verified)
+    if not active:
+        raise unauthorized()
+    return Principal(verified[0], "jwt")
 
 
 def unauthorized() -> ApiError:

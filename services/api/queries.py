@@ -124,6 +124,22 @@ async def authenticate_api_key(conn: Conn, key_hash: str) -> str | None:
 API_KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at"
 
 
+QUOTA_COUNTS = {
+    "triggers": "SELECT count(*) FROM triggers WHERE user_id = $1",
+    "api_keys": "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
+}
+
+
+async def count_for_quota(conn: Conn, what: str, user_id: str) -> int:
+    """How many ``what`` the user has, under a transaction-scoped lock per user and
+    kind, so concurrent creations cannot both pass the last free place."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"quota:{what}:{user_id}"
+    )
+    value: int = await conn.fetchval(QUOTA_COUNTS[what], user_id)
+    return value
+
+
 async def insert_api_key(
     conn: Conn, *, user_id: str, name: str | None, prefix: str, key_hash: str
 ) -> asyncpg.Record:

@@ -194,11 +194,23 @@ async def logout_everywhere(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _within_quota(request: web.Request, conn: Any, what: str) -> None:
+    settings = request.app[SETTINGS]
+    limit = {
+        "triggers": settings.max_triggers_per_user,
+        "api_keys": settings.max_api_keys_per_user,
+    }[what]
+    if await queries.count_for_quota(conn, what, user_id(request)) >= limit:
+        log.info("quota reached", quota=what, limit=limit)
+        raise ApiError(409, f"quota reached: at most {limit} {what.replace('_', ' ')} per user")
+
+
 async def create_api_key(request: web.Request) -> web.Response:
     _password_login_only(request)
     body = await parse_body(request, ApiKeyIn)
     key, prefix, key_hash = new_api_key()
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        await _within_quota(request, conn, "api_keys")
         row = await queries.insert_api_key(
             conn, user_id=user_id(request), name=body.name, prefix=prefix, key_hash=key_hash
         )
@@ -350,6 +362,7 @@ async def create_trigger(request: web.Request) -> web.Response:
     storage = body.storage_dump()
     _no_clear_credentials(storage["actions"])
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        await _within_quota(request, conn, "triggers")
         trigger_id = await queries.insert_trigger(
             conn, user_id=user_id(request), data=storage, is_stateful=body.is_stateful
         )
@@ -864,7 +877,7 @@ ROUTES: tuple[Route, ...] = (
               "one). Tokens issued up to the second of this call stop working, this one too."
           )),
     Route("POST", "/v1/api-keys", create_api_key, "Create an API key (shown once)", 201,
-          ApiKeyCreated, ApiKeyIn, errors=(403,), tag="accounts",
+          ApiKeyCreated, ApiKeyIn, errors=(403, 409), tag="accounts",
           description="Needs a login's access token: an API key cannot create keys."),
     Route("GET", "/v1/api-keys", list_api_keys, "List your API keys", 200, Page[ApiKeyOut],
           query=PageQuery, tag="accounts"),
@@ -874,7 +887,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/triggers", list_triggers, "List your triggers", 200, Page[TriggerOut],
           query=PageQuery, tag="triggers"),
     Route("POST", "/v1/triggers", create_trigger, "Create a trigger", 201, TriggerOut,
-          TriggerCreate, tag="triggers"),
+          TriggerCreate, errors=(409,), tag="triggers",
+          description="At most MAX_TRIGGERS_PER_USER (1,000) triggers per user: 409 beyond."),
     Route("POST", "/v1/triggers/backtest", backtest_unsaved,
           "Backtest an unsaved trigger over stored events", 200, BacktestOut, BacktestTriggerIn,
           tag="triggers"),

@@ -34,6 +34,13 @@ class ApiSettings(ServiceSettings):
     )
     #: Seconds one backtest may run before it answers with what it has (truncated).
     backtest_seconds: float = Field(default=20.0, gt=0, le=600, validation_alias="BACKTEST_SECONDS")
+    #: Per-user quotas: triggers, and API keys not revoked (409 beyond).
+    max_triggers_per_user: int = Field(
+        default=1000, ge=1, le=1_000_000, validation_alias="MAX_TRIGGERS_PER_USER"
+    )
+    max_api_keys_per_user: int = Field(
+        default=20, ge=1, le=10_000, validation_alias="MAX_API_KEYS_PER_USER"
+    )
     #: Seconds before the same job may be redriven again through the API.
     redrive_interval: float = Field(
         default=60.0, ge=0, le=86400, validation_alias="REDRIVE_INTERVAL"

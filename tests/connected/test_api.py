@@ -234,6 +234,39 @@ async def test_logout_everywhere_revokes_every_access_token_issued_so_far(
     assert (await client.get("/v1/triggers", headers=fresh)).status == 200
 
 
+async def test_quotas_hold_under_concurrent_creation(
+    database_url: str, kafka_bootstrap: str, db: asyncpg.Connection
+) -> None:
+    settings = api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused")
+    settings = settings.model_copy(update={"max_triggers_per_user": 3, "max_api_keys_per_user": 2})
+    app = create_app(settings, passwords=cheap_passwords())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        auth, other = await signup(client), await signup(client)
+        answers = await asyncio.gather(
+            *(client.post("/v1/triggers", json=a_trigger(CHAIN), headers=auth) for _ in range(8))
+        )
+        assert sorted(r.status for r in answers) == [201] * 3 + [409] * 5
+        refused = next(r for r in answers if r.status == 409)
+        assert "at most 3 triggers" in (await refused.json())["error"]
+        # per user: another one has its own
+        resp = await client.post("/v1/triggers", json=a_trigger(CHAIN), headers=other)
+        assert resp.status == 201
+        # a deleted trigger frees its place
+        tid = (await answers[[r.status for r in answers].index(201)].json())["id"]
+        assert (await client.delete(f"/v1/triggers/{tid}", headers=auth)).status == 204
+        resp = await client.post("/v1/triggers", json=a_trigger(CHAIN), headers=auth)
+        assert resp.status == 201
+
+        keys = await asyncio.gather(
+            *(client.post("/v1/api-keys", json={}, headers=auth) for _ in range(4))
+        )
+        assert sorted(r.status for r in keys) == [201, 201, 409, 409]
+        kid = (await next(r for r in keys if r.status == 201).json())["id"]
+        assert (await client.delete(f"/v1/api-keys/{kid}", headers=auth)).status == 200
+        assert (await client.post("/v1/api-keys", json={}, headers=auth)).status == 201
+    assert await db.fetchval("SELECT count(*) FROM triggers") == 4
+
+
 # --------------------------------------------------------------------------- triggers
 
 

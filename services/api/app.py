@@ -8,7 +8,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from services.api.auth import LoginLimiter, Passwords, Tokens
+from services.api.auth import LoginLimiter, Passwords, Tokens, WindowCounter
 from services.api.common import (
     BACKTESTS,
     LIMITER,
@@ -17,6 +17,7 @@ from services.api.common import (
     PASSWORDS,
     POOL,
     PROXIES,
+    REGISTRATIONS,
     SECRETS,
     SETTINGS,
     TOKENS,
@@ -69,6 +70,9 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     app[BACKTESTS] = Slots(settings.backtest_concurrency)
     app[LIMITER] = LoginLimiter(
         max_failures=settings.login_max_failures, window=settings.login_window
+    )
+    app[REGISTRATIONS] = WindowCounter(
+        limits={"addr": settings.register_max_per_address}, window=3600.0
     )
     app[SECRETS] = SecretBox(settings.secrets_key)
     app[PROXIES] = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")

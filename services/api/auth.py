@@ -129,6 +129,62 @@ def api_key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+class WindowCounter:
+    """Events per key in a sliding window, with a limit per kind of key; in memory,
+    per process, bounded to ``max_keys`` keys (expired ones are pruned first, then
+    the oldest half is forgotten)."""
+
+    def __init__(self, *, limits: dict[str, int], window: float, max_keys: int = 100_000) -> None:
+        self.window = window
+        self._limits = limits
+        self._events: dict[tuple[str, str], deque[float]] = {}
+        self._max_keys = max_keys
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        entries = self._events.get(key)
+        if entries is None:
+            return deque()
+        while entries and entries[0] <= now - self.window:
+            entries.popleft()
+        if not entries:
+            del self._events[key]
+        return entries
+
+    def retry_after(self, keys: list[tuple[str, str]], *, now: float | None = None) -> int:
+        """Seconds until every key is below its limit again (0: now)."""
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        for key in keys:
+            entries = self._recent(key, now)
+            if len(entries) >= self._limits[key[0]]:
+                wait = max(wait, entries[0] + self.window - now)
+        return int(wait) + 1 if wait > 0 else 0
+
+    def add(self, keys: list[tuple[str, str]], *, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if len(self._events) >= self._max_keys:
+            self._prune(now)
+        for key in keys:
+            self._events.setdefault(key, deque()).append(now)
+
+    def take(self, keys: list[tuple[str, str]]) -> int:
+        """Count an event now if every key allows it: 0, else the seconds to wait."""
+        wait = self.retry_after(keys)
+        if not wait:
+            self.add(keys)
+        return wait
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._events.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        for key in list(self._events):
+            self._recent(key, now)
+        if len(self._events) >= self._max_keys:  # still full: forget the oldest half
+            for key in list(self._events)[: self._max_keys // 2]:
+                del self._events[key]
+
+
 class LoginLimiter:
     """Failed logins per username and per client address in a sliding window.
 
@@ -145,19 +201,11 @@ class LoginLimiter:
     ) -> None:
         self.max_failures = max_failures
         self.window = window
-        self._limits = {"user": max_failures, "addr": max_failures * per_address_factor}
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._max_keys = max_keys
-
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        entries = self._failures.get(key)
-        if entries is None:
-            return deque()
-        while entries and entries[0] <= now - self.window:
-            entries.popleft()
-        if not entries:
-            del self._failures[key]
-        return entries
+        self._counter = WindowCounter(
+            limits={"user": max_failures, "addr": max_failures * per_address_factor},
+            window=window,
+            max_keys=max_keys,
+        )
 
     def _keys(self, username: str, address: str) -> list[tuple[str, str]]:
         return [("user", username.strip().lower()), ("addr", address)]
@@ -166,34 +214,14 @@ class LoginLimiter:
         """Take an attempt before the password is checked: 0 when allowed (the attempt
         counts as a failure until :meth:`succeeded` refunds it), else the seconds to
         wait. Counting first means concurrent guesses cannot all pass the check."""
-        wait = self.retry_after(username, address)
-        if not wait:
-            self.failed(username, address)
-        return wait
+        return self._counter.take(self._keys(username, address))
 
     def retry_after(self, username: str, address: str, *, now: float | None = None) -> int:
         """Seconds until another attempt is allowed (0: allowed now)."""
-        now = time.monotonic() if now is None else now
-        wait = 0.0
-        for key in self._keys(username, address):
-            entries = self._recent(key, now)
-            if len(entries) >= self._limits[key[0]]:
-                wait = max(wait, entries[0] + self.window - now)
-        return int(wait) + 1 if wait > 0 else 0
+        return self._counter.retry_after(self._keys(username, address), now=now)
 
     def failed(self, username: str, address: str, *, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if len(self._failures) >= self._max_keys:
-            self._prune(now)
-        for key in self._keys(username, address):
-            self._failures.setdefault(key, deque()).append(now)
+        self._counter.add(self._keys(username, address), now=now)
 
     def succeeded(self, username: str) -> None:
-        self._failures.pop(("user", username.strip().lower()), None)
-
-    def _prune(self, now: float) -> None:
-        for key in list(self._failures):
-            self._recent(key, now)
-        if len(self._failures) >= self._max_keys:  # still full: forget the oldest half
-            for key in list(self._failures)[: self._max_keys // 2]:
-                del self._failures[key]
+        self._counter.forget(("user", username.strip().lower()))

@@ -23,7 +23,14 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from services.api import queries
-from services.api.auth import API_KEY_PREFIX, LoginLimiter, Passwords, Tokens, api_key_hash
+from services.api.auth import (
+    API_KEY_PREFIX,
+    LoginLimiter,
+    Passwords,
+    Tokens,
+    WindowCounter,
+    api_key_hash,
+)
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
 from shared.outbound import IPNetwork
@@ -39,6 +46,7 @@ METRICS = web.AppKey("metrics", ApiMetrics)
 PASSWORDS = web.AppKey("passwords", Passwords)
 TOKENS = web.AppKey("tokens", Tokens)
 LIMITER = web.AppKey("limiter", LoginLimiter)
+REGISTRATIONS = web.AppKey("registrations", WindowCounter)
 PROXIES = web.AppKey("trusted_proxies", tuple)
 SECRETS = web.AppKey("secrets", SecretBox)
 

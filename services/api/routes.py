@@ -28,6 +28,7 @@ from services.api.common import (
     PASSWORDS,
     POOL,
     PROXIES,
+    REGISTRATIONS,
     SECRETS,
     SETTINGS,
     TOKENS,
@@ -118,6 +119,12 @@ def _iso(value: datetime | None) -> str:
 
 async def register(request: web.Request) -> web.Response:
     body = await parse_body(request, RegisterIn)
+    # Bounds account creation, and what the 409 below tells about taken names.
+    wait = request.app[REGISTRATIONS].take([("addr", _client_address(request))])
+    if wait:
+        raise ApiError(
+            429, "too many registrations from this address", headers={"Retry-After": str(wait)}
+        )
     password_hash = await _hashing(request.app[PASSWORDS].hash(body.password.get_secret_value()))
     async with request.app[POOL].acquire() as conn:
         row = await queries.insert_user(
@@ -865,7 +872,8 @@ def _path(name: str, description: str, **schema: Any) -> PathParam:
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/auth/register", register, "Create an account", 201, UserOut, RegisterIn,
-          auth=False, errors=(409, 503), tag="accounts"),
+          auth=False, errors=(409, 429, 503), tag="accounts",
+          description="At most REGISTER_MAX_PER_ADDRESS (20) per client address per hour."),
     Route("POST", "/v1/auth/login", login, "Log in: an access token", 200, TokenOut, LoginIn,
           auth=False, errors=(401, 429, 503), tag="accounts",
           description="Wrong username and wrong password give the same 401."),

@@ -34,6 +34,10 @@ class ApiSettings(ServiceSettings):
     )
     #: Seconds one backtest may run before it answers with what it has (truncated).
     backtest_seconds: float = Field(default=20.0, gt=0, le=600, validation_alias="BACKTEST_SECONDS")
+    #: Accounts registered per client address per hour (429 beyond).
+    register_max_per_address: int = Field(
+        default=20, ge=1, le=100_000, validation_alias="REGISTER_MAX_PER_ADDRESS"
+    )
     #: Per-user quotas: triggers, and API keys not revoked (409 beyond).
     max_triggers_per_user: int = Field(
         default=1000, ge=1, le=1_000_000, validation_alias="MAX_TRIGGERS_PER_USER"

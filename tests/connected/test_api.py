@@ -160,6 +160,31 @@ async def test_the_login_limit_per_address_sees_clients_behind_a_trusted_proxy(
         assert other == (401 if trusted else 429)
 
 
+async def test_registrations_are_limited_per_client_address(
+    database_url: str, kafka_bootstrap: str, db: asyncpg.Connection
+) -> None:
+    settings = api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused")
+    settings = settings.model_copy(
+        update={"register_max_per_address": 2, "trusted_proxies": "127.0.0.1"}
+    )
+    app = create_app(settings, passwords=cheap_passwords())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+        async def register(name: str, address: str) -> Any:
+            body = {"username": name, "email": f"{name}@example.org", "password": "pw-123456789"}
+            return await client.post(
+                "/v1/auth/register", json=body, headers={"X-Forwarded-For": address}
+            )
+
+        assert (await register("reg1", "203.0.113.5")).status == 201
+        assert (await register("reg1", "203.0.113.5")).status == 409  # taken: counts too
+        limited = await register("reg2", "203.0.113.5")
+        assert limited.status == 429
+        assert 0 < int(limited.headers["Retry-After"]) <= 3600
+        assert (await register("reg3", "203.0.113.6")).status == 201
+    assert await db.fetchval("SELECT count(*) FROM users WHERE username LIKE 'reg%'") == 2
+
+
 async def test_concurrent_guesses_cannot_pass_the_login_limit(client: Client) -> None:
     """Attempts are counted before the password is checked: 30 guesses at once get
     at most LOGIN_MAX_FAILURES (5) verifications, the others 429 (or 503: busy)."""

@@ -870,6 +870,11 @@ def _path(name: str, description: str, **schema: Any) -> PathParam:
     return PathParam(name, {"type": "string", **schema}, description)
 
 
+_AGENT = (
+    _path("chain_id", "The chain id.", pattern=r"^[0-9]{1,10}$"),
+    _path("agent_id", "The agent id.", pattern=r"^[0-9]{1,19}$"),
+)
+
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/auth/register", register, "Create an account", 201, UserOut, RegisterIn,
           auth=False, errors=(409, 429, 503), tag="accounts",
@@ -935,10 +940,7 @@ ROUTES: tuple[Route, ...] = (
           Page[ActionStatOut], query=StatsActionsQuery, tag="stats"),
     Route("PUT", "/v1/agents/{chain_id}/{agent_id}/mcp-token", put_mcp_token,
           "Set an agent's MCP bearer token (signed by its owner)", 200, McpTokenOut, McpTokenIn,
-          path_params=(
-              _path("chain_id", "The chain id.", pattern=r"^[0-9]{1,10}$"),
-              _path("agent_id", "The agent id.", pattern=r"^[0-9]{1,19}$"),
-          ),
+          path_params=_AGENT,
           errors=(403, 404, 409), tag="agents",
           description=(
               "The body carries the token and an EIP-191 (personal_sign) signature, by the "
@@ -950,10 +952,7 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/agents/{chain_id}/{agent_id}/mcp-token", delete_mcp_token,
           "Remove an agent's MCP bearer token (signed by its owner)", 204, None,
           McpTokenRemovalIn,
-          path_params=(
-              _path("chain_id", "The chain id.", pattern=r"^[0-9]{1,10}$"),
-              _path("agent_id", "The agent id.", pattern=r"^[0-9]{1,19}$"),
-          ),
+          path_params=_AGENT,
           errors=(403, 404, 409), tag="agents",
           description=(
               "The body carries an EIP-191 (personal_sign) signature, by the agent's "

@@ -417,6 +417,33 @@ async def test_guard_refuses_internal_destinations(
 # --------------------------------------------------------------------------- telegram
 
 
+async def deliver_telegram(
+    db: asyncpg.Connection,
+    bootstrap: str,
+    topic: str,
+    config: dict[str, Any],
+    name: str = "test trigger",
+) -> ActionJob:
+    """A telegram trigger and one job of it produced; returns once it succeeded."""
+    user, trigger, (action,) = await feedback_trigger(db, ("telegram", config))
+    job = make_job(
+        trigger_id=trigger,
+        user_id=user,
+        action_id=action,
+        action_type="telegram",
+        config=config,
+        event=an_event(),
+        name=name,
+    )
+    await produce_jobs(bootstrap, topic, [job])
+
+    async def delivered() -> bool:
+        return "success" in statuses(await results(db, job.job_id))
+
+    await wait_for(delivered, within=30, what="telegram delivery")
+    return job
+
+
 async def test_telegram_escapes_and_honours_429_retry_after(
     db: asyncpg.Connection,
     dispatcher_env: dict[str, str],
@@ -440,37 +467,15 @@ async def test_telegram_escapes_and_honours_429_retry_after(
             )
         return web.json_response({"ok": True, "result": {"message_id": 100 + n}})
 
+    config = {
+        "chat_id": "-1001234567890",
+        "message_template": "*{{ trigger.name }}* agent {{ event.agent_id }}: {{ explain.note }}",
+        "parse_mode": "MarkdownV2",
+    }
     async with serve(Receiver(respond=respond)) as bot_api:
-        config = {
-            "chat_id": "-1001234567890",
-            "message_template": (
-                "*{{ trigger.name }}* agent {{ event.agent_id }}: {{ explain.note }}"
-            ),
-            "parse_mode": "MarkdownV2",
-        }
-        user, trigger, (action,) = await feedback_trigger(db, ("telegram", config))
-        job = make_job(
-            trigger_id=trigger,
-            user_id=user,
-            action_id=action,
-            action_type="telegram",
-            config=config,
-            event=an_event(),
-            name="Score.drop!",
-        )
-        proc = start_dispatcher(
-            dispatcher_env,
-            tmp_path,
-            procs,
-            TELEGRAM_API_BASE=bot_api.base,
-            TELEGRAM_BOT_TOKEN="123456:secret-bot-token",
-        )
-        await produce_jobs(kafka_bootstrap, actions_topic, [job])
-
-        async def delivered() -> bool:
-            return "success" in statuses(await results(db, job.job_id))
-
-        await wait_for(delivered, within=30, what="telegram delivery")
+        env = {"TELEGRAM_API_BASE": bot_api.base, "TELEGRAM_BOT_TOKEN": "123456:secret-bot-token"}
+        proc = start_dispatcher(dispatcher_env, tmp_path, procs, **env)
+        job = await deliver_telegram(db, kafka_bootstrap, actions_topic, config, "Score.drop!")
 
     rows = await results(db, job.job_id)
     assert statuses(rows) == ["retrying", "success"]
@@ -505,34 +510,15 @@ async def test_telegram_retry_sends_only_the_parts_not_yet_delivered(
             return web.json_response({"ok": False, "description": "Bad Gateway"}, status=502)
         return web.json_response({"ok": True, "result": {"message_id": 100 + n}})
 
+    # ~9,000 characters: three parts of at most 4,096
+    config = {
+        "chat_id": "42",
+        "message_template": "{% for i in range(900) %}line {{ '%04d' % i }}\n{% endfor %}",
+    }
     async with serve(Receiver(respond=respond)) as bot_api:
-        # ~9,000 characters: three parts of at most 4,096
-        config = {
-            "chat_id": "42",
-            "message_template": "{% for i in range(900) %}line {{ '%04d' % i }}\n{% endfor %}",
-        }
-        user, trigger, (action,) = await feedback_trigger(db, ("telegram", config))
-        job = make_job(
-            trigger_id=trigger,
-            user_id=user,
-            action_id=action,
-            action_type="telegram",
-            config=config,
-            event=an_event(),
-        )
-        start_dispatcher(
-            dispatcher_env,
-            tmp_path,
-            procs,
-            TELEGRAM_API_BASE=bot_api.base,
-            TELEGRAM_BOT_TOKEN="123456:token",
-        )
-        await produce_jobs(kafka_bootstrap, actions_topic, [job])
-
-        async def delivered() -> bool:
-            return "success" in statuses(await results(db, job.job_id))
-
-        await wait_for(delivered, within=30, what="telegram delivery")
+        env = {"TELEGRAM_API_BASE": bot_api.base, "TELEGRAM_BOT_TOKEN": "123456:token"}
+        start_dispatcher(dispatcher_env, tmp_path, procs, **env)
+        job = await deliver_telegram(db, kafka_bootstrap, actions_topic, config)
         await asyncio.sleep(0.5)  # nothing more may arrive
 
     texts = [s.json()["text"] for s in bot_api.seen]

@@ -1,11 +1,14 @@
 """deploy/k8s: both overlays (and their migration kustomizations) build with
 kustomize, validate against the Kubernetes schemas offline (kubernetes-validate;
 ServiceMonitors, a CRD, by our own check), and keep the invariants the services
-rely on."""
+and the scheduled backup rely on (backup.sh itself: test_backup_script.py)."""
 
 from __future__ import annotations
 
+import base64
 import re
+import urllib.parse
+import zoneinfo
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +38,8 @@ SERVICES: dict[str, type[ServiceSettings]] = {
 PARTITIONS = {spec.name: spec.partitions for spec in TOPICS}
 CONSUMES = {"erc8004-matcher": EVENTS, "erc8004-dispatcher": ACTIONS}
 PRE_STOP_AND_POOL_CLOSE = 5 + 3  # preStop sleep, then close_pool's bound
+#: Workloads of other images than ours (erc8004-backend).
+THIRD_PARTY = ("erc8004-postgres-exporter", "erc8004-backup")
 
 
 def build(path: str) -> list[Doc]:
@@ -56,16 +61,27 @@ def of_kind(docs: list[Doc], kind: str) -> dict[str, Doc]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def pod_template(doc: Doc) -> Doc:
+    """The pod template of a Deployment, Job or CronJob."""
+    spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    template: Doc = spec["template"]
+    return template
+
+
 def containers(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
     for doc in docs:
-        if doc["kind"] in ("Deployment", "Job"):
-            for container in doc["spec"]["template"]["spec"]["containers"]:
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            for container in pod_template(doc)["spec"]["containers"]:
                 yield doc, container
 
 
 def config_value(docs: list[Doc], key: str) -> str:
+    """A setting of the services' (or the migration Job's) ConfigMap."""
     (config,) = (
-        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("erc8004-")
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap"
+        and re.fullmatch(r"erc8004-(migrate-)?config-\w+", d["metadata"]["name"])
     )
     value: str = config["data"][key]
     return value
@@ -86,6 +102,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(
     assert {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
         "ServiceMonitor", "NetworkPolicy", "ConfigMap", "Job", "Secret",
+        "CronJob", "PersistentVolumeClaim",
     } <= kinds  # fmt: skip
 
 
@@ -111,7 +128,7 @@ def test_deployments_have_probes_limits_and_a_restricted_context(
     shutdown = float(config_value(docs, "SHUTDOWN_TIMEOUT"))
     for doc, container in containers(docs):
         name = doc["metadata"]["name"]
-        pod = doc["spec"]["template"]["spec"]
+        pod = pod_template(doc)["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["automountServiceAccountToken"] is False, name
@@ -161,7 +178,11 @@ def test_settings_every_service_requires_are_provided(
     """Each required setting (no default) of a service's Settings class comes from
     the ConfigMap, the container's env, or a file of its secret volume."""
     docs = built[overlay]
-    (config,) = (d for d in docs if d["kind"] == "ConfigMap")
+    (config,) = (
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("erc8004-config-")
+    )
     deployments = of_kind(docs, "Deployment")
     for short, settings in SERVICES.items():
         pod = deployments[f"erc8004-{short}"]["spec"]["template"]["spec"]
@@ -183,7 +204,7 @@ def test_dev_secret_holds_every_key_referenced(built: dict[str, list[Doc]]) -> N
         (secret,) = of_kind(docs, "Secret").values()
         keys = set(secret["data"])
         for doc, container in containers(docs):
-            pod = doc["spec"]["template"]["spec"]
+            pod = pod_template(doc)["spec"]
             for volume in pod.get("volumes", []):
                 if "secret" in volume:
                     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
@@ -294,7 +315,9 @@ def test_migration_job_matches_its_release(built: dict[str, list[Doc]], overlay:
     (job,) = of_kind(migrate, "Job").values()
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["python", "-m", "tools.migrate", "up"]
-    images = {c["image"] for d, c in containers(services) if "postgres-exporter" not in c["image"]}
+    images = {
+        c["image"] for d, c in containers(services) if d["metadata"]["name"] not in THIRD_PARTY
+    }
     assert images == {container["image"]}
     assert config_value(migrate, "KAFKA_BOOTSTRAP_SERVERS") == config_value(
         services, "KAFKA_BOOTSTRAP_SERVERS"
@@ -305,3 +328,305 @@ def test_migration_job_matches_its_release(built: dict[str, list[Doc]], overlay:
     assert url["valueFrom"]["secretKeyRef"]["key"] == "DATABASE_URL_MIGRATE"
     assert job["spec"]["backoffLimit"] >= 1
     assert job["spec"]["activeDeadlineSeconds"] > 0
+
+
+# --- the scheduled logical backup (deploy/k8s/backup) -----------------------------
+
+BACKUP = ROOT / "deploy" / "k8s" / "backup"
+BACKUP_CRONJOB = "erc8004-backup"
+#: Where the backup is on (dev: suspended, run on demand; deploy/README.md).
+BACKUP_SUSPENDED = {"dev": True, "prod": False}
+#: What the backup and restore pods may reach: DNS and PostgreSQL, nothing else.
+BACKUP_EGRESS = {("UDP", 53), ("TCP", 53), ("TCP", 5432)}
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_QUANTITY = re.compile(r"(\d+)(Ki|Mi|Gi|Ti)?")
+_CREDENTIALS_IN_URL = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+
+
+def cron_field(field: str, low: int, high: int) -> set[int]:
+    """The values of one numeric cron field (*, n, a-b, with /step, comma lists);
+    anything else (names, macros, out of range) fails the test."""
+    values: set[int] = set()
+    for part in field.split(","):
+        match = re.fullmatch(r"(\*|\d+(?:-\d+)?)(?:/(\d+))?", part)
+        assert match, f"not a cron field: {field!r}"
+        span, step = match.group(1), int(match.group(2) or 1)
+        if span == "*":
+            first, last = low, high
+        else:
+            start, _, end = span.partition("-")
+            first = int(start)
+            # n/step: from n to the end of the range (Kubernetes' cron parser)
+            last = int(end) if end else (high if match.group(2) else first)
+        assert low <= first <= last <= high, f"out of range {low}-{high}: {field!r}"
+        assert step >= 1, field
+        values.update(range(first, last + 1, step))
+    return values
+
+
+def cron_schedule(schedule: str) -> list[set[int]]:
+    fields = schedule.split()
+    assert len(fields) == 5, f"not a five-field cron schedule: {schedule!r}"
+    return [cron_field(f, lo, hi) for f, (lo, hi) in zip(fields, _CRON_RANGES, strict=True)]
+
+
+def quantity_bytes(quantity: str) -> int:
+    match = _QUANTITY.fullmatch(quantity)
+    assert match, quantity
+    power = {None: 0, "Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4}[match.group(2)]
+    return int(match.group(1)) << (10 * power)
+
+
+def selector_matches(selector: Doc, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) on labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, values = expression["key"], expression.get("values", [])
+        present = key in labels
+        if not {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[expression["operator"]]:
+            return False
+    return True
+
+
+def egress_rules(docs: list[Doc], labels: dict[str, str]) -> tuple[set[str], list[Doc]]:
+    """The egress policies that select a pod with these labels, and their rules."""
+    names, rules = set(), []
+    for name, policy in of_kind(docs, "NetworkPolicy").items():
+        spec = policy["spec"]
+        if "Egress" in spec["policyTypes"] and selector_matches(spec["podSelector"], labels):
+            names.add(name)
+            rules.extend(spec.get("egress", []))
+    return names, rules
+
+
+def strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+
+
+def backup_job(docs: list[Doc]) -> tuple[Doc, Doc, Doc]:
+    """The backup CronJob, its pod spec and its one container."""
+    cronjob = of_kind(docs, "CronJob")[BACKUP_CRONJOB]
+    pod = pod_template(cronjob)["spec"]
+    (container,) = pod["containers"]
+    return cronjob, pod, container
+
+
+def assert_restricted(pod: Doc, container: Doc, name: str) -> None:
+    """The restricted Pod Security Standard, and a read-only root with /tmp apart."""
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True, name
+    assert context["runAsUser"] > 0, name
+    assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+    assert pod["automountServiceAccountToken"] is False, name
+    own = container["securityContext"]
+    assert own["allowPrivilegeEscalation"] is False, name
+    assert own["readOnlyRootFilesystem"] is True, name
+    assert own.get("privileged", False) is False, name
+    assert own["capabilities"] == {"drop": ["ALL"]}, name
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), (name, kind)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (tmp,) = (m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")  # noqa: S108
+    assert "emptyDir" in volumes[tmp["name"]], name
+
+
+def assert_database_login_from_the_secret(container: Doc, name: str) -> None:
+    """The schema owner's login comes from the Secret (the migration Job's key);
+    no environment variable carries a credential as a literal."""
+    env = {e["name"]: e for e in container["env"]}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "erc8004-secrets",
+        "key": "DATABASE_URL_MIGRATE",
+    }, name
+    for var in env.values():
+        if "value" in var:
+            assert not re.search(r"PASS|URL|DSN|SECRET|TOKEN", var["name"]), (name, var)
+            assert not _CREDENTIALS_IN_URL.search(var["value"]), (name, var)
+    assert "PGPASSWORD" not in env, name  # backup.sh sets it from DATABASE_URL
+    for arg in (*container.get("command", []), *container.get("args", [])):
+        assert "DATABASE_URL" not in arg, (name, arg)  # never expanded on a command line
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_backup_runs_daily_one_at_a_time(built: dict[str, list[Doc]], overlay: str) -> None:
+    """Present in both overlays (the base has it), suspended in dev only; a valid
+    daily schedule, never two runs at once, bounded retries and duration."""
+    cronjob, pod, container = backup_job(built[overlay])
+    spec = cronjob["spec"]
+    assert spec.get("suspend", False) is BACKUP_SUSPENDED[overlay]
+    minutes, hours, days, months, weekdays = cron_schedule(spec["schedule"])
+    assert len(minutes) == len(hours) == 1, spec["schedule"]  # once a day
+    assert days == set(range(1, 32))
+    assert months == set(range(1, 13))
+    assert weekdays >= set(range(7))
+    zoneinfo.ZoneInfo(spec["timeZone"])  # a real time zone name
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["startingDeadlineSeconds"] < 86400
+    assert spec["successfulJobsHistoryLimit"] >= 1
+    assert spec["failedJobsHistoryLimit"] >= 1  # a failed run's pod and log stay
+    job = spec["jobTemplate"]["spec"]
+    assert 1 <= job["backoffLimit"] <= 5
+    assert 0 < job["activeDeadlineSeconds"] < 86400  # over before the next run
+    assert pod["restartPolicy"] == "Never"
+    assert_restricted(pod, container, BACKUP_CRONJOB)
+    # The official postgres image, pinned to a major that dumps PostgreSQL 15+.
+    match = re.fullmatch(r"postgres:(\d+)(?:\.\d+)*-alpine[\d.]*", container["image"])
+    assert match, container["image"]
+    assert int(match.group(1)) >= 15
+    assert container["command"] == ["/bin/sh", "/scripts/backup.sh"]
+    assert container["args"] == ["dump"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_backup_runs_the_script_and_retention_of_its_config_map(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = built[overlay]
+    _, pod, container = backup_job(docs)
+    configs = of_kind(docs, "ConfigMap")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (scripts,) = (m for m in container["volumeMounts"] if m["mountPath"] == "/scripts")
+    config = volumes[scripts["name"]]["configMap"]
+    assert config["items"] == [{"key": "backup.sh", "path": "backup.sh"}]
+    assert configs[config["name"]]["data"]["backup.sh"] == (BACKUP / "backup.sh").read_text()
+    (retention,) = (e for e in container["env"] if e["name"] == "BACKUP_RETENTION_DAYS")
+    ref = retention["valueFrom"]["configMapKeyRef"]
+    assert int(configs[ref["name"]]["data"][ref["key"]]) >= 1
+
+
+def test_backup_retention_defaults_to_fourteen_days() -> None:
+    (config,) = (d for d in build("backup") if d["kind"] == "ConfigMap")
+    assert config["data"]["BACKUP_RETENTION_DAYS"] == "14"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_backup_password_comes_from_the_secret_only(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = built[overlay]
+    cronjob, _, container = backup_job(docs)
+    assert_database_login_from_the_secret(container, BACKUP_CRONJOB)
+    backup_objects = [
+        cronjob,
+        *(d for d in docs if d["metadata"]["name"].startswith("erc8004-backup")),
+    ]
+    for doc in backup_objects:
+        data = {k: v for k, v in doc.get("data", {}).items() if k != "backup.sh"}  # code
+        for text in strings(dict(doc, data=data)):
+            assert not _CREDENTIALS_IN_URL.search(text), text
+    if overlay == "dev":  # the one Secret in the repository: its password appears nowhere else
+        (secret,) = of_kind(docs, "Secret").values()
+        url = base64.b64decode(secret["data"]["DATABASE_URL_MIGRATE"]).decode()
+        password = urllib.parse.urlsplit(url).password
+        assert password
+        for doc in backup_objects:  # (the dev namespace is named like the password)
+            content = doc.get("spec", doc.get("data"))
+            assert password not in yaml.safe_dump(content), doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_backup_writes_to_a_claim_of_the_same_build(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = built[overlay]
+    _, pod, container = backup_job(docs)
+    claims = of_kind(docs, "PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (mount,) = (
+        m for m in container["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]
+    )
+    claim = claims[volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]]
+    assert mount["mountPath"] == env["BACKUP_DIR"]
+    assert not mount.get("readOnly", False)
+    assert "ReadWriteOnce" in claim["spec"]["accessModes"]
+    size = quantity_bytes(claim["spec"]["resources"]["requests"]["storage"])
+    assert size >= (50 * 1024**3 if overlay == "prod" else 1024**3), size  # set by the overlay
+    # The non-root user writes to the volume through the pod's fsGroup.
+    context = pod["securityContext"]
+    assert context["fsGroup"] == context["runAsGroup"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_backup_pods_reach_postgres_and_dns_only(built: dict[str, list[Doc]], overlay: str) -> None:
+    docs = built[overlay]
+    cronjob, _, _ = backup_job(docs)
+    labels = pod_template(cronjob)["metadata"]["labels"]
+    names, rules = egress_rules(docs, labels)
+    assert "erc8004-default-deny" in names
+    assert "erc8004-egress-internet" not in names
+    allowed = set()
+    for rule in rules:
+        assert rule.get("ports"), rule  # a rule without ports would open every port
+        ports = {(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]}
+        allowed |= ports
+        if ports <= {("UDP", 53), ("TCP", 53)}:  # DNS: the cluster's resolver only
+            assert rule["to"] == [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                    },
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                }
+            ]
+        elif overlay == "prod":  # PostgreSQL at its network, as for the services
+            shared = of_kind(docs, "NetworkPolicy")["erc8004-egress-dns-postgres-kafka"]
+            (postgres,) = (
+                r for r in shared["spec"]["egress"] if {p["port"] for p in r["ports"]} == {5432}
+            )
+            assert rule["to"] == postgres["to"]
+    assert allowed == BACKUP_EGRESS
+    # The services and the migration Job keep DNS, PostgreSQL and Kafka.
+    migrate = built[f"{overlay}/migrate"]
+    for doc, _ in (*containers(docs), *containers(migrate)):
+        if doc is not cronjob:
+            pod_labels = pod_template(doc)["metadata"]["labels"]
+            names, _ = egress_rules(docs, pod_labels)
+            assert "erc8004-egress-dns-postgres-kafka" in names, doc["metadata"]["name"]
+
+
+def test_restore_pod_matches_the_backup(built: dict[str, list[Doc]]) -> None:
+    """deploy/k8s/backup/restore-pod.yaml (applied by hand, deploy/README.md):
+    valid, restricted, the CronJob's image, login and claim (read-only), and the
+    backup's network policy."""
+    pod_doc: Doc = yaml.safe_load((BACKUP / "restore-pod.yaml").read_text())
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(pod_doc, version, strict=True)
+    pod = pod_doc["spec"]
+    (container,) = pod["containers"]
+    assert_restricted(pod, container, "erc8004-restore")
+    assert_database_login_from_the_secret(container, "erc8004-restore")
+    assert 0 < pod["activeDeadlineSeconds"] <= 86400  # a forgotten pod goes away
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/backups"]["readOnly"] is True
+    assert volumes[mounts["/backups"]["name"]]["persistentVolumeClaim"]["readOnly"] is True
+    for overlay in OVERLAYS:
+        docs = built[overlay]
+        cronjob, job_pod, job_container = backup_job(docs)
+        assert container["image"] == job_container["image"], overlay
+        job_volumes = {v["name"]: v for v in job_pod["volumes"]}
+        job_mounts = {m["mountPath"]: m["name"] for m in job_container["volumeMounts"]}
+        claim = job_volumes[job_mounts["/backups"]]["persistentVolumeClaim"]["claimName"]
+        assert volumes[mounts["/backups"]["name"]]["persistentVolumeClaim"]["claimName"] == claim
+        scripts = job_volumes[job_mounts["/scripts"]]["configMap"]
+        assert volumes[mounts["/scripts"]["name"]]["configMap"] == scripts, overlay
+        assert (
+            pod["securityContext"]["runAsUser"] == job_pod["securityContext"]["runAsUser"]
+        )  # reads the dumps (mode 0600) the job wrote
+        names, _ = egress_rules(docs, pod_doc["metadata"]["labels"])
+        assert names == egress_rules(docs, pod_template(cronjob)["metadata"]["labels"])[0]

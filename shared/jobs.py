@@ -127,6 +127,10 @@ def dump_event_messages(events: Sequence[Event], ingested_at: datetime) -> list[
 _INGESTED_AT: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 
 
+#: ActionJob fields added after the first release, with their defaults.
+_LATER_FIELDS: dict[str, Any] = {"run_id": None, "parts_sent": 0, "parts_digest": None}
+
+
 class ActionJob(BaseModel):
     """One action to run for one (trigger, event), published on erc8004.actions."""
 
@@ -152,10 +156,16 @@ class ActionJob(BaseModel):
     #: Telegram: the parts of a split message that earlier attempts of this run
     #: delivered; the next attempt sends the rest, not the whole message again.
     parts_sent: Annotated[int, Strict(), Field(ge=0, le=100)] = 0
+    #: Which text those parts were cut from (a template may render differently from
+    #: one attempt to the next: then the message is sent whole again).
+    parts_digest: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{16}$")] | None = None
 
     def dump(self) -> bytes:
-        """Compact JSON."""
-        return self.__pydantic_serializer__.to_json(self)
+        """Compact JSON. Fields added since the first release are left out while they
+        hold their defaults, so a dispatcher of the previous release (which refuses
+        unknown fields) still reads the jobs of a newer matcher during a rollout."""
+        exclude = {name for name in _LATER_FIELDS if getattr(self, name) == _LATER_FIELDS[name]}
+        return self.__pydantic_serializer__.to_json(self, exclude=exclude or None)
 
     @classmethod
     def parse(cls, data: bytes) -> ActionJob:
@@ -168,12 +178,12 @@ class ActionJob(BaseModel):
             {"action_type": self.action_type, "config": self.config}
         ).config
 
-    def retry(self, *, due_at: datetime, parts_sent: int | None = None) -> ActionJob:
-        """The same job as its next attempt, due at due_at (``parts_sent``: how far
-        the attempts so far got through a split message)."""
+    def retry(self, *, due_at: datetime, parts: tuple[int, str] | None = None) -> ActionJob:
+        """The same job as its next attempt, due at due_at (``parts``: how far the
+        attempts so far got through a split message, and the digest of its text)."""
         update: dict[str, Any] = {"attempt": self.attempt + 1, "due_at": due_at}
-        if parts_sent is not None:
-            update["parts_sent"] = parts_sent
+        if parts is not None:
+            update["parts_sent"], update["parts_digest"] = parts
         return self.model_copy(update=update)
 
 

@@ -121,18 +121,29 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
 
     Subscribers using it run with ``AckPolicy.MANUAL`` and handle each batch inside
     ``async with handoff.batch(message)``, which commits on success and rewinds on
-    failure (what ``NACK_ON_ERROR`` does), under the lock the revocation waits for.
+    failure (what ``NACK_ON_ERROR`` does), under the lock the revocation waits for,
+    and pass ``rebalance_timeout_ms``: the broker waits that long for the members to
+    rejoin (aiokafka's default is the 10 s session timeout, too short for the wait).
+    ``revoking`` is set while a hand-over waits: a batch that would wait on its own
+    (jobs not yet due) ends early on it.
     """
+
+    #: How late after a rebalance starts a member may learn of it (heartbeat interval)
+    #: plus the time to rejoin: the rebalance timeout is the limit and this.
+    MARGIN = 15.0
 
     def __init__(self, name: str, *, limit: float) -> None:
         self.name = name
         self.limit = limit
+        self.rebalance_timeout_ms = int((limit + self.MARGIN) * 1000)
+        self.revoking = asyncio.Event()
         self._busy = asyncio.Lock()
         self.stale_batches = 0
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
             return
+        self.revoking.set()
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.limit):
@@ -149,14 +160,15 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions handed over", consumer=self.name, waited_s=round(waited, 3))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None
+        self.revoking.clear()
 
     @asynccontextmanager
     async def batch(self, message: KafkaMessage) -> AsyncIterator[bool]:
         """Run one batch under the hand-over lock; yields False (and commits nothing)
         when the batch went stale in a rebalance: the handler must then skip it."""
         async with self._busy:
-            if not await self._current(message):
+            # While a hand-over is under way, a batch fetched before it is stale too.
+            if self.revoking.is_set() or not await self._current(message):
                 self.stale_batches += 1
                 log.info("batch from before a rebalance skipped", consumer=self.name)
                 yield False

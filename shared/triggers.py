@@ -712,13 +712,23 @@ class RestConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_place_per_header(self) -> RestConfig:
-        both = {k.lower() for k in self.headers} & {k.lower() for k in self.secret_headers or {}}
-        if both:
-            raise PydanticCustomError(
-                "header_twice",
-                "header named in both headers and secret_headers: {names}",
-                {"names": ", ".join(sorted(both))},
-            )
+        """A header name (in any case) once: in headers or in secret_headers."""
+        errors = _Errors()
+        for field, names in (("headers", self.headers), ("secret_headers", self.secret_headers)):
+            seen: set[str] = set()
+            for name in names or {}:
+                if name.lower() in seen:
+                    errors.add((field, name), "the same header twice (names ignore case)", None)
+                seen.add(name.lower())
+        clear = {k.lower() for k in self.headers}
+        for name in self.secret_headers or {}:
+            if name.lower() in clear:
+                errors.add(
+                    ("secret_headers", name),
+                    "header named in both headers and secret_headers",
+                    None,
+                )
+        errors.raise_any("RestConfig")
         return self
 
     @field_serializer("signing_secret")

@@ -15,7 +15,7 @@ CREATE POLICY job_redrives_user_isolation ON job_redrives
     FOR ALL TO erc8004_api
     USING (user_id = current_app_user_id())
     WITH CHECK (user_id = current_app_user_id());
-GRANT SELECT, INSERT, UPDATE ON job_redrives TO erc8004_api;
+GRANT SELECT, INSERT, UPDATE, DELETE ON job_redrives TO erc8004_api;
 
 -- migrate:down
 DROP TABLE IF EXISTS job_redrives;

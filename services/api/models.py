@@ -380,6 +380,10 @@ class TriggerPatch(TriggerUpdate):
     conditions: Annotated[list[ConditionPatch], Field(max_length=MAX_CONDITIONS)] | None = None  # type: ignore[assignment]
     actions: Annotated[list[ActionPatch], Field(min_length=1, max_length=20)] | None = None  # type: ignore[assignment]
     is_stateful: bool | None = Field(default=None, description="Ignored (output of a GET).")
+    id: str | None = Field(default=None, description="Ignored (the path names the trigger).")
+    enabled_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
+    created_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
+    updated_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
 
     def action_ids(self) -> list[int | None]:
         return [a.id for a in self.actions or ()]
@@ -392,6 +396,10 @@ class TriggerPatch(TriggerUpdate):
             exclude_unset=True,
             exclude={
                 "is_stateful": True,
+                "id": True,
+                "enabled_at": True,
+                "created_at": True,
+                "updated_at": True,
                 "conditions": {"__all__": {"id"}},
                 "actions": {"__all__": {"id", "signing_secret_set", "secret_headers_set"}},
             },

@@ -112,8 +112,12 @@ async def is_active_user(conn: Conn, user_id: str, issued_at: int) -> bool:
     )
 
 
-async def revoke_tokens(conn: Conn, user_id: str) -> None:
-    await conn.execute("UPDATE users SET tokens_valid_after = now() WHERE id = $1", user_id)
+async def revoke_tokens(conn: Conn, user_id: str, at: float) -> None:
+    """Tokens issued up to ``at`` (unix seconds of the API's own clock, the clock
+    that stamps their ``iat``) stop working."""
+    await conn.execute(
+        "UPDATE users SET tokens_valid_after = to_timestamp($2) WHERE id = $1", user_id, at
+    )
 
 
 async def authenticate_api_key(conn: Conn, key_hash: str) -> str | None:
@@ -582,3 +586,8 @@ async def claim_redrive(
         interval,
     )
     return max(wait, 0.1)
+
+
+async def release_redrive(conn: Conn, job_id: str, run_id: str) -> None:
+    """Forget a redrive claim that came to nothing (only this run's)."""
+    await conn.execute("DELETE FROM job_redrives WHERE job_id = $1 AND run_id = $2", job_id, run_id)

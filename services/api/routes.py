@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -196,7 +197,7 @@ async def logout_everywhere(request: web.Request) -> web.Response:
     revoked one by one)."""
     _password_login_only(request, "sessions are ended")
     async with request.app[POOL].acquire() as conn:
-        await queries.revoke_tokens(conn, user_id(request))
+        await queries.revoke_tokens(conn, user_id(request), time.time())
     log.info("access tokens revoked")
     return web.Response(status=204)
 
@@ -463,6 +464,8 @@ async def _update_actions(
         raw_config = raw["actions"][i].get("config")
         given = set(raw_config) if isinstance(raw_config, dict) else set()
         still_rest = action["action_type"] == existing[aid]["action_type"] == "rest"
+        if still_rest and "secret_headers" not in given:
+            _keeping_secret_headers(i, existing[aid], action["config"])
         await queries.update_action(
             conn,
             action_id=aid,
@@ -475,6 +478,41 @@ async def _update_actions(
             header_names=sealed.header_names,
             keep_headers=still_rest and "secret_headers" not in given,
         )
+
+
+def _keeping_secret_headers(i: int, before: Any, config: dict[str, Any]) -> None:
+    """A REST action's secret headers stay through a PATCH that does not name them
+    only while they would go where they went before (same origin) and no clear
+    header now has one of their names."""
+    kept = before["secret_headers_set"] or []
+    if not kept:
+        return
+    where = ("body", "actions", i, "config")
+    if _origin_of(config["url"]) != _origin_of(before["config"]["url"]):
+        raise ApiError(
+            422,
+            "invalid body",
+            [detail((*where, "secret_headers"), "the URL's origin changed: give the secret "
+                    "headers again (or null to drop them)")],
+        )  # fmt: skip
+    clashes = {k.lower() for k in kept} & {k.lower() for k in config.get("headers") or {}}
+    if clashes:
+        raise ApiError(
+            422,
+            "invalid body",
+            [detail((*where, "headers", name), "also a secret header") for name in sorted(clashes)],
+        )
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    port = port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 async def delete_trigger(request: web.Request) -> web.Response:
@@ -587,12 +625,15 @@ async def retry_result(request: web.Request) -> web.Response:
                 f"this job was redriven less than {interval:g} s ago",
                 headers={"Retry-After": str(math.ceil(wait))},
             )
-        # Produced before the claim commits: a failed send leaves no claim behind.
-        try:
-            await request.app[PRODUCER].send(job)
-        except KafkaUnavailableError:
-            log.warning("redrive failed: Kafka unavailable", job_id=wanted)
-            raise ApiError(503, "Kafka is unavailable; the job was not redriven") from None
+    # Produced after the claim committed (no connection held while Kafka answers);
+    # a failed send takes its own claim back, so the next try is not refused.
+    try:
+        await request.app[PRODUCER].send(job)
+    except KafkaUnavailableError:
+        log.warning("redrive failed: Kafka unavailable", job_id=wanted)
+        async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+            await queries.release_redrive(conn, wanted, job.run_id)
+        raise ApiError(503, "Kafka is unavailable; the job was not redriven") from None
     request.app[METRICS].jobs_redriven.labels(job.action_type.value).inc()
     log.info("job redriven", job_id=wanted, trigger_id=trigger_id, previous=result["status"])
     return json_ok(

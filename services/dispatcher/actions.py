@@ -53,6 +53,9 @@ from shared.triggers import McpConfig, RestConfig, TelegramConfig, is_reserved_h
 EXCERPT_CHARS = 500
 TELEGRAM_MAX_CHARS = 4096
 TELEGRAM_MAX_PARTS = 4
+#: Longest wait for a chat's turn, and time limit of one sendMessage.
+TELEGRAM_LIMITER_WAIT = 3.0
+TELEGRAM_PART_SECONDS = 10.0
 USER_AGENT = "erc8004-backend-dispatcher/1"
 ZERO_HASH = "0x" + "0" * 64
 
@@ -153,7 +156,11 @@ def build_rest_request(
             orjson.loads(body)
         except orjson.JSONDecodeError:
             content_type = "text/plain; charset=utf-8"
-    headers = {**headers, **(secret_headers or {})}
+    if secret_headers:
+        # names ignore case: a secret header replaces a clear one of the same name
+        secret_names = {k.lower() for k in secret_headers}
+        headers = {k: v for k, v in headers.items() if k.lower() not in secret_names}
+        headers.update(secret_headers)
     lower = {k.lower() for k in headers}
     out = {
         k: v for k, v in headers.items() if not is_reserved_header(k) and k.lower() != "user-agent"
@@ -279,7 +286,7 @@ async def run_telegram(
     api_base: str,
     bot_token: str,
     limiter: RateLimiter,
-    part_seconds: float = 10.0,
+    part_seconds: float = TELEGRAM_PART_SECONDS,
 ) -> Outcome:
     parse_mode = cfg.parse_mode
     try:
@@ -297,9 +304,10 @@ async def run_telegram(
         return Outcome.permanent("TELEGRAM_BOT_TOKEN is not set", sent=False)
     url = f"{api_base.rstrip('/')}/bot{bot_token}/sendMessage"
     parts = split_message(text)
-    # The same job renders the same text: parts an earlier attempt delivered are not
-    # sent again.
-    done = min(job.parts_sent, len(parts))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    # Parts an earlier attempt delivered are not sent again, if they were cut from
+    # the same text.
+    done = min(job.parts_sent, len(parts)) if job.parts_digest == digest else 0
     sent: list[int] = []
     outcome = await _send_parts(
         parts[done:],
@@ -314,7 +322,7 @@ async def run_telegram(
     )
     outcome = _scrub(outcome, bot_token)
     if outcome.kind == "transient":
-        return replace(outcome, parts_sent=done + len(sent))
+        return replace(outcome, parts=(done + len(sent), digest))
     if outcome.kind == "success":
         response = {"message_ids": sent, "parts": len(parts)}
         if done:
@@ -338,7 +346,7 @@ async def _send_parts(
     """Send ``parts`` in order, the message id of each delivered one appended to
     ``sent``; stops at the first failure."""
     for part in parts:
-        wait = await limiter.acquire(cfg.chat_id, max_wait=3.0)
+        wait = await limiter.acquire(cfg.chat_id, max_wait=TELEGRAM_LIMITER_WAIT)
         if wait is not None:
             return Outcome.transient(
                 f"telegram rate limit for chat {cfg.chat_id}: {wait:.1f}s to wait",

@@ -131,7 +131,7 @@ def create_app(settings: DispatcherSettings) -> FastStream:
     runtime = Runtime(settings, DispatcherMetrics.create(service.registry))
     failures = [0]
 
-    async def handle(bodies: list[Any], *, from_retry: bool) -> None:
+    async def handle(bodies: list[Any], *, from_retry: bool, interrupt: Handoff) -> None:
         jobs, bad = parse_jobs(bodies)
         topic = settings.retry_topic if from_retry else settings.actions_topic
         for body, reason in bad:
@@ -141,7 +141,9 @@ def create_app(settings: DispatcherSettings) -> FastStream:
             await runtime.send(settings.dlq_topic, b"unreadable", letter.dump())
         assert runtime.dispatcher is not None
         try:
-            await runtime.dispatcher.handle_batch(jobs, from_retry=from_retry)
+            await runtime.dispatcher.handle_batch(
+                jobs, from_retry=from_retry, interrupt=interrupt.revoking
+            )
         except StoppingError:
             raise
         except Exception:
@@ -151,9 +153,9 @@ def create_app(settings: DispatcherSettings) -> FastStream:
             raise
         failures[0] = 0
 
-    # A batch of erc8004.actions ends by batch_deadline (guard copies cover what is
-    # still running); a retry batch may also be holding jobs not yet due: past the
-    # limit its next owner redoes it, and recorded attempts make that a no-op.
+    # A batch ends by batch_deadline (guard copies cover what is still running); a
+    # retry batch holding jobs not yet due puts them back on the topic as soon as a
+    # hand-over begins (Handoff.revoking), then ends like any other.
     handoffs = {
         topic: Handoff(f"dispatcher:{topic}", limit=settings.batch_deadline + 5.0)
         for topic in (settings.actions_topic, settings.retry_topic)
@@ -168,12 +170,13 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
         listener=handoffs[settings.actions_topic],
+        rebalance_timeout_ms=handoffs[settings.actions_topic].rebalance_timeout_ms,
         decoder=raw_values,
     )
     async def on_jobs(bodies: list[Any], batch: KafkaMessage) -> None:
         async with handoffs[settings.actions_topic].batch(batch) as current:
             if current:
-                await handle(bodies, from_retry=False)
+                await handle(bodies, from_retry=False, interrupt=handoffs[settings.actions_topic])
 
     @broker.subscriber(
         settings.retry_topic,
@@ -184,12 +187,13 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=handoffs[settings.retry_topic],
+        rebalance_timeout_ms=handoffs[settings.retry_topic].rebalance_timeout_ms,
         decoder=raw_values,
     )
     async def on_retries(bodies: list[Any], batch: KafkaMessage) -> None:
         async with handoffs[settings.retry_topic].batch(batch) as current:
             if current:
-                await handle(bodies, from_retry=True)
+                await handle(bodies, from_retry=True, interrupt=handoffs[settings.retry_topic])
 
     app = create_stream_app(service, on_ready=runtime.start, on_stop=runtime.stop)
 

@@ -63,7 +63,7 @@ class DispatcherMetrics:
             deferred=Counter(
                 "erc8004_dispatcher_deferred_total",
                 "Jobs put back on the retry topic without an attempt (open breaker, busy "
-                "destination, not yet due).",
+                "destination, not yet due, partitions handed over).",
                 ["reason"],
                 registry=registry,
             ),

@@ -33,8 +33,9 @@ class Outcome:
     #: errors, refused addresses and rate-limit waits say nothing about its health.
     sent: bool = True
     #: Telegram: parts of the split message delivered so far in this run (the next
-    #: attempt starts after them); None when the action has no parts.
-    parts_sent: int | None = None
+    #: attempt starts after them) and the digest of the message's text; None when
+    #: the action has no parts.
+    parts: tuple[int, str] | None = None
 
     @classmethod
     def ok(cls, response: dict[str, Any] | None = None) -> Outcome:

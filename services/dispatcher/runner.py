@@ -25,7 +25,6 @@ Delivery (DESIGN.md, delivery contract 4): at least once toward the outside worl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import random
 import time
@@ -42,7 +41,15 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from services.dispatcher import queries
-from services.dispatcher.actions import origin, run_mcp, run_rest, run_telegram
+from services.dispatcher.actions import (
+    TELEGRAM_LIMITER_WAIT,
+    TELEGRAM_MAX_PARTS,
+    TELEGRAM_PART_SECONDS,
+    origin,
+    run_mcp,
+    run_rest,
+    run_telegram,
+)
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.policy import (
     Breakers,
@@ -70,6 +77,16 @@ TERMINAL = frozenset({"success", "failed", "dead"})
 #: Longest pause of the retry consumer after putting far-off retries back.
 PARK_NAP = 5.0
 ERROR_CHARS = 1000
+
+
+async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:
+    """Until one of ``events`` is set, or ``seconds`` have passed."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 class StoppingError(Exception):
@@ -158,37 +175,54 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ batches
 
-    async def handle_batch(self, jobs: Sequence[ActionJob], *, from_retry: bool = False) -> None:
+    async def handle_batch(
+        self,
+        jobs: Sequence[ActionJob],
+        *,
+        from_retry: bool = False,
+        interrupt: asyncio.Event | None = None,
+    ) -> None:
         """Attempt ``jobs``; return when every attempt is recorded or covered by a guard
-        copy. Raises (so the batch is redelivered) when the database or Kafka fails."""
+        copy. Raises (so the batch is redelivered) when the database or Kafka fails.
+        ``interrupt`` (the consumer's partitions are being handed over) ends the waits
+        of the batch early: before anything started the batch is left uncommitted,
+        retry jobs not yet due go back on the retry topic."""
         if not jobs:
             return
+        interrupt = interrupt or asyncio.Event()
         unique: dict[AttemptKey, ActionJob] = {}
         for job in jobs:
             unique.setdefault(attempt_key(job), job)
-        await self._back_pressure()
+        await self._back_pressure(interrupt)
         todo = await self._not_yet_recorded(list(unique.values()))
         started: dict[asyncio.Task[None], ActionJob] = {}
         nap = 0.0
         if from_retry:
             todo, nap = await self._hold_or_park(todo)
-            started = await self._start_when_due(todo)
+            started = await self._start_when_due(todo, interrupt)
         else:
             prepared = await self._prepare(todo)
             started = {self._start(job, prepared): job for job in todo}
         await self._wait_or_guard(started)
         if nap > 0 and not started:
             # Everything read was put back: pause before reading the same jobs again.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=nap)
+            await _wait_any((self.stopping, interrupt), nap)
 
-    async def _start_when_due(self, jobs: list[ActionJob]) -> dict[asyncio.Task[None], ActionJob]:
+    async def _start_when_due(
+        self, jobs: list[ActionJob], interrupt: asyncio.Event
+    ) -> dict[asyncio.Task[None], ActionJob]:
         """Retry-topic jobs in due order, each started at its due time (earlier ones
-        run meanwhile), unless recorded while it waited (a guard copy's original)."""
+        run meanwhile), unless recorded while it waited (a guard copy's original). On
+        ``interrupt`` the ones not started yet go back on the retry topic unchanged."""
         started: dict[asyncio.Task[None], ActionJob] = {}
-        for job in sorted(jobs, key=lambda j: j.due_at or j.created_at):
+        ordered = sorted(jobs, key=lambda j: j.due_at or j.created_at)
+        for i, job in enumerate(ordered):
             if job.due_at is not None and job.due_at > now_utc():
-                await self._sleep_until(job.due_at)
+                if await self._sleep_until(job.due_at, interrupt):
+                    rest = ordered[i:]
+                    await asyncio.gather(*(self._to_retry_topic(j) for j in rest))
+                    self.metrics.deferred.labels("handover").inc(len(rest))
+                    break
                 if not await self._not_yet_recorded([job]):
                     continue
             started[self._start(job, await self._prepare([job]))] = job
@@ -207,17 +241,26 @@ class Dispatcher:
             if exc is not None:
                 raise exc
 
-    async def _back_pressure(self) -> None:
+    async def _back_pressure(self, interrupt: asyncio.Event) -> None:
         """No new work while the dispatcher holds max_in_flight jobs (at most a minute:
-        the consumer must poll again before Kafka's max.poll.interval)."""
+        the consumer must poll again before Kafka's max.poll.interval); a hand-over
+        meanwhile leaves the batch, untouched, to the next owner."""
         deadline = asyncio.get_running_loop().time() + 60
         while len(self._background) >= self.settings.max_in_flight:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return
-            await asyncio.wait(
-                set(self._background), timeout=left, return_when=asyncio.FIRST_COMPLETED
-            )
+            if interrupt.is_set():
+                raise StoppingError("partitions handed over: batch left to the next owner")
+            waiter = asyncio.ensure_future(interrupt.wait())
+            try:
+                await asyncio.wait(
+                    {*self._background, waiter},
+                    timeout=left,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiter.cancel()
 
     def _start(self, job: ActionJob, prepared: dict[AttemptKey, _Prepared]) -> asyncio.Task[None]:
         """The task attempting ``job``: the one already running in this process, or a
@@ -260,16 +303,16 @@ class Dispatcher:
         earliest = min(j.due_at for j in park if j.due_at is not None)
         return keep, min(PARK_NAP, (earliest - now).total_seconds())
 
-    async def _sleep_until(self, due: datetime) -> None:
+    async def _sleep_until(self, due: datetime, interrupt: asyncio.Event) -> bool:
+        """Sleep until ``due``; True when ``interrupt`` ended the sleep early."""
         delay = (due - now_utc()).total_seconds()
-        if delay <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+        if delay > 0:
+            await _wait_any((self.stopping, interrupt), delay)
         if self.stopping.is_set():
             # An ordinary exception: the batch is nacked, not committed (a
             # CancelledError would end FastStream's consume loop silently).
             raise StoppingError("dispatcher stopping: retry batch left uncommitted")
+        return interrupt.is_set()
 
     async def _guard(self, jobs: list[ActionJob]) -> None:
         now = now_utc()
@@ -283,7 +326,8 @@ class Dispatcher:
     def _max_seconds(self, job: ActionJob) -> float:
         timeout = float(job.config.get("timeout_ms", 10_000)) / 1000
         if job.action_type == "telegram":
-            timeout = 4 * (10 + 1)
+            # every part: its turn in the rate limiter, then the request
+            timeout = TELEGRAM_MAX_PARTS * (TELEGRAM_LIMITER_WAIT + TELEGRAM_PART_SECONDS + 1)
         elif job.action_type == "mcp":
             timeout *= 3  # endpoint resolution, the file fetch, then the call
         return timeout + GUARD_MARGIN
@@ -412,8 +456,6 @@ class Dispatcher:
             headers = None
             if action.headers_ciphertext is not None:
                 headers = self._secret_headers(job, action.headers_ciphertext)
-            elif cfg.secret_headers:
-                headers = {k: v.get_secret_value() for k, v in cfg.secret_headers.items()}
             # The URL may be a template: its unrendered origin is still per destination.
             return _Target(destination=origin(cfg.url), secret=secret, headers=headers)
         if isinstance(cfg, TelegramConfig):
@@ -528,7 +570,7 @@ class Dispatcher:
                 min(outcome.retry_after or 0.0, self.settings.backoff_cap),
             )
             due = now_utc() + timedelta(seconds=delay)
-            await self._to_retry_topic(job.retry(due_at=due, parts_sent=outcome.parts_sent))
+            await self._to_retry_topic(job.retry(due_at=due, parts=outcome.parts))
             self.metrics.retries.labels(job.action_type).inc()
             status = "retrying"
         else:

@@ -115,8 +115,7 @@ def create_app(settings: MatcherSettings) -> FastStream:
     service = StreamService(settings=settings, broker=broker)
     runtime = Runtime(settings, MatcherMetrics.create(service.registry))
     failures = [0]
-    # A batch is one transaction of at most a few seconds; 20 s is well inside the
-    # rebalance timeout (max.poll.interval, 300 s) the other members wait for.
+    # A batch is one transaction of at most a few seconds.
     handoff = Handoff("matcher", limit=20.0)
 
     @broker.subscriber(
@@ -128,6 +127,7 @@ def create_app(settings: MatcherSettings) -> FastStream:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
         listener=handoff,
+        rebalance_timeout_ms=handoff.rebalance_timeout_ms,
         decoder=raw_values,
     )
     async def on_events(bodies: list[Any], batch: KafkaMessage) -> None:

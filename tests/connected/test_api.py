@@ -423,6 +423,26 @@ async def test_secret_headers_are_encrypted_write_only_and_kept_across_patches(
         "Authorization",
         "X-Api-Key",
     ]
+    # the whole GET body sent back is a valid PATCH, and keeps them too
+    resp = await client.patch(f"/v1/triggers/{tid}", json=await resp.json(), headers=auth)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["actions"][0]["secret_headers_set"] == ["Authorization", "X-Api-Key"]
+    # kept secret headers do not follow the action to another origin, nor clash
+    moved = {**action, "config": {**action["config"], "url": "https://elsewhere.example.org/in"}}
+    resp = await client.patch(f"/v1/triggers/{tid}", json={"actions": [moved]}, headers=auth)
+    assert resp.status == 422
+    (problem,) = (await resp.json())["details"]
+    assert problem["loc"] == ["body", "actions", 0, "config", "secret_headers"]
+    same_origin = {
+        **action,
+        "config": {**action["config"], "url": "https://hooks.example.org:443/b"},
+    }
+    resp = await client.patch(f"/v1/triggers/{tid}", json={"actions": [same_origin]}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    clash = {**action, "config": {**action["config"], "headers": {"x-api-key": "clear"}}}
+    resp = await client.patch(f"/v1/triggers/{tid}", json={"actions": [clash]}, headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["details"][0]["loc"][-1] == "x-api-key"
     replaced = {**action, "config": {**action["config"], "secret_headers": {"X-Api-Key": "k2"}}}
     resp = await client.patch(f"/v1/triggers/{tid}", json={"actions": [replaced]}, headers=auth)
     assert resp.status == 200, await resp.text()

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,49 @@ async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
     assert "tok-5d0b" not in audit  # ... without the credentials
     assert "quoted" not in audit
     assert "tok-5d0b" not in proc.log_text()
+
+
+@pytest.mark.slow
+async def test_a_retry_held_until_due_moves_to_a_new_replica_and_runs_once(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    retry_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """A replica holds a retry job until it is due; another replica joins meanwhile.
+    The holder puts the job back on the retry topic at once (the hand-over does not
+    wait for the due time) and whoever owns it then runs it: exactly once."""
+    async with serve(Receiver()) as receiver:
+        config = {"url": f"{receiver.base}/held"}
+        user, trigger, action = await rest_trigger(db, config)
+        job = make_job(
+            trigger_id=trigger,
+            user_id=user,
+            action_id=action,
+            action_type="rest",
+            config=config,
+            event=an_event(),
+        )
+        env = {**dispatcher_env, "RETRY_MAX_HOLD": "30"}
+        first = start_dispatcher(env, tmp_path, procs)
+        due, due_on_clock = time.time() + 16, time.monotonic() + 16  # Seen.at: monotonic
+        held = job.retry(due_at=datetime.fromtimestamp(due, UTC))
+        await produce_jobs(kafka_bootstrap, retry_topic, [held])
+        await asyncio.sleep(2.0)  # the first replica holds it now
+        start_dispatcher(env, tmp_path, procs)
+
+        async def delivered() -> bool:
+            return "success" in statuses(await results(db, job.job_id))
+
+        await wait_for(delivered, within=60, what="the held retry")
+        await asyncio.sleep(3.0)  # nothing more may arrive
+
+    assert len(receiver.seen) == 1, "the held job ran on both replicas"
+    assert receiver.seen[0].at >= due_on_clock - 0.5
+    assert metric_value(first, "erc8004_dispatcher_deferred_total", reason="handover") >= 1
+    assert statuses(await results(db, job.job_id)) == ["success"]
 
 
 async def test_rest_permanent_failures_dead_letters_and_metrics(

@@ -142,6 +142,37 @@ def test_action_jobs_round_trip(job: ActionJob) -> None:
     assert ActionJob.parse(job.dump()) == job
 
 
+def test_action_job_leaves_out_later_fields_at_their_defaults() -> None:
+    """A dispatcher of the first release refuses unknown fields: a matcher's job
+    (no run, no parts) must read as it did; fields carry on once they are set."""
+    event = Event.model_validate(example_event("Registered"))
+    job = ActionJob(
+        job_id=job_id("t", event.id, 1),
+        trigger_id="t",
+        trigger_name="n",
+        user_id="u",
+        action_id=1,
+        action_type="telegram",
+        config={"chat_id": "1", "message_template": "m"},
+        event=event,
+        created_at=NOW,
+    )
+    first_release = {
+        "job_id", "trigger_id", "trigger_name", "user_id", "action_id", "action_type",
+        "config", "event", "explain", "attempt", "due_at", "created_at",
+    }  # fmt: skip
+    assert set(json.loads(job.dump())) == first_release
+    later = job.retry(due_at=NOW, parts=(2, "0123456789abcdef"))
+    redriven = later.model_copy(update={"run_id": "r1"})
+    body = json.loads(redriven.dump())
+    assert (body["parts_sent"], body["parts_digest"], body["run_id"]) == (
+        2,
+        "0123456789abcdef",
+        "r1",
+    )
+    assert ActionJob.parse(redriven.dump()) == redriven
+
+
 def test_action_job_retry_and_validation() -> None:
     event = Event.model_validate(example_event("Registered"))
     job = ActionJob(

@@ -596,8 +596,19 @@ def test_secret_headers_are_masked_unless_revealed_and_checked_like_headers() ->
     assert problems({"X-Key": ""}) == [
         (("secret_headers", "X-Key"), "empty: leave the header out instead")
     ]
-    ((_loc, message),) = problems({"x-key": "a"}, headers={"X-Key": "b"})
-    assert message == "header named in both headers and secret_headers: x-key"
+    assert problems({"x-key": "a"}, headers={"X-Key": "b"}) == [
+        (("secret_headers", "x-key"), "header named in both headers and secret_headers")
+    ]
+    assert problems({"X-Key": "a", "x-key": "b"}) == [
+        (("secret_headers", "x-key"), "the same header twice (names ignore case)")
+    ]
+    # the error never carries the secret values
+    with pytest.raises(ValidationError) as info:
+        RestConfig.model_validate(
+            {"url": "https://a.example", "headers": {"K": "1"}, "secret_headers": {"k": "s3c"}}
+        )
+    assert "s3c" not in str(info.value)
+    assert all(e["input"] is None for e in info.value.errors())
 
 
 # --- triggers ------------------------------------------------------------------------------

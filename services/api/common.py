@@ -341,11 +341,22 @@ def client_address(
     left were written by the client itself and are never believed."""
     if peer is None:
         return "unknown"
-    hops = [h.strip() for line in forwarded_for for h in line.split(",") if h.strip()]
+    hops = [_host(h) for line in forwarded_for for h in line.split(",") if h.strip()]
     current = peer
     while _is_trusted(current, trusted) and hops:
         current = hops.pop()
     return current[:64]
+
+
+def _host(hop: str) -> str:
+    """An X-Forwarded-For entry without a port some proxies add (``1.2.3.4:5678``,
+    ``[2001:db8::1]:443``): one client, one bucket."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        return hop[1:].split("]", 1)[0]
+    if hop.count(":") == 1:
+        return hop.split(":", 1)[0]
+    return hop
 
 
 def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:

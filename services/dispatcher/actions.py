@@ -308,7 +308,7 @@ async def run_telegram(
     # Parts an earlier attempt delivered are not sent again, if they were cut from
     # the same text.
     done = min(job.parts_sent, len(parts)) if job.parts_digest == digest else 0
-    sent: list[int] = []
+    sent: list[int | None] = []
     outcome = await _send_parts(
         parts[done:],
         sent,
@@ -333,7 +333,7 @@ async def run_telegram(
 
 async def _send_parts(
     parts: list[str],
-    sent: list[int],
+    sent: list[int | None],
     *,
     cfg: TelegramConfig,
     parse_mode: str | None,
@@ -371,10 +371,10 @@ async def _send_parts(
 
 
 def _telegram_answer(
-    status: int, body: bytes, sent: list[int], chat_id: str, limiter: RateLimiter
+    status: int, body: bytes, sent: list[int | None], chat_id: str, limiter: RateLimiter
 ) -> Outcome | None:
-    """None when the part was sent (its message id appended to ``sent``), else the
-    attempt's outcome."""
+    """None when the part was sent (its message id, or None when the answer names
+    none, appended to ``sent``), else the attempt's outcome."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -383,8 +383,8 @@ def _telegram_answer(
         answer = {}
     if status == 200 and answer.get("ok") is True:
         result = answer.get("result")
-        if isinstance(result, dict) and isinstance(result.get("message_id"), int):
-            sent.append(result["message_id"])
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        sent.append(message_id if isinstance(message_id, int) else None)
         return None
     description = str(answer.get("description", ""))[:300]
     response = {"status": status, "description": description, "sent_parts": len(sent)}

@@ -257,6 +257,9 @@ def test_client_address_believes_only_trusted_proxies_from_the_right() -> None:
     assert client_address("10.1.2.3", ["203.0.113.5, 10.9.9.9"], trusted) == "203.0.113.5"
     assert client_address("10.1.2.3", ["198.51.100.1", "203.0.113.5"], trusted) == "203.0.113.5"
     assert client_address("127.0.0.1", ["2001:db8::1, fd00::5"], trusted) == "2001:db8::1"
+    # a port some proxies append is not part of the client
+    assert client_address("10.1.2.3", ["203.0.113.5:5678"], trusted) == "203.0.113.5"
+    assert client_address("10.1.2.3", ["[2001:db8::1]:443"], trusted) == "2001:db8::1"
     # IPv4-mapped peers are their IPv4 address
     assert client_address("::ffff:10.0.0.1", ["203.0.113.5"], trusted) == "203.0.113.5"
     # only trusted hops, or no header: the last one seen

@@ -662,9 +662,12 @@ class ResultWriter:
     row handed in meanwhile, then each waiter learns the outcome. One pool connection
     and one commit for many attempts instead of one each."""
 
-    def __init__(self, pool: asyncpg.Pool, max_rows: int = 1000) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_rows: int = 1000, patience: float = 30.0) -> None:
         self._pool = pool
         self._max_rows = max_rows
+        #: How long a flush keeps trying through a database restart: an attempt made
+        #: but not recorded would be made again (its batch is redelivered).
+        self._patience = patience
         self._rows: list[tuple[tuple[object, ...], asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -679,15 +682,7 @@ class ResultWriter:
         while self._rows:
             batch, self._rows = self._rows[: self._max_rows], self._rows[self._max_rows :]
             try:
-                async with self._pool.acquire() as conn:
-                    try:
-                        async with conn.transaction():
-                            await conn.executemany(queries.INSERT_RESULT, [row for row, _ in batch])
-                    except asyncpg.ForeignKeyViolationError:
-                        # A trigger or user deleted while its jobs were under way: the
-                        # rows go in one by one, without the reference that is gone.
-                        for row, _ in batch:
-                            await _insert_orphan(conn, row)
+                await self._insert_patiently([row for row, _ in batch])
             except Exception as exc:  # noqa: BLE001 (handed to every waiter)
                 for _, future in batch:
                     if not future.done():
@@ -696,6 +691,46 @@ class ResultWriter:
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+    async def _insert_patiently(self, rows: list[tuple[object, ...]]) -> None:
+        """Insert ``rows`` (one transaction, idempotent: ON CONFLICT DO NOTHING), again
+        after a lost connection until ``patience`` runs out."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._patience
+        pause = 0.2
+        while True:
+            try:
+                await self._insert(rows)
+                return
+            except _CONNECTION_LOST as exc:
+                if loop.time() + pause > give_up:
+                    raise
+                log.warning(
+                    "recording attempts failed; trying again", rows=len(rows), error=repr(exc)[:200]
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def _insert(self, rows: list[tuple[object, ...]]) -> None:
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await conn.executemany(queries.INSERT_RESULT, rows)
+            except asyncpg.ForeignKeyViolationError:
+                # A trigger or user deleted while its jobs were under way: the rows go
+                # in one by one, without the reference that is gone.
+                for row in rows:
+                    await _insert_orphan(conn, row)
+
+
+#: A database restart as the writer sees it: worth trying again.
+_CONNECTION_LOST = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 async def _insert_orphan(conn: Conn, row: tuple[object, ...]) -> None:

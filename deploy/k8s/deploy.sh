@@ -13,6 +13,21 @@ build() { if [ -x "$KUSTOMIZE" ]; then "$KUSTOMIZE" build "$1"; else kubectl kus
 apply() { build "$1" | kubectl apply -f -; }
 ns=$(build "$overlay/migrate" | awk '$1 == "namespace:" {print $2; exit}')
 
+# Lag-based autoscaling (components/lag-autoscaling; prod): the HPAs' External
+# metrics come from the cluster's prometheus-adapter. While it does not serve
+# one, that HPA still scales up on CPU but never down: say so before anything
+# is applied. A warning, not a stop: on a first rollout the adapter lists the
+# metrics only once Prometheus has scraped the new pods.
+external=$(build "$overlay" | sed -n 's/^ *name: \(erc8004_[a-z0-9_]*\)$/\1/p' | sort -u)
+for metric in $external; do
+  if ! kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/$ns/$metric" >/dev/null 2>&1; then
+    echo "[deploy] warning: the external metric $metric is not served in $ns (expected on a" \
+      "first rollout); the platform's prometheus-adapter needs the rules of" \
+      "deploy/k8s/components/lag-autoscaling/prometheus-adapter-rules.yaml (deploy/README.md," \
+      "\"Autoscaling\"), else the HPA never scales down" >&2
+  fi
+done
+
 kubectl -n "$ns" delete job erc8004-migrate --ignore-not-found --wait=true
 apply "$overlay/migrate"
 echo "[deploy] waiting for the migrations (job/erc8004-migrate in $ns)"

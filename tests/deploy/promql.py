@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "erc8004-backend.json"
@@ -60,6 +61,31 @@ def family(name: str, families: set[str]) -> str | None:
         return name
     base = _HISTOGRAM_SUFFIX.sub("", name)
     return base if base in families else None
+
+
+@dataclass(frozen=True)
+class Family:
+    """A metric family as a service registers it."""
+
+    type: str
+    documentation: str
+    labels: frozenset[str]
+
+
+def families(registry: CollectorRegistry) -> dict[str, Family]:
+    """Exposed family name (counters with _total) -> its definition, read from the
+    metric objects themselves (a labelled metric without children shows no samples
+    to read its labels from)."""
+    found: dict[str, Family] = {}
+    for collector in set(registry._names_to_collectors.values()):
+        name, kind = getattr(collector, "_name"), getattr(collector, "_type")  # noqa: B009
+        exposed = f"{name}_total" if kind == "counter" else name
+        found[exposed] = Family(
+            type=kind,
+            documentation=getattr(collector, "_documentation"),  # noqa: B009
+            labels=frozenset(getattr(collector, "_labelnames")),  # noqa: B009
+        )
+    return found
 
 
 def dashboard_queries() -> Iterator[Query]:

@@ -1,28 +1,38 @@
 """deploy/k8s: both overlays (and their migration kustomizations) build with
 kustomize, validate against the Kubernetes schemas offline (kubernetes-validate;
-ServiceMonitors, a CRD, by our own check), and keep the invariants the services
-and the scheduled backup rely on (backup.sh itself: test_backup_script.py)."""
+ServiceMonitors, a CRD, by our own check), and keep the invariants the services,
+the scheduled backup (backup.sh itself: test_backup_script.py) and the lag-based
+autoscaling (components/lag-autoscaling, with its prometheus-adapter rules) rely on."""
 
 from __future__ import annotations
 
 import base64
+import os
 import re
+import stat
+import subprocess
 import urllib.parse
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from services.api.settings import ApiSettings
+from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.settings import DispatcherSettings
 from services.ingest.settings import IngestSettings
+from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.settings import ServiceSettings
 from shared.topics import ACTIONS, EVENTS, TOPICS
-from tests.deploy.tools import ROOT, run
+from tests.deploy.promql import RULES, TARGET_LABELS, Family, analyse, families
+from tests.deploy.tools import ROOT, run, tool
 
 pytestmark = pytest.mark.unit
 
@@ -630,3 +640,313 @@ def test_restore_pod_matches_the_backup(built: dict[str, list[Doc]]) -> None:
         )  # reads the dumps (mode 0600) the job wrote
         names, _ = egress_rules(docs, pod_doc["metadata"]["labels"])
         assert names == egress_rules(docs, pod_template(cronjob)["metadata"]["labels"])[0]
+
+
+# --- lag-based autoscaling (deploy/k8s/components/lag-autoscaling) ----------------
+
+LAG_AUTOSCALING = ROOT / "deploy" / "k8s" / "components" / "lag-autoscaling"
+ADAPTER_RULES = LAG_AUTOSCALING / "prometheus-adapter-rules.yaml"
+#: Where the component is enabled (deploy/README.md, "Autoscaling").
+LAG_AUTOSCALED = {"dev": False, "prod": True}
+#: The metric definitions each consumer registers (its metrics.py).
+CONSUMER_METRICS: dict[str, Callable[[CollectorRegistry], object]] = {
+    "erc8004-matcher": MatcherMetrics.create,
+    "erc8004-dispatcher": DispatcherMetrics.create,
+}
+#: The fields of a prometheus-adapter rule (its pkg/config/config.go, DiscoveryRule).
+ADAPTER_RULE_FIELDS = {
+    "seriesQuery", "seriesFilters", "resources", "name", "metricsQuery", "labelValueReplacements",
+}  # fmt: skip
+_DECIMAL_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(m|k|M)?")
+
+
+def registered(deployment: str) -> dict[str, Family]:
+    """The metric families the consumer of this Deployment registers."""
+    registry = CollectorRegistry()
+    CONSUMER_METRICS[deployment](registry)
+    return families(registry)
+
+
+def quantity_value(quantity: str | int) -> float:
+    match = _DECIMAL_QUANTITY.fullmatch(str(quantity))
+    assert match, quantity
+    return float(match.group(1)) * {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6}[match.group(2)]
+
+
+def metrics_by_type(hpa: Doc) -> dict[str, Doc]:
+    """An HPA's metrics by type (each type at most once)."""
+    types = [m["type"] for m in hpa["spec"]["metrics"]]
+    assert len(types) == len(set(types)), (hpa["metadata"]["name"], types)
+    return {m["type"]: m for m in hpa["spec"]["metrics"]}
+
+
+def external_metric(hpa: Doc) -> str:
+    name: str = metrics_by_type(hpa)["External"]["external"]["metric"]["name"]
+    return name
+
+
+def adapter_rules() -> tuple[Doc, list[Doc]]:
+    """The ConfigMap fragment and its externalRules."""
+    config_map: Doc = yaml.safe_load(ADAPTER_RULES.read_text())
+    (key,) = config_map["data"]
+    assert key == "config.yaml"  # the key the adapter's --config points at
+    config = yaml.safe_load(config_map["data"][key])
+    assert set(config) == {"externalRules"}  # merged into the platform's, nothing else
+    rules: list[Doc] = config["externalRules"]
+    return config_map, rules
+
+
+def series_of(rule: Doc) -> str:
+    """The one metric a rule's seriesQuery (a series selector) finds."""
+    selector = promql_parser.parse(rule["seriesQuery"])
+    assert isinstance(selector, promql_parser.VectorSelector), rule["seriesQuery"]
+    names = [m.value for m in selector.matchers.matchers if m.name == "__name__"]
+    name = selector.name or (names[0] if len(names) == 1 else None)
+    assert name, rule["seriesQuery"]
+    assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name), rule["seriesQuery"]
+    return str(name)
+
+
+def namespace_label(rule: Doc) -> str:
+    """The label the adapter maps to the HPA's namespace."""
+    overrides = rule["resources"]["overrides"]
+    (label,) = (k for k, v in overrides.items() if v["resource"] in ("namespace", "namespaces"))
+    return str(label)
+
+
+def render_external_query(rule: Doc, *, namespace: str) -> str:
+    """The query prometheus-adapter sends for an HPA's External metric without a
+    selector, in `namespace` (its pkg/naming/metrics_query.go, BuildExternal:
+    <<.LabelMatchers>> holds the selector's matchers and the namespace, <<.GroupBy>>
+    is empty for external metrics)."""
+    args = {
+        "Series": series_of(rule),
+        "LabelMatchers": f'{namespace_label(rule)}="{namespace}"',
+        "GroupBy": "",
+    }
+    query = re.sub(r"<<\s*\.(\w+)\s*>>", lambda m: args[m.group(1)], rule["metricsQuery"])
+    assert "<<" not in query, query
+    assert ">>" not in query, query
+    return query
+
+
+def alert_threshold(metric: str) -> float:
+    """The lag alert's threshold on this metric (deploy/prometheus/erc8004-rules.yaml)."""
+    rules = yaml.safe_load(RULES.read_text())
+    (expr,) = (
+        r["expr"]
+        for g in rules["groups"]
+        for r in g["rules"]
+        if "alert" in r and re.search(rf"\b{metric}\b", r["expr"])
+    )
+    match = re.fullmatch(rf"max\({metric}\) > (\d+)", expr.strip())
+    assert match, expr
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_consumers_scale_on_cpu_and_where_enabled_on_their_lag(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """CPU everywhere (the base); the External lag metric where the overlay lists
+    the component: prod, not dev."""
+    hpas = of_kind(built[overlay], "HorizontalPodAutoscaler")
+    assert set(hpas) == set(CONSUMER_METRICS)
+    for name, hpa in hpas.items():
+        metrics = metrics_by_type(hpa)
+        cpu = metrics["Resource"]["resource"]
+        assert cpu["name"] == "cpu", name
+        assert cpu["target"]["type"] == "Utilization", name
+        assert 0 < cpu["target"]["averageUtilization"] <= 100, name
+        expected = {"Resource", "External"} if LAG_AUTOSCALED[overlay] else {"Resource"}
+        assert set(metrics) == expected, (overlay, name)
+    kustomization = yaml.safe_load(
+        (ROOT / "deploy" / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text()
+    )
+    listed = "../../components/lag-autoscaling" in kustomization.get("components", [])
+    assert listed is LAG_AUTOSCALED[overlay]
+
+
+def test_lag_metrics_are_the_gauges_the_consumers_register(built: dict[str, list[Doc]]) -> None:
+    """The External metric of each HPA is its own service's consumer-lag gauge, by
+    the exact name services/<name>/metrics.py registers, about the topic the
+    Deployment consumes; the target is a positive lag per replica, low enough
+    that the HPA has added replicas by the time the lag alert fires."""
+    hpas = of_kind(built["prod"], "HorizontalPodAutoscaler")
+    for name, hpa in hpas.items():
+        external = metrics_by_type(hpa)["External"]["external"]
+        metric = external["metric"]["name"]
+        definitions = registered(name)
+        assert metric in definitions, (name, metric, sorted(definitions))
+        gauge = definitions[metric]
+        assert gauge.type == "gauge", (metric, gauge.type)
+        assert CONSUMES[name] in gauge.documentation, (metric, gauge.documentation)
+        # A selector may only name labels the series carries.
+        selector = external["metric"].get("selector", {})
+        assert not selector.get("matchExpressions"), metric
+        assert set(selector.get("matchLabels", {})) <= gauge.labels | TARGET_LABELS, metric
+        # Per replica: the HPA wants ceil(lag / averageValue) replicas.
+        target = external["target"]
+        assert set(target) == {"type", "averageValue"}, target
+        assert target["type"] == "AverageValue", target
+        per_replica = quantity_value(target["averageValue"])
+        assert per_replica >= 1, target
+        assert alert_threshold(metric) / per_replica > hpa["spec"]["minReplicas"], (
+            metric,
+            per_replica,
+        )
+        assert hpa["spec"]["maxReplicas"] <= PARTITIONS[CONSUMES[name]], name
+
+
+def test_lag_autoscaling_behaviour_is_set(built: dict[str, list[Doc]]) -> None:
+    """Both directions set: up only on a lag that lasted (it reaches the HPA late,
+    and a rebalance makes it jump), down slowly and one pod at a time (each step
+    rebalances the group)."""
+    for name, hpa in of_kind(built["prod"], "HorizontalPodAutoscaler").items():
+        behavior = hpa["spec"]["behavior"]
+        assert set(behavior) == {"scaleUp", "scaleDown"}, name
+        for direction in behavior.values():
+            assert direction["policies"], name
+            assert direction["selectPolicy"] in ("Max", "Min"), name
+            for policy in direction["policies"]:
+                assert policy["type"] in ("Pods", "Percent"), (name, policy)
+                assert policy["value"] > 0, (name, policy)
+                assert 0 < policy["periodSeconds"] <= 1800, (name, policy)
+        up, down = behavior["scaleUp"], behavior["scaleDown"]
+        assert 60 <= up["stabilizationWindowSeconds"] <= 600, name
+        assert down["stabilizationWindowSeconds"] >= 300, name
+        assert down["stabilizationWindowSeconds"] > up["stabilizationWindowSeconds"], name
+        assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}], name
+        # Up to the partitions within the lag alerts' 10 minutes (a step per period).
+        (step,) = up["policies"]
+        assert step["type"] == "Pods", name
+        steps = -(-(hpa["spec"]["maxReplicas"] - hpa["spec"]["minReplicas"]) // step["value"])
+        assert up["stabilizationWindowSeconds"] + (steps - 1) * step["periodSeconds"] < 600, name
+
+
+def test_adapter_rules_expose_exactly_the_hpas_lag_metrics(built: dict[str, list[Doc]]) -> None:
+    """prometheus-adapter-rules.yaml: a valid ConfigMap, whose external rules use
+    only the adapter's fields, find the consumers' gauges (with labels they have)
+    and serve each under the name the HPA asks for."""
+    config_map, rules = adapter_rules()
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(config_map, version, strict=True)
+    hpas = of_kind(built["prod"], "HorizontalPodAutoscaler")
+    wanted = {external_metric(hpa): name for name, hpa in hpas.items()}
+    served = []
+    for rule in rules:
+        assert set(rule) <= ADAPTER_RULE_FIELDS, sorted(set(rule) - ADAPTER_RULE_FIELDS)
+        assert {"seriesQuery", "resources", "metricsQuery"} <= set(rule), rule
+        # No name mapping: the external metric keeps the series' name.
+        assert "name" not in rule, rule
+        series = series_of(rule)
+        served.append(series)
+        assert series in wanted, (series, sorted(wanted))
+        gauge = registered(wanted[series])[series]
+        selector = promql_parser.parse(rule["seriesQuery"])
+        assert isinstance(selector, promql_parser.VectorSelector), rule["seriesQuery"]
+        labels = {m.name for m in selector.matchers.matchers} - {"__name__"}
+        assert labels <= gauge.labels | TARGET_LABELS, (series, labels)
+        # The namespace: a label every scraped series gets from its target.
+        assert namespace_label(rule) in TARGET_LABELS - gauge.labels, rule
+    assert sorted(served) == sorted(wanted)  # each HPA metric by exactly one rule
+
+
+def test_adapter_queries_are_promql_giving_the_groups_lag_once(
+    built: dict[str, list[Doc]],
+) -> None:
+    """Each metricsQuery, rendered as the adapter renders it for an HPA in prod's
+    namespace, parses as PromQL (promql-parser) and is max() without grouping
+    over the gauge in that namespace: every replica reports the whole group's
+    lag and the HPA sums what an external metric returns, so it must be one
+    value, not one per replica."""
+    _, rules = adapter_rules()
+    hpas = of_kind(built["prod"], "HorizontalPodAutoscaler")
+    (namespace,) = {hpa["metadata"]["namespace"] for hpa in hpas.values()}
+    consumer = {external_metric(hpa): name for name, hpa in hpas.items()}
+    for rule in rules:
+        series = series_of(rule)
+        query = render_external_query(rule, namespace=namespace)
+        try:
+            expr = promql_parser.parse(query)
+        except ValueError as exc:
+            pytest.fail(f"{series}: {exc}: {query}")
+        assert isinstance(expr, promql_parser.AggregateExpr), query
+        assert str(expr.op) == "max", query
+        assert expr.modifier is None, query  # no by/without: one series
+        assert expr.param is None, query
+        selector = expr.expr
+        assert isinstance(selector, promql_parser.VectorSelector), query
+        assert selector.name == series, query
+        matchers = {(m.name, str(m.op), m.value) for m in selector.matchers.matchers}
+        assert matchers == {(namespace_label(rule), "MatchOp.Equal", namespace)}, matchers
+        # The repository's reading of a query's metrics and labels agrees.
+        analysed = analyse(series, query)
+        assert analysed.metrics == {series}, analysed
+        assert analysed.labels <= registered(consumer[series])[series].labels, analysed
+        # Unrendered, the template is not PromQL: the parse above is not vacuous.
+        with pytest.raises(ValueError):  # noqa: PT011 (promql-parser raises ValueError)
+            promql_parser.parse(rule["metricsQuery"])
+
+
+KUBECTL_STUB = """#!/bin/sh
+# kubectl for deploy.sh's test: logs its arguments, reads what is applied, and
+# serves the external metrics API only when KUBECTL_SERVES=1.
+printf '%s\\n' "$*" >> "$KUBECTL_LOG"
+case "$*" in
+  "get --raw "*) [ "$KUBECTL_SERVES" = 1 ] && echo '{"items": []}' && exit 0; exit 1 ;;
+  "apply -f -") cat > /dev/null ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize(("overlay", "served"), [("dev", False), ("prod", False), ("prod", True)])
+def test_deploy_script_checks_the_external_metrics_first(
+    built: dict[str, list[Doc]], tmp_path: Path, overlay: str, served: bool
+) -> None:
+    """deploy.sh asks the external metrics API for each External metric of the
+    overlay's HPAs before it applies anything, and warns (does not stop) when one
+    is not served: such an HPA would never scale down. A stub kubectl records the
+    calls; nothing reaches a cluster."""
+    stub = tmp_path / "bin" / "kubectl"
+    stub.parent.mkdir()
+    stub.write_text(KUBECTL_STUB)
+    stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "kubectl.log"
+    env = {
+        **os.environ,
+        "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}",
+        "KUSTOMIZE": str(tool("kustomize")),
+        "KUBECTL_LOG": str(log),
+        "KUBECTL_SERVES": "1" if served else "0",
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "k8s" / "deploy.sh"), overlay],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = log.read_text().splitlines()
+    hpas = of_kind(built[overlay], "HorizontalPodAutoscaler")
+    (namespace,) = {hpa["metadata"]["namespace"] for hpa in hpas.values()}
+    external = sorted(
+        m["external"]["metric"]["name"]
+        for hpa in hpas.values()
+        for m in hpa["spec"]["metrics"]
+        if m["type"] == "External"
+    )
+    asked = [c.removeprefix("get --raw ") for c in calls if c.startswith("get --raw ")]
+    assert asked == [
+        f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{m}" for m in external
+    ]
+    assert bool(asked) is LAG_AUTOSCALED[overlay]
+    first_apply = next(i for i, c in enumerate(calls) if c == "apply -f -")
+    assert all(calls.index(f"get --raw {a}") < first_apply for a in asked)
+    assert calls.count("apply -f -") == 2  # the migration Job, then the services
+    warned = [m for m in external if f"external metric {m} is not served" in result.stderr]
+    assert warned == ([] if served else external), result.stderr

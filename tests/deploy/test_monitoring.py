@@ -21,6 +21,7 @@ from tests.deploy.promql import (
     RULES,
     all_queries,
     dashboard_queries,
+    families,
     family,
     service_of,
 )
@@ -170,14 +171,8 @@ def test_queries_use_known_metric_names() -> None:
 
 
 def label_names(registry: CollectorRegistry) -> dict[str, set[str]]:
-    """Exposed family name -> label names, from the metric objects themselves (a
-    labelled metric without children shows no samples to read them from)."""
-    families: dict[str, set[str]] = {}
-    for collector in set(registry._names_to_collectors.values()):
-        name, kind = getattr(collector, "_name"), getattr(collector, "_type")  # noqa: B009
-        exposed = f"{name}_total" if kind == "counter" else name
-        families[exposed] = set(getattr(collector, "_labelnames"))  # noqa: B009
-    return families
+    """Exposed family name -> label names (tests.deploy.promql.families)."""
+    return {name: set(f.labels) for name, f in families(registry).items()}
 
 
 @pytest.mark.parametrize("service", ["ingest", "matcher"])

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from eth_hash.auto import keccak
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from shared.events import Event
 from shared.jobs import ActionJob, DeadLetter, UnreadableLetter
 from shared.secrets import SecretBox
 from tests.conftest import ENV
@@ -163,6 +164,26 @@ async def rest_trigger(
     return user, trigger, action
 
 
+async def rest_job(
+    db: asyncpg.Connection,
+    config: dict[str, Any],
+    *,
+    event: Event | None = None,
+    secret: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> ActionJob:
+    """A trigger with one rest action (secrets stored as the API does) and a job of it."""
+    user, trigger, action = await rest_trigger(db, config, secret=secret, headers=headers)
+    return make_job(
+        trigger_id=trigger,
+        user_id=user,
+        action_id=action,
+        action_type="rest",
+        config=config,
+        event=event or an_event(),
+    )
+
+
 def _dev_key() -> str:
     return ENV["SECRETS_KEY"]
 
@@ -256,16 +277,8 @@ async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
 
     async with serve(Receiver(respond=echo)) as receiver:
         config = {"url": f"{receiver.base}/in", "headers": {"X-Source": "erc8004"}}
-        user, trigger, action = await rest_trigger(
+        job = await rest_job(
             db, config, headers={"Authorization": token, "X-Api-Key": 'key"quoted'}
-        )
-        job = make_job(
-            trigger_id=trigger,
-            user_id=user,
-            action_id=action,
-            action_type="rest",
-            config=config,
-            event=an_event(),
         )
         proc = start_dispatcher(dispatcher_env, tmp_path, procs)
         await produce_jobs(kafka_bootstrap, actions_topic, [job])
@@ -301,15 +314,7 @@ async def test_a_retry_held_until_due_moves_to_a_new_replica_and_runs_once(
     wait for the due time) and whoever owns it then runs it: exactly once."""
     async with serve(Receiver()) as receiver:
         config = {"url": f"{receiver.base}/held"}
-        user, trigger, action = await rest_trigger(db, config)
-        job = make_job(
-            trigger_id=trigger,
-            user_id=user,
-            action_id=action,
-            action_type="rest",
-            config=config,
-            event=an_event(),
-        )
+        job = await rest_job(db, config)
         env = {**dispatcher_env, "RETRY_MAX_HOLD": "30"}
         first = start_dispatcher(env, tmp_path, procs)
         due, due_on_clock = time.time() + 16, time.monotonic() + 16  # Seen.at: monotonic
@@ -937,15 +942,7 @@ async def test_slow_receiver_gets_each_job_once_and_a_poison_batch_moves_on(
         )
         await db.execute("DELETE FROM triggers WHERE id = $1", gone_trigger)
         after_cfg = {"url": f"{receiver.base}/fast"}
-        user3, after_trigger, after_action = await rest_trigger(db, after_cfg)
-        after = make_job(
-            trigger_id=after_trigger,
-            user_id=user3,
-            action_id=after_action,
-            action_type="rest",
-            config=after_cfg,
-            event=an_event(10),
-        )
+        after = await rest_job(db, after_cfg, event=an_event(10))
         proc = start_dispatcher(dispatcher_env, tmp_path, procs, DISPATCHER_BATCH_DEADLINE="0.5")
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         await producer.start()
@@ -1016,15 +1013,7 @@ async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
     # recorded under its own run.
     async with serve(Receiver()) as ok:
         cfg = {"url": f"{ok.base}/hook"}
-        user2, trigger2, action2 = await rest_trigger(db, cfg)
-        first = make_job(
-            trigger_id=trigger2,
-            user_id=user2,
-            action_id=action2,
-            action_type="rest",
-            config=cfg,
-            event=an_event(4),
-        )
+        first = await rest_job(db, cfg, event=an_event(4))
         await produce_jobs(kafka_bootstrap, actions_topic, [first])
         await wait_for(
             lambda: _has_status(db, first.job_id, "success"), within=30, what="first run"

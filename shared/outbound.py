@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx2
@@ -111,6 +112,14 @@ _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer
 
 
 # --------------------------------------------------------------------------- policy
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of a URL (ValueError for a bad port): the unit of the
+    dispatcher's breakers and limits, and of where a secret header may go."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def parse_networks(setting: str, name: str = SETTING_NAME) -> tuple[IPNetwork, ...]:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -91,6 +90,7 @@ from services.api.signatures import (
 from shared.evaluate import TriggerSpec, evaluate
 from shared.events import INT32_MAX, INT63_MAX, Event, event_key
 from shared.jobs import ActionJob, job_id
+from shared.outbound import origin
 from shared.replay import compile_trigger
 from shared.triggers import CREDENTIAL_HEADERS, TriggerCreate
 
@@ -505,14 +505,10 @@ def _keeping_secret_headers(i: int, before: Any, config: dict[str, Any]) -> None
 
 
 def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
     try:
-        port = parts.port
+        return origin(url)
     except ValueError:
         return url
-    scheme = parts.scheme.lower()
-    port = port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 async def delete_trigger(request: web.Request) -> web.Response:

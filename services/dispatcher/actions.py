@@ -47,6 +47,7 @@ from shared.outbound import (
     RefusedDestination,
     fetch,
     httpx_client_factory,
+    origin,
 )
 from shared.triggers import McpConfig, RestConfig, TelegramConfig, is_reserved_header
 
@@ -63,13 +64,6 @@ ZERO_HASH = "0x" + "0" * 64
 def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
     text = body[: limit * 4].decode("utf-8", errors="replace")
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-def origin(url: str) -> str:
-    """scheme://host:port of a URL: the unit of breakers and concurrency limits."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _valid_http_url(url: str) -> str | None:
@@ -412,14 +406,12 @@ def _scrub(outcome: Outcome, *secrets: str) -> Outcome:
     if not secrets:
         return outcome
     error = outcome.error
-    dumped = orjson.dumps(outcome.response) if outcome.response else None
-    for secret in sorted(secrets, key=len, reverse=True):
-        if error:
+    if error:
+        for secret in sorted(secrets, key=len, reverse=True):
             error = error.replace(secret, "***")
-        if dumped is not None:
-            dumped = dumped.replace(secret.encode(), b"***")
-            dumped = dumped.replace(orjson.dumps(secret)[1:-1], b"***")
-    response = orjson.loads(dumped) if dumped is not None else outcome.response
+    response = outcome.response
+    if response:
+        response = orjson.loads(_mask(orjson.dumps(response), secrets))
     return Outcome(
         outcome.kind,
         error=error,

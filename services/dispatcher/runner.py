@@ -45,7 +45,6 @@ from services.dispatcher.actions import (
     TELEGRAM_LIMITER_WAIT,
     TELEGRAM_MAX_PARTS,
     TELEGRAM_PART_SECONDS,
-    origin,
     run_mcp,
     run_rest,
     run_telegram,
@@ -63,7 +62,7 @@ from services.dispatcher.settings import DispatcherSettings
 from shared.db import Conn
 from shared.events import INT32_MAX
 from shared.jobs import ActionJob, DeadLetter
-from shared.outbound import OutboundPolicy
+from shared.outbound import OutboundPolicy, origin
 from shared.secrets import SecretBox, SecretDecryptError
 from shared.triggers import ActionConfig, McpConfig, RestConfig, TelegramConfig
 

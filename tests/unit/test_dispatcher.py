@@ -20,7 +20,6 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from services.dispatcher.actions import (
     _http_outcome,
     build_rest_request,
-    origin,
     split_message,
     webhook_signature,
 )
@@ -40,6 +39,7 @@ from services.dispatcher.templates import (
 )
 from shared.events import Event
 from shared.jobs import ActionJob, job_id
+from shared.outbound import origin
 from shared.triggers import ActionType, RestConfig
 from tools.eventgen import make_event
 

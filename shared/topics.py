@@ -29,6 +29,9 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-def event_key(chain_id: int, agent_id: int | None) -> bytes:
-    """Partition key of erc8004.events: ``chain_id:agent_id`` (agent '' when absent)."""
-    return f"{chain_id}:{'' if agent_id is None else agent_id}".encode()
+def event_key(chain_id: int, agent_id: int | None = None) -> bytes:
+    """Partition key of erc8004.events: the chain id alone, so that a chain is one
+    partition, consumed in order by one matcher: every trigger (it watches one
+    chain) sees its events in chain order, whatever the partitioning, the replicas
+    and the rebalances (docs/semantics.md, section 9). ``agent_id`` is not part of it."""
+    return str(chain_id).encode()

@@ -81,16 +81,16 @@ async def insert_trigger(
     return trigger_id
 
 
-def chain_over_partitions(agents: Sequence[int], partitions: int) -> int:
-    """A random chain id whose agents' keys land on every partition of the topic
-    (the producer's own partitioner), so a test of several consumers never depends
-    on the hash sending every agent to one of them."""
+def chains_over_partitions(partitions: int) -> list[int]:
+    """Random chain ids, one per partition of the topic (the producer's own
+    partitioner on the chain key), so a test of several consumers never depends on
+    the hash sending every chain to one of them."""
     every = list(range(partitions))
-    while True:
+    found: dict[int, int] = {}
+    while len(found) < partitions:
         chain = random.randrange(1_000_000, 2**31 - 1)
-        used = {DefaultPartitioner()(event_key(chain, a), every, every) for a in agents}
-        if len(used) == partitions:
-            return chain
+        found.setdefault(DefaultPartitioner()(event_key(chain), every, every), chain)
+    return [found[p] for p in every]
 
 
 async def produce_events(

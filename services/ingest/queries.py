@@ -195,8 +195,9 @@ class ReorgResult:
 
 async def record_reorg(conn: Conn, reorg: ReorgIn, *, topic: str = EVENTS) -> ReorgResult:
     """Record the reorg, release the replaced events' ids (so the canonical events
-    at the same positions can be posted) and queue a retraction for every
-    partition of erc8004.events, all in one transaction. ``events`` rows stay."""
+    at the same positions can be posted) and queue a retraction
+    in the chain's partition of erc8004.events, all in one transaction. ``events``
+    rows stay."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", CHAIN_LOCK, reorg.chain_id)
         row = await conn.fetchrow(
@@ -253,11 +254,13 @@ async def record_reorg(conn: Conn, reorg: ReorgIn, *, topic: str = EVENTS) -> Re
             created_at=row["created_at"],
             event_keys=tuple(sorted(f"{r['id']}@{r['block_hash']}" for r in released)),
         )
+        # Keyed like the chain's events: one partition, after the replaced events
+        # and before their replacements.
         await conn.execute(
             "INSERT INTO event_outbox (topic, msg_key, payload, broadcast)"
-            " VALUES ($1, $2, $3, true)",
+            " VALUES ($1, $2, $3, false)",
             topic,
-            f"{reorg.chain_id}:",
+            event_key(reorg.chain_id).decode(),
             dump_message(message),
         )
     return ReorgResult(reorg_id=row["id"], released=sorted(r["id"] for r in released))

@@ -78,8 +78,10 @@ def test_json_logs_redact_secrets(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_event_key_and_topics() -> None:
-    assert event_key(8453, 42) == b"8453:42"
-    assert event_key(1, None) == b"1:"
+    # one partition per chain: a chain is consumed in order (docs/semantics.md)
+    assert event_key(8453, 42) == b"8453"
+    assert event_key(8453, 7) == event_key(8453) == b"8453"
+    assert event_key(1, None) == b"1"
     by_name = {t.name: t.partitions for t in TOPICS}
     assert by_name["erc8004.events"] == 12
     assert by_name["erc8004.actions"] == 12

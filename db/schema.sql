@@ -551,7 +551,7 @@ CREATE TABLE public.action_results (
     run_id text,
     CONSTRAINT action_results_action_type_check CHECK ((action_type = ANY (ARRAY['telegram'::text, 'rest'::text, 'mcp'::text]))),
     CONSTRAINT action_results_attempt_check CHECK ((attempt >= 1)),
-    CONSTRAINT action_results_status_check CHECK ((status = ANY (ARRAY['success'::text, 'failed'::text, 'retrying'::text, 'dead'::text])))
+    CONSTRAINT action_results_status_check CHECK ((status = ANY (ARRAY['success'::text, 'failed'::text, 'retrying'::text, 'dead'::text, 'retracted'::text])))
 );
 
 
@@ -2640,4 +2640,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201190000'),
     ('20261201200000'),
     ('20261201210000'),
-    ('20261201220000');
+    ('20261201220000'),
+    ('20261206090000');

@@ -24,9 +24,12 @@ from shared.events import INT32_MAX, INT63_MAX, Event, Hash
 from shared.triggers import Action, ActionConfig, ActionType
 
 
-def job_id(trigger_id: str, event_id: str, action_id: int) -> str:
-    """Deterministic job id: first 32 hex of sha256("{trigger_id}:{event_id}:{action_id}")."""
-    return hashlib.sha256(f"{trigger_id}:{event_id}:{action_id}".encode()).hexdigest()[:32]
+def job_id(trigger_id: str, event_version: str, action_id: int) -> str:
+    """Deterministic job id: first 32 hex of sha256("{trigger_id}:{version}:{action_id}"),
+    where the event version is ``{id}@{block_hash}`` (shared.events.event_key): after a
+    reorg the canonical event at the same position is another version, so its
+    firing is another job (the replaced one's may be done already)."""
+    return hashlib.sha256(f"{trigger_id}:{event_version}:{action_id}".encode()).hexdigest()[:32]
 
 
 _Block = Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from mcp.server.mcpserver import Context, MCPServer
 
-from shared.events import EVENT_COLUMNS, Event, event_row
+from shared.events import EVENT_COLUMNS, Event, event_key, event_row
 from shared.jobs import ActionJob, job_id
 from shared.triggers import ActionType
 from tests.procs import free_port
@@ -188,7 +188,7 @@ def make_job(
     name: str = "test trigger",
 ) -> ActionJob:
     return ActionJob(
-        job_id=job_id(trigger_id, event.id, action_id),
+        job_id=job_id(trigger_id, event_key(event), action_id),
         trigger_id=trigger_id,
         trigger_name=name,
         user_id=user_id,

@@ -37,7 +37,7 @@ Cursor = Annotated[str, StringConstraints(max_length=1024, pattern=r"^[A-Za-z0-9
 QChainId = Annotated[int, Field(ge=1, le=INT32_MAX)]
 QUint63 = Annotated[int, Field(ge=0, le=INT63_MAX)]
 EventType = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z]+$")]
-ResultStatus = Literal["success", "failed", "retrying", "dead"]
+ResultStatus = Literal["success", "failed", "retrying", "dead", "retracted"]
 
 
 class _Body(BaseModel):

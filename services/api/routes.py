@@ -581,21 +581,26 @@ async def retry_result(request: web.Request) -> web.Response:
                 409, f"the job's latest attempt is {result['status']}: nothing to redrive"
             )
         event_id: str = result["event_id"]
-        actions = await queries.get_actions(conn, trigger_id)
-        action = next((a for a in actions if job_id(trigger_id, event_id, a["id"]) == wanted), None)
-        if action is None:
-            raise ApiError(409, "the job's action no longer exists")
         row = await queries.get_canonical_event(conn, event_id)
         if row is None:
             raise ApiError(409, "the job's event is no longer stored")
         event = event_from_row(row)
+        version = event_key(event)
+        actions = await queries.get_actions(conn, trigger_id)
+        action = next((a for a in actions if job_id(trigger_id, version, a["id"]) == wanted), None)
+        if action is None:
+            raise ApiError(
+                409,
+                "the job's action no longer exists, or a reorg replaced the job's event"
+                " (the canonical event's firing is another job)",
+            )
         explain = await queries.get_evaluation_explain(conn, trigger_id, event_key(event))
         if explain is None:
             # A stateless trigger records no evaluation: its explain is a pure function
             # of the trigger and the event, so evaluate again.
             spec = _spec(trigger)
             if spec is not None and not spec.is_stateful:
-                explain = evaluate(spec, event, state=None).explain
+                explain = evaluate(spec, event, states={}).explain
         job = ActionJob(
             job_id=wanted,
             trigger_id=trigger_id,

@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 #: How an attempt ended: success, a transient failure (retried), a permanent one (not).
-Kind = Literal["success", "transient", "permanent"]
+Kind = Literal["success", "transient", "permanent", "retracted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,11 @@ class Outcome:
             destination_fault=destination_fault and sent,
             sent=sent,
         )
+
+    @classmethod
+    def retracted(cls, error: str) -> Outcome:
+        """Not attempted: the firing's event version was replaced by a reorg."""
+        return cls("retracted", error=error, sent=False)
 
     @classmethod
     def permanent(

@@ -13,6 +13,22 @@ FROM trigger_actions a JOIN triggers t ON t.id = a.trigger_id
 WHERE a.id = ANY($1::int[])
 """
 
+#: Which of these event versions (id, block time, block hash) a reorg replaced: the
+#: reorg recorded after the version was stored that covers its block, if any.
+REPLACED_VERSIONS = """
+SELECT v.n, r.id AS reorg_id
+FROM unnest($1::text[], $2::timestamptz[], $3::text[])
+     WITH ORDINALITY AS v(id, block_time, block_hash, n)
+JOIN events e
+  ON e.id = v.id AND e.block_time = v.block_time AND e.block_hash = v.block_hash
+JOIN LATERAL (
+    SELECT r.id FROM reorgs r
+    WHERE r.chain_id = e.chain_id AND e.block_number >= r.from_block
+      AND (r.to_block IS NULL OR e.block_number <= r.to_block)
+      AND r.created_at > e.created_at
+    ORDER BY r.created_at LIMIT 1) r ON true
+"""
+
 #: Attempts already recorded for these jobs (to skip redelivered ones).
 RECORDED_ATTEMPTS = """
 SELECT job_id, run_id, attempt, status

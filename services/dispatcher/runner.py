@@ -72,7 +72,7 @@ log = structlog.get_logger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[None]]
 
 GUARD_MARGIN = 10.0
-TERMINAL = frozenset({"success", "failed", "dead"})
+TERMINAL = frozenset({"success", "failed", "dead", "retracted"})
 #: Longest pause of the retry consumer after putting far-off retries back.
 PARK_NAP = 5.0
 ERROR_CHARS = 1000
@@ -105,6 +105,8 @@ class _Prepared:
     """What one job needs before its attempt: looked up per batch."""
 
     action: _ActionRow | None
+    #: The reorg that replaced the job's event version, if one did.
+    replaced_by: str | None = None
 
 
 def now_utc() -> datetime:
@@ -353,7 +355,8 @@ class Dispatcher:
     async def _prepare(self, jobs: list[ActionJob]) -> dict[AttemptKey, _Prepared]:
         ids = sorted({j.action_id for j in jobs if j.action_id <= INT32_MAX})
         rows: dict[int, _ActionRow] = {}
-        if ids:
+        replaced: dict[int, str] = {}
+        if jobs:
             async with self.pool.acquire() as conn:
                 for r in await conn.fetch(queries.ACTIONS_OF_JOBS, ids):
                     rows[r["id"]] = _ActionRow(
@@ -362,7 +365,22 @@ class Dispatcher:
                         bool(r["enabled"]),
                         r["secret_headers_ciphertext"],
                     )
-        return {attempt_key(j): _Prepared(rows.get(j.action_id)) for j in jobs}
+                replaced = await self._replaced(conn, jobs)
+        return {
+            attempt_key(j): _Prepared(rows.get(j.action_id), replaced.get(i))
+            for i, j in enumerate(jobs)
+        }
+
+    @staticmethod
+    async def _replaced(conn: Conn, jobs: list[ActionJob]) -> dict[int, str]:
+        """Index in ``jobs`` -> id of the reorg that replaced the job's event version."""
+        rows = await conn.fetch(
+            queries.REPLACED_VERSIONS,
+            [j.event.id for j in jobs],
+            [j.event.block_time for j in jobs],
+            [j.event.block_hash for j in jobs],
+        )
+        return {r["n"] - 1: str(r["reorg_id"]) for r in rows}
 
     # ------------------------------------------------------------------ one job
 
@@ -390,6 +408,9 @@ class Dispatcher:
             return Outcome.permanent("the trigger or action was deleted", sent=False), 0.0
         if not action.enabled:
             return Outcome.permanent("the trigger is disabled", sent=False), 0.0
+        if prepared.replaced_by is not None:
+            why = f"retracted: reorg {prepared.replaced_by} replaced the event's block"
+            return Outcome.retracted(why), 0.0
         try:
             cfg = job.action_config()
         except ValidationError as exc:
@@ -557,6 +578,8 @@ class Dispatcher:
         status: str
         if outcome.kind == "success":
             status = "success"
+        elif outcome.kind == "retracted":
+            status = "retracted"
         elif outcome.kind == "permanent":
             status = "failed"
         elif job.attempt < self._max_attempts(job) and not (outcome.error or "").startswith(

@@ -24,6 +24,7 @@ from services.api.signatures import (
     mcp_token_message,
     mcp_token_removal_message,
 )
+from shared.events import event_key
 from shared.jobs import ActionJob, job_id
 from shared.secrets import SecretBox, SecretDecryptError
 from tests.apiutil import (
@@ -571,7 +572,7 @@ async def seed_history(db: asyncpg.Connection, trigger_id: str, user_id: str) ->
     action_id = await db.fetchval(
         "SELECT min(id) FROM trigger_actions WHERE trigger_id = $1", trigger_id
     )
-    jid = job_id(trigger_id, event.id, action_id)
+    jid = job_id(trigger_id, event_key(event), action_id)
     await db.execute(
         "INSERT INTO trigger_state (trigger_id, scope_key, state_data) VALUES ($1, '', $2)",
         trigger_id,
@@ -733,7 +734,17 @@ async def test_results_filter_page_and_redrive_a_dead_job(
 
         success, failed_elsewhere = f"{1:032x}", f"{0:032x}"
         assert (await client.post(f"{url}/{success}/retry", headers=auth)).status == 409
-        # failed, but its id is no (trigger, event, action) of this trigger's actions
+        # failed, but its event is stored nowhere
+        resp = await client.post(f"{url}/{failed_elsewhere}/retry", headers=auth)
+        assert resp.status == 409
+        assert "no longer stored" in (await resp.json())["error"]
+        # failed, of a stored event, but its id is no (trigger, event version, action)
+        # of this trigger's actions (another action, or a version a reorg replaced)
+        await db.execute(
+            "UPDATE action_results SET event_id = $1 WHERE job_id = $2",
+            out["event_id"],
+            failed_elsewhere,
+        )
         resp = await client.post(f"{url}/{failed_elsewhere}/retry", headers=auth)
         assert resp.status == 409
         assert "action" in (await resp.json())["error"]

@@ -259,6 +259,58 @@ async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
     assert receiver.seen[2].at - receiver.seen[0].at > 0.05
 
 
+async def test_a_replaced_event_is_retracted_and_its_replacement_delivered(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """A firing of an event version a reorg replaced before its action ran is not
+    delivered (terminal 'retracted', saying which reorg); the canonical event at the
+    same position is another version, so its firing is another job, delivered."""
+    async with serve(Receiver()) as receiver:
+        config = {"url": f"{receiver.base}/hook", "max_attempts": 2}
+        user, trigger, action = await rest_trigger(db, config)
+        replaced = an_event(41, block_hash="0x" + "aa" * 32)
+        await store_events(db, [replaced])
+        reorg = await db.fetchval(
+            "INSERT INTO reorgs (chain_id, from_block, reason) VALUES ($1, $2, 'test')"
+            " RETURNING id",
+            replaced.chain_id,
+            replaced.block_number,
+        )
+        canonical = replaced.model_copy(update={"block_hash": "0x" + "bb" * 32, "score": None})
+        await store_events(db, [canonical])
+        jobs = [
+            make_job(
+                trigger_id=trigger,
+                user_id=user,
+                action_id=action,
+                action_type="rest",
+                config=config,
+                event=event,
+            )
+            for event in (replaced, canonical)
+        ]
+        assert jobs[0].job_id != jobs[1].job_id  # same position, another version
+        start_dispatcher(dispatcher_env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
+
+        async def both_recorded() -> bool:
+            return all([await results(db, j.job_id) for j in jobs])
+
+        await wait_for(both_recorded, within=30, what="both jobs recorded")
+        await asyncio.sleep(0.5)
+
+    (retracted,) = await results(db, jobs[0].job_id)
+    assert retracted["status"] == "retracted"
+    assert retracted["error_message"] == (f"retracted: reorg {reorg} replaced the event's block")
+    assert statuses(await results(db, jobs[1].job_id)) == ["success"]
+    assert [s.headers["idempotency-key"] for s in receiver.seen] == [jobs[1].job_id]
+
+
 async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
     db: asyncpg.Connection,
     dispatcher_env: dict[str, str],

@@ -1,47 +1,53 @@
 """The trigger evaluation engine: pure, deterministic functions of (trigger, event, state).
 
-`evaluate(trigger, event, state=...)` decides whether a trigger fires on an event and
-returns the new state of the trigger's scope; `retract(...)` takes a reorged block range
-back out of the rate windows of a state. No I/O and no wall clock: every window is
-measured in block time (`event.timestamp`, unix seconds), so a replay of the same stream
-from the same state gives the same outcomes and the same final state.
+The rules are those of docs/semantics.md; this module is their fast form. In short:
 
-Evaluation order
-    Top-level conditions are ANDed. The stateless ones (no ema_threshold/rate_limit
-    inside) form a gate evaluated first; if one is False the trigger does not fire and
-    the state is not touched. Then every stateful top-level condition is evaluated (no
-    short-circuit, inside groups neither), each updating its own state. A
-    FeedbackRevoked event first withdraws the revoked feedback from every rate window,
-    whatever the gate says.
+- The top-level stateless conditions are the *gate*: an event failing it changes no
+  state and cannot fire (a FeedbackRevoked still withdraws its feedback from rate
+  windows). Every stateful condition sees every event passing the gate (no
+  short-circuit, inside groups neither): first it takes the event into its state,
+  then it gives its verdict.
+- Each stateful condition has a scope (``config.scope``: trigger or agent). Its
+  state lives in the state row of that scope: ``''`` for the trigger, the agent id
+  for an agent. The *firing scope* (arming and cooldown) is agent when any stateful
+  condition is agent-scoped, else trigger. `scope_keys` names the rows an event
+  needs; `evaluate` takes and returns them.
+- Crossing mode (any EMA with ``fire_on: crossing``): the trigger fires when the
+  whole condition set holds while armed; the firing disarms, an event whose set
+  verdict is false re-arms, a cooldown-suppressed firing does not disarm. Every
+  mode: it fires whenever the set holds.
+- States are keyed by each condition's identity (a hash of its definition, see
+  `condition_id`), not its position, so an edit that keeps a condition keeps its
+  state.
 
-State (JSON-able) of one scope (the whole trigger, or one agent when a stateful
-condition has ``config.scope = 'agent'``: see `scope_key`)::
+No I/O and no wall clock: windows and cooldowns are measured in block time
+(``event.timestamp``), so a replay of the same stream gives the same firings.
 
-    {"conditions": {"<path>": {...}}, "last_fired_at": <unix seconds>}
+A state row (JSON-able)::
 
-``path`` is the dotted index path of the condition in the tree ("0", "2.1"). Paths the
-trigger no longer has (or whose state has the wrong shape) are dropped.
+    {"conditions": {"<condition id>": {...}}, "disarmed": "<set id>", "last_fired_at": t}
 
-- ema_threshold: ``{"ema": "<decimal>", "count": n, "armed": bool, "seen": [ids]}``
-  (``seen``: the last 64 event ids applied, so a redelivered event never counts twice).
-- rate_limit: ``{"window": [[timestamp, event_id, client_address, feedback_index,
-  block_number, chain_id, agent_id], ...], "high": <latest timestamp seen> | null}``
-  sorted by (timestamp, event_id); client_address/feedback_index are set for
-  NewFeedback entries only (what a FeedbackRevoked withdraws).
-
-Out-of-order arrival in rate windows: a window keeps the entries later than
-``high - W - L`` (W the window, L = min(W, 1 h) the lateness allowance), so an event at
-most L earlier than the latest one seen is counted exactly over (t - W, t]. An event
-more than L late is "late": it still joins the window (when still inside the kept span),
-but its own verdict is False, since part of its window may already be forgotten.
+- ema_threshold: ``{"ema": "<decimal>", "count": n}`` plus ``"holding": bool`` in
+  crossing mode (the level with hysteresis).
+- rate_limit: ``{"window": [[timestamp, version, client_address, feedback_index,
+  block_number, agent_id], ...], "high": <latest timestamp> | null}`` in arrival
+  (chain) order; client_address/feedback_index are set for NewFeedback only (what a
+  FeedbackRevoked withdraws). Entries older than ``high - W - min(W, 1 h)`` are
+  forgotten: a reorg replacing blocks further back than that in block time can
+  find a window short of entries.
+- ``disarmed``: present while the condition set with that id has fired and not
+  been false since (crossing mode, firing-scope row only).
+- ``last_fired_at``: block time of the last firing (firing-scope row, with a cooldown).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from functools import cached_property
@@ -50,13 +56,21 @@ from typing import Any, Final
 from shared.events import Event, event_key, feedback_value
 from shared.triggers import Condition, ConditionType
 
-__all__ = ["ActionSpec", "Outcome", "TriggerSpec", "evaluate", "retract", "scope_key"]
+__all__ = [
+    "ActionSpec",
+    "Outcome",
+    "TriggerSpec",
+    "Withdrawal",
+    "condition_id",
+    "evaluate",
+    "retract",
+    "scope_keys",
+]
 
 #: Fixed arithmetic of the EMA (independent of the thread's decimal context).
 EMA_CONTEXT: Final = Context(prec=40, rounding=ROUND_HALF_EVEN, Emax=999999, Emin=-999999)
-#: How many applied event ids an EMA remembers to refuse redeliveries.
-EMA_SEEN: Final = 64
-#: Upper bound of the lateness allowance of rate windows (the allowance is min(W, this)).
+#: Upper bound of how far (block time) behind the newest entry a rate window keeps
+#: entries beyond its own width W (the margin is min(W, this)).
 MAX_LATENESS: Final = 3600
 #: Length to which long text inputs are cut in explain blocks.
 EXPLAIN_TEXT: Final = 200
@@ -65,11 +79,12 @@ _FEEDBACK: Final = "NewFeedback"
 _REVOKED: Final = "FeedbackRevoked"
 
 # rate window entry layout
-_TS, _ID, _CLIENT, _INDEX, _BLOCK, _CHAIN, _AGENT = range(7)
+_TS, _ID, _CLIENT, _INDEX, _BLOCK, _AGENT = range(6)
 
 Test = Callable[[Event], bool]
 Read = Callable[[Event], Any]
 Compare = Callable[[Any, Any], bool]
+State = dict[str, Any]
 
 _COMPARE: Final[dict[str, Compare]] = {
     "=": operator.eq,
@@ -126,25 +141,72 @@ class TriggerSpec:
 
     @property
     def agent_scoped(self) -> bool:
-        """Any stateful condition has ``config.scope = 'agent'``."""
-        return self._program.agent_scoped
+        """The firing scope is the agent (some stateful condition is agent-scoped)."""
+        return self._program.agent_firing
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The result of one evaluation (or retraction)."""
+    """The result of one evaluation."""
 
     fired: bool
-    state: dict[str, Any]  # the new state (JSON-able; Decimals as strings)
-    changed: bool  # state differs from the state passed in
+    #: The new state of every scope row the evaluation was given (JSON-able).
+    states: dict[str, State]
+    #: The scope keys whose state differs from the one passed in.
+    changed: tuple[str, ...]
     explain: dict[str, Any]  # JSON-able
+
+    @property
+    def state(self) -> State:
+        """The state of the only row (triggers with one scope row)."""
+        (only,) = self.states.values()
+        return only
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """The result of taking events back out of one state row (reorg retraction)."""
+
+    state: State
+    changed: bool
+    explain: dict[str, Any]
+
+
+def condition_id(condition: Condition, chain_id: int, registry: str) -> str:
+    """The identity of a condition's state: a hash of its definition and the stream
+    it reads (chain, registry); the same wherever the condition sits in the list."""
+    text = json.dumps(
+        [chain_id, registry, condition.model_dump(mode="json")],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def agent_key(event: Event) -> str:
+    """The state row of an agent ('' for an event without agent)."""
+    return "" if event.agent_id is None else str(event.agent_id)
+
+
+def scope_keys(trigger: TriggerSpec, event: Event) -> tuple[str, ...]:
+    """The state rows evaluating `trigger` on `event` reads and writes ('' = the
+    trigger's row, else the event's agent's); empty for a stateless trigger."""
+    prog = trigger._program
+    if not prog.stateful:
+        return ()
+    keys: list[str] = []
+    if prog.trigger_row:
+        keys.append("")
+    if prog.agent_firing:
+        key = agent_key(event)
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
 
 
 def scope_key(trigger: TriggerSpec, event: Event) -> str:
-    """The state scope of (trigger, event): '' for the trigger, the agent id when agent scoped."""
-    if trigger._program.agent_scoped and event.agent_id is not None:
-        return str(event.agent_id)
-    return ""
+    """The firing-scope row of (trigger, event): '' or the agent id."""
+    return agent_key(event) if trigger._program.agent_firing else ""
 
 
 # --- compiled form -------------------------------------------------------------------------
@@ -162,13 +224,16 @@ class _Node:
     test: Test | None  # stateless nodes: the verdict
     read: Read | None  # leaves: the explain input
     children: tuple[_Node, ...] = ()
+    cid: str = ""  # ema / rate: the state's identity
+    agent: bool = False  # ema / rate: agent-scoped
     # ema
     compare: Compare | None = None
     threshold: Decimal | None = None
-    rearm: Decimal | None = None  # ema recovered when not compare(ema, rearm)
+    rearm: Decimal | None = None  # a holding level stops when not compare(ema, rearm)
     alpha: Decimal | None = None
     keep: Decimal | None = None  # 1 - alpha
-    every: bool = False
+    warmup: int = 1
+    crossing: bool = False
     # rate
     window: int = 0
     lateness: int = 0
@@ -181,16 +246,23 @@ class _Program:
     gate: tuple[Test, ...]  # stateless top-level tests
     gate_nodes: tuple[_Node, ...]
     stateful_nodes: tuple[_Node, ...]  # stateful top-level nodes
-    state_nodes: tuple[_Node, ...]  # every ema/rate node, in path order
+    state_nodes: tuple[_Node, ...]  # every ema/rate node, one per identity, in path order
+    all_state_nodes: tuple[_Node, ...]  # every ema/rate node
     rate_nodes: tuple[_Node, ...]
     cooldown: int  # 0 = none
     stateful: bool
-    agent_scoped: bool
+    crossing: bool
+    agent_firing: bool
+    trigger_row: bool  # the trigger's row '' is needed
+    set_id: str = field(default="")
 
 
 def _compile(trigger: TriggerSpec) -> _Program:
     counter = [0]
-    roots = tuple(_compile_node(c, str(i), counter) for i, c in enumerate(trigger.conditions))
+    roots = tuple(
+        _compile_node(c, str(i), counter, trigger.chain_id, trigger.registry)
+        for i, c in enumerate(trigger.conditions)
+    )
     all_nodes: list[_Node] = []
 
     def collect(node: _Node) -> None:
@@ -200,41 +272,48 @@ def _compile(trigger: TriggerSpec) -> _Program:
 
     for root in roots:
         collect(root)
-    state_nodes = tuple(n for n in all_nodes if n.kind in ("ema", "rate"))
-    cooldown = trigger.cooldown_seconds or 0
-    agent_scoped = False
-    for node in state_nodes:
-        cfg = node.cond.ema if node.kind == "ema" else node.cond.rate
-        if cfg is not None and cfg.scope == "agent":
-            agent_scoped = True
+    every_state = tuple(n for n in all_nodes if n.kind in ("ema", "rate"))
+    unique: dict[str, _Node] = {}
+    for node in every_state:
+        unique.setdefault(node.cid, node)
+    state_nodes = tuple(unique.values())
+    cooldown = max(trigger.cooldown_seconds or 0, 0)
+    agent_firing = any(n.agent for n in state_nodes)
+    crossing = any(n.kind == "ema" and n.crossing for n in state_nodes)
     gate_nodes = tuple(n for n in roots if not n.stateful)
+    ids = sorted(condition_id(c, trigger.chain_id, trigger.registry) for c in trigger.conditions)
     return _Program(
         gate=tuple(n.test for n in gate_nodes if n.test is not None),
         gate_nodes=gate_nodes,
         stateful_nodes=tuple(n for n in roots if n.stateful),
         state_nodes=state_nodes,
+        all_state_nodes=every_state,
         rate_nodes=tuple(n for n in state_nodes if n.kind == "rate"),
-        cooldown=cooldown if cooldown > 0 else 0,
+        cooldown=cooldown,
         stateful=bool(state_nodes) or cooldown > 0,
-        agent_scoped=agent_scoped,
+        crossing=crossing,
+        agent_firing=agent_firing,
+        trigger_row=not agent_firing or any(not n.agent for n in state_nodes),
+        set_id=hashlib.sha256(",".join(ids).encode()).hexdigest()[:16],
     )
 
 
-def _compile_node(cond: Condition, path: str, counter: list[int]) -> _Node:
+def _compile_node(cond: Condition, path: str, counter: list[int], chain: int, reg: str) -> _Node:
     order = counter[0]
     counter[0] += 1
     kind = cond.condition_type
     if kind is ConditionType.group:
         children = tuple(
-            _compile_node(child, f"{path}.{i}", counter) for i, child in enumerate(cond.children)
+            _compile_node(child, f"{path}.{i}", counter, chain, reg)
+            for i, child in enumerate(cond.children)
         )
         stateful = any(c.stateful for c in children)
         test = None if stateful else _group_test(cond.operator, [c.test for c in children])
         return _Node(path, order, cond, "group", stateful, test, None, children)
     if kind is ConditionType.ema_threshold:
-        return _ema_node(cond, path, order)
+        return _ema_node(cond, path, order, condition_id(cond, chain, reg))
     if kind is ConditionType.rate_limit:
-        return _rate_node(cond, path, order)
+        return _rate_node(cond, path, order, condition_id(cond, chain, reg))
     test, read = _leaf(cond)
     return _Node(path, order, cond, "leaf", False, test, read)
 
@@ -292,6 +371,20 @@ def _text_input(v: str | None) -> str | None:
     return v if v is None or len(v) <= EXPLAIN_TEXT else v[:EXPLAIN_TEXT] + "..."
 
 
+def _text_field(name: str) -> tuple[Read, Read]:
+    """(the value compared: absent = '', the explain input) of a text field."""
+    attr = operator.attrgetter(name)
+
+    def get(e: Event) -> str:
+        v = attr(e)
+        return "" if v is None else str(v)
+
+    def read(e: Event) -> str | None:
+        return _text_input(attr(e))
+
+    return get, read
+
+
 def _leaf(cond: Condition) -> tuple[Test, Read]:
     kind, op, values = cond.condition_type, cond.operator, cond.values
     if kind is ConditionType.agent_id_equals:
@@ -299,15 +392,11 @@ def _leaf(cond: Condition) -> tuple[Test, Read]:
         get_agent: Read = operator.attrgetter("agent_id")
         return _equality(get_agent, op, ids, int(values[0])), get_agent
     if kind is ConditionType.score_threshold:
-        return _score_test(cond), _score_input
-    if kind is ConditionType.tag_equals:
-        name = cond.field
-
-        def get_tag(e: Event) -> str:
-            v = getattr(e, name)
-            return "" if v is None else str(v)
-
-        return _equality(get_tag, op, frozenset(values), values[0]), operator.attrgetter(name)
+        number = _NUMBERS[cond.field]
+        return _number_test(cond, number), lambda e: _str_or_none(number(e))
+    if kind in (ConditionType.tag_equals, ConditionType.field_equals):
+        get, read = _text_field(cond.field)
+        return _equality(get, op, frozenset(values), values[0]), read
     if kind is ConditionType.validator_whitelist:
         members = frozenset(values)
         get_validator: Read = operator.attrgetter("validator_address")
@@ -331,31 +420,52 @@ def _file_uri_input(e: Event) -> str | None:
     return _text_input(e.file_uri)
 
 
-def _score_input(e: Event) -> str | None:
-    v = feedback_value(e)
+def _str_or_none(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def _score_test(cond: Condition) -> Test:
+def _response(e: Event) -> Decimal | None:
+    return None if e.response is None else Decimal(e.response)
+
+
+def _value_decimals(e: Event) -> Decimal | None:
+    if e.event_type != _FEEDBACK or e.value_decimals is None:
+        return None
+    return Decimal(e.value_decimals)
+
+
+#: The numbers score_threshold reads, by field.
+_NUMBERS: Final[dict[str, Callable[[Event], Decimal | None]]] = {
+    "score": feedback_value,
+    "response": _response,
+    "value_decimals": _value_decimals,
+}
+
+
+def _number_test(cond: Condition, number: Callable[[Event], Decimal | None]) -> Test:
     op = cond.operator
     if op in ("in", "not_in"):
         numbers = frozenset(Decimal(v) for v in cond.values)
         if op == "in":
-            return lambda e: feedback_value(e) in numbers
-        return lambda e: (v := feedback_value(e)) is not None and v not in numbers
+            return lambda e: number(e) in numbers
+        return lambda e: (v := number(e)) is not None and v not in numbers
     compare = _COMPARE[op]
     threshold = cond.number
     if threshold is None:  # pragma: no cover - the model always parses it
         raise ValueError("score_threshold without a number")
 
     def test(e: Event) -> bool:
-        v = feedback_value(e)
+        v = number(e)
         return v is not None and compare(v, threshold)
 
     return test
 
 
-def _ema_node(cond: Condition, path: str, order: int) -> _Node:
+def _agent_scoped(cfg: Any) -> bool:
+    return cfg is not None and cfg.scope == "agent"
+
+
+def _ema_node(cond: Condition, path: str, order: int, cid: str) -> _Node:
     cfg, threshold = cond.ema, cond.number
     if cfg is None or threshold is None:  # pragma: no cover - the model always parses them
         raise ValueError("ema_threshold without config or threshold")
@@ -374,16 +484,19 @@ def _ema_node(cond: Condition, path: str, order: int) -> _Node:
         True,
         None,
         None,
+        cid=cid,
+        agent=_agent_scoped(cfg),
         compare=_COMPARE[op],
         threshold=threshold,
         rearm=rearm,
         alpha=cfg.alpha,
         keep=EMA_CONTEXT.subtract(Decimal(1), cfg.alpha),
-        every=cfg.fire_on == "every",
+        warmup=cfg.warmup,
+        crossing=cfg.fire_on == "crossing",
     )
 
 
-def _rate_node(cond: Condition, path: str, order: int) -> _Node:
+def _rate_node(cond: Condition, path: str, order: int, cid: str) -> _Node:
     cfg, number = cond.rate, cond.number
     if cfg is None or number is None:  # pragma: no cover - the model always parses them
         raise ValueError("rate_limit without config or count")
@@ -396,6 +509,8 @@ def _rate_node(cond: Condition, path: str, order: int) -> _Node:
         True,
         None,
         None,
+        cid=cid,
+        agent=_agent_scoped(cfg),
         compare=_COMPARE.get(cond.operator),
         window=window,
         lateness=min(window, MAX_LATENESS),
@@ -405,12 +520,6 @@ def _rate_node(cond: Condition, path: str, order: int) -> _Node:
 
 
 # --- state helpers -------------------------------------------------------------------------
-
-
-def _as_dict(state: Mapping[str, Any] | None) -> dict[str, Any]:
-    if state is None:
-        return {}
-    return state if isinstance(state, dict) else dict(state)
 
 
 def _finite(v: Any) -> bool:
@@ -430,84 +539,112 @@ def _valid(node: _Node, s: Any) -> bool:
         return (
             _finite(s.get("ema"))
             and type(s.get("count")) is int
-            and type(s.get("armed")) is bool
-            and isinstance(s.get("seen"), list)
+            and (not node.crossing or type(s.get("holding")) is bool)
         )
     high = s.get("high")
-    return isinstance(s.get("window"), list) and (high is None or type(high) is int)
+    window = s.get("window")
+    return (
+        isinstance(window, list)
+        and all(isinstance(x, list) and len(x) == 6 for x in window)
+        and (high is None or type(high) is int)
+    )
 
 
-def _load(prog: _Program, old: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The per-path states of `old` that still fit the trigger."""
-    conds = old.get("conditions")
-    work: dict[str, dict[str, Any]] = {}
-    if isinstance(conds, dict):
-        for node in prog.state_nodes:
-            s = conds.get(node.path)
-            if isinstance(s, dict) and _valid(node, s):
-                work[node.path] = s
-    return work
+class _Rows:
+    """The scope rows of one evaluation: loaded (only what still fits the trigger),
+    worked on, and built back."""
+
+    __slots__ = ("agent", "firing", "old", "work")
+
+    def __init__(self, prog: _Program, event: Event, states: Mapping[str, Any]) -> None:
+        self.agent = agent_key(event)
+        self.firing = self.agent if prog.agent_firing else ""
+        self.old: dict[str, State] = {}
+        self.work: dict[str, dict[str, State]] = {}
+        for key, raw in states.items():
+            old = raw if isinstance(raw, dict) else dict(raw or {})
+            self.old[key] = old
+            conds = old.get("conditions")
+            loaded: dict[str, State] = {}
+            if isinstance(conds, dict):
+                for node in prog.state_nodes:
+                    s = conds.get(node.cid)
+                    if s is not None and self.key(node) == key and _valid(node, s):
+                        loaded[node.cid] = s
+            self.work[key] = loaded
+
+    def need(self, keys: Collection[str]) -> None:
+        """Rows that were not passed in start empty."""
+        for key in keys:
+            if key not in self.old:
+                self.old[key] = {}
+                self.work[key] = {}
+
+    def key(self, node: _Node) -> str:
+        return self.agent if node.agent else ""
+
+    def get(self, node: _Node) -> State | None:
+        return self.work.get(self.key(node), {}).get(node.cid)
+
+    def put(self, node: _Node, s: State) -> None:
+        self.work.setdefault(self.key(node), {})[node.cid] = s
+
+    def build(self, prog: _Program, firing: dict[str, Any] | None) -> dict[str, State]:
+        """The new rows; ``firing`` = the firing row's disarmed/last_fired_at (None: as before)."""
+        out: dict[str, State] = {}
+        for key, old in self.old.items():
+            new: State = {}
+            conds = self.work.get(key, {})
+            if conds:
+                new["conditions"] = {
+                    n.cid: conds[n.cid] for n in prog.state_nodes if n.cid in conds
+                }
+            source = firing if (firing is not None and key == self.firing) else old
+            if key == self.firing:
+                disarmed = source.get("disarmed")
+                if prog.crossing and disarmed == prog.set_id:
+                    new["disarmed"] = disarmed
+                last = source.get("last_fired_at")
+                if type(last) is int:
+                    new["last_fired_at"] = last
+            out[key] = new
+        return out
 
 
-def _last_fired(prog: _Program, old: dict[str, Any]) -> int | None:
-    last = old.get("last_fired_at")
-    return last if prog.cooldown and type(last) is int else None
-
-
-def _build(prog: _Program, work: dict[str, dict[str, Any]], last: int | None) -> dict[str, Any]:
-    new: dict[str, Any] = {}
-    conds = {n.path: work[n.path] for n in prog.state_nodes if n.path in work}
-    if conds:
-        new["conditions"] = conds
-    if last is not None:
-        new["last_fired_at"] = last
-    return new
-
-
-def _compact(node: _Node, s: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A condition state for explain blocks: no id lists, no window entries."""
+def _compact(node: _Node, s: State | None) -> dict[str, Any] | None:
+    """A condition state for explain blocks: no window entries."""
     if s is None:
         return None
     if node.kind == "ema":
-        return {"ema": s["ema"], "count": s["count"], "armed": s["armed"]}
+        out = {"ema": s["ema"], "count": s["count"]}
+        if node.crossing:
+            out["holding"] = s["holding"]
+        return out
     return {"entries": len(s["window"]), "high": s.get("high")}
 
 
-def _compact_state(
-    prog: _Program, work: dict[str, dict[str, Any]], last: int | None
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "conditions": {
-            n.path: _compact(n, work[n.path]) for n in prog.state_nodes if n.path in work
-        }
-    }
-    if prog.cooldown:
-        out["last_fired_at"] = last
-    return out
+def _compact_rows(prog: _Program, rows: _Rows) -> dict[str, Any]:
+    return {"conditions": {n.cid: _compact(n, rows.get(n)) for n in prog.state_nodes}}
 
 
 def _ts(entry: list[Any]) -> Any:
     return entry[_TS]
 
 
-def _ts_id(entry: list[Any]) -> tuple[Any, Any]:
-    return entry[_TS], entry[_ID]
-
-
 def _withdraw(
-    prog: _Program, work: dict[str, dict[str, Any]], keep: Callable[[list[Any]], bool]
+    prog: _Program, conds: dict[str, State], keep: Callable[[list[Any]], bool]
 ) -> dict[str, int]:
-    """Drop the window entries `keep` refuses, in every rate window; counts per path."""
+    """Drop the window entries `keep` refuses, in every rate window of one row."""
     removed: dict[str, int] = {}
     for node in prog.rate_nodes:
-        s = work.get(node.path)
+        s = conds.get(node.cid)
         if s is None:
             continue
         window: list[list[Any]] = s["window"]
         kept = [entry for entry in window if keep(entry)]
         if len(kept) != len(window):
-            removed[node.path] = len(window) - len(kept)
-            work[node.path] = {"window": kept, "high": s.get("high")}
+            removed[node.cid] = len(window) - len(kept)
+            conds[node.cid] = {"window": kept, "high": s.get("high")}
     return removed
 
 
@@ -517,15 +654,14 @@ def _withdraw(
 class _Run:
     """Mutable scratch of one evaluation."""
 
-    __slots__ = ("entries", "event", "event_id", "work")
+    __slots__ = ("entries", "event", "rows", "verdicts", "version")
 
-    def __init__(self, event: Event, work: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, event: Event, rows: _Rows) -> None:
         self.event = event
-        # Windows and EMAs remember versions, not positions: after a reorg the
-        # canonical event at a position has the same id and another block hash.
-        self.event_id = event_key(event)
-        self.work = work
+        self.version = event_key(event)
+        self.rows = rows
         self.entries: list[tuple[int, dict[str, Any]]] = []
+        self.verdicts: dict[str, tuple[bool, Any, Any, Any]] = {}
 
     def note(
         self,
@@ -547,6 +683,8 @@ class _Run:
             "state_before": before,
             "state_after": after,
         }
+        if node.cid:
+            entry["id"] = node.cid
         self.entries.append((node.order, entry))
         return entry
 
@@ -563,90 +701,88 @@ def _explain_stateless(node: _Node, run: _Run) -> bool:
     return verdict
 
 
-def _run(node: _Node, run: _Run) -> bool:
+def _verdict(node: _Node, run: _Run) -> bool:
+    """The verdict of a stateful node once every state took the event."""
     if not node.stateful:
         return _explain_stateless(node, run)
-    if node.kind == "ema":
-        return _run_ema(node, run)
-    if node.kind == "rate":
-        return _run_rate(node, run)
-    verdicts = [_run(child, run) for child in node.children]  # all of them: no short-circuit
-    verdict = _combine(node.cond.operator, verdicts)
+    if node.kind in ("ema", "rate"):
+        verdict, value, before, after = run.verdicts[node.cid]
+        run.note(node, value, verdict, before, after)
+        return bool(verdict)
+    verdict = _combine(node.cond.operator, [_verdict(child, run) for child in node.children])
     run.note(node, None, verdict)
     return verdict
 
 
-def _run_ema(node: _Node, run: _Run) -> bool:
-    before = run.work.get(node.path)
+def _apply_ema(node: _Node, run: _Run) -> None:
+    before = run.rows.get(node)
     value = feedback_value(run.event)
     compact_before = _compact(node, before)
     if value is None:
-        run.note(node, None, False, compact_before, compact_before)
-        return False
-    if before is not None and run.event_id in before["seen"]:
-        run.note(
-            node, {"value": str(value), "duplicate": True}, False, compact_before, compact_before
-        )
-        return False
+        run.verdicts[node.cid] = (_ema_level(node, before), None, compact_before, compact_before)
+        return
     assert node.compare is not None  # set by _ema_node
-    assert node.threshold is not None
     assert node.alpha is not None
     assert node.keep is not None
     ctx = EMA_CONTEXT
     if before is None:
-        ema, count, armed, seen = value, 1, True, [run.event_id]
+        ema, count, holding = value, 1, False
     else:
         previous = Decimal(before["ema"])
         ema = ctx.add(ctx.multiply(node.alpha, value), ctx.multiply(node.keep, previous))
-        count, armed = before["count"] + 1, before["armed"]
-        seen = [*before["seen"][-(EMA_SEEN - 1) :], run.event_id]
-    hit = node.compare(ema, node.threshold)
-    if node.every:
-        verdict = hit
-    elif armed and hit:
-        verdict, armed = True, False
-    else:
-        verdict = False
-        if not armed and not node.compare(ema, node.rearm):
-            armed = True
-    after = {"ema": str(ema), "count": count, "armed": armed, "seen": seen}
-    run.work[node.path] = after
-    run.note(node, {"value": str(value)}, verdict, compact_before, _compact(node, after))
-    return verdict
+        count, holding = before["count"] + 1, bool(before.get("holding", False))
+    after: State = {"ema": str(ema), "count": count}
+    if node.crossing:
+        if count < node.warmup:
+            holding = False
+        elif not holding:
+            holding = node.compare(ema, node.threshold)
+        else:
+            holding = node.compare(ema, node.rearm)
+        after["holding"] = holding
+    run.rows.put(node, after)
+    run.verdicts[node.cid] = (
+        _ema_level(node, after),
+        {"value": str(value)},
+        compact_before,
+        _compact(node, after),
+    )
 
 
-def _run_rate(node: _Node, run: _Run) -> bool:
-    before = run.work.get(node.path)
+def _ema_level(node: _Node, s: State | None) -> bool:
+    if s is None or s["count"] < node.warmup:
+        return False
+    if node.crossing:
+        return bool(s["holding"])
+    assert node.compare is not None
+    return bool(node.compare(Decimal(s["ema"]), node.threshold))
+
+
+def _apply_rate(node: _Node, run: _Run) -> None:
+    before = run.rows.get(node)
     compact_before = _compact(node, before)
     event = run.event
-    t, eid = event.timestamp, run.event_id
+    t = event.timestamp
     window: list[list[Any]] = [] if before is None else before["window"]
     high: int | None = before.get("high") if before is not None else None
-    at = bisect_left(window, (t, eid), key=_ts_id)
-    if at < len(window) and window[at][_TS] == t and window[at][_ID] == eid:
-        run.note(node, {"duplicate": True}, False, compact_before, compact_before)
-        return False
     feedback = event.event_type == _FEEDBACK
     entry = [
         t,
-        eid,
+        run.version,
         event.client_address if feedback else None,
         event.feedback_index if feedback else None,
         event.block_number,
-        event.chain_id,
         event.agent_id,
     ]
-    late = high is not None and t < high - node.lateness
     new_high = t if high is None else max(high, t)
     horizon = new_high - node.window - node.lateness
     start = bisect_right(window, horizon, key=_ts)
-    # an entry at or before the horizon would be dropped at once: too late even to be kept
-    new_window = [*window[start:at], entry, *window[at:]] if t > horizon else window[start:]
+    kept = window[start:]
+    new_window = [*kept, entry] if t > horizon else kept
+    if len(new_window) > 1 and new_window[-1][_TS] < new_window[-2][_TS]:
+        new_window.sort(key=_ts)  # out of chain order (an indexer's mistake): keep it sorted
     after = {"window": new_window, "high": new_high}
-    run.work[node.path] = after
-    if late:
-        run.note(node, {"late": True}, False, compact_before, _compact(node, after))
-        return False
+    run.rows.put(node, after)
     low = t - node.window
     count = bisect_right(new_window, t, key=_ts) - bisect_right(new_window, low, key=_ts)
     compare = node.compare
@@ -655,49 +791,53 @@ def _run_rate(node: _Node, run: _Run) -> bool:
     else:  # in / not_in (not admitted by the schema today)
         members = {int(v) for v in node.cond.values}
         verdict = (count in members) == (node.cond.operator == "in")
-    run.note(
-        node,
-        {"count": count, "window": [low, t]},
+    run.verdicts[node.cid] = (
         verdict,
+        {"count": count, "window": [low, t]},
         compact_before,
         _compact(node, after),
     )
-    return verdict
 
 
-def evaluate(trigger: TriggerSpec, event: Event, *, state: Mapping[str, Any] | None) -> Outcome:
-    """Evaluate `trigger` on `event` with the state of its scope (None = no state yet)."""
+def evaluate(trigger: TriggerSpec, event: Event, *, states: Mapping[str, Any]) -> Outcome:
+    """Evaluate `trigger` on `event` with the state rows ``scope_keys(trigger, event)``
+    (a missing or None row is an empty one)."""
     prog = trigger._program
     revoking = bool(prog.rate_nodes) and event.event_type == _REVOKED
     if not revoking:
         for test in prog.gate:
             if not test(event):
-                return Outcome(False, _as_dict(state), False, {})
+                return Outcome(False, _unchanged(states), (), {})
         if not prog.stateful:
-            return _fire_stateless(trigger, prog, event, state)
-    return _evaluate_stateful(trigger, prog, event, _as_dict(state), revoking)
+            return _fire_stateless(trigger, prog, event)
+    return _evaluate_stateful(trigger, prog, event, states, revoking)
 
 
-def _fire_stateless(
-    trigger: TriggerSpec, prog: _Program, event: Event, state: Mapping[str, Any] | None
-) -> Outcome:
-    run = _Run(event, {})
+def _unchanged(states: Mapping[str, Any]) -> dict[str, State]:
+    return {k: (v if isinstance(v, dict) else dict(v or {})) for k, v in states.items()}
+
+
+def _fire_stateless(trigger: TriggerSpec, prog: _Program, event: Event) -> Outcome:
+    run = _Run(event, _Rows(prog, event, {}))
     for node in prog.gate_nodes:
         _explain_stateless(node, run)
     run.entries.sort(key=lambda item: item[0])
     explain = {
         "trigger_id": trigger.id,
         "event_id": run.event.id,
+        "event_version": run.version,
         "fired": True,
+        "set_verdict": True,
+        "mode": "every",
         "suppressed": None,
         "conditions": [entry for _, entry in run.entries],
         "state_before": {},
         "state_after": {},
     }
-    return Outcome(True, _as_dict(state), False, explain)
+    return Outcome(True, {}, (), explain)
 
 
-def _revoke(prog: _Program, work: dict[str, dict[str, Any]], event: Event) -> dict[str, int]:
+def _revoke(prog: _Program, rows: _Rows, event: Event) -> dict[str, int]:
     """Withdraw the feedback a FeedbackRevoked names from every rate window."""
     client, index, agent = event.client_address, event.feedback_index, event.agent_id
 
@@ -709,79 +849,133 @@ def _revoke(prog: _Program, work: dict[str, dict[str, Any]], event: Event) -> di
             and entry[_AGENT] == agent
         )
 
-    return _withdraw(prog, work, keep)
+    removed: dict[str, int] = {}
+    for conds in rows.work.values():
+        for cid, n in _withdraw(prog, conds, keep).items():
+            removed[cid] = removed.get(cid, 0) + n
+    return removed
 
 
-def _reset_windows(prog: _Program, run: _Run) -> None:
-    """The trigger fired: clear the windows of the rate conditions with reset_on_trigger."""
-    resets = {n.path for n in prog.rate_nodes if n.reset}
-    if not resets:
-        return
-    for path in resets:
-        run.work[path] = {"window": [], "high": None}
-    for _, entry in run.entries:
-        if entry["path"] in resets:
-            entry["reset"] = True
-            entry["state_after"] = {"entries": 0, "high": None}
+def _outcome(fired: bool, rows: _Rows, new: dict[str, State], explain: dict[str, Any]) -> Outcome:
+    changed = tuple(k for k, v in new.items() if v != rows.old[k])
+    return Outcome(fired, new, changed, explain)
 
 
 def _evaluate_stateful(
-    trigger: TriggerSpec, prog: _Program, event: Event, old: dict[str, Any], revoking: bool
+    trigger: TriggerSpec,
+    prog: _Program,
+    event: Event,
+    states: Mapping[str, Any],
+    revoking: bool,
 ) -> Outcome:
-    work = _load(prog, old)
-    last = _last_fired(prog, old)
-    before_compact = _compact_state(prog, work, last)
-    revoked = _revoke(prog, work, event) if revoking else {}
+    rows = _Rows(prog, event, states)
+    rows.need(scope_keys(trigger, event))
+    before_compact = _compact_rows(prog, rows)
+    revoked = _revoke(prog, rows, event) if revoking else {}
     if revoking and not all(test(event) for test in prog.gate):
-        if not revoked:
-            return Outcome(False, old, False, {})
-        new = _build(prog, work, last)
-        return Outcome(
-            False,
-            new,
-            new != old,
-            {
-                "trigger_id": trigger.id,
-                "event_id": event.id,
-                "fired": False,
-                "suppressed": None,
-                "revoked": revoked,
-                "conditions": [],
-                "state_before": before_compact,
-                "state_after": _compact_state(prog, work, last),
-            },
-        )
-    run = _Run(event, work)
+        # withdrawn from the windows, but not part of the trigger's stream
+        explain: dict[str, Any] = {}
+        if revoked:
+            explain = _revoked_only(trigger, event, revoked, before_compact)
+            explain["state_after"] = _compact_rows(prog, rows)
+        return _outcome(False, rows, rows.build(prog, None), explain)
+    run = _Run(event, rows)
+    for node in prog.state_nodes:  # every state takes the event, once per identity
+        if node.kind == "ema":
+            _apply_ema(node, run)
+        else:
+            _apply_rate(node, run)
     for node in prog.gate_nodes:
         _explain_stateless(node, run)
     verdict = True
     for node in prog.stateful_nodes:
-        if not _run(node, run):
+        if not _verdict(node, run):
             verdict = False
-    suppressed: str | None = None
-    fired = verdict
-    if verdict and prog.cooldown and last is not None and event.timestamp < last + prog.cooldown:
-        suppressed, fired = "cooldown", False
+    fired, suppressed, armed, firing = _decide(prog, rows.old[rows.firing], event, verdict)
     if fired:
-        if prog.cooldown:
-            last = event.timestamp if last is None else max(last, event.timestamp)
         _reset_windows(prog, run)
-    new = _build(prog, work, last)
+    new = rows.build(prog, firing)
     run.entries.sort(key=lambda item: item[0])
-    explain: dict[str, Any] = {
+    explain = {
         "trigger_id": trigger.id,
         "event_id": run.event.id,
+        "event_version": run.version,
         "fired": fired,
+        "set_verdict": verdict,
+        "mode": "crossing" if prog.crossing else "every",
         "suppressed": suppressed,
         "conditions": [entry for _, entry in run.entries],
         "state_before": before_compact,
-        "state_after": _compact_state(prog, work, last),
+        "state_after": _compact_rows(prog, rows),
     }
-    if suppressed is not None:
-        explain["cooldown_until"] = (last or 0) + prog.cooldown
+    _explain_firing(prog, explain, armed, firing)
     if revoking:
         explain["revoked"] = revoked
-    return Outcome(fired, new, new != old, explain)
+    return _outcome(fired, rows, new, explain)
+
+
+def _explain_firing(
+    prog: _Program, explain: dict[str, Any], armed: bool, firing: dict[str, Any]
+) -> None:
+    if prog.crossing:
+        explain["armed"] = armed
+    if prog.cooldown:
+        explain["last_fired_at"] = firing.get("last_fired_at")
+    if explain["suppressed"] is not None:
+        explain["cooldown_until"] = firing["last_fired_at"] + prog.cooldown
+
+
+def _revoked_only(
+    trigger: TriggerSpec, event: Event, revoked: dict[str, int], before: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "trigger_id": trigger.id,
+        "event_id": event.id,
+        "event_version": event_key(event),
+        "fired": False,
+        "suppressed": None,
+        "revoked": revoked,
+        "conditions": [],
+        "state_before": before,
+    }
+
+
+def _decide(
+    prog: _Program, old: State, event: Event, verdict: bool
+) -> tuple[bool, str | None, bool, dict[str, Any]]:
+    """Whether the set verdict fires (crossing mode: armed; then the cooldown), and the
+    firing row's new disarmed / last_fired_at: (fired, suppressed, armed, firing)."""
+    armed = not prog.crossing or old.get("disarmed") != prog.set_id
+    last = old.get("last_fired_at")
+    last = last if type(last) is int else None
+    suppressed: str | None = None
+    fired = verdict and armed
+    if fired and prog.cooldown and last is not None and event.timestamp < last + prog.cooldown:
+        suppressed, fired = "cooldown", False
+    # crossing mode: a firing disarms, a false set verdict re-arms, and a set that
+    # holds while disarmed stays disarmed (a suppressed firing leaves it armed)
+    disarmed = prog.set_id if prog.crossing and (fired or (verdict and not armed)) else None
+    if fired and prog.cooldown:
+        last = event.timestamp
+    firing: dict[str, Any] = {"disarmed": disarmed}
+    if last is not None:
+        firing["last_fired_at"] = last
+    return fired, suppressed, armed, firing
+
+
+def _reset_windows(prog: _Program, run: _Run) -> None:
+    """The trigger fired: clear the windows of the rate conditions with reset_on_trigger."""
+    resets = [n for n in prog.rate_nodes if n.reset]
+    if not resets:
+        return
+    ids = set()
+    for node in resets:
+        run.rows.put(node, {"window": [], "high": None})
+        ids.add(node.cid)
+    for _, entry in run.entries:
+        if entry.get("id") in ids:
+            entry["reset"] = True
+            entry["state_after"] = {"entries": 0, "high": None}
 
 
 def retract(
@@ -792,14 +986,14 @@ def retract(
     from_block: int,
     to_block: int | None,
     event_keys: Collection[str] | None = None,
-) -> Outcome:
+) -> Withdrawal:
     """Take a reorged block range [from_block, to_block] (None: no upper bound) of a chain
-    back out of every rate window of `state`; with ``event_keys`` (the replaced
+    back out of every rate window of one state row; with ``event_keys`` (the replaced
     versions, see shared.events.event_key), exactly those entries, so that applying
-    the retraction again never removes a canonical event of the same range. EMAs
-    cannot be undone and stay as they are."""
+    the retraction again never removes a canonical event of the same range. EMAs,
+    arming and cooldowns stay as they are."""
     prog = trigger._program
-    old = _as_dict(state)
+    old = state if isinstance(state, dict) else dict(state or {})
     explain: dict[str, Any] = {
         "trigger_id": trigger.id,
         "chain_id": chain_id,
@@ -807,24 +1001,24 @@ def retract(
         "to_block": to_block,
         "removed": {},
     }
-    if not prog.rate_nodes:
-        return Outcome(False, old, False, explain)
-    work = _load(prog, old)
-    upper = to_block
-
+    conds = old.get("conditions")
+    if not prog.rate_nodes or chain_id != trigger.chain_id or not isinstance(conds, dict):
+        return Withdrawal(old, False, explain)
+    work = {
+        n.cid: conds[n.cid] for n in prog.state_nodes if n.cid in conds and _valid(n, conds[n.cid])
+    }
     keys = frozenset(event_keys) if event_keys is not None else None
 
     def keep(entry: list[Any]) -> bool:
         if keys is not None:
             return entry[_ID] not in keys
         block = entry[_BLOCK]
-        return not (
-            entry[_CHAIN] == chain_id and block >= from_block and (upper is None or block <= upper)
-        )
+        return not (block >= from_block and (to_block is None or block <= to_block))
 
     removed = _withdraw(prog, work, keep)
     if not removed:
-        return Outcome(False, old, False, explain)
-    new = _build(prog, work, _last_fired(prog, old))
+        return Withdrawal(old, False, explain)
+    new = dict(old)
+    new["conditions"] = {**conds, **work}
     explain["removed"] = removed
-    return Outcome(False, new, new != old, explain)
+    return Withdrawal(new, new != old, explain)

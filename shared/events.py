@@ -152,7 +152,26 @@ def _text(v: str) -> str:
 
 def _tag(v: str) -> str:
     # bytes32 tags of older layouts arrive zero-padded: the padding is not part of the tag
-    return _text(v.rstrip("\x00"))
+    v = v.rstrip("\x00")
+    if _BYTES32.fullmatch(v) is not None:
+        return bytes32_text(v)
+    return _text(v)
+
+
+_BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
+def bytes32_text(v: str) -> str:
+    """A bytes32 tag posted as 0x + 64 hex: its text when it holds one (UTF-8, trailing
+    NUL padding removed, no control characters left), else the hex in lower case."""
+    raw = bytes.fromhex(v[2:]).rstrip(b"\x00")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return v.lower()
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+        return v.lower()
+    return text
 
 
 def _as_integer(v: object) -> int | None:

@@ -5,14 +5,14 @@ backtest runs :func:`replay` over stored events."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
 
-from shared.evaluate import ActionSpec, Outcome, TriggerSpec, evaluate, scope_key
+from shared.evaluate import ActionSpec, Outcome, TriggerSpec, evaluate, retract, scope_keys
 from shared.events import Event
 from shared.trigger_index import TriggerIndex
 from shared.triggers import Condition
@@ -62,8 +62,8 @@ class Step:
 
 class Replay:
     """One trigger evaluated event after event, as the live matcher does: only on the
-    events its index would offer the trigger, with one state per scope carried from
-    one event to the next. ``enabled_at`` is ignored: a replay is history on purpose."""
+    events its index would offer the trigger, with its state rows carried from one
+    event to the next. ``enabled_at`` is ignored: a replay is history on purpose."""
 
     def __init__(self, trigger: TriggerSpec) -> None:
         self.trigger = trigger
@@ -75,12 +75,10 @@ class Replay:
         trigger = self.trigger
         if not self._index.candidates(event):
             return None
-        if not trigger.is_stateful:
-            return Step(event, evaluate(trigger, event, state=None))
-        key = scope_key(trigger, event)
-        outcome = evaluate(trigger, event, state=self.states.get(key))
-        if outcome.changed:
-            self.states[key] = outcome.state
+        keys = scope_keys(trigger, event)
+        outcome = evaluate(trigger, event, states={k: self.states.get(k) for k in keys})
+        for key in outcome.changed:
+            self.states[key] = outcome.states[key]
         return Step(event, outcome)
 
     def run(self, events: Iterable[Event]) -> Iterator[Step]:
@@ -89,3 +87,22 @@ class Replay:
             step = self.step(event)
             if step is not None:
                 yield step
+
+    def retract(self, chain_id: int, event_keys: Collection[str]) -> None:
+        """A reorg replaced these event versions: take them out of every state row."""
+        for key, state in list(self.states.items()):
+            out = retract(
+                self.trigger,
+                state=state,
+                chain_id=chain_id,
+                from_block=0,
+                to_block=None,
+                event_keys=event_keys,
+            )
+            if out.changed:
+                self.states[key] = out.state
+
+    def edit(self, trigger: TriggerSpec) -> None:
+        """The trigger was changed: states carry over per condition identity."""
+        self.trigger = trigger
+        self._index = TriggerIndex([trigger])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, Self, cast
 from urllib.parse import urlsplit
@@ -70,6 +70,7 @@ class ConditionType(StrEnum):
     ema_threshold = "ema_threshold"
     rate_limit = "rate_limit"
     file_uri_exists = "file_uri_exists"
+    field_equals = "field_equals"
     group = "group"
 
 
@@ -112,14 +113,23 @@ _CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}")
 #: The event field each condition type reads, where it is fixed ('' fills it in).
 _FIELDS: Final[dict[ConditionType, frozenset[str]]] = {
     ConditionType.agent_id_equals: frozenset({"agent_id"}),
-    ConditionType.score_threshold: frozenset({"score"}),
+    ConditionType.score_threshold: frozenset({"score", "response", "value_decimals"}),
     ConditionType.tag_equals: frozenset({"tag1", "tag2", "tag"}),
     ConditionType.validator_whitelist: frozenset({"validator_address"}),
     ConditionType.event_type_equals: frozenset({"event_type"}),
     ConditionType.ema_threshold: frozenset({"score"}),
     ConditionType.rate_limit: frozenset({"count"}),
     ConditionType.file_uri_exists: frozenset({"file_uri"}),
+    ConditionType.field_equals: frozenset(
+        {"client_address", "endpoint", "owner", "responder", "metadata_key"}
+    ),
 }
+#: The field a condition reads when ``field`` is left empty, where it has several.
+_DEFAULT_FIELD: Final[dict[ConditionType, str]] = {ConditionType.score_threshold: "score"}
+#: field_equals fields holding addresses (compared in lower case).
+ADDRESS_FIELDS: Final = frozenset({"client_address", "owner", "responder"})
+#: The arithmetic of EMAs: alpha = 2/(N+1) is rounded to it too.
+EMA_DIGITS: Final = 40
 _OPERATORS: Final[dict[ConditionType, frozenset[str]]] = {
     ConditionType.agent_id_equals: _EQ_OPS,
     ConditionType.score_threshold: _NUMERIC_OPS,
@@ -129,6 +139,7 @@ _OPERATORS: Final[dict[ConditionType, frozenset[str]]] = {
     ConditionType.ema_threshold: _ORDER_OPS,
     ConditionType.rate_limit: _NUMERIC_OPS,
     ConditionType.file_uri_exists: frozenset({"="}),
+    ConditionType.field_equals: _EQ_OPS,
     ConditionType.group: _GROUP_OPS,
 }
 
@@ -203,6 +214,9 @@ class EmaConfig:
     scope: Scope
     hysteresis: Decimal
     fire_on: FireOn
+    #: Values the EMA must average before the condition can hold (window_size when
+    #: alpha is given as well; else 1).
+    warmup: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +353,8 @@ class Condition(BaseModel):
         fields = _FIELDS[self.condition_type]
         if self.field == "" and len(fields) == 1:
             return next(iter(fields))
+        if self.field == "" and self.condition_type in _DEFAULT_FIELD:
+            return _DEFAULT_FIELD[self.condition_type]
         if self.field not in fields:
             errors.add(
                 ("field",), f"must be one of {_opts(fields)} for {self.condition_type}", self.field
@@ -348,7 +364,8 @@ class Condition(BaseModel):
     def _check_value(self, errors: _Errors, is_list: bool) -> list[str]:
         value = self.value
         if not is_list:
-            items = [value if self.condition_type is ConditionType.tag_equals else value.strip()]
+            verbatim = self.condition_type in (ConditionType.tag_equals, ConditionType.field_equals)
+            items = [value if verbatim else value.strip()]
         else:
             items = _items(value)
             if len(items) > MAX_LIST_ITEMS:
@@ -383,6 +400,13 @@ class Condition(BaseModel):
     def _tags(self, errors: _Errors, items: list[str]) -> list[str]:
         if any(len(item) > 256 for item in items):
             errors.add(("value",), "tags are at most 256 characters", self.value)
+        return items
+
+    def _field_values(self, errors: _Errors, items: list[str]) -> list[str]:
+        if self.field in ADDRESS_FIELDS:
+            return self._addresses(errors, [item.strip() for item in items])
+        if any(len(item) > 8192 for item in items):
+            errors.add(("value",), "values are at most 8192 characters", self.value)
         return items
 
     def _addresses(self, errors: _Errors, items: list[str]) -> list[str]:
@@ -474,9 +498,10 @@ class Condition(BaseModel):
         window, alpha_in = config.get("window_size"), config.get("alpha")
         out: dict[str, Any] = {}
         alpha: Decimal | None = None
-        if (window is None) == (alpha_in is None):
-            errors.add(("config",), "exactly one of window_size or alpha is required", config)
-        elif window is not None:
+        warmup = 1
+        if window is None and alpha_in is None:
+            errors.add(("config",), "window_size or alpha is required", config)
+        if window is not None:
             if type(window) is not int:
                 errors.add(("config", "window_size"), "must be an integer", window)
             elif not 1 <= window <= MAX_WINDOW_SIZE:
@@ -484,9 +509,14 @@ class Condition(BaseModel):
                     ("config", "window_size"), f"must be between 1 and {MAX_WINDOW_SIZE}", window
                 )
             else:
-                alpha = Decimal(2) / Decimal(window + 1)
+                # Both given: alpha smooths, window_size is the warm-up.
+                alpha = Context(prec=EMA_DIGITS, rounding=ROUND_HALF_EVEN).divide(
+                    Decimal(2), Decimal(window + 1)
+                )
                 out["window_size"] = window
-        else:
+                if alpha_in is not None:
+                    warmup = window
+        if alpha_in is not None:
             alpha = _number(alpha_in)
             if alpha is None or not 0 < alpha <= 1:
                 errors.add(("config", "alpha"), "must be a number with 0 < alpha <= 1", alpha_in)
@@ -506,7 +536,7 @@ class Condition(BaseModel):
         out.update(
             scope=scope, hysteresis=0 if hysteresis_in is None else hysteresis_in, fire_on=fire_on
         )
-        self._ema = EmaConfig(alpha, out.get("window_size"), scope, hysteresis, fire_on)
+        self._ema = EmaConfig(alpha, out.get("window_size"), scope, hysteresis, fire_on, warmup)
         return out
 
     def _rate_config(self, errors: _Errors) -> dict[str, Any]:
@@ -543,6 +573,7 @@ _VALUE_CHECKS: Final[dict[ConditionType, Callable[[Condition, _Errors, list[str]
     ConditionType.ema_threshold: Condition._threshold,
     ConditionType.rate_limit: Condition._count,
     ConditionType.file_uri_exists: Condition._flag,
+    ConditionType.field_equals: Condition._field_values,
 }
 
 
@@ -885,8 +916,9 @@ class TriggerCreate(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def is_stateful(self) -> bool:
-        """True when an ema_threshold or rate_limit condition is present (also in groups)."""
-        return any(c.is_stateful for c in self.conditions)
+        """True when the matcher keeps state for it: an ema_threshold or rate_limit
+        condition (also in groups), or a cooldown (the time of the last firing)."""
+        return bool(self.cooldown_seconds) or any(c.is_stateful for c in self.conditions)
 
     @model_validator(mode="before")
     @classmethod

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.matcher import queries
 from shared.db import register_codecs
-from shared.evaluate import evaluate, scope_key
+from shared.evaluate import evaluate, scope_keys
 from shared.events import Event, parse_events
 from shared.jobs import EventMessage, dump_message
 from shared.replay import compile_trigger
@@ -270,10 +270,14 @@ async def in_memory(url: str, events: list[Event]) -> dict[str, float]:
         found = index.candidates(event)
         for trigger in found:
             if trigger.is_stateful:
-                key = (trigger.id, scope_key(trigger, event))
-                states[key] = evaluate(trigger, event, state=states.get(key, {})).state
+                keys = scope_keys(trigger, event)
+                out = evaluate(
+                    trigger, event, states={k: states.get((trigger.id, k)) for k in keys}
+                )
+                for k in out.changed:
+                    states[(trigger.id, k)] = out.states[k]
             else:
-                evaluate(trigger, event, state=None)
+                evaluate(trigger, event, states={})
         costs.append(time.perf_counter() - t0)
         candidates += len(found)
     return {

@@ -22,7 +22,7 @@ import structlog
 from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
-from shared.evaluate import TriggerSpec, evaluate, retract, scope_key
+from shared.evaluate import TriggerSpec, evaluate, retract, scope_keys
 from shared.events import Event, event_key
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
 
@@ -81,7 +81,7 @@ class Matcher:
                 if trigger.is_stateful:
                     stateful.append((event, trigger))
                     continue
-                outcome = evaluate(trigger, event, state=None)
+                outcome = evaluate(trigger, event, states={})
                 if outcome.fired:
                     jobs += self._fire(trigger, event, outcome.explain)
             self._metrics.evaluation_seconds.observe(time.perf_counter() - t0)
@@ -94,13 +94,16 @@ class Matcher:
     async def _stateful(self, pairs: list[tuple[Event, TriggerSpec]]) -> list[ActionJob]:
         jobs: list[ActionJob] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            keys = [(t.id, scope_key(t, e)) for e, t in pairs]
-            states = await queries.lock_states(conn, keys)
+            scopes = [scope_keys(t, e) for e, t in pairs]
+            states = await queries.lock_states(
+                conn,
+                [(t.id, key) for (_, t), keys in zip(pairs, scopes, strict=True) for key in keys],
+            )
             done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
             changed: dict[queries.StateKey, dict[str, Any]] = {}
             records: list[tuple[str, str, bool, dict[str, Any] | None]] = []
-            for (event, trigger), key in zip(pairs, keys, strict=True):
-                if key not in states:
+            for (event, trigger), keys in zip(pairs, scopes, strict=True):
+                if any((trigger.id, key) not in states for key in keys):
                     continue  # deleted since the index saw it
                 pair = (trigger.id, event_key(event))
                 if pair in done:
@@ -108,9 +111,12 @@ class Matcher:
                     if explain is not None:  # fired before: its jobs may not have left
                         jobs += self._fire(trigger, event, explain, count=False)
                     continue
-                outcome = evaluate(trigger, event, state=states[key])
-                if outcome.changed:
-                    states[key] = changed[key] = outcome.state
+                outcome = evaluate(
+                    trigger, event, states={key: states[(trigger.id, key)] for key in keys}
+                )
+                for key in outcome.changed:
+                    row = (trigger.id, key)
+                    states[row] = changed[row] = outcome.states[key]
                 explain_or_none = outcome.explain if outcome.fired else None
                 done[pair] = explain_or_none
                 records.append((pair[0], pair[1], outcome.fired, explain_or_none))
@@ -163,7 +169,7 @@ class Matcher:
         now = datetime.now(UTC)
         return [
             ActionJob(
-                job_id=job_id(trigger.id, event.id, action.id),
+                job_id=job_id(trigger.id, event_key(event), action.id),
                 trigger_id=trigger.id,
                 trigger_name=trigger.name,
                 user_id=trigger.user_id,

@@ -19,13 +19,14 @@ import pytest
 
 from services.matcher import queries
 from shared.db import register_codecs
-from shared.evaluate import evaluate, scope_key
+from shared.evaluate import evaluate, scope_keys
 from shared.events import Event, event_key
 from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
 from shared.replay import compile_trigger
+from shared.trigger_index import TriggerIndex
 from tests.kafkautil import read_topic
 from tests.matcherutil import (
-    chain_over_partitions,
+    chains_over_partitions,
     insert_trigger,
     insert_user,
     produce_events,
@@ -292,7 +293,7 @@ async def test_every_condition_type_end_to_end(
     assert got == expected
     assert len(jobs) == len(expected), "a firing was produced twice"
     for job in jobs:
-        assert job.job_id == job_id(job.trigger_id, job.event.id, job.action_id)
+        assert job.job_id == job_id(job.trigger_id, event_key(job.event), job.action_id)
         assert job.explain["fired"] is True
         assert job.explain["conditions"], job.explain
     ema_job = next(j for j in jobs if j.trigger_id == t["ema"])
@@ -477,6 +478,19 @@ async def stateful_setup(db: asyncpg.Connection, chain: int) -> list[str]:
             ],
             cooldown_seconds=30,
         ),
+        # trigger-scope state next to agent-scope state: exact only in chain order
+        await insert_trigger(
+            db,
+            user_id=user,
+            chain_id=chain,
+            registry="reputation",
+            conditions=[
+                {"condition_type": "ema_threshold", "field": "score", "operator": "<",
+                 "value": "50", "config": {"alpha": "0.3", "hysteresis": "3"}},
+                {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "3",
+                 "config": {"time_window": "30s", "scope": "agent"}},
+            ],
+        ),
     ]  # fmt: skip
 
 
@@ -498,19 +512,20 @@ def stream_of(chain: int, n: int) -> list[Event]:
 async def reference(
     db: asyncpg.Connection, trigger_ids: list[str], events: list[Event]
 ) -> tuple[dict[Any, Any], set[str]]:
-    """A clean replay in memory: per-agent order is what Kafka preserves (key chain:agent)."""
+    """A clean replay in memory, in chain order (what the topic's chain key preserves)."""
     rows = await queries.list_triggers_by_id(db, trigger_ids)
     triggers = [compile_trigger(r) for r in sorted(rows, key=lambda r: trigger_ids.index(r["id"]))]
+    index = TriggerIndex(t for t in triggers if t is not None)
     states: dict[Any, Any] = {}
     fired: set[str] = set()
     for e in events:
-        for trig in triggers:
-            assert trig is not None
-            key = (trig.id, scope_key(trig, e))
-            out = evaluate(trig, e, state=states.get(key, {}))
-            states[key] = out.state
+        for trig in index.candidates(e):
+            keys = scope_keys(trig, e)
+            out = evaluate(trig, e, states={k: states.get((trig.id, k), {}) for k in keys})
+            for k in keys:
+                states[(trig.id, k)] = out.states[k]
             if out.fired:
-                fired.update(job_id(trig.id, e.id, a.id) for a in trig.actions)
+                fired.update(job_id(trig.id, event_key(e), a.id) for a in trig.actions)
     return states, fired
 
 
@@ -553,8 +568,8 @@ async def test_kill_9_mid_stream_state_equals_clean_replay(
     assert not producing.done(), "the kill came after the stream ended"
     start_matcher(matcher_env, tmp_path, procs)
     await producing
-    assert killed_at < 2 * len(events)
-    await wait_all_evaluated(db, 2 * len(events))
+    assert killed_at < 3 * len(events)
+    await wait_all_evaluated(db, 3 * len(events))
     want_states, want_jobs = await reference(db, triggers, events)
     assert await stored_states(db, triggers) == want_states
     jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
@@ -571,14 +586,15 @@ async def test_two_replicas_give_the_results_of_one(
     tmp_path: Path,
     procs: list[ServiceProcess],
 ) -> None:
-    chain = chain_over_partitions(AGENTS, 3)  # the topic fixture's partitions
-    triggers = await stateful_setup(db, chain)
-    events = stream_of(chain, 2000)
+    chains = chains_over_partitions(3)  # the topic fixture's partitions
+    triggers = [t for chain in chains for t in await stateful_setup(db, chain)]
+    streams = [stream_of(chain, 700) for chain in chains]
+    events = [e for group in zip(*streams, strict=True) for e in group]  # chains interleaved
     one = start_matcher(matcher_env, tmp_path, procs)
     two = start_matcher(matcher_env, tmp_path, procs)
     # Spread over seconds, so the group has rebalanced onto both long before the end.
     await produce_slowly(kafka_bootstrap, topic, events, 100, pause=0.3)
-    await wait_all_evaluated(db, 2 * len(events))
+    await wait_all_evaluated(db, 3 * len(events))
     name = "erc8004_matcher_events_evaluated_total"
     assert metric(one, name) > 0, "the first replica got no partition"
     assert metric(two, name) > 0, "the second replica got no partition"
@@ -633,7 +649,7 @@ async def test_postgres_crash_mid_stream_state_equals_clean_replay(
     db = await asyncpg.connect(database_url)
     await register_codecs(db)
     try:
-        await wait_all_evaluated(db, 2 * len(events), within=120)
+        await wait_all_evaluated(db, 3 * len(events), within=120)
         want_states, want_jobs = await reference(db, triggers, events)
         assert await stored_states(db, triggers) == want_states
     finally:

@@ -239,9 +239,9 @@ def test_replay_is_the_matcher_step_by_step() -> None:
     replay = Replay(spec)
     steps = list(replay.run(events))
     assert len(steps) == 4  # the chain-2 event is no candidate
-    state = None
+    state: dict[str, object] = {}
     for step in steps:
-        outcome = evaluate(spec, step.event, state=state)
+        outcome = evaluate(spec, step.event, states={"": state})
         assert outcome.fired == step.outcome.fired
         state = outcome.state
     assert [s.outcome.fired for s in steps] == [False, True, True, True]

@@ -15,9 +15,11 @@ from shared.evaluate import (
     ActionSpec,
     Outcome,
     TriggerSpec,
+    condition_id,
     evaluate,
     retract,
     scope_key,
+    scope_keys,
 )
 from shared.events import Event
 from shared.triggers import Condition
@@ -95,16 +97,32 @@ def revoke(i: int, index: int, *, ts: int = BASE, client: str = CLIENT, agent: i
 
 
 def verdict(c: dict[str, Any], e: Event) -> bool:
-    return evaluate(trig(c), e, state=None).fired
+    t = trig(c)
+    return evaluate(t, e, states=dict.fromkeys(scope_keys(t, e))).fired
 
 
 def run(t: TriggerSpec, events: list[Event], state: dict[str, Any] | None = None) -> list[Outcome]:
+    """Evaluate event after event; ``state``: the trigger's row ('') to start from."""
+    rows: dict[str, Any] = {} if state is None else {"": state}
     out: list[Outcome] = []
     for e in events:
-        outcome = evaluate(t, e, state=state)
-        state = outcome.state
+        outcome = evaluate(t, e, states={k: rows.get(k) for k in scope_keys(t, e)})
+        rows.update(outcome.states)
         out.append(outcome)
     return out
+
+
+def cid(t: TriggerSpec, path: str) -> str:
+    """The state identity of the condition at ``path`` ("0", "2.1")."""
+    first, *rest = path.split(".")
+    c = t.conditions[int(first)]
+    for i in rest:
+        c = c.children[int(i)]
+    return condition_id(c, t.chain_id, t.registry)
+
+
+def cstate(t: TriggerSpec, outcome: Outcome, path: str, row: str = "") -> Any:
+    return outcome.states[row]["conditions"][cid(t, path)]
 
 
 def fired(outcomes: list[Outcome]) -> list[bool]:
@@ -276,10 +294,10 @@ def test_file_uri_exists(uri: str | None, value: str, expected: bool) -> None:
 def test_conditions_are_anded_and_no_conditions_fire() -> None:
     e = fb(1, tag1="uptime")
     both = trig(cond("agent_id_equals", "=", "42"), cond("tag_equals", "=", "uptime", "tag1"))
-    assert evaluate(both, e, state=None).fired
+    assert evaluate(both, e, states={}).fired
     one = trig(cond("agent_id_equals", "=", "42"), cond("tag_equals", "=", "x", "tag1"))
-    assert not evaluate(one, e, state=None).fired
-    assert evaluate(trig(), e, state=None).fired
+    assert not evaluate(one, e, states={}).fired
+    assert evaluate(trig(), e, states={}).fired
 
 
 # --- groups --------------------------------------------------------------------------------
@@ -311,7 +329,7 @@ def test_group_evaluates_stateful_children_without_short_circuit() -> None:
     t = trig(group("any", cond("score_threshold", ">", "50"), cond("rate_limit", ">=", "1", **W60)))
     out = run(t, [fb(1, 90), fb(2, 10, ts=BASE + 1)])
     assert fired(out) == [True, True]
-    assert len(out[1].state["conditions"]["0.1"]["window"]) == 2
+    assert len(cstate(t, out[1], "0.1")["window"]) == 2
     paths = [c["path"] for c in out[1].explain["conditions"]]
     assert paths == ["0", "0.0", "0.1"]
 
@@ -328,60 +346,53 @@ def test_not_group_over_a_stateful_condition() -> None:
 
 def test_stateless_gate_leaves_state_untouched() -> None:
     t = trig(cond("tag_equals", "=", "uptime", "tag1"), cond("rate_limit", ">=", "1", **W60))
-    first = evaluate(t, fb(1, tag1="uptime"), state=None)
+    first = evaluate(t, fb(1, tag1="uptime"), states={})
     assert first.fired
-    assert first.changed
+    assert first.changed == ("",)
     state = first.state
     snapshot = copy.deepcopy(state)
-    out = evaluate(t, fb(2, tag1="starred", ts=BASE + 1), state=state)
-    assert out == Outcome(False, state, False, {})
+    out = evaluate(t, fb(2, tag1="starred", ts=BASE + 1), states={"": state})
+    assert out == Outcome(False, {"": state}, (), {})
     assert state == snapshot
     assert out.state is state
 
 
 def test_stateless_trigger_has_no_state() -> None:
-    out = evaluate(trig(YES), fb(1), state=None)
+    out = evaluate(trig(YES), fb(1), states={})
     assert out.fired
     assert not out.changed
-    assert out.state == {}
+    assert out.states == {}
 
 
 # --- ema_threshold -------------------------------------------------------------------------
 
 
-def ema_of(outcome: Outcome, path: str = "0") -> Decimal:
-    return Decimal(outcome.state["conditions"][path]["ema"])
+def ema_of(t: TriggerSpec, outcome: Outcome, path: str = "0") -> Decimal:
+    return Decimal(cstate(t, outcome, path)["ema"])
 
 
 def test_ema_first_value_then_window_size() -> None:
     # window_size 3 -> alpha = 2/4 = 0.5
     t = trig(cond("ema_threshold", "<", "10", window_size=3))
     out = run(t, [fb(1, 80), fb(2, 40, ts=BASE + 1), fb(3, 100, ts=BASE + 2)])
-    assert [ema_of(o) for o in out] == [Decimal(80), Decimal(60), Decimal(80)]
-    state = out[-1].state["conditions"]["0"]
-    assert state["count"] == 3
-    assert state["armed"] is True
-    # versions (id@block_hash) are remembered, not positions
-    assert [k.partition("@")[0] for k in state["seen"]] == [
-        "84532-101-1",
-        "84532-102-2",
-        "84532-103-3",
-    ]
-    assert all(k.partition("@")[2].startswith("0x") for k in state["seen"])
+    assert [ema_of(t, o) for o in out] == [Decimal(80), Decimal(60), Decimal(80)]
+    state = cstate(t, out[-1], "0")
+    assert Decimal(state["ema"]) == 80
+    assert (state["count"], state["holding"]) == (3, False)
 
 
 def test_ema_with_alpha_and_decimal_values() -> None:
     t = trig(cond("ema_threshold", ">", "1000", alpha="0.2"))
     out = run(t, [fb(1, value=9977, decimals=2), fb(2, value=5, decimals=0, ts=BASE + 1)])
     # 0.2 * 5 + 0.8 * 99.77
-    assert ema_of(out[0]) == Decimal("99.77")
-    assert ema_of(out[1]) == Decimal("80.816")
+    assert ema_of(t, out[0]) == Decimal("99.77")
+    assert ema_of(t, out[1]) == Decimal("80.816")
 
 
 def test_ema_window_size_alpha_is_two_over_n_plus_one() -> None:
     t = trig(cond("ema_threshold", ">", "1000", window_size=2))
     out = run(t, [fb(1, 0), fb(2, 90, ts=BASE + 1)])
-    assert abs(ema_of(out[1]) - Decimal(60)) < Decimal("1e-25")
+    assert abs(ema_of(t, out[1]) - Decimal(60)) < Decimal("1e-35")
 
 
 def test_ema_crossing_fires_once_and_rearms_past_the_band() -> None:
@@ -390,8 +401,11 @@ def test_ema_crossing_fires_once_and_rearms_past_the_band() -> None:
     values = [60, 40, 30, 55, 45, 59, 60, 40, 49]
     out = run(t, [fb(i, v, ts=BASE + i) for i, v in enumerate(values)])
     assert fired(out) == [False, True, False, False, False, False, False, True, False]
-    armed = [o.state["conditions"]["0"]["armed"] for o in out]
-    assert armed == [True, False, False, False, False, False, True, False, False]
+    # the level holds from a crossing until the EMA is back past the band (>= 60)
+    holding = [cstate(t, o, "0")["holding"] for o in out]
+    assert holding == [False, True, True, True, True, True, False, True, True]
+    armed = [True, True, False, False, False, False, False, True, False]
+    assert [o.explain["armed"] for o in out] == armed
 
 
 def test_ema_crossing_above_with_inclusive_operator() -> None:
@@ -414,18 +428,13 @@ def test_ema_fire_on_every() -> None:
     assert fired(out) == [True, True, False, True]
 
 
-def test_ema_redelivered_event_does_not_count_twice() -> None:
-    t = trig(cond("ema_threshold", "<", "50", window_size=3))
-    out = run(t, [fb(1, 80), fb(2, 40, ts=BASE + 1), fb(2, 40, ts=BASE + 1), fb(1, 80)])
-    assert [ema_of(o) for o in out] == [Decimal(80), Decimal(60), Decimal(60), Decimal(60)]
-    assert [o.changed for o in out] == [True, True, False, False]
-    assert entry(out[2], "0")["input"] == {"value": "40", "duplicate": True}
-
-
 def test_ema_ignores_events_without_feedback_value() -> None:
     t = trig(cond("ema_threshold", "<", "50", alpha=1))
-    first = evaluate(t, fb(1, 40), state=None)
-    out = evaluate(t, event("ResponseAppended", log_index=9), state=first.state)
+    first = evaluate(t, fb(1, 40), states={})
+    assert first.fired
+    out = evaluate(t, event("ResponseAppended", log_index=9), states={"": first.state})
+    # the EMA's verdict as it stands (holding), but the crossing was used: no firing
+    assert entry(out, "0")["verdict"] is True
     assert not out.fired
     assert not out.changed
     assert entry(out, "0")["input"] is None
@@ -455,38 +464,14 @@ def test_rate_window_uses_block_time() -> None:
     assert entry(out[4], "0")["input"]["window"] == [BASE + 1, BASE + 61]
 
 
-def test_rate_window_out_of_order_arrival() -> None:
-    t = trig(cond("rate_limit", ">=", "3", **W60))
-    stamps = [100, 130, 90, 75, 125]
-    out = run(t, [fb(i, ts=BASE + s) for i, s in enumerate(stamps)])
-    # 90 counts (30, 90]: itself, not the later 100 and 130; 75 counts (15, 75];
-    # 125 counts (65, 125]: 75, 90, 100 and itself
-    assert counts(out) == [1, 2, 1, 1, 4]
-    assert fired(out) == [False, False, False, False, True]
-    window = out[-1].state["conditions"]["0"]["window"]
-    assert [e[0] - BASE for e in window] == [75, 90, 100, 125, 130]
-
-
-def test_rate_event_later_than_the_allowance_is_late() -> None:
+def test_rate_window_keeps_a_margin_for_reorgs_and_forgets_beyond() -> None:
     t = trig(cond("rate_limit", ">=", "1", **W60))
-    out = run(t, [fb(1, ts=BASE + 200), fb(2, ts=BASE + 139), fb(3, ts=BASE + 140)])
-    # allowance = min(W, 1 h) = 60 s: 139 < 200 - 60 is late, 140 is not
-    assert fired(out) == [True, False, True]
-    assert entry(out[1], "0")["input"] == {"late": True}
-    assert counts(out)[2] == 2  # (80, 140]: 139 and 140
-    # kept span: later than 200 - 60 - 60 = 80
-    late = evaluate(t, fb(4, ts=BASE + 80), state=out[-1].state)
-    assert not late.fired
-    assert not late.changed
-
-
-def test_rate_duplicate_event_is_not_counted() -> None:
-    t = trig(cond("rate_limit", ">=", "2", **W60))
-    out = run(t, [fb(1), fb(1), fb(2, ts=BASE + 5), fb(1)])
-    assert fired(out) == [False, False, True, False]
-    assert entry(out[1], "0")["input"] == {"duplicate": True}
-    assert [o.changed for o in out] == [True, False, True, False]
-    assert len(out[-1].state["conditions"]["0"]["window"]) == 2
+    out = run(t, [fb(i, ts=BASE + s) for i, s in enumerate([0, 70, 81, 200])])
+    # kept: later than high - W - min(W, 1 h) = 200 - 60 - 60 = 80
+    assert [e[0] - BASE for e in cstate(t, out[-1], "0")["window"]] == [81, 200]
+    # a replacement earlier than the newest entry (after a reorg) counts what is kept
+    late = run(t, [fb(9, ts=BASE + 130)], state=out[-1].state)
+    assert counts(late) == [2]  # (70, 130]: 81 and itself
 
 
 @pytest.mark.parametrize(
@@ -509,9 +494,9 @@ def test_rate_reset_on_trigger() -> None:
     t = trig(cond("rate_limit", ">=", "2", time_window="1m", reset_on_trigger=True))
     out = run(t, [fb(i, ts=BASE + i) for i in range(5)])
     assert fired(out) == [False, True, False, True, False]
-    assert out[1].state["conditions"]["0"] == {"window": [], "high": None}
+    assert cstate(t, out[1], "0") == {"window": [], "high": None}
     assert entry(out[1], "0")["reset"] is True
-    assert out[1].explain["state_after"]["conditions"]["0"] == {"entries": 0, "high": None}
+    assert out[1].explain["state_after"]["conditions"][cid(t, "0")] == {"entries": 0, "high": None}
 
 
 def test_rate_reset_only_when_the_trigger_fires() -> None:
@@ -522,7 +507,7 @@ def test_rate_reset_only_when_the_trigger_fires() -> None:
     out = run(t, [fb(0, 90), fb(1, 90, ts=BASE + 1), fb(2, 10, ts=BASE + 2)])
     assert fired(out) == [False, False, True]
     assert counts(out) == [1, 2, 3]
-    assert out[2].state["conditions"]["0"]["window"] == []
+    assert cstate(t, out[2], "0")["window"] == []
 
 
 def test_feedback_revoked_withdraws_from_rate_window() -> None:
@@ -533,19 +518,19 @@ def test_feedback_revoked_withdraws_from_rate_window() -> None:
         fb(3, ts=BASE + 2, feedback_index=1, client_address=OTHER),
         fb(4, ts=BASE + 3, feedback_index=2, agent_id=43),
     ]
-    state = run(t, feedbacks)[-1].state
-    assert len(state["conditions"]["1"]["window"]) == 4
-    out = evaluate(t, revoke(5, 2, ts=BASE + 4), state=state)
+    last = run(t, feedbacks)[-1]
+    assert len(cstate(t, last, "1")["window"]) == 4
+    out = evaluate(t, revoke(5, 2, ts=BASE + 4), states={"": last.state})
     assert not out.fired
-    assert out.changed
-    assert out.explain["revoked"] == {"1": 1}
-    window = out.state["conditions"]["1"]["window"]
+    assert out.changed == ("",)
+    assert out.explain["revoked"] == {cid(t, "1"): 1}
+    window = cstate(t, out, "1")["window"]
     assert [e[1].partition("@")[0] for e in window] == ["84532-101-1", "84532-103-3", "84532-104-4"]
     # the next feedback counts the 3 entries left and itself
-    nxt = evaluate(t, fb(6, ts=BASE + 5, feedback_index=3), state=out.state)
+    nxt = evaluate(t, fb(6, ts=BASE + 5, feedback_index=3), states={"": out.state})
     assert entry(nxt, "1")["input"]["count"] == 4
     # revoking again changes nothing
-    again = evaluate(t, revoke(5, 2, ts=BASE + 4), state=out.state)
+    again = evaluate(t, revoke(5, 2, ts=BASE + 4), states={"": out.state})
     assert not again.changed
     assert again.explain == {}
 
@@ -553,16 +538,13 @@ def test_feedback_revoked_withdraws_from_rate_window() -> None:
 def test_feedback_revoked_counts_itself_when_conditions_match_it() -> None:
     t = trig(cond("rate_limit", ">=", "2", **W60))
     state = run(t, [fb(1, feedback_index=1)])[-1].state
-    out = evaluate(t, revoke(2, 1, ts=BASE + 1), state=state)
-    assert out.explain["revoked"] == {"0": 1}
+    out = evaluate(t, revoke(2, 1, ts=BASE + 1), states={"": state})
+    assert out.explain["revoked"] == {cid(t, "0"): 1}
     assert entry(out, "0")["input"]["count"] == 1
     assert not out.fired
-    (only,) = out.state["conditions"]["0"]["window"]
+    (only,) = cstate(t, out, "0")["window"]
     assert only[1].partition("@")[0] == "84532-102-2"
     assert only[2] is None
-    redelivered = evaluate(t, revoke(2, 1, ts=BASE + 1), state=out.state)
-    assert not redelivered.changed
-    assert not redelivered.fired
 
 
 # --- cooldown ------------------------------------------------------------------------------
@@ -578,6 +560,7 @@ def test_cooldown_suppresses_refiring() -> None:
     assert out[1].explain["cooldown_until"] == BASE + 60
     assert not out[1].changed
     assert out[2].state == {"last_fired_at": BASE + 60}
+    assert out[1].explain["mode"] == "every"
 
 
 def test_cooldown_suppressed_firing_still_updates_condition_state() -> None:
@@ -585,7 +568,7 @@ def test_cooldown_suppressed_firing_still_updates_condition_state() -> None:
     out = run(t, [fb(1, ts=BASE), fb(2, ts=BASE + 10)])
     assert fired(out) == [True, False]
     assert out[1].changed
-    assert len(out[1].state["conditions"]["0"]["window"]) == 2
+    assert len(cstate(t, out[1], "0")["window"]) == 2
     assert out[1].state["last_fired_at"] == BASE
 
 
@@ -616,43 +599,53 @@ def test_agent_scoped_states_are_independent() -> None:
     results = []
     for i, agent in enumerate([1, 2, 1, 2, 3]):
         e = fb(i, ts=BASE + i, agent_id=agent)
-        key = scope_key(t, e)
-        out = evaluate(t, e, state=states.get(key))
-        states[key] = out.state
+        assert scope_keys(t, e) == (str(agent),)
+        out = evaluate(t, e, states={k: states.get(k) for k in scope_keys(t, e)})
+        states.update(out.states)
         results.append(out.fired)
     assert results == [False, False, True, True, False]
     assert sorted(states) == ["1", "2", "3"]
 
 
-def test_unknown_paths_are_dropped_when_the_trigger_changed_shape() -> None:
-    old = trig(YES, cond("rate_limit", ">=", "1", **W60), cond("ema_threshold", "<", "1", alpha=1))
+def test_state_follows_the_condition_not_its_position() -> None:
+    ema = cond("ema_threshold", "<", "1", alpha=1)
+    old = trig(YES, cond("rate_limit", ">=", "1", **W60), ema)
     state = run(old, [fb(1)])[-1].state
-    assert sorted(state["conditions"]) == ["1", "2"]
-    new = trig(cond("ema_threshold", "<", "1", alpha=1), YES)  # "0" was a leaf, "1" a rate
-    out = evaluate(new, fb(2, 50, ts=BASE + 1), state=state)
-    assert sorted(out.state["conditions"]) == ["0"]
-    assert out.state["conditions"]["0"]["count"] == 1
+    assert sorted(state["conditions"]) == sorted([cid(old, "1"), cid(old, "2")])
+    # the EMA moves to position 0 and keeps its state; the rate condition is gone
+    new = trig(ema, YES)
+    assert cid(new, "0") == cid(old, "2")
+    out = evaluate(new, fb(2, 50, ts=BASE + 1), states={"": state})
+    assert sorted(out.state["conditions"]) == [cid(new, "0")]
+    assert cstate(new, out, "0")["count"] == 2
+    # a changed definition starts from no state
+    changed = trig(cond("ema_threshold", "<", "2", alpha=1), YES)
+    fresh = evaluate(changed, fb(3, 50, ts=BASE + 2), states={"": out.state})
+    assert cstate(changed, fresh, "0")["count"] == 1
 
 
 def test_retract_by_block_range() -> None:
     t = trig(cond("rate_limit", ">=", "1", time_window="1h"), cooldown=10)
     state = run(t, [fb(i, ts=BASE + i) for i in range(6)])[-1].state  # blocks 100..105
+    rate = cid(t, "0")
     out = retract(t, state=state, chain_id=84532, from_block=102, to_block=103)
-    assert not out.fired
     assert out.changed
-    assert [e[4] for e in out.state["conditions"]["0"]["window"]] == [100, 101, 104, 105]
+    assert [e[4] for e in out.state["conditions"][rate]["window"]] == [100, 101, 104, 105]
     assert out.state["last_fired_at"] == state["last_fired_at"]
-    assert out.explain["removed"] == {"0": 2}
+    assert out.explain["removed"] == {rate: 2}
     open_ended = retract(t, state=state, chain_id=84532, from_block=104, to_block=None)
-    assert [e[4] for e in open_ended.state["conditions"]["0"]["window"]] == [100, 101, 102, 103]
+    assert [e[4] for e in open_ended.state["conditions"][rate]["window"]] == [100, 101, 102, 103]
     other_chain = retract(t, state=state, chain_id=1, from_block=0, to_block=None)
     assert not other_chain.changed
     assert other_chain.state == state
     nothing = retract(t, state=None, chain_id=84532, from_block=0, to_block=None)
     assert not nothing.changed
     assert nothing.state == {}
+    # exactly the versions named, when they are named
+    keyed = retract(t, state=state, chain_id=84532, from_block=0, to_block=None, event_keys=[])
+    assert not keyed.changed
     # a re-included event counts again
-    again = evaluate(t, fb(4, ts=BASE + 4), state=open_ended.state)
+    again = evaluate(t, fb(4, ts=BASE + 4), states={"": open_ended.state})
     assert again.changed
     assert entry(again, "0")["input"]["count"] == 5
 
@@ -679,14 +672,18 @@ def test_explain_of_a_firing() -> None:
         cond("rate_limit", ">=", "2", time_window="1m"),
         tid="trig-1",
     )
-    first = evaluate(t, fb(1, 80), state=None)
-    out = evaluate(t, fb(2, 10, ts=BASE + 30), state=first.state)
+    first = evaluate(t, fb(1, 80), states={})
+    out = evaluate(t, fb(2, 10, ts=BASE + 30), states={"": first.state})
     assert out.fired
     explain = out.explain
     assert explain["trigger_id"] == "trig-1"
     assert explain["event_id"] == "84532-102-2"
     assert explain["fired"] is True
     assert explain["suppressed"] is None
+    assert explain["event_version"] == f"84532-102-2@{fb(2).block_hash}"
+    assert explain["mode"] == "crossing"
+    assert explain["set_verdict"] is True
+    assert explain["armed"] is True
     assert [c["path"] for c in explain["conditions"]] == ["0", "1", "1.0", "1.1", "2"]
     by_path = {c["path"]: c for c in explain["conditions"]}
     assert by_path["0"] == {
@@ -703,8 +700,9 @@ def test_explain_of_a_firing() -> None:
     ema = by_path["1.0"]
     assert ema["input"] == {"value": "10"}
     assert ema["verdict"] is True
-    assert ema["state_before"] == {"ema": "80", "count": 1, "armed": True}
-    assert ema["state_after"] == {"ema": "45.0", "count": 2, "armed": False}
+    assert ema["id"] == cid(t, "1.0")
+    assert ema["state_before"] == {"ema": "80", "count": 1, "holding": False}
+    assert ema["state_after"] == {"ema": "45.0", "count": 2, "holding": True}
     assert by_path["1.1"]["input"] is None
     assert by_path["1.1"]["verdict"] is False
     assert by_path["1"]["type"] == "group"
@@ -713,18 +711,18 @@ def test_explain_of_a_firing() -> None:
     assert rate["input"] == {"count": 2, "window": [BASE - 30, BASE + 30]}
     assert rate["state_before"] == {"entries": 1, "high": BASE}
     assert rate["state_after"] == {"entries": 2, "high": BASE + 30}
-    assert explain["state_before"]["conditions"]["2"] == {"entries": 1, "high": BASE}
-    assert explain["state_after"]["conditions"]["1.0"]["armed"] is False
+    assert explain["state_before"]["conditions"][cid(t, "2")] == {"entries": 1, "high": BASE}
+    assert explain["state_after"]["conditions"][cid(t, "1.0")]["holding"] is True
     json.dumps(explain)
 
 
 def test_stateless_firing_explain_and_fast_rejection() -> None:
     t = trig(cond("score_threshold", ">", "50"), cond("agent_id_equals", "in", "1,42"))
-    out = evaluate(t, fb(1, 90), state=None)
+    out = evaluate(t, fb(1, 90), states={})
     assert out.fired
     assert [c["input"] for c in out.explain["conditions"]] == ["90", 42]
-    rejected = evaluate(t, fb(2, 10), state=None)
-    assert rejected == Outcome(False, {}, False, {})
+    rejected = evaluate(t, fb(2, 10), states={})
+    assert rejected == Outcome(False, {}, (), {})
 
 
 def test_state_is_json_and_input_state_is_not_mutated() -> None:
@@ -741,17 +739,17 @@ def test_state_is_json_and_input_state_is_not_mutated() -> None:
     events += [revoke(20, 3, ts=BASE + 30), fb(3, 60, ts=BASE + 9, feedback_index=3)]
     for e in events:
         before = copy.deepcopy(state)
-        out = evaluate(t, e, state=state)
+        out = evaluate(t, e, states={"": state})
         assert state == before
         assert json.loads(json.dumps(out.state)) == out.state
         json.dumps(out.explain)
-        assert out.changed == (out.state != (state or {}))
+        assert bool(out.changed) == (out.state != (state or {}))
         # a state that went through JSON (as stored) gives the same outcome
         if state is not None:
-            assert evaluate(t, e, state=json.loads(json.dumps(state))) == out
+            assert evaluate(t, e, states={"": json.loads(json.dumps(state))}) == out
         state = out.state
     assert state is not None
-    assert sorted(state["conditions"]) == ["0.0", "0.1"]
+    assert sorted(state["conditions"]) == sorted([cid(t, "0.0"), cid(t, "0.1")])
 
 
 def test_specs_hash_and_compare() -> None:
@@ -764,8 +762,119 @@ def test_specs_hash_and_compare() -> None:
 
 def test_malformed_condition_state_starts_over() -> None:
     t = trig(cond("ema_threshold", "<", "50", alpha="0.5"), cond("rate_limit", ">=", "1", **W60))
-    broken = {"conditions": {"0": {"ema": "NaN?", "count": 1, "armed": True, "seen": []}, "1": []}}
-    out = evaluate(t, fb(1, 40), state=broken)
+    broken = {
+        "conditions": {cid(t, "0"): {"ema": "NaN?", "count": 1, "holding": True}, cid(t, "1"): []}
+    }
+    out = evaluate(t, fb(1, 40), states={"": broken})
     assert out.fired
-    assert out.state["conditions"]["0"]["count"] == 1
-    assert len(out.state["conditions"]["1"]["window"]) == 1
+    assert cstate(t, out, "0")["count"] == 1
+    assert len(cstate(t, out, "1")["window"]) == 1
+
+
+# --- issue 12: composition, scopes, edits, more fields -------------------------------------
+
+
+def test_ema_crossing_is_not_used_up_by_a_firing_that_did_not_happen() -> None:
+    """EMA < 40 AND 3+ feedbacks a minute: the EMA crosses first, the count comes later."""
+    t = trig(cond("ema_threshold", "<", "40", alpha=1), cond("rate_limit", ">=", "3", **W60))
+    out = run(t, [fb(1, 30), fb(2, 20, ts=BASE + 1), fb(3, 10, ts=BASE + 2), fb(4, 5, ts=BASE + 3)])
+    assert fired(out) == [False, False, True, False]
+
+
+def test_crossing_under_a_not_group() -> None:
+    t = trig(
+        cond("ema_threshold", "<", "40", alpha=1),
+        group("not", cond("rate_limit", ">=", "2", **W60)),
+    )
+    # the EMA crosses while the count is 2 (the not-group false), then the window empties
+    out = run(t, [fb(1, 90), fb(2, 10, ts=BASE + 1), fb(3, 10, ts=BASE + 100)])
+    assert fired(out) == [False, False, True]
+
+
+def test_crossing_is_not_used_up_by_a_suppressed_firing() -> None:
+    t = trig(cond("ema_threshold", "<", "40", alpha=1), cooldown=60)
+    out = run(t, [fb(1, 10), fb(2, 90, ts=BASE + 10), fb(3, 10, ts=BASE + 20)])
+    assert fired(out) == [True, False, False]
+    assert out[2].explain["suppressed"] == "cooldown"
+    # still below, the cooldown over: the crossing at BASE + 20 fires now
+    later = run(t, [fb(4, 15, ts=BASE + 61)], state=out[-1].state)
+    assert fired(later) == [True]
+
+
+def test_mixed_scopes_count_over_the_trigger_and_average_per_agent() -> None:
+    """A trigger-scope rate over three agents, next to an agent-scope EMA."""
+    t = trig(
+        cond("ema_threshold", "<", "50", alpha=1, scope="agent", fire_on="every"),
+        cond("rate_limit", ">=", "3", **W60),
+    )
+    events = [fb(i, 10, ts=BASE + i, agent_id=a) for i, a in enumerate([1, 2, 3])]
+    rows: dict[str, Any] = {}
+    results = []
+    for e in events:
+        keys = scope_keys(t, e)
+        assert keys == ("", str(e.agent_id))
+        out = evaluate(t, e, states={k: rows.get(k) for k in keys})
+        rows.update(out.states)
+        results.append(out.fired)
+    assert results == [False, False, True]
+    assert len(rows[""]["conditions"][cid(t, "1")]["window"]) == 3
+    assert sorted(rows) == ["", "1", "2", "3"]
+    assert cid(t, "0") in rows["3"]["conditions"]
+    assert cid(t, "0") not in rows[""].get("conditions", {})
+
+
+def test_agent_firing_scope_arms_per_agent() -> None:
+    t = trig(cond("ema_threshold", "<", "50", alpha=1, scope="agent"))
+    rows: dict[str, Any] = {}
+    results = []
+    for i, (agent, v) in enumerate([(1, 10), (2, 10), (1, 5), (2, 90), (2, 10)]):
+        e = fb(i, v, ts=BASE + i, agent_id=agent)
+        out = evaluate(t, e, states={k: rows.get(k) for k in scope_keys(t, e)})
+        rows.update(out.states)
+        results.append(out.fired)
+    assert results == [True, True, False, False, True]
+    assert "" not in rows
+
+
+def test_ema_warm_up_with_window_size_and_alpha() -> None:
+    t = trig(cond("ema_threshold", "<", "50", window_size=3, alpha=1))
+    out = run(t, [fb(i, 10, ts=BASE + i) for i in range(4)])
+    assert fired(out) == [False, False, True, False]
+
+
+def test_legacy_bytes32_tag_matches_its_text() -> None:
+    padded = "0x" + b"starred".hex() + "00" * 25
+    e = fb(1, tag1=padded.upper().replace("0X", "0x"))
+    assert e.tag1 == "starred"
+    assert verdict(cond("tag_equals", "=", "starred", "tag1"), e)
+    binary = "0x" + "ff" * 32
+    assert fb(2, tag1=binary).tag1 == binary
+
+
+@pytest.mark.parametrize(
+    ("c", "overrides", "expected"),
+    [
+        (cond("field_equals", "=", "0x" + "22" * 20, "client_address"), {}, True),
+        (cond("field_equals", "!=", "0x" + "22" * 20, "client_address"), {}, False),
+        (cond("field_equals", "=", "https://a.example/mcp", "endpoint"),
+         {"endpoint": "https://a.example/mcp"}, True),
+        (cond("field_equals", "in", "x, y", "endpoint"), {"endpoint": "z"}, False),
+        (cond("field_equals", "=", "", "endpoint"), {"endpoint": DROP}, True),
+        (cond("score_threshold", "=", "2", "value_decimals"),
+         {"score": DROP, "value": 1234, "value_decimals": 2}, True),
+        (cond("score_threshold", ">", "1", "value_decimals"),
+         {"score": DROP, "value": 1234, "value_decimals": 2}, True),
+        (cond("score_threshold", "=", "0", "value_decimals"), {"score": 50}, True),
+    ],
+)  # fmt: skip
+def test_field_conditions(c: dict[str, Any], overrides: dict[str, Any], expected: bool) -> None:
+    assert verdict(c, fb(1, **overrides)) is expected
+
+
+def test_score_threshold_on_a_validation_response() -> None:
+    v = event("ValidationResponse", response=85)
+    c = cond("score_threshold", ">=", "80", "response")
+    t = TriggerSpec(**{**trig(c).__dict__, "registry": "validation"})
+    assert evaluate(t, v, states={}).fired
+    assert not evaluate(t, event("ValidationResponse", response=20), states={}).fired
+    assert not verdict(c, fb(1))  # a feedback has no response

@@ -171,7 +171,7 @@ def test_rate_limit_config() -> None:
 
 def test_operator_values() -> None:
     assert [op.value for op in Operator] == ["=", "!=", "<", "<=", ">", ">=", "in", "not_in"]
-    assert len(ConditionType) == 9
+    assert len(ConditionType) == 10
 
 
 @pytest.mark.parametrize(
@@ -213,8 +213,8 @@ def test_echoed_is_stateful_is_ignored() -> None:
         (ema(window_size=10001), ("config", "window_size"), "must be between 1 and 10000"),
         (ema(window_size="10"), ("config", "window_size"), "must be an integer"),
         (ema(window_size=True), ("config", "window_size"), "must be an integer"),
-        (ema(window_size=5, alpha=0.3), ("config",), "exactly one of window_size or alpha"),
-        (ema(), ("config",), "exactly one of window_size or alpha"),
+        (ema(window_size=0, alpha=0.3), ("config", "window_size"), "must be between 1 and"),
+        (ema(), ("config",), "window_size or alpha is required"),
         (ema(alpha=0), ("config", "alpha"), "0 < alpha <= 1"),
         (ema(alpha=1.5), ("config", "alpha"), "0 < alpha <= 1"),
         (ema(alpha=False), ("config", "alpha"), "0 < alpha <= 1"),
@@ -666,3 +666,67 @@ def test_trigger_update_is_validated_again_when_applied() -> None:
     assert [tuple(e["loc"]) for e in info.value.errors()] == [("conditions", 0, "value")]
     errors = errors_of(TriggerUpdate, {"conditions": [ema(window_size=0)]})
     assert errors == [(("conditions", 0, "config", "window_size"), "must be between 1 and 10000")]
+
+
+def test_ema_with_window_size_and_alpha_is_alpha_with_a_warm_up() -> None:
+    """The schema document's own example config: alpha smooths, window_size warms up."""
+    both = Condition.model_validate(
+        {"condition_type": "ema_threshold", "operator": "<", "value": "40",
+         "config": {"window_size": 10, "alpha": 0.2}}
+    )  # fmt: skip
+    assert both.ema is not None
+    assert both.ema.alpha == Decimal("0.2")
+    assert both.ema.warmup == 10
+    only_window = Condition.model_validate(
+        {"condition_type": "ema_threshold", "operator": "<", "value": "40",
+         "config": {"window_size": 10}}
+    )  # fmt: skip
+    assert only_window.ema is not None
+    assert only_window.ema.warmup == 1
+    # 2/11 to 40 significant digits, whatever the thread's context
+    assert only_window.ema.alpha == Decimal("0.1818181818181818181818181818181818181818")
+
+
+def test_cooldown_alone_makes_a_trigger_stateful() -> None:
+    body = {
+        "name": "t", "chain_id": 1, "registry": "reputation", "cooldown_seconds": 60,
+        "actions": [{"action_type": "rest", "config": {"url": "https://example.org/h"}}],
+    }  # fmt: skip
+    assert TriggerCreate.model_validate(body).is_stateful
+    assert not TriggerCreate.model_validate({**body, "cooldown_seconds": 0}).is_stateful
+    assert not TriggerCreate.model_validate({**body, "cooldown_seconds": None}).is_stateful
+
+
+@pytest.mark.parametrize(
+    ("condition", "field", "value"),
+    [
+        ({"condition_type": "field_equals", "field": "client_address", "operator": "in",
+          "value": "0x" + "AB" * 20 + ", 0x" + "cd" * 20}, "client_address",
+         "0x" + "ab" * 20 + ",0x" + "cd" * 20),
+        ({"condition_type": "field_equals", "field": "endpoint", "operator": "=",
+          "value": " https://a.example/mcp"}, "endpoint", " https://a.example/mcp"),
+        ({"condition_type": "score_threshold", "field": "response", "operator": ">=",
+          "value": "80"}, "response", "80"),
+        ({"condition_type": "score_threshold", "field": "value_decimals", "operator": "=",
+          "value": "2"}, "value_decimals", "2"),
+        ({"condition_type": "score_threshold", "operator": ">", "value": "1"}, "score", "1"),
+    ],
+)  # fmt: skip
+def test_more_event_fields_in_conditions(condition: dict[str, Any], field: str, value: str) -> None:
+    c = Condition.model_validate(condition)
+    assert (c.field, c.value) == (field, value)
+
+
+def test_field_equals_refuses_what_does_not_fit() -> None:
+    errors = errors_of(
+        Condition,
+        {"condition_type": "field_equals", "field": "owner", "operator": "=", "value": "bob"},
+    )
+    assert errors
+    assert errors[0][0] == ("value",)
+    errors = errors_of(
+        Condition,
+        {"condition_type": "field_equals", "field": "token_uri", "operator": "=", "value": "x"},
+    )
+    assert errors
+    assert errors[0][0] == ("field",)

@@ -15,7 +15,7 @@ PROMTOOL_VERSION := v0.316.0
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore
+.PHONY: help deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore fuzz-engine
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -111,6 +111,10 @@ bench-dispatcher: infra ## dispatcher benchmark: REST actions/s, produced-to-rec
 
 bench: infra ## whole pipeline: sustained events/s, actions/s, ack-to-webhook latency, raw baselines, plots
 	$(WITH_ENV) $(PY) -m tools.bench_e2e $(BENCH_ARGS)
+
+FUZZ_MINUTES ?= 30
+fuzz-engine: deps ## the engine against its reference evaluator on random triggers and histories, FUZZ_MINUTES long (30)
+	$(PY) -m tools.fuzz_engine --minutes $(FUZZ_MINUTES)
 
 chaos: infra ## kill -9 and restart every component under load, then check nothing was lost
 	$(WITH_ENV) $(PY) -m tools.chaos $(CHAOS_ARGS)

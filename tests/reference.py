@@ -1,0 +1,595 @@
+"""A reference evaluator of triggers, written from docs/semantics.md alone.
+
+It is deliberately simple and slow: every rule is a plain loop over the history it
+needs (a rate count scans every counted event), so that each line can be checked
+against the page. It shares no code with the matcher (shared/evaluate.py and friends):
+a mistake there cannot be repeated here. It reads only the input model `Event`.
+
+Interface::
+
+    reference_firings(trigger, steps) -> [event version, ...]
+
+`trigger` is ``{"chain_id", "registry", "cooldown_seconds", "conditions"}`` with the
+conditions as raw dicts (condition_type, field, operator, value, config; the JSON shape
+of ``TriggerCreate.model_dump(mode="json")["conditions"]``). `steps` are, in the order
+the matcher sees them:
+
+- ``("event", Event)``: one event of any chain and registry (filtered here, section 1);
+- ``("retract", frozenset[str])``: event versions replaced by a reorg (section 6);
+- ``("edit", dict)``: a new trigger definition of the same shape (section 7).
+
+The result is the versions ``{id}@{block_hash}`` of the events at which the trigger
+fired, in order. ``enabled_at`` is ignored (everything is live).
+
+Questions the page leaves open are marked ``# SPEC?`` with the reading chosen here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from typing import Any
+
+from shared.events import Event
+
+Step = tuple[str, Any]
+
+#: Section 2: "with 40 significant digits, rounding half to even" (per operation).
+EMA_CONTEXT = Context(prec=40, rounding=ROUND_HALF_EVEN)
+#: For sums that the page does not round (threshold +/- hysteresis): exact, because
+#: thresholds and hysteresis are decimals of sane size, far below this precision.
+EXACT = Context(prec=10_000)
+
+STATEFUL_TYPES = ("ema_threshold", "rate_limit")
+
+#: Section 2 table: the field each condition type reads when `field` is empty.
+DEFAULT_FIELD = {
+    "agent_id_equals": "agent_id",
+    "event_type_equals": "event_type",
+    "score_threshold": "score",
+    "tag_equals": "tag1",
+    "field_equals": "client_address",
+    "validator_whitelist": "validator_address",
+    "file_uri_exists": "file_uri",
+    "ema_threshold": "score",
+    "rate_limit": "count",
+}
+
+#: field_equals: "addresses compare in lower case".
+ADDRESS_FIELDS = ("client_address", "owner", "responder", "validator_address")
+
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
+def version(e: Event) -> str:
+    """Section 1: an event's version `{id}@{block_hash}`."""
+    return f"{e.chain_id}-{e.block_number}-{e.log_index}@{e.block_hash}"
+
+
+# --- reading the raw condition dicts -------------------------------------------------------
+
+
+def number(x: Any) -> Decimal:
+    """A JSON number or a decimal string as Decimal (floats via repr, exactly as written)."""
+    if isinstance(x, bool):
+        raise TypeError(f"not a number: {x!r}")
+    if isinstance(x, int):
+        return Decimal(x)
+    if isinstance(x, float):
+        return Decimal(repr(x))
+    if isinstance(x, str):
+        return Decimal(x.strip())
+    if isinstance(x, Decimal):
+        return x
+    raise TypeError(f"not a number: {x!r}")
+
+
+def seconds(duration: str) -> int:
+    """`30s`, `15m`, `1h`, `7d` -> seconds."""
+    match = _DURATION.fullmatch(duration.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {duration!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def kind_of(c: dict[str, Any]) -> str:
+    return str(c["condition_type"])
+
+
+def config_of(c: dict[str, Any]) -> dict[str, Any]:
+    return c.get("config") or {}
+
+
+def field_of(c: dict[str, Any]) -> str:
+    return c.get("field") or DEFAULT_FIELD.get(kind_of(c), "")
+
+
+def members(c: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nested conditions of a group."""
+    return list(config_of(c).get("conditions") or [])
+
+
+def items(c: dict[str, Any]) -> list[str]:
+    """The values a condition lists.
+
+    # SPEC? The page says "one of the values" but not how values are written. Read as
+    # the API writes them: `in`/`not_in` (and validator_whitelist's `=`) take a comma
+    # list whose items are trimmed; `=`/`!=` take the whole value, trimmed except for
+    # tag_equals (a tag may start or end with a space).
+    """
+    value = str(c.get("value", ""))
+    listed = c["operator"] in ("in", "not_in") or (
+        kind_of(c) == "validator_whitelist" and c["operator"] == "="
+    )
+    if listed:
+        return [item.strip() for item in value.split(",")]
+    if kind_of(c) == "tag_equals":
+        return [value]
+    return [value.strip()]
+
+
+def is_stateful(c: dict[str, Any]) -> bool:
+    """ema_threshold, rate_limit, or a group holding one at any depth.
+
+    # SPEC? The page calls the table types stateless and ema/rate stateful but does not
+    # classify groups. Read: a group is stateful when it holds a stateful condition at
+    # any depth (it keeps a state through it); otherwise stateless (its verdict depends
+    # only on the event), so a stateless group at the top level is part of the gate.
+    """
+    if kind_of(c) in STATEFUL_TYPES:
+        return True
+    if kind_of(c) == "group":
+        return any(is_stateful(m) for m in members(c))
+    return False
+
+
+def stateful_leaves(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every ema_threshold and rate_limit, also inside groups, in order."""
+    out: list[dict[str, Any]] = []
+    for c in conditions:
+        if kind_of(c) in STATEFUL_TYPES:
+            out.append(c)
+        elif kind_of(c) == "group":
+            out.extend(stateful_leaves(members(c)))
+    return out
+
+
+def scope_of(c: dict[str, Any]) -> str:
+    """Section 3: config.scope, `trigger` by default."""
+    return str(config_of(c).get("scope") or "trigger")
+
+
+def identity(c: dict[str, Any], trigger: dict[str, Any]) -> str:
+    """Section 7: the condition's definition with the trigger's chain and registry.
+
+    # SPEC? "a hash of its definition (type, field, operator, value, config)": taken
+    # here as the definition exactly as stored (the raw dict), so two spellings of the
+    # same config (a default written out or left out) are two identities. With dicts
+    # from TriggerCreate.model_dump both spellings are normalized alike.
+    """
+    definition = {
+        "chain_id": trigger["chain_id"],
+        "registry": trigger["registry"],
+        "condition_type": kind_of(c),
+        "field": c.get("field", ""),
+        "operator": c.get("operator"),
+        "value": c.get("value", ""),
+        "config": config_of(c),
+    }
+    return json.dumps(definition, sort_keys=True, default=str)
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def feedback_value(e: Event) -> Decimal | None:
+    """Section 2: the decimal feedback value of a NewFeedback (either layout), else None."""
+    if e.event_type != "NewFeedback":
+        return None
+    return e.score
+
+
+def stored_tag(tag: str | None) -> str:
+    """Section 2: a tag as stored; an absent tag reads as the empty text.
+
+    Legacy bytes32 tags posted as 0x + 64 hex digits are stored as their text when
+    they are text; otherwise the hex stays, in lower case. Applied here too, so the
+    reference does not depend on where ingest does it (it changes nothing on a tag
+    already stored that way).
+
+    Text: the bytes without their trailing NUL padding decode as UTF-8 and hold no
+    control character (U+0000-U+001F, U+007F-U+009F).
+    """
+    if tag is None:
+        return ""
+    if _BYTES32.fullmatch(tag) is None:
+        return tag
+    raw = bytes.fromhex(tag[2:]).rstrip(b"\x00")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return tag.lower()
+    if any(ord(ch) <= 0x1F or 0x7F <= ord(ch) <= 0x9F for ch in text):
+        return tag.lower()
+    return text
+
+
+def event_number(e: Event, name: str) -> Decimal | None:
+    """score_threshold's number: `score`, `response` or `value_decimals`."""
+    if name == "score":
+        return feedback_value(e)
+    if name == "response":
+        if e.event_type != "ValidationResponse" or e.response is None:
+            return None
+        return Decimal(e.response)
+    if name == "value_decimals":
+        # SPEC? A legacy-layout NewFeedback has no value_decimals of its own; the Event
+        # model maps it onto value_decimals = 0, and that is what is read here.
+        if e.event_type != "NewFeedback" or e.value_decimals is None:
+            return None
+        return Decimal(e.value_decimals)
+    raise ValueError(f"score_threshold has no field {name!r}")
+
+
+def compare(left: Decimal, op: str, right: Decimal) -> bool:
+    """The numeric operators."""
+    if op == "=":
+        return left == right
+    if op == "!=":
+        return left != right
+    if op == "<":
+        return left < right
+    if op == "<=":
+        return left <= right
+    if op == ">":
+        return left > right
+    if op == ">=":
+        return left >= right
+    raise ValueError(f"not a comparison: {op!r}")
+
+
+def one_of(op: str, actual: Any, wanted: list[Any]) -> bool:
+    """`=`/`in`: actual is one of the values; `!=`/`not_in`: it is none of them."""
+    if op in ("=", "in"):
+        return actual in wanted
+    if op in ("!=", "not_in"):
+        return actual not in wanted
+    raise ValueError(f"not an equality operator: {op!r}")
+
+
+def stateless_holds(c: dict[str, Any], e: Event) -> bool:
+    """Section 2 table: the verdict of a stateless leaf on an event."""
+    kind, op, name = kind_of(c), c["operator"], field_of(c)
+    if kind == "agent_id_equals":
+        # SPEC? An event without an agent id is taken as equal to none of the values.
+        return one_of(op, e.agent_id, [int(x) for x in items(c)])
+    if kind == "event_type_equals":
+        return one_of(op, e.event_type, items(c))
+    if kind == "score_threshold":
+        actual = event_number(e, name)
+        if actual is None:
+            return False  # "An event without that number: never holds"
+        if op in ("in", "not_in"):
+            return one_of(op, actual, [number(x) for x in items(c)])
+        return compare(actual, op, number(items(c)[0]))
+    if kind == "tag_equals":
+        return one_of(op, stored_tag(getattr(e, name)), items(c))
+    if kind == "field_equals":
+        text = str(getattr(e, name) or "")
+        wanted = items(c)
+        if name in ADDRESS_FIELDS:
+            text, wanted = text.lower(), [x.lower() for x in wanted]
+        return one_of(op, text, wanted)
+    if kind == "validator_whitelist":
+        # SPEC? An event without a validator is "not in the list" (like field_equals,
+        # it reads as the empty text, which no listed address equals).
+        validator = (e.validator_address or "").lower()
+        listed = [x.lower() for x in items(c)]
+        return validator in listed if op in ("in", "=") else validator not in listed
+    if kind == "file_uri_exists":
+        has = bool(e.file_uri)
+        return has if items(c)[0].lower() == "true" else not has
+    raise ValueError(f"not a stateless condition type: {kind!r}")
+
+
+# --- states --------------------------------------------------------------------------------
+
+
+@dataclass
+class EmaState:
+    """One EMA of one scope: the average, how many values it averages, and its level."""
+
+    ema: Decimal | None = None
+    count: int = 0
+    holding: bool = False
+
+
+@dataclass
+class Counted:
+    """One event a rate window counted."""
+
+    version: str
+    timestamp: int
+    event_type: str
+    agent_id: int | None
+    client_address: str | None
+    feedback_index: int | None
+
+
+@dataclass
+class RateState:
+    """One rate window of one scope: every event it counted (and did not withdraw)."""
+
+    counted: list[Counted] = field(default_factory=list)
+
+
+def alpha_of(c: dict[str, Any]) -> Decimal:
+    """Section 2: `alpha` when given, else 2/(N+1) with 40 significant digits."""
+    config = config_of(c)
+    if config.get("alpha") is not None:
+        return number(config["alpha"])
+    return EMA_CONTEXT.divide(Decimal(2), Decimal(int(config["window_size"]) + 1))
+
+
+def warm_up_of(c: dict[str, Any]) -> int:
+    """Section 2: with both alpha and window_size, window_size values of warm-up."""
+    config = config_of(c)
+    if config.get("alpha") is not None and config.get("window_size") is not None:
+        return int(config["window_size"])
+    return 0
+
+
+def ema_next(alpha: Decimal, value: Decimal, ema: Decimal | None) -> Decimal:
+    """Section 2: the first value is the first EMA; then EMA <- a*value + (1-a)*EMA,
+    each of the four operations to 40 significant digits, half to even.
+
+    # SPEC? The first value is taken as it is (not rounded to 40 digits). Event values
+    # have at most 39 digits (|value| <= 10^38), so this never differs in practice.
+    """
+    if ema is None:
+        return value
+    weighted = EMA_CONTEXT.multiply(alpha, value)
+    rest = EMA_CONTEXT.subtract(Decimal(1), alpha)
+    kept = EMA_CONTEXT.multiply(rest, ema)
+    return EMA_CONTEXT.add(weighted, kept)
+
+
+def ema_take(c: dict[str, Any], state: EmaState, e: Event) -> None:
+    """Section 2 and 4: take the event into the EMA, then set its level (the verdict)."""
+    value = feedback_value(e)
+    if value is not None:
+        state.ema = ema_next(alpha_of(c), value, state.ema)
+        state.count += 1
+    config = config_of(c)
+    op, threshold = c["operator"], number(c["value"])
+    if state.ema is None or state.count < warm_up_of(c):
+        # "no verdict before its first value (false), nor during its warm-up"
+        # SPEC? The hysteresis level does not run during the warm-up: it starts, not
+        # holding, with the first verdict after the warm-up.
+        state.holding = False
+        return
+    if config.get("fire_on", "crossing") == "every":
+        state.holding = compare(state.ema, op, threshold)
+        return
+    if not state.holding:
+        state.holding = compare(state.ema, op, threshold)
+        return
+    hysteresis = number(config.get("hysteresis") or 0)
+    if op in ("<", "<="):
+        band = EXACT.add(threshold, hysteresis)
+    else:
+        band = EXACT.subtract(threshold, hysteresis)
+    state.holding = compare(state.ema, op, band)
+
+
+def rate_count(c: dict[str, Any], state: RateState, t: int) -> int:
+    """Section 2: the counted events whose block time lies in (t - W, t]."""
+    window = seconds(str(config_of(c)["time_window"]))
+    return sum(1 for x in state.counted if t - window < x.timestamp <= t)
+
+
+# --- the evaluator -------------------------------------------------------------------------
+
+
+class Reference:
+    """The state of one trigger over its stream, and the firings so far."""
+
+    def __init__(self, trigger: dict[str, Any]) -> None:
+        self.trigger = trigger
+        #: (identity, scope key) -> EmaState | RateState. Scope key: "trigger" or the agent id.
+        self.states: dict[tuple[str, Any], EmaState | RateState] = {}
+        #: firing scope key -> armed (absent: armed, "true at the start").
+        self.armed: dict[Any, bool] = {}
+        #: firing scope key -> block time of its last firing.
+        self.last_firing: dict[Any, int] = {}
+        self.firings: list[str] = []
+
+    # the definition
+
+    def conditions(self) -> list[dict[str, Any]]:
+        return list(self.trigger.get("conditions") or [])
+
+    def firing_scope_is_agent(self) -> bool:
+        """Section 3: `agent` when at least one stateful condition is agent-scoped."""
+        return any(scope_of(c) == "agent" for c in stateful_leaves(self.conditions()))
+
+    def crossing_mode(self) -> bool:
+        """Section 4: at least one ema_threshold has fire_on crossing (the default).
+
+        # SPEC? "its ema_threshold conditions" is read as every one, also inside groups.
+        """
+        return any(
+            kind_of(c) == "ema_threshold" and config_of(c).get("fire_on", "crossing") == "crossing"
+            for c in stateful_leaves(self.conditions())
+        )
+
+    def scope_key(self, c: dict[str, Any], e: Event) -> Any:
+        return e.agent_id if scope_of(c) == "agent" else "trigger"
+
+    def state(self, c: dict[str, Any], e: Event) -> EmaState | RateState:
+        """The state of condition c for the event's scope (created empty on first use)."""
+        key = (identity(c, self.trigger), self.scope_key(c, e))
+        if key not in self.states:
+            self.states[key] = EmaState() if kind_of(c) == "ema_threshold" else RateState()
+        return self.states[key]
+
+    # steps
+
+    def edit(self, new: dict[str, Any]) -> None:
+        """Section 7: states are kept by identity; the armed flags restart when any
+        condition changed; the last firing times survive.
+
+        # SPEC? "A PATCH that changes any condition" is read as: the multiset of the
+        # top-level conditions' identities differs (a pure reorder changes none).
+        # SPEC? The state of a condition that the PATCH removes is dropped: if the same
+        # definition comes back in a later PATCH it "starts from no state".
+        # SPEC? Last firing times are kept per firing-scope key ("trigger" or an agent
+        # id). If an edit switches the firing scope between trigger and agent, the old
+        # keys are simply not consulted any more (no cooldown carries across).
+        """
+        old_ids = sorted(identity(c, self.trigger) for c in self.conditions())
+        new_ids = sorted(identity(c, new) for c in list(new.get("conditions") or []))
+        if old_ids != new_ids:
+            self.armed = {}
+        keep = {identity(c, new) for c in stateful_leaves(list(new.get("conditions") or []))}
+        self.states = {key: s for key, s in self.states.items() if key[0] in keep}
+        self.trigger = new
+
+    def withdraw(self, matches: Any) -> None:
+        """Remove every counted event for which matches(counted) holds, from every rate
+        window of the trigger (every scope)."""
+        for s in self.states.values():
+            if isinstance(s, RateState):
+                s.counted = [x for x in s.counted if not matches(x)]
+
+    def retract(self, versions: frozenset[str]) -> None:
+        """Section 6: a reorg withdraws the replaced versions from every rate window;
+        EMAs, arming and cooldowns are not rolled back."""
+        self.withdraw(lambda x: x.version in versions)
+
+    def in_stream(self, e: Event) -> bool:
+        """Section 1: the events of the trigger's chain and registry."""
+        return e.chain_id == self.trigger["chain_id"] and e.registry.value == str(
+            self.trigger["registry"]
+        )
+
+    def passes_gate(self, e: Event) -> bool:
+        """Section 2: every top-level stateless condition holds."""
+        return all(self.verdict(c, e) for c in self.conditions() if not is_stateful(c))
+
+    def verdict(self, c: dict[str, Any], e: Event) -> bool:
+        """Section 4: a condition's verdict on the event (states already updated)."""
+        kind = kind_of(c)
+        if kind == "group":
+            verdicts = [self.verdict(m, e) for m in members(c)]  # every member, no shortcut
+            op = c["operator"]
+            if op == "any":
+                return any(verdicts)
+            if op == "all":
+                return all(verdicts)
+            if op == "not":
+                return not verdicts[0]
+            raise ValueError(f"not a group operator: {op!r}")
+        if kind == "ema_threshold":
+            s = self.state(c, e)
+            assert isinstance(s, EmaState)
+            return s.holding
+        if kind == "rate_limit":
+            s = self.state(c, e)
+            assert isinstance(s, RateState)
+            return compare(
+                Decimal(rate_count(c, s, e.timestamp)), c["operator"], number(c["value"])
+            )
+        return stateless_holds(c, e)
+
+    def event(self, e: Event) -> None:
+        if not self.in_stream(e):
+            return
+        if e.event_type == "FeedbackRevoked":
+            # Section 6: withdraws the feedback it names from every rate window, whether
+            # or not it passes the gate.
+            # SPEC? "the feedback it names" is read as the NewFeedback event with the same
+            # agent, client address and feedback index (not ResponseAppended events about
+            # it, nor earlier revocations).
+            client = (e.client_address or "").lower()
+            self.withdraw(
+                lambda x: (
+                    x.event_type == "NewFeedback"
+                    and x.agent_id == e.agent_id
+                    and (x.client_address or "").lower() == client
+                    and x.feedback_index == e.feedback_index
+                )
+            )
+        if not self.passes_gate(e):
+            return  # no state, no firing, no re-arming
+        # Every stateful condition takes the event first, each state once (two conditions
+        # with one definition share one state, so it takes the event once).
+        taken: set[tuple[str, Any]] = set()
+        for c in stateful_leaves(self.conditions()):
+            key = (identity(c, self.trigger), self.scope_key(c, e))
+            if key in taken:
+                continue
+            taken.add(key)
+            s = self.state(c, e)
+            if isinstance(s, EmaState):
+                ema_take(c, s, e)
+            else:
+                s.counted.append(
+                    Counted(
+                        version(e),
+                        e.timestamp,
+                        e.event_type,
+                        e.agent_id,
+                        e.client_address,
+                        e.feedback_index,
+                    )
+                )
+        verdict = all(self.verdict(c, e) for c in self.conditions())
+        scope = e.agent_id if self.firing_scope_is_agent() else "trigger"
+        # Section 5: no firing of the same scope before (last firing) + C.
+        # Section 5: a cooldown of 0 or null is no cooldown.
+        cooldown = self.trigger.get("cooldown_seconds") or 0
+        last = self.last_firing.get(scope)
+        cooling = cooldown > 0 and last is not None and e.timestamp < last + cooldown
+        if self.crossing_mode():
+            if not verdict:
+                self.armed[scope] = True
+                return
+            if not self.armed.get(scope, True) or cooling:
+                return  # disarmed, or suppressed (a suppressed firing does not disarm)
+            self.armed[scope] = False
+        elif not verdict or cooling:
+            return
+        self.fire(e, scope)
+
+    def fire(self, e: Event, scope: Any) -> None:
+        """Section 5: record the firing time; empty the reset_on_trigger windows of the
+        firing event's scope."""
+        self.firings.append(version(e))
+        if self.trigger.get("cooldown_seconds"):  # section 5: kept only with a cooldown
+            self.last_firing[scope] = e.timestamp
+        for c in stateful_leaves(self.conditions()):
+            if kind_of(c) == "rate_limit" and config_of(c).get("reset_on_trigger") is True:
+                s = self.state(c, e)
+                assert isinstance(s, RateState)
+                s.counted = []
+
+
+def reference_firings(trigger: dict[str, Any], steps: Sequence[Step]) -> list[str]:
+    """The versions of the events at which the trigger fires, in order."""
+    ref = Reference(trigger)
+    for kind, payload in steps:
+        if kind == "event":
+            ref.event(payload)
+        elif kind == "retract":
+            ref.retract(frozenset(payload))
+        elif kind == "edit":
+            ref.edit(payload)
+        else:
+            raise ValueError(f"unknown step {kind!r}")
+    return ref.firings

@@ -1,0 +1,600 @@
+"""tests/reference.py checked by hand against docs/semantics.md, example by example.
+
+Each test names the section of the page it follows. Trigger dicts are written by hand
+(not through TriggerCreate), in the shape of TriggerCreate.model_dump(mode="json").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from shared.events import EVENT_REGISTRY, Event
+from tests.engine_strategies import cases, validated
+from tests.reference import (
+    Step,
+    alpha_of,
+    ema_next,
+    reference_firings,
+    stored_tag,
+    version,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_700_000_000
+CLIENT = "0x" + "2a" * 20
+OTHER_CLIENT = "0x" + "3b" * 20
+VALIDATOR = "0x" + "4c" * 20
+RESPONDER = "0x" + "5d" * 20
+OWNER = "0x" + "6e" * 20
+
+
+def _hash(seed: str) -> str:
+    return "0x" + hashlib.sha256(seed.encode()).hexdigest()
+
+
+#: Required fields of each event type besides the common ones, with plain defaults.
+REQUIRED: dict[str, dict[str, Any]] = {
+    "NewFeedback": {"client_address": CLIENT},
+    "FeedbackRevoked": {"client_address": CLIENT, "feedback_index": 1},
+    "ResponseAppended": {"client_address": CLIENT, "feedback_index": 1, "responder": RESPONDER},
+    "ValidationRequest": {"validator_address": VALIDATOR, "request_hash": _hash("r")},
+    "ValidationResponse": {
+        "validator_address": VALIDATOR,
+        "request_hash": _hash("r"),
+        "response": 50,
+    },
+    "Registered": {"token_uri": "ipfs://card", "owner": OWNER},
+    "URIUpdated": {"token_uri": "ipfs://card"},
+    "MetadataSet": {"metadata_key": "name"},
+    "Transfer": {"owner": OWNER},
+    "MetadataUpdate": {},
+}
+
+
+def ev(
+    n: int,
+    event_type: str = "NewFeedback",
+    *,
+    agent: int = 1,
+    t: int | None = None,
+    chain: int = 1,
+    fork: str = "",
+    **fields: Any,
+) -> Event:
+    """Event number n: block 100 + n, block time T0 + n (or T0 + t)."""
+    data: dict[str, Any] = {
+        "chain_id": chain,
+        "block_number": 100 + n,
+        "block_hash": _hash(f"{chain}:{n}:{fork}"),
+        "transaction_hash": _hash(f"tx{chain}:{n}:{fork}"),
+        "log_index": 0,
+        "registry": EVENT_REGISTRY[event_type].value,
+        "event_type": event_type,
+        "agent_id": agent,
+        "timestamp": T0 + (n if t is None else t),
+        **REQUIRED[event_type],
+    }
+    data.update(fields)
+    return Event.model_validate(data)
+
+
+def fb(n: int, score: int | None = None, **fields: Any) -> Event:
+    """A NewFeedback: legacy `score`, or pass value= and value_decimals=."""
+    if score is not None:
+        fields["score"] = score
+    fields.setdefault("feedback_index", n)
+    return ev(n, "NewFeedback", **fields)
+
+
+def cond(kind: str, op: str, value: str = "", field: str = "", **config: Any) -> dict[str, Any]:
+    return {
+        "condition_type": kind,
+        "field": field,
+        "operator": op,
+        "value": value,
+        "config": config,
+    }
+
+
+def ema(op: str, value: str, **config: Any) -> dict[str, Any]:
+    return cond("ema_threshold", op, value, "score", **config)
+
+
+def rate(op: str, value: str, window: str = "1h", **config: Any) -> dict[str, Any]:
+    return cond("rate_limit", op, value, "count", time_window=window, **config)
+
+
+def group(op: str, *members: dict[str, Any]) -> dict[str, Any]:
+    return cond("group", op, conditions=list(members))
+
+
+def trig(
+    *conditions: dict[str, Any],
+    cooldown: int | None = None,
+    registry: str = "reputation",
+    chain: int = 1,
+) -> dict[str, Any]:
+    return {
+        "chain_id": chain,
+        "registry": registry,
+        "cooldown_seconds": cooldown,
+        "conditions": list(conditions),
+    }
+
+
+def events(*items: Event | Step) -> list[Step]:
+    return [("event", x) if isinstance(x, Event) else x for x in items]
+
+
+def fired(trigger: dict[str, Any], *items: Event | Step) -> list[int]:
+    """The numbers n of the events at which the trigger fires."""
+    steps = events(*items)
+    numbers = {version(p): p.block_number - 100 for k, p in steps if k == "event"}
+    return [numbers[v] for v in reference_firings(trigger, steps)]
+
+
+# --- section 4: crossings, levels and hysteresis -------------------------------------------
+
+
+def test_ema_crossing_fires_once_and_rearms_only_past_the_band() -> None:
+    t = trig(ema("<", "40", alpha=1, hysteresis=5))
+    # alpha 1: the EMA is the last value. Holds below 40, keeps holding below 45.
+    scores = [50, 30, 20, 42, 30, 46, 35, 44, 45, 39]
+    #          1   2F  3   4   5   6R  7F  8   9R  10F
+    assert fired(t, *(fb(i + 1, s) for i, s in enumerate(scores))) == [2, 7, 10]
+    # without a band, 42 already re-arms
+    t = trig(ema("<", "40", alpha=1))
+    assert fired(t, *(fb(i + 1, s) for i, s in enumerate(scores))) == [2, 5, 7, 10]
+
+
+def test_ema_above_threshold_band_is_below_it() -> None:
+    t = trig(ema(">=", "60", alpha=1, hysteresis="2.5"))
+    scores = [50, 60, 58, 57, 61, 70]
+    #          1   2F  3   4R  5F  6
+    assert fired(t, *(fb(i + 1, s) for i, s in enumerate(scores))) == [2, 5]
+
+
+def test_fire_on_every_fires_on_each_event_below() -> None:
+    scores = [30, 20, 50, 30]
+    every = trig(ema("<", "40", alpha=1, fire_on="every"))
+    assert fired(every, *(fb(i + 1, s) for i, s in enumerate(scores))) == [1, 2, 4]
+    crossing = trig(ema("<", "40", alpha=1, fire_on="crossing"))
+    assert fired(crossing, *(fb(i + 1, s) for i, s in enumerate(scores))) == [1, 4]
+
+
+def test_event_without_feedback_value_reads_the_ema_as_it_stands() -> None:
+    t = trig(ema("<", "40", alpha=1, fire_on="every"))
+    assert fired(t, ev(1, "ResponseAppended"), fb(2, 30), ev(3, "FeedbackRevoked")) == [2, 3]
+
+
+def test_ema_crossing_is_not_used_up_while_the_count_is_missing() -> None:
+    t = trig(ema("<", "40", alpha=1), rate(">=", "3"))
+    # the EMA crosses on 1; the set holds first on 3 (count 3): it fires there, once
+    assert fired(t, fb(1, 30), fb(2, 30), fb(3, 30), fb(4, 30)) == [3]
+
+
+def test_suppressed_firing_is_not_used_up_and_fires_once_the_cooldown_is_over() -> None:
+    t = trig(ema("<", "40", alpha=1), rate(">=", "3"), cooldown=600)
+    history = [
+        fb(1, 30, t=0),
+        fb(2, 30, t=1),
+        fb(3, 30, t=2),  # fires: cooldown until 602
+        fb(4, 60, t=3),  # set false: re-armed
+        fb(5, 30, t=4),  # set true, armed, suppressed (does not disarm)
+        fb(6, 30, t=100),  # suppressed
+        fb(7, 30, t=601),  # suppressed: 601 < 602
+        fb(8, 30, t=602),  # fires
+        fb(9, 30, t=603),  # disarmed
+    ]
+    assert fired(t, *history) == [3, 8]
+
+
+def test_trigger_scope_rate_counts_every_agent_in_an_agent_scoped_trigger() -> None:
+    t = trig(ema("<", "40", alpha=1, scope="agent"), rate(">=", "3"))
+    history = [fb(1, 30, agent=1), fb(2, 30, agent=2), fb(3, 30, agent=3)]
+    # the count (3) is over all agents; the firing is agent 3's
+    assert fired(t, *history) == [3]
+    # arming is per agent (the firing scope is agent): agent 1 fires, agent 3 not again
+    assert fired(t, *history, fb(4, 30, agent=1), fb(5, 30, agent=3)) == [3, 4]
+    # with an agent-scoped count no agent reaches 3
+    t = trig(ema("<", "40", alpha=1, scope="agent"), rate(">=", "3", scope="agent"))
+    assert fired(t, *history) == []
+
+
+def test_agent_scoped_ema_keeps_one_average_per_agent() -> None:
+    t = trig(ema("<", "40", alpha="0.5", scope="agent", fire_on="every"))
+    history = [fb(1, 0, agent=1), fb(2, 100, agent=2), fb(3, 50, agent=1), fb(4, 50, agent=2)]
+    # agent 1: 0, then 25; agent 2: 100, then 75
+    assert fired(t, *history) == [1, 3]
+    t = trig(ema("<", "40", alpha="0.5", fire_on="every"))
+    # one average: 0, 50, 50, 50
+    assert fired(t, *history) == [1]
+
+
+def test_cooldown_is_per_firing_scope() -> None:
+    t = trig(ema("<", "40", alpha=1, scope="agent", fire_on="every"), cooldown=60)
+    history = [fb(1, 30, agent=1, t=0), fb(2, 30, agent=2, t=10), fb(3, 30, agent=1, t=20)]
+    assert fired(t, *history, fb(4, 30, agent=1, t=60)) == [1, 2, 4]
+
+
+# --- section 2: EMA arithmetic and warm-up -------------------------------------------------
+
+
+def test_alpha_from_window_size_has_40_significant_digits() -> None:
+    alpha = alpha_of(ema("<", "1", window_size=2))
+    assert alpha == Decimal("0.6666666666666666666666666666666666666667")
+    assert alpha_of(ema("<", "1", window_size=3)) == Decimal("0.5")
+    assert alpha_of(ema("<", "1", alpha=0.1)) == Decimal("0.1")  # via repr, not binary
+    assert alpha_of(ema("<", "1", alpha="0.25")) == Decimal("0.25")
+    assert ema_next(alpha, Decimal(100), Decimal(0)) == Decimal(
+        "66.66666666666666666666666666666666666667"
+    )
+
+
+def test_ema_rounds_each_operation_half_to_even() -> None:
+    # 0.5 * (10^40 + 1) = 5*10^39 + 0.5 has 41 digits: the tie goes to the even ...0
+    half = Decimal("0.5")
+    assert ema_next(half, Decimal(10**40 + 1), Decimal(0)) == Decimal(5 * 10**39)
+    # 0.5 * (10^40 + 3) = 5*10^39 + 1.5: to the even ...2
+    assert ema_next(half, Decimal(10**40 + 3), Decimal(0)) == Decimal(5 * 10**39 + 2)
+    # the first value is the first EMA
+    assert ema_next(Decimal("0.5"), Decimal("12.5"), None) == Decimal("12.5")
+
+
+def test_ema_threshold_compares_the_rounded_average() -> None:
+    history = [fb(1, 0), fb(2, 100)]  # EMA 0, then 66.66...67 (40 digits)
+    below = "66.66666666666666666666666666666666666666"
+    at = "66.66666666666666666666666666666666666667"
+    assert fired(trig(ema(">", below, window_size=2)), *history) == [2]
+    assert fired(trig(ema(">", at, window_size=2)), *history) == []
+    assert fired(trig(ema(">=", at, window_size=2)), *history) == [2]
+
+
+def test_warm_up_with_window_size_and_alpha() -> None:
+    history = [fb(1, 30), fb(2, 30), fb(3, 30), fb(4, 30)]
+    # alpha 1 and window_size 3: no verdict before the third value
+    assert fired(trig(ema("<", "40", alpha=1, window_size=3)), *history) == [3]
+    # window_size alone is no warm-up: alpha = 2/4
+    assert fired(trig(ema("<", "40", window_size=3)), *history) == [1]
+    # events without a value do not advance the warm-up
+    mixed = [fb(1, 30), ev(2, "ResponseAppended"), fb(3, 30), ev(4, "FeedbackRevoked")]
+    assert fired(trig(ema("<", "40", alpha=1, window_size=3)), *mixed) == []
+    # the EMA itself runs during the warm-up: 100, 50, 25 with alpha 0.5
+    history = [fb(1, 100), fb(2, 0), fb(3, 0)]
+    assert fired(trig(ema("<", "30", alpha="0.5", window_size=3)), *history) == [3]
+
+
+def test_not_group_holds_before_the_first_value() -> None:
+    t = trig(group("not", ema("<", "40", alpha=1)))
+    history = [
+        ev(1, "ResponseAppended"),  # no EMA yet: the EMA's verdict is false, not -> fires
+        fb(2, 30),  # EMA holds: set false, re-arms
+        fb(3, 50),  # fires
+        fb(4, 60),  # disarmed
+        fb(5, 30),  # re-arms
+        fb(6, 50),  # fires
+    ]
+    assert fired(t, *history) == [1, 3, 6]
+
+
+# --- section 2: the gate and groups --------------------------------------------------------
+
+
+def test_event_failing_the_gate_changes_nothing() -> None:
+    t = trig(cond("agent_id_equals", "=", "1", "agent_id"), ema("<", "40", alpha=1))
+    # agent 2's 60 neither moves the EMA nor re-arms
+    assert fired(t, fb(1, 30, agent=1), fb(2, 60, agent=2), fb(3, 30, agent=1)) == [1]
+    t = trig(cond("agent_id_equals", "=", "1", "agent_id"), rate(">=", "2"))
+    assert fired(t, fb(1, 30, agent=2), fb(2, 30, agent=1)) == []
+
+
+def test_stateless_members_of_a_stateful_group_are_not_the_gate() -> None:
+    t = trig(group("all", cond("agent_id_equals", "=", "1", "agent_id"), rate(">=", "2")))
+    # agent 2's event reaches the rate window (the group is not part of the gate)
+    assert fired(t, fb(1, 30, agent=2), fb(2, 30, agent=1)) == [2]
+
+
+def test_stateless_group_at_the_top_is_part_of_the_gate() -> None:
+    not_agent_2 = group("not", cond("agent_id_equals", "=", "2", "agent_id"))
+    t = trig(not_agent_2, ema("<", "40", alpha=1))
+    assert fired(t, fb(1, 30, agent=1), fb(2, 60, agent=2), fb(3, 30, agent=1)) == [1]
+
+
+def test_any_group_counts_even_when_another_member_decides() -> None:
+    t = trig(group("any", cond("agent_id_equals", "=", "1", "agent_id"), rate(">=", "3")))
+    history = [
+        fb(1, 30, agent=1),  # agent 1: holds (and counted)
+        fb(2, 30, agent=1),
+        fb(3, 30, agent=2),  # count 3: holds
+        fb(4, 30, agent=2, t=7200),  # count 1
+    ]
+    assert fired(t, *history) == [1, 2, 3]
+
+
+def test_trigger_without_stateful_conditions_fires_on_each_event_past_its_cooldown() -> None:
+    t = trig(cond("event_type_equals", "=", "NewFeedback", "event_type"), cooldown=60)
+    history = [
+        fb(1, 1, t=0),
+        ev(2, "ResponseAppended", t=5),
+        fb(3, 1, t=30),
+        fb(4, 1, t=60),
+        fb(5, 1, t=61),
+    ]
+    assert fired(t, *history) == [1, 4]
+    assert fired(trig(), *history) == [1, 2, 3, 4, 5]
+
+
+# --- section 1: the stream -----------------------------------------------------------------
+
+
+def test_other_chains_and_registries_are_not_the_stream() -> None:
+    t = trig(rate(">=", "2"))
+    history = [
+        fb(1, 30),
+        fb(2, 30, chain=2),
+        ev(3, "ValidationRequest"),
+        fb(4, 30),
+    ]
+    assert fired(t, *history) == [4]
+
+
+# --- section 5: reset ----------------------------------------------------------------------
+
+
+def test_reset_on_trigger_empties_the_window() -> None:
+    history = [fb(i, 30) for i in range(1, 6)]
+    assert fired(trig(rate(">=", "2", reset_on_trigger=True)), *history) == [2, 4]
+    assert fired(trig(rate(">=", "2", reset_on_trigger=False)), *history) == [2, 3, 4, 5]
+
+
+def test_reset_empties_the_firing_agents_window_only() -> None:
+    t = trig(rate(">=", "2", reset_on_trigger=True, scope="agent"))
+    history = [fb(1, 1, agent=1), fb(2, 1, agent=2), fb(3, 1, agent=1), fb(4, 1, agent=2)]
+    assert fired(t, *history, fb(5, 1, agent=1), fb(6, 1, agent=1)) == [3, 4, 6]
+
+
+def test_rate_window_is_half_open() -> None:
+    t = trig(rate(">=", "2", window="30s"))
+    # (t - 30, t]: an event 30 s older is out, 29 s older is in
+    assert fired(t, fb(1, 1, t=0), fb(2, 1, t=30)) == []
+    assert fired(t, fb(1, 1, t=0), fb(2, 1, t=29)) == [2]
+
+
+# --- section 6: revocations and reorgs -----------------------------------------------------
+
+
+def test_revocation_withdraws_its_feedback_even_when_it_fails_the_gate() -> None:
+    t = trig(cond("event_type_equals", "=", "NewFeedback", "event_type"), rate(">=", "3"))
+    revoke = ev(3, "FeedbackRevoked", client_address=CLIENT, feedback_index=1)
+    history = [fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2), revoke]
+    after = [fb(4, 30, feedback_index=3), fb(5, 30, feedback_index=4)]
+    assert fired(t, *history, *after) == [5]
+    # a revocation naming another client (or another agent) withdraws nothing
+    other = ev(3, "FeedbackRevoked", client_address=OTHER_CLIENT, feedback_index=1)
+    assert fired(t, *history[:2], other, *after) == [4, 5]
+    other_agent = ev(3, "FeedbackRevoked", agent=2, client_address=CLIENT, feedback_index=1)
+    assert fired(t, *history[:2], other_agent, *after) == [4, 5]
+
+
+def test_revocation_that_passes_the_gate_is_counted_itself() -> None:
+    t = trig(rate(">=", "3"))
+    revoke = ev(3, "FeedbackRevoked", client_address=CLIENT.upper().replace("0X", "0x"))
+    # 1 withdrawn, then the revocation counts: 2, 3 -> 2; 4 -> 3
+    assert fired(t, fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2), revoke, fb(4, 1)) == [
+        4
+    ]
+
+
+def test_revocation_does_not_roll_back_the_ema() -> None:
+    t = trig(ema("<", "40", alpha="0.5", fire_on="every"))
+    revoke = ev(2, "FeedbackRevoked", client_address=CLIENT, feedback_index=1)
+    # the 0 stays in the average: 0, 0 (the revocation reads it), then 30 (not 60)
+    assert fired(t, fb(1, 0, feedback_index=1), revoke, fb(3, 60)) == [1, 2, 3]
+
+
+def test_retraction_withdraws_from_the_rate_window() -> None:
+    t = trig(rate(">=", "3"))
+    e1, e2, e3, e4 = fb(1, 30), fb(2, 30), fb(3, 30), fb(4, 30)
+    retract: Step = ("retract", frozenset({version(e2)}))
+    assert fired(t, e1, e2, retract, e3, e4) == [4]
+    # the replacement (another block hash) counts; its version is the one that fires
+    e2b, e3b = fb(2, 30, fork="b"), fb(3, 30, fork="b")
+    retract = ("retract", frozenset({version(e2), version(e3)}))
+    steps = events(e1, e2, e3, retract, e2b, e3b)
+    assert reference_firings(t, steps) == [version(e3), version(e3b)]
+    # versions of other chains, or never seen, change nothing
+    retract = ("retract", frozenset({version(fb(1, 30, chain=2)), version(fb(9, 30))}))
+    assert fired(t, e1, e2, retract, e3) == [3]
+
+
+def test_retraction_does_not_roll_back_arming_or_the_ema() -> None:
+    t = trig(ema("<", "40", alpha=1))
+    e1 = fb(1, 30)
+    steps = events(e1, ("retract", frozenset({version(e1)})), fb(1, 30, fork="b"))
+    assert reference_firings(t, steps) == [version(e1)]
+
+
+# --- section 7: edits ----------------------------------------------------------------------
+
+
+def test_edit_reordering_conditions_keeps_each_ones_state_and_the_arming() -> None:
+    a, b = ema("<", "40", alpha="0.5"), ema(">", "10", alpha="0.5")
+    before, after = trig(a, b), trig(b, a)
+    history: list[Event | Step] = [
+        fb(1, 0),
+        fb(2, 0),  # EMA 0: a holds, b not
+        ("edit", after),
+        fb(3, 60),  # kept: EMA 30, both hold: fires (restarted, 60 would not hold a)
+        fb(4, 20),  # EMA 25: both hold, disarmed
+        ("edit", before),
+        fb(5, 20),  # still disarmed: a reorder keeps the armed flag
+    ]
+    assert fired(before, *history) == [3]
+
+
+def test_edit_changing_one_condition_restarts_only_that_one() -> None:
+    a = ema("<", "40", alpha="0.5")
+    history: list[Event | Step] = [
+        fb(1, 0),
+        fb(2, 0),
+        fb(3, 0),  # fires: EMA 0, count 3
+        ("edit", trig(a, rate(">=", "2"))),
+        fb(4, 50),  # a kept: EMA 25 holds; the new count is 1
+        fb(5, 50),  # EMA 37.5, count 2: fires
+    ]
+    assert fired(trig(a, rate(">=", "3")), *history) == [3, 5]
+
+
+def test_edit_changing_a_condition_rearms_and_keeps_the_last_firing_time() -> None:
+    a = ema("<", "40", alpha=1)
+    gate = cond("agent_id_equals", "=", "1", "agent_id")
+    wider = cond("agent_id_equals", "in", "1,2", "agent_id")
+    start = trig(a, gate)
+    # a changed condition re-arms: the set still holds and fires again
+    assert fired(start, fb(1, 30), ("edit", trig(a, wider)), fb(2, 30)) == [1, 2]
+    # a reorder or another cooldown does not
+    assert fired(start, fb(1, 30), ("edit", trig(gate, a)), fb(2, 30)) == [1]
+    assert fired(start, fb(1, 30), ("edit", trig(a, gate, cooldown=5)), fb(2, 30)) == [1]
+    # the last firing time survives the edit: the new cooldown counts from it
+    history: list[Event | Step] = [
+        fb(1, 30, t=0),
+        ("edit", trig(a, wider, cooldown=100)),
+        fb(2, 30, t=50),
+    ]
+    assert fired(start, *history, fb(3, 30, t=100)) == [1, 3]
+
+
+def test_conditions_with_one_definition_share_one_state() -> None:
+    a = ema("<", "40", alpha="0.5")
+    # one EMA takes each value once: 100, 50, 25
+    assert fired(trig(a, dict(a)), fb(1, 100), fb(2, 0), fb(3, 0)) == [3]
+    # one window counts each event once
+    r = rate(">=", "2")
+    assert fired(trig(r, group("all", dict(r))), fb(1, 1), fb(2, 1)) == [2]
+
+
+# --- section 2: stateless conditions -------------------------------------------------------
+
+
+def test_score_threshold_reads_both_feedback_layouts() -> None:
+    history = [
+        fb(1, 40),  # legacy
+        fb(2, value=4000, value_decimals=2),  # 40.00
+        fb(3, value=505, value_decimals=1),  # 50.5
+        fb(4, value=-1, value_decimals=0),
+        ev(5, "ResponseAppended"),  # no number: never holds
+    ]
+    assert fired(trig(cond("score_threshold", "<", "50", "score")), *history) == [1, 2, 4]
+    assert fired(trig(cond("score_threshold", "=", "40", "score")), *history) == [1, 2]
+    assert fired(trig(cond("score_threshold", "!=", "40", "score")), *history) == [3, 4]
+    assert fired(trig(cond("score_threshold", "not_in", "40,-1", "score")), *history) == [3]
+    assert fired(trig(cond("score_threshold", "in", "50.50", "score")), *history) == [3]
+
+
+def test_ema_averages_both_layouts() -> None:
+    t = trig(
+        ema("<", "60.5", alpha="0.5", fire_on="every"),
+        ema(">", "59.5", alpha="0.5", fire_on="every"),
+    )
+    # 100 (legacy), then 20.00: EMA 60
+    assert fired(t, fb(1, 100), fb(2, value=2000, value_decimals=2)) == [2]
+
+
+def test_score_threshold_on_response_and_value_decimals() -> None:
+    v = trig(cond("score_threshold", ">=", "70", "response"), registry="validation")
+    history = [
+        ev(1, "ValidationResponse", response=80),
+        ev(2, "ValidationResponse", response=60),
+        ev(3, "ValidationRequest"),
+    ]
+    assert fired(v, *history) == [1]
+    ne = trig(cond("score_threshold", "!=", "60", "response"), registry="validation")
+    assert fired(ne, *history) == [1]
+    history = [
+        fb(1, value=4000, value_decimals=2),
+        fb(2, 40),  # legacy: value_decimals reads 0
+        ev(3, "ResponseAppended"),
+    ]
+    assert fired(trig(cond("score_threshold", "=", "2", "value_decimals")), *history) == [1]
+    assert fired(trig(cond("score_threshold", "<", "1", "value_decimals")), *history) == [2]
+
+
+def test_field_equals() -> None:
+    upper = "0x" + CLIENT[2:].upper()
+    by_client = trig(cond("field_equals", "=", upper, "client_address"))
+    history = [
+        fb(1, 1, client_address=CLIENT, endpoint="https://a.example/mcp"),
+        fb(2, 1, client_address=OTHER_CLIENT),
+        ev(3, "ResponseAppended", client_address=CLIENT),
+    ]
+    assert fired(by_client, *history) == [1, 3]
+    # an absent field reads as the empty text
+    assert fired(trig(cond("field_equals", "=", "", "endpoint")), *history) == [2, 3]
+    endpoint = trig(cond("field_equals", "in", "https://a.example/mcp,x", "endpoint"))
+    assert fired(endpoint, *history) == [1]
+    assert fired(trig(cond("field_equals", "!=", OWNER, "owner")), *history) == [1, 2, 3]
+    responders = trig(cond("field_equals", "not_in", RESPONDER, "responder"))
+    assert fired(responders, *history) == [1, 2]
+    keys = trig(cond("field_equals", "=", "name", "metadata_key"), registry="identity")
+    identity = [ev(1, "MetadataSet"), ev(2, "MetadataSet", metadata_key="url"), ev(3, "Transfer")]
+    assert fired(keys, *identity) == [1]
+
+
+def test_tag_validator_file_uri_and_agent_conditions() -> None:
+    history = [
+        fb(1, 1, tag1="quality", file_uri="ipfs://x"),
+        fb(2, 1, tag2="speed", file_uri=""),
+        fb(3, 1, agent=3),
+    ]
+    assert fired(trig(cond("tag_equals", "=", "quality", "tag1")), *history) == [1]
+    assert fired(trig(cond("tag_equals", "=", "", "tag1")), *history) == [2, 3]
+    assert fired(trig(cond("tag_equals", "not_in", "speed,x", "tag2")), *history) == [1, 3]
+    assert fired(trig(cond("file_uri_exists", "=", "true", "file_uri")), *history) == [1]
+    assert fired(trig(cond("file_uri_exists", "=", "false", "file_uri")), *history) == [2, 3]
+    assert fired(trig(cond("agent_id_equals", "not_in", "1,2", "agent_id")), *history) == [3]
+    validation = [ev(1, "ValidationRequest"), ev(2, "ValidationRequest", validator_address=OWNER)]
+    allowed = "0x" + VALIDATOR[2:].upper()
+    for op, expected in (("in", [1]), ("=", [1]), ("not_in", [2])):
+        t = trig(
+            cond("validator_whitelist", op, allowed, "validator_address"), registry="validation"
+        )
+        assert fired(t, *validation) == expected
+
+
+def test_bytes32_tags_read_as_their_text() -> None:
+    quality = "0x" + b"quality".ljust(32, b"\x00").hex()
+    assert stored_tag(quality) == "quality"
+    assert stored_tag("0x" + "FF" * 32) == "0x" + "ff" * 32
+    assert stored_tag(None) == ""
+    assert fired(trig(cond("tag_equals", "=", "quality", "tag1")), fb(1, 1, tag1=quality)) == [1]
+
+
+# --- the strategies ------------------------------------------------------------------------
+
+
+def test_hand_written_triggers_of_validated_shape_pass_validation() -> None:
+    """The dict shape used above is the shape TriggerCreate accepts (where it validates)."""
+    t = trig(ema("<", "40", alpha=0.5, hysteresis=5), group("not", rate(">=", "3")))
+    assert validated(t) is not None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_generated_cases_run_on_the_reference(case: tuple[dict[str, Any], list[Step]]) -> None:
+    trigger, steps = case
+    assert validated(trigger) == trigger
+    for kind, payload in steps:
+        if kind == "edit":
+            assert validated(payload) == payload
+        elif kind == "event":
+            assert isinstance(payload, Event)
+    firings = reference_firings(trigger, steps)
+    seen = {version(p) for k, p in steps if k == "event"}
+    assert set(firings) <= seen
+    assert len(firings) == len(set(firings))

@@ -30,11 +30,11 @@ A state row (JSON-able)::
 - ema_threshold: ``{"ema": "<decimal>", "count": n}`` plus ``"holding": bool`` in
   crossing mode (the level with hysteresis).
 - rate_limit: ``{"window": [[timestamp, version, client_address, feedback_index,
-  block_number, agent_id], ...], "high": <latest timestamp> | null}`` in arrival
-  (chain) order; client_address/feedback_index are set for NewFeedback only (what a
-  FeedbackRevoked withdraws). Entries older than ``high - W - min(W, 1 h)`` are
-  forgotten: a reorg replacing blocks further back than that in block time can
-  find a window short of entries.
+  block_number, agent_id], ...]}`` sorted by timestamp (chain order);
+  client_address/feedback_index are set for NewFeedback only (what a
+  FeedbackRevoked withdraws). After taking an event the window forgets the entries
+  at or before ``T - W - min(W, 1 h)``, T the newest entry's time: a reorg replacing
+  blocks further back than that in block time can find a window short of entries.
 - ``disarmed``: present while the condition set with that id has fired and not
   been false since (crossing mode, firing-scope row only).
 - ``last_fired_at``: block time of the last firing (firing-scope row, with a cooldown).
@@ -125,6 +125,8 @@ class TriggerSpec:
     cooldown_seconds: int | None
     conditions: tuple[Condition, ...]  # top level, ANDed
     actions: tuple[ActionSpec, ...]
+    #: triggers.version: which edit of the trigger this is (0: not known).
+    version: int = 0
 
     def __hash__(self) -> int:
         # Conditions and action configs hold dicts: hash what identifies the trigger.
@@ -541,12 +543,9 @@ def _valid(node: _Node, s: Any) -> bool:
             and type(s.get("count")) is int
             and (not node.crossing or type(s.get("holding")) is bool)
         )
-    high = s.get("high")
     window = s.get("window")
-    return (
-        isinstance(window, list)
-        and all(isinstance(x, list) and len(x) == 6 for x in window)
-        and (high is None or type(high) is int)
+    return isinstance(window, list) and all(
+        isinstance(x, list) and len(x) == 6 and type(x[_TS]) is int for x in window
     )
 
 
@@ -620,7 +619,8 @@ def _compact(node: _Node, s: State | None) -> dict[str, Any] | None:
         if node.crossing:
             out["holding"] = s["holding"]
         return out
-    return {"entries": len(s["window"]), "high": s.get("high")}
+    window = s["window"]
+    return {"entries": len(window), "newest": window[-1][_TS] if window else None}
 
 
 def _compact_rows(prog: _Program, rows: _Rows) -> dict[str, Any]:
@@ -644,7 +644,7 @@ def _withdraw(
         kept = [entry for entry in window if keep(entry)]
         if len(kept) != len(window):
             removed[node.cid] = len(window) - len(kept)
-            conds[node.cid] = {"window": kept, "high": s.get("high")}
+            conds[node.cid] = {"window": kept}
     return removed
 
 
@@ -764,7 +764,6 @@ def _apply_rate(node: _Node, run: _Run) -> None:
     event = run.event
     t = event.timestamp
     window: list[list[Any]] = [] if before is None else before["window"]
-    high: int | None = before.get("high") if before is not None else None
     feedback = event.event_type == _FEEDBACK
     entry = [
         t,
@@ -774,14 +773,14 @@ def _apply_rate(node: _Node, run: _Run) -> None:
         event.block_number,
         event.agent_id,
     ]
-    new_high = t if high is None else max(high, t)
-    horizon = new_high - node.window - node.lateness
+    newest = t if not window else max(window[-1][_TS], t)
+    horizon = newest - node.window - node.lateness
     start = bisect_right(window, horizon, key=_ts)
-    kept = window[start:]
-    new_window = [*kept, entry] if t > horizon else kept
-    if len(new_window) > 1 and new_window[-1][_TS] < new_window[-2][_TS]:
-        new_window.sort(key=_ts)  # out of chain order (an indexer's mistake): keep it sorted
-    after = {"window": new_window, "high": new_high}
+    new_window = window[start:]
+    if t > horizon:  # else forgotten at once
+        # after the entries of the same time or earlier: chain order
+        new_window.insert(bisect_right(new_window, t, key=_ts), entry)
+    after = {"window": new_window}
     run.rows.put(node, after)
     low = t - node.window
     count = bisect_right(new_window, t, key=_ts) - bisect_right(new_window, low, key=_ts)
@@ -824,6 +823,7 @@ def _fire_stateless(trigger: TriggerSpec, prog: _Program, event: Event) -> Outco
     run.entries.sort(key=lambda item: item[0])
     explain = {
         "trigger_id": trigger.id,
+        "trigger_version": trigger.version,
         "event_id": run.event.id,
         "event_version": run.version,
         "fired": True,
@@ -898,6 +898,7 @@ def _evaluate_stateful(
     run.entries.sort(key=lambda item: item[0])
     explain = {
         "trigger_id": trigger.id,
+        "trigger_version": trigger.version,
         "event_id": run.event.id,
         "event_version": run.version,
         "fired": fired,
@@ -970,12 +971,12 @@ def _reset_windows(prog: _Program, run: _Run) -> None:
         return
     ids = set()
     for node in resets:
-        run.rows.put(node, {"window": [], "high": None})
+        run.rows.put(node, {"window": []})
         ids.add(node.cid)
     for _, entry in run.entries:
         if entry.get("id") in ids:
             entry["reset"] = True
-            entry["state_after"] = {"entries": 0, "high": None}
+            entry["state_after"] = {"entries": 0, "newest": None}
 
 
 def retract(

@@ -40,6 +40,7 @@ def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | No
         enabled_at=row["enabled_at"],
         cooldown_seconds=row["cooldown_seconds"],
         conditions=conditions,
+        version=_version(row),
         actions=tuple(
             ActionSpec(
                 id=a["id"],
@@ -50,6 +51,14 @@ def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | No
             for a in row["actions"]
         ),
     )
+
+
+def _version(row: asyncpg.Record | Mapping[str, Any]) -> int:
+    try:
+        value = row["version"]
+    except KeyError:
+        return 0
+    return value if isinstance(value, int) else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,6 +387,17 @@ def ema_take(c: dict[str, Any], state: EmaState, e: Event) -> None:
     state.holding = compare(state.ema, op, band)
 
 
+def rate_forget(c: dict[str, Any], state: RateState) -> None:
+    """Section 2: after taking an event, a window forgets every entry whose block time
+    is at or before T - W - min(W, 1 h), T the newest block time among its entries."""
+    if not state.counted:
+        return
+    window = seconds(str(config_of(c)["time_window"]))
+    newest = max(x.timestamp for x in state.counted)
+    cutoff = newest - window - min(window, 3600)
+    state.counted = [x for x in state.counted if x.timestamp > cutoff]
+
+
 def rate_count(c: dict[str, Any], state: RateState, t: int) -> int:
     """Section 2: the counted events whose block time lies in (t - W, t]."""
     window = seconds(str(config_of(c)["time_window"]))
@@ -549,6 +560,7 @@ class Reference:
                         e.feedback_index,
                     )
                 )
+                rate_forget(c, s)
         verdict = all(self.verdict(c, e) for c in self.conditions())
         scope = e.agent_id if self.firing_scope_is_agent() else "trigger"
         # Section 5: no firing of the same scope before (last firing) + C.

@@ -7,12 +7,13 @@ exactly the same event versions. ``make fuzz-engine`` runs the same property lon
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 
 from shared.events import Event, event_key
 from shared.replay import Replay, compile_trigger
@@ -70,4 +71,11 @@ def test_engine_fires_exactly_where_the_reference_does(
     case: tuple[dict[str, Any], list[Step]],
 ) -> None:
     trigger, steps = case
+    note(f"trigger: {json.dumps(trigger)}")
+    for kind, payload in steps:
+        if isinstance(payload, Event):
+            shown = payload.model_dump(mode="json", exclude_none=True)
+        else:
+            shown = payload if isinstance(payload, dict) else sorted(payload)
+        note(f"{kind}: {json.dumps(shown)}")
     assert engine_firings(trigger, steps) == reference_firings(trigger, steps)

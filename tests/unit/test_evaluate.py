@@ -494,9 +494,10 @@ def test_rate_reset_on_trigger() -> None:
     t = trig(cond("rate_limit", ">=", "2", time_window="1m", reset_on_trigger=True))
     out = run(t, [fb(i, ts=BASE + i) for i in range(5)])
     assert fired(out) == [False, True, False, True, False]
-    assert cstate(t, out[1], "0") == {"window": [], "high": None}
+    assert cstate(t, out[1], "0") == {"window": []}
     assert entry(out[1], "0")["reset"] is True
-    assert out[1].explain["state_after"]["conditions"][cid(t, "0")] == {"entries": 0, "high": None}
+    after = out[1].explain["state_after"]["conditions"][cid(t, "0")]
+    assert after == {"entries": 0, "newest": None}
 
 
 def test_rate_reset_only_when_the_trigger_fires() -> None:
@@ -709,9 +710,9 @@ def test_explain_of_a_firing() -> None:
     assert by_path["1"]["operator"] == "any"
     rate = by_path["2"]
     assert rate["input"] == {"count": 2, "window": [BASE - 30, BASE + 30]}
-    assert rate["state_before"] == {"entries": 1, "high": BASE}
-    assert rate["state_after"] == {"entries": 2, "high": BASE + 30}
-    assert explain["state_before"]["conditions"][cid(t, "2")] == {"entries": 1, "high": BASE}
+    assert rate["state_before"] == {"entries": 1, "newest": BASE}
+    assert rate["state_after"] == {"entries": 2, "newest": BASE + 30}
+    assert explain["state_before"]["conditions"][cid(t, "2")] == {"entries": 1, "newest": BASE}
     assert explain["state_after"]["conditions"][cid(t, "1.0")]["holding"] is True
     json.dumps(explain)
 

@@ -461,13 +461,15 @@ def test_edit_changing_a_condition_rearms_and_keeps_the_last_firing_time() -> No
     # a reorder or another cooldown does not
     assert fired(start, fb(1, 30), ("edit", trig(gate, a)), fb(2, 30)) == [1]
     assert fired(start, fb(1, 30), ("edit", trig(a, gate, cooldown=5)), fb(2, 30)) == [1]
-    # the last firing time survives the edit: the new cooldown counts from it
+    # the last firing time survives the edit: the new cooldown counts from it ...
     history: list[Event | Step] = [
         fb(1, 30, t=0),
         ("edit", trig(a, wider, cooldown=100)),
         fb(2, 30, t=50),
     ]
-    assert fired(start, *history, fb(3, 30, t=100)) == [1, 3]
+    assert fired(trig(a, gate, cooldown=10), *history, fb(3, 30, t=100)) == [1, 3]
+    # ... when there was one: without a cooldown firing times are not kept
+    assert fired(start, *history, fb(3, 30, t=100)) == [1, 2]
 
 
 def test_conditions_with_one_definition_share_one_state() -> None:

@@ -348,9 +348,10 @@ def explain_difference(
         lines.append(f"  live only: {sorted(v for t, v in got - expected if t == trigger_id)}")
         lines.append(f"  reference only: {sorted(v for t, v in expected - got if t == trigger_id)}")
         for kind, payload in steps:
-            if isinstance(payload, Event):
-                shown = payload.model_dump(mode="json", exclude_none=True)
-            else:
-                shown = sorted(payload)
+            shown: Any = (
+                payload.model_dump(mode="json", exclude_none=True)
+                if isinstance(payload, Event)
+                else sorted(payload)
+            )
             lines.append(f"  {kind}: {json.dumps(shown)}")
     return "\n".join(lines)

@@ -48,6 +48,69 @@ $$;
 
 
 --
+-- Name: bump_trigger_version(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.bump_trigger_version() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF OLD.version_xact IS DISTINCT FROM pg_current_xact_id() THEN
+        NEW.version := OLD.version + 1;
+        NEW.version_xact := pg_current_xact_id();
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+
+--
+-- Name: bump_versions_of_changed_triggers(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.bump_versions_of_changed_triggers() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    ids TEXT[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(DISTINCT trigger_id) INTO ids FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(DISTINCT trigger_id) INTO ids FROM old_rows;
+    ELSIF TG_TABLE_NAME = 'trigger_conditions' THEN
+        -- rows whose read columns changed, on either side (a moved row bumps both)
+        SELECT array_agg(DISTINCT d.trigger_id) INTO ids FROM (
+            (SELECT id, trigger_id, condition_type, field, operator, value, config FROM new_rows
+             EXCEPT
+             SELECT id, trigger_id, condition_type, field, operator, value, config FROM old_rows)
+            UNION ALL
+            (SELECT id, trigger_id, condition_type, field, operator, value, config FROM old_rows
+             EXCEPT
+             SELECT id, trigger_id, condition_type, field, operator, value, config FROM new_rows)
+        ) d;
+    ELSE
+        SELECT array_agg(DISTINCT d.trigger_id) INTO ids FROM (
+            (SELECT id, trigger_id, action_type, priority, config FROM new_rows
+             EXCEPT
+             SELECT id, trigger_id, action_type, priority, config FROM old_rows)
+            UNION ALL
+            (SELECT id, trigger_id, action_type, priority, config FROM old_rows
+             EXCEPT
+             SELECT id, trigger_id, action_type, priority, config FROM new_rows)
+        ) d;
+    END IF;
+    IF ids IS NOT NULL THEN
+        UPDATE triggers SET version = version + 1, version_xact = pg_current_xact_id()
+        WHERE id = ANY (ids) AND version_xact IS DISTINCT FROM pg_current_xact_id();
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+
+--
 -- Name: cleanup_old_action_results(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -549,6 +612,8 @@ CREATE TABLE public.action_results (
     retry_count integer DEFAULT 0,
     attempt integer DEFAULT 1 NOT NULL,
     run_id text,
+    event_version text,
+    trigger_version integer,
     CONSTRAINT action_results_action_type_check CHECK ((action_type = ANY (ARRAY['telegram'::text, 'rest'::text, 'mcp'::text]))),
     CONSTRAINT action_results_attempt_check CHECK ((attempt >= 1)),
     CONSTRAINT action_results_status_check CHECK ((status = ANY (ARRAY['success'::text, 'failed'::text, 'retrying'::text, 'dead'::text, 'retracted'::text])))
@@ -1252,6 +1317,8 @@ CREATE TABLE public.triggers (
     enabled_at timestamp with time zone DEFAULT now() NOT NULL,
     created_at timestamp with time zone DEFAULT now(),
     updated_at timestamp with time zone DEFAULT now(),
+    version integer DEFAULT 1 NOT NULL,
+    version_xact xid8 DEFAULT pg_current_xact_id(),
     CONSTRAINT triggers_cooldown_seconds_check CHECK ((cooldown_seconds >= 0)),
     CONSTRAINT triggers_registry_check CHECK ((registry = ANY (ARRAY['identity'::text, 'reputation'::text, 'validation'::text])))
 );
@@ -2331,10 +2398,52 @@ CREATE TRIGGER trigger_actions_notify_changed AFTER INSERT OR DELETE OR UPDATE O
 
 
 --
+-- Name: trigger_actions trigger_actions_version_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trigger_actions_version_delete AFTER DELETE ON public.trigger_actions REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.bump_versions_of_changed_triggers();
+
+
+--
+-- Name: trigger_actions trigger_actions_version_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trigger_actions_version_insert AFTER INSERT ON public.trigger_actions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.bump_versions_of_changed_triggers();
+
+
+--
+-- Name: trigger_actions trigger_actions_version_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trigger_actions_version_update AFTER UPDATE ON public.trigger_actions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.bump_versions_of_changed_triggers();
+
+
+--
 -- Name: trigger_conditions trigger_conditions_notify_changed; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER trigger_conditions_notify_changed AFTER INSERT OR DELETE OR UPDATE ON public.trigger_conditions FOR EACH ROW EXECUTE FUNCTION public.notify_trigger_changed('trigger_id');
+
+
+--
+-- Name: trigger_conditions trigger_conditions_version_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trigger_conditions_version_delete AFTER DELETE ON public.trigger_conditions REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.bump_versions_of_changed_triggers();
+
+
+--
+-- Name: trigger_conditions trigger_conditions_version_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trigger_conditions_version_insert AFTER INSERT ON public.trigger_conditions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.bump_versions_of_changed_triggers();
+
+
+--
+-- Name: trigger_conditions trigger_conditions_version_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER trigger_conditions_version_update AFTER UPDATE ON public.trigger_conditions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.bump_versions_of_changed_triggers();
 
 
 --
@@ -2363,6 +2472,13 @@ CREATE TRIGGER update_triggers_updated_at BEFORE UPDATE ON public.triggers FOR E
 --
 
 CREATE TRIGGER update_users_updated_at BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+
+
+--
+-- Name: triggers version_triggers_bump; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER version_triggers_bump BEFORE UPDATE ON public.triggers FOR EACH ROW WHEN ((((((((old.user_id IS DISTINCT FROM new.user_id) OR (old.name IS DISTINCT FROM new.name)) OR (old.chain_id IS DISTINCT FROM new.chain_id)) OR (old.registry IS DISTINCT FROM new.registry)) OR (old.enabled IS DISTINCT FROM new.enabled)) OR (old.enabled_at IS DISTINCT FROM new.enabled_at)) OR (old.cooldown_seconds IS DISTINCT FROM new.cooldown_seconds))) EXECUTE FUNCTION public.bump_trigger_version();
 
 
 --
@@ -2641,4 +2757,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201200000'),
     ('20261201210000'),
     ('20261201220000'),
-    ('20261206090000');
+    ('20261206090000'),
+    ('20261206100000');

@@ -151,6 +151,9 @@ class TriggerOut(_Out):
     enabled: bool
     is_stateful: bool
     cooldown_seconds: int | None
+    #: Which edit of the trigger this is: 1 when created, one more with every
+    #: transaction that changes what the matcher reads (not the description).
+    version: int
     enabled_at: datetime
     created_at: datetime | None
     updated_at: datetime | None
@@ -188,6 +191,20 @@ class ResultOut(_Out):
     response_data: Any = None
     retry_count: int | None
     attempt: int
+    #: The event version the action ran on, ``{id}@{block_hash}`` (null in rows
+    #: written before versions were recorded).
+    event_version: str | None = None
+    #: The trigger's version when it fired (compare with the trigger's ``version``).
+    trigger_version: int | None = None
+    #: Why the action ran: the firing's explain (each condition's input and verdict,
+    #: the state before and after; docs/semantics.md section 8). Null when neither
+    #: recorded nor recomputable.
+    explain: dict[str, Any] | None = None
+    #: ``recorded``: what the matcher recorded for the firing (stateful triggers);
+    #: ``recomputed``: evaluated again from the stored event (a stateless trigger's
+    #: explain depends on the trigger and the event only, and the trigger is still at
+    #: ``trigger_version``); null with a null ``explain``.
+    explain_source: Literal["recorded", "recomputed"] | None = None
 
 
 class RetryOut(_Out):
@@ -384,6 +401,7 @@ class TriggerPatch(TriggerUpdate):
     enabled_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
     created_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
     updated_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
+    version: int | None = Field(default=None, description="Ignored (output of a GET).")
 
     def action_ids(self) -> list[int | None]:
         return [a.id for a in self.actions or ()]
@@ -400,6 +418,7 @@ class TriggerPatch(TriggerUpdate):
                 "enabled_at": True,
                 "created_at": True,
                 "updated_at": True,
+                "version": True,
                 "conditions": {"__all__": {"id"}},
                 "actions": {"__all__": {"id", "signing_secret_set", "secret_headers_set"}},
             },

@@ -185,7 +185,7 @@ async def revoke_api_key(conn: Conn, key_id: str) -> asyncpg.Record | None:
 TRIGGER_SELECT = """
 SELECT t.id, t.user_id, t.name, t.description, t.chain_id, t.registry,
        t.enabled IS NOT FALSE AS enabled, t.is_stateful IS TRUE AS is_stateful,
-       t.cooldown_seconds, t.enabled_at, t.created_at, t.updated_at,
+       t.cooldown_seconds, t.enabled_at, t.created_at, t.updated_at, t.version,
        coalesce((SELECT json_agg(json_build_object(
                     'id', c.id, 'condition_type', c.condition_type, 'field', c.field,
                     'operator', c.operator, 'value', c.value, 'config', c.config)
@@ -376,12 +376,16 @@ async def list_states(
 
 # --- results -------------------------------------------------------------------------------
 
-RESULT_COLUMNS = (
-    "id, job_id, trigger_id, event_id, action_type, status, executed_at, duration_ms, "
-    "error_message, response_data, retry_count, attempt"
-)
-#: Sort key of results: newest first, rows without a time last.
-RESULT_TIME = "coalesce(executed_at, '-infinity'::timestamptz)"
+RESULT_FIELDS = (
+    "id", "job_id", "trigger_id", "event_id", "action_type", "status", "executed_at",
+    "duration_ms", "error_message", "response_data", "retry_count", "attempt",
+    "event_version", "trigger_version",
+)  # fmt: skip
+RESULT_COLUMNS = ", ".join(f"r.{c}" for c in RESULT_FIELDS)
+#: Sort key of results (``action_results r``): newest first, rows without a time last.
+RESULT_TIME = "coalesce(r.executed_at, '-infinity'::timestamptz)"
+#: The columns of a result's stored event, each as ``ev_<column>``.
+RESULT_EVENT_COLUMNS = ", ".join(f'e."{c}" AS "ev_{c}"' for c in EVENT_COLUMNS)
 
 
 async def list_results(
@@ -394,31 +398,50 @@ async def list_results(
     until: datetime | None,
     after: tuple[str, str] | None,
     limit: int,
+    events_of_version: int | None = None,
 ) -> list[asyncpg.Record]:
+    """A page of the trigger's results, each with ``recorded_explain``: the explain the
+    matcher recorded for the firing (its trigger_evaluations row, matched on the event
+    version), or NULL. With ``events_of_version``, rows written at that trigger version
+    that have no recorded explain also carry their stored event version
+    (``ev_<column>``, NULL when not stored), to evaluate again. One statement: the
+    page is chosen first, the joins run for its rows only."""
     where = Where(trigger_id)
-    where.add("trigger_id = $1")
+    where.add("r.trigger_id = $1")
     if status is not None:
-        where.add("status = {}", status)
+        where.add("r.status = {}", status)
     if action_type is not None:
-        where.add("action_type = {}", action_type)
+        where.add("r.action_type = {}", action_type)
     if since is not None:
-        where.add("executed_at >= {}", since)
+        where.add("r.executed_at >= {}", since)
     if until is not None:
-        where.add("executed_at < {}", until)
+        where.add("r.executed_at < {}", until)
     if after is not None:
-        where.add(f"({RESULT_TIME}, id) < ({{}}::text::timestamptz, {{}})", *after)
+        where.add(f"({RESULT_TIME}, r.id) < ({{}}::text::timestamptz, {{}})", *after)
+    version = where.param(events_of_version)
     return await conn.fetch(
-        f"""SELECT {RESULT_COLUMNS} FROM action_results WHERE {where.sql()}
-            ORDER BY {RESULT_TIME} DESC, id DESC LIMIT {limit + 1}""",  # noqa: S608 (fixed fragments)
+        f"""
+        SELECT r.*, x.explain AS recorded_explain, e.*
+        FROM (SELECT {RESULT_COLUMNS} FROM action_results r WHERE {where.sql()}
+              ORDER BY {RESULT_TIME} DESC, r.id DESC LIMIT {limit + 1}) r
+        LEFT JOIN trigger_evaluations x
+          ON x.trigger_id = r.trigger_id AND x.event_id = r.event_version AND x.fired
+        LEFT JOIN LATERAL (
+            SELECT {RESULT_EVENT_COLUMNS} FROM events e
+            WHERE {version}::int IS NOT NULL AND x.explain IS NULL
+              AND r.trigger_version = {version}::int
+              AND e.id = r.event_id AND e.id || '@' || e.block_hash = r.event_version
+            ORDER BY e.created_at DESC LIMIT 1) e ON true
+        ORDER BY {RESULT_TIME} DESC, r.id DESC""",  # noqa: S608 (fixed fragments)
         *where.args,
     )
 
 
 async def latest_result(conn: Conn, trigger_id: str, job_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        f"""SELECT {RESULT_COLUMNS} FROM action_results
-            WHERE trigger_id = $1 AND job_id = $2
-            ORDER BY {RESULT_TIME} DESC, attempt DESC, id DESC LIMIT 1""",  # noqa: S608 (constants)
+        f"""SELECT {RESULT_COLUMNS} FROM action_results r
+            WHERE r.trigger_id = $1 AND r.job_id = $2
+            ORDER BY {RESULT_TIME} DESC, r.attempt DESC, r.id DESC LIMIT 1""",  # noqa: S608 (constants)
         trigger_id,
         job_id,
     )

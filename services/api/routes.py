@@ -88,7 +88,7 @@ from services.api.signatures import (
     recover_signer,
 )
 from shared.evaluate import TriggerSpec, evaluate
-from shared.events import INT32_MAX, INT63_MAX, Event, event_key
+from shared.events import EVENT_COLUMNS, INT32_MAX, INT63_MAX, Event, event_key
 from shared.jobs import ActionJob, job_id
 from shared.outbound import origin
 from shared.replay import compile_trigger
@@ -548,8 +548,14 @@ async def list_trigger_results(request: web.Request) -> web.Response:
     query = parse_query(request, ResultsQuery)
     after = decode_cursor(query.cursor, (str, str))
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        if await queries.get_trigger(conn, trigger_id) is None:
+        trigger = await queries.get_trigger(conn, trigger_id)
+        if trigger is None:
             raise not_found("no such trigger")
+        # A stateless trigger records no evaluation: its explain is a pure function of
+        # the trigger and the event, so the firings of its current version can be
+        # evaluated again (an earlier version's explain would be another definition's).
+        spec = _spec(trigger)
+        stateless = spec if spec is not None and not spec.is_stateful else None
         rows = await queries.list_results(
             conn,
             trigger_id,
@@ -559,9 +565,27 @@ async def list_trigger_results(request: web.Request) -> web.Response:
             until=query.until,
             after=None if after is None else (cursor_time(after[0]), after[1]),
             limit=query.limit,
+            events_of_version=None if stateless is None else stateless.version,
         )
     rows, cursor = _page(rows, query.limit, lambda r: [_iso(r["executed_at"]), r["id"]])
-    return json_ok(Page[ResultOut](items=[ResultOut(**dict(r)) for r in rows], next_cursor=cursor))
+    return json_ok(
+        Page[ResultOut](items=[_result_out(r, stateless) for r in rows], next_cursor=cursor)
+    )
+
+
+def _result_out(row: asyncpg.Record, stateless: TriggerSpec | None) -> ResultOut:
+    """A result with its firing's explain: the recorded one, else (a stateless trigger
+    still at the version that fired, its event version stored) the one evaluated again."""
+    out = {name: row[name] for name in queries.RESULT_FIELDS}
+    explain: dict[str, Any] | None = row["recorded_explain"]
+    if explain is not None:
+        return ResultOut(**out, explain=explain, explain_source="recorded")
+    if stateless is not None and row["ev_id"] is not None:
+        event = event_from_row({c: row[f"ev_{c}"] for c in EVENT_COLUMNS})
+        outcome = evaluate(stateless, event, states={})
+        if outcome.fired:
+            return ResultOut(**out, explain=outcome.explain, explain_source="recomputed")
+    return ResultOut(**out)
 
 
 async def retry_result(request: web.Request) -> web.Response:

@@ -46,10 +46,14 @@ WHERE t.chain_id = $1 AND t.agent_id = $2
 """  # noqa: S608 (constants)
 
 #: One row per attempt of a run; a second recording of the same attempt is a no-op.
+#: event_version is the job's event version ({id}@{block_hash}), trigger_version the
+#: trigger's version at firing time (from the explain): the API joins the firing's
+#: explain on them.
 INSERT_RESULT = """
 INSERT INTO action_results
     (job_id, trigger_id, event_id, user_id, action_type, status, duration_ms,
-     error_message, response_data, retry_count, attempt, run_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+     error_message, response_data, retry_count, attempt, run_id, event_version,
+     trigger_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (job_id, (coalesce(run_id, '')), attempt) DO NOTHING
 """

@@ -60,7 +60,7 @@ from services.dispatcher.policy import (
 from services.dispatcher.registration import ResolveError, Resolver
 from services.dispatcher.settings import DispatcherSettings
 from shared.db import Conn
-from shared.events import INT32_MAX
+from shared.events import INT32_MAX, event_key
 from shared.jobs import ActionJob, DeadLetter
 from shared.outbound import OutboundPolicy, origin
 from shared.secrets import SecretBox, SecretDecryptError
@@ -133,6 +133,16 @@ AttemptKey = tuple[str, str, int]
 
 def attempt_key(job: ActionJob) -> AttemptKey:
     return (job.job_id, job.run_id or "", job.attempt)
+
+
+def trigger_version(job: ActionJob) -> int | None:
+    """The trigger's version when it fired, as its explain names it (None when the
+    explain names none: a job of a matcher that did not know versions)."""
+    value = job.explain.get("trigger_version")
+    # bool is an int to Python, not a version; a version fits the INTEGER column.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT32_MAX:
+        return None
+    return value
 
 
 class Dispatcher:
@@ -637,6 +647,8 @@ class Dispatcher:
                 job.attempt - 1,
                 job.attempt,
                 job.run_id,
+                event_key(job.event),
+                trigger_version(job),
             )
         )
 

@@ -11,6 +11,7 @@ from shared.db import Conn
 
 TRIGGERS_SQL = """
 SELECT t.id, t.user_id, t.name, t.chain_id, t.registry, t.enabled_at, t.cooldown_seconds,
+       t.version,
        coalesce((SELECT json_agg(json_build_object(
                     'condition_type', c.condition_type, 'field', c.field,
                     'operator', c.operator, 'value', c.value, 'config', c.config)

@@ -761,6 +761,160 @@ async def test_results_filter_page_and_redrive_a_dead_job(
         assert (await client.post(f"{url}/{jid}/retry", headers=auth)).status == 409
 
 
+async def seed_result(
+    db: asyncpg.Connection,
+    trigger_id: str,
+    user_id: str,
+    *,
+    event_id: str,
+    event_version: str | None,
+    trigger_version: int | None,
+) -> str:
+    """One successful attempt of a job, recorded as the dispatcher records it."""
+    jid = uuid.uuid4().hex
+    await db.execute(
+        "INSERT INTO action_results (job_id, trigger_id, event_id, user_id, action_type, status,"
+        " attempt, event_version, trigger_version) VALUES ($1, $2, $3, $4, 'rest', 'success', 1,"
+        " $5, $6)",
+        jid,
+        trigger_id,
+        event_id,
+        user_id,
+        event_version,
+        trigger_version,
+    )
+    return jid
+
+
+async def test_results_carry_the_firings_explain_and_the_versions(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    erin, frank = await signup(client, "erin"), await signup(client, "frank")
+    user = await db.fetchval("SELECT id FROM users WHERE username = 'erin'")
+
+    async def create(body: dict[str, Any]) -> dict[str, Any]:
+        resp = await client.post("/v1/triggers", json=body, headers=erin)
+        assert resp.status == 201, await resp.text()
+        out: dict[str, Any] = await resp.json()
+        return out
+
+    # A cooldown makes a trigger stateful; the default one is stateless.
+    stateful = await create(a_trigger(CHAIN, name="cooled", cooldown_seconds=60))
+    stateless = await create(a_trigger(CHAIN))
+    assert stateful["is_stateful"]
+    assert not stateless["is_stateful"]
+    assert stateful["version"] == stateless["version"] == 1
+    sid, tid = stateful["id"], stateless["id"]
+
+    stored = an_event(CHAIN, 300, event_type="NewFeedback", score=95)
+    await store_events(db, [stored])
+    version = event_key(stored)
+    never_stored = f"{stored.id}@0x{'e' * 64}"  # another version of the same position
+
+    # Stateful: the explain the matcher recorded for the firing, joined on its version.
+    recorded = {
+        "trigger_id": sid,
+        "trigger_version": 1,
+        "event_version": version,
+        "fired": True,
+        "conditions": [{"path": "0", "verdict": True, "input": "NewFeedback"}],
+        "state_before": {"": {"firing": {}}},
+        "state_after": {"": {"firing": {"last_fired_at": 1}}},
+    }
+    await db.execute(
+        "INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)"
+        " VALUES ($1, $2, true, $3), ($1, $4, false, $5)",
+        sid,
+        version,
+        recorded,
+        never_stored,
+        {**recorded, "fired": False},
+    )
+    s_recorded = await seed_result(
+        db, sid, user, event_id=stored.id, event_version=version, trigger_version=1
+    )
+    # evaluated without firing, or its record cleaned up: a stateful explain is not
+    # evaluated again (it depends on the state of then), even with the event stored
+    s_not_fired = await seed_result(
+        db, sid, user, event_id=stored.id, event_version=never_stored, trigger_version=1
+    )
+    s_gone = await seed_result(
+        db, sid, user, event_id=stored.id, event_version=f"{stored.id}@0x{'f' * 64}",
+        trigger_version=1,
+    )  # fmt: skip
+
+    # Stateless: nothing recorded, evaluated again from the stored event version.
+    t_recomputed = await seed_result(
+        db, tid, user, event_id=stored.id, event_version=version, trigger_version=1
+    )
+    t_not_stored = await seed_result(
+        db, tid, user, event_id=stored.id, event_version=never_stored, trigger_version=1
+    )
+    t_before = await seed_result(
+        db, tid, user, event_id=stored.id, event_version=None, trigger_version=None
+    )
+
+    async def items(trigger_id: str) -> dict[str, dict[str, Any]]:
+        resp = await client.get(f"/v1/triggers/{trigger_id}/results", headers=erin)
+        assert resp.status == 200, await resp.text()
+        return {r["job_id"]: r for r in (await resp.json())["items"]}
+
+    got = await items(sid)
+    assert got[s_recorded]["explain"] == recorded
+    assert got[s_recorded]["explain_source"] == "recorded"
+    assert got[s_recorded]["event_version"] == version
+    assert got[s_recorded]["trigger_version"] == 1
+    for jid in (s_not_fired, s_gone):
+        assert got[jid]["explain"] is None, jid
+        assert got[jid]["explain_source"] is None, jid
+
+    got = await items(tid)
+    explain = got[t_recomputed]["explain"]
+    assert got[t_recomputed]["explain_source"] == "recomputed"
+    assert got[t_recomputed]["event_version"] == version
+    assert got[t_recomputed]["trigger_version"] == 1
+    assert explain["trigger_id"] == tid
+    assert explain["trigger_version"] == 1
+    assert explain["event_version"] == version
+    assert explain["fired"] is True
+    assert [(c["type"], c["verdict"]) for c in explain["conditions"]] == [
+        ("event_type_equals", True),
+        ("score_threshold", True),
+    ]
+    assert explain["state_before"] == explain["state_after"] == {}
+    assert got[t_not_stored]["explain"] is None
+    assert got[t_before]["explain"] is None
+    assert got[t_before]["explain_source"] is None
+    assert got[t_before]["event_version"] is None
+    assert got[t_before]["trigger_version"] is None
+
+    # An edit makes a new version: the firings of the earlier one are not explained
+    # by the new definition; those of the new one are.
+    patched = await client.patch(f"/v1/triggers/{tid}", json={"name": "renamed"}, headers=erin)
+    assert (await patched.json())["version"] == 2
+    t_new = await seed_result(
+        db, tid, user, event_id=stored.id, event_version=version, trigger_version=2
+    )
+    got = await items(tid)
+    assert got[t_recomputed]["explain"] is None
+    assert got[t_recomputed]["trigger_version"] == 1
+    assert got[t_new]["explain_source"] == "recomputed"
+    assert got[t_new]["explain"]["trigger_version"] == 2
+    # filters and the cursor still work on the joined page
+    page = await (
+        await client.get(
+            f"/v1/triggers/{tid}/results", params={"limit": "1", "status": "success"}, headers=erin
+        )
+    ).json()
+    assert len(page["items"]) == 1
+    assert page["next_cursor"] is not None
+
+    # Another user sees neither the results nor their explains.
+    for trigger_id in (sid, tid):
+        resp = await client.get(f"/v1/triggers/{trigger_id}/results", headers=frank)
+        assert resp.status == 404
+
+
 async def test_events_filters_and_pages_and_hourly_stats(
     client: Client, db: asyncpg.Connection
 ) -> None:

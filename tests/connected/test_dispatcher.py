@@ -311,6 +311,67 @@ async def test_a_replaced_event_is_retracted_and_its_replacement_delivered(
     assert [s.headers["idempotency-key"] for s in receiver.seen] == [jobs[1].job_id]
 
 
+async def test_every_attempt_row_names_the_event_version_and_the_trigger_version(
+    db: asyncpg.Connection,
+    dispatcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """The rows of a job's attempts carry the job's event version ({id}@{block_hash},
+    not only the position) and the trigger version its explain names; a job whose
+    explain names none (or not as a whole number) leaves trigger_version NULL."""
+
+    def respond(seen: Seen, n: int) -> web.Response:
+        return web.Response(status=503) if n == 1 else web.json_response({"ok": True})
+
+    async with serve(Receiver(respond=respond)) as receiver:
+        config = {"url": f"{receiver.base}/hook", "max_attempts": 3}
+        user, trigger, action = await rest_trigger(db, config)
+        events = [an_event(51, block_hash="0x" + "cd" * 32), an_event(52), an_event(53)]
+        explains: list[dict[str, Any]] = [
+            {"fired": True, "trigger_version": 7},
+            {"fired": True},
+            {"fired": True, "trigger_version": "7"},
+        ]
+        jobs = [
+            make_job(
+                trigger_id=trigger,
+                user_id=user,
+                action_id=action,
+                action_type="rest",
+                config=config,
+                event=event,
+            ).model_copy(update={"explain": explain})
+            for event, explain in zip(events, explains, strict=True)
+        ]
+        start_dispatcher(dispatcher_env, tmp_path, procs)
+        await produce_jobs(kafka_bootstrap, actions_topic, jobs[:1])
+
+        async def delivered() -> bool:
+            return "success" in statuses(await results(db, jobs[0].job_id))
+
+        await wait_for(delivered, within=30, what="delivery after a retry")
+        await produce_jobs(kafka_bootstrap, actions_topic, jobs[1:])
+
+        async def all_recorded() -> bool:
+            return all([await results(db, j.job_id) for j in jobs[1:]])
+
+        await wait_for(all_recorded, within=30, what="the other jobs recorded")
+
+    rows = await results(db, jobs[0].job_id)
+    assert statuses(rows) == ["retrying", "success"]
+    for row in rows:
+        assert row["event_id"] == events[0].id
+        assert row["event_version"] == f"{events[0].id}@0x{'cd' * 32}"
+        assert row["trigger_version"] == 7
+    for job, event in zip(jobs[1:], events[1:], strict=True):
+        (row,) = await results(db, job.job_id)
+        assert row["event_version"] == f"{event.id}@{event.block_hash}"
+        assert row["trigger_version"] is None
+
+
 async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
     db: asyncpg.Connection,
     dispatcher_env: dict[str, str],

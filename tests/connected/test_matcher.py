@@ -285,6 +285,10 @@ async def test_every_condition_type_end_to_end(
         ("ema", e1.id), ("ema", e3.id),  # agent scope: agent 7 starts its own EMA at 50
         ("rate", e2.id),
     }  # fmt: skip
+    # an edit before the matcher starts: its jobs name the trigger's version then
+    await db.execute("UPDATE triggers SET name = 'rate, renamed' WHERE id = $1", t["rate"])
+    versions = {r["id"]: r["version"] for r in await db.fetch("SELECT id, version FROM triggers")}
+    assert versions[t["rate"]] == 2
     start_matcher(matcher_env, tmp_path, procs)
     await produce_events(kafka_bootstrap, topic, [e1, e2, e3, e4, v1, v2])
     jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(expected))
@@ -296,6 +300,7 @@ async def test_every_condition_type_end_to_end(
         assert job.job_id == job_id(job.trigger_id, event_key(job.event), job.action_id)
         assert job.explain["fired"] is True
         assert job.explain["conditions"], job.explain
+        assert job.explain["trigger_version"] == versions[job.trigger_id]
     ema_job = next(j for j in jobs if j.trigger_id == t["ema"])
     assert any(c["type"] == "ema_threshold" for c in ema_job.explain["conditions"])
 

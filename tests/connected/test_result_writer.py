@@ -30,7 +30,10 @@ POSTGRES = ROOT / "deploy" / "local" / "postgres.sh"
 
 
 def row(job: str, user: str) -> tuple[object, ...]:
-    return (job, None, "8453-1-0", user, "rest", "success", 12, None, None, 0, 1, None)
+    return (
+        job, None, "8453-1-0", user, "rest", "success", 12, None, None, 0, 1, None,
+        f"8453-1-0@0x{'a' * 64}", 3,
+    )  # fmt: skip
 
 
 async def test_a_result_written_during_a_crash_is_recorded_when_the_database_is_back(

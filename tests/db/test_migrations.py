@@ -380,6 +380,96 @@ async def test_enabled_at_moves_when_a_trigger_is_enabled_again(db: asyncpg.Conn
         await db.execute("UPDATE triggers SET cooldown_seconds = -1 WHERE id = $1", trigger_id)
 
 
+async def test_version_moves_once_per_transaction_with_what_the_matcher_reads(
+    db: asyncpg.Connection,
+) -> None:
+    user_id = await make_user(db)
+    insert_condition = (
+        "INSERT INTO trigger_conditions (trigger_id, condition_type, field, operator, value)"
+        " VALUES ($1, 'score_threshold', 'score', '>', $2)"
+    )
+
+    async def version() -> int:
+        value: int = await db.fetchval("SELECT version FROM triggers WHERE id = $1", trigger_id)
+        return value
+
+    # Created with its conditions and actions in one transaction: version 1.
+    async with db.transaction():
+        trigger_id = await make_trigger(db, user_id)
+        for value in ("10", "20"):
+            await db.execute(insert_condition, trigger_id, value)
+        await db.execute(
+            "INSERT INTO trigger_actions (trigger_id, action_type, config)"
+            " VALUES ($1, 'telegram', '{\"chat_id\": \"1\"}')",
+            trigger_id,
+        )
+    assert await version() == 1
+
+    # What a PATCH does, as the API does it (its role, row-level security): the row
+    # rewritten, the conditions replaced one statement each, an action changed. One
+    # version, not one per statement or row.
+    async with db.transaction():
+        await db.execute("SET LOCAL ROLE erc8004_api")
+        await db.execute("SELECT set_config('app.current_user_id', $1, true)", user_id)
+        await db.execute(
+            "UPDATE triggers SET name = 'patched', description = 'd' WHERE id = $1", trigger_id
+        )
+        await db.execute("DELETE FROM trigger_conditions WHERE trigger_id = $1", trigger_id)
+        for value in ("1", "2", "3", "4", "5"):
+            await db.execute(insert_condition, trigger_id, value)
+        await db.execute(
+            "UPDATE trigger_actions SET priority = 2 WHERE trigger_id = $1", trigger_id
+        )
+    assert await version() == 2
+    # ... also when the row itself is not changed: the conditions alone move it once
+    async with db.transaction():
+        await db.execute("DELETE FROM trigger_conditions WHERE trigger_id = $1", trigger_id)
+        for value in ("6", "7", "8"):
+            await db.execute(insert_condition, trigger_id, value)
+    assert await version() == 3
+
+    # Plain SQL, one statement each: every change the matcher reads moves it.
+    await db.execute("UPDATE triggers SET name = 'renamed' WHERE id = $1", trigger_id)
+    assert await version() == 4
+    await db.execute("UPDATE triggers SET enabled = false WHERE id = $1", trigger_id)
+    assert await version() == 5
+    await db.execute(
+        "UPDATE trigger_conditions SET value = '9' WHERE trigger_id = $1 AND value = '8'",
+        trigger_id,
+    )
+    assert await version() == 6
+    await db.execute(
+        'UPDATE trigger_actions SET config = \'{"chat_id": "2"}\' WHERE trigger_id = $1',
+        trigger_id,
+    )
+    assert await version() == 7
+    await db.execute("DELETE FROM trigger_actions WHERE trigger_id = $1", trigger_id)
+    assert await version() == 8
+
+    # What the matcher does not read, and changes that change nothing, do not.
+    await db.execute("UPDATE triggers SET description = 'about' WHERE id = $1", trigger_id)
+    await db.execute("UPDATE triggers SET name = name, enabled = enabled WHERE id = $1", trigger_id)
+    await db.execute(
+        "UPDATE trigger_conditions SET value = value WHERE trigger_id = $1", trigger_id
+    )
+    assert await version() == 8
+
+    # A bump undone with its savepoint is not remembered as done.
+    async with db.transaction():
+        savepoint = db.transaction()
+        await savepoint.start()
+        await db.execute("UPDATE triggers SET name = 'x' WHERE id = $1", trigger_id)
+        await savepoint.rollback()
+        await db.execute(insert_condition, trigger_id, "10")
+    assert await version() == 9
+
+    # Another trigger's changes leave this one alone.
+    other = await make_trigger(db, user_id, name="other")
+    await db.execute(insert_condition, other, "1")
+    assert await version() == 9
+    assert await db.fetchval("SELECT version FROM triggers WHERE id = $1", other) == 2
+
+
 # --------------------------------------------------------------------------- (d) append-only
 
 

@@ -191,7 +191,7 @@ def test_patch_body_is_documented_as_the_handler_reads_it() -> None:
 
     echoed = {
         "id": "3f1c", "enabled_at": "2026-01-01T00:00:00Z", "created_at": None,
-        "updated_at": "2026-01-02T00:00:00Z",
+        "updated_at": "2026-01-02T00:00:00Z", "version": 3,
         "name": "x",
         "is_stateful": False,
         "conditions": [{"id": 9, "condition_type": "event_type_equals", "field": "",

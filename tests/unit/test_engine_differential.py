@@ -73,6 +73,7 @@ def test_engine_fires_exactly_where_the_reference_does(
     trigger, steps = case
     note(f"trigger: {json.dumps(trigger)}")
     for kind, payload in steps:
+        shown: Any
         if isinstance(payload, Event):
             shown = payload.model_dump(mode="json", exclude_none=True)
         else:

@@ -549,6 +549,33 @@ def _valid(node: _Node, s: Any) -> bool:
     )
 
 
+def _legacy(node: _Node, s: Any) -> tuple[State, bool] | None:
+    """A condition state stored by the previous release (keyed by the condition's
+    path, with a per-condition armed flag): the state in today's layout, and whether
+    the condition fired and has not re-armed since (the set is then disarmed, so the
+    upgrade does not alert twice). None when it does not read as one."""
+    if not isinstance(s, dict):
+        return None
+    if node.kind == "ema":
+        if not (_finite(s.get("ema")) and type(s.get("count")) is int):
+            return None
+        armed = s.get("armed")
+        if type(armed) is not bool:
+            return None
+        out: State = {"ema": str(Decimal(s["ema"])), "count": s["count"]}
+        if node.crossing:
+            out["holding"] = not armed and s["count"] >= node.warmup
+        return out, node.crossing and not armed
+    window = s.get("window")
+    if not isinstance(window, list) or not all(
+        isinstance(x, list) and len(x) == 7 and type(x[0]) is int for x in window
+    ):
+        return None
+    # [ts, id, client, index, block, chain, agent] -> [ts, version, client, index, block, agent]
+    entries = sorted(([x[0], x[1], x[2], x[3], x[4], x[6]] for x in window), key=_ts)
+    return {"window": entries}, False
+
+
 class _Rows:
     """The scope rows of one evaluation: loaded (only what still fits the trigger),
     worked on, and built back."""
@@ -567,9 +594,17 @@ class _Rows:
             loaded: dict[str, State] = {}
             if isinstance(conds, dict):
                 for node in prog.state_nodes:
+                    if self.key(node) != key:
+                        continue
                     s = conds.get(node.cid)
-                    if s is not None and self.key(node) == key and _valid(node, s):
+                    if s is not None and _valid(node, s):
                         loaded[node.cid] = s
+                    elif s is None and node.path in conds:
+                        legacy = _legacy(node, conds[node.path])
+                        if legacy is not None:
+                            loaded[node.cid], fired_before = legacy
+                            if fired_before and prog.crossing and key == self.firing:
+                                self.old[key] = old = {**old, "disarmed": prog.set_id}
             self.work[key] = loaded
 
     def need(self, keys: Collection[str]) -> None:

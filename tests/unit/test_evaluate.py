@@ -879,3 +879,33 @@ def test_score_threshold_on_a_validation_response() -> None:
     assert evaluate(t, v, states={}).fired
     assert not evaluate(t, event("ValidationResponse", response=20), states={}).fired
     assert not verdict(c, fb(1))  # a feedback has no response
+
+
+def test_state_of_the_previous_release_carries_over() -> None:
+    """Rows stored before this layout (conditions keyed by position, an armed flag per
+    EMA, rate entries with the chain) are read, not dropped: an upgrade neither forgets
+    the EMA nor alerts twice for a crossing that already fired."""
+    t = trig(
+        cond("ema_threshold", "<", "50", alpha="0.5"),
+        cond("rate_limit", ">=", "1", **W60),
+    )
+    key = f"84532-100-1@{'0x' + '11' * 32}"
+    old_layout = {
+        "conditions": {
+            "0": {"ema": "30", "count": 4, "armed": False, "seen": [key]},
+            "1": {"window": [[BASE, key, CLIENT, 1, 100, 84532, 42]], "high": BASE},
+        },
+        "last_fired_at": BASE,
+    }
+    out = run(t, [fb(2, 30, ts=BASE + 1), fb(3, 30, ts=BASE + 2)], state=old_layout)
+    # the EMA went on from 30 (not restarted), the window from its one entry
+    assert Decimal(cstate(t, out[0], "0")["ema"]) == 30
+    assert cstate(t, out[0], "0")["count"] == 5
+    assert [e[0] - BASE for e in cstate(t, out[1], "1")["window"]] == [0, 1, 2]
+    # the crossing had fired before the upgrade and the set still holds: no second alert
+    assert fired(out) == [False, False]
+    assert [o.explain["armed"] for o in out] == [False, False]
+    # an EMA that had re-armed (armed: true) fires on its next crossing
+    rearmed = {"conditions": {"0": {"ema": "60", "count": 2, "armed": True, "seen": []}}}
+    again = run(trig(cond("ema_threshold", "<", "50", alpha=1)), [fb(4, 10)], state=rearmed)
+    assert fired(again) == [True]

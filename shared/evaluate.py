@@ -63,6 +63,7 @@ __all__ = [
     "Withdrawal",
     "condition_id",
     "evaluate",
+    "forget_removed",
     "retract",
     "scope_keys",
 ]
@@ -146,6 +147,13 @@ class TriggerSpec:
         """The firing scope is the agent (some stateful condition is agent-scoped)."""
         return self._program.agent_firing
 
+    @property
+    def state_signature(self) -> tuple[frozenset[str], str, bool]:
+        """What the stored state depends on: the identities of the stateful conditions,
+        the condition set's identity (arming) and whether firing times are kept."""
+        prog = self._program
+        return frozenset(n.cid for n in prog.state_nodes), prog.set_id, prog.cooldown > 0
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -183,6 +191,26 @@ def condition_id(condition: Condition, chain_id: int, registry: str) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def forget_removed(trigger: TriggerSpec, state: Mapping[str, Any]) -> State:
+    """A state row after an edit: the states of conditions the trigger no longer has
+    are dropped (re-added later, a condition starts from no state), arming of another
+    condition set is dropped (the new set starts armed), and the last firing time
+    without a cooldown (a cooldown added later counts from the next firing)."""
+    ids, set_id, keeps_firings = trigger.state_signature
+    new: State = {}
+    conds = state.get("conditions")
+    if isinstance(conds, dict):
+        kept = {k: v for k, v in conds.items() if k in ids}
+        if kept:
+            new["conditions"] = kept
+    if state.get("disarmed") == set_id:
+        new["disarmed"] = set_id
+    last = state.get("last_fired_at")
+    if keeps_firings and type(last) is int:
+        new["last_fired_at"] = last
+    return new
 
 
 def agent_key(event: Event) -> str:
@@ -966,6 +994,7 @@ def _revoked_only(
 ) -> dict[str, Any]:
     return {
         "trigger_id": trigger.id,
+        "trigger_version": trigger.version,
         "event_id": event.id,
         "event_version": event_key(event),
         "fired": False,
@@ -1022,12 +1051,15 @@ def retract(
     from_block: int,
     to_block: int | None,
     event_keys: Collection[str] | None = None,
+    scope_key: str | None = None,
 ) -> Withdrawal:
     """Take a reorged block range [from_block, to_block] (None: no upper bound) of a chain
     back out of every rate window of one state row; with ``event_keys`` (the replaced
     versions, see shared.events.event_key), exactly those entries, so that applying
     the retraction again never removes a canonical event of the same range. EMAs,
-    arming and cooldowns stay as they are."""
+    arming and cooldowns stay as they are. ``scope_key`` names the row ('' the
+    trigger's, else an agent's): a window stored in the previous release's layout is
+    converted when its condition belongs in that row."""
     prog = trigger._program
     old = state if isinstance(state, dict) else dict(state or {})
     explain: dict[str, Any] = {
@@ -1040,9 +1072,18 @@ def retract(
     conds = old.get("conditions")
     if not prog.rate_nodes or chain_id != trigger.chain_id or not isinstance(conds, dict):
         return Withdrawal(old, False, explain)
-    work = {
-        n.cid: conds[n.cid] for n in prog.state_nodes if n.cid in conds and _valid(n, conds[n.cid])
-    }
+    work: dict[str, State] = {}
+    for n in prog.rate_nodes:
+        if n.cid in conds and _valid(n, conds[n.cid]):
+            work[n.cid] = conds[n.cid]
+        elif (
+            n.cid not in conds
+            and n.path in conds
+            and (scope_key is None or n.agent == (scope_key != ""))
+        ):
+            legacy = _legacy(n, conds[n.path])
+            if legacy is not None:
+                work[n.cid] = legacy[0]
     keys = frozenset(event_keys) if event_keys is not None else None
 
     def keep(entry: list[Any]) -> bool:

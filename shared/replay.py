@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
-from shared.evaluate import ActionSpec, Outcome, TriggerSpec, evaluate, retract, scope_keys
+from shared.evaluate import (
+    ActionSpec,
+    Outcome,
+    TriggerSpec,
+    evaluate,
+    forget_removed,
+    retract,
+    scope_keys,
+)
 from shared.events import Event
 from shared.trigger_index import TriggerIndex
 from shared.triggers import Condition
@@ -112,6 +120,8 @@ class Replay:
                 self.states[key] = out.state
 
     def edit(self, trigger: TriggerSpec) -> None:
-        """The trigger was changed: states carry over per condition identity."""
+        """The trigger was changed: states carry over per condition identity, what the
+        edit removed is forgotten (as the matcher does when its index reloads)."""
         self.trigger = trigger
         self._index = TriggerIndex([trigger])
+        self.states = {k: forget_removed(trigger, v) for k, v in self.states.items()}

@@ -496,7 +496,11 @@ def histories(draw: st.DrawFn, trigger: dict[str, Any]) -> list[tuple[str, Any]]
         if operation == "edit":
             if edits_left > 0:
                 edits_left -= 1
-                new = draw(edits(current))
+                earlier = [p for kind, p in steps if kind == "edit"] + [trigger]
+                if draw(st.integers(0, 3)) == 0:
+                    new = draw(st.sampled_from(earlier))  # an edit undone (A -> B -> A)
+                else:
+                    new = draw(edits(current))
                 if new is not None:
                     current = new
                     steps.append(("edit", new))

@@ -469,6 +469,8 @@ class Reference:
             self.armed = {}
         keep = {identity(c, new) for c in stateful_leaves(list(new.get("conditions") or []))}
         self.states = {key: s for key, s in self.states.items() if key[0] in keep}
+        if not new.get("cooldown_seconds"):  # section 5: without a cooldown none are kept
+            self.last_firing = {}
         self.trigger = new
 
     def withdraw(self, matches: Any) -> None:

@@ -5,6 +5,7 @@ LISTEN misses whatever is sent while its connection is down)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ import structlog
 from services.matcher import queries
 from services.matcher.metrics import MatcherMetrics
 from shared.db import keep_listening, listen
+from shared.evaluate import TriggerSpec, forget_removed
 from shared.replay import compile_trigger
 from shared.trigger_index import TriggerIndex
 
@@ -33,6 +35,9 @@ class IndexKeeper:
     ) -> None:
         self.index = TriggerIndex()
         self._fingerprints: dict[str, str] = {}
+        #: What each trigger's stored state depends on, as last seen (also while it is
+        #: disabled): an edit that changes it makes the state rows forget the rest.
+        self._signatures: dict[str, tuple[frozenset[str], str, bool]] = {}
         self._pool = pool
         self._connect = connect
         self._metrics = metrics
@@ -65,6 +70,7 @@ class IndexKeeper:
             for i in range(0, len(stale), 5000):
                 rows += await queries.list_triggers_by_id(conn, stale[i : i + 5000])
         compiled = 0
+        edited: list[TriggerSpec] = []
         for n, row in enumerate(rows):
             trigger = compile_trigger(row)
             if trigger is None:
@@ -72,9 +78,12 @@ class IndexKeeper:
             else:
                 self.index.put(trigger)
                 compiled += 1
+                if self._edited(trigger):
+                    edited.append(trigger)
             self._fingerprints[row["id"]] = row["fp"]
             if n % 500 == 499:
                 await asyncio.sleep(0)  # a large load must not stall the consumer
+        await self._forget_removed(edited)
         removed = [i for i in self._fingerprints if i not in current]
         for trigger_id in removed:
             self.index.remove(trigger_id)
@@ -113,8 +122,30 @@ class IndexKeeper:
         else:
             self.index.put(trigger)
             self._fingerprints[trigger_id] = rows[0]["fp"]
+            if self._edited(trigger):
+                await self._forget_removed([trigger])
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("trigger").inc()
+
+    def _edited(self, trigger: TriggerSpec) -> bool:
+        """Whether the trigger changed what its state depends on since last seen (not
+        known for the first sight after a start: an edit made while no matcher ran
+        keeps the state of conditions it removed and added back)."""
+        signature = trigger.state_signature
+        before = self._signatures.get(trigger.id)
+        self._signatures[trigger.id] = signature
+        return before is not None and before != signature
+
+    async def _forget_removed(self, triggers: list[TriggerSpec]) -> None:
+        """The state rows of edited triggers drop what the edit removed
+        (shared.evaluate.forget_removed), so a condition added back starts afresh."""
+        for trigger in triggers:
+            async with self._pool.acquire() as conn:
+                changed = await queries.rewrite_states(
+                    conn, trigger.id, functools.partial(forget_removed, trigger)
+                )
+            if changed:
+                log.info("trigger edited: state rows cleared", trigger_id=trigger.id, rows=changed)
 
     async def run(self) -> None:
         """Listen and resync until cancelled."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -101,6 +101,26 @@ async def lock_chain_states(
         list(trigger_ids),
     )
     return {(r["trigger_id"], r["scope_key"]): r["state_data"] for r in rows}
+
+
+async def rewrite_states(
+    conn: Conn, trigger_id: str, rewrite: Callable[[dict[str, Any]], dict[str, Any]]
+) -> int:
+    """Every state row of a trigger through ``rewrite``, in one transaction with the
+    rows locked; returns how many changed."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "SELECT scope_key, state_data FROM trigger_state WHERE trigger_id = $1"
+            " ORDER BY scope_key FOR UPDATE",
+            trigger_id,
+        )
+        changed = {}
+        for r in rows:
+            new = rewrite(r["state_data"])
+            if new != r["state_data"]:
+                changed[(trigger_id, r["scope_key"])] = new
+        await save_states(conn, changed)
+    return len(changed)
 
 
 async def save_states(conn: Conn, states: dict[StateKey, dict[str, Any]]) -> None:

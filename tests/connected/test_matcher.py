@@ -420,6 +420,100 @@ async def test_retraction_takes_events_out_of_rate_windows(
     assert not {event_key(e) for e in replaced} & {entry[1] for entry in entries}
 
 
+async def test_a_firing_recorded_by_the_previous_release_keeps_its_job_id(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """A batch the previous release evaluated but did not commit is redelivered to this
+    one: the firing it recorded (an explain without event_version) is produced again
+    under the job id it had then, named after the event id, so the dispatcher's and
+    the receivers' deduplication still recognise it."""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db,
+        user_id=user,
+        chain_id=chain,
+        registry="reputation",
+        conditions=[
+            {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "1",
+             "config": {"time_window": "1h"}},
+        ],
+    )  # fmt: skip
+    (action,) = await db.fetchval(
+        "SELECT array_agg(id) FROM trigger_actions WHERE trigger_id = $1", trigger
+    )
+    old, new = feedback(chain, 300, 5, score=50), feedback(chain, 301, 5, score=50)
+    await db.execute(
+        "INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)"
+        " VALUES ($1, $2, true, $3)",
+        trigger,
+        event_key(old),
+        {"trigger_id": trigger, "event_id": old.id, "fired": True},
+    )
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_events(kafka_bootstrap, topic, [old, new])
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    assert {j.event.id: j.job_id for j in jobs} == {
+        old.id: job_id(trigger, old.id, action),  # as the previous release named it
+        new.id: job_id(trigger, event_key(new), action),
+    }
+
+
+async def test_an_edit_clears_what_it_removed_from_every_state_row(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """A condition removed by an edit loses its state in every row, also in rows no
+    later event touches, so adding it back starts it afresh (docs/semantics.md, 7)."""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    rate = {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "2",
+            "config": {"time_window": "1h", "scope": "agent"}}  # fmt: skip
+    trigger = await insert_trigger(
+        db, user_id=user, chain_id=chain, registry="reputation", conditions=[rate]
+    )
+    proc = start_matcher(matcher_env, tmp_path, procs)
+    await produce_events(
+        kafka_bootstrap,
+        topic,
+        [feedback(chain, 400, 1, score=50), feedback(chain, 401, 2, score=50)],
+    )
+    await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 2)
+    await wait_all_evaluated(db, 2)
+
+    async def conditions_of(agent: str) -> set[str]:
+        state = await db.fetchval(
+            "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = $2",
+            trigger,
+            agent,
+        )
+        return set(state.get("conditions", {}))
+
+    before = await conditions_of("2")
+    assert len(before) == 1
+    # another window (plain SQL: the database tells the matcher)
+    await db.execute(
+        "UPDATE trigger_conditions SET config = $2 WHERE trigger_id = $1",
+        trigger,
+        {"time_window": "2h", "scope": "agent"},
+    )
+    deadline = time.monotonic() + 15
+    while await conditions_of("2"):
+        assert time.monotonic() < deadline, "the edit did not clear agent 2's row"
+        await asyncio.sleep(0.2)
+    assert await conditions_of("1") == set()
+
+
 async def test_index_survives_losing_its_listen_connection(
     db: asyncpg.Connection,
     matcher_env: dict[str, str],

@@ -58,6 +58,8 @@ def engine_firings(trigger: dict[str, Any], steps: list[Step]) -> list[str]:
         else:
             replay.edit(spec_of(payload))
             trigger = payload
+        # the matcher keeps its states as JSONB: each step starts from a round trip
+        replay.states = json.loads(json.dumps(replay.states))
     return fired
 
 

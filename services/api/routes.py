@@ -609,9 +609,13 @@ async def retry_result(request: web.Request) -> web.Response:
         if row is None:
             raise ApiError(409, "the job's event is no longer stored")
         event = event_from_row(row)
-        version = event_key(event)
+        # Jobs of the previous release were named after the event id, not its version.
+        versions = (event_key(event), event_id)
         actions = await queries.get_actions(conn, trigger_id)
-        action = next((a for a in actions if job_id(trigger_id, version, a["id"]) == wanted), None)
+        action = next(
+            (a for a in actions for v in versions if job_id(trigger_id, v, a["id"]) == wanted),
+            None,
+        )
         if action is None:
             raise ApiError(
                 409,

@@ -759,6 +759,19 @@ async def test_results_filter_page_and_redrive_a_dead_job(
             user,
         )
         assert (await client.post(f"{url}/{jid}/retry", headers=auth)).status == 409
+        # a dead job of the previous release, named after the event id (not its version)
+        old_jid = job_id(tid, out["event_id"], rest["id"])
+        await db.execute(
+            "INSERT INTO action_results (job_id, trigger_id, event_id, user_id, action_type,"
+            " status, attempt, executed_at) VALUES ($1, $2, $3, $4, 'rest', 'dead', 5, now())",
+            old_jid,
+            tid,
+            out["event_id"],
+            user,
+        )
+        resp = await client.post(f"{url}/{old_jid}/retry", headers=auth)
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["job_id"] == old_jid
 
 
 async def seed_result(

@@ -777,3 +777,21 @@ async def test_event_ids_make_ids_unique_across_partitions(db: asyncpg.Connectio
                VALUES ('bad-1-0', 1, 1, 'h', 't', 0, 'identity', 'Registered', 1700000001,
                        to_timestamp(1700000000))"""
         )
+
+
+async def test_stored_and_reorg_times_are_taken_at_the_insert_not_the_transaction_start(
+    db: asyncpg.Connection,
+) -> None:
+    """Ingest inserts events and reorgs after taking the chain's lock: with the insert's
+    clock (not the transaction's start) their times follow the lock order, so a store
+    that began before a reorg but waited for its lock is not judged replaced by it."""
+    event_id = f"{uuid.uuid4().hex[:8]}-9-1"
+    async with db.transaction():
+        began = await db.fetchval("SELECT now()")
+        await asyncio.sleep(0.05)
+        assert await insert_events(db, [(event_id, 1_700_000_000)]) == 1
+        stored = await db.fetchval("SELECT created_at FROM events WHERE id = $1", event_id)
+        reorg = await db.fetchval(
+            "INSERT INTO reorgs (chain_id, from_block) VALUES (1, 9) RETURNING created_at"
+        )
+    assert began < stored < reorg

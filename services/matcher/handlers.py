@@ -141,10 +141,11 @@ class Matcher:
                     chain_id=message.chain_id,
                     from_block=message.from_block,
                     to_block=message.to_block,
-                    # Exactly the replaced versions: this message arrives once per
-                    # partition, and canonical events of the range may be counted
-                    # already; they have other keys and stay.
+                    # Exactly the replaced versions: a redelivered retraction, or one
+                    # arriving after canonical events of the range were counted,
+                    # leaves those (other keys) alone.
                     event_keys=message.event_keys,
+                    scope_key=key[1],
                 )
                 if outcome.changed:
                     changed[key] = outcome.state
@@ -167,9 +168,13 @@ class Matcher:
             for condition_type in {c.condition_type.value for c in trigger.conditions} or {"none"}:
                 self._metrics.fired.labels(condition_type).inc()
         now = datetime.now(UTC)
+        # A firing recorded by the previous release (its explain has no event_version)
+        # and produced again after a redelivery keeps the job id it had then (the
+        # event id), so the dispatcher and receivers recognise it.
+        version = event_key(event) if "event_version" in explain else event.id
         return [
             ActionJob(
-                job_id=job_id(trigger.id, event_key(event), action.id),
+                job_id=job_id(trigger.id, version, action.id),
                 trigger_id=trigger.id,
                 trigger_name=trigger.name,
                 user_id=trigger.user_id,

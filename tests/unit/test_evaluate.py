@@ -909,3 +909,26 @@ def test_state_of_the_previous_release_carries_over() -> None:
     rearmed = {"conditions": {"0": {"ema": "60", "count": 2, "armed": True, "seen": []}}}
     again = run(trig(cond("ema_threshold", "<", "50", alpha=1)), [fb(4, 10)], state=rearmed)
     assert fired(again) == [True]
+
+
+def test_a_retraction_reaches_windows_of_the_previous_layout() -> None:
+    t = trig(cond("rate_limit", ">=", "2", time_window="1h", scope="agent"))
+    replaced = f"84532-100-1@{'0x' + '11' * 32}"
+    old_layout = {
+        "conditions": {"0": {"window": [[BASE, replaced, CLIENT, 1, 100, 84532, 42]], "high": BASE}}
+    }
+    out = retract(
+        t,
+        state=old_layout,
+        chain_id=84532,
+        from_block=100,
+        to_block=None,
+        event_keys=[replaced],
+        scope_key="42",
+    )
+    assert out.changed
+    assert out.state["conditions"][cid(t, "0")] == {"window": []}
+    # so the next event of that agent counts only itself
+    after = evaluate(t, fb(2, ts=BASE + 5), states={"42": out.state})
+    assert not after.fired
+    assert entry(after, "0")["input"]["count"] == 1

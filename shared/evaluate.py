@@ -572,8 +572,11 @@ def _valid(node: _Node, s: Any) -> bool:
             and (not node.crossing or type(s.get("holding")) is bool)
         )
     window = s.get("window")
+    # The ends only: a whole scan per evaluation would cost O(window) each time;
+    # the matcher alone writes these rows.
     return isinstance(window, list) and all(
-        isinstance(x, list) and len(x) == 6 and type(x[_TS]) is int for x in window
+        isinstance(x, list) and len(x) == 6 and type(x[_TS]) is int
+        for x in window[:1] + window[-1:]
     )
 
 
@@ -686,6 +689,10 @@ def _compact(node: _Node, s: State | None) -> dict[str, Any] | None:
     return {"entries": len(window), "newest": window[-1][_TS] if window else None}
 
 
+def _compact_before(before: list[tuple[_Node, State | None]]) -> dict[str, Any]:
+    return {"conditions": {node.cid: _compact(node, s) for node, s in before}}
+
+
 def _compact_rows(prog: _Program, rows: _Rows) -> dict[str, Any]:
     return {"conditions": {n.cid: _compact(n, rows.get(n)) for n in prog.state_nodes}}
 
@@ -717,13 +724,18 @@ def _withdraw(
 class _Run:
     """Mutable scratch of one evaluation."""
 
-    __slots__ = ("entries", "event", "rows", "verdicts", "version")
+    __slots__ = ("entries", "event", "notes", "rows", "verdicts", "version")
 
-    def __init__(self, event: Event, rows: _Rows) -> None:
+    def __init__(self, event: Event, rows: _Rows, *, notes: bool = True) -> None:
         self.event = event
         self.version = event_key(event)
         self.rows = rows
+        #: Whether verdicts are written down for an explain (a second pass does it
+        #: when only a firing needs one).
+        self.notes = notes
         self.entries: list[tuple[int, dict[str, Any]]] = []
+        #: condition id -> (verdict, input, state before, state after): states raw,
+        #: compacted only when noted.
         self.verdicts: dict[str, tuple[bool, Any, Any, Any]] = {}
 
     def note(
@@ -733,7 +745,9 @@ class _Run:
         verdict: bool,
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> None:
+        if not self.notes:
+            return
         cond = node.cond
         entry = {
             "path": node.path,
@@ -749,7 +763,6 @@ class _Run:
         if node.cid:
             entry["id"] = node.cid
         self.entries.append((node.order, entry))
-        return entry
 
 
 def _explain_stateless(node: _Node, run: _Run) -> bool:
@@ -760,7 +773,8 @@ def _explain_stateless(node: _Node, run: _Run) -> bool:
     assert node.test is not None  # a compiled stateless node
     assert node.read is not None
     verdict = node.test(run.event)
-    run.note(node, node.read(run.event), verdict)
+    if run.notes:
+        run.note(node, node.read(run.event), verdict)
     return verdict
 
 
@@ -770,7 +784,8 @@ def _verdict(node: _Node, run: _Run) -> bool:
         return _explain_stateless(node, run)
     if node.kind in ("ema", "rate"):
         verdict, value, before, after = run.verdicts[node.cid]
-        run.note(node, value, verdict, before, after)
+        if run.notes:
+            run.note(node, value, verdict, _compact(node, before), _compact(node, after))
         return bool(verdict)
     verdict = _combine(node.cond.operator, [_verdict(child, run) for child in node.children])
     run.note(node, None, verdict)
@@ -780,9 +795,8 @@ def _verdict(node: _Node, run: _Run) -> bool:
 def _apply_ema(node: _Node, run: _Run) -> None:
     before = run.rows.get(node)
     value = feedback_value(run.event)
-    compact_before = _compact(node, before)
     if value is None:
-        run.verdicts[node.cid] = (_ema_level(node, before), None, compact_before, compact_before)
+        run.verdicts[node.cid] = (_ema_level(node, before), None, before, before)
         return
     assert node.compare is not None  # set by _ema_node
     assert node.alpha is not None
@@ -804,12 +818,7 @@ def _apply_ema(node: _Node, run: _Run) -> None:
             holding = node.compare(ema, node.rearm)
         after["holding"] = holding
     run.rows.put(node, after)
-    run.verdicts[node.cid] = (
-        _ema_level(node, after),
-        {"value": str(value)},
-        compact_before,
-        _compact(node, after),
-    )
+    run.verdicts[node.cid] = (_ema_level(node, after), {"value": str(value)}, before, after)
 
 
 def _ema_level(node: _Node, s: State | None) -> bool:
@@ -823,7 +832,6 @@ def _ema_level(node: _Node, s: State | None) -> bool:
 
 def _apply_rate(node: _Node, run: _Run) -> None:
     before = run.rows.get(node)
-    compact_before = _compact(node, before)
     event = run.event
     t = event.timestamp
     window: list[list[Any]] = [] if before is None else before["window"]
@@ -853,17 +861,15 @@ def _apply_rate(node: _Node, run: _Run) -> None:
     else:  # in / not_in (not admitted by the schema today)
         members = {int(v) for v in node.cond.values}
         verdict = (count in members) == (node.cond.operator == "in")
-    run.verdicts[node.cid] = (
-        verdict,
-        {"count": count, "window": [low, t]},
-        compact_before,
-        _compact(node, after),
-    )
+    run.verdicts[node.cid] = (verdict, {"count": count, "window": [low, t]}, before, after)
 
 
-def evaluate(trigger: TriggerSpec, event: Event, *, states: Mapping[str, Any]) -> Outcome:
+def evaluate(
+    trigger: TriggerSpec, event: Event, *, states: Mapping[str, Any], explain_all: bool = True
+) -> Outcome:
     """Evaluate `trigger` on `event` with the state rows ``scope_keys(trigger, event)``
-    (a missing or None row is an empty one)."""
+    (a missing or None row is an empty one). With ``explain_all=False`` only a firing
+    carries its explain (the matcher and the backtest keep no other): cheaper."""
     prog = trigger._program
     revoking = bool(prog.rate_nodes) and event.event_type == _REVOKED
     if not revoking:
@@ -872,7 +878,7 @@ def evaluate(trigger: TriggerSpec, event: Event, *, states: Mapping[str, Any]) -
                 return Outcome(False, _unchanged(states), (), {})
         if not prog.stateful:
             return _fire_stateless(trigger, prog, event)
-    return _evaluate_stateful(trigger, prog, event, states, revoking)
+    return _evaluate_stateful(trigger, prog, event, states, revoking, explain_all=explain_all)
 
 
 def _unchanged(states: Mapping[str, Any]) -> dict[str, State]:
@@ -930,34 +936,37 @@ def _evaluate_stateful(
     event: Event,
     states: Mapping[str, Any],
     revoking: bool,
+    *,
+    explain_all: bool,
 ) -> Outcome:
     rows = _Rows(prog, event, states)
     rows.need(scope_keys(trigger, event))
-    before_compact = _compact_rows(prog, rows)
+    # the states before (every change builds new dicts): compacted only for an explain
+    before = [(node, rows.get(node)) for node in prog.state_nodes]
     revoked = _revoke(prog, rows, event) if revoking else {}
     if revoking and not all(test(event) for test in prog.gate):
         # withdrawn from the windows, but not part of the trigger's stream
         explain: dict[str, Any] = {}
-        if revoked:
-            explain = _revoked_only(trigger, event, revoked, before_compact)
+        if revoked and explain_all:
+            explain = _revoked_only(trigger, event, revoked, _compact_before(before))
             explain["state_after"] = _compact_rows(prog, rows)
         return _outcome(False, rows, rows.build(prog, None), explain)
-    run = _Run(event, rows)
+    run = _Run(event, rows, notes=explain_all)
     for node in prog.state_nodes:  # every state takes the event, once per identity
         if node.kind == "ema":
             _apply_ema(node, run)
         else:
             _apply_rate(node, run)
-    for node in prog.gate_nodes:
-        _explain_stateless(node, run)
-    verdict = True
-    for node in prog.stateful_nodes:
-        if not _verdict(node, run):
-            verdict = False
+    verdict = _set_verdict(prog, run)
     fired, suppressed, armed, firing = _decide(prog, rows.old[rows.firing], event, verdict)
+    if fired and not run.notes:
+        run.notes = True  # the firing's explain: the verdicts again, written down
+        _set_verdict(prog, run)
     if fired:
         _reset_windows(prog, run)
     new = rows.build(prog, firing)
+    if not run.notes:
+        return _outcome(False, rows, new, {})
     run.entries.sort(key=lambda item: item[0])
     explain = {
         "trigger_id": trigger.id,
@@ -969,13 +978,24 @@ def _evaluate_stateful(
         "mode": "crossing" if prog.crossing else "every",
         "suppressed": suppressed,
         "conditions": [entry for _, entry in run.entries],
-        "state_before": before_compact,
+        "state_before": _compact_before(before),
         "state_after": _compact_rows(prog, rows),
     }
     _explain_firing(prog, explain, armed, firing)
     if revoking:
         explain["revoked"] = revoked
     return _outcome(fired, rows, new, explain)
+
+
+def _set_verdict(prog: _Program, run: _Run) -> bool:
+    """Every top-level condition's verdict (noted when ``run.notes``); all of them."""
+    for node in prog.gate_nodes:
+        _explain_stateless(node, run)
+    verdict = True
+    for node in prog.stateful_nodes:
+        if not _verdict(node, run):
+            verdict = False
+    return verdict
 
 
 def _explain_firing(

@@ -93,7 +93,9 @@ class Replay:
         if not self._index.candidates(event):
             return None
         keys = scope_keys(trigger, event)
-        outcome = evaluate(trigger, event, states={k: self.states.get(k) for k in keys})
+        outcome = evaluate(
+            trigger, event, states={k: self.states.get(k) for k in keys}, explain_all=False
+        )
         for key in outcome.changed:
             self.states[key] = outcome.states[key]
         return Step(event, outcome)

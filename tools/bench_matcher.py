@@ -272,7 +272,10 @@ async def in_memory(url: str, events: list[Event]) -> dict[str, float]:
             if trigger.is_stateful:
                 keys = scope_keys(trigger, event)
                 out = evaluate(
-                    trigger, event, states={k: states.get((trigger.id, k)) for k in keys}
+                    trigger,
+                    event,
+                    states={k: states.get((trigger.id, k)) for k in keys},
+                    explain_all=False,  # as the matcher
                 )
                 for k in out.changed:
                     states[(trigger.id, k)] = out.states[k]

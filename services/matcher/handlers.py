@@ -112,7 +112,10 @@ class Matcher:
                         jobs += self._fire(trigger, event, explain, count=False)
                     continue
                 outcome = evaluate(
-                    trigger, event, states={key: states[(trigger.id, key)] for key in keys}
+                    trigger,
+                    event,
+                    states={key: states[(trigger.id, key)] for key in keys},
+                    explain_all=False,  # only a firing's explain is kept
                 )
                 for key in outcome.changed:
                     row = (trigger.id, key)

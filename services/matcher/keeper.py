@@ -35,9 +35,9 @@ class IndexKeeper:
     ) -> None:
         self.index = TriggerIndex()
         self._fingerprints: dict[str, str] = {}
-        #: What each trigger's stored state depends on, as last seen (also while it is
-        #: disabled): an edit that changes it makes the state rows forget the rest.
-        self._signatures: dict[str, tuple[frozenset[str], str, bool]] = {}
+        #: Triggers taken out of the index (disabled, deleted), as they were: an edit
+        #: while disabled is still compared with them when they come back.
+        self._left: dict[str, TriggerSpec] = {}
         self._pool = pool
         self._connect = connect
         self._metrics = metrics
@@ -74,19 +74,19 @@ class IndexKeeper:
         for n, row in enumerate(rows):
             trigger = compile_trigger(row)
             if trigger is None:
-                self.index.remove(row["id"])
+                self._take_out(row["id"])
             else:
-                self.index.put(trigger)
-                compiled += 1
                 if self._edited(trigger):
                     edited.append(trigger)
+                self.index.put(trigger)
+                compiled += 1
             self._fingerprints[row["id"]] = row["fp"]
             if n % 500 == 499:
                 await asyncio.sleep(0)  # a large load must not stall the consumer
         await self._forget_removed(edited)
         removed = [i for i in self._fingerprints if i not in current]
         for trigger_id in removed:
-            self.index.remove(trigger_id)
+            self._take_out(trigger_id)
             del self._fingerprints[trigger_id]
         if rows and not self._frozen:
             # The index is long-lived and large (100k triggers: millions of
@@ -117,24 +117,33 @@ class IndexKeeper:
             rows = await queries.list_triggers_by_id(conn, [trigger_id])
         trigger = compile_trigger(rows[0]) if rows else None
         if trigger is None:
-            self.index.remove(trigger_id)
+            self._take_out(trigger_id)
             self._fingerprints.pop(trigger_id, None)
         else:
+            edited = self._edited(trigger)
             self.index.put(trigger)
             self._fingerprints[trigger_id] = rows[0]["fp"]
-            if self._edited(trigger):
+            if edited:
                 await self._forget_removed([trigger])
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("trigger").inc()
 
+    def _take_out(self, trigger_id: str) -> None:
+        before = self.index.get(trigger_id)
+        self.index.remove(trigger_id)
+        if before is not None:
+            if len(self._left) > 100_000:
+                self._left.clear()  # bounded; an edit of a long-disabled trigger is rare
+            self._left[trigger_id] = before
+
     def _edited(self, trigger: TriggerSpec) -> bool:
-        """Whether the trigger changed what its state depends on since last seen (not
-        known for the first sight after a start: an edit made while no matcher ran
-        keeps the state of conditions it removed and added back)."""
-        signature = trigger.state_signature
-        before = self._signatures.get(trigger.id)
-        self._signatures[trigger.id] = signature
-        return before is not None and before != signature
+        """Whether the trigger changed what its state depends on since last seen, before
+        it replaces that version in the index (not known for the first sight after a
+        start: an edit made while no matcher ran keeps the state of conditions it
+        removed and added back). Compiles only triggers seen before: a start does not
+        compile the whole index."""
+        before = self.index.get(trigger.id) or self._left.pop(trigger.id, None)
+        return before is not None and before.state_signature != trigger.state_signature
 
     async def _forget_removed(self, triggers: list[TriggerSpec]) -> None:
         """The state rows of edited triggers drop what the edit removed

@@ -311,7 +311,12 @@ def _compile(trigger: TriggerSpec) -> _Program:
     agent_firing = any(n.agent for n in state_nodes)
     crossing = any(n.kind == "ema" and n.crossing for n in state_nodes)
     gate_nodes = tuple(n for n in roots if not n.stateful)
-    ids = sorted(condition_id(c, trigger.chain_id, trigger.registry) for c in trigger.conditions)
+    set_id = ""
+    if crossing:  # arming is kept only in crossing mode: only then is the set named
+        ids = sorted(
+            condition_id(c, trigger.chain_id, trigger.registry) for c in trigger.conditions
+        )
+        set_id = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
     return _Program(
         gate=tuple(n.test for n in gate_nodes if n.test is not None),
         gate_nodes=gate_nodes,
@@ -324,7 +329,7 @@ def _compile(trigger: TriggerSpec) -> _Program:
         crossing=crossing,
         agent_firing=agent_firing,
         trigger_row=not agent_firing or any(not n.agent for n in state_nodes),
-        set_id=hashlib.sha256(",".join(ids).encode()).hexdigest()[:16],
+        set_id=set_id,
     )
 
 

@@ -164,13 +164,14 @@ async def delivered(receiver: Receiver, n: int) -> bool:
 
 
 def draw_cases(n: int, seed: int) -> list[tuple[dict[str, Any], list[Step]]]:
-    """n cases of tests/engine_strategies.py, the same ones for a seed: the n with the
-    most events of 5n drawn (hypothesis starts with its smallest examples)."""
+    """n cases of tests/engine_strategies.py, the same ones for a seed: of 10n drawn,
+    one per distinct trigger (hypothesis repeats and mutates its examples), the n with
+    the most steps (it starts with its smallest)."""
     drawn: list[tuple[dict[str, Any], list[Step]]] = []
 
     @hypothesis.seed(seed)
     @hypothesis.settings(
-        max_examples=5 * n,
+        max_examples=10 * n,
         database=None,
         phases=[hypothesis.Phase.generate],
         deadline=None,
@@ -181,7 +182,12 @@ def draw_cases(n: int, seed: int) -> list[tuple[dict[str, Any], list[Step]]]:
         drawn.append(found)
 
     draw()
-    return sorted(drawn, key=lambda case: len(case[1]), reverse=True)[:n]
+    distinct: dict[str, tuple[dict[str, Any], list[Step]]] = {}
+    for case in drawn:
+        key = json.dumps(case[0], sort_keys=True)
+        if key not in distinct or len(case[1]) > len(distinct[key][1]):
+            distinct[key] = case
+    return sorted(distinct.values(), key=lambda case: len(case[1]), reverse=True)[:n]
 
 
 def remap(

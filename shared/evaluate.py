@@ -612,6 +612,20 @@ def _legacy(node: _Node, s: Any) -> tuple[State, bool] | None:
     return {"window": entries}, False
 
 
+def _load_state(
+    node: _Node, conds: Mapping[str, Any], *, legacy: bool = True
+) -> tuple[State, bool] | None:
+    """One condition's state from a stored row: today's layout (by identity), else,
+    with ``legacy``, the previous release's (by path; see `_legacy`, whose flag this
+    returns too). None when neither reads as one."""
+    s = conds.get(node.cid)
+    if s is not None:
+        return (s, False) if _valid(node, s) else None
+    if legacy and node.path in conds:
+        return _legacy(node, conds[node.path])
+    return None
+
+
 class _Rows:
     """The scope rows of one evaluation: loaded (only what still fits the trigger),
     worked on, and built back."""
@@ -632,15 +646,11 @@ class _Rows:
                 for node in prog.state_nodes:
                     if self.key(node) != key:
                         continue
-                    s = conds.get(node.cid)
-                    if s is not None and _valid(node, s):
-                        loaded[node.cid] = s
-                    elif s is None and node.path in conds:
-                        legacy = _legacy(node, conds[node.path])
-                        if legacy is not None:
-                            loaded[node.cid], fired_before = legacy
-                            if fired_before and prog.crossing and key == self.firing:
-                                self.old[key] = old = {**old, "disarmed": prog.set_id}
+                    found = _load_state(node, conds)
+                    if found is not None:
+                        loaded[node.cid], fired_before = found
+                        if fired_before and prog.crossing and key == self.firing:
+                            self.old[key] = old = {**old, "disarmed": prog.set_id}
             self.work[key] = loaded
 
     def need(self, keys: Collection[str]) -> None:
@@ -1099,16 +1109,10 @@ def retract(
         return Withdrawal(old, False, explain)
     work: dict[str, State] = {}
     for n in prog.rate_nodes:
-        if n.cid in conds and _valid(n, conds[n.cid]):
-            work[n.cid] = conds[n.cid]
-        elif (
-            n.cid not in conds
-            and n.path in conds
-            and (scope_key is None or n.agent == (scope_key != ""))
-        ):
-            legacy = _legacy(n, conds[n.path])
-            if legacy is not None:
-                work[n.cid] = legacy[0]
+        own_row = scope_key is None or n.agent == (scope_key != "")
+        found = _load_state(n, conds, legacy=own_row)
+        if found is not None:
+            work[n.cid] = found[0]
     keys = frozenset(event_keys) if event_keys is not None else None
 
     def keep(entry: list[Any]) -> bool:

@@ -148,6 +148,15 @@ class TriggerSpec:
         return self._program.agent_firing
 
     @property
+    def condition_paths(self) -> dict[str, list[str]]:
+        """Each stateful condition's identity (the key of its state) -> the paths of the
+        conditions with that definition (``"0"``, ``"2.1"``)."""
+        paths: dict[str, list[str]] = {}
+        for node in self._program.all_state_nodes:
+            paths.setdefault(node.cid, []).append(node.path)
+        return paths
+
+    @property
     def state_signature(self) -> tuple[frozenset[str], str, bool]:
         """What the stored state depends on: the identities of the stateful conditions,
         the condition set's identity (arming) and whether firing times are kept."""
@@ -880,11 +889,19 @@ def _apply_rate(node: _Node, run: _Run) -> None:
 
 
 def evaluate(
-    trigger: TriggerSpec, event: Event, *, states: Mapping[str, Any], explain_all: bool = True
+    trigger: TriggerSpec,
+    event: Event,
+    *,
+    states: Mapping[str, Any],
+    explain_all: bool = True,
+    may_fire: bool = True,
 ) -> Outcome:
     """Evaluate `trigger` on `event` with the state rows ``scope_keys(trigger, event)``
     (a missing or None row is an empty one). With ``explain_all=False`` only a firing
-    carries its explain (the matcher and the backtest keep no other): cheaper."""
+    carries its explain (the matcher and the backtest keep no other): cheaper. With
+    ``may_fire=False`` (a recomputation re-evaluating an event that did not fire when
+    it arrived) a firing is suppressed: it neither disarms nor starts a cooldown nor
+    resets a window."""
     prog = trigger._program
     revoking = bool(prog.rate_nodes) and event.event_type == _REVOKED
     if not revoking:
@@ -893,7 +910,9 @@ def evaluate(
                 return Outcome(False, _unchanged(states), (), {})
         if not prog.stateful:
             return _fire_stateless(trigger, prog, event)
-    return _evaluate_stateful(trigger, prog, event, states, revoking, explain_all=explain_all)
+    return _evaluate_stateful(
+        trigger, prog, event, states, revoking, explain_all=explain_all, may_fire=may_fire
+    )
 
 
 def _unchanged(states: Mapping[str, Any]) -> dict[str, State]:
@@ -953,6 +972,7 @@ def _evaluate_stateful(
     revoking: bool,
     *,
     explain_all: bool,
+    may_fire: bool = True,
 ) -> Outcome:
     rows = _Rows(prog, event, states)
     rows.need(scope_keys(trigger, event))
@@ -973,7 +993,9 @@ def _evaluate_stateful(
         else:
             _apply_rate(node, run)
     verdict = _set_verdict(prog, run)
-    fired, suppressed, armed, firing = _decide(prog, rows.old[rows.firing], event, verdict)
+    fired, suppressed, armed, firing = _decide(
+        prog, rows.old[rows.firing], event, verdict, may_fire
+    )
     if fired and not run.notes:
         run.notes = True  # the firing's explain: the verdicts again, written down
         _set_verdict(prog, run)
@@ -1041,7 +1063,7 @@ def _revoked_only(
 
 
 def _decide(
-    prog: _Program, old: State, event: Event, verdict: bool
+    prog: _Program, old: State, event: Event, verdict: bool, may_fire: bool = True
 ) -> tuple[bool, str | None, bool, dict[str, Any]]:
     """Whether the set verdict fires (crossing mode: armed; then the cooldown), and the
     firing row's new disarmed / last_fired_at: (fired, suppressed, armed, firing)."""
@@ -1052,6 +1074,8 @@ def _decide(
     fired = verdict and armed
     if fired and prog.cooldown and last is not None and event.timestamp < last + prog.cooldown:
         suppressed, fired = "cooldown", False
+    if fired and not may_fire:
+        suppressed, fired = "not sent", False
     # crossing mode: a firing disarms, a false set verdict re-arms, and a set that
     # holds while disarmed stays disarmed (a suppressed firing leaves it armed)
     disarmed = prog.set_id if prog.crossing and (fired or (verdict and not armed)) else None

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Protocol, Self
 
 from pydantic import (
     AfterValidator,
@@ -545,3 +545,20 @@ def event_key(e: Event) -> str:
 def feedback_value(e: Event) -> Decimal | None:
     """The decimal feedback value of a NewFeedback event, else None."""
     return e.score if e.event_type == "NewFeedback" else None
+
+
+#: Columns an Event takes from a stored row (id and block_time are derived).
+_FROM_ROW = tuple(c for c in EVENT_COLUMNS if c not in ("id", "block_time"))
+
+
+class Row(Protocol):
+    """A stored row (a database record or a dict), read by column name."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def event_from_row(row: Row) -> Event:
+    """A stored event (columns named as in EVENT_COLUMNS) as the model the matcher
+    receives (events were validated on the way in, so this does not fail on rows
+    ingest wrote)."""
+    return Event.model_validate({name: row[name] for name in _FROM_ROW})

@@ -1,13 +1,15 @@
-"""Stored triggers into the evaluator's form, and a replay of one trigger over a
-stream of events: what the matcher does per event, without Kafka, the database or
-any action. The matcher compiles its index with :func:`compile_trigger`; the API's
-backtest runs :func:`replay` over stored events."""
+"""Stored triggers into the evaluator's form, a replay of one trigger over a stream
+of events (what the matcher does per event, without Kafka, the database or any
+action), and the recomputation of a trigger's state over its effective history
+(docs/semantics.md section 6), which the matcher and the replay share. The matcher
+compiles its index with :func:`compile_trigger`; the API's backtest runs
+:class:`Replay` over stored events."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from pydantic import ValidationError
@@ -15,13 +17,13 @@ from pydantic import ValidationError
 from shared.evaluate import (
     ActionSpec,
     Outcome,
+    State,
     TriggerSpec,
     evaluate,
     forget_removed,
-    retract,
     scope_keys,
 )
-from shared.events import Event
+from shared.events import Event, event_key
 from shared.trigger_index import TriggerIndex
 from shared.triggers import Condition
 
@@ -61,12 +63,175 @@ def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | No
     )
 
 
+def spec_at(
+    trigger: TriggerSpec, version: int, definition: Mapping[str, Any] | None
+) -> TriggerSpec | None:
+    """The trigger as it was at ``version``, from its stored definition (the stream,
+    cooldown and conditions; services/matcher/queries.definition_of). None when not
+    stored or no longer valid."""
+    if definition is None:
+        return None
+    try:
+        conditions = tuple(Condition.model_validate(c) for c in definition["conditions"])
+        return replace(
+            trigger,
+            chain_id=int(definition["chain_id"]),
+            registry=str(definition["registry"]),
+            cooldown_seconds=definition["cooldown_seconds"],
+            conditions=conditions,
+            version=version,
+        )
+    except (ValidationError, KeyError, TypeError, ValueError) as exc:
+        log.error("stored trigger definition skipped", trigger_id=trigger.id, error=str(exc))
+        return None
+
+
 def _version(row: asyncpg.Record | Mapping[str, Any]) -> int:
     try:
         value = row["version"]
     except KeyError:
         return 0
     return value if isinstance(value, int) else 0
+
+
+# --- the effective history (docs/semantics.md section 6) ----------------------------------
+
+REVOKED: Final = "revoked"
+RETRACTED: Final = "retracted"
+
+
+def revokes(revocation: Event, feedback: Event) -> bool:
+    """Whether a FeedbackRevoked names this NewFeedback: same stream and agent, same
+    client address (in lower case), same feedback index (present on both)."""
+    return (
+        revocation.event_type == "FeedbackRevoked"
+        and feedback.event_type == "NewFeedback"
+        and revocation.feedback_index is not None
+        and revocation.feedback_index == feedback.feedback_index
+        and revocation.agent_id == feedback.agent_id
+        and revocation.chain_id == feedback.chain_id
+        and revocation.registry == feedback.registry
+        and (revocation.client_address or "").lower() == (feedback.client_address or "").lower()
+    )
+
+
+@dataclass(slots=True, eq=False)
+class Evaluated:
+    """One event a trigger evaluated, as kept for recomputing its state."""
+
+    key: str  #: the event version, shared.events.event_key
+    event: Event | None  #: None: no longer stored
+    trigger: TriggerSpec | None  #: the definition it was evaluated under (None: unknown)
+    #: Whether the trigger fired on it when it arrived (its actions were sent).
+    fired: bool = False
+    #: The state rows it read, as they were before it (None: not kept).
+    before: dict[str, State] | None = None
+    #: Out of the effective history: RETRACTED (a reorg replaced it) or REVOKED.
+    excluded: str | None = None
+    effective_before: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        self.effective_before = self.excluded is None
+
+
+def exclude(
+    records: Sequence[Evaluated],
+    *,
+    replaced: Collection[str] = (),
+    revocation: Event | None = None,
+) -> str | None:
+    """Mark which records are out of the effective history now: those a reorg
+    ``replaced`` (and those retracted before), and every NewFeedback that a later
+    FeedbackRevoked among the records that stay (or ``revocation``, an event after all
+    of them) revokes. ``effective_before`` keeps what held before this change.
+    Returns why it cannot be done (a record whose event is gone), else None."""
+    for rec in records:
+        rec.effective_before = rec.excluded is None
+        if rec.key in replaced:
+            rec.excluded = RETRACTED
+    later: list[Event] = [revocation] if revocation is not None else []
+    for rec in reversed(records):
+        if rec.excluded == RETRACTED:
+            continue
+        event = rec.event
+        if event is None:
+            return f"the event {rec.key} is no longer stored"
+        if event.event_type == "NewFeedback":
+            revoked = any(revokes(r, event) for r in later)
+            rec.excluded = REVOKED if revoked else None
+        elif event.event_type == "FeedbackRevoked":
+            later.append(event)
+    return None
+
+
+def refold(
+    trigger: TriggerSpec,
+    records: Sequence[Evaluated],
+    states: dict[str, State],
+    *,
+    since: TriggerSpec | None = None,
+    keep_before: bool = False,
+    visit: Callable[[int, dict[str, State], TriggerSpec | None], None] | None = None,
+) -> dict[str, State] | str:
+    """Evaluate the effective records again, in order, from ``states`` (the rows as
+    they were before the first record, under the definition ``since``; None: the first
+    record's), each under its own definition, with the edits between them applied as
+    the matcher applies them (shared.evaluate.forget_removed), and at the end the edits
+    up to ``trigger`` (the definition now). Returns every row's state after, or why it
+    cannot be done. An event counts as a firing only when it fired when it arrived
+    and fires again. ``keep_before`` stores each record's rows before it
+    (``Evaluated.before``); ``visit(i, states, since)`` sees the rows before record i
+    and the definition they are under. Firings found on the way are not returned:
+    past decisions stand."""
+    prev = since
+    for i, rec in enumerate(records):
+        spec, event = rec.trigger, rec.event
+        if rec.excluded is None and spec is not None and prev is not None and spec is not prev:
+            states = {k: forget_removed(spec, v) for k, v in states.items()}
+            prev = spec
+        if visit is not None:
+            visit(i, states, prev)
+        if rec.excluded is not None:
+            continue
+        if spec is None:
+            return f"the definition {rec.key} was evaluated under is not known"
+        if event is None:
+            return f"the event {rec.key} is no longer stored"
+        keys = scope_keys(spec, event)
+        if keep_before:
+            rec.before = {k: states.get(k) or {} for k in keys}
+        outcome = evaluate(
+            spec,
+            event,
+            states={k: states.get(k) for k in keys},
+            explain_all=False,
+            may_fire=rec.fired,  # a firing never sent did not happen (section 6)
+        )
+        for key in outcome.changed:
+            states[key] = outcome.states[key]
+        prev = spec
+    if prev is not None and prev is not trigger:
+        states = {k: forget_removed(trigger, v) for k, v in states.items()}
+    return states
+
+
+def restore(records: Sequence[Evaluated], current: Mapping[str, State]) -> dict[str, State] | str:
+    """The state rows as they were before the first record: for each row, the state
+    kept by the first record (effective before this change) that read it; the others
+    are as they are now (nothing in the records changed them). Returns why it cannot
+    be done (a record that kept no states)."""
+    states = dict(current)
+    seen: set[str] = set()
+    for rec in records:
+        if not rec.effective_before:
+            continue
+        if rec.before is None:
+            return f"no state was kept for {rec.key}"
+        for key, state in rec.before.items():
+            if key not in seen:
+                seen.add(key)
+                states[key] = state or {}
+    return states
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +245,21 @@ class Step:
 class Replay:
     """One trigger evaluated event after event, as the live matcher does: only on the
     events its index would offer the trigger, with its state rows carried from one
-    event to the next. ``enabled_at`` is ignored: a replay is history on purpose."""
+    event to the next, and its state recomputed over the effective history when a
+    revocation or a retraction changes it. ``enabled_at`` is ignored: a replay is
+    history on purpose."""
+
+    #: A copy of the state rows is kept every this many evaluations: a recomputation
+    #: starts from the last copy before the first event it concerns.
+    SNAPSHOT_EVERY = 256
 
     def __init__(self, trigger: TriggerSpec) -> None:
         self.trigger = trigger
-        self.states: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, State] = {}
         self._index = TriggerIndex([trigger])
+        self._records: list[Evaluated] = []
+        #: The rows before record i * SNAPSHOT_EVERY, and the definition they are under.
+        self._snapshots: list[tuple[dict[str, State], TriggerSpec]] = []
 
     def step(self, event: Event) -> Step | None:
         """Evaluate one event; None when the trigger is not a candidate for it."""
@@ -93,9 +267,21 @@ class Replay:
         if not self._index.candidates(event):
             return None
         keys = scope_keys(trigger, event)
+        if keys and event.event_type == "FeedbackRevoked":
+            named = [
+                i
+                for i, rec in enumerate(self._records)
+                if rec.excluded is None and rec.event is not None and revokes(event, rec.event)
+            ]
+            if named:
+                self._recompute(named[0], revocation=event)
         outcome = evaluate(
             trigger, event, states={k: self.states.get(k) for k in keys}, explain_all=False
         )
+        if keys:
+            if len(self._records) % self.SNAPSHOT_EVERY == 0:
+                self._snapshots.append((dict(self.states), trigger))
+            self._records.append(Evaluated(event_key(event), event, trigger, outcome.fired))
         for key in outcome.changed:
             self.states[key] = outcome.states[key]
         return Step(event, outcome)
@@ -108,18 +294,46 @@ class Replay:
                 yield step
 
     def retract(self, chain_id: int, event_keys: Collection[str]) -> None:
-        """A reorg replaced these event versions: take them out of every state row."""
-        for key, state in list(self.states.items()):
-            out = retract(
-                self.trigger,
-                state=state,
-                chain_id=chain_id,
-                from_block=0,
-                to_block=None,
-                event_keys=event_keys,
-            )
-            if out.changed:
-                self.states[key] = out.state
+        """A reorg replaced these event versions: the state is recomputed without them
+        (and a revocation among them no longer revokes)."""
+        if chain_id != self.trigger.chain_id:
+            return
+        keys = frozenset(event_keys)
+        first: int | None = None
+        for i, rec in enumerate(self._records):
+            if rec.key not in keys or rec.excluded == RETRACTED:
+                continue
+            first = i if first is None else first
+            if rec.event is not None and rec.event.event_type == "FeedbackRevoked":
+                for j in range(i):
+                    other = self._records[j].event
+                    if other is not None and revokes(rec.event, other):
+                        first = min(first, j)
+                        break
+        if first is not None:
+            self._recompute(first, replaced=keys)
+
+    def _recompute(
+        self, first: int, *, replaced: Collection[str] = (), revocation: Event | None = None
+    ) -> None:
+        start = first // self.SNAPSHOT_EVERY
+        records = self._records[start * self.SNAPSHOT_EVERY :]
+        reason = exclude(records, replaced=replaced, revocation=revocation)
+        if reason is None:
+            del self._snapshots[start + 1 :]
+
+            def keep(i: int, states: dict[str, State], since: TriggerSpec | None) -> None:
+                if i and i % self.SNAPSHOT_EVERY == 0:
+                    assert since is not None
+                    self._snapshots.append((dict(states), since))
+
+            rows, since = self._snapshots[start]
+            result = refold(self.trigger, records, dict(rows), since=since, visit=keep)
+            if not isinstance(result, str):
+                self.states = result
+                return
+            reason = result
+        raise AssertionError(f"a replay keeps every event: {reason}")  # pragma: no cover
 
     def edit(self, trigger: TriggerSpec) -> None:
         """The trigger was changed: states carry over per condition identity, what the

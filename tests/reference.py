@@ -19,7 +19,25 @@ the matcher sees them:
 - ``("edit", dict)``: a new trigger definition of the same shape (section 7).
 
 The result is the versions ``{id}@{block_hash}`` of the events at which the trigger
-fired, in order. ``enabled_at`` is ignored (everything is live).
+fired, in order. ``enabled_at`` is ignored (everything is live). A firing is a decision
+taken when its event arrived: it stays in the result even if a later retraction or
+revocation takes its event out of the effective history (section 6: a firing is never
+taken back; the dispatcher marks the action of a replaced version ``retracted``, which
+is no concern of this module).
+
+Section 6 is implemented literally, by its one rule: on each event *e* the reference
+builds the **effective history** as known when *e* arrives (every step received up to
+and including *e*, less the versions retracted so far, less every NewFeedback revoked by
+a later FeedbackRevoked of that history, *e* itself included; edits stay at their
+positions), folds a fresh evaluator over it from the start, and records a firing when
+that fold fires at *e*. In the fold an earlier event counts as a firing (it disarms,
+starts a cooldown, empties the ``reset_on_trigger`` windows) only when the fold fires
+at it **and** the reference recorded a firing on it when it arrived (kept by the
+position of its step): a fold firing never sent is treated like a suppressed one, a
+sent firing the fold no longer finds is no firing. There is no other state across
+events, so every state (EMAs, windows, arming, last firing times) is, by construction,
+the state the effective history gives. The cost is quadratic in the number of steps,
+which is fine for histories of tens of events.
 
 Questions the page leaves open are marked ``# SPEC?`` with the reading chosen here.
 """
@@ -315,15 +333,16 @@ class Counted:
 
     version: str
     timestamp: int
-    event_type: str
-    agent_id: int | None
-    client_address: str | None
-    feedback_index: int | None
 
 
 @dataclass
 class RateState:
-    """One rate window of one scope: every event it counted (and did not withdraw)."""
+    """One rate window of one scope: every event it counted (and did not forget or reset).
+
+    Nothing is ever withdrawn from a window: section 6 is the fold over the effective
+    history (see `effective_history`), in which a retracted or revoked event never
+    appears.
+    """
 
     counted: list[Counted] = field(default_factory=list)
 
@@ -408,7 +427,7 @@ def rate_count(c: dict[str, Any], state: RateState, t: int) -> int:
 
 
 class Reference:
-    """The state of one trigger over its stream, and the firings so far."""
+    """One fold: the state of one trigger over one (effective) history of steps."""
 
     def __init__(self, trigger: dict[str, Any]) -> None:
         self.trigger = trigger
@@ -418,7 +437,6 @@ class Reference:
         self.armed: dict[Any, bool] = {}
         #: firing scope key -> block time of its last firing.
         self.last_firing: dict[Any, int] = {}
-        self.firings: list[str] = []
 
     # the definition
 
@@ -473,18 +491,6 @@ class Reference:
             self.last_firing = {}
         self.trigger = new
 
-    def withdraw(self, matches: Any) -> None:
-        """Remove every counted event for which matches(counted) holds, from every rate
-        window of the trigger (every scope)."""
-        for s in self.states.values():
-            if isinstance(s, RateState):
-                s.counted = [x for x in s.counted if not matches(x)]
-
-    def retract(self, versions: frozenset[str]) -> None:
-        """Section 6: a reorg withdraws the replaced versions from every rate window;
-        EMAs, arming and cooldowns are not rolled back."""
-        self.withdraw(lambda x: x.version in versions)
-
     def in_stream(self, e: Event) -> bool:
         """Section 1: the events of the trigger's chain and registry."""
         return e.chain_id == self.trigger["chain_id"] and e.registry.value == str(
@@ -520,26 +526,25 @@ class Reference:
             )
         return stateless_holds(c, e)
 
-    def event(self, e: Event) -> None:
+    def event(self, e: Event, sent: bool) -> bool:
+        """Evaluate one event of the history; True when the evaluation fires at it.
+
+        `sent` says whether the trigger fired on this event when it arrived. Section 6,
+        "Firings in a recomputation": a firing counts for the state (it disarms, starts a
+        cooldown, empties the reset_on_trigger windows) only when it was sent **and** the
+        evaluation fires again. A firing found here but never sent is treated like a
+        suppressed one (section 4: the crossing is not used up, no cooldown, no reset);
+        a sent firing not found here is no firing. The last event of a fold is the one
+        being decided: nothing follows it, so what it does to the state is moot.
+
+        A FeedbackRevoked needs nothing special here: its revocation is applied by
+        `effective_history` (the revoked NewFeedback is not in the history folded), and
+        it is then evaluated like any other event (section 6).
+        """
         if not self.in_stream(e):
-            return
-        if e.event_type == "FeedbackRevoked":
-            # Section 6: withdraws the feedback it names from every rate window, whether
-            # or not it passes the gate.
-            # SPEC? "the feedback it names" is read as the NewFeedback event with the same
-            # agent, client address and feedback index (not ResponseAppended events about
-            # it, nor earlier revocations).
-            client = (e.client_address or "").lower()
-            self.withdraw(
-                lambda x: (
-                    x.event_type == "NewFeedback"
-                    and x.agent_id == e.agent_id
-                    and (x.client_address or "").lower() == client
-                    and x.feedback_index == e.feedback_index
-                )
-            )
+            return False
         if not self.passes_gate(e):
-            return  # no state, no firing, no re-arming
+            return False  # no state, no firing, no re-arming
         # Every stateful condition takes the event first, each state once (two conditions
         # with one definition share one state, so it takes the event once).
         taken: set[tuple[str, Any]] = set()
@@ -552,16 +557,7 @@ class Reference:
             if isinstance(s, EmaState):
                 ema_take(c, s, e)
             else:
-                s.counted.append(
-                    Counted(
-                        version(e),
-                        e.timestamp,
-                        e.event_type,
-                        e.agent_id,
-                        e.client_address,
-                        e.feedback_index,
-                    )
-                )
+                s.counted.append(Counted(version(e), e.timestamp))
                 rate_forget(c, s)
         verdict = all(self.verdict(c, e) for c in self.conditions())
         scope = e.agent_id if self.firing_scope_is_agent() else "trigger"
@@ -570,21 +566,21 @@ class Reference:
         cooldown = self.trigger.get("cooldown_seconds") or 0
         last = self.last_firing.get(scope)
         cooling = cooldown > 0 and last is not None and e.timestamp < last + cooldown
-        if self.crossing_mode():
-            if not verdict:
-                self.armed[scope] = True
-                return
-            if not self.armed.get(scope, True) or cooling:
-                return  # disarmed, or suppressed (a suppressed firing does not disarm)
-            self.armed[scope] = False
-        elif not verdict or cooling:
-            return
-        self.fire(e, scope)
+        crossing = self.crossing_mode()
+        if crossing and not verdict:
+            self.armed[scope] = True  # section 4: a false set verdict re-arms
+        fires = verdict and not cooling and (not crossing or self.armed.get(scope, True))
+        if fires and sent:
+            if crossing:
+                self.armed[scope] = False  # section 4: the firing disarms
+            self.fire(e, scope)
+        # Otherwise nothing is used up: a suppressed firing, a firing never sent (section
+        # 6), or no firing at all leave the arming, the cooldown and the windows as they are.
+        return fires
 
     def fire(self, e: Event, scope: Any) -> None:
         """Section 5: record the firing time; empty the reset_on_trigger windows of the
         firing event's scope."""
-        self.firings.append(version(e))
         if self.trigger.get("cooldown_seconds"):  # section 5: kept only with a cooldown
             self.last_firing[scope] = e.timestamp
         for c in stateful_leaves(self.conditions()):
@@ -594,16 +590,123 @@ class Reference:
                 s.counted = []
 
 
-def reference_firings(trigger: dict[str, Any], steps: Sequence[Step]) -> list[str]:
-    """The versions of the events at which the trigger fires, in order."""
-    ref = Reference(trigger)
-    for kind, payload in steps:
-        if kind == "event":
-            ref.event(payload)
+# --- section 6: the effective history -----------------------------------------------------
+
+
+def revokes(revocation: Event, feedback: Event) -> bool:
+    """Section 6: a FeedbackRevoked revokes a NewFeedback of the same agent, the same
+    client address (compared in lower case) and the same feedback index; a feedback
+    without an index is never revoked. Only NewFeedback events are revoked
+    (ResponseAppended events about it stay)."""
+    return (
+        revocation.event_type == "FeedbackRevoked"
+        and feedback.event_type == "NewFeedback"
+        and feedback.agent_id == revocation.agent_id
+        and (feedback.client_address or "").lower() == (revocation.client_address or "").lower()
+        and feedback.feedback_index is not None
+        and feedback.feedback_index == revocation.feedback_index
+    )
+
+
+def effective_history(trigger: dict[str, Any], steps: Sequence[Step]) -> list[tuple[int, Step]]:
+    """Section 6: the effective history of the steps received so far, as (position in
+    `steps`, step) pairs: every edit, at its position, and the events of the trigger's
+    stream that reached it (in the order it saw them, whether or not they passed the
+    gate: the gate is applied by the fold, under the definition of the time, so an event
+    that fails it changes nothing there, while a FeedbackRevoked that fails it still
+    revokes here), less
+
+    - the versions retracted by a reorg (every retraction received so far takes out the
+      named versions received before it), and
+    - every NewFeedback revoked by a later FeedbackRevoked of the effective history
+      (every matching one; a FeedbackRevoked that is itself retracted revokes nothing,
+      which is how a retraction of a FeedbackRevoked un-revokes its feedback). The last
+      step may be a FeedbackRevoked: it revokes too ("every revocation up to and
+      including e itself").
+
+    # SPEC? "A replaced version never comes back: ingest answers a re-posted version as
+    # a duplicate." Read as: an event step whose version was already received (replaced
+    # or not) never reaches the trigger; it is dropped here, so it is in no history and
+    # never fires. Such steps are inputs the page rules out; the generated cases have
+    # none.
+    # Note: "How far back" (30 days, or evaluations by the previous release) is not
+    # modelled: the reference has no wall clock, and every change is recomputed.
+    """
+    current = trigger
+    received: list[tuple[int, Step]] = []
+    seen: set[str] = set()
+    retracted: set[int] = set()
+    for position, (kind, payload) in enumerate(steps):
+        if kind == "edit":
+            current = payload
+            received.append((position, (kind, payload)))
+        elif kind == "event":
+            if version(payload) in seen:
+                continue  # a re-posted version: a duplicate, never delivered
+            seen.add(version(payload))
+            if Reference(current).in_stream(payload):
+                received.append((position, (kind, payload)))
         elif kind == "retract":
-            ref.retract(frozenset(payload))
-        elif kind == "edit":
-            ref.edit(payload)
+            versions = frozenset(payload)
+            retracted |= {p for p, (k, x) in received if k == "event" and version(x) in versions}
         else:
             raise ValueError(f"unknown step {kind!r}")
-    return ref.firings
+    kept = [(p, step) for p, step in received if p not in retracted]
+    revoked = {
+        p
+        for p, (kind, feedback) in kept
+        if kind == "event"
+        and any(
+            q > p and k == "event" and revokes(revocation, feedback) for q, (k, revocation) in kept
+        )
+    }
+    return [(p, step) for p, step in kept if p not in revoked]
+
+
+def fold(trigger: dict[str, Any], history: list[tuple[int, Step]], sent: set[int]) -> set[int]:
+    """Evaluate a history from the start with a fresh state (section 6: "the evaluation
+    of the effective history from its start"), applying each edit at its position
+    (section 7); the positions of the events at which the evaluation fires.
+
+    `sent` holds the positions of the events on which the trigger fired when they
+    arrived: only those of the evaluation's firings count for the state (section 6,
+    "an earlier event counts as a firing only if the trigger also fired on it when it
+    arrived"; see `Reference.event`).
+
+    # SPEC? "Fires again in the recomputation" is read as the whole decision of the
+    # re-evaluation (set verdict true, armed, no cooldown running), with the arming and
+    # the cooldown as the recomputation itself has them, not the set verdict alone.
+    """
+    ref = Reference(trigger)
+    fired: set[int] = set()
+    for position, (kind, payload) in history:
+        if kind == "edit":
+            ref.edit(payload)
+        elif ref.event(payload, sent=position in sent):
+            fired.add(position)
+    return fired
+
+
+def reference_firings(trigger: dict[str, Any], steps: Sequence[Step]) -> list[str]:
+    """The versions of the events at which the trigger fires, in order.
+
+    Section 6, the one rule: the trigger fires on an event e exactly when the evaluation
+    of the effective history as known when e arrives (every retraction received before
+    e, every revocation up to and including e), from its start up to and including e,
+    fires at e, where an earlier event counts as a firing only if the trigger also fired
+    on it when it arrived. "Fired when it arrived" is this function's own decision on
+    that step, kept by the step's position in `steps` (not by version). Decisions stand
+    (nothing is taken back or sent again); only the state follows the recomputation.
+    """
+    sent: set[int] = set()
+    firings: list[str] = []
+    for position, (kind, payload) in enumerate(steps):
+        if kind not in ("event", "retract", "edit"):
+            raise ValueError(f"unknown step {kind!r}")
+        if kind != "event":
+            continue
+        known = steps[: position + 1]
+        if position in fold(trigger, effective_history(trigger, known), sent):
+            sent.add(position)
+            firings.append(version(payload))
+    return firings

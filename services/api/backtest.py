@@ -4,29 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-
-import asyncpg
 
 from services.api import queries
 from services.api.models import BacktestIn, BacktestOut, FiringOut
 from shared.db import Conn
 from shared.evaluate import ActionSpec, TriggerSpec
-from shared.events import EVENT_COLUMNS, Event
+from shared.events import event_from_row
 from shared.replay import Replay
 from shared.triggers import TriggerCreate
 
 MAX_FIRINGS = 1000
-#: Columns an Event takes (id and block_time are derived from the others).
-_FIELDS = tuple(c for c in EVENT_COLUMNS if c not in ("id", "block_time"))
-
-
-def event_from_row(row: asyncpg.Record | Mapping[str, Any]) -> Event:
-    """A stored event as the model the matcher receives (events were validated on the
-    way in, so this does not fail on rows ingest wrote)."""
-    return Event.model_validate({name: row[name] for name in _FIELDS})
 
 
 def unsaved_spec(trigger: TriggerCreate, *, user_id: str) -> TriggerSpec:

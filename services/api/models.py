@@ -176,6 +176,9 @@ class StateItem(_Out):
 class StatePage(Page[StateItem]):
     trigger_id: str
     is_stateful: bool
+    #: A state row's ``conditions`` are keyed by each condition's identity; this maps
+    #: every identity to the paths of its conditions (``"0"``, ``"2.1"``).
+    condition_paths: dict[str, list[str]] = {}
 
 
 class ResultOut(_Out):

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from services.api import queries
 from services.api.auth import PasswordsBusyError, new_api_key
-from services.api.backtest import event_from_row, run_backtest, unsaved_spec
+from services.api.backtest import run_backtest, unsaved_spec
 from services.api.common import (
     BACKTESTS,
     LIMITER,
@@ -88,7 +88,7 @@ from services.api.signatures import (
     recover_signer,
 )
 from shared.evaluate import TriggerSpec, evaluate
-from shared.events import EVENT_COLUMNS, INT32_MAX, INT63_MAX, Event, event_key
+from shared.events import EVENT_COLUMNS, INT32_MAX, INT63_MAX, Event, event_from_row, event_key
 from shared.jobs import ActionJob, job_id
 from shared.outbound import origin
 from shared.replay import compile_trigger
@@ -533,10 +533,12 @@ async def get_trigger_state(request: web.Request) -> web.Response:
             conn, trigger_id, after=None if after is None else after[0], limit=query.limit
         )
     rows, cursor = _page(rows, query.limit, lambda r: [r["scope_key"]])
+    spec = _spec(trigger)
     return json_ok(
         StatePage(
             trigger_id=trigger_id,
             is_stateful=trigger["is_stateful"],
+            condition_paths=spec.condition_paths if spec is not None else {},
             items=[StateItem(**dict(r)) for r in rows],
             next_cursor=cursor,
         )

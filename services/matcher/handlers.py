@@ -22,13 +22,16 @@ import structlog
 from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
-from shared.evaluate import TriggerSpec, evaluate, retract, scope_keys
-from shared.events import Event, event_key
+from shared.db import Conn
+from shared.evaluate import State, TriggerSpec, evaluate, retract, scope_keys
+from shared.events import Event, event_from_row, event_key
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
+from shared.replay import Evaluated, exclude, refold, restore, spec_at
 
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[Sequence[ActionJob]], Awaitable[None]]
+REVOCATION = "FeedbackRevoked"
 
 
 class Matcher:
@@ -52,7 +55,13 @@ class Matcher:
         segment: list[EventMessage] = []
         for message in messages:
             if isinstance(message, EventMessage):
-                segment.append(message)
+                if message.event.event_type != REVOCATION:
+                    segment.append(message)
+                    continue
+                # A revocation recomputes from the records: those before it first.
+                jobs += await self._events(segment)
+                segment = []
+                jobs += await self._events([message], revocation=True)
                 continue
             jobs += await self._events(segment)
             segment = []
@@ -65,7 +74,9 @@ class Matcher:
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         return len(jobs)
 
-    async def _events(self, segment: Sequence[EventMessage]) -> list[ActionJob]:
+    async def _events(
+        self, segment: Sequence[EventMessage], *, revocation: bool = False
+    ) -> list[ActionJob]:
         if not segment:
             return []
         index = self._keeper.index
@@ -88,12 +99,28 @@ class Matcher:
             self._metrics.candidates.observe(len(candidates))
         self._metrics.events.inc(len(segment))
         if stateful:
-            jobs += await self._stateful(stateful)
+            jobs += await self._stateful(stateful, revocation=revocation)
         return jobs
 
-    async def _stateful(self, pairs: list[tuple[Event, TriggerSpec]]) -> list[ActionJob]:
+    async def _stateful(
+        self, pairs: list[tuple[Event, TriggerSpec]], *, revocation: bool
+    ) -> list[ActionJob]:
         jobs: list[ActionJob] = []
         async with self._pool.acquire() as conn, conn.transaction():
+            if revocation:
+                # one event: its triggers' states recomputed without the feedback it
+                # revokes, before it is evaluated itself (not again on redelivery)
+                done = await queries.done_evaluations(
+                    conn, [(t.id, event_key(e)) for e, t in pairs]
+                )
+                event = pairs[0][0]
+                todo = [t for e, t in pairs if (t.id, event_key(e)) not in done]
+                starts = await queries.revoked_feedback_records(conn, [t.id for t in todo], event)
+                for trigger in todo:
+                    if trigger.id in starts:
+                        await self._recompute(
+                            conn, trigger, starts[trigger.id], revocation=event, why="revocation"
+                        )
             scopes = [scope_keys(t, e) for e, t in pairs]
             states = await queries.lock_states(
                 conn,
@@ -101,7 +128,7 @@ class Matcher:
             )
             done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
             changed: dict[queries.StateKey, dict[str, Any]] = {}
-            records: list[tuple[str, str, bool, dict[str, Any] | None]] = []
+            records: list[queries.Record] = []
             for (event, trigger), keys in zip(pairs, scopes, strict=True):
                 if any((trigger.id, key) not in states for key in keys):
                     continue  # deleted since the index saw it
@@ -111,10 +138,11 @@ class Matcher:
                     if explain is not None:  # fired before: its jobs may not have left
                         jobs += self._fire(trigger, event, explain, count=False)
                     continue
+                before = {key: states[(trigger.id, key)] for key in keys}
                 outcome = evaluate(
                     trigger,
                     event,
-                    states={key: states[(trigger.id, key)] for key in keys},
+                    states=before,
                     explain_all=False,  # only a firing's explain is kept
                 )
                 for key in outcome.changed:
@@ -122,37 +150,42 @@ class Matcher:
                     states[row] = changed[row] = outcome.states[key]
                 explain_or_none = outcome.explain if outcome.fired else None
                 done[pair] = explain_or_none
-                records.append((pair[0], pair[1], outcome.fired, explain_or_none))
+                records.append(
+                    (
+                        pair[0],
+                        pair[1],
+                        outcome.fired,
+                        explain_or_none,
+                        event.block_time,
+                        trigger.version,
+                        before,
+                    )
+                )
                 if outcome.fired:
                     jobs += self._fire(trigger, event, outcome.explain)
             await queries.save(conn, changed, records)
         return jobs
 
     async def _retract(self, message: RetractionMessage) -> None:
+        """Recompute the state of every stateful trigger of the chain that evaluated a
+        replaced version, without those versions (docs/semantics.md section 6)."""
         index = self._keeper.index
         triggers = {t.id: t for t in index.stateful_of_chain(message.chain_id)}
-        if not triggers:
-            self._metrics.retractions.inc()
-            return
-        async with self._pool.acquire() as conn, conn.transaction():
-            states = await queries.lock_chain_states(conn, list(triggers))
-            changed: dict[queries.StateKey, dict[str, Any]] = {}
-            for key, state in states.items():
-                outcome = retract(
-                    triggers[key[0]],
-                    state=state,
-                    chain_id=message.chain_id,
-                    from_block=message.from_block,
-                    to_block=message.to_block,
-                    # Exactly the replaced versions: a redelivered retraction, or one
-                    # arriving after canonical events of the range were counted,
-                    # leaves those (other keys) alone.
-                    event_keys=message.event_keys,
-                    scope_key=key[1],
-                )
-                if outcome.changed:
-                    changed[key] = outcome.state
-            await queries.save_states(conn, changed)
+        recomputed = 0
+        if triggers and message.event_keys:
+            async with self._pool.acquire() as conn, conn.transaction():
+                found = await queries.first_record_of(conn, list(triggers), message.event_keys)
+                for trigger_id, hits in sorted(found.items()):
+                    seqs = [seq for seq, _ in hits]
+                    start = None if None in seqs else min(s for s in seqs if s is not None)
+                    await self._recompute(
+                        conn,
+                        triggers[trigger_id],
+                        start,
+                        replaced=frozenset(message.event_keys),
+                        why="reorg",
+                    )
+                    recomputed += 1
         self._metrics.retractions.inc()
         log.info(
             "retraction applied",
@@ -161,8 +194,117 @@ class Matcher:
             from_block=message.from_block,
             to_block=message.to_block,
             replaced=len(message.event_keys),
-            states_changed=len(changed),
+            triggers_recomputed=recomputed,
         )
+
+    async def _recompute(
+        self,
+        conn: Conn,
+        trigger: TriggerSpec,
+        start: int | None,
+        *,
+        why: str,
+        replaced: frozenset[str] = frozenset(),
+        revocation: Event | None = None,
+    ) -> None:
+        """Restore the trigger's state rows to before its record ``start`` and evaluate
+        its effective history after it again (shared.replay.restore and refold), in
+        the caller's transaction; when that cannot be done, only withdraw the removed
+        events from the rate windows."""
+        current = await queries.lock_chain_states(conn, [trigger.id])
+        rows = {key[1]: state for key, state in current.items()}
+        result: dict[str, State] | str = "a record written by the release before"
+        records: list[Evaluated] = []
+        if start is not None:
+            loaded = await queries.records_from(conn, trigger.id, start)
+            records = await self._evaluated(conn, trigger, loaded)
+            # a replaced revocation un-revokes its feedback: start there when earlier
+            for rec in records:
+                if rec.key in replaced and rec.event and rec.event.event_type == REVOCATION:
+                    more = await queries.revoked_feedback_records(
+                        conn, [trigger.id], rec.event, revoked_too=True
+                    )
+                    earlier = more.get(trigger.id, start)
+                    if earlier is None or earlier < start:
+                        await self._recompute(
+                            conn, trigger, earlier, why=why, replaced=replaced,
+                            revocation=revocation,
+                        )  # fmt: skip
+                        return
+            result = exclude(records, replaced=replaced, revocation=revocation) or restore(
+                records, rows
+            )
+            if not isinstance(result, str):
+                result = refold(trigger, records, result, keep_before=True)
+        if isinstance(result, str):
+            log.warning(
+                "recomputation not possible: rate windows withdrawn only",
+                trigger_id=trigger.id,
+                cause=why,
+                reason=result,
+            )
+            new = self._withdrawn(trigger, rows, replaced, revocation)
+        else:
+            new = result
+            await queries.update_records(
+                conn,
+                trigger.id,
+                [(r.key, r.before if r.excluded is None else None, r.excluded) for r in records],
+            )
+        save = {(trigger.id, k): v for k, v in new.items() if v != rows.get(k)}
+        await queries.save_states(conn, save)
+        exact = not isinstance(result, str)
+        self._metrics.recomputations.labels(why, "exact" if exact else "withdrawn").inc()
+        log.info(
+            "trigger state recomputed",
+            trigger_id=trigger.id,
+            cause=why,
+            exact=exact,
+            events=len(records),
+            rows_changed=len(save),
+        )
+
+    @staticmethod
+    def _withdrawn(
+        trigger: TriggerSpec,
+        rows: dict[str, State],
+        replaced: frozenset[str],
+        revocation: Event | None,
+    ) -> dict[str, State]:
+        """The fallback: the removed events out of the rate windows only."""
+        new = dict(rows)
+        for key, state in rows.items():
+            if replaced:
+                out = retract(
+                    trigger, state=state, chain_id=trigger.chain_id, from_block=0,
+                    to_block=None, event_keys=replaced, scope_key=key,
+                )  # fmt: skip
+                new[key] = out.state
+        # a revocation withdraws itself when it is evaluated next (shared.evaluate)
+        del revocation
+        return new
+
+    async def _evaluated(
+        self, conn: Conn, trigger: TriggerSpec, loaded: Sequence[asyncpg.Record]
+    ) -> list[Evaluated]:
+        """Records as the engine takes them: each with its event and the definition it
+        was evaluated under (the trigger now for its current version)."""
+        versions = {r["trigger_version"] for r in loaded} - {trigger.version, None}
+        specs: dict[int, TriggerSpec | None] = {trigger.version: trigger}
+        stored = await queries.definitions(conn, trigger.id, sorted(versions)) if versions else {}
+        for version in versions:
+            specs[version] = spec_at(trigger, version, stored.get(version))
+        return [
+            Evaluated(
+                r["event_id"],
+                event_from_row(r) if r["stored"] else None,
+                specs.get(r["trigger_version"]) if r["trigger_version"] is not None else None,
+                r["fired"],
+                r["states_before"],
+                r["excluded"],
+            )
+            for r in loaded
+        ]
 
     def _fire(
         self, trigger: TriggerSpec, event: Event, explain: dict[str, Any], *, count: bool = True

@@ -48,6 +48,8 @@ class IndexKeeper:
         # so a reload is never undone by a resync that read the database before it.
         self._sync_lock = asyncio.Lock()
         self._frozen = False
+        #: (trigger id, version) pairs whose definition is stored; None: not read yet.
+        self._defined: set[tuple[str, int]] | None = None
 
     async def start(self) -> None:
         """LISTEN first, then load: a change committed in between is either in the
@@ -84,6 +86,7 @@ class IndexKeeper:
             if n % 500 == 499:
                 await asyncio.sleep(0)  # a large load must not stall the consumer
         await self._forget_removed(edited)
+        await self._save_definitions(rows)
         removed = [i for i in self._fingerprints if i not in current]
         for trigger_id in removed:
             self._take_out(trigger_id)
@@ -125,6 +128,7 @@ class IndexKeeper:
             self._fingerprints[trigger_id] = rows[0]["fp"]
             if edited:
                 await self._forget_removed([trigger])
+            await self._save_definitions(rows)
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("trigger").inc()
 
@@ -144,6 +148,19 @@ class IndexKeeper:
         compile the whole index."""
         before = self.index.get(trigger.id) or self._left.pop(trigger.id, None)
         return before is not None and before.state_signature != trigger.state_signature
+
+    async def _save_definitions(self, rows: list[asyncpg.Record]) -> None:
+        """Store each trigger version loaded (what a recomputation evaluates the events
+        of that version under), once: the first load after a start reads which are
+        stored already."""
+        if self._defined is None:
+            async with self._pool.acquire() as conn:
+                self._defined = await queries.stored_definitions(conn)
+        new = [r for r in rows if (r["id"], r["version"]) not in self._defined]
+        for i in range(0, len(new), 5000):
+            async with self._pool.acquire() as conn:
+                await queries.save_definitions(conn, new[i : i + 5000])
+        self._defined.update((r["id"], r["version"]) for r in new)
 
     async def _forget_removed(self, triggers: list[TriggerSpec]) -> None:
         """The state rows of edited triggers drop what the edit removed

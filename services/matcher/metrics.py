@@ -15,6 +15,7 @@ BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 class MatcherMetrics:
     events: Counter
     retractions: Counter
+    recomputations: Counter
     candidates: Histogram
     fired: Counter
     jobs: Counter
@@ -26,6 +27,14 @@ class MatcherMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MatcherMetrics:
+        metrics = cls._create(registry)
+        for cause in ("reorg", "revocation"):  # known labels start at 0
+            for result in ("exact", "withdrawn"):
+                metrics.recomputations.labels(cause, result)
+        return metrics
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> MatcherMetrics:
         return cls(
             events=Counter(
                 "erc8004_matcher_events_evaluated_total",
@@ -35,6 +44,14 @@ class MatcherMetrics:
             retractions=Counter(
                 "erc8004_matcher_retractions_total",
                 "Reorg retractions applied.",
+                registry=registry,
+            ),
+            recomputations=Counter(
+                "erc8004_matcher_recomputations_total",
+                "Trigger states recomputed over the effective history, by cause (reorg,"
+                " revocation) and result (exact; withdrawn: only rate windows, the"
+                " records needed were gone).",
+                ["cause", "result"],
                 registry=registry,
             ),
             candidates=Histogram(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from shared.db import Conn
+from shared.events import EVENT_COLUMNS, Event
 
 TRIGGERS_SQL = """
 SELECT t.id, t.user_id, t.name, t.chain_id, t.registry, t.enabled_at, t.cooldown_seconds,
@@ -127,13 +129,19 @@ async def save_states(conn: Conn, states: dict[StateKey, dict[str, Any]]) -> Non
     await save(conn, states, [])
 
 
+#: One new evaluation record: trigger id, event version, fired, explain (a firing's),
+#: the event's block time, the trigger's version, the state rows it read before it.
+Record = tuple[str, str, bool, "dict[str, Any] | None", datetime, int, "dict[str, Any]"]
+
+
 async def save(
     conn: Conn,
     states: dict[StateKey, dict[str, Any]],
-    evaluations: Sequence[tuple[str, str, bool, dict[str, Any] | None]],
+    evaluations: Sequence[Record],
 ) -> None:
     """Changed states and new evaluation records in one statement (one round trip;
-    a data-modifying WITH runs to completion whether or not it is read)."""
+    a data-modifying WITH runs to completion whether or not it is read). The records
+    take their ``seq`` in the order given."""
     if not states and not evaluations:
         return
     keys = sorted(states)
@@ -145,8 +153,14 @@ async def save(
                 AS u(trigger_id, scope_key, state_data)
             WHERE s.trigger_id = u.trigger_id AND s.scope_key = u.scope_key
             RETURNING 1)
-        INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)
-        SELECT * FROM unnest($4::text[], $5::text[], $6::bool[], $7::jsonb[])
+        INSERT INTO trigger_evaluations
+            (trigger_id, event_id, fired, explain, block_time, trigger_version, states_before)
+        SELECT trigger_id, event_id, fired, explain, block_time, trigger_version, states_before
+        FROM unnest($4::text[], $5::text[], $6::bool[], $7::jsonb[], $8::timestamptz[],
+                    $9::int[], $10::jsonb[]) WITH ORDINALITY
+            AS r(trigger_id, event_id, fired, explain, block_time, trigger_version,
+                 states_before, n)
+        ORDER BY n
         ON CONFLICT (trigger_id, event_id) DO NOTHING
         """,
         [k[0] for k in keys],
@@ -156,6 +170,9 @@ async def save(
         [r[1] for r in evaluations],
         [r[2] for r in evaluations],
         [r[3] for r in evaluations],
+        [r[4] for r in evaluations],
+        [r[5] for r in evaluations],
+        [r[6] for r in evaluations],
     )
 
 
@@ -176,3 +193,151 @@ async def done_evaluations(
         [p[1] for p in pairs],
     )
     return {(r["trigger_id"], r["event_id"]): (r["explain"] if r["fired"] else None) for r in rows}
+
+
+# --- recomputation (docs/semantics.md section 6) ---------------------------------------
+
+_EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
+
+#: A trigger's evaluation records from a seq on, in order, with their stored events
+#: (NULL columns when the event is no longer stored).
+RECORDS_FROM = f"""
+SELECT r.seq, r.event_id, r.fired, r.trigger_version, r.states_before, r.excluded,
+       e.id IS NOT NULL AS stored, {_EVENT_SELECT}
+FROM trigger_evaluations r
+LEFT JOIN events e
+  ON e.id = split_part(r.event_id, '@', 1) AND e.block_time = r.block_time
+ AND e.block_hash = split_part(r.event_id, '@', 2)
+WHERE r.trigger_id = $1 AND r.seq >= $2
+ORDER BY r.seq
+"""  # noqa: S608 (constants)
+
+
+async def records_from(conn: Conn, trigger_id: str, seq: int) -> list[asyncpg.Record]:
+    return await conn.fetch(RECORDS_FROM, trigger_id, seq)
+
+
+async def first_record_of(
+    conn: Conn, trigger_ids: Sequence[str], keys: Sequence[str]
+) -> dict[str, list[tuple[int | None, str]]]:
+    """For each trigger, its records of these event versions: (seq, version), in order
+    (seq None: written by the release before). Records already out of the effective
+    history as retracted are left out."""
+    if not trigger_ids or not keys:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT r.trigger_id, r.seq, r.event_id
+        FROM unnest($1::text[]) AS t(id)
+        CROSS JOIN unnest($2::text[]) AS k(id)
+        JOIN trigger_evaluations r ON r.trigger_id = t.id AND r.event_id = k.id
+        WHERE r.excluded IS DISTINCT FROM 'retracted'
+        ORDER BY r.trigger_id, r.seq NULLS FIRST
+        """,
+        list(trigger_ids),
+        list(keys),
+    )
+    found: dict[str, list[tuple[int | None, str]]] = {}
+    for r in rows:
+        found.setdefault(r["trigger_id"], []).append((r["seq"], r["event_id"]))
+    return found
+
+
+async def revoked_feedback_records(
+    conn: Conn, trigger_ids: Sequence[str], revocation: Event, *, revoked_too: bool = False
+) -> dict[str, int | None]:
+    """For each trigger, the seq of its earliest record in its effective history of a
+    NewFeedback that ``revocation`` names (None: a record of the release before); with
+    ``revoked_too`` also the records already revoked (a retraction of ``revocation``
+    puts them back)."""
+    if not trigger_ids or revocation.feedback_index is None or revocation.agent_id is None:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT r.trigger_id, min(r.seq) AS seq, bool_or(r.seq IS NULL) AS old
+        FROM events e
+        JOIN trigger_evaluations r
+          ON r.event_id = e.id || '@' || e.block_hash AND r.trigger_id = any($1::text[])
+        WHERE e.chain_id = $2 AND e.registry = $3 AND e.agent_id = $4
+          AND e.event_type = 'NewFeedback' AND e.feedback_index = $5
+          AND lower(e.client_address) = lower($6)
+          AND (r.excluded IS NULL OR ($7 AND r.excluded = 'revoked'))
+        GROUP BY r.trigger_id
+        """,
+        list(trigger_ids),
+        revocation.chain_id,
+        revocation.registry.value,
+        revocation.agent_id,
+        revocation.feedback_index,
+        revocation.client_address or "",
+        revoked_too,
+    )
+    return {r["trigger_id"]: (None if r["old"] else r["seq"]) for r in rows}
+
+
+async def definitions(
+    conn: Conn, trigger_id: str, versions: Sequence[int]
+) -> dict[int, dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT version, definition FROM trigger_definitions"
+        " WHERE trigger_id = $1 AND version = any($2::int[])",
+        trigger_id,
+        list(versions),
+    )
+    return {r["version"]: r["definition"] for r in rows}
+
+
+async def update_records(
+    conn: Conn,
+    trigger_id: str,
+    updates: Sequence[tuple[str, dict[str, Any] | None, str | None]],
+) -> None:
+    """(event version, states before, excluded) of records a recomputation went over."""
+    if not updates:
+        return
+    await conn.execute(
+        """
+        UPDATE trigger_evaluations r
+        SET states_before = u.states_before, excluded = u.excluded
+        FROM unnest($2::text[], $3::jsonb[], $4::text[]) AS u(event_id, states_before, excluded)
+        WHERE r.trigger_id = $1 AND r.event_id = u.event_id
+        """,
+        trigger_id,
+        [u[0] for u in updates],
+        [u[1] for u in updates],
+        [u[2] for u in updates],
+    )
+
+
+async def stored_definitions(conn: Conn) -> set[tuple[str, int]]:
+    rows = await conn.fetch("SELECT trigger_id, version FROM trigger_definitions")
+    return {(r["trigger_id"], r["version"]) for r in rows}
+
+
+async def save_definitions(conn: Conn, rows: Sequence[asyncpg.Record]) -> None:
+    """The definitions (what a recomputation evaluates under) of these trigger rows
+    (TRIGGERS_SQL), where not stored yet."""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO trigger_definitions (trigger_id, version, definition)
+        SELECT t.id, t.version, t.definition
+        FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS t(id, version, definition)
+        WHERE EXISTS (SELECT 1 FROM triggers x WHERE x.id = t.id)
+        ON CONFLICT (trigger_id, version) DO NOTHING
+        """,
+        [r["id"] for r in rows],
+        [r["version"] for r in rows],
+        [definition_of(r) for r in rows],
+    )
+
+
+def definition_of(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """What of a trigger row a recomputation needs: its stream, cooldown, conditions."""
+    return {
+        "chain_id": row["chain_id"],
+        "registry": row["registry"],
+        "cooldown_seconds": row["cooldown_seconds"],
+        "conditions": row["conditions"],
+    }

@@ -799,6 +799,51 @@ async def seed_result(
     return jid
 
 
+async def test_state_rows_name_the_conditions_their_states_belong_to(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """A state row keys each condition's state by the condition's identity; the page
+    maps every identity to the paths of the conditions that have it (two conditions
+    with one definition share one state)."""
+    gina = await signup(client, "gina")
+    ema = {
+        "condition_type": "ema_threshold",
+        "operator": "<",
+        "value": "40",
+        "config": {"alpha": "0.5"},
+    }
+    rate = {
+        "condition_type": "rate_limit",
+        "operator": ">=",
+        "value": "3",
+        "config": {"time_window": "1h"},
+    }
+    body = a_trigger(CHAIN, conditions=[
+        ema,
+        {"condition_type": "group", "operator": "any", "value": "",
+         "config": {"conditions": [rate, ema]}},
+    ])  # fmt: skip
+    resp = await client.post("/v1/triggers", json=body, headers=gina)
+    assert resp.status == 201, await resp.text()
+    tid = (await resp.json())["id"]
+    resp = await client.get(f"/v1/triggers/{tid}/state", headers=gina)
+    assert resp.status == 200
+    page = await resp.json()
+    assert page["is_stateful"]
+    assert page["items"] == []
+    paths = sorted(page["condition_paths"].values())
+    assert paths == [["0", "1.1"], ["1.0"]]
+    ema_id = next(k for k, v in page["condition_paths"].items() if v == ["0", "1.1"])
+    await db.execute(
+        "INSERT INTO trigger_state (trigger_id, scope_key, state_data) VALUES ($1, '', $2)",
+        tid,
+        {"conditions": {ema_id: {"ema": "12.5", "count": 2}}},
+    )
+    page = await (await client.get(f"/v1/triggers/{tid}/state", headers=gina)).json()
+    (row,) = page["items"]
+    assert list(row["state_data"]["conditions"]) == [ema_id]
+
+
 async def test_results_carry_the_firings_explain_and_the_versions(
     client: Client, db: asyncpg.Connection
 ) -> None:

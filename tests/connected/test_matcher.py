@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from services.matcher import queries
 from shared.db import register_codecs
 from shared.evaluate import evaluate, scope_keys
 from shared.events import Event, event_key
-from shared.jobs import ActionJob, RetractionMessage, dump_message, job_id
+from shared.jobs import ActionJob, EventMessage, RetractionMessage, dump_message, job_id
 from shared.replay import compile_trigger
+from shared.topics import event_key as topic_key
 from shared.trigger_index import TriggerIndex
+from tests.apiutil import store_events
 from tests.kafkautil import read_topic
 from tests.matcherutil import (
     chains_over_partitions,
@@ -420,6 +423,110 @@ async def test_retraction_takes_events_out_of_rate_windows(
     assert not {event_key(e) for e in replaced} & {entry[1] for entry in entries}
 
 
+EMA_BELOW_40 = [
+    {"condition_type": "ema_threshold", "field": "score", "operator": "<", "value": "40",
+     "config": {"alpha": "0.5"}},
+]  # fmt: skip
+
+
+async def ema_of(db: asyncpg.Connection, trigger: str) -> Decimal | None:
+    state = await db.fetchval(
+        "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = ''", trigger
+    )
+    (ema,) = state["conditions"].values()
+    return Decimal(ema["ema"]) if ema.get("ema") is not None else None
+
+
+async def test_a_revocation_recomputes_the_ema_and_the_arming(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """An EMA crossing fired by a feedback that is then revoked: the recomputation
+    leaves the EMA of the other feedbacks (none) and the trigger armed, so the next
+    low feedback fires again with an EMA of its own value alone. (Before: the EMA
+    kept the revoked 10 and the trigger stayed disarmed: no second alert.)"""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db, user_id=user, chain_id=chain, registry="reputation", conditions=EMA_BELOW_40
+    )
+    first = feedback(chain, 300, 5, score=10, client_address=A, feedback_index=1)
+    revoked = event(  # the address in upper case: compared in lower case
+        chain, 301, 0, event_type="FeedbackRevoked", agent_id=5,
+        client_address="0x" + A[2:].upper(), feedback_index=1,
+    )  # fmt: skip
+    second = feedback(chain, 302, 5, score=30, client_address=B, feedback_index=1)
+    await store_events(db, [first, revoked, second])
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_events(kafka_bootstrap, topic, [first, revoked, second])
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    assert [j.event.id for j in jobs] == [first.id, second.id]
+    await wait_all_evaluated(db, 3)
+    assert await ema_of(db, trigger) == 30
+    excluded = await db.fetch(
+        "SELECT event_id, excluded FROM trigger_evaluations WHERE trigger_id = $1 ORDER BY seq",
+        trigger,
+    )
+    assert [(r["event_id"], r["excluded"]) for r in excluded] == [
+        (event_key(first), "revoked"),
+        (event_key(revoked), None),
+        (event_key(second), None),
+    ]
+
+
+async def test_a_reorg_restores_the_ema_the_arming_and_the_cooldown(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """A crossing fired on an event that a reorg then replaces: the retraction restores
+    the state from before it (no EMA, armed, no firing time), so the canonical
+    replacement fires under its own cooldown with an EMA of its own value. (Before:
+    the EMA averaged both versions and the cooldown and disarming held it back.)"""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db,
+        user_id=user,
+        chain_id=chain,
+        registry="reputation",
+        conditions=EMA_BELOW_40,
+        cooldown_seconds=3600,
+    )
+    ts = int(time.time()) - 600
+    before = feedback(chain, 399, 5, score=50, timestamp=ts - 1)
+    replaced = feedback(chain, 400, 5, score=10, timestamp=ts)
+    await store_events(db, [before, replaced])
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_events(kafka_bootstrap, topic, [before, replaced])
+    (fired,) = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    assert fired.event.id == replaced.id
+    retraction = RetractionMessage(
+        kind="retraction",
+        chain_id=chain,
+        from_block=400,
+        to_block=None,
+        reorg_id="r1",
+        created_at=datetime.now(UTC),
+        event_keys=(event_key(replaced),),
+    )
+    canonical = feedback(chain, 400, 5, score=20, timestamp=ts, block_hash="0x" + "cd" * 32)
+    await store_events(db, [canonical])
+    await produce_keyed(kafka_bootstrap, topic, [retraction, canonical])
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    assert [event_key(j.event) for j in jobs] == [event_key(replaced), event_key(canonical)]
+    assert await ema_of(db, trigger) == 35  # 20/2 + 50/2: the replaced 10 is gone
+
+
 async def test_a_firing_recorded_by_the_previous_release_keeps_its_job_id(
     db: asyncpg.Connection,
     matcher_env: dict[str, str],
@@ -538,6 +645,24 @@ async def test_index_survives_losing_its_listen_connection(
     await wait_metric(proc, "erc8004_matcher_index_triggers", 2, within=15)
     await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
     await wait_metric(proc, "erc8004_matcher_index_triggers", 3, within=5)
+
+
+async def produce_keyed(
+    bootstrap: str, topic: str, messages: list[RetractionMessage | Event]
+) -> None:
+    """Events and retractions, in order, on their chain's partition (as ingest does)."""
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for m in messages:
+            body = m if isinstance(m, RetractionMessage) else EventMessage(
+                kind="event", event=m, ingested_at=datetime.now(UTC)
+            )  # fmt: skip
+            await producer.send_and_wait(topic, dump_message(body), key=topic_key(m.chain_id))
+    finally:
+        await producer.stop()
 
 
 async def produce_raw(bootstrap: str, topic: str, value: bytes, *, partitions: list[int]) -> None:

@@ -366,58 +366,234 @@ def test_rate_window_is_half_open() -> None:
     assert fired(t, fb(1, 1, t=0), fb(2, 1, t=29)) == [2]
 
 
-# --- section 6: revocations and reorgs -----------------------------------------------------
+# --- section 6: revocations and reorgs: the effective history ------------------------------
+
+ONLY_FEEDBACK = cond("event_type_equals", "=", "NewFeedback", "event_type")
 
 
-def test_revocation_withdraws_its_feedback_even_when_it_fails_the_gate() -> None:
-    t = trig(cond("event_type_equals", "=", "NewFeedback", "event_type"), rate(">=", "3"))
-    revoke = ev(3, "FeedbackRevoked", client_address=CLIENT, feedback_index=1)
-    history = [fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2), revoke]
+def revoke(n: int, index: int, *, client: str = CLIENT, **fields: Any) -> Event:
+    """Event n: a FeedbackRevoked of the feedback (agent 1 unless agent=, client, index)."""
+    return ev(n, "FeedbackRevoked", client_address=client, feedback_index=index, **fields)
+
+
+def retract(*replaced: Event) -> Step:
+    return ("retract", frozenset(version(e) for e in replaced))
+
+
+def test_revocation_revokes_its_feedback_even_when_it_fails_the_gate() -> None:
+    t = trig(ONLY_FEEDBACK, rate(">=", "3"))
+    history = [fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2), revoke(3, 1)]
     after = [fb(4, 30, feedback_index=3), fb(5, 30, feedback_index=4)]
+    # effective history at 4: 2, 4 (count 2); at 5: 2, 4, 5 (count 3)
     assert fired(t, *history, *after) == [5]
-    # a revocation naming another client (or another agent) withdraws nothing
-    other = ev(3, "FeedbackRevoked", client_address=OTHER_CLIENT, feedback_index=1)
-    assert fired(t, *history[:2], other, *after) == [4, 5]
-    other_agent = ev(3, "FeedbackRevoked", agent=2, client_address=CLIENT, feedback_index=1)
-    assert fired(t, *history[:2], other_agent, *after) == [4, 5]
+    # a revocation naming another client (or another agent) revokes nothing: 1, 2, 4
+    assert fired(t, *history[:2], revoke(3, 1, client=OTHER_CLIENT), *after) == [4, 5]
+    assert fired(t, *history[:2], revoke(3, 1, agent=2), *after) == [4, 5]
 
 
 def test_revocation_that_passes_the_gate_is_counted_itself() -> None:
     t = trig(rate(">=", "3"))
-    revoke = ev(3, "FeedbackRevoked", client_address=CLIENT.upper().replace("0X", "0x"))
-    # 1 withdrawn, then the revocation counts: 2, 3 -> 2; 4 -> 3
-    assert fired(t, fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2), revoke, fb(4, 1)) == [
+    upper = revoke(3, 1, client="0x" + CLIENT[2:].upper())  # addresses in lower case
+    # 1 revoked, the revocation counts: at 3 the history is 2, 3 (count 2); at 4: 3
+    assert fired(t, fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2), upper, fb(4, 1)) == [
         4
+    ]
+    # without the revocation of 1 the revocation itself makes the count 3
+    other = revoke(3, 1, client=OTHER_CLIENT)
+    assert fired(t, fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2), other, fb(4, 1)) == [
+        3,
+        4,
     ]
 
 
-def test_revocation_does_not_roll_back_the_ema() -> None:
+def test_revocation_revokes_only_new_feedback_received_before_it() -> None:
+    t = trig(ONLY_FEEDBACK, rate(">=", "2"))
+    # the revocation precedes the feedback it names: not "a later FeedbackRevoked"
+    assert fired(t, revoke(1, 5), fb(2, 30, feedback_index=5), fb(3, 30)) == [3]
+    # ResponseAppended events about the revoked feedback stay in the history
+    t = trig(rate(">=", "3"))
+    about = ev(2, "ResponseAppended", client_address=CLIENT, feedback_index=1)
+    # at 3: history 2, 3 (count 2); at 4: 2, 3, 4 (count 3)
+    assert fired(t, fb(1, 30, feedback_index=1), about, revoke(3, 1), fb(4, 30)) == [4]
+
+
+def test_ema_after_a_revocation_is_the_ema_of_the_other_feedbacks() -> None:
     t = trig(ema("<", "40", alpha="0.5", fire_on="every"))
-    revoke = ev(2, "FeedbackRevoked", client_address=CLIENT, feedback_index=1)
-    # the 0 stays in the average: 0, 0 (the revocation reads it), then 30 (not 60)
-    assert fired(t, fb(1, 0, feedback_index=1), revoke, fb(3, 60)) == [1, 2, 3]
+    # at 2 the history is the revocation alone: no EMA yet, false; at 3: 60
+    assert fired(t, fb(1, 0, feedback_index=1), revoke(2, 1), fb(3, 60)) == [1]
+    # without the revocation: 0, 0 (the revocation reads it), then 30
+    assert fired(t, fb(1, 0, feedback_index=1), revoke(2, 9), fb(3, 60)) == [1, 2, 3]
+    # a later crossing: 100, 50 -> 75; revoking the 100 leaves 50; then 20 -> 35 < 40
+    t = trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5"))
+    history = [fb(1, 100, feedback_index=1), fb(2, 50, feedback_index=2)]
+    assert fired(t, *history, revoke(3, 1), fb(4, 20, feedback_index=4)) == [4]
+    # not revoked: 75, then 47.5, no crossing
+    assert fired(t, *history, revoke(3, 9), fb(4, 20, feedback_index=4)) == []
 
 
-def test_retraction_withdraws_from_the_rate_window() -> None:
+def test_revoked_firing_no_longer_starts_a_cooldown() -> None:
+    t = trig(ONLY_FEEDBACK, cond("score_threshold", "<", "40", "score"), cooldown=600)
+    history = [fb(1, 30, t=0, feedback_index=1), revoke(2, 1, t=10)]
+    # the firing at 1 stands; after its revocation no firing of the history starts a
+    # cooldown, so 3 fires
+    assert fired(t, *history, fb(3, 30, t=20)) == [1, 3]
+    # another feedback's revocation: 3 is in the cooldown of 1 (until 600), 4 is not
+    history = [fb(1, 30, t=0, feedback_index=1), revoke(2, 9, t=10)]
+    assert fired(t, *history, fb(3, 30, t=20), fb(4, 30, t=600)) == [1, 4]
+
+
+def test_revoked_firing_no_longer_disarms() -> None:
+    t = trig(ONLY_FEEDBACK, ema("<", "40", alpha=1))
+    # 1 fires and disarms; once it is revoked, 3 is the first value and crosses
+    assert fired(t, fb(1, 30, feedback_index=1), revoke(2, 1), fb(3, 30), fb(4, 30)) == [1, 3]
+    # not revoked: still disarmed
+    assert fired(t, fb(1, 30, feedback_index=1), revoke(2, 9), fb(3, 30), fb(4, 30)) == [1]
+    # a crossing the recomputation finds but that was never sent does not disarm:
+    # 100, 20 -> 60, 20 -> 40 (no firing); revoking the 100 makes the history 20 (the
+    # fold fires there, never sent: not used up), 20 (armed again, never sent), so 5,
+    # the next event finding the set true, fires
+    history = [fb(1, 100, feedback_index=1), fb(2, 20), fb(3, 20), revoke(4, 1), fb(5, 20)]
+    assert fired(trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5")), *history) == [5]
+    # not revoked: 60, 40, then 30 crosses at 5
+    history[3] = revoke(4, 9)
+    assert fired(trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5")), *history) == [5]
+    # ... and the next one is disarmed by 5, which was sent and is still found
+    assert fired(trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5")), *history, fb(6, 20)) == [5]
+
+
+def test_firing_found_but_never_sent_starts_no_cooldown() -> None:
+    t = trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5", fire_on="every"), cooldown=600)
+    history = [fb(1, 100, t=0, feedback_index=1), fb(2, 0, t=10)]  # 100, 50: no firing
+    # revoking the 100: the history is 2 (EMA 0: the fold fires, never sent, so no
+    # cooldown), 4 (EMA 30 < 40): 4 fires although it is within 600 s of 2
+    assert fired(t, *history, revoke(3, 1, t=20), fb(4, 60, t=30)) == [4]
+    # not revoked: 100, 50, 55: no firing at all
+    assert fired(t, *history, revoke(3, 9, t=20), fb(4, 60, t=30)) == []
+    # had 2 fired when it arrived (a lower threshold), its cooldown would hold 4 back
+    low = trig(ONLY_FEEDBACK, ema("<", "60", alpha="0.5", fire_on="every"), cooldown=600)
+    assert fired(low, *history, revoke(3, 1, t=20), fb(4, 60, t=30)) == [2]
+
+
+def test_sent_firing_the_recomputation_no_longer_finds_does_not_disarm() -> None:
+    t = trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5"))
+    # 100, 60, 30: 3 crosses and fires
+    history = [fb(1, 100, feedback_index=1), fb(2, 20, feedback_index=2), fb(3, 0)]
+    # revoking the 20: the history is 100, 50 (3 no longer crosses: no firing, nothing
+    # disarmed), then 5 (35) crosses and fires
+    assert fired(t, *history, revoke(4, 2), fb(5, 20)) == [3, 5]
+    # not revoked: 3 still fires in the recomputation and keeps the set disarmed (25)
+    assert fired(t, *history, revoke(4, 9), fb(5, 20)) == [3]
+
+
+def test_sent_firing_the_recomputation_no_longer_finds_does_not_reset() -> None:
+    t = trig(
+        ONLY_FEEDBACK,
+        ema("<", "40", alpha="0.5", fire_on="every"),
+        rate(">=", "2", reset_on_trigger=True),
+    )
+    # EMA 100, 60, 30; count 1, 2, 3: 3 fires and empties the window
+    history = [fb(1, 100, feedback_index=1), fb(2, 20, feedback_index=2), fb(3, 0)]
+    # revoking the 20: 100, 50 (3 fires no more: the window keeps 1 and 3), then 5:
+    # EMA 25, count 3 (1, 3, 5): fires
+    assert fired(t, *history, revoke(4, 2), fb(5, 0)) == [3, 5]
+    # not revoked: 3 still fires and empties the window: 5 counts 1 (EMA 15)
+    assert fired(t, *history, revoke(4, 9), fb(5, 0)) == [3]
+
+
+def test_sent_firing_the_recomputation_still_finds_keeps_disarming_and_its_cooldown() -> None:
+    t = trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5"), cooldown=600)
+    # 100, 50, 25: 3 fires (cooldown until 620)
+    history = [fb(1, 100, t=0, feedback_index=1), fb(2, 0, t=10), fb(3, 0, t=20)]
+    # revoking the 100: the history is 2 (EMA 0: the fold fires, never sent, so it
+    # neither disarms nor starts a cooldown), 3 (0: fires again and was sent: disarms,
+    # cooldown until 620)
+    after = [
+        revoke(4, 1, t=30),
+        fb(5, 30, t=40),  # 15: disarmed
+        fb(6, 100, t=50),  # 57.5: re-arms
+        fb(7, 0, t=60),  # 28.75: suppressed by the cooldown of 3
+        fb(8, 0, t=615),  # 14.375: still suppressed (615 < 620; 2 would end it at 610)
+        fb(9, 0, t=620),  # 7.1875: the cooldown is over, still armed: fires
+    ]
+    assert fired(t, *history, *after) == [3, 9]
+
+
+def test_reset_window_after_a_revoked_firing() -> None:
+    r = rate(">=", "2", reset_on_trigger=True)
+    feedbacks = [fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2)]
+    # 2 fires and empties the window; its revocation undoes the reset: 1, 4 count 2
+    after = [fb(4, 30, feedback_index=4), fb(5, 30, feedback_index=5), fb(6, 30)]
+    # 4 fires (reset), 5 counts 1, 6 counts 2
+    assert fired(trig(ONLY_FEEDBACK, r), *feedbacks, revoke(3, 2), *after) == [2, 4, 6]
+    # not revoked: 4 counts 1 after the reset at 2, 5 counts 2, 6 counts 1
+    assert fired(trig(ONLY_FEEDBACK, r), *feedbacks, revoke(3, 9), *after) == [2, 5]
+    # a revocation that passes the gate: at 3 the history is 1, 3 (count 2, fires)
+    assert fired(trig(r), *feedbacks, revoke(3, 2), *after[:2]) == [2, 3, 5]
+
+
+def test_retraction_takes_events_out_of_the_rate_window() -> None:
     t = trig(rate(">=", "3"))
     e1, e2, e3, e4 = fb(1, 30), fb(2, 30), fb(3, 30), fb(4, 30)
-    retract: Step = ("retract", frozenset({version(e2)}))
-    assert fired(t, e1, e2, retract, e3, e4) == [4]
+    assert fired(t, e1, e2, retract(e2), e3, e4) == [4]
     # the replacement (another block hash) counts; its version is the one that fires
     e2b, e3b = fb(2, 30, fork="b"), fb(3, 30, fork="b")
-    retract = ("retract", frozenset({version(e2), version(e3)}))
-    steps = events(e1, e2, e3, retract, e2b, e3b)
+    steps = events(e1, e2, e3, retract(e2, e3), e2b, e3b)
     assert reference_firings(t, steps) == [version(e3), version(e3b)]
     # versions of other chains, or never seen, change nothing
-    retract = ("retract", frozenset({version(fb(1, 30, chain=2)), version(fb(9, 30))}))
-    assert fired(t, e1, e2, retract, e3) == [3]
+    assert fired(t, e1, e2, retract(fb(1, 30, chain=2), fb(9, 30)), e3) == [3]
+    # a replaced version never comes back: re-posted, it is a duplicate (not counted)
+    assert fired(trig(rate(">=", "2")), e1, e2, retract(e2), e2, e3) == [2, 3]
 
 
-def test_retraction_does_not_roll_back_arming_or_the_ema() -> None:
+def test_retraction_restores_arming_and_the_ema() -> None:
     t = trig(ema("<", "40", alpha=1))
     e1 = fb(1, 30)
-    steps = events(e1, ("retract", frozenset({version(e1)})), fb(1, 30, fork="b"))
-    assert reference_firings(t, steps) == [version(e1)]
+    # the firing of e1 stands; without e1 the replacement is the first value: fires
+    steps = events(e1, retract(e1), fb(1, 30, fork="b"))
+    assert reference_firings(t, steps) == [version(e1), version(fb(1, 30, fork="b"))]
+    # 2 fires and disarms; once it is retracted, 3 crosses from 50
+    e2 = fb(2, 30)
+    assert fired(t, fb(1, 50), e2, retract(e2), fb(3, 30)) == [2, 3]
+    assert fired(t, fb(1, 50), e2, fb(3, 30)) == [2]
+    # the EMA: without 100 the history is 0, 60 -> 30 (with it 50, 55)
+    t = trig(ema("<", "40", alpha="0.5", fire_on="every"))
+    e1 = fb(1, 100)
+    assert fired(t, e1, fb(2, 0), retract(e1), fb(3, 60)) == [3]
+    assert fired(t, e1, fb(2, 0), fb(3, 60)) == []
+
+
+def test_retraction_of_a_revocation_unrevokes_its_feedback() -> None:
+    t = trig(ONLY_FEEDBACK, rate(">=", "3"))
+    feedbacks = [fb(1, 30, feedback_index=1), fb(2, 30, feedback_index=2)]
+    r3 = revoke(3, 1)
+    # retracted, the revocation revokes nothing: 1, 2, 4 count 3
+    assert fired(t, *feedbacks, r3, retract(r3), fb(4, 30)) == [4]
+    # still revoked: 2, 4 count 2
+    assert fired(t, *feedbacks, r3, fb(4, 30)) == []
+    # its canonical replacement, received after the retraction, revokes again
+    assert fired(t, *feedbacks, r3, retract(r3), revoke(3, 1, fork="b"), fb(4, 30)) == []
+    # the EMA comes back with the feedback: 0, 60 -> 30 (revoked: 60)
+    t = trig(ONLY_FEEDBACK, ema("<", "40", alpha="0.5", fire_on="every"))
+    r2 = revoke(2, 1)
+    assert fired(t, fb(1, 0, feedback_index=1), r2, retract(r2), fb(3, 60)) == [1, 3]
+    assert fired(t, fb(1, 0, feedback_index=1), r2, fb(3, 60)) == [1]
+
+
+def test_revocation_of_a_feedback_before_an_edit_keeps_its_definition() -> None:
+    r = rate(">=", "3")
+    before = trig(cond("agent_id_equals", "=", "1", "agent_id"), r)
+    after = trig(cond("agent_id_equals", "in", "1,2", "agent_id"), r)  # r keeps its state
+    history: list[Event | Step] = [
+        fb(1, 30, agent=1, feedback_index=1),
+        fb(2, 30, agent=2),  # fails the gate of the time
+        fb(3, 30, agent=1),
+        ("edit", after),
+    ]
+    # revoking 1: the history is 2 (still failing the gate it had), 3, the edit, 4:
+    # count 2; then 5: count 3. (Evaluated under the new gate, 2 would count: 3 at 4.)
+    assert fired(before, *history, revoke(4, 1), fb(5, 30)) == [5]
+    # not revoked: 1, 3, 4 count 3 at 4, and 5 counts 4
+    assert fired(before, *history, revoke(4, 9), fb(5, 30)) == [4, 5]
 
 
 # --- section 7: edits ----------------------------------------------------------------------

@@ -51,6 +51,17 @@ class StreamService:
 #: consumer can meet (its default, 200 ms, put ~200 ms on the p99 of a sparse stream).
 IDLE_POLL_MS = 25
 
+#: How long the broker may hold a fetch that finds no new record (aiokafka's default
+#: is 500 ms). A consumer has one fetch in flight per broker, and aiokafka leaves
+#: out of it the partitions whose records are still buffered: with the busy
+#: partition's records being handled, the fetch in flight asks only for the idle
+#: partitions and the broker holds it the whole wait, while the busy partition,
+#: drained meanwhile, waits behind it. With `erc8004.events` keyed by chain (one
+#: busy partition, the others idle) this stalled the matcher ~400 ms per megabyte
+#: fetched (measured: 100,000 triggers, 3,600 events/s; 25 ms: see
+#: docs/performance.md). An idle consumer then asks the broker 40 times a second.
+FETCH_MAX_WAIT_MS = 25
+
 
 def new_broker(settings: ServiceSettings) -> KafkaBroker:
     return KafkaBroker(

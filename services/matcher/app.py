@@ -21,6 +21,7 @@ from services.matcher.settings import MatcherSettings
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, parse_topic_message
 from shared.kafka import LagProbe
 from shared.stream import (
+    FETCH_MAX_WAIT_MS,
     IDLE_POLL_MS,
     Handoff,
     StreamService,
@@ -124,6 +125,7 @@ def create_app(settings: MatcherSettings) -> FastStream:
         batch=True,
         max_records=settings.batch_max_records,
         batch_timeout_ms=IDLE_POLL_MS,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
         listener=handoff,

@@ -243,6 +243,12 @@ def scope_keys(trigger: TriggerSpec, event: Event) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def passes_gate(trigger: TriggerSpec, event: Event) -> bool:
+    """Whether the event passes the trigger's gate (its top-level stateless
+    conditions): an event that does not changes no state (docs/semantics.md §2)."""
+    return all(test(event) for test in trigger._program.gate)
+
+
 def scope_key(trigger: TriggerSpec, event: Event) -> str:
     """The firing-scope row of (trigger, event): '' or the agent id."""
     return agent_key(event) if trigger._program.agent_firing else ""

@@ -227,8 +227,12 @@ class Population:
         hot = self.hot.get((event["chain_id"], event["agent_id"]))
         if hot is None:
             return None
-        eid = f"{event['chain_id']}-{event['block_number']}-{event['log_index']}"
-        return job_id(hot.trigger_id, eid, hot.action_id)
+        # the job id names the event version, {id}@{block_hash} (shared.jobs.job_id)
+        version = (
+            f"{event['chain_id']}-{event['block_number']}-{event['log_index']}"
+            f"@{event['block_hash']}"
+        )
+        return job_id(hot.trigger_id, version, hot.action_id)
 
 
 Cond = tuple[str, str, str, str, dict[str, Any]]

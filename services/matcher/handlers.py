@@ -23,10 +23,10 @@ from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from shared.db import Conn
-from shared.evaluate import State, TriggerSpec, evaluate, retract, scope_keys
+from shared.evaluate import State, TriggerSpec, evaluate, passes_gate, retract, scope_keys
 from shared.events import Event, event_from_row, event_key
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
-from shared.replay import Evaluated, exclude, refold, restore, spec_at
+from shared.replay import Evaluated, exclude, refold, restore, revokes, spec_at
 
 log = structlog.get_logger(__name__)
 
@@ -53,15 +53,16 @@ class Matcher:
         started = time.perf_counter()
         jobs: list[ActionJob] = []
         segment: list[EventMessage] = []
-        for message in messages:
+        recompute = await self._to_recompute(messages)
+        for n, message in enumerate(messages):
             if isinstance(message, EventMessage):
-                if message.event.event_type != REVOCATION:
+                if n not in recompute:
                     segment.append(message)
                     continue
                 # A revocation recomputes from the records: those before it first.
                 jobs += await self._events(segment)
                 segment = []
-                jobs += await self._events([message], revocation=True)
+                jobs += await self._events([message], recompute=recompute[n])
                 continue
             jobs += await self._events(segment)
             segment = []
@@ -74,8 +75,49 @@ class Matcher:
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         return len(jobs)
 
+    async def _to_recompute(
+        self, messages: Sequence[EventMessage | RetractionMessage]
+    ) -> dict[int, set[str]]:
+        """The revocations of the batch that change some trigger's state: position ->
+        the ids of those triggers. A trigger's state changes when it evaluated the
+        revoked NewFeedback and that feedback passed its gate (an event that failed
+        it changed no state); one query for the whole batch. A feedback earlier in
+        the same batch (not recorded yet) counts as evaluated."""
+        index = self._keeper.index
+        found: dict[int, set[str]] = {}
+        asks: list[tuple[int, str, Event]] = []
+        triggers: dict[str, TriggerSpec] = {}
+        for n, message in enumerate(messages):
+            if not isinstance(message, EventMessage) or message.event.event_type != REVOCATION:
+                continue
+            event = message.event
+            for trigger in index.candidates(event):
+                if not trigger.is_stateful or (
+                    message.ingested_at is not None and message.ingested_at < trigger.enabled_at
+                ):
+                    continue
+                triggers[trigger.id] = trigger
+                earlier = any(
+                    isinstance(m, EventMessage) and revokes(event, m.event) for m in messages[:n]
+                )
+                if earlier:
+                    found.setdefault(n, set()).add(trigger.id)
+                else:
+                    asks.append((n, trigger.id, event))
+        if asks:
+            async with self._pool.acquire() as conn:
+                hits = await queries.revocation_hits(conn, asks)
+            for row in hits:
+                trigger = triggers[row["trigger_id"]]
+                if row["trigger_version"] == trigger.version and not passes_gate(
+                    trigger, event_from_row(row)
+                ):
+                    continue  # it changed no state
+                found.setdefault(row["n"], set()).add(trigger.id)
+        return found
+
     async def _events(
-        self, segment: Sequence[EventMessage], *, revocation: bool = False
+        self, segment: Sequence[EventMessage], *, recompute: set[str] | None = None
     ) -> list[ActionJob]:
         if not segment:
             return []
@@ -99,22 +141,25 @@ class Matcher:
             self._metrics.candidates.observe(len(candidates))
         self._metrics.events.inc(len(segment))
         if stateful:
-            jobs += await self._stateful(stateful, revocation=revocation)
+            jobs += await self._stateful(stateful, recompute=recompute)
         return jobs
 
     async def _stateful(
-        self, pairs: list[tuple[Event, TriggerSpec]], *, revocation: bool
+        self, pairs: list[tuple[Event, TriggerSpec]], *, recompute: set[str] | None
     ) -> list[ActionJob]:
         jobs: list[ActionJob] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            if revocation:
-                # one event: its triggers' states recomputed without the feedback it
-                # revokes, before it is evaluated itself (not again on redelivery)
+            if recompute:
+                # one revocation: the states of the triggers it concerns recomputed
+                # without the feedback it revokes, before it is evaluated itself (not
+                # again on redelivery)
                 done = await queries.done_evaluations(
                     conn, [(t.id, event_key(e)) for e, t in pairs]
                 )
                 event = pairs[0][0]
-                todo = [t for e, t in pairs if (t.id, event_key(e)) not in done]
+                todo = [
+                    t for e, t in pairs if t.id in recompute and (t.id, event_key(e)) not in done
+                ]
                 starts = await queries.revoked_feedback_records(conn, [t.id for t in todo], event)
                 for trigger in todo:
                     if trigger.id in starts:

@@ -275,6 +275,39 @@ async def revoked_feedback_records(
     return {r["trigger_id"]: (None if r["old"] else r["seq"]) for r in rows}
 
 
+async def revocation_hits(
+    conn: Conn, asks: Sequence[tuple[int, str, Event]]
+) -> list[asyncpg.Record]:
+    """For (position, trigger id, FeedbackRevoked) asks: the effective records of the
+    NewFeedback events each names, with the trigger version they were evaluated under
+    and the stored event (column ``n`` is the ask's position)."""
+    asks = [a for a in asks if a[2].feedback_index is not None and a[2].agent_id is not None]
+    if not asks:
+        return []
+    return await conn.fetch(
+        f"""
+        SELECT q.n, r.trigger_id, r.trigger_version, {_EVENT_SELECT}
+        FROM unnest($1::int[], $2::text[], $3::int[], $4::text[], $5::bigint[],
+                    $6::bigint[], $7::text[])
+            AS q(n, trigger_id, chain_id, registry, agent_id, feedback_index, client)
+        JOIN events e
+          ON e.chain_id = q.chain_id AND e.registry = q.registry AND e.agent_id = q.agent_id
+         AND e.event_type = 'NewFeedback' AND e.feedback_index = q.feedback_index
+         AND lower(e.client_address) = lower(q.client)
+        JOIN trigger_evaluations r
+          ON r.trigger_id = q.trigger_id AND r.event_id = e.id || '@' || e.block_hash
+        WHERE r.excluded IS NULL
+        """,  # noqa: S608 (constants)
+        [a[0] for a in asks],
+        [a[1] for a in asks],
+        [a[2].chain_id for a in asks],
+        [a[2].registry.value for a in asks],
+        [a[2].agent_id for a in asks],
+        [a[2].feedback_index for a in asks],
+        [a[2].client_address or "" for a in asks],
+    )
+
+
 async def definitions(
     conn: Conn, trigger_id: str, versions: Sequence[int]
 ) -> dict[int, dict[str, Any]]:

@@ -1276,6 +1276,18 @@ ALTER SEQUENCE public.trigger_conditions_id_seq OWNED BY public.trigger_conditio
 
 
 --
+-- Name: trigger_definitions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.trigger_definitions (
+    trigger_id text NOT NULL,
+    version integer NOT NULL,
+    definition jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
 -- Name: trigger_evaluations; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1284,8 +1296,32 @@ CREATE TABLE public.trigger_evaluations (
     event_id text NOT NULL,
     fired boolean NOT NULL,
     explain jsonb,
-    evaluated_at timestamp with time zone DEFAULT now() NOT NULL
+    evaluated_at timestamp with time zone DEFAULT now() NOT NULL,
+    seq bigint,
+    block_time timestamp with time zone,
+    trigger_version integer,
+    states_before jsonb,
+    excluded text
 );
+
+
+--
+-- Name: trigger_evaluations_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+CREATE SEQUENCE public.trigger_evaluations_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: trigger_evaluations_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+--
+
+ALTER SEQUENCE public.trigger_evaluations_seq OWNED BY public.trigger_evaluations.seq;
 
 
 --
@@ -1402,6 +1438,13 @@ ALTER TABLE ONLY public.trigger_actions ALTER COLUMN id SET DEFAULT nextval('pub
 --
 
 ALTER TABLE ONLY public.trigger_conditions ALTER COLUMN id SET DEFAULT nextval('public.trigger_conditions_id_seq'::regclass);
+
+
+--
+-- Name: trigger_evaluations seq; Type: DEFAULT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.trigger_evaluations ALTER COLUMN seq SET DEFAULT nextval('public.trigger_evaluations_seq'::regclass);
 
 
 --
@@ -1570,6 +1613,22 @@ ALTER TABLE ONLY public.trigger_actions
 
 ALTER TABLE ONLY public.trigger_conditions
     ADD CONSTRAINT trigger_conditions_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: trigger_definitions trigger_definitions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.trigger_definitions
+    ADD CONSTRAINT trigger_definitions_pkey PRIMARY KEY (trigger_id, version);
+
+
+--
+-- Name: trigger_evaluations trigger_evaluations_excluded_check; Type: CHECK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE public.trigger_evaluations
+    ADD CONSTRAINT trigger_evaluations_excluded_check CHECK ((excluded = ANY (ARRAY['retracted'::text, 'revoked'::text]))) NOT VALID;
 
 
 --
@@ -2006,6 +2065,13 @@ CREATE UNIQUE INDEX idx_events_hourly_key ON public.events_hourly USING btree (h
 
 
 --
+-- Name: idx_reorgs_chain_id_created_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_reorgs_chain_id_created_at ON public.reorgs USING btree (chain_id, created_at);
+
+
+--
 -- Name: idx_reorgs_chain_id_from_block; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2031,6 +2097,13 @@ CREATE INDEX idx_trigger_conditions_trigger_id ON public.trigger_conditions USIN
 --
 
 CREATE INDEX idx_trigger_evaluations_evaluated_at ON public.trigger_evaluations USING btree (evaluated_at);
+
+
+--
+-- Name: idx_trigger_evaluations_trigger_seq; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_trigger_evaluations_trigger_seq ON public.trigger_evaluations USING btree (trigger_id, seq);
 
 
 --
@@ -2554,6 +2627,14 @@ ALTER TABLE ONLY public.job_redrives
 
 
 --
+-- Name: trigger_definitions trigger_definitions_trigger_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.trigger_definitions
+    ADD CONSTRAINT trigger_definitions_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES public.triggers(id) ON DELETE CASCADE;
+
+
+--
 -- Name: action_results; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2759,4 +2840,6 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201220000'),
     ('20261206090000'),
     ('20261206090001'),
-    ('20261206100000');
+    ('20261206100000'),
+    ('20261206120000'),
+    ('20261206130000');

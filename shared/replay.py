@@ -98,6 +98,8 @@ def _version(row: asyncpg.Record | Mapping[str, Any]) -> int:
 
 REVOKED: Final = "revoked"
 RETRACTED: Final = "retracted"
+#: Not an event: the trigger was edited to ``Evaluated.trigger`` at this point.
+EDIT: Final = "edit"
 
 
 def revokes(revocation: Event, feedback: Event) -> bool:
@@ -147,11 +149,11 @@ def exclude(
     Returns why it cannot be done (a record whose event is gone), else None."""
     for rec in records:
         rec.effective_before = rec.excluded is None
-        if rec.key in replaced:
+        if rec.key in replaced and rec.excluded != EDIT:
             rec.excluded = RETRACTED
     later: list[Event] = [revocation] if revocation is not None else []
     for rec in reversed(records):
-        if rec.excluded == RETRACTED:
+        if rec.excluded in (RETRACTED, EDIT):
             continue
         event = rec.event
         if event is None:
@@ -186,12 +188,17 @@ def refold(
     prev = since
     for i, rec in enumerate(records):
         spec, event = rec.trigger, rec.event
-        if rec.excluded is None and spec is not None and prev is not None and spec is not prev:
-            states = {k: forget_removed(spec, v) for k, v in states.items()}
+        # an edit took effect here whether or not this event is still in the history
+        if spec is not None and spec is not prev:
+            if prev is not None:
+                states = {k: forget_removed(spec, v) for k, v in states.items()}
             prev = spec
         if visit is not None:
             visit(i, states, prev)
         if rec.excluded is not None:
+            if keep_before and rec.excluded != EDIT and spec is not None and event is not None:
+                # kept fresh, for when a later change puts the event back
+                rec.before = {k: states.get(k) or {} for k in scope_keys(spec, event)}
             continue
         if spec is None:
             return f"the definition {rec.key} was evaluated under is not known"
@@ -217,16 +224,19 @@ def refold(
 
 def restore(records: Sequence[Evaluated], current: Mapping[str, State]) -> dict[str, State] | str:
     """The state rows as they were before the first record: for each row, the state
-    kept by the first record (effective before this change) that read it; the others
-    are as they are now (nothing in the records changed them). Returns why it cannot
-    be done (a record that kept no states)."""
+    kept by the first record that read it (a recomputation keeps the states before
+    every record, also those out of the effective history); the other rows are as
+    they are now (nothing in the records changed them). Returns why it cannot be
+    done (a record of the effective history that kept no states)."""
     states = dict(current)
     seen: set[str] = set()
     for rec in records:
-        if not rec.effective_before:
+        if rec.excluded == EDIT:
             continue
         if rec.before is None:
-            return f"no state was kept for {rec.key}"
+            if rec.effective_before:
+                return f"no state was kept for {rec.key}"
+            continue
         for key, state in rec.before.items():
             if key not in seen:
                 seen.add(key)
@@ -341,3 +351,9 @@ class Replay:
         self.trigger = trigger
         self._index = TriggerIndex([trigger])
         self.states = {k: forget_removed(trigger, v) for k, v in self.states.items()}
+        if self._records:  # a recomputation across this point applies it again
+            if len(self._records) % self.SNAPSHOT_EVERY == 0:
+                self._snapshots.append((dict(self.states), trigger))
+            self._records.append(
+                Evaluated(f"edit#{len(self._records)}", None, trigger, excluded=EDIT)
+            )

@@ -17,9 +17,10 @@
 -- * excluded: NULL while the event is in the trigger's effective history, else
 --   'retracted' (a reorg replaced it) or 'revoked' (a later FeedbackRevoked
 --   revoked this NewFeedback).
--- * trigger_definitions: each version of a stateful trigger the matcher evaluated
---   under (written by the matcher when it loads it), so a recomputation evaluates
---   each event under the definition it had then. Removed with the trigger.
+-- * trigger_definitions: each version of an enabled trigger the matcher loaded
+--   (written by the matcher when it loads it), so a recomputation evaluates each
+--   event under the definition it had then and applies the edits between. Removed
+--   with the trigger.
 
 -- migrate:up
 CREATE SEQUENCE trigger_evaluations_seq AS BIGINT;
@@ -28,7 +29,11 @@ ALTER TABLE trigger_evaluations
     ADD COLUMN block_time TIMESTAMPTZ,
     ADD COLUMN trigger_version INTEGER,
     ADD COLUMN states_before JSONB,
-    ADD COLUMN excluded TEXT CHECK (excluded IN ('retracted', 'revoked'));
+    ADD COLUMN excluded TEXT;
+-- NOT VALID: no scan of the table under this lock (every existing row is NULL);
+-- new rows are checked all the same.
+ALTER TABLE trigger_evaluations ADD CONSTRAINT trigger_evaluations_excluded_check
+    CHECK (excluded IN ('retracted', 'revoked')) NOT VALID;
 ALTER TABLE trigger_evaluations ALTER COLUMN seq SET DEFAULT nextval('trigger_evaluations_seq');
 ALTER SEQUENCE trigger_evaluations_seq OWNED BY trigger_evaluations.seq;
 CREATE INDEX idx_trigger_evaluations_trigger_seq ON trigger_evaluations (trigger_id, seq);
@@ -47,6 +52,7 @@ GRANT SELECT, INSERT, DELETE ON trigger_definitions TO erc8004_matcher;
 DROP TABLE IF EXISTS trigger_definitions;
 DROP INDEX IF EXISTS idx_trigger_evaluations_trigger_seq;
 ALTER TABLE trigger_evaluations
+    DROP CONSTRAINT IF EXISTS trigger_evaluations_excluded_check,
     DROP COLUMN IF EXISTS excluded,
     DROP COLUMN IF EXISTS states_before,
     DROP COLUMN IF EXISTS trigger_version,

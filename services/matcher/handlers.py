@@ -26,12 +26,16 @@ from shared.db import Conn
 from shared.evaluate import State, TriggerSpec, evaluate, passes_gate, retract, scope_keys
 from shared.events import Event, event_from_row, event_key
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
-from shared.replay import Evaluated, exclude, refold, restore, revokes, spec_at
+from shared.replay import EDIT, Evaluated, exclude, refold, restore, revokes, spec_at
 
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[Sequence[ActionJob]], Awaitable[None]]
 REVOCATION = "FeedbackRevoked"
+#: A recomputation replays at most this many evaluations of a trigger; beyond, the
+#: removed events only leave the rate windows (a revocation of an old feedback of a
+#: busy agent must not hold the chain's partition for long).
+MAX_REPLAY = 20_000
 
 
 class Matcher:
@@ -67,6 +71,10 @@ class Matcher:
             jobs += await self._events(segment)
             segment = []
             await self._retract(message)
+            # a retraction may put back a feedback a revocation of the rest revokes
+            rest = await self._to_recompute(messages[n + 1 :])
+            recompute = {k: v for k, v in recompute.items() if k <= n}
+            recompute.update({n + 1 + k: v for k, v in rest.items()})
         jobs += await self._events(segment)
         if jobs:
             await self._publish(jobs)
@@ -91,15 +99,18 @@ class Matcher:
             if not isinstance(message, EventMessage) or message.event.event_type != REVOCATION:
                 continue
             event = message.event
+            earlier: bool | None = None  # the named feedback is earlier in this batch
             for trigger in index.candidates(event):
                 if not trigger.is_stateful or (
                     message.ingested_at is not None and message.ingested_at < trigger.enabled_at
                 ):
                     continue
                 triggers[trigger.id] = trigger
-                earlier = any(
-                    isinstance(m, EventMessage) and revokes(event, m.event) for m in messages[:n]
-                )
+                if earlier is None:
+                    earlier = any(
+                        isinstance(m, EventMessage) and revokes(event, m.event)
+                        for m in messages[:n]
+                    )
                 if earlier:
                     found.setdefault(n, set()).add(trigger.id)
                 else:
@@ -261,7 +272,10 @@ class Matcher:
         result: dict[str, State] | str = "a record written by the release before"
         records: list[Evaluated] = []
         if start is not None:
-            loaded = await queries.records_from(conn, trigger.id, start)
+            loaded = await queries.records_from(conn, trigger.id, start, MAX_REPLAY + 1)
+            if len(loaded) > MAX_REPLAY:
+                loaded = []
+                result = f"more than {MAX_REPLAY} evaluations to replay"
             records = await self._evaluated(conn, trigger, loaded)
             # a replaced revocation un-revokes its feedback: start there when earlier
             for rec in records:
@@ -276,11 +290,15 @@ class Matcher:
                             revocation=revocation,
                         )  # fmt: skip
                         return
-            result = exclude(records, replaced=replaced, revocation=revocation) or restore(
-                records, rows
-            )
+            if records:
+                result = exclude(records, replaced=replaced, revocation=revocation) or restore(
+                    records, rows
+                )
             if not isinstance(result, str):
-                result = refold(trigger, records, result, keep_before=True)
+                # the restored rows are as the first record found them, under its definition
+                result = refold(
+                    trigger, records, result, since=records[0].trigger, keep_before=True
+                )
         if isinstance(result, str):
             log.warning(
                 "recomputation not possible: rate windows withdrawn only",
@@ -289,12 +307,14 @@ class Matcher:
                 reason=result,
             )
             new = self._withdrawn(trigger, rows, replaced, revocation)
+            if replaced:  # out of the history all the same, for later recomputations
+                await queries.mark_retracted(conn, trigger.id, sorted(replaced))
         else:
             new = result
             await queries.update_records(
                 conn,
                 trigger.id,
-                [(r.key, r.before if r.excluded is None else None, r.excluded) for r in records],
+                [(r.key, r.before, r.excluded) for r in records if r.excluded != EDIT],
             )
         save = {(trigger.id, k): v for k, v in new.items() if v != rows.get(k)}
         await queries.save_states(conn, save)
@@ -333,23 +353,49 @@ class Matcher:
         self, conn: Conn, trigger: TriggerSpec, loaded: Sequence[asyncpg.Record]
     ) -> list[Evaluated]:
         """Records as the engine takes them: each with its event and the definition it
-        was evaluated under (the trigger now for its current version)."""
-        versions = {r["trigger_version"] for r in loaded} - {trigger.version, None}
-        specs: dict[int, TriggerSpec | None] = {trigger.version: trigger}
-        stored = await queries.definitions(conn, trigger.id, sorted(versions)) if versions else {}
-        for version in versions:
-            specs[version] = spec_at(trigger, version, stored.get(version))
-        return [
-            Evaluated(
-                r["event_id"],
-                event_from_row(r) if r["stored"] else None,
-                specs.get(r["trigger_version"]) if r["trigger_version"] is not None else None,
-                r["fired"],
-                r["states_before"],
-                r["excluded"],
-            )
-            for r in loaded
-        ]
+        was evaluated under (the trigger now for its current version), and an edit
+        marker (shared.replay.EDIT) for every stored version in between, so that a
+        recomputation applies the edits as the matcher did."""
+        known = [r["trigger_version"] for r in loaded if r["trigger_version"] is not None]
+        if not known:
+            return [self._record(r, {}) for r in loaded]
+        low = min(known)
+        stored = (
+            await queries.definitions_from(conn, trigger.id, low) if low < trigger.version else {}
+        )
+        specs: dict[int, TriggerSpec | None] = {
+            v: spec_at(trigger, v, d) for v, d in stored.items() if v != trigger.version
+        }
+        specs[trigger.version] = trigger
+        versions = sorted(v for v, spec in specs.items() if spec is not None)
+        out: list[Evaluated] = []
+        last: int | None = None
+        for r in loaded:
+            version = r["trigger_version"]
+            if version is not None and last is not None and version > last:
+                out += [self._edit(v, specs) for v in versions if last < v < version]
+            if version is not None:
+                last = version
+            out.append(self._record(r, specs))
+        if last is not None:
+            out += [self._edit(v, specs) for v in versions if last < v < trigger.version]
+        return out
+
+    @staticmethod
+    def _record(r: asyncpg.Record, specs: dict[int, TriggerSpec | None]) -> Evaluated:
+        version = r["trigger_version"]
+        return Evaluated(
+            r["event_id"],
+            event_from_row(r) if r["stored"] else None,
+            specs.get(version) if version is not None else None,
+            r["fired"],
+            r["states_before"],
+            r["excluded"],
+        )
+
+    @staticmethod
+    def _edit(version: int, specs: dict[int, TriggerSpec | None]) -> Evaluated:
+        return Evaluated(f"edit#{version}", None, specs[version], excluded=EDIT)
 
     def _fire(
         self, trigger: TriggerSpec, event: Event, explain: dict[str, Any], *, count: bool = True

@@ -71,6 +71,8 @@ class IndexKeeper:
             rows = []
             for i in range(0, len(stale), 5000):
                 rows += await queries.list_triggers_by_id(conn, stale[i : i + 5000])
+        # stored before the fingerprints move on: a failure here is retried next time
+        await self._save_definitions(rows)
         compiled = 0
         edited: list[TriggerSpec] = []
         for n, row in enumerate(rows):
@@ -86,7 +88,6 @@ class IndexKeeper:
             if n % 500 == 499:
                 await asyncio.sleep(0)  # a large load must not stall the consumer
         await self._forget_removed(edited)
-        await self._save_definitions(rows)
         removed = [i for i in self._fingerprints if i not in current]
         for trigger_id in removed:
             self._take_out(trigger_id)
@@ -118,6 +119,7 @@ class IndexKeeper:
     async def _reload(self, trigger_id: str) -> None:
         async with self._pool.acquire() as conn:
             rows = await queries.list_triggers_by_id(conn, [trigger_id])
+        await self._save_definitions(rows)
         trigger = compile_trigger(rows[0]) if rows else None
         if trigger is None:
             self._take_out(trigger_id)
@@ -128,7 +130,6 @@ class IndexKeeper:
             self._fingerprints[trigger_id] = rows[0]["fp"]
             if edited:
                 await self._forget_removed([trigger])
-            await self._save_definitions(rows)
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("trigger").inc()
 

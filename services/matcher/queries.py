@@ -210,11 +210,21 @@ LEFT JOIN events e
  AND e.block_hash = split_part(r.event_id, '@', 2)
 WHERE r.trigger_id = $1 AND r.seq >= $2
 ORDER BY r.seq
+LIMIT $3
 """  # noqa: S608 (constants)
 
 
-async def records_from(conn: Conn, trigger_id: str, seq: int) -> list[asyncpg.Record]:
-    return await conn.fetch(RECORDS_FROM, trigger_id, seq)
+async def records_from(conn: Conn, trigger_id: str, seq: int, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(RECORDS_FROM, trigger_id, seq, limit)
+
+
+async def mark_retracted(conn: Conn, trigger_id: str, keys: Sequence[str]) -> None:
+    await conn.execute(
+        "UPDATE trigger_evaluations SET excluded = 'retracted'"
+        " WHERE trigger_id = $1 AND event_id = any($2::text[])",
+        trigger_id,
+        list(keys),
+    )
 
 
 async def first_record_of(
@@ -308,14 +318,13 @@ async def revocation_hits(
     )
 
 
-async def definitions(
-    conn: Conn, trigger_id: str, versions: Sequence[int]
-) -> dict[int, dict[str, Any]]:
+async def definitions_from(conn: Conn, trigger_id: str, version: int) -> dict[int, dict[str, Any]]:
+    """The stored definitions of a trigger from ``version`` on."""
     rows = await conn.fetch(
         "SELECT version, definition FROM trigger_definitions"
-        " WHERE trigger_id = $1 AND version = any($2::int[])",
+        " WHERE trigger_id = $1 AND version >= $2",
         trigger_id,
-        list(versions),
+        version,
     )
     return {r["version"]: r["definition"] for r in rows}
 

@@ -479,6 +479,54 @@ async def test_a_revocation_recomputes_the_ema_and_the_arming(
     ]
 
 
+async def test_a_retracted_revocation_and_its_replacement_in_one_batch(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """Found in review: a revocation, then a reorg that replaces it and the canonical
+    revocation arriving in one batch. The retraction puts the feedback back; the
+    canonical revocation revokes it again, so it must recompute although the batch
+    began with the feedback revoked. (Before: the replacement was evaluated as a
+    plain event and the feedback's 10 stayed in the EMA.)"""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db, user_id=user, chain_id=chain, registry="reputation", conditions=EMA_BELOW_40
+    )
+    first = feedback(chain, 500, 5, score=10, client_address=A, feedback_index=1)
+
+    def revocation(block_hash: str) -> Event:
+        return event(
+            chain, 501, 0, event_type="FeedbackRevoked", agent_id=5, client_address=A,
+            feedback_index=1, block_hash=block_hash,
+        )  # fmt: skip
+
+    replaced, canonical = revocation("0x" + "aa" * 32), revocation("0x" + "bb" * 32)
+    later = feedback(chain, 502, 5, score=60, client_address=B, feedback_index=1)
+    await store_events(db, [first, replaced, canonical, later])
+    proc = start_matcher(matcher_env, tmp_path, procs)
+    await produce_keyed(kafka_bootstrap, topic, [first, replaced])
+    await wait_all_evaluated(db, 2)
+    proc.terminate()  # the rest waits on the topic, read in one batch on restart
+    retraction = RetractionMessage(
+        kind="retraction",
+        chain_id=chain,
+        from_block=501,
+        to_block=None,
+        reorg_id="r1",
+        created_at=datetime.now(UTC),
+        event_keys=(event_key(replaced),),
+    )
+    await produce_keyed(kafka_bootstrap, topic, [retraction, canonical, later])
+    start_matcher(matcher_env, tmp_path, procs)
+    await wait_all_evaluated(db, 4)
+    assert await ema_of(db, trigger) == 60  # the revoked 10 is not in it
+
+
 async def test_a_reorg_restores_the_ema_the_arming_and_the_cooldown(
     db: asyncpg.Connection,
     matcher_env: dict[str, str],

@@ -82,3 +82,51 @@ def test_engine_fires_exactly_where_the_reference_does(
             shown = payload if isinstance(payload, dict) else sorted(payload)
         note(f"{kind}: {json.dumps(shown)}")
     assert engine_firings(trigger, steps) == reference_firings(trigger, steps)
+
+
+def test_a_recomputation_applies_the_edits_between_its_events() -> None:
+    """Found in review: an edit that removes a condition and one that adds it back,
+    with no event between them, then a revocation of a feedback from before them.
+    The recomputation must apply both edits where they happened (the condition
+    starts again from no state, section 7), not only the version changes it sees
+    between evaluated events: before the fix the engine fired once more than the
+    reference."""
+    from tests.unit.test_reference_rules import fb, revoke  # noqa: PLC0415
+
+    low = {"condition_type": "ema_threshold", "field": "score", "operator": "<",
+           "value": "40", "config": {"alpha": "0.5"}}  # fmt: skip
+    other = {**low, "value": "45"}
+    v1 = {"chain_id": 1, "registry": "reputation", "cooldown_seconds": None, "conditions": [low]}
+    v2 = {**v1, "conditions": [other]}
+    client = "0x" + "3b" * 20
+    e0, f = fb(1, 100, client_address=client, feedback_index=7), fb(2, 100, feedback_index=1)
+    g, h = (fb(n, 0, client_address=client, feedback_index=n + 5) for n in (3, 5))
+    steps: list[Step] = [
+        ("event", e0), ("event", f), ("edit", v2), ("edit", v1),
+        ("event", g), ("event", revoke(4, 1)), ("event", h),
+    ]  # fmt: skip
+    expected = reference_firings(v1, steps)
+    assert expected == [event_key(g)]
+    assert engine_firings(v1, steps) == expected
+
+
+def test_a_recomputation_across_a_removed_cooldown_does_not_bring_it_back() -> None:
+    """Found in review: a cooldown removed by an edit (its firing time forgotten),
+    then a revocation of a feedback from before the edit, then the cooldown added
+    back: the recomputation must not resurrect the forgotten firing time."""
+    from tests.unit.test_reference_rules import fb, revoke  # noqa: PLC0415
+
+    low = {"condition_type": "ema_threshold", "field": "score", "operator": "<",
+           "value": "40", "config": {"alpha": "0.5"}}  # fmt: skip
+    v1 = {"chain_id": 1, "registry": "reputation", "cooldown_seconds": 1000, "conditions": [low]}
+    v2 = {**v1, "cooldown_seconds": None}
+    client = "0x" + "3b" * 20
+    events = [fb(1, 10, client_address=client, feedback_index=7), fb(2, 10, feedback_index=1)]
+    events += [fb(n, 100, client_address=client, feedback_index=n + 5) for n in (3, 4)]
+    later = [fb(n, 0, client_address=client, feedback_index=n + 4) for n in (6, 7, 8)]
+    steps: list[Step] = [("event", e) for e in events]
+    steps.insert(2, ("edit", v2))
+    steps += [("event", revoke(5, 1)), ("edit", v1)] + [("event", e) for e in later]
+    expected = reference_firings(v1, steps)
+    assert len(expected) == 2
+    assert engine_firings(v1, steps) == expected

@@ -306,7 +306,8 @@ class Matcher:
                 cause=why,
                 reason=result,
             )
-            new = self._withdrawn(trigger, rows, replaced, revocation)
+            # (a revocation withdraws its feedback when it is evaluated next: evaluate)
+            new = self._withdrawn(trigger, rows, replaced)
             if replaced:  # out of the history all the same, for later recomputations
                 await queries.mark_retracted(conn, trigger.id, sorted(replaced))
         else:
@@ -334,9 +335,8 @@ class Matcher:
         trigger: TriggerSpec,
         rows: dict[str, State],
         replaced: frozenset[str],
-        revocation: Event | None,
     ) -> dict[str, State]:
-        """The fallback: the removed events out of the rate windows only."""
+        """The fallback: the replaced versions out of the rate windows only."""
         new = dict(rows)
         for key, state in rows.items():
             if replaced:
@@ -345,8 +345,6 @@ class Matcher:
                     to_block=None, event_keys=replaced, scope_key=key,
                 )  # fmt: skip
                 new[key] = out.state
-        # a revocation withdraws itself when it is evaluated next (shared.evaluate)
-        del revocation
         return new
 
     async def _evaluated(

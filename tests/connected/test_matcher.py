@@ -9,7 +9,7 @@ import random
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -395,15 +395,7 @@ async def test_retraction_takes_events_out_of_rate_windows(
 
     assert len(await window()) == 6
     replaced = events[3:]
-    retraction = RetractionMessage(
-        kind="retraction",
-        chain_id=chain,
-        from_block=203,
-        to_block=None,
-        reorg_id="r1",
-        created_at=datetime.now(UTC),
-        event_keys=tuple(event_key(e) for e in replaced),
-    )
+    retraction = retraction_of(chain, 203, [event_key(e) for e in replaced])
     # One copy on partition 0 first, then the canonical event at block 203 (same
     # id, other block hash), then the copies of the other partitions: they must
     # not take the canonical event out.
@@ -512,15 +504,7 @@ async def test_a_retracted_revocation_and_its_replacement_in_one_batch(
     await produce_keyed(kafka_bootstrap, topic, [first, replaced])
     await wait_all_evaluated(db, 2)
     proc.terminate()  # the rest waits on the topic, read in one batch on restart
-    retraction = RetractionMessage(
-        kind="retraction",
-        chain_id=chain,
-        from_block=501,
-        to_block=None,
-        reorg_id="r1",
-        created_at=datetime.now(UTC),
-        event_keys=(event_key(replaced),),
-    )
+    retraction = retraction_of(chain, 501, (event_key(replaced),))
     await produce_keyed(kafka_bootstrap, topic, [retraction, canonical, later])
     start_matcher(matcher_env, tmp_path, procs)
     await wait_all_evaluated(db, 4)
@@ -558,15 +542,7 @@ async def test_a_reorg_restores_the_ema_the_arming_and_the_cooldown(
     await produce_events(kafka_bootstrap, topic, [before, replaced])
     (fired,) = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
     assert fired.event.id == replaced.id
-    retraction = RetractionMessage(
-        kind="retraction",
-        chain_id=chain,
-        from_block=400,
-        to_block=None,
-        reorg_id="r1",
-        created_at=datetime.now(UTC),
-        event_keys=(event_key(replaced),),
-    )
+    retraction = retraction_of(chain, 400, (event_key(replaced),))
     canonical = feedback(chain, 400, 5, score=20, timestamp=ts, block_hash="0x" + "cd" * 32)
     await store_events(db, [canonical])
     await produce_keyed(kafka_bootstrap, topic, [retraction, canonical])
@@ -693,6 +669,19 @@ async def test_index_survives_losing_its_listen_connection(
     await wait_metric(proc, "erc8004_matcher_index_triggers", 2, within=15)
     await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
     await wait_metric(proc, "erc8004_matcher_index_triggers", 3, within=5)
+
+
+def retraction_of(chain: int, from_block: int, replaced: Iterable[str]) -> RetractionMessage:
+    """The retraction of a reorg from ``from_block`` on that replaced these versions."""
+    return RetractionMessage(
+        kind="retraction",
+        chain_id=chain,
+        from_block=from_block,
+        to_block=None,
+        reorg_id="r1",
+        created_at=datetime.now(UTC),
+        event_keys=tuple(replaced),
+    )
 
 
 async def produce_keyed(

@@ -100,20 +100,53 @@ class RetractionMessage(BaseModel):
         return self
 
 
-TopicMessage = Annotated[EventMessage | RetractionMessage, Field(discriminator="kind")]
+class CheckpointIn(BaseModel):
+    """Body of ingest's POST /v1/checkpoints: the indexer scanned its chain up to this
+    block (a heartbeat: the chain's clock advances without a registry event)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chain_id: Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)]
+    block_number: _Block
+    block_hash: Hash
+    #: The block's time, unix seconds.
+    timestamp: Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]
+
+
+class TickMessage(BaseModel):
+    """A heartbeat of a chain (docs/semantics.md section 5a), published on
+    erc8004.events in the chain's partition, in order with its events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["tick"] = "tick"
+    chain_id: Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)]
+    block_number: _Block
+    block_hash: Hash
+    timestamp: Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]
+    ingested_at: AwareDatetime | None = None
+
+    @property
+    def key(self) -> str:
+        """The tick's identity: ``hb:{chain_id}-{block_number}@{block_hash}``."""
+        return f"hb:{self.chain_id}-{self.block_number}@{self.block_hash}"
+
+
+AnyTopicMessage = EventMessage | RetractionMessage | TickMessage
+TopicMessage = Annotated[AnyTopicMessage, Field(discriminator="kind")]
 
 
 @cache
-def _topic_adapter() -> TypeAdapter[EventMessage | RetractionMessage]:
+def _topic_adapter() -> TypeAdapter[AnyTopicMessage]:
     return TypeAdapter(TopicMessage)
 
 
-def parse_topic_message(data: bytes) -> EventMessage | RetractionMessage:
+def parse_topic_message(data: bytes) -> AnyTopicMessage:
     """Parse a message of erc8004.events (raises pydantic.ValidationError)."""
     return _topic_adapter().validate_json(data)
 
 
-def dump_message(msg: EventMessage | RetractionMessage) -> bytes:
+def dump_message(msg: AnyTopicMessage) -> bytes:
     """Compact JSON of a topic message (decimals as strings, absent fields left out:
     every optional field defaults to None, so parsing restores them)."""
     return msg.__pydantic_serializer__.to_json(msg, exclude_none=True)

@@ -1155,6 +1155,21 @@ CREATE TABLE public.events_p202703 (
 
 
 --
+-- Name: heartbeats; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.heartbeats (
+    chain_id integer NOT NULL,
+    block_number bigint NOT NULL,
+    block_hash text NOT NULL,
+    block_time timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT heartbeats_block_number_check CHECK ((block_number >= 0)),
+    CONSTRAINT heartbeats_chain_id_check CHECK ((chain_id > 0))
+);
+
+
+--
 -- Name: job_redrives; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1332,7 +1347,8 @@ CREATE TABLE public.trigger_state (
     trigger_id text NOT NULL,
     scope_key text DEFAULT ''::text NOT NULL,
     state_data jsonb NOT NULL,
-    last_updated timestamp with time zone DEFAULT now()
+    last_updated timestamp with time zone DEFAULT now(),
+    due_at bigint GENERATED ALWAYS AS (((state_data ->> 'due_at'::text))::bigint) STORED
 );
 
 
@@ -1565,6 +1581,14 @@ ALTER TABLE ONLY public.events_p202702
 
 ALTER TABLE ONLY public.events_p202703
     ADD CONSTRAINT events_p202703_pkey PRIMARY KEY (id, block_time, block_hash);
+
+
+--
+-- Name: heartbeats heartbeats_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.heartbeats
+    ADD CONSTRAINT heartbeats_pkey PRIMARY KEY (chain_id, block_number, block_hash);
 
 
 --
@@ -2065,6 +2089,13 @@ CREATE UNIQUE INDEX idx_events_hourly_key ON public.events_hourly USING btree (h
 
 
 --
+-- Name: idx_heartbeats_chain_id_block_time; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_heartbeats_chain_id_block_time ON public.heartbeats USING btree (chain_id, block_time);
+
+
+--
 -- Name: idx_reorgs_chain_id_created_at; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2100,10 +2131,24 @@ CREATE INDEX idx_trigger_evaluations_evaluated_at ON public.trigger_evaluations 
 
 
 --
+-- Name: idx_trigger_evaluations_ticks; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_trigger_evaluations_ticks ON public.trigger_evaluations USING btree (trigger_id, block_time) WHERE (event_id ~~ 'tick:%'::text);
+
+
+--
 -- Name: idx_trigger_evaluations_trigger_seq; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX idx_trigger_evaluations_trigger_seq ON public.trigger_evaluations USING btree (trigger_id, seq);
+
+
+--
+-- Name: idx_trigger_state_due; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_trigger_state_due ON public.trigger_state USING btree (trigger_id, due_at) WHERE (due_at IS NOT NULL);
 
 
 --
@@ -2842,4 +2887,6 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261206090001'),
     ('20261206100000'),
     ('20261206120000'),
-    ('20261206130000');
+    ('20261206130000'),
+    ('20261206140000'),
+    ('20261206140001');

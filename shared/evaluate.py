@@ -62,10 +62,13 @@ __all__ = [
     "TriggerSpec",
     "Withdrawal",
     "condition_id",
+    "due_at",
     "evaluate",
     "forget_removed",
+    "has_absence",
     "retract",
     "scope_keys",
+    "tick",
 ]
 
 #: Fixed arithmetic of the EMA (independent of the thread's decimal context).
@@ -78,6 +81,9 @@ EXPLAIN_TEXT: Final = 200
 
 _FEEDBACK: Final = "NewFeedback"
 _REVOKED: Final = "FeedbackRevoked"
+
+#: The node kinds that keep a state.
+_STATE_KINDS: Final = frozenset({"ema", "rate", "absence"})
 
 # rate window entry layout
 _TS, _ID, _CLIENT, _INDEX, _BLOCK, _AGENT = range(6)
@@ -219,7 +225,7 @@ def forget_removed(trigger: TriggerSpec, state: Mapping[str, Any]) -> State:
     last = state.get("last_fired_at")
     if keeps_firings and type(last) is int:
         new["last_fired_at"] = last
-    return new
+    return _with_due(trigger._program, new)
 
 
 def agent_key(event: Event) -> str:
@@ -264,7 +270,7 @@ class _Node:
     path: str
     order: int  # pre-order position, the order of explain entries
     cond: Condition
-    kind: str  # leaf | group | ema | rate
+    kind: str  # leaf | group | ema | rate | absence
     stateful: bool
     test: Test | None  # stateless nodes: the verdict
     read: Read | None  # leaves: the explain input
@@ -284,6 +290,8 @@ class _Node:
     lateness: int = 0
     limit: int = 0
     reset: bool = False
+    # absence: the silence fires when it lasts longer than this many seconds
+    silence: int = 0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -294,6 +302,7 @@ class _Program:
     state_nodes: tuple[_Node, ...]  # every ema/rate node, one per identity, in path order
     all_state_nodes: tuple[_Node, ...]  # every ema/rate node
     rate_nodes: tuple[_Node, ...]
+    absence: _Node | None  # the absence condition (top level, alone: section 5a)
     cooldown: int  # 0 = none
     stateful: bool
     crossing: bool
@@ -317,7 +326,7 @@ def _compile(trigger: TriggerSpec) -> _Program:
 
     for root in roots:
         collect(root)
-    every_state = tuple(n for n in all_nodes if n.kind in ("ema", "rate"))
+    every_state = tuple(n for n in all_nodes if n.kind in _STATE_KINDS)
     unique: dict[str, _Node] = {}
     for node in every_state:
         unique.setdefault(node.cid, node)
@@ -339,6 +348,7 @@ def _compile(trigger: TriggerSpec) -> _Program:
         state_nodes=state_nodes,
         all_state_nodes=every_state,
         rate_nodes=tuple(n for n in state_nodes if n.kind == "rate"),
+        absence=next((n for n in state_nodes if n.kind == "absence"), None),
         cooldown=cooldown,
         stateful=bool(state_nodes) or cooldown > 0,
         crossing=crossing,
@@ -364,6 +374,15 @@ def _compile_node(cond: Condition, path: str, counter: list[int], chain: int, re
         return _ema_node(cond, path, order, condition_id(cond, chain, reg))
     if kind is ConditionType.rate_limit:
         return _rate_node(cond, path, order, condition_id(cond, chain, reg))
+    if kind is ConditionType.absence:
+        cfg = cond.absence
+        if cfg is None:  # pragma: no cover - the model always parses it
+            raise ValueError("absence without its duration")
+        cid = condition_id(cond, chain, reg)
+        return _Node(
+            path, order, cond, "absence", True, None, None, cid=cid,
+            agent=cfg.scope == "agent", silence=cfg.seconds,
+        )  # fmt: skip
     test, read = _leaf(cond)
     return _Node(path, order, cond, "leaf", False, test, read)
 
@@ -585,6 +604,12 @@ def _finite(v: Any) -> bool:
 def _valid(node: _Node, s: Any) -> bool:
     if not isinstance(s, dict):
         return False
+    if node.kind == "absence":
+        return (
+            type(s.get("since")) is int
+            and isinstance(s.get("event"), str)
+            and type(s.get("fired")) is bool
+        )
     if node.kind == "ema":
         return (
             _finite(s.get("ema"))
@@ -605,7 +630,7 @@ def _legacy(node: _Node, s: Any) -> tuple[State, bool] | None:
     path, with a per-condition armed flag): the state in today's layout, and whether
     the condition fired and has not re-armed since (the set is then disarmed, so the
     upgrade does not alert twice). None when it does not read as one."""
-    if not isinstance(s, dict):
+    if not isinstance(s, dict) or node.kind == "absence":
         return None
     if node.kind == "ema":
         if not (_finite(s.get("ema")) and type(s.get("count")) is int):
@@ -702,7 +727,7 @@ class _Rows:
                 last = source.get("last_fired_at")
                 if type(last) is int:
                     new["last_fired_at"] = last
-            out[key] = new
+            out[key] = _with_due(prog, new)
         return out
 
 
@@ -710,6 +735,8 @@ def _compact(node: _Node, s: State | None) -> dict[str, Any] | None:
     """A condition state for explain blocks: no window entries."""
     if s is None:
         return None
+    if node.kind == "absence":
+        return dict(s)
     if node.kind == "ema":
         out = {"ema": s["ema"], "count": s["count"]}
         if node.crossing:
@@ -812,7 +839,7 @@ def _verdict(node: _Node, run: _Run) -> bool:
     """The verdict of a stateful node once every state took the event."""
     if not node.stateful:
         return _explain_stateless(node, run)
-    if node.kind in ("ema", "rate"):
+    if node.kind in _STATE_KINDS:
         verdict, value, before, after = run.verdicts[node.cid]
         if run.notes:
             run.note(node, value, verdict, _compact(node, before), _compact(node, after))
@@ -849,6 +876,18 @@ def _apply_ema(node: _Node, run: _Run) -> None:
         after["holding"] = holding
     run.rows.put(node, after)
     run.verdicts[node.cid] = (_ema_level(node, after), {"value": str(value)}, before, after)
+
+
+def _apply_absence(node: _Node, run: _Run) -> None:
+    """A matching event: a new silence starts at it unless it is older than the
+    start of the current one (section 5a). An absence never holds at an event."""
+    before = run.rows.get(node)
+    t = run.event.timestamp
+    after = before
+    if before is None or t >= before["since"]:
+        after = {"since": t, "event": run.version, "fired": False}
+        run.rows.put(node, after)
+    run.verdicts[node.cid] = (False, {"block_time": t}, before, after)
 
 
 def _ema_level(node: _Node, s: State | None) -> bool:
@@ -996,8 +1035,10 @@ def _evaluate_stateful(
     for node in prog.state_nodes:  # every state takes the event, once per identity
         if node.kind == "ema":
             _apply_ema(node, run)
-        else:
+        elif node.kind == "rate":
             _apply_rate(node, run)
+        else:
+            _apply_absence(node, run)
     verdict = _set_verdict(prog, run)
     fired, suppressed, armed, firing = _decide(
         prog, rows.old[rows.firing], event, verdict, may_fire
@@ -1158,3 +1199,110 @@ def retract(
     new["conditions"] = {**conds, **work}
     explain["removed"] = removed
     return Withdrawal(new, new != old, explain)
+
+
+# --- absence (docs/semantics.md section 5a) ------------------------------------------------
+
+
+def _with_due(prog: _Program, row: State) -> State:
+    """The row with its ``due_at`` (the block time after which a tick fires its silence;
+    a stored column of trigger_state follows it) set, or left out when nothing is due."""
+    row.pop("due_at", None)
+    node = prog.absence
+    if node is not None:
+        due = _due(prog, node, row)
+        if due is not None:
+            row["due_at"] = due
+    return row
+
+
+def _due(prog: _Program, node: _Node, row: Mapping[str, Any]) -> int | None:
+    conds = row.get("conditions")
+    s = conds.get(node.cid) if isinstance(conds, dict) else None
+    if s is None or not _valid(node, s) or s["fired"]:
+        return None
+    due: int = s["since"] + node.silence
+    last = row.get("last_fired_at")
+    if prog.cooldown and type(last) is int:
+        due = max(due, last + prog.cooldown - 1)  # t > due: t >= last + cooldown
+    return due
+
+
+def due_at(trigger: TriggerSpec, row: Mapping[str, Any] | None) -> int | None:
+    """When the scope row's silence is due: a tick with a later block time fires it
+    (None: no silence waiting, or the trigger has no absence condition)."""
+    prog = trigger._program
+    if prog.absence is None or not row:
+        return None
+    return _due(prog, prog.absence, row)
+
+
+def has_absence(trigger: TriggerSpec) -> bool:
+    """The trigger has an absence condition: every tick of its chain concerns it."""
+    return trigger._program.absence is not None
+
+
+def tick(
+    trigger: TriggerSpec,
+    scope: str,
+    row: Mapping[str, Any] | None,
+    time: int,
+    tick_key: str,
+    *,
+    may_fire: bool = True,
+) -> Outcome:
+    """A tick of the trigger's chain at block time ``time`` (an event of the chain or a
+    heartbeat, named ``tick_key``) for one scope row: the silence fires when the tick
+    is later than its due time (section 5a). ``may_fire=False``: a recomputation
+    re-evaluating a tick that did not fire when it arrived (no state changes)."""
+    prog = trigger._program
+    node = prog.absence
+    old = row if isinstance(row, dict) else dict(row or {})
+    due = None if node is None else _due(prog, node, old)
+    if node is None or due is None or time <= due or not may_fire:
+        return Outcome(False, {scope: old}, (), {})
+    before = old["conditions"][node.cid]
+    after = {**before, "fired": True}
+    new: State = {"conditions": {**old["conditions"], node.cid: after}}
+    last = time if prog.cooldown else None
+    if last is not None:
+        new["last_fired_at"] = last
+    new = _with_due(prog, new)
+    version: str = before["event"]
+    cond = node.cond
+    explain = {
+        "trigger_id": trigger.id,
+        "trigger_version": trigger.version,
+        "event_id": version.partition("@")[0],
+        "event_version": version,
+        "fired": True,
+        "set_verdict": True,
+        "mode": "absence",
+        "suppressed": None,
+        "scope": scope,
+        "tick": {"time": time, "key": tick_key},
+        "silent_since": before["since"],
+        "deadline": before["since"] + node.silence,
+        "conditions": [
+            {
+                "path": node.path,
+                "type": cond.condition_type.value,
+                "field": cond.field,
+                "operator": cond.operator,
+                "value": cond.value,
+                "input": {
+                    "silent_since": before["since"],
+                    "silence_seconds": time - before["since"],
+                },
+                "verdict": True,
+                "state_before": dict(before),
+                "state_after": dict(after),
+                "id": node.cid,
+            }
+        ],
+        "state_before": {"conditions": {node.cid: dict(before)}},
+        "state_after": {"conditions": {node.cid: dict(after)}},
+    }
+    if prog.cooldown:
+        explain["last_fired_at"] = old.get("last_fired_at")
+    return Outcome(True, {scope: new}, (scope,) if new != old else (), explain)

@@ -19,9 +19,12 @@ from shared.evaluate import (
     Outcome,
     State,
     TriggerSpec,
+    due_at,
     evaluate,
     forget_removed,
+    has_absence,
     scope_keys,
+    tick,
 )
 from shared.events import Event, event_key
 from shared.trigger_index import TriggerIndex
@@ -117,6 +120,26 @@ def revokes(revocation: Event, feedback: Event) -> bool:
     )
 
 
+TICK: Final = "tick:"
+
+
+def tick_record(scope: str, tick_key: str) -> str:
+    """The key of a firing tick's evaluation record: one per (tick, scope row)."""
+    return f"{TICK}{scope}:{tick_key}"
+
+
+def tick_scope(record_key: str) -> str | None:
+    """The scope row of a tick record's key; None for an event's record."""
+    if not record_key.startswith(TICK):
+        return None
+    return record_key[len(TICK) :].partition(":")[0]
+
+
+def scope_order(scope: str) -> tuple[bool, int]:
+    """Scope rows in the order ticks visit them: the trigger's, then agents by id."""
+    return (scope != "", int(scope) if scope.isdigit() else -1)
+
+
 @dataclass(slots=True, eq=False)
 class Evaluated:
     """One event a trigger evaluated, as kept for recomputing its state."""
@@ -130,6 +153,11 @@ class Evaluated:
     before: dict[str, State] | None = None
     #: Out of the effective history: RETRACTED (a reorg replaced it) or REVOKED.
     excluded: str | None = None
+    #: A tick that fired (section 5a): its block time, and the scope row it fired.
+    #: Ticks stay in the history; only firing ticks are kept (one that did not fire
+    #: cannot fire again in a recomputation, so it changes nothing).
+    tick: int | None = None
+    scope: str = ""
     effective_before: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
@@ -153,7 +181,7 @@ def exclude(
             rec.excluded = RETRACTED
     later: list[Event] = [revocation] if revocation is not None else []
     for rec in reversed(records):
-        if rec.excluded in (RETRACTED, EDIT):
+        if rec.excluded in (RETRACTED, EDIT) or rec.tick is not None:
             continue
         event = rec.event
         if event is None:
@@ -166,7 +194,7 @@ def exclude(
     return None
 
 
-def refold(
+def refold(  # noqa: PLR0912 (one branch per kind of record, in order)
     trigger: TriggerSpec,
     records: Sequence[Evaluated],
     states: dict[str, State],
@@ -195,6 +223,11 @@ def refold(
             prev = spec
         if visit is not None:
             visit(i, states, prev)
+        if rec.tick is not None:
+            if spec is None:
+                return f"the definition {rec.key} was evaluated under is not known"
+            _refold_tick(spec, rec, states, keep_before=keep_before)
+            continue
         if rec.excluded is not None:
             if keep_before and rec.excluded != EDIT and spec is not None and event is not None:
                 # kept fresh, for when a later change puts the event back
@@ -220,6 +253,18 @@ def refold(
     if prev is not None and prev is not trigger:
         states = {k: forget_removed(trigger, v) for k, v in states.items()}
     return states
+
+
+def _refold_tick(
+    spec: TriggerSpec, rec: Evaluated, states: dict[str, State], *, keep_before: bool
+) -> None:
+    """A firing tick again (it stays in the history; section 5a)."""
+    assert rec.tick is not None
+    if keep_before:
+        rec.before = {rec.scope: states.get(rec.scope) or {}}
+    outcome = tick(spec, rec.scope, states.get(rec.scope), rec.tick, rec.key, may_fire=rec.fired)
+    for key in outcome.changed:
+        states[key] = outcome.states[key]
 
 
 def restore(records: Sequence[Evaluated], current: Mapping[str, State]) -> dict[str, State] | str:
@@ -268,6 +313,9 @@ class Replay:
         self.states: dict[str, State] = {}
         self._index = TriggerIndex([trigger])
         self._records: list[Evaluated] = []
+        #: Absence triggers: the events evaluated, by version (a firing names the
+        #: silence's last matching event).
+        self._events: dict[str, Event] = {}
         #: The rows before record i * SNAPSHOT_EVERY, and the definition they are under.
         self._snapshots: list[tuple[dict[str, State], TriggerSpec]] = []
 
@@ -289,12 +337,46 @@ class Replay:
             trigger, event, states={k: self.states.get(k) for k in keys}, explain_all=False
         )
         if keys:
-            if len(self._records) % self.SNAPSHOT_EVERY == 0:
-                self._snapshots.append((dict(self.states), trigger))
-            self._records.append(Evaluated(event_key(event), event, trigger, outcome.fired))
+            self._record(Evaluated(event_key(event), event, trigger, outcome.fired))
+            if has_absence(trigger):
+                self._events[event_key(event)] = event
         for key in outcome.changed:
             self.states[key] = outcome.states[key]
         return Step(event, outcome)
+
+    def feed(self, event: Event) -> list[Step]:
+        """One event of any chain and registry as the matcher takes it: first a tick
+        of its chain (section 5a), then ``step``. The steps that evaluated or fired."""
+        steps = self.tick(event.chain_id, event.timestamp, event_key(event))
+        step = self.step(event)
+        if step is not None:
+            steps.append(step)
+        return steps
+
+    def tick(self, chain_id: int, time: int, key: str) -> list[Step]:
+        """A tick of a chain at block time ``time`` (an event or a heartbeat named
+        ``key``): the silences due before it fire, the trigger's scope first, then
+        agents by id. Each firing's step carries the silence's last matching event."""
+        trigger = self.trigger
+        if chain_id != trigger.chain_id or not has_absence(trigger):
+            return []
+        steps: list[Step] = []
+        for scope in sorted(self.states, key=scope_order):
+            due = due_at(trigger, self.states[scope])
+            if due is None or time <= due:
+                continue
+            outcome = tick(trigger, scope, self.states[scope], time, key)
+            self._record(
+                Evaluated(tick_record(scope, key), None, trigger, True, tick=time, scope=scope)
+            )
+            self.states.update(outcome.states)
+            steps.append(Step(self._events[outcome.explain["event_version"]], outcome))
+        return steps
+
+    def _record(self, rec: Evaluated) -> None:
+        if len(self._records) % self.SNAPSHOT_EVERY == 0:
+            self._snapshots.append((dict(self.states), self.trigger))
+        self._records.append(rec)
 
     def run(self, events: Iterable[Event]) -> Iterator[Step]:
         """``step`` over the events, yielding the evaluations."""
@@ -352,8 +434,4 @@ class Replay:
         self._index = TriggerIndex([trigger])
         self.states = {k: forget_removed(trigger, v) for k, v in self.states.items()}
         if self._records:  # a recomputation across this point applies it again
-            if len(self._records) % self.SNAPSHOT_EVERY == 0:
-                self._snapshots.append((dict(self.states), trigger))
-            self._records.append(
-                Evaluated(f"edit#{len(self._records)}", None, trigger, excluded=EDIT)
-            )
+            self._record(Evaluated(f"edit#{len(self._records)}", None, trigger, excluded=EDIT))

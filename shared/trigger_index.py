@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shared.evaluate import TriggerSpec
+from shared.evaluate import TriggerSpec, has_absence
 from shared.events import Event
 from shared.triggers import ConditionType, Operator
 
@@ -41,6 +41,8 @@ class TriggerIndex:
     def __init__(self, triggers: Iterable[TriggerSpec] = ()) -> None:
         self._by_id: dict[str, TriggerSpec] = {}
         self._buckets: dict[tuple[int, str], Bucket] = {}
+        #: chain id -> the triggers with an absence condition (every tick concerns them)
+        self._absence: dict[int, dict[str, TriggerSpec]] = {}
         for trigger in triggers:
             self.put(trigger)
 
@@ -63,11 +65,18 @@ class TriggerIndex:
             by_agent = bucket.setdefault(event_type, {})
             for agent in agents:
                 by_agent.setdefault(agent, {})[trigger.id] = trigger
+        if has_absence(trigger):
+            self._absence.setdefault(trigger.chain_id, {})[trigger.id] = trigger
 
     def remove(self, trigger_id: str) -> None:
         trigger = self._by_id.pop(trigger_id, None)
         if trigger is None:
             return
+        absent = self._absence.get(trigger.chain_id)
+        if absent is not None:
+            absent.pop(trigger_id, None)
+            if not absent:
+                del self._absence[trigger.chain_id]
         bucket = self._buckets[(trigger.chain_id, trigger.registry)]
         event_types, agents = _keys(trigger)
         for event_type in event_types:
@@ -110,3 +119,8 @@ class TriggerIndex:
             (t for t in self._by_id.values() if t.chain_id == chain_id and t.is_stateful),
             key=lambda t: t.id,
         )
+
+    def absence_of_chain(self, chain_id: int) -> list[TriggerSpec]:
+        """The triggers of a chain with an absence condition, by id."""
+        found = self._absence.get(chain_id)
+        return [] if not found else sorted(found.values(), key=lambda t: t.id)

@@ -71,6 +71,7 @@ class ConditionType(StrEnum):
     rate_limit = "rate_limit"
     file_uri_exists = "file_uri_exists"
     field_equals = "field_equals"
+    absence = "absence"
     group = "group"
 
 
@@ -85,7 +86,9 @@ class ActionType(StrEnum):
 Scope = Literal["trigger", "agent"]
 FireOn = Literal["crossing", "every"]
 
-STATEFUL_TYPES: Final = frozenset({ConditionType.ema_threshold, ConditionType.rate_limit})
+STATEFUL_TYPES: Final = frozenset(
+    {ConditionType.ema_threshold, ConditionType.rate_limit, ConditionType.absence}
+)
 MAX_GROUP_DEPTH: Final = 4
 MAX_CONDITIONS: Final = 50
 MAX_CONDITION_NODES: Final = 200
@@ -119,6 +122,7 @@ _FIELDS: Final[dict[ConditionType, frozenset[str]]] = {
     ConditionType.event_type_equals: frozenset({"event_type"}),
     ConditionType.ema_threshold: frozenset({"score"}),
     ConditionType.rate_limit: frozenset({"count"}),
+    ConditionType.absence: frozenset({"silence"}),
     ConditionType.file_uri_exists: frozenset({"file_uri"}),
     ConditionType.field_equals: frozenset(
         {"client_address", "endpoint", "owner", "responder", "metadata_key"}
@@ -140,6 +144,7 @@ _OPERATORS: Final[dict[ConditionType, frozenset[str]]] = {
     ConditionType.rate_limit: _NUMERIC_OPS,
     ConditionType.file_uri_exists: frozenset({"="}),
     ConditionType.field_equals: _EQ_OPS,
+    ConditionType.absence: frozenset({">"}),
     ConditionType.group: _GROUP_OPS,
 }
 
@@ -229,6 +234,14 @@ class RateLimitConfig:
     scope: Scope
 
 
+@dataclass(frozen=True, slots=True)
+class AbsenceConfig:
+    """Parsed value and config of an absence condition."""
+
+    seconds: int  # D: the silence fires when it lasts longer than this
+    scope: Scope
+
+
 class _Errors:
     """Collects errors at locations relative to the model being validated."""
 
@@ -278,6 +291,7 @@ class Condition(BaseModel):
     _number: Decimal | None = PrivateAttr(default=None)
     _ema: EmaConfig | None = PrivateAttr(default=None)
     _rate: RateLimitConfig | None = PrivateAttr(default=None)
+    _absence: AbsenceConfig | None = PrivateAttr(default=None)
     _children: tuple[Condition, ...] = PrivateAttr(default=())
 
     @field_validator("config", mode="before")
@@ -304,6 +318,11 @@ class Condition(BaseModel):
     def rate(self) -> RateLimitConfig | None:
         """Parsed config of a rate_limit condition."""
         return self._rate
+
+    @property
+    def absence(self) -> AbsenceConfig | None:
+        """Parsed value and config of an absence condition."""
+        return self._absence
 
     @property
     def children(self) -> tuple[Condition, ...]:
@@ -384,6 +403,12 @@ class Condition(BaseModel):
             return self._ema_config(errors)
         if self.condition_type is ConditionType.rate_limit:
             return self._rate_config(errors)
+        if self.condition_type is ConditionType.absence:
+            self._unknown_keys(errors, frozenset({"scope"}))
+            scope = self._scope(errors)
+            if self._number is not None and not errors.items:
+                self._absence = AbsenceConfig(int(self._number), scope)
+            return {"scope": scope}
         for key in self.config:
             errors.add(("config", key), f"unknown key for {self.condition_type}", self.config[key])
         return {}
@@ -433,6 +458,18 @@ class Condition(BaseModel):
             return items
         self._number = Decimal(int(items[0]))
         return [str(int(items[0]))]
+
+    def _silence(self, errors: _Errors, items: list[str]) -> list[str]:
+        try:
+            seconds = parse_duration(items[0])
+        except ValueError:
+            errors.add(("value",), "must be a duration like 30s, 15m, 1h or 7d", self.value)
+            return items
+        if not 1 <= seconds <= MAX_DURATION:
+            errors.add(("value",), "must be between 1s and 30d", self.value)
+            return items
+        self._number = Decimal(seconds)
+        return items
 
     def _threshold(self, errors: _Errors, items: list[str]) -> list[str]:
         self._number = _decimal(items[0])
@@ -574,6 +611,7 @@ _VALUE_CHECKS: Final[dict[ConditionType, Callable[[Condition, _Errors, list[str]
     ConditionType.rate_limit: Condition._count,
     ConditionType.file_uri_exists: Condition._flag,
     ConditionType.field_equals: Condition._field_values,
+    ConditionType.absence: Condition._silence,
 }
 
 
@@ -885,11 +923,38 @@ def _check_registry(
 
     for i, condition in enumerate(conditions):
         visit(condition, ("conditions", i))
+    _check_absence(errors, conditions)
     if sum(len(c.walk()) for c in conditions) > MAX_CONDITION_NODES:
         errors.add(
             ("conditions",), f"at most {MAX_CONDITION_NODES} conditions including groups", None
         )
     return errors.items
+
+
+def _check_absence(errors: _Errors, conditions: list[Condition]) -> None:
+    """An absence condition stands at the top level, alone of its kind, with no
+    ema_threshold or rate_limit anywhere in the trigger (docs/semantics.md 5a)."""
+    absent = [i for i, c in enumerate(conditions) if c.condition_type is ConditionType.absence]
+    for i in absent[1:]:
+        errors.add(("conditions", i), "a trigger has at most one absence condition", None)
+
+    def visit(condition: Condition, loc: tuple[str | int, ...]) -> None:
+        if condition.condition_type is ConditionType.absence and len(loc) > 2:
+            errors.add(loc, "an absence condition stands at the top level only", None)
+        if absent and condition.condition_type in (
+            ConditionType.ema_threshold,
+            ConditionType.rate_limit,
+        ):
+            errors.add(
+                (*loc, "condition_type"),
+                f"{condition.condition_type} cannot be combined with an absence condition",
+                condition.condition_type.value,
+            )
+        for j, child in enumerate(condition.children):
+            visit(child, (*loc, "config", "conditions", j))
+
+    for i, condition in enumerate(conditions):
+        visit(condition, ("conditions", i))
 
 
 def _drop_derived(data: Any) -> Any:

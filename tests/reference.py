@@ -8,36 +8,65 @@ a mistake there cannot be repeated here. It reads only the input model `Event`.
 Interface::
 
     reference_firings(trigger, steps) -> [event version, ...]
+    reference_firing_steps(trigger, steps) -> [(position in steps, event version), ...]
 
 `trigger` is ``{"chain_id", "registry", "cooldown_seconds", "conditions"}`` with the
 conditions as raw dicts (condition_type, field, operator, value, config; the JSON shape
 of ``TriggerCreate.model_dump(mode="json")["conditions"]``). `steps` are, in the order
 the matcher sees them:
 
-- ``("event", Event)``: one event of any chain and registry (filtered here, section 1);
+- ``("event", Event)``: one event of any chain and registry (filtered here, section 1).
+  It is also a **tick** (section 5a) of its chain at its block time, whatever its
+  registry, whether or not it matches, and whether or not a reorg retracts it later;
+- ``("tick", (chain_id, block_time))``: a heartbeat of that chain (section 5a,
+  ``POST /v1/checkpoints``), a tick without an event;
 - ``("retract", frozenset[str])``: event versions replaced by a reorg (section 6);
 - ``("edit", dict)``: a new trigger definition of the same shape (section 7).
 
 The result is the versions ``{id}@{block_hash}`` of the events at which the trigger
-fired, in order. ``enabled_at`` is ignored (everything is live). A firing is a decision
-taken when its event arrived: it stays in the result even if a later retraction or
-revocation takes its event out of the effective history (section 6: a firing is never
-taken back; the dispatcher marks the action of a replaced version ``retracted``, which
-is no concern of this module).
+fired, in order. An **absence** trigger (section 5a) never fires on an event: it fires
+at ticks, one firing per scope whose silence is due, each reported as the version of
+the silence's last matching event (the event the silence started at); the firings of
+one tick come in the order trigger scope first, then agents by ascending agent id, and
+before whatever the tick's own event does. ``enabled_at`` is ignored (everything is
+live). A firing is a decision taken when its step arrived: it stays in the result even
+if a later retraction or revocation takes its event out of the effective history
+(section 6: a firing is never taken back; the dispatcher marks the action of a replaced
+version ``retracted``, which is no concern of this module).
 
-Section 6 is implemented literally, by its one rule: on each event *e* the reference
-builds the **effective history** as known when *e* arrives (every step received up to
-and including *e*, less the versions retracted so far, less every NewFeedback revoked by
-a later FeedbackRevoked of that history, *e* itself included; edits stay at their
-positions), folds a fresh evaluator over it from the start, and records a firing when
-that fold fires at *e*. In the fold an earlier event counts as a firing (it disarms,
-starts a cooldown, empties the ``reset_on_trigger`` windows) only when the fold fires
-at it **and** the reference recorded a firing on it when it arrived (kept by the
-position of its step): a fold firing never sent is treated like a suppressed one, a
-sent firing the fold no longer finds is no firing. There is no other state across
-events, so every state (EMAs, windows, arming, last firing times) is, by construction,
-the state the effective history gives. The cost is quadratic in the number of steps,
-which is fine for histories of tens of events.
+Section 6 is implemented literally, by its one rule: on each event or tick *e* the
+reference builds the **effective history** as known when *e* arrives (every step
+received up to and including *e*, less the versions retracted so far, less every
+NewFeedback revoked by a later FeedbackRevoked of that history, *e* itself included;
+edits stay at their positions; ticks are never taken out, not even the tick of a
+retracted event), folds a fresh evaluator over it from the start, and records a firing
+when that fold fires at *e*. In the fold an earlier event counts as a firing (it
+disarms, starts a cooldown, empties the ``reset_on_trigger`` windows) only when the
+fold fires at it **and** the reference recorded a firing on it when it arrived (kept by
+the position of its step): a fold firing never sent is treated like a suppressed one, a
+sent firing the fold no longer finds is no firing. A tick can fire several scopes, so
+for ticks the record is kept per (position of the step, firing scope): the fold's firing
+of a scope at a tick counts (marks the silence fired, sets the scope's last firing
+time) only when that (tick, scope) was recorded as fired when the tick arrived. The
+tick of an event step is decided before the event (and recorded first); when the event
+is a FeedbackRevoked, its tick is decided under the effective history without that
+revocation (section 5a: "its tick comes first, under the effective history as it was
+before it; its revocation (section 6) is applied after"); later folds have it applied.
+There is no other state across steps, so every state (EMAs, windows, arming, silences,
+last firing times) is, by construction, the state the effective history gives. The cost
+is quadratic in the number of steps (twice that for an event step: one fold for its
+tick, one for the event), which is fine for histories of tens of events.
+
+Absence (section 5a), in the fold: each scope of the absence condition keeps a
+**silence** (the block time and version of its newest matching event, and whether it
+fired). A matching event (of the stream, passing the gate) at or after the current
+start starts a new silence; at each tick of the trigger's chain with block time *t*,
+before the tick's own event is taken, every scope with *t* > start + *D*, not fired yet
+and out of its cooldown (*t* >= last firing + C) fires. The silence start is that of the
+effective history, so a retraction or revocation of the last matching event moves it
+back by construction. Edits (section 7) keep the silences of an absence condition whose
+definition (identity) they keep and drop them otherwise; last firing times survive, as
+for the other conditions. Disabled periods are not modelled (``enabled_at`` ignored).
 
 Questions the page leaves open are marked ``# SPEC?`` with the reading chosen here.
 """
@@ -61,7 +90,7 @@ EMA_CONTEXT = Context(prec=40, rounding=ROUND_HALF_EVEN)
 #: thresholds and hysteresis are decimals of sane size, far below this precision.
 EXACT = Context(prec=10_000)
 
-STATEFUL_TYPES = ("ema_threshold", "rate_limit")
+STATEFUL_TYPES = ("ema_threshold", "rate_limit", "absence")
 
 #: Section 2 table: the field each condition type reads when `field` is empty.
 DEFAULT_FIELD = {
@@ -152,7 +181,7 @@ def items(c: dict[str, Any]) -> list[str]:
 
 
 def is_stateful(c: dict[str, Any]) -> bool:
-    """ema_threshold, rate_limit, or a group holding one at any depth.
+    """ema_threshold, rate_limit, absence, or a group holding one at any depth.
 
     # SPEC? The page calls the table types stateless and ema/rate stateful but does not
     # classify groups. Read: a group is stateful when it holds a stateful condition at
@@ -167,7 +196,7 @@ def is_stateful(c: dict[str, Any]) -> bool:
 
 
 def stateful_leaves(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every ema_threshold and rate_limit, also inside groups, in order."""
+    """Every ema_threshold, rate_limit and absence, also inside groups, in order."""
     out: list[dict[str, Any]] = []
     for c in conditions:
         if kind_of(c) in STATEFUL_TYPES:
@@ -200,6 +229,29 @@ def identity(c: dict[str, Any], trigger: dict[str, Any]) -> str:
         "config": config_of(c),
     }
     return json.dumps(definition, sort_keys=True, default=str)
+
+
+def absence_of(conditions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Section 5a: the trigger's absence condition, or None when it has none.
+
+    "At the top level of the conditions only (not inside a group), at most one per
+    trigger, and never beside an ema_threshold or a rate_limit (anywhere in the
+    trigger)"; "the operator is always `>`; `field` is empty (or `silence`)". The API
+    answers such triggers 422, so they are inputs the page rules out: refused here.
+    """
+    leaves = stateful_leaves(conditions)
+    found = [c for c in leaves if kind_of(c) == "absence"]
+    if not found:
+        return None
+    c = found[0]
+    if len(found) > 1 or len(leaves) > 1 or not any(c is top for top in conditions):
+        raise ValueError("absence: top level only, at most one, beside no ema/rate")
+    if c.get("operator") != ">" or (c.get("field") or "") not in ("", "silence"):
+        raise ValueError(f"not an absence condition: {c!r}")
+    # SPEC? `field` "" and "silence" mean the same, but identity() hashes the raw
+    # definition, so an edit from one spelling to the other is a new definition
+    # (no state kept), like the other spellings noted there.
+    return c
 
 
 # --- events --------------------------------------------------------------------------------
@@ -347,6 +399,43 @@ class RateState:
     counted: list[Counted] = field(default_factory=list)
 
 
+@dataclass
+class Silence:
+    """Section 5a: the silence of one scope of an absence condition.
+
+    It starts at the scope's newest matching event (block time and version; None
+    before the first: "nothing to miss") and fires at most once. As for windows,
+    nothing is ever withdrawn: the fold runs over the effective history, in which a
+    retracted or revoked event never appears, so the start is that of the effective
+    history.
+    """
+
+    start: int | None = None
+    event: str | None = None
+    fired: bool = False
+
+
+def silence_take(state: Silence, e: Event) -> None:
+    """Section 5a: "a matching event with block time s at or after the start of the
+    current silence starts a new silence at s (one older than the start changes
+    nothing)"."""
+    if state.start is None or e.timestamp >= state.start:
+        state.start, state.event, state.fired = e.timestamp, version(e), False
+
+
+def scope_order(scope: Any) -> tuple[int, int]:
+    """The order of the firings of one tick: the trigger scope first, then the agents
+    by ascending agent id.
+
+    # SPEC? The page gives no order for the firings of one tick (nor a scope for an
+    # event without an agent id under `scope: agent`); this is the brief's order, an
+    # agent id None coming first among the agents.
+    """
+    if scope == "trigger":
+        return (0, 0)
+    return (1, -1 if scope is None else int(scope))
+
+
 def alpha_of(c: dict[str, Any]) -> Decimal:
     """Section 2: `alpha` when given, else 2/(N+1) with 40 significant digits."""
     config = config_of(c)
@@ -431,8 +520,9 @@ class Reference:
 
     def __init__(self, trigger: dict[str, Any]) -> None:
         self.trigger = trigger
-        #: (identity, scope key) -> EmaState | RateState. Scope key: "trigger" or the agent id.
-        self.states: dict[tuple[str, Any], EmaState | RateState] = {}
+        #: (identity, scope key) -> EmaState | RateState | Silence. Scope key: "trigger"
+        #: or the agent id.
+        self.states: dict[tuple[str, Any], EmaState | RateState | Silence] = {}
         #: firing scope key -> armed (absent: armed, "true at the start").
         self.armed: dict[Any, bool] = {}
         #: firing scope key -> block time of its last firing.
@@ -460,12 +550,26 @@ class Reference:
     def scope_key(self, c: dict[str, Any], e: Event) -> Any:
         return e.agent_id if scope_of(c) == "agent" else "trigger"
 
-    def state(self, c: dict[str, Any], e: Event) -> EmaState | RateState:
+    def state(self, c: dict[str, Any], e: Event) -> EmaState | RateState | Silence:
         """The state of condition c for the event's scope (created empty on first use)."""
         key = (identity(c, self.trigger), self.scope_key(c, e))
         if key not in self.states:
-            self.states[key] = EmaState() if kind_of(c) == "ema_threshold" else RateState()
+            kind = kind_of(c)
+            self.states[key] = (
+                EmaState()
+                if kind == "ema_threshold"
+                else Silence()
+                if kind == "absence"
+                else RateState()
+            )
         return self.states[key]
+
+    def cooling(self, scope: Any, t: int) -> bool:
+        """Section 5: no firing of the same scope before (last firing) + C; a cooldown
+        of 0 or null is no cooldown."""
+        cooldown = self.trigger.get("cooldown_seconds") or 0
+        last = self.last_firing.get(scope)
+        return cooldown > 0 and last is not None and t < last + cooldown
 
     # steps
 
@@ -545,6 +649,15 @@ class Reference:
             return False
         if not self.passes_gate(e):
             return False  # no state, no firing, no re-arming
+        absence = absence_of(self.conditions())
+        if absence is not None:
+            # Section 5a: a matching event (of the stream, passing the gate) may start
+            # a new silence of its scope; "an absence trigger never fires on an event
+            # itself" (its tick was evaluated just before, see `tick`).
+            s = self.state(absence, e)
+            assert isinstance(s, Silence)
+            silence_take(s, e)
+            return False
         # Every stateful condition takes the event first, each state once (two conditions
         # with one definition share one state, so it takes the event once).
         taken: set[tuple[str, Any]] = set()
@@ -557,15 +670,12 @@ class Reference:
             if isinstance(s, EmaState):
                 ema_take(c, s, e)
             else:
+                assert isinstance(s, RateState)  # absence triggers returned above
                 s.counted.append(Counted(version(e), e.timestamp))
                 rate_forget(c, s)
         verdict = all(self.verdict(c, e) for c in self.conditions())
         scope = e.agent_id if self.firing_scope_is_agent() else "trigger"
-        # Section 5: no firing of the same scope before (last firing) + C.
-        # Section 5: a cooldown of 0 or null is no cooldown.
-        cooldown = self.trigger.get("cooldown_seconds") or 0
-        last = self.last_firing.get(scope)
-        cooling = cooldown > 0 and last is not None and e.timestamp < last + cooldown
+        cooling = self.cooling(scope, e.timestamp)
         crossing = self.crossing_mode()
         if crossing and not verdict:
             self.armed[scope] = True  # section 4: a false set verdict re-arms
@@ -577,6 +687,49 @@ class Reference:
         # Otherwise nothing is used up: a suppressed firing, a firing never sent (section
         # 6), or no firing at all leave the arming, the cooldown and the windows as they are.
         return fires
+
+    def tick(self, position: int, chain_id: int, t: int, sent: set[Any]) -> list[tuple[Any, str]]:
+        """Section 5a: a tick of chain `chain_id` at block time t; the (scope, version of
+        the silence's last matching event) it fires, in `scope_order`.
+
+        Called before the tick's own event (if any) is taken. Each scope whose silence
+        started at s fires when t > s + D, the silence has not fired yet, and its
+        cooldown is over (t >= f + C). A firing counts for the state (the silence has
+        fired, the scope's last firing time is t) only when ("tick", position, scope) is
+        in `sent`, i.e. the tick fired that scope when it arrived (section 6's rule,
+        ticks included, kept per scope since one tick may fire several); otherwise it
+        is treated like a suppressed firing: the silence stays due, and a recomputation
+        never finds a new firing at an old tick.
+
+        # SPEC? A tick of another chain than the trigger's (under the definition of the
+        # time) is no tick of this trigger ("every event of the trigger's chain").
+        """
+        if chain_id != self.trigger["chain_id"]:
+            return []
+        absence = absence_of(self.conditions())
+        if absence is None:
+            return []  # section 5a: only absence conditions read the clock
+        deadline_after = seconds(str(absence["value"]))
+        own = identity(absence, self.trigger)
+        fired: list[tuple[Any, str]] = []
+        scopes = sorted((key[1] for key in self.states if key[0] == own), key=scope_order)
+        for scope in scopes:
+            s = self.states[(own, scope)]
+            assert isinstance(s, Silence)
+            if s.start is None or s.event is None:
+                continue  # "a scope that never had a matching event has no silence"
+            if not t > s.start + deadline_after:
+                continue  # strictly longer than D
+            if s.fired:
+                continue  # "a silence fires at most once"
+            if self.cooling(scope, t):
+                continue  # "the silence stays due"
+            fired.append((scope, s.event))
+            if ("tick", position, scope) in sent:
+                s.fired = True
+                if self.trigger.get("cooldown_seconds"):  # section 5: kept only with one
+                    self.last_firing[scope] = t
+        return fired
 
     def fire(self, e: Event, scope: Any) -> None:
         """Section 5: record the firing time; empty the reset_on_trigger windows of the
@@ -608,13 +761,17 @@ def revokes(revocation: Event, feedback: Event) -> bool:
     )
 
 
-def effective_history(trigger: dict[str, Any], steps: Sequence[Step]) -> list[tuple[int, Step]]:
+def effective_history(
+    trigger: dict[str, Any], steps: Sequence[Step], *, last_revokes: bool = True
+) -> list[tuple[int, Step]]:
     """Section 6: the effective history of the steps received so far, as (position in
-    `steps`, step) pairs: every edit, at its position, and the events of the trigger's
-    stream that reached it (in the order it saw them, whether or not they passed the
-    gate: the gate is applied by the fold, under the definition of the time, so an event
-    that fails it changes nothing there, while a FeedbackRevoked that fails it still
-    revokes here), less
+    `steps`, step) pairs: every edit, at its position; every tick of the trigger's chain
+    (section 5a), as ``("tick", (chain_id, block_time))``: each heartbeat, and each event
+    of the chain (any registry), its tick placed just before the event itself; and the
+    events of the trigger's stream that reached it (in the order it saw them, whether or
+    not they passed the gate: the gate is applied by the fold, under the definition of
+    the time, so an event that fails it changes nothing there, while a FeedbackRevoked
+    that fails it still revokes here), less
 
     - the versions retracted by a reorg (every retraction received so far takes out the
       named versions received before it), and
@@ -622,28 +779,42 @@ def effective_history(trigger: dict[str, Any], steps: Sequence[Step]) -> list[tu
       (every matching one; a FeedbackRevoked that is itself retracted revokes nothing,
       which is how a retraction of a FeedbackRevoked un-revokes its feedback). The last
       step may be a FeedbackRevoked: it revokes too ("every revocation up to and
-      including e itself").
+      including e itself"), unless `last_revokes` is False: the history its own tick
+      is decided under (section 5a: "its tick comes first, under the effective history
+      as it was before it; its revocation (section 6) is applied after").
+
+    Ticks are never taken out (section 5a: "a tick stands even when the event that
+    carried it is replaced"): a retraction or revocation removes the event, not its tick.
 
     # SPEC? "A replaced version never comes back: ingest answers a re-posted version as
     # a duplicate." Read as: an event step whose version was already received (replaced
     # or not) never reaches the trigger; it is dropped here, so it is in no history and
-    # never fires. Such steps are inputs the page rules out; the generated cases have
-    # none.
+    # never fires, and it is no tick either (ingest does not pass it on). Such steps are
+    # inputs the page rules out; the generated cases have none.
+    # SPEC? Which ticks are the trigger's is decided, like the stream, under the
+    # definition current when the step is received (the chain id; a PATCH does not
+    # normally change it).
     # Note: "How far back" (30 days, or evaluations by the previous release) is not
     # modelled: the reference has no wall clock, and every change is recomputed.
     """
     current = trigger
     received: list[tuple[int, Step]] = []
     seen: set[str] = set()
-    retracted: set[int] = set()
+    retracted: set[int] = set()  # positions of retracted *events* (never of ticks)
     for position, (kind, payload) in enumerate(steps):
         if kind == "edit":
             current = payload
             received.append((position, (kind, payload)))
+        elif kind == "tick":
+            chain_id, block_time = payload
+            if chain_id == current["chain_id"]:
+                received.append((position, ("tick", (chain_id, block_time))))
         elif kind == "event":
             if version(payload) in seen:
                 continue  # a re-posted version: a duplicate, never delivered
             seen.add(version(payload))
+            if payload.chain_id == current["chain_id"]:
+                received.append((position, ("tick", (payload.chain_id, payload.timestamp))))
             if Reference(current).in_stream(payload):
                 received.append((position, (kind, payload)))
         elif kind == "retract":
@@ -651,62 +822,103 @@ def effective_history(trigger: dict[str, Any], steps: Sequence[Step]) -> list[tu
             retracted |= {p for p, (k, x) in received if k == "event" and version(x) in versions}
         else:
             raise ValueError(f"unknown step {kind!r}")
-    kept = [(p, step) for p, step in received if p not in retracted]
+    kept = [(p, (k, x)) for p, (k, x) in received if not (k == "event" and p in retracted)]
+    last = len(steps) - 1
+    revokers = [(q, (k, x)) for q, (k, x) in kept if k == "event" and (last_revokes or q != last)]
     revoked = {
         p
         for p, (kind, feedback) in kept
         if kind == "event"
-        and any(
-            q > p and k == "event" and revokes(revocation, feedback) for q, (k, revocation) in kept
-        )
+        and any(q > p and revokes(revocation, feedback) for q, (_k, revocation) in revokers)
     }
-    return [(p, step) for p, step in kept if p not in revoked]
+    return [(p, (k, x)) for p, (k, x) in kept if not (k == "event" and p in revoked)]
 
 
-def fold(trigger: dict[str, Any], history: list[tuple[int, Step]], sent: set[int]) -> set[int]:
+#: A firing's key in a fold, for "fired when it arrived": ("event", position, None) for
+#: a firing on an event, ("tick", position, scope) for one scope fired at a tick.
+FiringKey = tuple[str, int, Any]
+
+
+def fold(
+    trigger: dict[str, Any], history: list[tuple[int, Step]], sent: set[FiringKey]
+) -> dict[FiringKey, str]:
     """Evaluate a history from the start with a fresh state (section 6: "the evaluation
     of the effective history from its start"), applying each edit at its position
-    (section 7); the positions of the events at which the evaluation fires.
+    (section 7); every firing of the evaluation, key -> the version it reports (the
+    event's own for an event, the silence's last matching event for a tick, section 5a),
+    in the order of the evaluation.
 
-    `sent` holds the positions of the events on which the trigger fired when they
-    arrived: only those of the evaluation's firings count for the state (section 6,
-    "an earlier event counts as a firing only if the trigger also fired on it when it
-    arrived"; see `Reference.event`).
+    `sent` holds the keys of the firings the trigger made when their step arrived: only
+    those of the evaluation's firings count for the state (section 6, "an earlier event
+    counts as a firing only if the trigger also fired on it when it arrived"; section
+    5a, "a tick counts as a firing in a recomputation only if it fired when it arrived";
+    see `Reference.event` and `Reference.tick`).
 
     # SPEC? "Fires again in the recomputation" is read as the whole decision of the
     # re-evaluation (set verdict true, armed, no cooldown running), with the arming and
     # the cooldown as the recomputation itself has them, not the set verdict alone.
+    # SPEC? For ticks, "fired when it arrived" is kept per (tick, scope), as the brief
+    # asks, not per (tick, scope, silence): if a reorg replaces the event a sent silence
+    # started at, the earlier silence of that scope, due at the same tick, counts as
+    # fired there (it does not fire again at a later tick), although the version sent
+    # was the replaced one.
     """
     ref = Reference(trigger)
-    fired: set[int] = set()
+    fired: dict[FiringKey, str] = {}
     for position, (kind, payload) in history:
         if kind == "edit":
             ref.edit(payload)
-        elif ref.event(payload, sent=position in sent):
-            fired.add(position)
+        elif kind == "tick":
+            chain_id, block_time = payload
+            for scope, silence in ref.tick(position, chain_id, block_time, sent):
+                fired[("tick", position, scope)] = silence
+        elif ref.event(payload, sent=("event", position, None) in sent):
+            fired[("event", position, None)] = version(payload)
     return fired
 
 
+def reference_firing_steps(trigger: dict[str, Any], steps: Sequence[Step]) -> list[tuple[int, str]]:
+    """The firings as (position of the step in `steps` at which the trigger fired, the
+    version it reports), in order. See `reference_firings`."""
+    sent: set[FiringKey] = set()
+    firings: list[tuple[int, str]] = []
+    for position, (kind, _payload) in enumerate(steps):
+        if kind not in ("event", "tick", "retract", "edit"):
+            raise ValueError(f"unknown step {kind!r}")
+        if kind not in ("event", "tick"):
+            continue
+        known = steps[: position + 1]
+        # First the step's tick (section 5a: before its own event is taken), decided
+        # under the effective history as it was before the step's own revocation, if it
+        # is a FeedbackRevoked ("its tick comes first, under the effective history as it
+        # was before it; its revocation (section 6) is applied after"); its decisions
+        # are recorded before the event is decided.
+        before = effective_history(trigger, known, last_revokes=False)
+        for key, reported in fold(trigger, before, sent).items():
+            if key[0] == "tick" and key[1] == position:  # in scope_order
+                sent.add(key)
+                firings.append((position, reported))
+        # Then the event itself, under the effective history with its revocation.
+        for key, reported in fold(trigger, effective_history(trigger, known), sent).items():
+            if key[0] == "event" and key[1] == position:
+                sent.add(key)
+                firings.append((position, reported))
+    return firings
+
+
 def reference_firings(trigger: dict[str, Any], steps: Sequence[Step]) -> list[str]:
-    """The versions of the events at which the trigger fires, in order.
+    """The versions reported by the trigger's firings, in order: the event's own version
+    for a firing on an event, the silence's last matching event's for an absence firing
+    at a tick (section 5a; the firings of one tick in `scope_order`).
 
     Section 6, the one rule: the trigger fires on an event e exactly when the evaluation
     of the effective history as known when e arrives (every retraction received before
     e, every revocation up to and including e), from its start up to and including e,
     fires at e, where an earlier event counts as a firing only if the trigger also fired
-    on it when it arrived. "Fired when it arrived" is this function's own decision on
-    that step, kept by the step's position in `steps` (not by version). Decisions stand
+    on it when it arrived. The same holds for ticks (section 5a), per scope, except that
+    the tick of a FeedbackRevoked is decided before its own revocation. "Fired when
+    it arrived" is this function's own decision on that step, kept by the step's
+    position in `steps` (not by version), and the scope for a tick. Decisions stand
     (nothing is taken back or sent again); only the state follows the recomputation.
     """
-    sent: set[int] = set()
-    firings: list[str] = []
-    for position, (kind, payload) in enumerate(steps):
-        if kind not in ("event", "retract", "edit"):
-            raise ValueError(f"unknown step {kind!r}")
-        if kind != "event":
-            continue
-        known = steps[: position + 1]
-        if position in fold(trigger, effective_history(trigger, known), sent):
-            sent.add(position)
-            firings.append(version(payload))
-    return firings
+    return [reported for _position, reported in reference_firing_steps(trigger, steps)]

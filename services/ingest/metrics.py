@@ -24,6 +24,7 @@ class IngestMetrics:
     relayed: Counter
     relay_errors: Counter
     reorgs: Counter
+    heartbeats: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -91,6 +92,13 @@ class IngestMetrics:
                 "erc8004_ingest_reorgs_total",
                 "Reorgs recorded.",
                 ("chain_id",),
+                registry=registry,
+            ),
+            heartbeats=Counter(
+                "erc8004_ingest_heartbeats_total",
+                "Heartbeats posted by indexers (POST /v1/checkpoints): stored, or a"
+                " duplicate of one stored already.",
+                ("chain_id", "result"),
                 registry=registry,
             ),
         )

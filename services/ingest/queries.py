@@ -10,16 +10,24 @@ import asyncpg
 
 from shared.db import Conn
 from shared.events import EVENT_COLUMNS, Event, event_row
-from shared.jobs import ReorgIn, RetractionMessage, dump_event_messages, dump_message
+from shared.jobs import (
+    CheckpointIn,
+    ReorgIn,
+    RetractionMessage,
+    TickMessage,
+    dump_event_messages,
+    dump_message,
+)
 from shared.topics import EVENTS, event_key
 
 #: pg_try_advisory_xact_lock key that serialises relay batches across replicas,
 #: so messages reach Kafka in outbox order (per key) whoever relays them.
 RELAY_LOCK = 8004_0001
-#: Advisory lock class of a chain (second key: the chain id): storing takes it
-#: shared, recording a reorg exclusive. So every store of that chain is wholly
-#: before the reorg (its outbox rows have smaller seqs, and the reorg sees its
-#: ids) or wholly after it: a retraction never overtakes a replaced event.
+#: Advisory lock class of a chain (second key: the chain id): storing events or a
+#: heartbeat takes it shared, recording a reorg exclusive. So every store of that
+#: chain is wholly before the reorg (its outbox rows have smaller seqs, and the
+#: reorg sees its ids) or wholly after it: a retraction never overtakes a replaced
+#: event, and a tick keeps its place among the chain's events and retractions.
 CHAIN_LOCK = 8004_0002
 
 OUTBOX_COLUMNS = ("topic", "msg_key", "payload")
@@ -98,24 +106,27 @@ async def store_events(
                 ],
                 columns=list(OUTBOX_COLUMNS),
             )
-        await _advance_checkpoints(conn, accepted)
+        await _advance_checkpoints(
+            conn, [(e.chain_id, e.block_number, e.block_hash) for e in accepted]
+        )
     accepted_ids = {id(e) for e in accepted}
     duplicates = [e for e in events if id(e) not in accepted_ids]
     return Stored(accepted=accepted, duplicates=duplicates)
 
 
-async def _advance_checkpoints(conn: Conn, events: Sequence[Event]) -> None:
-    """The highest block stored per chain; never moves backwards (but for a reorg).
-    Only stored events advance it: a duplicate's block was seen when it was first
+async def _advance_checkpoints(conn: Conn, blocks: Sequence[tuple[int, int, str]]) -> None:
+    """The highest block stored per chain, of (chain_id, block_number, block_hash)
+    of stored events or heartbeats; never moves backwards (but for a reorg). Only
+    what was stored advances it: a duplicate's block was seen when it was first
     stored, unless a reorg moved the checkpoint back below it since, and then it is
     a replaced version that must not move the checkpoint forward again."""
-    if not events:
+    if not blocks:
         return
-    top: dict[int, Event] = {}
-    for event in events:
-        best = top.get(event.chain_id)
-        if best is None or event.block_number > best.block_number:
-            top[event.chain_id] = event
+    top: dict[int, tuple[int, str]] = {}
+    for chain_id, block_number, block_hash in blocks:
+        best = top.get(chain_id)
+        if best is None or block_number > best[0]:
+            top[chain_id] = (block_number, block_hash)
     chains = sorted(top)
     await conn.execute(
         """
@@ -130,9 +141,56 @@ async def _advance_checkpoints(conn: Conn, events: Sequence[Event]) -> None:
             WHERE c.last_block_number < EXCLUDED.last_block_number
         """,
         chains,
-        [top[c].block_number for c in chains],
-        [top[c].block_hash for c in chains],
+        [top[c][0] for c in chains],
+        [top[c][1] for c in chains],
     )
+
+
+async def record_heartbeat(conn: Conn, checkpoint: CheckpointIn, *, topic: str = EVENTS) -> bool:
+    """Store a heartbeat (the indexer scanned its chain up to this block), its tick
+    message in the chain's partition of erc8004.events and the chain's checkpoint,
+    in one transaction; False when this very heartbeat (chain, block number, block
+    hash) is stored already: then nothing is written."""
+    async with conn.transaction():
+        # Shared, like a store of events: the tick's outbox row takes its place among
+        # the chain's events (after those committed before it) and a reorg's
+        # retraction (exclusive) never interleaves with it.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock_shared($1, $2)", CHAIN_LOCK, checkpoint.chain_id
+        )
+        ingested_at = await conn.fetchval(
+            """
+            INSERT INTO heartbeats (chain_id, block_number, block_hash, block_time)
+            VALUES ($1, $2, $3, to_timestamp($4::bigint))
+            ON CONFLICT (chain_id, block_number, block_hash) DO NOTHING
+            RETURNING now()
+            """,
+            checkpoint.chain_id,
+            checkpoint.block_number,
+            checkpoint.block_hash,
+            checkpoint.timestamp,
+        )
+        if ingested_at is None:
+            return False
+        message = TickMessage(
+            kind="tick",
+            chain_id=checkpoint.chain_id,
+            block_number=checkpoint.block_number,
+            block_hash=checkpoint.block_hash,
+            timestamp=checkpoint.timestamp,
+            ingested_at=ingested_at,
+        )
+        await conn.execute(
+            "INSERT INTO event_outbox (topic, msg_key, payload, broadcast)"
+            " VALUES ($1, $2, $3, false)",
+            topic,
+            event_key(checkpoint.chain_id).decode(),
+            dump_message(message),
+        )
+        await _advance_checkpoints(
+            conn, [(checkpoint.chain_id, checkpoint.block_number, checkpoint.block_hash)]
+        )
+    return True
 
 
 async def get_checkpoint(conn: Conn, chain_id: int) -> asyncpg.Record | None:
@@ -230,14 +288,19 @@ async def record_reorg(conn: Conn, reorg: ReorgIn, *, topic: str = EVENTS) -> Re
             reorg.to_block,
         )
         # The one backward move of a checkpoint: an indexer resuming from it must
-        # re-read the replaced blocks.
+        # re-read the replaced blocks. The hash is the latest stored version of the
+        # block before (an event's or a heartbeat's), '' when none was stored.
         await conn.execute(
             """
             UPDATE checkpoints SET
                 last_block_number = greatest($2::bigint - 1, 0),
                 last_block_hash = coalesce(
-                    (SELECT block_hash FROM events
-                     WHERE chain_id = $1 AND block_number = $2::bigint - 1
+                    (SELECT block_hash FROM (
+                        SELECT block_hash, created_at FROM events
+                        WHERE chain_id = $1 AND block_number = $2::bigint - 1
+                        UNION ALL
+                        SELECT block_hash, created_at FROM heartbeats
+                        WHERE chain_id = $1 AND block_number = $2::bigint - 1) AS seen
                      ORDER BY created_at DESC LIMIT 1), ''),
                 updated_at = now()
             WHERE chain_id = $1 AND last_block_number >= $2

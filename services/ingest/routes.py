@@ -1,4 +1,5 @@
-"""Ingest's HTTP routes: POST /v1/events, GET /v1/checkpoints/{chain_id}, POST /v1/reorgs."""
+"""Ingest's HTTP routes: POST /v1/events, GET /v1/checkpoints/{chain_id},
+POST /v1/checkpoints (heartbeats), POST /v1/reorgs."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import Conn
-from shared.events import Event, ItemError, Registry, parse_events
-from shared.jobs import ReorgIn
+from shared.events import MAX_FUTURE_SECONDS, Event, ItemError, Registry, parse_events
+from shared.jobs import CheckpointIn, ReorgIn
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_EVENTS = 1000
@@ -225,6 +226,57 @@ async def get_checkpoint(request: web.Request) -> web.Response:
     )
 
 
+def _invalid(message: str, exc: ValidationError) -> web.Response:
+    return error(
+        422,
+        message,
+        [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()],
+    )
+
+
+@routes.post("/v1/checkpoints")
+async def post_checkpoint(request: web.Request) -> web.Response:
+    """A heartbeat: the indexer scanned its chain up to this block without finding
+    registry events, so the chain's clock advances (absence triggers)."""
+    try:
+        payload = await _read_json(request)
+    except _Refused as refused:
+        return refused.response
+    try:
+        checkpoint = CheckpointIn.model_validate(payload)
+    except ValidationError as exc:
+        return _invalid("invalid checkpoint", exc)
+    # As for events: a block time far ahead would move the chain's clock past every
+    # absence deadline at once (and beyond what a timestamptz holds).
+    if checkpoint.timestamp > time.time() + MAX_FUTURE_SECONDS:
+        return error(
+            422,
+            "invalid checkpoint",
+            [{"field": "timestamp", "message": "must not be more than one day in the future"}],
+        )
+    async with request.app[POOL].acquire() as conn:
+        stored = await queries.record_heartbeat(
+            conn, checkpoint, topic=request.app[SETTINGS].events_topic
+        )
+    result = "stored" if stored else "duplicate"
+    request.app[METRICS].heartbeats.labels(str(checkpoint.chain_id), result).inc()
+    if stored:
+        log.info(
+            "heartbeat stored",
+            chain_id=checkpoint.chain_id,
+            block_number=checkpoint.block_number,
+            timestamp=checkpoint.timestamp,
+        )
+    return web.json_response(
+        {
+            "chain_id": checkpoint.chain_id,
+            "block_number": checkpoint.block_number,
+            "duplicate": not stored,
+        },
+        status=201 if stored else 200,
+    )
+
+
 @routes.post("/v1/reorgs")
 async def post_reorg(request: web.Request) -> web.Response:
     try:
@@ -234,14 +286,7 @@ async def post_reorg(request: web.Request) -> web.Response:
     try:
         reorg = ReorgIn.model_validate(payload)
     except ValidationError as exc:
-        return error(
-            422,
-            "invalid reorg",
-            [
-                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                for e in exc.errors()
-            ],
-        )
+        return _invalid("invalid reorg", exc)
     async with request.app[POOL].acquire() as conn:
         result = await queries.record_reorg(conn, reorg, topic=request.app[SETTINGS].events_topic)
     request.app[METRICS].reorgs.labels(str(reorg.chain_id)).inc()

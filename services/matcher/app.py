@@ -18,7 +18,7 @@ from services.matcher.handlers import Matcher
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
-from shared.jobs import ActionJob, EventMessage, RetractionMessage, parse_topic_message
+from shared.jobs import ActionJob, AnyTopicMessage, parse_topic_message
 from shared.kafka import LagProbe
 from shared.stream import (
     FETCH_MAX_WAIT_MS,
@@ -138,7 +138,7 @@ def create_app(settings: MatcherSettings) -> FastStream:
                 await handle(bodies)
 
     async def handle(bodies: list[Any]) -> None:
-        messages: list[EventMessage | RetractionMessage] = []
+        messages: list[AnyTopicMessage] = []
         for body in bodies:
             try:
                 messages.append(parse_topic_message(body))

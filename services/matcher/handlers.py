@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,10 +24,38 @@ from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from shared.db import Conn
-from shared.evaluate import State, TriggerSpec, evaluate, passes_gate, retract, scope_keys
+from shared.evaluate import (
+    State,
+    TriggerSpec,
+    due_at,
+    evaluate,
+    has_absence,
+    passes_gate,
+    retract,
+    scope_keys,
+    tick,
+)
 from shared.events import Event, event_from_row, event_key
-from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
-from shared.replay import EDIT, Evaluated, exclude, refold, restore, revokes, spec_at
+from shared.jobs import (
+    ActionJob,
+    AnyTopicMessage,
+    EventMessage,
+    RetractionMessage,
+    TickMessage,
+    job_id,
+)
+from shared.replay import (
+    EDIT,
+    Evaluated,
+    exclude,
+    refold,
+    restore,
+    revokes,
+    scope_order,
+    spec_at,
+    tick_record,
+    tick_scope,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +65,62 @@ REVOCATION = "FeedbackRevoked"
 #: removed events only leave the rate windows (a revocation of an old feedback of a
 #: busy agent must not hold the chain's partition for long).
 MAX_REPLAY = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """A tick of a chain's clock (docs/semantics.md 5a): an event of the chain or a
+    heartbeat, at block time ``time``."""
+
+    chain_id: int
+    time: int
+    key: str
+    ingested_at: datetime | None
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The locked state rows of one stateful segment and what it writes."""
+
+    states: dict[queries.StateKey, dict[str, Any]]
+    changed: dict[queries.StateKey, dict[str, Any]]
+    records: list[queries.Record]
+    #: absence triggers -> their locked scope rows (those a tick may fire)
+    rows_of: dict[str, set[str]]
+    #: firing ticks recorded before (a redelivery): (trigger, record key) -> explain
+    recorded: dict[tuple[str, str], dict[str, Any]]
+    #: firing ticks: (trigger, explain, new: False when recorded before)
+    fired: list[tuple[TriggerSpec, dict[str, Any], bool]] = field(default_factory=list)
+
+    def tick(self, item: _Tick, triggers: Sequence[TriggerSpec]) -> None:
+        """Fire the silences due before the tick (section 5a), scope by scope."""
+        for trigger in triggers:
+            if item.ingested_at is not None and item.ingested_at < trigger.enabled_at:
+                continue  # a trigger sees the ticks after it was enabled
+            for scope in sorted(self.rows_of.get(trigger.id, ()), key=scope_order):
+                row_key = (trigger.id, scope)
+                rec = tick_record(scope, item.key)
+                explain = self.recorded.pop((trigger.id, rec), None)
+                if explain is not None:  # fired before: its jobs may not have left
+                    self.fired.append((trigger, explain, False))
+                    continue
+                row = self.states[row_key]
+                deadline = due_at(trigger, row)
+                if deadline is None or item.time <= deadline:
+                    continue
+                outcome = tick(trigger, scope, row, item.time, item.key)
+                self.states[row_key] = self.changed[row_key] = outcome.states[scope]
+                self.records.append(
+                    (
+                        trigger.id, rec, True, outcome.explain, _at(item.time),
+                        trigger.version, {scope: row},
+                    )
+                )  # fmt: skip
+                self.fired.append((trigger, outcome.explain, True))
 
 
 class Matcher:
@@ -52,13 +137,16 @@ class Matcher:
         self._publish = publish
         self._metrics = metrics
 
-    async def handle(self, messages: Sequence[EventMessage | RetractionMessage]) -> int:
+    async def handle(self, messages: Sequence[AnyTopicMessage]) -> int:
         """Make a batch's effects durable; returns the number of jobs produced."""
         started = time.perf_counter()
         jobs: list[ActionJob] = []
-        segment: list[EventMessage] = []
+        segment: list[EventMessage | TickMessage] = []
         recompute = await self._to_recompute(messages)
         for n, message in enumerate(messages):
+            if isinstance(message, TickMessage):
+                segment.append(message)
+                continue
             if isinstance(message, EventMessage):
                 if n not in recompute:
                     segment.append(message)
@@ -83,9 +171,7 @@ class Matcher:
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         return len(jobs)
 
-    async def _to_recompute(
-        self, messages: Sequence[EventMessage | RetractionMessage]
-    ) -> dict[int, set[str]]:
+    async def _to_recompute(self, messages: Sequence[AnyTopicMessage]) -> dict[int, set[str]]:
         """The revocations of the batch that change some trigger's state: position ->
         the ids of those triggers. A trigger's state changes when it evaluated the
         revoked NewFeedback and that feedback passed its gate (an event that failed
@@ -128,15 +214,30 @@ class Matcher:
         return found
 
     async def _events(
-        self, segment: Sequence[EventMessage], *, recompute: set[str] | None = None
+        self,
+        segment: Sequence[EventMessage | TickMessage],
+        *,
+        recompute: set[str] | None = None,
     ) -> list[ActionJob]:
         if not segment:
             return []
         index = self._keeper.index
         jobs: list[ActionJob] = []
-        stateful: list[tuple[Event, TriggerSpec]] = []
+        stateful: list[tuple[Event, TriggerSpec] | _Tick] = []
+        events = 0
         for message in segment:
+            if isinstance(message, TickMessage):
+                if index.absence_of_chain(message.chain_id):
+                    stateful.append(
+                        _Tick(message.chain_id, message.timestamp, message.key, message.ingested_at)
+                    )
+                continue
+            events += 1
             event = message.event
+            if index.absence_of_chain(event.chain_id):  # every event is a tick of its chain
+                stateful.append(
+                    _Tick(event.chain_id, event.timestamp, event_key(event), message.ingested_at)
+                )
             t0 = time.perf_counter()
             candidates = index.candidates(event)
             for trigger in candidates:
@@ -150,44 +251,39 @@ class Matcher:
                     jobs += self._fire(trigger, event, outcome.explain)
             self._metrics.evaluation_seconds.observe(time.perf_counter() - t0)
             self._metrics.candidates.observe(len(candidates))
-        self._metrics.events.inc(len(segment))
+        self._metrics.events.inc(events)
         if stateful:
             jobs += await self._stateful(stateful, recompute=recompute)
         return jobs
 
     async def _stateful(
-        self, pairs: list[tuple[Event, TriggerSpec]], *, recompute: set[str] | None
+        self, work: list[tuple[Event, TriggerSpec] | _Tick], *, recompute: set[str] | None
     ) -> list[ActionJob]:
         jobs: list[ActionJob] = []
+        pairs = [w for w in work if not isinstance(w, _Tick)]
+        ticks = [w for w in work if isinstance(w, _Tick)]
+        index = self._keeper.index
+        absent = {c: index.absence_of_chain(c) for c in {w.chain_id for w in ticks}}
+        absent_ids = [t.id for found in absent.values() for t in found]
         async with self._pool.acquire() as conn, conn.transaction():
             if recompute:
-                # one revocation: the states of the triggers it concerns recomputed
-                # without the feedback it revokes, before it is evaluated itself (not
-                # again on redelivery)
-                done = await queries.done_evaluations(
-                    conn, [(t.id, event_key(e)) for e, t in pairs]
-                )
-                event = pairs[0][0]
-                todo = [
-                    t for e, t in pairs if t.id in recompute and (t.id, event_key(e)) not in done
-                ]
-                starts = await queries.revoked_feedback_records(conn, [t.id for t in todo], event)
-                for trigger in todo:
-                    if trigger.id in starts:
-                        await self._recompute(
-                            conn, trigger, starts[trigger.id], revocation=event, why="revocation"
-                        )
-            scopes = [scope_keys(t, e) for e, t in pairs]
-            states = await queries.lock_states(
-                conn,
-                [(t.id, key) for (_, t), keys in zip(pairs, scopes, strict=True) for key in keys],
-            )
+                await self._revocation(conn, pairs, recompute)
+            scopes = {id(p): scope_keys(p[1], p[0]) for p in pairs}
+            batch = await self._lock(conn, pairs, scopes, ticks, absent_ids)
+            states, changed, records, rows_of = (
+                batch.states, batch.changed, batch.records, batch.rows_of
+            )  # fmt: skip
             done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
-            changed: dict[queries.StateKey, dict[str, Any]] = {}
-            records: list[queries.Record] = []
-            for (event, trigger), keys in zip(pairs, scopes, strict=True):
+            for item in work:
+                if isinstance(item, _Tick):
+                    batch.tick(item, absent.get(item.chain_id, ()))
+                    continue
+                event, trigger = item
+                keys = scopes[id(item)]
                 if any((trigger.id, key) not in states for key in keys):
                     continue  # deleted since the index saw it
+                if has_absence(trigger):
+                    rows_of.setdefault(trigger.id, set()).update(keys)
                 pair = (trigger.id, event_key(event))
                 if pair in done:
                     explain = done[pair]
@@ -202,8 +298,8 @@ class Matcher:
                     explain_all=False,  # only a firing's explain is kept
                 )
                 for key in outcome.changed:
-                    row = (trigger.id, key)
-                    states[row] = changed[row] = outcome.states[key]
+                    row_key = (trigger.id, key)
+                    states[row_key] = changed[row_key] = outcome.states[key]
                 explain_or_none = outcome.explain if outcome.fired else None
                 done[pair] = explain_or_none
                 records.append(
@@ -220,6 +316,79 @@ class Matcher:
                 if outcome.fired:
                     jobs += self._fire(trigger, event, outcome.explain)
             await queries.save(conn, changed, records)
+            if batch.fired:
+                jobs += await self._silences(conn, batch.fired, pairs)
+        return jobs
+
+    @staticmethod
+    async def _lock(
+        conn: Conn,
+        pairs: list[tuple[Event, TriggerSpec]],
+        scopes: dict[int, tuple[str, ...]],
+        ticks: list[_Tick],
+        absent_ids: list[str],
+    ) -> _Batch:
+        """Lock the state rows the pairs need and those due before the segment's
+        newest tick, in one sorted lock; with the segment's recorded firing ticks."""
+        due: list[queries.StateKey] = []
+        recorded: dict[tuple[str, str], dict[str, Any]] = {}
+        if absent_ids:
+            low, high = min(w.time for w in ticks), max(w.time for w in ticks)
+            due = await queries.due_scopes(conn, absent_ids, high)
+            recorded = await queries.tick_firings(conn, absent_ids, _at(low), _at(high))
+        states = await queries.lock_states(
+            conn, [(p[1].id, key) for p in pairs for key in scopes[id(p)]] + due
+        )
+        rows_of: dict[str, set[str]] = {}
+        absent = set(absent_ids)
+        for trigger_id, scope in states:
+            if trigger_id in absent:
+                rows_of.setdefault(trigger_id, set()).add(scope)
+        return _Batch(states, {}, [], rows_of, recorded)
+
+    async def _revocation(
+        self, conn: Conn, pairs: list[tuple[Event, TriggerSpec]], recompute: set[str]
+    ) -> None:
+        """One revocation: the states of the triggers it concerns recomputed without
+        the feedback it revokes, before it is evaluated itself (not again on
+        redelivery)."""
+        done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
+        event = pairs[0][0]
+        todo = [t for e, t in pairs if t.id in recompute and (t.id, event_key(e)) not in done]
+        starts = await queries.revoked_feedback_records(conn, [t.id for t in todo], event)
+        for trigger in todo:
+            if trigger.id in starts:
+                await self._recompute(
+                    conn, trigger, starts[trigger.id], revocation=event, why="revocation"
+                )
+
+    async def _silences(
+        self,
+        conn: Conn,
+        fired: list[tuple[TriggerSpec, dict[str, Any], bool]],
+        pairs: list[tuple[Event, TriggerSpec]],
+    ) -> list[ActionJob]:
+        """The jobs of firing ticks: each carries its silence's last matching event
+        (of this batch, or stored)."""
+        known = {event_key(e): e for e, _ in pairs}
+        wanted = [
+            (x["event_version"], _at(x["silent_since"]))
+            for _, x, _ in fired
+            if x["event_version"] not in known
+        ]
+        for version, row in (await queries.events_by_version(conn, wanted)).items():
+            known[version] = event_from_row(row)
+        jobs: list[ActionJob] = []
+        for trigger, explain, new in fired:
+            event = known.get(explain["event_version"])
+            if event is None:
+                log.error(
+                    "absence firing without its event: no job",
+                    trigger_id=trigger.id,
+                    event_version=explain["event_version"],
+                )
+                continue
+            jobs += self._fire(trigger, event, explain, count=new)
         return jobs
 
     async def _retract(self, message: RetractionMessage) -> None:
@@ -382,6 +551,17 @@ class Matcher:
     @staticmethod
     def _record(r: asyncpg.Record, specs: dict[int, TriggerSpec | None]) -> Evaluated:
         version = r["trigger_version"]
+        scope = tick_scope(r["event_id"])
+        if scope is not None:
+            return Evaluated(
+                r["event_id"],
+                None,
+                specs.get(version) if version is not None else None,
+                r["fired"],
+                r["states_before"],
+                tick=int(r["record_time"].timestamp()),
+                scope=scope,
+            )
         return Evaluated(
             r["event_id"],
             event_from_row(r) if r["stored"] else None,

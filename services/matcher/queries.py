@@ -203,7 +203,7 @@ _EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
 #: (NULL columns when the event is no longer stored).
 RECORDS_FROM = f"""
 SELECT r.seq, r.event_id, r.fired, r.trigger_version, r.states_before, r.excluded,
-       e.id IS NOT NULL AS stored, {_EVENT_SELECT}
+       r.block_time AS record_time, e.id IS NOT NULL AS stored, {_EVENT_SELECT}
 FROM trigger_evaluations r
 LEFT JOIN events e
   ON e.id = split_part(r.event_id, '@', 1) AND e.block_time = r.block_time
@@ -383,3 +383,57 @@ def definition_of(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "cooldown_seconds": row["cooldown_seconds"],
         "conditions": row["conditions"],
     }
+
+
+# --- absence (docs/semantics.md section 5a) --------------------------------------------
+
+
+async def due_scopes(conn: Conn, trigger_ids: Sequence[str], before: int) -> list[StateKey]:
+    """The state rows of these triggers whose silence is due before block time
+    ``before`` (a tick at ``before`` or later fires them). Not locked: the caller
+    locks them with the batch's other rows, in key order."""
+    rows = await conn.fetch(
+        "SELECT trigger_id, scope_key FROM trigger_state"
+        " WHERE trigger_id = any($1::text[]) AND due_at < $2",
+        list(trigger_ids),
+        before,
+    )
+    return [(r["trigger_id"], r["scope_key"]) for r in rows]
+
+
+async def tick_firings(
+    conn: Conn, trigger_ids: Sequence[str], low: datetime, high: datetime
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Recorded firing ticks of these triggers with block times in [low, high]:
+    (trigger id, record key) -> explain (a redelivered batch produces their jobs again)."""
+    rows = await conn.fetch(
+        """
+        SELECT trigger_id, event_id, explain FROM trigger_evaluations
+        WHERE trigger_id = any($1::text[]) AND event_id LIKE 'tick:%'
+          AND block_time >= $2 AND block_time <= $3 AND fired
+        """,
+        list(trigger_ids),
+        low,
+        high,
+    )
+    return {(r["trigger_id"], r["event_id"]): r["explain"] for r in rows}
+
+
+async def events_by_version(
+    conn: Conn, wanted: Sequence[tuple[str, datetime]]
+) -> dict[str, asyncpg.Record]:
+    """Stored events by version (``{id}@{block_hash}``, with the event's block time)."""
+    if not wanted:
+        return {}
+    versions = sorted(set(wanted))
+    rows = await conn.fetch(
+        f"""
+        SELECT k.version, {_EVENT_SELECT}
+        FROM unnest($1::text[], $2::timestamptz[]) AS k(version, block_time)
+        JOIN events e ON e.id = split_part(k.version, '@', 1)
+          AND e.block_hash = split_part(k.version, '@', 2) AND e.block_time = k.block_time
+        """,  # noqa: S608 (constants)
+        [v for v, _ in versions],
+        [t for _, t in versions],
+    )
+    return {r["version"]: r for r in rows}

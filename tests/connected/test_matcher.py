@@ -9,7 +9,7 @@ import random
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +22,14 @@ from services.matcher import queries
 from shared.db import register_codecs
 from shared.evaluate import evaluate, scope_keys
 from shared.events import Event, event_key
-from shared.jobs import ActionJob, EventMessage, RetractionMessage, dump_message, job_id
+from shared.jobs import (
+    ActionJob,
+    EventMessage,
+    RetractionMessage,
+    TickMessage,
+    dump_message,
+    job_id,
+)
 from shared.replay import compile_trigger
 from shared.topics import event_key as topic_key
 from shared.trigger_index import TriggerIndex
@@ -645,6 +652,76 @@ async def test_an_edit_clears_what_it_removed_from_every_state_row(
     assert await conditions_of("1") == set()
 
 
+def heartbeat(chain: int, block: int, at: int) -> TickMessage:
+    return TickMessage(
+        chain_id=chain,
+        block_number=block,
+        block_hash="0x" + f"{block:064x}",
+        timestamp=at,
+        ingested_at=datetime.now(UTC),
+    )
+
+
+async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """Agent-scoped silence of 60 s over NewFeedbacks tagged "starred": each silence
+    fires once, at the first tick (a heartbeat, or any event of the chain) past its
+    deadline, with the silence's last matching event; a redelivery of the whole
+    topic to a new consumer group produces the same jobs again, and no new ones."""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db, user_id=user, chain_id=chain, registry="reputation",
+        conditions=[
+            {"condition_type": "tag_equals", "field": "tag1", "operator": "=", "value": "starred"},
+            {"condition_type": "absence", "operator": ">", "value": "60s",
+             "config": {"scope": "agent"}},
+        ],
+    )  # fmt: skip
+    t0 = int(time.time()) - 86_400
+    a1 = feedback(chain, 100, 5, score=50, timestamp=t0)
+    b1 = feedback(chain, 101, 6, score=50, timestamp=t0 + 30)
+    other = feedback(chain, 104, 6, score=50, timestamp=t0 + 95, tag="plain")  # ticks only
+    a2 = feedback(chain, 106, 5, score=50, timestamp=t0 + 300)
+    await store_events(db, [a1, b1, other, a2])
+    start_matcher(matcher_env, tmp_path, procs)
+    first: list[RetractionMessage | TickMessage | Event] = [a1, b1, heartbeat(chain, 102, t0 + 60)]
+    await produce_keyed(kafka_bootstrap, topic, first)  # 60 s exactly: not longer
+    await wait_all_evaluated(db, 2)
+    later: list[RetractionMessage | TickMessage | Event] = [
+        heartbeat(chain, 103, t0 + 61),  # a1's silence: 61 s
+        other,  # b1's silence: 65 s; "plain" does not restart it
+        heartbeat(chain, 105, t0 + 200),  # nothing new is due
+        a2,
+        heartbeat(chain, 107, t0 + 360),  # a2's silence: exactly 60 s
+        heartbeat(chain, 108, t0 + 361),
+    ]
+    await produce_keyed(kafka_bootstrap, topic, later)
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=3)
+    assert [(j.event.id, j.explain["tick"]["time"]) for j in jobs] == [
+        (a1.id, t0 + 61), (b1.id, t0 + 95), (a2.id, t0 + 361),
+    ]  # fmt: skip
+    assert {j.explain["mode"] for j in jobs} == {"absence"}
+    assert [j.explain["scope"] for j in jobs] == ["5", "6", "5"]
+    assert jobs[0].job_id == job_id(trigger, event_key(a1), jobs[0].action_id)
+    rows = await db.fetch(
+        "SELECT scope_key, due_at FROM trigger_state WHERE trigger_id = $1 ORDER BY 1", trigger
+    )
+    assert [(r["scope_key"], r["due_at"]) for r in rows] == [("5", None), ("6", None)]
+    # Redelivered from the start to a new group: the recorded firings again, no more.
+    procs[0].stop()
+    start_matcher({**matcher_env, "MATCHER_GROUP": "again"}, tmp_path, procs)
+    again = await read_jobs(kafka_bootstrap, actions_topic, expect=6)
+    assert sorted(j.job_id for j in again) == sorted([j.job_id for j in jobs] * 2)
+
+
 async def test_index_survives_losing_its_listen_connection(
     db: asyncpg.Connection,
     matcher_env: dict[str, str],
@@ -685,16 +762,17 @@ def retraction_of(chain: int, from_block: int, replaced: Iterable[str]) -> Retra
 
 
 async def produce_keyed(
-    bootstrap: str, topic: str, messages: list[RetractionMessage | Event]
+    bootstrap: str, topic: str, messages: Sequence[RetractionMessage | TickMessage | Event]
 ) -> None:
-    """Events and retractions, in order, on their chain's partition (as ingest does)."""
+    """Events, retractions and heartbeats, in order, on their chain's partition (as
+    ingest does)."""
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for m in messages:
-            body = m if isinstance(m, RetractionMessage) else EventMessage(
+            body = m if not isinstance(m, Event) else EventMessage(
                 kind="event", event=m, ingested_at=datetime.now(UTC)
             )  # fmt: skip
             await producer.send_and_wait(topic, dump_message(body), key=topic_key(m.chain_id))

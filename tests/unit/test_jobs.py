@@ -14,9 +14,11 @@ from pydantic import ValidationError
 from shared.events import Event
 from shared.jobs import (
     ActionJob,
+    CheckpointIn,
     EventMessage,
     ReorgIn,
     RetractionMessage,
+    TickMessage,
     dump_event_messages,
     dump_message,
     job_id,
@@ -135,6 +137,101 @@ def test_reorg_in() -> None:
     with pytest.raises(ValidationError) as info:
         ReorgIn.model_validate({"chain_id": 1, "reason": "test"})
     assert [tuple(e["loc"]) for e in info.value.errors()] == [("from_block",)]
+
+
+@given(
+    chain_id=st.integers(1, 2**31 - 1),
+    block_number=st.integers(0, 2**63 - 1),
+    block_hash=st.binary(min_size=32, max_size=32).map(lambda b: "0x" + b.hex()),
+    timestamp=st.integers(0, 2**63 - 1),
+    ingested_at=st.none() | st.datetimes(timezones=st.just(UTC)),
+)
+def test_tick_messages_round_trip(
+    chain_id: int,
+    block_number: int,
+    block_hash: str,
+    timestamp: int,
+    ingested_at: datetime | None,
+) -> None:
+    tick = TickMessage(
+        chain_id=chain_id,
+        block_number=block_number,
+        block_hash=block_hash,
+        timestamp=timestamp,
+        ingested_at=ingested_at,
+    )
+    parsed = parse_topic_message(dump_message(tick))
+    assert isinstance(parsed, TickMessage)
+    assert parsed == tick
+    assert parsed.key == f"hb:{chain_id}-{block_number}@{block_hash}"
+
+
+def test_tick_message_is_compact_and_leaves_out_a_missing_ingest_time() -> None:
+    tick = TickMessage(
+        chain_id=1, block_number=7, block_hash="0x" + "AB" * 32, timestamp=1_700_000_000
+    )
+    data = dump_message(tick)
+    assert json.loads(data) == {
+        "kind": "tick",
+        "chain_id": 1,
+        "block_number": 7,
+        "block_hash": "0x" + "ab" * 32,
+        "timestamp": 1_700_000_000,
+    }
+    assert b" " not in data
+    stamped = tick.model_copy(update={"ingested_at": NOW})
+    parsed = parse_topic_message(dump_message(stamped))
+    assert isinstance(parsed, TickMessage)
+    assert parsed.ingested_at == NOW
+
+
+_CHECKPOINT = {
+    "chain_id": 84532,
+    "block_number": 100,
+    "block_hash": "0x" + "ab" * 32,
+    "timestamp": 1_700_000_000,
+}
+
+
+def test_checkpoint_in() -> None:
+    checkpoint = CheckpointIn.model_validate({**_CHECKPOINT, "block_hash": "0x" + "AB" * 32})
+    assert checkpoint.block_hash == "0x" + "ab" * 32
+    assert (checkpoint.chain_id, checkpoint.block_number, checkpoint.timestamp) == (
+        84532,
+        100,
+        1_700_000_000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        ({"timestamp": None}, ("timestamp",)),
+        ({"block_hash": None}, ("block_hash",)),
+        ({"block_number": -1}, ("block_number",)),
+        ({"block_number": 2**63}, ("block_number",)),
+        ({"block_number": "100"}, ("block_number",)),
+        ({"timestamp": True}, ("timestamp",)),
+        ({"timestamp": -1}, ("timestamp",)),
+        ({"block_hash": "0x1234"}, ("block_hash",)),
+        ({"block_hash": "ab" * 33}, ("block_hash",)),
+        ({"chain_id": 0}, ("chain_id",)),
+        ({"chain_id": 2**31}, ("chain_id",)),
+        ({"colour": "red"}, ("colour",)),
+    ],
+)
+def test_checkpoint_in_refuses_bad_input(change: dict[str, Any], loc: tuple[str, ...]) -> None:
+    body = {k: v for k, v in {**_CHECKPOINT, **change}.items() if v is not None}
+    with pytest.raises(ValidationError) as info:
+        CheckpointIn.model_validate(body)
+    assert [tuple(e["loc"]) for e in info.value.errors()] == [loc]
+
+
+def test_bad_tick_message() -> None:
+    body = {"kind": "tick", "chain_id": 1, "block_number": 7, "block_hash": "0x12", "timestamp": 1}
+    with pytest.raises(ValidationError) as info:
+        parse_topic_message(json.dumps(body).encode())
+    assert [tuple(e["loc"]) for e in info.value.errors()] == [("tick", "block_hash")]
 
 
 @given(action_jobs())

@@ -19,6 +19,7 @@ from tests.reference import (
     Step,
     alpha_of,
     ema_next,
+    reference_firing_steps,
     reference_firings,
     stored_tag,
     version,
@@ -655,6 +656,226 @@ def test_conditions_with_one_definition_share_one_state() -> None:
     # one window counts each event once
     r = rate(">=", "2")
     assert fired(trig(r, group("all", dict(r))), fb(1, 1), fb(2, 1)) == [2]
+
+
+# --- section 5a: absence -------------------------------------------------------------------
+
+H = 3600
+
+
+def absence(value: str, **config: Any) -> dict[str, Any]:
+    return cond("absence", ">", value, **config)
+
+
+def beat(t: int, chain: int = 1) -> Step:
+    """A heartbeat of the chain at block time T0 + t (POST /v1/checkpoints)."""
+    return ("tick", (chain, T0 + t))
+
+
+def when(trigger: dict[str, Any], *items: Event | Step) -> list[tuple[int, int]]:
+    """(index in `items` of the step at which the trigger fired, number n of the event
+    the firing reports: for an absence firing, the silence's last matching event)."""
+    steps = events(*items)
+    numbers = {version(p): p.block_number - 100 for k, p in steps if k == "event"}
+    return [(i, numbers[v]) for i, v in reference_firing_steps(trigger, steps)]
+
+
+def test_absence_fires_once_at_the_first_tick_past_the_deadline() -> None:
+    t = trig(absence("1h", scope="agent"))
+    steps: list[Event | Step] = [
+        fb(1, 50, t=0),
+        beat(1800),
+        beat(H + 1),  # 2: fires the silence of 1
+        beat(H + 500),  # fired already: a silence fires at most once
+        beat(9000),
+        fb(2, 50, t=9100),  # its tick finds the silence fired; starts a new one
+        beat(9100 + H),  # exactly at the deadline: not yet
+        beat(9100 + H + 1),  # 7: fires the silence of 2
+    ]
+    assert when(t, *steps) == [(2, 1), (7, 2)]
+    # the firing reports the silence's last matching event, not the tick
+    assert reference_firings(t, events(*steps)) == [version(fb(1, 50)), version(fb(2, 50))]
+
+
+def test_absence_at_the_deadline_exactly_does_not_fire() -> None:
+    t = trig(absence("1h", scope="agent"))
+    assert when(t, fb(1, 50, t=0), beat(H)) == []
+    assert when(t, fb(1, 50, t=0), beat(H), beat(H + 1)) == [(2, 1)]
+    short = trig(absence("30s"))
+    assert when(short, fb(1, 50, t=0), beat(30), beat(31)) == [(2, 1)]
+
+
+def test_absence_a_matching_event_first_fires_the_silence_it_ends() -> None:
+    t = trig(absence("1h", scope="agent"))
+    steps: list[Event | Step] = [
+        fb(1, 50, t=0),
+        fb(2, 50, t=4000),  # its tick fires the silence of 1, then it starts one
+        beat(4000 + H),
+        beat(4000 + H + 1),  # 3: fires the silence of 2
+    ]
+    assert when(t, *steps) == [(1, 1), (3, 2)]
+    assert when(trig(absence("1h")), *steps) == [(1, 1), (3, 2)]
+    # another agent's event ends no silence of agent 1, but it is a tick
+    other: list[Event | Step] = [fb(1, 50, t=0), fb(2, 50, agent=2, t=4000), beat(4000 + H + 1)]
+    assert when(t, *other) == [(1, 1), (2, 2)]
+
+
+def test_absence_an_older_matching_event_does_not_restart_the_silence() -> None:
+    t = trig(absence("1h", scope="agent"))
+    # 2 comes later in chain order with an older block time: the silence stays at 1
+    assert when(t, fb(1, 50, t=1000), fb(2, 50, t=500), beat(500 + H + 1), beat(1000 + H + 1)) == [
+        (3, 1)
+    ]
+    # one at the same block time starts a new silence (it is the one reported)
+    assert when(t, fb(1, 50, t=1000), fb(2, 50, t=1000), beat(1000 + H + 1)) == [(2, 2)]
+
+
+def test_absence_events_that_do_not_match_tick_but_do_not_restart() -> None:
+    t = trig(ONLY_FEEDBACK, absence("1h", scope="agent"))
+    steps: list[Event | Step] = [
+        fb(1, 50, t=0),
+        ev(2, "ResponseAppended", t=3000),  # fails the gate: no new silence
+        ev(3, "ValidationRequest", t=H + 1),  # another registry of the chain: a tick
+    ]
+    assert when(t, *steps) == [(2, 1)]
+    # an event failing the gate is a tick too
+    assert when(t, fb(1, 50, t=0), ev(2, "ResponseAppended", t=H + 1)) == [(1, 1)]
+    # events and heartbeats of another chain are no ticks of the trigger
+    other_chain: list[Event | Step] = [
+        fb(1, 50, t=0),
+        fb(2, 50, chain=2, t=5000),
+        beat(5000, chain=2),
+    ]
+    assert when(t, *other_chain) == []
+    assert when(t, *other_chain, beat(5000)) == [(3, 1)]
+
+
+def test_absence_without_a_matching_event_never_fires() -> None:
+    t = trig(ONLY_FEEDBACK, absence("1h"))
+    steps: list[Event | Step] = [
+        beat(0),
+        ev(1, "ResponseAppended", t=10),  # fails the gate
+        fb(2, 50, chain=2, t=20),  # another chain: not the stream
+        ev(3, "ValidationRequest", t=30),  # another registry: not the stream
+        beat(10 * H),
+        beat(100 * H),
+    ]
+    assert when(t, *steps) == []
+    assert when(trig(ONLY_FEEDBACK, absence("1h", scope="agent")), *steps) == []
+    # without the gate the ResponseAppended matches: its silence fires at 10 h
+    assert when(trig(absence("1h", scope="agent")), *steps) == [(4, 1)]
+
+
+def test_absence_trigger_scope_is_one_silence_over_every_agent() -> None:
+    steps: list[Event | Step] = [
+        fb(1, 50, agent=1, t=0),
+        fb(2, 50, agent=2, t=1800),
+        beat(H + 1),  # agent 1 is silent for more than 1 h, the trigger is not
+        beat(1800 + H + 1),
+    ]
+    assert when(trig(absence("1h")), *steps) == [(3, 2)]
+    assert when(trig(absence("1h", scope="agent")), *steps) == [(2, 1), (3, 2)]
+    # one tick fires several scopes: by ascending agent id
+    several: list[Event | Step] = [fb(1, 50, agent=2, t=0), fb(2, 50, agent=1, t=10), beat(4000)]
+    assert when(trig(absence("1h", scope="agent")), *several) == [(2, 2), (2, 1)]
+    assert when(trig(absence("1h")), *several) == [(2, 2)]
+
+
+def test_absence_cooldown_keeps_the_silence_due_until_it_is_over() -> None:
+    t = trig(absence("1h", scope="agent"), cooldown=7200)
+    steps: list[Event | Step] = [
+        fb(1, 50, t=0),
+        beat(H + 1),  # 1: fires; the cooldown runs until 3601 + 7200 = 10801
+        fb(2, 50, t=3700),
+        beat(3700 + H + 1),  # due, cooling
+        beat(10800),  # still cooling
+        beat(10801),  # 5: fires
+        beat(20000),
+    ]
+    assert when(t, *steps) == [(1, 1), (5, 2)]
+    # the cooldown is per scope: agent 2 is not held back
+    two: list[Event | Step] = [*steps[:3], fb(3, 50, agent=2, t=3700), *steps[3:]]
+    assert when(t, *two) == [(1, 1), (4, 3), (6, 2)]
+    # a matching event during the cooldown ends the due silence unfired
+    ended: list[Event | Step] = [
+        *steps[:4],
+        fb(3, 50, t=10000),
+        beat(10801),
+        beat(10000 + H),
+        beat(10000 + H + 1),
+    ]
+    assert when(t, *ended) == [(1, 1), (7, 3)]
+    # without a cooldown the due silence fires at once
+    assert when(trig(absence("1h", scope="agent")), *steps) == [(1, 1), (3, 2)]
+
+
+def test_absence_retraction_of_the_last_matching_event_moves_the_start_back() -> None:
+    t = trig(absence("1h", scope="agent"))
+    e2 = fb(2, 50, t=3000)
+    steps: list[Event | Step] = [fb(1, 50, t=0), e2, beat(3700)]
+    # 3700 passed the deadline of 1 in the recomputation, but that tick did not fire
+    # when it arrived: the now-due silence fires at the next tick
+    assert when(t, *steps, retract(e2), beat(3800), beat(3900)) == [(4, 1)]
+    assert when(t, *steps, beat(3800)) == []
+    # its canonical replacement starts the silence again, reported by its version
+    e2b = fb(2, 50, t=3000, fork="b")
+    replaced = events(*steps, retract(e2), e2b, beat(3000 + H + 1))
+    assert reference_firings(t, replaced) == [version(e2b)]
+    # ticks stay: the retracted event's tick fired the silence of 1, which stays fired
+    e2 = fb(2, 50, t=H + 1)
+    assert when(t, fb(1, 50, t=0), e2, retract(e2), beat(3700), beat(9000)) == [(1, 1)]
+    # SPEC? "fired when it arrived" is kept per (tick, scope): the silence of 2 fired at
+    # 2; once 2 is retracted, the recomputation fires agent 1's silence of 1 at that
+    # tick, which counts as that firing: the silence of 1 does not fire again
+    e2 = fb(2, 50, t=10)
+    assert when(t, fb(1, 50, t=0), e2, beat(H + 11), retract(e2), beat(3700)) == [(2, 2)]
+
+
+def test_absence_revocation_of_the_last_matching_feedback_moves_the_start_back() -> None:
+    t = trig(ONLY_FEEDBACK, absence("1h", scope="agent"))
+    steps: list[Event | Step] = [
+        fb(1, 50, t=0, feedback_index=1),
+        fb(2, 50, t=3000, feedback_index=2),
+        beat(3700),
+    ]
+    # the revocation's own tick comes first, under the history before it (the silence
+    # of 2, not due); then 2 is revoked: the silence of 1 is due and fires at the next
+    # tick (3700 and 3800 passed its deadline, but did not fire when they arrived)
+    assert when(t, *steps, revoke(3, 2, t=3800), beat(3900), beat(4000)) == [(4, 1)]
+    assert when(t, *steps, revoke(3, 2, t=3800)) == []
+    # another feedback's revocation moves nothing: the silence of 2 fires past 6600
+    assert when(t, *steps, revoke(3, 9, t=3800), beat(3000 + H + 1)) == [(4, 2)]
+    # the revocation's tick fires the silence of the feedback it revokes, when due
+    late = [fb(1, 50, t=0, feedback_index=1), fb(2, 50, t=10, feedback_index=2)]
+    assert when(t, *late, revoke(3, 2, t=H + 11)) == [(2, 2)]
+    # revoking the only matching feedback leaves no silence
+    assert when(t, fb(1, 50, t=0, feedback_index=1), revoke(2, 1, t=10), beat(2 * H)) == []
+
+
+def test_absence_edit_changing_the_duration_drops_the_silences() -> None:
+    one = trig(absence("1h", scope="agent"))
+    two = trig(absence("2h", scope="agent"))
+    steps: list[Event | Step] = [
+        fb(1, 50, t=0),
+        ("edit", two),  # a new definition: no silence until the next matching event
+        beat(H + 1),
+        beat(2 * H + 1),
+        fb(2, 50, t=8000),
+        beat(8000 + 2 * H + 1),  # 5: fires the silence of 2
+    ]
+    assert when(one, *steps) == [(5, 2)]
+    # an edit that keeps the definition keeps the silence (another gate, a cooldown)
+    kept = trig(ONLY_FEEDBACK, absence("1h", scope="agent"), cooldown=60)
+    assert when(one, fb(1, 50, t=0), ("edit", kept), beat(H + 1)) == [(2, 1)]
+    # another scope is another definition too
+    assert when(one, fb(1, 50, t=0), ("edit", trig(absence("1h"))), beat(H + 1)) == []
+    # removed and added back: no state either
+    assert when(one, fb(1, 50, t=0), ("edit", two), ("edit", one), beat(H + 1)) == []
+
+
+def test_ticks_change_nothing_for_other_triggers() -> None:
+    t = trig(rate(">=", "2"))
+    assert fired(t, fb(1, 30), beat(2), ev(3, "ValidationRequest"), fb(4, 30)) == [4]
 
 
 # --- section 2: stateless conditions -------------------------------------------------------

@@ -171,7 +171,7 @@ def test_rate_limit_config() -> None:
 
 def test_operator_values() -> None:
     assert [op.value for op in Operator] == ["=", "!=", "<", "<=", ">", ">=", "in", "not_in"]
-    assert len(ConditionType) == 10
+    assert len(ConditionType) == 11
 
 
 @pytest.mark.parametrize(

@@ -378,6 +378,26 @@ $$;
 
 
 --
+-- Name: maintenance_cleanup_heartbeats(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_cleanup_heartbeats(retention interval DEFAULT '365 days'::interval, reference timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    removed BIGINT;
+BEGIN
+    DELETE FROM heartbeats
+    WHERE block_time < maintenance_reference(reference)
+        - maintenance_retention(retention, INTERVAL '1 day', 'heartbeats');
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END;
+$$;
+
+
+--
 -- Name: maintenance_cleanup_trigger_evaluations(interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 

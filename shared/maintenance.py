@@ -100,6 +100,12 @@ def default_tasks(policy: RetentionPolicy) -> tuple[Task, ...]:
             (policy.trigger_evaluations_retention,),
         ),
         Task(
+            "cleanup_heartbeats",
+            "SELECT maintenance_cleanup_heartbeats($2, $1)",
+            policy.cleanup_interval,
+            (policy.events_retention,),  # backtests replay them with the events
+        ),
+        Task(
             "refresh_stats_views",
             "SELECT maintenance_refresh_stats_views()",
             policy.refresh_interval,

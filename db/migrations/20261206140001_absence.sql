@@ -14,7 +14,32 @@ CREATE INDEX idx_trigger_state_due ON trigger_state (trigger_id, due_at)
 CREATE INDEX idx_trigger_evaluations_ticks ON trigger_evaluations (trigger_id, block_time)
     WHERE event_id LIKE 'tick:%';
 
+-- Heartbeats (the chains' ticks between events) are kept as long as events, for
+-- backtests: the ingest's maintenance deletes older ones through this wrapper.
+CREATE FUNCTION maintenance_cleanup_heartbeats(
+    retention INTERVAL DEFAULT INTERVAL '365 days', reference TIMESTAMPTZ DEFAULT NULL)
+RETURNS BIGINT
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = public, pg_temp
+AS $$
+DECLARE
+    removed BIGINT;
+BEGIN
+    DELETE FROM heartbeats
+    WHERE block_time < maintenance_reference(reference)
+        - maintenance_retention(retention, INTERVAL '1 day', 'heartbeats');
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION maintenance_cleanup_heartbeats(INTERVAL, TIMESTAMPTZ) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION maintenance_cleanup_heartbeats(INTERVAL, TIMESTAMPTZ)
+    TO erc8004_ingest;
+
 -- migrate:down
+
+DROP FUNCTION IF EXISTS maintenance_cleanup_heartbeats(INTERVAL, TIMESTAMPTZ);
 
 DROP INDEX IF EXISTS idx_trigger_evaluations_ticks;
 DROP INDEX IF EXISTS idx_trigger_state_due;

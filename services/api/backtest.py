@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
 from services.api import queries
 from services.api.models import BacktestIn, BacktestOut, FiringOut
 from shared.db import Conn
-from shared.evaluate import ActionSpec, TriggerSpec
+from shared.evaluate import ActionSpec, TriggerSpec, has_absence
 from shared.events import event_from_row
-from shared.replay import Replay
+from shared.replay import Replay, Step
 from shared.triggers import TriggerCreate
 
 MAX_FIRINGS = 1000
@@ -51,59 +52,113 @@ async def run_backtest(
     time_limit: float,
 ) -> BacktestOut:
     """Replay ``spec`` over the canonical events of its chain and registry with block
-    times in [from, to), in chain order (block number, log index). Must run inside a
-    transaction (a server-side cursor streams the events). Stops, truncated, after
-    ``max_events`` events or ``time_limit`` seconds, yielding to other requests every
-    few hundred events."""
+    times in [from, to), in chain order (block number, log index); an absence trigger
+    over every event of its chain and the chain's heartbeats (its ticks, each after
+    the events of its block). Must run inside a transaction (server-side cursors
+    stream the rows). Stops, truncated, after ``max_events`` events or ``time_limit``
+    seconds, yielding to other requests every few hundred events."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + time_limit
     replay = Replay(spec)
-    scanned = evaluated = fired = 0
+    out = _Tally(body.explain_limit)
+    absence = has_absence(spec)
+    beats = (
+        _Heartbeats(
+            await conn.cursor(queries.BACKTEST_HEARTBEATS, spec.chain_id, body.from_, body.to)
+        )
+        if absence
+        else None
+    )
+    scanned = 0
     truncated = False
-    firings: list[FiringOut] = []
-    explains: list[dict[str, Any]] = []
     sql = queries.backtest_events_sql(max_events + 1)
-    async for row in conn.cursor(
-        sql, spec.chain_id, spec.registry, body.from_, body.to, prefetch=1000
-    ):
+    registry = None if absence else spec.registry
+    async for row in conn.cursor(sql, spec.chain_id, registry, body.from_, body.to, prefetch=1000):
         if scanned == max_events:
             truncated = True
             break
         scanned += 1
-        step = replay.step(event_from_row(row))
+        event = event_from_row(row)
+        if beats is not None:
+            for n, block_hash, at in await beats.before(event.block_number):
+                out.add(replay.tick(spec.chain_id, at, f"hb:{spec.chain_id}-{n}@{block_hash}"))
+        out.add(replay.feed(event) if absence else [s for s in [replay.step(event)] if s])
         if scanned % 500 == 0:
             await asyncio.sleep(0)  # let other requests in between
             if loop.time() > deadline:
                 truncated = True
                 break
-        if step is None:
-            continue
-        evaluated += 1
-        if not step.outcome.fired:
-            continue
-        fired += 1
-        event = step.event
-        if len(firings) < MAX_FIRINGS:
-            firings.append(
-                FiringOut(
-                    event_id=event.id,
-                    block_number=event.block_number,
-                    log_index=event.log_index,
-                    agent_id=event.agent_id,
-                    timestamp=event.timestamp,
-                    block_time=event.block_time,
-                )
-            )
-        if len(explains) < body.explain_limit:
-            explains.append(step.outcome.explain)
+    if beats is not None and not truncated:
+        for n, block_hash, at in await beats.before(None):
+            out.add(replay.tick(spec.chain_id, at, f"hb:{spec.chain_id}-{n}@{block_hash}"))
     return BacktestOut(
         trigger_id=trigger_id,
         from_=body.from_,
         to=body.to,
         events_scanned=scanned,
-        evaluated=evaluated,
-        fired=fired,
+        heartbeats_scanned=0 if beats is None else beats.read,
+        evaluated=out.evaluated,
+        fired=out.fired,
         truncated=truncated,
-        firings=firings,
-        explains=explains,
+        firings=out.firings,
+        explains=out.explains,
     )
+
+
+class _Tally:
+    """What a backtest reports of the replay's steps."""
+
+    def __init__(self, explain_limit: int) -> None:
+        self.explain_limit = explain_limit
+        self.evaluated = self.fired = 0
+        self.firings: list[FiringOut] = []
+        self.explains: list[dict[str, Any]] = []
+
+    def add(self, steps: list[Step]) -> None:
+        for step in steps:
+            # an evaluated event (a tick's firing is not one)
+            self.evaluated += step.outcome.explain.get("mode") != "absence"
+            if not step.outcome.fired:
+                continue
+            self.fired += 1
+            event = step.event
+            if len(self.firings) < MAX_FIRINGS:
+                self.firings.append(
+                    FiringOut(
+                        event_id=event.id,
+                        block_number=event.block_number,
+                        log_index=event.log_index,
+                        agent_id=event.agent_id,
+                        timestamp=event.timestamp,
+                        block_time=event.block_time,
+                    )
+                )
+            if len(self.explains) < self.explain_limit:
+                self.explains.append(step.outcome.explain)
+
+
+class _Heartbeats:
+    """A chain's heartbeats from a cursor, handed out between the events."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        self._buffer: deque[Any] = deque()
+        self._done = False
+        self.read = 0
+
+    async def before(self, block: int | None) -> list[tuple[int, str, int]]:
+        """The heartbeats of blocks before ``block`` (None: all the rest), as
+        (block number, block hash, block time)."""
+        out: list[tuple[int, str, int]] = []
+        while True:
+            if not self._buffer and not self._done:
+                self._buffer = deque(await self._cursor.fetch(1000))
+                self._done = not self._buffer
+            if not self._buffer:
+                return out
+            row = self._buffer[0]
+            if block is not None and row["block_number"] >= block:
+                return out
+            self._buffer.popleft()
+            self.read += 1
+            out.append((row["block_number"], row["block_hash"], row["timestamp"]))

@@ -322,6 +322,8 @@ class BacktestOut(_Out):
     from_: Annotated[datetime, Field(serialization_alias="from")]
     to: datetime
     events_scanned: int
+    #: Absence triggers: the chain's heartbeats replayed as ticks between the events.
+    heartbeats_scanned: int = 0
     #: Events the trigger was evaluated on (its index candidates).
     evaluated: int
     fired: int

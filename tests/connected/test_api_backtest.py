@@ -239,3 +239,68 @@ async def test_backtest_fires_exactly_where_the_reference_does(
         fired += len(expected)
     assert checked >= 50
     assert fired >= 5, "the draw should fire now and then"
+
+
+async def test_an_absence_backtest_ticks_on_the_chains_events_and_heartbeats(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """An absence trigger's backtest reads every event of its chain (any registry) and
+    the chain's stored heartbeats as ticks, in chain order (a heartbeat after the
+    events of its block), and fires where the reference evaluator does."""
+    auth = await signup(client)
+    chain = random.randrange(10_000_000, 2**31 - 1)
+    rng = random.Random(chain)
+    ts = int(time.time()) - 6 * 3600
+    steps: list[tuple[str, Any]] = []
+    events: list[Event] = []
+    beats: list[tuple[int, int, str, datetime]] = []
+    for block in range(2000, 2120):
+        ts += rng.choice((5, 20, 40, 90))
+        kind = rng.random()
+        if kind < 0.2:  # a heartbeat: no registry event in this block
+            block_hash = "0x" + f"{block:064x}"
+            beats.append((chain, block, block_hash, datetime.fromtimestamp(ts, UTC)))
+            steps.append(("tick", (chain, ts)))
+            continue
+        registry_event = (
+            an_event(chain, block, event_type="NewFeedback", agent_id=rng.randrange(1, 4),
+                     timestamp=ts, score=rng.randrange(0, 101))
+            if kind < 0.8
+            else an_event(chain, block, event_type="Registered", agent_id=9, timestamp=ts)
+        )  # fmt: skip
+        events.append(registry_event)
+        steps.append(("event", registry_event))
+    await store_events(db, events)
+    await db.executemany(
+        "INSERT INTO heartbeats (chain_id, block_number, block_hash, block_time)"
+        " VALUES ($1, $2, $3, $4)",
+        beats,
+    )
+    trigger = {
+        "name": "silent agents",
+        "chain_id": chain,
+        "registry": "reputation",
+        "cooldown_seconds": 100,
+        "conditions": [
+            {"condition_type": "score_threshold", "operator": ">=", "value": "30"},
+            {"condition_type": "absence", "operator": ">", "value": "2m",
+             "config": {"scope": "agent"}},
+        ],
+        "actions": [TELEGRAM],
+    }  # fmt: skip
+    expected = reference_firings({**trigger, "conditions": trigger["conditions"]}, steps)
+    body = {
+        "trigger": trigger,
+        "from": events[0].block_time.isoformat(),
+        "to": (datetime.fromtimestamp(ts, UTC) + timedelta(seconds=1)).isoformat(),
+        "explain_limit": 100,
+    }
+    resp = await client.post("/v1/triggers/backtest", json=body, headers=auth)
+    assert resp.status == 200, await resp.text()
+    result = await resp.json()
+    assert result["events_scanned"] == len(events)  # the Registered events too
+    assert result["heartbeats_scanned"] == len(beats)
+    by_version = {event_key(e): e.id for e in events}
+    assert len(expected) >= 3, "the history should have silences"
+    assert [f["event_id"] for f in result["firings"]] == [by_version[v] for v in expected]
+    assert {x["mode"] for x in result["explains"]} == {"absence"}

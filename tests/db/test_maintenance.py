@@ -37,6 +37,7 @@ TASKS = (
     "drop_event_partitions",
     "cleanup_action_results",
     "cleanup_trigger_evaluations",
+    "cleanup_heartbeats",
     "refresh_stats_views",
 )
 
@@ -150,6 +151,16 @@ async def test_maintenance_with_the_clock_moved_forward(
             at,
         )
 
+    for block, at in ((1, now - timedelta(days=400)), (2, now), (3, reference)):
+        await db.execute(
+            "INSERT INTO heartbeats (chain_id, block_number, block_hash, block_time)"
+            " VALUES ($1, $2, $3, $4)",
+            chain,
+            block,
+            "0x" + "ab" * 32,
+            at,
+        )
+
     sched, registry = scheduler(ingest_pool)
 
     # The database refuses a reference time ahead of its clock ...
@@ -207,6 +218,10 @@ async def test_maintenance_with_the_clock_moved_forward(
     )
     assert [r["event_id"] for r in evaluations] == [f"{tag}-new"]
     assert sample(registry, "last_result", task="cleanup_trigger_evaluations") == 1
+    # heartbeats as long as events (backtests replay them together)
+    beats = await db.fetch("SELECT block_number FROM heartbeats WHERE chain_id = $1", chain)
+    assert [r["block_number"] for r in beats] == [3]
+    assert sample(registry, "last_result", task="cleanup_heartbeats") == 2
 
     # The stats views were refreshed after the retention.
     assert (

@@ -91,8 +91,9 @@ class _Batch:
     records: list[queries.Record]
     #: absence triggers -> their locked scope rows (those a tick may fire)
     rows_of: dict[str, set[str]]
-    #: firing ticks recorded before (a redelivery): (trigger, record key) -> explain
-    recorded: dict[tuple[str, str], dict[str, Any]]
+    #: firing ticks recorded before (a redelivery): (trigger, tick key) -> the
+    #: explains of the scopes it fired
+    recorded: dict[tuple[str, str], list[dict[str, Any]]]
     #: firing ticks: (trigger, explain, new: False when recorded before)
     fired: list[tuple[TriggerSpec, dict[str, Any], bool]] = field(default_factory=list)
 
@@ -101,13 +102,15 @@ class _Batch:
         for trigger in triggers:
             if item.ingested_at is not None and item.ingested_at < trigger.enabled_at:
                 continue  # a trigger sees the ticks after it was enabled
+            # fired before (a redelivery): the jobs again, they may not have left
+            again = self.recorded.pop((trigger.id, item.key), [])
+            self.fired += [(trigger, explain, False) for explain in again]
+            done = {explain["scope"] for explain in again}
             for scope in sorted(self.rows_of.get(trigger.id, ()), key=scope_order):
+                if scope in done:
+                    continue
                 row_key = (trigger.id, scope)
                 rec = tick_record(scope, item.key)
-                explain = self.recorded.pop((trigger.id, rec), None)
-                if explain is not None:  # fired before: its jobs may not have left
-                    self.fired.append((trigger, explain, False))
-                    continue
                 row = self.states[row_key]
                 deadline = due_at(trigger, row)
                 if deadline is None or item.time <= deadline:
@@ -331,7 +334,7 @@ class Matcher:
         """Lock the state rows the pairs need and those due before the segment's
         newest tick, in one sorted lock; with the segment's recorded firing ticks."""
         due: list[queries.StateKey] = []
-        recorded: dict[tuple[str, str], dict[str, Any]] = {}
+        recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}
         if absent_ids:
             low, high = min(w.time for w in ticks), max(w.time for w in ticks)
             due = await queries.due_scopes(conn, absent_ids, high)

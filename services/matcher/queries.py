@@ -10,6 +10,7 @@ import asyncpg
 
 from shared.db import Conn
 from shared.events import EVENT_COLUMNS, Event
+from shared.replay import scope_order
 
 TRIGGERS_SQL = """
 SELECT t.id, t.user_id, t.name, t.chain_id, t.registry, t.enabled_at, t.cooldown_seconds,
@@ -403,9 +404,10 @@ async def due_scopes(conn: Conn, trigger_ids: Sequence[str], before: int) -> lis
 
 async def tick_firings(
     conn: Conn, trigger_ids: Sequence[str], low: datetime, high: datetime
-) -> dict[tuple[str, str], dict[str, Any]]:
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Recorded firing ticks of these triggers with block times in [low, high]:
-    (trigger id, record key) -> explain (a redelivered batch produces their jobs again)."""
+    (trigger id, tick key) -> the explains of the scopes it fired, in scope order (a
+    redelivered batch produces their jobs again)."""
     rows = await conn.fetch(
         """
         SELECT trigger_id, event_id, explain FROM trigger_evaluations
@@ -416,7 +418,10 @@ async def tick_firings(
         low,
         high,
     )
-    return {(r["trigger_id"], r["event_id"]): r["explain"] for r in rows}
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: scope_order(r["explain"]["scope"])):
+        found.setdefault((r["trigger_id"], r["explain"]["tick"]["key"]), []).append(r["explain"])
+    return found
 
 
 async def events_by_version(

@@ -717,7 +717,9 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
     assert [(r["scope_key"], r["due_at"]) for r in rows] == [("5", None), ("6", None)]
     # Redelivered from the start to a new group: the recorded firings again, no more.
     procs[0].stop()
-    start_matcher({**matcher_env, "MATCHER_GROUP": "again"}, tmp_path, procs)
+    # (one message per batch: a heartbeat's batch holds no event of the scope it fired)
+    again_env = {**matcher_env, "MATCHER_GROUP": "again", "MATCHER_BATCH_MAX_RECORDS": "1"}
+    start_matcher(again_env, tmp_path, procs)
     again = await read_jobs(kafka_bootstrap, actions_topic, expect=6)
     assert sorted(j.job_id for j in again) == sorted([j.job_id for j in jobs] * 2)
 

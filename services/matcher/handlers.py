@@ -230,6 +230,7 @@ class Matcher:
         events = 0
         for message in segment:
             if isinstance(message, TickMessage):
+                self._metrics.heartbeats.inc()
                 if index.absence_of_chain(message.chain_id):
                     stateful.append(
                         _Tick(message.chain_id, message.timestamp, message.key, message.ingested_at)

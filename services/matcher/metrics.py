@@ -15,6 +15,7 @@ BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 class MatcherMetrics:
     events: Counter
     retractions: Counter
+    heartbeats: Counter
     recomputations: Counter
     candidates: Histogram
     fired: Counter
@@ -44,6 +45,12 @@ class MatcherMetrics:
             retractions=Counter(
                 "erc8004_matcher_retractions_total",
                 "Reorg retractions applied.",
+                registry=registry,
+            ),
+            heartbeats=Counter(
+                "erc8004_matcher_heartbeats_total",
+                "Heartbeats (tick messages of POST /v1/checkpoints) consumed: the chains'"
+                " clock for absence conditions.",
                 registry=registry,
             ),
             recomputations=Counter(

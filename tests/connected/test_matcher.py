@@ -715,6 +715,7 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
         "SELECT scope_key, due_at FROM trigger_state WHERE trigger_id = $1 ORDER BY 1", trigger
     )
     assert [(r["scope_key"], r["due_at"]) for r in rows] == [("5", None), ("6", None)]
+    assert metric(procs[0], "erc8004_matcher_heartbeats_total") == 5
     # Redelivered from the start to a new group: the recorded firings again, no more.
     procs[0].stop()
     # (one message per batch: a heartbeat's batch holds no event of the scope it fired)

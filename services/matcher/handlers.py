@@ -144,7 +144,7 @@ class Matcher:
         """Make a batch's effects durable; returns the number of jobs produced."""
         started = time.perf_counter()
         jobs: list[ActionJob] = []
-        segment: list[EventMessage | TickMessage] = []
+        segment: list[EventMessage | TickMessage | _Tick] = []
         recompute = await self._to_recompute(messages)
         for n, message in enumerate(messages):
             if isinstance(message, TickMessage):
@@ -154,10 +154,15 @@ class Matcher:
                 if n not in recompute:
                     segment.append(message)
                     continue
-                # A revocation recomputes from the records: those before it first.
+                # A revocation recomputes from the records: those before it first,
+                # then its tick, under the history before it (docs/semantics.md 5a).
+                event = message.event
+                segment.append(
+                    _Tick(event.chain_id, event.timestamp, event_key(event), message.ingested_at)
+                )
                 jobs += await self._events(segment)
                 segment = []
-                jobs += await self._events([message], recompute=recompute[n])
+                jobs += await self._events([message], recompute=recompute[n], tick=False)
                 continue
             jobs += await self._events(segment)
             segment = []
@@ -218,10 +223,13 @@ class Matcher:
 
     async def _events(
         self,
-        segment: Sequence[EventMessage | TickMessage],
+        segment: Sequence[EventMessage | TickMessage | _Tick],
         *,
         recompute: set[str] | None = None,
+        tick: bool = True,
     ) -> list[ActionJob]:
+        """Evaluate a run of events and ticks (``tick``: each event is a tick of its
+        chain too; False when the caller took it already)."""
         if not segment:
             return []
         index = self._keeper.index
@@ -229,6 +237,10 @@ class Matcher:
         stateful: list[tuple[Event, TriggerSpec] | _Tick] = []
         events = 0
         for message in segment:
+            if isinstance(message, _Tick):
+                if index.absence_of_chain(message.chain_id):
+                    stateful.append(message)
+                continue
             if isinstance(message, TickMessage):
                 self._metrics.heartbeats.inc()
                 if index.absence_of_chain(message.chain_id):
@@ -238,7 +250,7 @@ class Matcher:
                 continue
             events += 1
             event = message.event
-            if index.absence_of_chain(event.chain_id):  # every event is a tick of its chain
+            if tick and index.absence_of_chain(event.chain_id):  # a tick of its chain too
                 stateful.append(
                     _Tick(event.chain_id, event.timestamp, event_key(event), message.ingested_at)
                 )

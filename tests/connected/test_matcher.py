@@ -725,6 +725,44 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
     assert sorted(j.job_id for j in again) == sorted([j.job_id for j in jobs] * 2)
 
 
+async def test_a_revocation_ticks_before_it_moves_the_silence_back(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """The revocation of the last matching feedback moves the silence back to the
+    feedback before it, already overdue: it fires at the next tick, not at the
+    revocation's own (its tick comes first, under the history before it)."""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    await insert_trigger(
+        db, user_id=user, chain_id=chain, registry="reputation",
+        conditions=[
+            {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
+            {"condition_type": "absence", "operator": ">", "value": "60s",
+             "config": {"scope": "agent"}},
+        ],
+    )  # fmt: skip
+    t0 = int(time.time()) - 86_400
+    a = feedback(chain, 100, 5, score=50, timestamp=t0, client_address=A, feedback_index=1)
+    b = feedback(chain, 101, 5, score=50, timestamp=t0 + 50, client_address=B, feedback_index=1)
+    revoked = event(
+        chain, 102, 0, event_type="FeedbackRevoked", agent_id=5, client_address=B,
+        feedback_index=1, timestamp=t0 + 100,
+    )  # fmt: skip
+    await store_events(db, [a, b, revoked])
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_keyed(kafka_bootstrap, topic, [a, b])
+    await wait_all_evaluated(db, 2)
+    await produce_keyed(kafka_bootstrap, topic, [revoked, heartbeat(chain, 103, t0 + 110)])
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    assert [(j.event.id, j.explain["tick"]["time"]) for j in jobs] == [(a.id, t0 + 110)]
+
+
 async def test_index_survives_losing_its_listen_connection(
     db: asyncpg.Connection,
     matcher_env: dict[str, str],

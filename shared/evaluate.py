@@ -163,11 +163,14 @@ class TriggerSpec:
         return paths
 
     @property
-    def state_signature(self) -> tuple[frozenset[str], str, bool]:
+    def state_signature(self) -> tuple[frozenset[str], str, bool, int]:
         """What the stored state depends on: the identities of the stateful conditions,
-        the condition set's identity (arming) and whether firing times are kept."""
+        the condition set's identity (arming), whether firing times are kept, and
+        for an absence condition the cooldown (its rows' ``due_at`` counts it)."""
         prog = self._program
-        return frozenset(n.cid for n in prog.state_nodes), prog.set_id, prog.cooldown > 0
+        ids = frozenset(n.cid for n in prog.state_nodes)
+        due = prog.cooldown if prog.absence is not None else 0
+        return ids, prog.set_id, prog.cooldown > 0, due
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +216,7 @@ def forget_removed(trigger: TriggerSpec, state: Mapping[str, Any]) -> State:
     are dropped (re-added later, a condition starts from no state), arming of another
     condition set is dropped (the new set starts armed), and the last firing time
     without a cooldown (a cooldown added later counts from the next firing)."""
-    ids, set_id, keeps_firings = trigger.state_signature
+    ids, set_id, keeps_firings, _ = trigger.state_signature
     new: State = {}
     conds = state.get("conditions")
     if isinstance(conds, dict):

@@ -154,3 +154,23 @@ def test_where_an_absence_may_stand(conditions: list[dict[str, Any]], where: str
     assert where in [".".join(str(p) for p in e["loc"]) for e in info.value.errors()]
     body["conditions"] = [cond("score_threshold", ">", "5"), HOUR]
     assert TriggerCreate.model_validate(body).is_stateful
+
+
+def test_an_edit_of_the_cooldown_moves_the_due_time_of_every_row() -> None:
+    """The matcher rewrites the rows of an edited trigger when its state signature
+    changes: for an absence trigger the cooldown is part of it (due_at counts it)."""
+    slow, quick = trig(HOUR, cooldown=7200), trig(HOUR, cooldown=60)
+    assert slow.state_signature != quick.state_signature
+    rows: dict[str, Any] = {}
+    for e in (fb(1, ts=BASE), fb(2, ts=BASE + 3700)):  # fires at the second, restarts
+        for key, row in rows.items():
+            rows[key] = tick(slow, key, row, e.timestamp, event_key(e)).states[key]
+        rows.update(evaluate(slow, e, states={k: rows.get(k) for k in scope_keys(slow, e)}).states)
+    assert rows["42"]["last_fired_at"] == BASE + 3700
+    assert rows["42"]["due_at"] == BASE + 3700 + 7199
+    assert forget_removed(quick, rows["42"])["due_at"] == BASE + 3700 + 3600
+    plain = trig(cond("score_threshold", ">", "5"), cooldown=60)
+    assert (
+        plain.state_signature
+        == trig(cond("score_threshold", ">", "5"), cooldown=70).state_signature
+    )

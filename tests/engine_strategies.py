@@ -3,10 +3,20 @@ engine against tests/reference.py.
 
 `cases()` draws ``(trigger_dict, steps)``: a random trigger (every condition type,
 groups nested with stateful members, mixed scopes, cooldowns, hysteresis, fire_on,
-reset_on_trigger, warm-up) and a random history of two chains (both feedback layouts,
-revocations and responses naming earlier feedback, validation and identity events,
-several events per block, gaps of seconds to hours, reorgs, and a few edits of the
-trigger). Values stay where thresholds cross, so that firings are frequent.
+reset_on_trigger, warm-up; one in five an **absence** trigger, section 5a: stateless
+gate conditions and groups beside one absence condition of either scope, with a
+silence of a second to an hour against block-time gaps of seconds to hours, so that
+silences both run out and end in time, and often a cooldown) and a random history of
+two chains (both feedback layouts, revocations and responses naming earlier feedback,
+validation and identity events, several events per block, gaps of seconds to hours,
+reorgs, **heartbeats** ``("tick", (chain_id, block_time))`` of either chain at or after
+the chain's clock, sometimes a day or a month ahead (later blocks of the chain follow
+them), more of them for absence triggers, and a few edits of the trigger: reordered,
+a condition changed, another cooldown; for absence triggers also a gate changed,
+added or removed, the silence's duration changed, its scope switched (without a
+cooldown), the absence condition replaced by an EMA or a rate window, and now and then
+a trigger edited into an absence trigger). Values stay where thresholds cross, so that
+firings are frequent.
 
 Every trigger dict (also every edit) is the ``model_dump(mode="json")`` shape of a
 `TriggerCreate` that validated; every event is a validated `shared.events.Event`.
@@ -51,6 +61,14 @@ BASE_TIME = 1_700_000_000
 GAPS = (0, 0, 0, 1, 1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800, 3600, 7200)
 WINDOWS = ("30s", "1m", "5m", "15m", "30m", "1h")
 COOLDOWNS = (None, None, 0, 30, 300, 900, 3600)
+#: Absence durations: short against GAPS (several equal to a gap: t > s + D is strict),
+#: so that silences both end in time and run out.
+SILENCES = ("1s", "10s", "30s", "45s", "1m", "2m", "5m", "15m", "1h")
+#: Seconds from the chain's clock to a heartbeat: mostly as between blocks, sometimes a
+#: day or a month ahead (the chain's later blocks follow it).
+TICK_GAPS = (*GAPS, 0, 1, 86_400, 2_592_000)
+#: One trigger in ABSENCE_SHARE is an absence trigger.
+ABSENCE_SHARE = 5
 
 
 def _address(seed: str) -> str:
@@ -237,6 +255,38 @@ def stateful_conditions(
     return st.one_of(ema_conditions(scope), rate_conditions(scope), rate_conditions(scope))
 
 
+@st.composite
+def absence_conditions(draw: st.DrawFn, scope: str | None = None) -> Condition:
+    """Section 5a: no matching event for longer than a duration (field empty or
+    `silence`, scope left out, trigger or agent)."""
+    config: dict[str, Any] = {}
+    if scope is None:
+        _maybe(draw, config, "scope", ("trigger", "agent", "agent"))
+    else:
+        config["scope"] = scope
+    field_name = draw(st.sampled_from(("", "silence")))
+    return _condition("absence", ">", draw(st.sampled_from(SILENCES)), config, field_name)
+
+
+@st.composite
+def stateless_groups(draw: st.DrawFn, registry: str) -> Condition:
+    """A group of stateless members only: part of the gate (section 2)."""
+    op = draw(st.sampled_from(("any", "all", "not")))
+    count = 1 if op == "not" else draw(st.integers(1, 3))
+    nested = [draw(stateless_conditions(registry)) for _ in range(count)]
+    return _condition("group", op, config={"conditions": nested})
+
+
+def gate_conditions(registry: str) -> st.SearchStrategy[Condition]:
+    """A condition of an absence trigger's gate: mostly a leaf, sometimes a group."""
+    return st.one_of(
+        stateless_conditions(registry),
+        stateless_conditions(registry),
+        stateless_conditions(registry),
+        stateless_groups(registry),
+    )
+
+
 def groups(registry: str, depth: int) -> st.SearchStrategy[Condition]:
     """A group of stateless, stateful and (above depth 0) nested group members."""
     member = conditions(registry, depth - 1)
@@ -303,9 +353,25 @@ def raw_triggers(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def raw_absence_triggers(draw: st.DrawFn) -> dict[str, Any]:
+    """Section 5a: up to two gate conditions and one absence condition among them."""
+    registry = draw(st.sampled_from(("reputation",) * 6 + ("validation",) * 2 + ("identity",)))
+    listed = draw(st.lists(gate_conditions(registry), min_size=0, max_size=2))
+    listed.insert(draw(st.integers(0, len(listed))), draw(absence_conditions()))
+    return {
+        "chain_id": draw(st.sampled_from(CHAINS)),
+        "registry": registry,
+        "cooldown_seconds": draw(st.sampled_from(COOLDOWNS)),
+        "conditions": listed,
+    }
+
+
+@st.composite
 def triggers(draw: st.DrawFn) -> dict[str, Any]:
-    """A trigger dict that TriggerCreate accepts, in its dumped shape."""
-    trigger = validated(draw(raw_triggers()))
+    """A trigger dict that TriggerCreate accepts, in its dumped shape: one in
+    ABSENCE_SHARE an absence trigger."""
+    absence = draw(st.integers(1, ABSENCE_SHARE)) == ABSENCE_SHARE
+    trigger = validated(draw(raw_absence_triggers() if absence else raw_triggers()))
     assume(trigger is not None)
     assert trigger is not None
     return trigger
@@ -314,7 +380,7 @@ def triggers(draw: st.DrawFn) -> dict[str, Any]:
 def _stateful_leaves(listed: list[Condition]) -> list[Condition]:
     out: list[Condition] = []
     for c in listed:
-        if c["condition_type"] in ("ema_threshold", "rate_limit"):
+        if c["condition_type"] in ("ema_threshold", "rate_limit", "absence"):
             out.append(c)
         elif c["condition_type"] == "group":
             out.extend(_stateful_leaves((c.get("config") or {}).get("conditions") or []))
@@ -325,21 +391,76 @@ def _agent_firing_scope(listed: list[Condition]) -> bool:
     return any((c.get("config") or {}).get("scope") == "agent" for c in _stateful_leaves(listed))
 
 
+def _absence_at(listed: list[Condition]) -> int | None:
+    """The position of the (top-level) absence condition, None without one."""
+    found = [i for i, c in enumerate(listed) if c["condition_type"] == "absence"]
+    return found[0] if found else None
+
+
+@st.composite
+def _absence_edits(draw: st.DrawFn, current: dict[str, Any], at: int) -> dict[str, Any] | None:
+    """An absence trigger's new definition (section 7: a kept absence condition keeps
+    its silences, a changed one starts from none): a gate condition changed, added
+    or removed (the absence condition kept); the silence's duration changed; its
+    scope switched, only between definitions without a cooldown (the spec does not
+    say what a cooldown does across a switch of firing scope); or, now and then, the
+    absence condition replaced by an EMA or a rate window of the same scope."""
+    listed = list(current["conditions"])
+    registry = current["registry"]
+    absence = listed[at]
+    new = dict(current)
+    kind = draw(st.sampled_from(("gate", "gate", "duration", "scope", "replace")))
+    if kind == "gate":
+        gates = [i for i in range(len(listed)) if i != at]
+        what = draw(st.sampled_from(("change", "add", "remove")))
+        if what == "change" and gates:
+            i = draw(st.sampled_from(gates))
+            listed[i] = draw(gate_conditions(registry))
+        elif what == "remove" and gates:
+            del listed[draw(st.sampled_from(gates))]
+        else:
+            listed.insert(draw(st.integers(0, len(listed))), draw(gate_conditions(registry)))
+    elif kind == "duration":
+        listed[at] = {**absence, "value": draw(st.sampled_from(SILENCES))}
+    elif kind == "scope":
+        if current.get("cooldown_seconds"):
+            return None
+        scope = "agent" if absence["config"].get("scope") != "agent" else "trigger"
+        listed[at] = {**absence, "config": {**absence["config"], "scope": scope}}
+    else:
+        scope = str(absence["config"].get("scope") or "trigger")
+        listed[at] = draw(stateful_conditions(registry, scope))
+    new["conditions"] = listed
+    return validated(new)
+
+
 @st.composite
 def edits(draw: st.DrawFn, current: dict[str, Any]) -> dict[str, Any] | None:
-    """A new definition: conditions reordered, one condition changed, or another cooldown.
+    """A new definition: conditions reordered, one condition changed, or another cooldown
+    (an absence trigger: see `_absence_edits` too).
 
     A changed condition keeps the trigger's firing scope (trigger or agent): the spec
-    does not say what a cooldown does across a switch of firing scope.
+    does not say what a cooldown does across a switch of firing scope. Now and then the
+    changed condition is an absence condition (valid when it replaces the trigger's only
+    stateful condition, or when the trigger has none).
     """
     listed = list(current["conditions"])
-    kind = draw(st.sampled_from(("reorder", "change", "cooldown")))
+    at = _absence_at(listed)
+    if at is None:
+        kind = draw(st.sampled_from(("reorder", "change", "cooldown")))
+    else:
+        kind = draw(st.sampled_from(("reorder", "change", "cooldown", "absence", "absence")))
     new = dict(current)
+    if kind == "absence" and at is not None:
+        return draw(_absence_edits(current, at))
     if kind == "reorder" and len(listed) >= 2:
         new["conditions"] = draw(st.permutations(listed))
     elif kind == "change" and listed:
         i = draw(st.integers(0, len(listed) - 1))
-        changed = draw(conditions(current["registry"]))
+        if at is not None or draw(st.integers(0, 9)) > 0:
+            changed = draw(conditions(current["registry"]))
+        else:
+            changed = draw(absence_conditions())
         candidate = [*listed[:i], changed, *listed[i + 1 :]]
         if _agent_firing_scope(candidate) != _agent_firing_scope(listed):
             return None
@@ -369,6 +490,9 @@ class Chain:
     #: (agent, client, feedback index) of every NewFeedback drawn so far.
     feedbacks: list[tuple[int, str, int]] = field(default_factory=list)
     next_index: dict[tuple[int, str], int] = field(default_factory=dict)
+    #: The chain's clock: the block time of its newest block or heartbeat (block times
+    #: never decrease along a chain, heartbeats included).
+    clock: int = BASE_TIME
 
 
 def _tags() -> tuple[str | None, ...]:
@@ -479,9 +603,19 @@ def _registry_for(draw: st.DrawFn, watched: str) -> str:
     return chosen
 
 
+def _undoable(current: dict[str, Any], earlier: dict[str, Any]) -> bool:
+    """Whether an edit may go back to an earlier definition: one of the same firing
+    scope, or (absence edits switch scopes) a switch between definitions without a
+    cooldown, so that no firing time ever crosses a switch of firing scope."""
+    same = _agent_firing_scope(current["conditions"]) == _agent_firing_scope(earlier["conditions"])
+    return same or not (current.get("cooldown_seconds") or earlier.get("cooldown_seconds"))
+
+
 @st.composite
 def histories(draw: st.DrawFn, trigger: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Steps over two chains: blocks of events, reorgs and a few edits of the trigger."""
+    """Steps over two chains: blocks of events, heartbeats, reorgs and a few edits of the
+    trigger. Heartbeats (section 5a) are ``("tick", (chain_id, block_time))`` at or
+    after the chain's clock; more of them for an absence trigger."""
     chains = {chain_id: Chain(chain_id) for chain_id in CHAINS}
     watched = trigger["chain_id"]
     other = next(c for c in CHAINS if c != watched)
@@ -490,13 +624,19 @@ def histories(draw: st.DrawFn, trigger: dict[str, Any]) -> list[tuple[str, Any]]
     forks = 0
     edits_left = draw(st.integers(0, 3))
     operations = draw(st.integers(1, 40))
+    ticks = ("tick",) * (4 if _absence_at(trigger["conditions"]) is not None else 1)
     for _ in range(operations):
-        operation = draw(st.sampled_from(("block",) * 8 + ("reorg", "edit")))
+        operation = draw(st.sampled_from(("block",) * 8 + ("reorg", "edit", *ticks)))
         chain = chains[draw(st.sampled_from((watched, watched, watched, other)))]
+        if operation == "tick":
+            chain.clock += draw(st.sampled_from(TICK_GAPS))
+            steps.append(("tick", (chain.chain_id, chain.clock)))
+            continue
         if operation == "edit":
             if edits_left > 0:
                 edits_left -= 1
                 earlier = [p for kind, p in steps if kind == "edit"] + [trigger]
+                earlier = [p for p in earlier if _undoable(current, p)]
                 if draw(st.integers(0, 3)) == 0:
                     new = draw(st.sampled_from(earlier))  # an edit undone (A -> B -> A)
                 else:
@@ -531,7 +671,8 @@ def histories(draw: st.DrawFn, trigger: dict[str, Any]) -> list[tuple[str, Any]]
             continue
         last = chain.blocks[-1] if chain.blocks else None
         number = (last.number if last else 100) + draw(st.integers(1, 3))
-        timestamp = (last.timestamp if last else BASE_TIME) + draw(st.sampled_from(GAPS))
+        chain.clock += draw(st.sampled_from(GAPS))  # after the newest block or heartbeat
+        timestamp = chain.clock
         block = Block(number, timestamp, _hash(f"block:{chain.chain_id}:{number}:0"))
         count = draw(st.integers(1, 3))
         for log_index in range(count):

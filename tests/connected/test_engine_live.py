@@ -5,6 +5,7 @@ PostgreSQL, a real local webhook receiver."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -24,7 +25,15 @@ from aiokafka import AIOKafkaProducer
 
 from services.ingest.app import create_app
 from shared.events import Event, event_key
-from shared.jobs import ActionJob, EventMessage, RetractionMessage, dump_message, job_id
+from shared.jobs import (
+    ActionJob,
+    AnyTopicMessage,
+    EventMessage,
+    RetractionMessage,
+    TickMessage,
+    dump_message,
+    job_id,
+)
 from shared.kafka import LagProbe
 from shared.topics import event_key as topic_key
 from tests.apiutil import store_events
@@ -34,7 +43,7 @@ from tests.engine_strategies import CHAINS, cases
 from tests.kafkautil import read_topic
 from tests.matcherutil import insert_trigger, insert_user
 from tests.procs import ServiceProcess
-from tests.reference import Step, reference_firings
+from tests.reference import Step, reference_firing_steps
 from tools.benchdb import scratch_topic
 from tools.eventgen import make_event
 
@@ -165,10 +174,26 @@ async def delivered(receiver: Receiver, n: int) -> bool:
 # --------------------------------------------------------------------------- differential
 
 
+#: One case in this many is an absence trigger (when the draw has enough of them).
+ABSENCE_CASES = 4
+
+
+def is_absence(case: tuple[dict[str, Any], list[Step]]) -> bool:
+    return any(c["condition_type"] == "absence" for c in case[0]["conditions"])
+
+
+def live_size(case: tuple[dict[str, Any], list[Step]]) -> int:
+    """How a case ranks: by its steps; an absence case by those before its first edit
+    (the steps the live test sends: its edits cut the histories of absence triggers,
+    which have more edit kinds, short)."""
+    return len(until_first_edit(case[1])) if is_absence(case) else len(case[1])
+
+
 def draw_cases(n: int, seed: int) -> list[tuple[dict[str, Any], list[Step]]]:
     """n cases of tests/engine_strategies.py, the same ones for a seed: of 10n drawn,
     one per distinct trigger (hypothesis repeats and mutates its examples), the n with
-    the most steps (it starts with its smallest)."""
+    the most steps (it starts with its smallest), one in ABSENCE_CASES of them among
+    the absence triggers."""
     drawn: list[tuple[dict[str, Any], list[Step]]] = []
 
     @hypothesis.seed(seed)
@@ -187,9 +212,11 @@ def draw_cases(n: int, seed: int) -> list[tuple[dict[str, Any], list[Step]]]:
     distinct: dict[str, tuple[dict[str, Any], list[Step]]] = {}
     for case in drawn:
         key = json.dumps(case[0], sort_keys=True)
-        if key not in distinct or len(case[1]) > len(distinct[key][1]):
+        if key not in distinct or live_size(case) > live_size(distinct[key]):
             distinct[key] = case
-    return sorted(distinct.values(), key=lambda case: len(case[1]), reverse=True)[:n]
+    ranked = sorted(distinct.values(), key=live_size, reverse=True)
+    absent = [case for case in ranked if is_absence(case)][: n // ABSENCE_CASES]
+    return [case for case in ranked if not is_absence(case)][: n - len(absent)] + absent
 
 
 def remap(
@@ -209,6 +236,9 @@ def remap(
                 chain, _, rest = key.partition("-")
                 keys.add(f"{chains[int(chain)]}-{rest}")
             out.append((kind, frozenset(keys)))
+        elif kind == "tick":
+            chain_id, block_time = payload
+            out.append((kind, (chains[chain_id], block_time)))
         else:
             out.append((kind, {**payload, "chain_id": chains[payload["chain_id"]]}))
     return {**trigger, "chain_id": chains[trigger["chain_id"]]}, out
@@ -226,13 +256,29 @@ def until_first_edit(steps: list[Step]) -> list[Step]:
 
 
 def topic_messages(steps: list[Step]) -> list[tuple[bytes, bytes]]:
-    """(key, value) of erc8004.events for the steps, as ingest would produce them."""
+    """(key, value) of erc8004.events for the steps, as ingest would produce them: a
+    heartbeat as a TickMessage in its chain's partition, at the chain's newest block
+    number so far, with a block hash of its own (each heartbeat is another tick)."""
     now = datetime.now(UTC)
     out = []
-    for kind, payload in steps:
+    height: dict[int, int] = {}
+    for n, (kind, payload) in enumerate(steps):
+        message: AnyTopicMessage
         if kind == "event":
+            height[payload.chain_id] = max(height.get(payload.chain_id, 0), payload.block_number)
             message = EventMessage(kind="event", event=payload, ingested_at=now)
             out.append((topic_key(payload.chain_id), dump_message(message)))
+        elif kind == "tick":
+            chain, block_time = payload
+            message = TickMessage(
+                kind="tick",
+                chain_id=chain,
+                block_number=height.get(chain, 0),
+                block_hash="0x" + hashlib.sha256(f"hb:{chain}:{n}".encode()).hexdigest(),
+                timestamp=block_time,
+                ingested_at=now,
+            )
+            out.append((topic_key(chain), dump_message(message)))
         else:
             chain = int(next(iter(payload)).partition("-")[0])
             blocks = [int(k.split("-")[1]) for k in payload]
@@ -282,17 +328,22 @@ async def test_live_matchers_fire_exactly_where_the_reference_does(
     procs: list[ServiceProcess],
 ) -> None:
     """Random triggers and histories (tests/engine_strategies.py: every condition
-    type, groups, mixed scopes, cooldowns, several agents on two chains each, both
-    feedback layouts, revocations, reorgs with replacements, stored in the events table
-    as ingest stores them) through two live matcher
+    type, groups, mixed scopes, cooldowns, absence triggers, several agents on two
+    chains each, both feedback layouts, revocations, reorgs with replacements,
+    heartbeats as TickMessages in their chain's partition, events stored in the events
+    table as ingest stores them) through two live matcher
     processes at once, one of them killed (-9) mid-stream and started again (a
     rebalance each time, and redelivery of what it had not committed): the set of
     (trigger, event version) firings on erc8004.actions equals the reference
-    evaluator's (tests/reference.py, written from docs/semantics.md alone)."""
+    evaluator's (tests/reference.py, written from docs/semantics.md alone), an absence
+    firing as the version of its silence's last matching event, at the same tick
+    (block time) and in the same scope as the reference's."""
     seed = os.environ.get("ENGINE_LIVE_SEED")
     base = int(seed) if seed else random.randrange(10_000_000, 2**31 - 100_000)
     user = await insert_user(db)
     expected: set[tuple[str, str]] = set()
+    #: absence firings: (trigger, event version, block time of the tick, scope row)
+    expected_ticks: set[tuple[str, str, int, str]] = set()
     drawn: dict[str, tuple[dict[str, Any], list[Step]]] = {}
     lanes: list[list[tuple[bytes, bytes]]] = []
     for n, case in enumerate(draw_cases(24, seed=base)):
@@ -307,7 +358,13 @@ async def test_live_matchers_fire_exactly_where_the_reference_does(
             conditions=trigger["conditions"],
             cooldown_seconds=trigger.get("cooldown_seconds"),
         )
-        expected |= {(trigger_id, v) for v in reference_firings(trigger, steps)}
+        firings = reference_firing_steps(trigger, steps)
+        expected |= {(trigger_id, v) for _, v in firings}
+        if any(c["condition_type"] == "absence" for c in trigger["conditions"]):
+            expected_ticks |= {
+                (trigger_id, v, tick_time(steps[at]), scope_row(trigger, v, steps))
+                for at, v in firings
+            }
         drawn[trigger_id] = (trigger, steps)
         lanes.append(topic_messages(steps))
         # stored as ingest stores them: a recomputation reads the events back
@@ -345,10 +402,41 @@ async def test_live_matchers_fire_exactly_where_the_reference_does(
     jobs = [ActionJob.parse(r.value) for r in records]
     got = {(job.trigger_id, event_key(job.event)) for job in jobs}
     assert got == expected, f"ENGINE_LIVE_SEED={base}\n" + explain_difference(got, expected, drawn)
+    for job in jobs:  # the absence firings' jobs too: one id per (trigger, version, action)
+        assert job.job_id == job_id(job.trigger_id, event_key(job.event), job.action_id)
+    got_ticks = {
+        (job.trigger_id, event_key(job.event), job.explain["tick"]["time"], job.explain["scope"])
+        for job in jobs
+        if job.explain.get("mode") == "absence"
+    }
+    assert got_ticks == expected_ticks, f"ENGINE_LIVE_SEED={base}\n" + explain_difference(
+        {(t, f"{v} at {time} scope {scope!r}") for t, v, time, scope in got_ticks},
+        {(t, f"{v} at {time} scope {scope!r}") for t, v, time, scope in expected_ticks},
+        drawn,
+    )
     # the revocations and reorgs were recomputed exactly, never by the fallback
     logs = "".join(p.log_text() for p in (one, two, again))
     assert "recomputation not possible" not in logs
     assert logs.count('"exact": true') >= 3, "the draw should recompute now and then"
+
+
+def tick_time(step: Step) -> int:
+    """The block time of the tick of a step where an absence trigger fired."""
+    kind, payload = step
+    if kind == "event":
+        return int(payload.timestamp)
+    assert kind == "tick"
+    return int(payload[1])
+
+
+def scope_row(trigger: dict[str, Any], version: str, steps: list[Step]) -> str:
+    """The state row an absence firing reported as ``version`` fired (explain["scope"]):
+    '' for the trigger scope, else the agent id of the silence's last matching event."""
+    (absence,) = [c for c in trigger["conditions"] if c["condition_type"] == "absence"]
+    if (absence.get("config") or {}).get("scope") != "agent":
+        return ""
+    (agent,) = {e.agent_id for kind, e in steps if kind == "event" and event_key(e) == version}
+    return "" if agent is None else str(agent)
 
 
 def explain_difference(
@@ -367,6 +455,8 @@ def explain_difference(
             shown: Any = (
                 payload.model_dump(mode="json", exclude_none=True)
                 if isinstance(payload, Event)
+                else list(payload)
+                if isinstance(payload, tuple)
                 else sorted(payload)
             )
             lines.append(f"  {kind}: {json.dumps(shown)}")

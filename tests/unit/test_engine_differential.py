@@ -1,9 +1,11 @@
 """The engine (shared/evaluate.py through shared/replay.py, as the backtest runs it)
 against the reference evaluator (tests/reference.py, written from docs/semantics.md
 alone): random triggers of every condition type, groups, mixed scopes, cooldowns,
-over random histories of several chains and agents, both feedback layouts,
-revocations, reorgs with replacements and edits between events. Both must fire on
-exactly the same event versions. ``make fuzz-engine`` runs the same property long."""
+absence triggers (section 5a), over random histories of several chains and agents,
+both feedback layouts, revocations, reorgs with replacements, heartbeats and edits
+between events. Both must fire on exactly the same event versions, in the same order
+(an absence firing: the version of its silence's last matching event).
+``make fuzz-engine`` runs the same property long."""
 
 from __future__ import annotations
 
@@ -45,14 +47,27 @@ def spec_of(trigger: dict[str, Any]) -> Any:
 
 
 def engine_firings(trigger: dict[str, Any], steps: list[Step]) -> list[str]:
+    """The versions the engine's firings report, in order: an event's own, or for an
+    absence firing at a tick its silence's last matching event (``Step.event``)."""
     replay = Replay(spec_of(trigger))
     fired: list[str] = []
-    for kind, payload in steps:
+    for n, (kind, payload) in enumerate(steps):
         if kind == "event":
             assert isinstance(payload, Event)
-            step = replay.step(payload)
-            if step is not None and step.outcome.fired:
-                fired.append(event_key(payload))
+            for step in replay.feed(payload):  # the event's tick first, then the event
+                if not step.outcome.fired:
+                    continue
+                if step.outcome.explain.get("mode") == "absence":
+                    fired.append(event_key(step.event))
+                else:
+                    assert step.event is payload
+                    fired.append(event_key(payload))
+        elif kind == "tick":
+            chain_id, block_time = payload
+            for step in replay.tick(chain_id, block_time, f"hb:{n}"):
+                assert step.outcome.fired
+                assert step.outcome.explain["mode"] == "absence"
+                fired.append(event_key(step.event))
         elif kind == "retract":
             replay.retract(trigger["chain_id"], payload)
         else:
@@ -78,6 +93,8 @@ def test_engine_fires_exactly_where_the_reference_does(
         shown: Any
         if isinstance(payload, Event):
             shown = payload.model_dump(mode="json", exclude_none=True)
+        elif isinstance(payload, tuple):  # a heartbeat: (chain_id, block_time)
+            shown = list(payload)
         else:
             shown = payload if isinstance(payload, dict) else sorted(payload)
         note(f"{kind}: {json.dumps(shown)}")

@@ -1,0 +1,115 @@
+"""The agents resource: an agent's MCP bearer token, set and removed with an
+EIP-191 signature by the agent's current owner (expiry and single-use nonce
+checked), stored encrypted."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from services.api import queries
+from services.api.common import (
+    POOL,
+    SECRETS,
+    ApiError,
+    detail,
+    json_ok,
+    not_found,
+    parse_body,
+    path_int,
+)
+from services.api.models import McpTokenIn, McpTokenOut, McpTokenRemovalIn
+from services.api.routes._shared import log
+from services.api.signatures import (
+    mcp_token_message,
+    mcp_token_removal_message,
+    recover_signer,
+)
+from shared.events import INT32_MAX, INT63_MAX
+
+#: How far ahead an MCP token signature may expire (it is accepted once anyway).
+MAX_SIGNATURE_VALIDITY = 3600
+
+
+def _agent_path(request: web.Request) -> tuple[int, int]:
+    return (
+        path_int(request, "chain_id", low=1, high=INT32_MAX),
+        path_int(request, "agent_id", low=0, high=INT63_MAX),
+    )
+
+
+def _signer(body: McpTokenRemovalIn, message: str) -> str:
+    """The address that signed ``message``, after checking the body's expiry."""
+    now = time.time()
+    if body.expires_at <= now:
+        raise ApiError(422, "invalid body", [detail(("body", "expires_at"), "has passed")])
+    if body.expires_at > now + MAX_SIGNATURE_VALIDITY:
+        raise ApiError(
+            422,
+            "invalid body",
+            [detail(("body", "expires_at"), f"at most {MAX_SIGNATURE_VALIDITY} s ahead")],
+        )
+    signer = recover_signer(message, body.signature)
+    if signer is None:
+        raise ApiError(
+            422, "invalid body", [detail(("body", "signature"), "not a valid signature")]
+        )
+    return signer
+
+
+async def _owner_check(
+    conn: Any, chain_id: int, agent_id: int, signer: str, body: McpTokenRemovalIn
+) -> str:
+    """The agent's current owner, if it is the signer and the nonce is new."""
+    owner = await queries.agent_owner(conn, chain_id, agent_id)
+    if owner is None:
+        raise not_found("no Registered event of this agent is known")
+    if owner.lower() != signer:
+        log.info("mcp token refused: not the owner", chain_id=chain_id, agent_id=agent_id)
+        raise ApiError(403, "the signature is not by the agent's current owner")
+    expires = datetime.fromtimestamp(body.expires_at, UTC)
+    if not await queries.use_nonce(conn, chain_id, agent_id, body.nonce, expires):
+        raise ApiError(409, "this signed message was used already (nonce)")
+    return owner.lower()
+
+
+async def put_mcp_token(request: web.Request) -> web.Response:
+    chain_id, agent_id = _agent_path(request)
+    body = await parse_body(request, McpTokenIn)
+    token = body.token.get_secret_value()
+    message = mcp_token_message(
+        chain_id=chain_id,
+        agent_id=agent_id,
+        token=token,
+        nonce=body.nonce,
+        expires_at=body.expires_at,
+    )
+    signer = _signer(body, message)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        owner = await _owner_check(conn, chain_id, agent_id, signer, body)
+        ciphertext = request.app[SECRETS].encrypt(
+            token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
+        )
+        row = await queries.upsert_mcp_token(
+            conn, chain_id, agent_id, ciphertext=ciphertext, owner=owner
+        )
+    log.info("mcp token stored", chain_id=chain_id, agent_id=agent_id)
+    return json_ok(McpTokenOut(**dict(row)))
+
+
+async def delete_mcp_token(request: web.Request) -> web.Response:
+    chain_id, agent_id = _agent_path(request)
+    body = await parse_body(request, McpTokenRemovalIn)
+    message = mcp_token_removal_message(
+        chain_id=chain_id, agent_id=agent_id, nonce=body.nonce, expires_at=body.expires_at
+    )
+    signer = _signer(body, message)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _owner_check(conn, chain_id, agent_id, signer, body)
+        if not await queries.delete_mcp_token(conn, chain_id, agent_id):
+            raise not_found("no MCP token is stored for this agent")
+    log.info("mcp token deleted", chain_id=chain_id, agent_id=agent_id)
+    return web.Response(status=204)

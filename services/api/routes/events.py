@@ -1,0 +1,114 @@
+"""The events and statistics resources: stored events, newest first, the events
+per hour, and the user's actions per hour."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.api import queries
+from services.api.common import (
+    POOL,
+    cursor_time,
+    decode_cursor,
+    json_ok,
+    parse_query,
+    user_id,
+)
+from services.api.models import (
+    ActionStatOut,
+    EventsQuery,
+    EventStatOut,
+    Page,
+    StatsActionsQuery,
+    StatsEventsQuery,
+)
+from services.api.routes._shared import _page
+from shared.events import Event, event_from_row
+
+
+async def list_events(request: web.Request) -> web.Response:
+    query = parse_query(request, EventsQuery)
+    after = decode_cursor(query.cursor, (str, str, str))
+    where = queries.Where()
+    for column, value in (
+        ("chain_id", query.chain_id),
+        ("registry", None if query.registry is None else query.registry.value),
+        ("event_type", query.event_type),
+        ("agent_id", query.agent_id),
+    ):
+        if value is not None:
+            where.add(f"e.{column} = {{}}", value)
+    if query.from_block is not None:
+        where.add("e.block_number >= {}", query.from_block)
+    if query.to_block is not None:
+        where.add("e.block_number <= {}", query.to_block)
+    if query.since is not None:
+        where.add("e.block_time >= {}", query.since)
+    if query.until is not None:
+        where.add("e.block_time < {}", query.until)
+    async with request.app[POOL].acquire() as conn:
+        rows = await queries.list_events(
+            conn,
+            where,
+            after=None if after is None else (cursor_time(after[0]), after[1], after[2]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(
+        rows, query.limit, lambda r: [r["block_time"].isoformat(), r["id"], r["block_hash"]]
+    )
+    return json_ok(Page[Event](items=[event_from_row(r) for r in rows], next_cursor=cursor))
+
+
+async def event_stats(request: web.Request) -> web.Response:
+    query = parse_query(request, StatsEventsQuery)
+    after = decode_cursor(query.cursor, (str, int, str, str))
+    where = queries.Where()
+    for column, value in (
+        ("chain_id", query.chain_id),
+        ("registry", None if query.registry is None else query.registry.value),
+        ("event_type", query.event_type),
+    ):
+        if value is not None:
+            where.add(f"{column} = {{}}", value)
+    if query.since is not None:
+        where.add("hour >= {}", query.since)
+    if query.until is not None:
+        where.add("hour < {}", query.until)
+    async with request.app[POOL].acquire() as conn:
+        rows = await queries.list_event_stats(
+            conn,
+            where,
+            after=None if after is None else (cursor_time(after[0]), *after[1:]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(
+        rows,
+        query.limit,
+        lambda r: [r["hour"].isoformat(), r["chain_id"], r["registry"], r["event_type"]],
+    )
+    return json_ok(
+        Page[EventStatOut](items=[EventStatOut(**dict(r)) for r in rows], next_cursor=cursor)
+    )
+
+
+async def action_stats(request: web.Request) -> web.Response:
+    query = parse_query(request, StatsActionsQuery)
+    after = decode_cursor(query.cursor, (str, str))
+    where = queries.Where()
+    if query.action_type is not None:
+        where.add("action_type = {}", query.action_type.value)
+    if query.since is not None:
+        where.add("hour >= {}", query.since)
+    if query.until is not None:
+        where.add("hour < {}", query.until)
+    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+        rows = await queries.list_action_stats(
+            conn,
+            where,
+            after=None if after is None else (cursor_time(after[0]), after[1]),
+            limit=query.limit,
+        )
+    rows, cursor = _page(rows, query.limit, lambda r: [r["hour"].isoformat(), r["action_type"]])
+    return json_ok(
+        Page[ActionStatOut](items=[ActionStatOut(**dict(r)) for r in rows], next_cursor=cursor)
+    )

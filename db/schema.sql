@@ -2109,6 +2109,13 @@ CREATE UNIQUE INDEX idx_events_hourly_key ON public.events_hourly USING btree (h
 
 
 --
+-- Name: idx_heartbeats_block_time; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_heartbeats_block_time ON public.heartbeats USING btree (block_time);
+
+
+--
 -- Name: idx_heartbeats_chain_id_block_time; Type: INDEX; Schema: public; Owner: -
 --
 

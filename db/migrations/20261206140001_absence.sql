@@ -16,6 +16,7 @@ CREATE INDEX idx_trigger_evaluations_ticks ON trigger_evaluations (trigger_id, b
 
 -- Heartbeats (the chains' ticks between events) are kept as long as events, for
 -- backtests: the ingest's maintenance deletes older ones through this wrapper.
+CREATE INDEX idx_heartbeats_block_time ON heartbeats (block_time);
 CREATE FUNCTION maintenance_cleanup_heartbeats(
     retention INTERVAL DEFAULT INTERVAL '365 days', reference TIMESTAMPTZ DEFAULT NULL)
 RETURNS BIGINT
@@ -40,6 +41,7 @@ GRANT EXECUTE ON FUNCTION maintenance_cleanup_heartbeats(INTERVAL, TIMESTAMPTZ)
 -- migrate:down
 
 DROP FUNCTION IF EXISTS maintenance_cleanup_heartbeats(INTERVAL, TIMESTAMPTZ);
+DROP INDEX IF EXISTS idx_heartbeats_block_time;
 
 DROP INDEX IF EXISTS idx_trigger_evaluations_ticks;
 DROP INDEX IF EXISTS idx_trigger_state_due;

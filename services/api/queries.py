@@ -419,13 +419,13 @@ async def list_results(
     if after is not None:
         where.add(f"({RESULT_TIME}, r.id) < ({{}}::text::timestamptz, {{}})", *after)
     version = where.param(events_of_version)
+    explain = FIRING_EXPLAIN.format(trigger="r.trigger_id", version="r.event_version")
     return await conn.fetch(
         f"""
         SELECT r.*, x.explain AS recorded_explain, e.*
         FROM (SELECT {RESULT_COLUMNS} FROM action_results r WHERE {where.sql()}
               ORDER BY {RESULT_TIME} DESC, r.id DESC LIMIT {limit + 1}) r
-        LEFT JOIN trigger_evaluations x
-          ON x.trigger_id = r.trigger_id AND x.event_id = r.event_version AND x.fired
+        LEFT JOIN LATERAL ({explain}) x ON true
         LEFT JOIN LATERAL (
             SELECT {RESULT_EVENT_COLUMNS} FROM events e
             WHERE {version}::int IS NOT NULL AND x.explain IS NULL
@@ -462,13 +462,22 @@ async def get_canonical_event(conn: Conn, event_id: str) -> asyncpg.Record | Non
     )
 
 
+#: The recorded explain of a trigger's firing for an event version: the event's own
+#: evaluation, or (an absence firing, docs/semantics.md 5a) the record of the tick
+#: that fired the silence the event started.
+FIRING_EXPLAIN = """
+        SELECT x.explain FROM trigger_evaluations x
+        WHERE x.trigger_id = {trigger} AND x.fired
+          AND (x.event_id = {version}
+               OR (x.event_id LIKE 'tick:%' AND x.explain ->> 'event_version' = {version}))
+        ORDER BY x.seq NULLS FIRST LIMIT 1"""
+
+
 async def get_evaluation_explain(
     conn: Conn, trigger_id: str, event_key: str
 ) -> dict[str, Any] | None:
     value: dict[str, Any] | None = await conn.fetchval(
-        "SELECT explain FROM trigger_evaluations WHERE trigger_id = $1 AND event_id = $2 AND fired",
-        trigger_id,
-        event_key,
+        FIRING_EXPLAIN.format(trigger="$1", version="$2"), trigger_id, event_key
     )
     return value
 

@@ -41,7 +41,8 @@ from tests.apiutil import (
 )
 from tests.kafkautil import read_topic
 
-pytestmark = [pytest.mark.db]
+# Kafka: the kafka_bootstrap fixture creates the topics, and redrives produce jobs.
+pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 CHAIN = 84532
 OTHER_SECRET = "another-secret-0123456789abcdefghijkl"
@@ -925,6 +926,28 @@ async def test_results_carry_the_firings_explain_and_the_versions(
     for jid in (s_not_fired, s_gone):
         assert got[jid]["explain"] is None, jid
         assert got[jid]["explain_source"] is None, jid
+
+    # Absence: the firing's explain is the record of the tick that fired the silence
+    # the event started (the event's own evaluation did not fire).
+    silent = await create(a_trigger(CHAIN, name="silent", conditions=[
+        {"condition_type": "absence", "operator": ">", "value": "1m",
+         "config": {"scope": "agent"}},
+    ]))  # fmt: skip
+    ticked = {**recorded, "trigger_id": silent["id"], "mode": "absence", "tick": {"time": 9}}
+    await db.execute(
+        "INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)"
+        " VALUES ($1, $2, false, NULL), ($1, $3, true, $4)",
+        silent["id"],
+        version,
+        f"tick:{stored.agent_id}:hb:{CHAIN}-301@0x{'a' * 64}",
+        ticked,
+    )
+    a_silence = await seed_result(
+        db, silent["id"], user, event_id=stored.id, event_version=version, trigger_version=1
+    )
+    got = await items(silent["id"])
+    assert got[a_silence]["explain"] == ticked
+    assert got[a_silence]["explain_source"] == "recorded"
 
     got = await items(tid)
     explain = got[t_recomputed]["explain"]

@@ -69,6 +69,7 @@ __all__ = [
     "retract",
     "scope_keys",
     "tick",
+    "with_due",
 ]
 
 #: Fixed arithmetic of the EMA (independent of the thread's decimal context).
@@ -1238,6 +1239,12 @@ def due_at(trigger: TriggerSpec, row: Mapping[str, Any] | None) -> int | None:
     if prog.absence is None or not row:
         return None
     return _due(prog, prog.absence, row)
+
+
+def with_due(trigger: TriggerSpec, row: Mapping[str, Any]) -> State:
+    """A copy of the row with the ``due_at`` its state gives under this definition
+    (a row written under an earlier one may carry another)."""
+    return _with_due(trigger._program, dict(row))
 
 
 def has_absence(trigger: TriggerSpec) -> bool:

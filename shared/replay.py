@@ -7,6 +7,7 @@ compiles its index with :func:`compile_trigger`; the API's backtest runs
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
@@ -314,8 +315,10 @@ class Replay:
         self._index = TriggerIndex([trigger])
         self._records: list[Evaluated] = []
         #: Absence triggers: the events evaluated, by version (a firing names the
-        #: silence's last matching event).
+        #: silence's last matching event), and a heap of (due time, scope row),
+        #: checked against the row when popped (an entry whose row moved on is stale).
         self._events: dict[str, Event] = {}
+        self._due: list[tuple[int, str]] = []
         #: The rows before record i * SNAPSHOT_EVERY, and the definition they are under.
         self._snapshots: list[tuple[dict[str, State], TriggerSpec]] = []
 
@@ -342,6 +345,7 @@ class Replay:
                 self._events[event_key(event)] = event
         for key in outcome.changed:
             self.states[key] = outcome.states[key]
+            self._push_due(key)
         return Step(event, outcome)
 
     def feed(self, event: Event) -> list[Step]:
@@ -360,11 +364,13 @@ class Replay:
         trigger = self.trigger
         if chain_id != trigger.chain_id or not has_absence(trigger):
             return []
+        ready: set[str] = set()
+        while self._due and self._due[0][0] < time:
+            due, scope = heapq.heappop(self._due)
+            if due_at(trigger, self.states.get(scope)) == due:
+                ready.add(scope)
         steps: list[Step] = []
-        for scope in sorted(self.states, key=scope_order):
-            due = due_at(trigger, self.states[scope])
-            if due is None or time <= due:
-                continue
+        for scope in sorted(ready, key=scope_order):
             outcome = tick(trigger, scope, self.states[scope], time, key)
             self._record(
                 Evaluated(tick_record(scope, key), None, trigger, True, tick=time, scope=scope)
@@ -372,6 +378,16 @@ class Replay:
             self.states.update(outcome.states)
             steps.append(Step(self._events[outcome.explain["event_version"]], outcome))
         return steps
+
+    def _push_due(self, scope: str) -> None:
+        due = due_at(self.trigger, self.states.get(scope))
+        if due is not None:
+            heapq.heappush(self._due, (due, scope))
+
+    def _rebuild_due(self) -> None:
+        self._due = []
+        for scope in self.states:
+            self._push_due(scope)
 
     def _record(self, rec: Evaluated) -> None:
         if len(self._records) % self.SNAPSHOT_EVERY == 0:
@@ -423,6 +439,7 @@ class Replay:
             result = refold(self.trigger, records, dict(rows), since=since, visit=keep)
             if not isinstance(result, str):
                 self.states = result
+                self._rebuild_due()
                 return
             reason = result
         raise AssertionError(f"a replay keeps every event: {reason}")  # pragma: no cover
@@ -433,5 +450,6 @@ class Replay:
         self.trigger = trigger
         self._index = TriggerIndex([trigger])
         self.states = {k: forget_removed(trigger, v) for k, v in self.states.items()}
+        self._rebuild_due()
         if self._records:  # a recomputation across this point applies it again
             self._record(Evaluated(f"edit#{len(self._records)}", None, trigger, excluded=EDIT))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,54 +56,79 @@ async def run_backtest(
     times in [from, to), in chain order (block number, log index); an absence trigger
     over every event of its chain and the chain's heartbeats (its ticks, each after
     the events of its block). Must run inside a transaction (server-side cursors
-    stream the rows). Stops, truncated, after ``max_events`` events or ``time_limit``
-    seconds, yielding to other requests every few hundred events."""
+    stream the rows). Stops, truncated, after ``max_events`` rows (events and
+    heartbeats) or ``time_limit`` seconds, yielding to other requests every few
+    hundred rows."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + time_limit
     replay = Replay(spec)
     out = _Tally(body.explain_limit)
     absence = has_absence(spec)
-    beats = (
-        _Heartbeats(
-            await conn.cursor(queries.BACKTEST_HEARTBEATS, spec.chain_id, body.from_, body.to)
-        )
-        if absence
-        else None
-    )
-    scanned = 0
+    scanned = events = beats = 0
     truncated = False
-    sql = queries.backtest_events_sql(max_events + 1)
-    registry = None if absence else spec.registry
-    async for row in conn.cursor(sql, spec.chain_id, registry, body.from_, body.to, prefetch=1000):
+    async for kind, row in _rows(conn, spec, body, max_events + 1, absence=absence):
         if scanned == max_events:
             truncated = True
             break
         scanned += 1
-        event = event_from_row(row)
-        if beats is not None:
-            for n, block_hash, at in await beats.before(event.block_number):
-                out.add(replay.tick(spec.chain_id, at, f"hb:{spec.chain_id}-{n}@{block_hash}"))
-        out.add(replay.feed(event) if absence else [s for s in [replay.step(event)] if s])
+        if kind == "beat":
+            beats += 1
+            key = f"hb:{spec.chain_id}-{row['block_number']}@{row['block_hash']}"
+            out.add(replay.tick(spec.chain_id, row["timestamp"], key))
+        else:
+            events += 1
+            event = event_from_row(row)
+            out.add(replay.feed(event) if absence else [s for s in [replay.step(event)] if s])
         if scanned % 500 == 0:
             await asyncio.sleep(0)  # let other requests in between
             if loop.time() > deadline:
                 truncated = True
                 break
-    if beats is not None and not truncated:
-        for n, block_hash, at in await beats.before(None):
-            out.add(replay.tick(spec.chain_id, at, f"hb:{spec.chain_id}-{n}@{block_hash}"))
     return BacktestOut(
         trigger_id=trigger_id,
         from_=body.from_,
         to=body.to,
-        events_scanned=scanned,
-        heartbeats_scanned=0 if beats is None else beats.read,
+        events_scanned=events,
+        heartbeats_scanned=beats,
         evaluated=out.evaluated,
         fired=out.fired,
         truncated=truncated,
         firings=out.firings,
         explains=out.explains,
     )
+
+
+async def _rows(
+    conn: Conn, spec: TriggerSpec, body: BacktestIn, limit: int, *, absence: bool
+) -> AsyncIterator[tuple[str, Any]]:
+    """The rows a backtest replays, in chain order: ("event", row) and, for an absence
+    trigger, ("beat", row) for each heartbeat, after the events of its block."""
+    sql = queries.backtest_events_sql(limit)
+    registry = None if absence else spec.registry
+    events = conn.cursor(sql, spec.chain_id, registry, body.from_, body.to, prefetch=1000)
+    if not absence:
+        async for row in events:
+            yield "event", row
+        return
+    beats = await conn.cursor(queries.BACKTEST_HEARTBEATS, spec.chain_id, body.from_, body.to)
+    pending: deque[Any] = deque()
+    done = False
+    async for row in events:
+        while True:
+            if not pending and not done:
+                pending.extend(await beats.fetch(500))
+                done = not pending
+            if not pending or pending[0]["block_number"] >= row["block_number"]:
+                break
+            yield "beat", pending.popleft()
+        yield "event", row
+    while True:
+        if not pending and not done:
+            pending.extend(await beats.fetch(500))
+            done = not pending
+        if not pending:
+            return
+        yield "beat", pending.popleft()
 
 
 class _Tally:
@@ -135,30 +161,3 @@ class _Tally:
                 )
             if len(self.explains) < self.explain_limit:
                 self.explains.append(step.outcome.explain)
-
-
-class _Heartbeats:
-    """A chain's heartbeats from a cursor, handed out between the events."""
-
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
-        self._buffer: deque[Any] = deque()
-        self._done = False
-        self.read = 0
-
-    async def before(self, block: int | None) -> list[tuple[int, str, int]]:
-        """The heartbeats of blocks before ``block`` (None: all the rest), as
-        (block number, block hash, block time)."""
-        out: list[tuple[int, str, int]] = []
-        while True:
-            if not self._buffer and not self._done:
-                self._buffer = deque(await self._cursor.fetch(1000))
-                self._done = not self._buffer
-            if not self._buffer:
-                return out
-            row = self._buffer[0]
-            if block is not None and row["block_number"] >= block:
-                return out
-            self._buffer.popleft()
-            self.read += 1
-            out.append((row["block_number"], row["block_hash"], row["timestamp"]))

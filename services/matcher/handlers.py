@@ -11,6 +11,7 @@ the process is produced again from its recorded explain on redelivery.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +30,11 @@ from shared.evaluate import (
     TriggerSpec,
     due_at,
     evaluate,
-    has_absence,
     passes_gate,
     retract,
     scope_keys,
     tick,
+    with_due,
 )
 from shared.events import Event, event_from_row, event_key
 from shared.jobs import (
@@ -65,6 +66,9 @@ REVOCATION = "FeedbackRevoked"
 #: removed events only leave the rate windows (a revocation of an old feedback of a
 #: busy agent must not hold the chain's partition for long).
 MAX_REPLAY = 20_000
+#: A batch fires at most this many due silences (docs/semantics.md 5a): the others
+#: fire at the next ticks.
+MAX_DUE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,41 +93,65 @@ class _Batch:
     states: dict[queries.StateKey, dict[str, Any]]
     changed: dict[queries.StateKey, dict[str, Any]]
     records: list[queries.Record]
-    #: absence triggers -> their locked scope rows (those a tick may fire)
-    rows_of: dict[str, set[str]]
-    #: firing ticks recorded before (a redelivery): (trigger, tick key) -> the
-    #: explains of the scopes it fired
-    recorded: dict[tuple[str, str], list[dict[str, Any]]]
+    #: the absence triggers of the segment's chains, by id
+    absent: dict[str, TriggerSpec]
+    #: firing ticks recorded before (a redelivery): tick key -> (trigger id,
+    #: explain) of each scope it fired
+    recorded: dict[str, list[tuple[str, dict[str, Any]]]]
+    #: per chain, a heap of (due time, trigger id, scope) of the locked absence rows,
+    #: checked against the row when popped (an entry whose row moved on is stale)
+    due: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
     #: firing ticks: (trigger, explain, new: False when recorded before)
     fired: list[tuple[TriggerSpec, dict[str, Any], bool]] = field(default_factory=list)
 
-    def tick(self, item: _Tick, triggers: Sequence[TriggerSpec]) -> None:
-        """Fire the silences due before the tick (section 5a), scope by scope."""
-        for trigger in triggers:
+    def push(self, trigger: TriggerSpec, scope: str) -> None:
+        """An absence row changed: when it is due now."""
+        deadline = due_at(trigger, self.states.get((trigger.id, scope)))
+        if deadline is not None:
+            heapq.heappush(self.due.setdefault(trigger.chain_id, []), (deadline, trigger.id, scope))
+
+    def tick(self, item: _Tick) -> None:
+        """Fire the silences due before the tick (section 5a): trigger by trigger (by
+        id), scope by scope."""
+        heap = self.due.get(item.chain_id, [])
+        ready: dict[str, set[str]] = {}
+        later: list[tuple[int, str, str]] = []
+        while heap and heap[0][0] < item.time:
+            entry = heapq.heappop(heap)
+            deadline, trigger_id, scope = entry
+            trigger = self.absent[trigger_id]
+            if due_at(trigger, self.states[(trigger_id, scope)]) != deadline:
+                continue  # stale
             if item.ingested_at is not None and item.ingested_at < trigger.enabled_at:
-                continue  # a trigger sees the ticks after it was enabled
-            # fired before (a redelivery): the jobs again, they may not have left
-            again = self.recorded.pop((trigger.id, item.key), [])
-            self.fired += [(trigger, explain, False) for explain in again]
-            done = {explain["scope"] for explain in again}
-            for scope in sorted(self.rows_of.get(trigger.id, ()), key=scope_order):
-                if scope in done:
-                    continue
-                row_key = (trigger.id, scope)
-                rec = tick_record(scope, item.key)
-                row = self.states[row_key]
-                deadline = due_at(trigger, row)
-                if deadline is None or item.time <= deadline:
-                    continue
-                outcome = tick(trigger, scope, row, item.time, item.key)
-                self.states[row_key] = self.changed[row_key] = outcome.states[scope]
-                self.records.append(
-                    (
-                        trigger.id, rec, True, outcome.explain, _at(item.time),
-                        trigger.version, {scope: row},
-                    )
-                )  # fmt: skip
-                self.fired.append((trigger, outcome.explain, True))
+                later.append(entry)  # a trigger sees the ticks after it was enabled
+                continue
+            ready.setdefault(trigger_id, set()).add(scope)
+        for entry in later:
+            heapq.heappush(heap, entry)
+        # fired before (a redelivery): the jobs again, they may not have left
+        again: dict[str, list[dict[str, Any]]] = {}
+        for trigger_id, explain in self.recorded.pop(item.key, []):
+            if trigger_id in self.absent:
+                again.setdefault(trigger_id, []).append(explain)
+        for trigger_id in sorted(ready.keys() | again.keys()):
+            trigger = self.absent[trigger_id]
+            self.fired += [(trigger, explain, False) for explain in again.get(trigger_id, [])]
+            done = {explain["scope"] for explain in again.get(trigger_id, [])}
+            for scope in sorted(ready.get(trigger_id, set()) - done, key=scope_order):
+                self._fire(trigger, scope, item)
+
+    def _fire(self, trigger: TriggerSpec, scope: str, item: _Tick) -> None:
+        row_key = (trigger.id, scope)
+        row = self.states[row_key]
+        outcome = tick(trigger, scope, row, item.time, item.key)
+        self.states[row_key] = self.changed[row_key] = outcome.states[scope]
+        self.records.append(
+            (
+                trigger.id, tick_record(scope, item.key), True, outcome.explain,
+                _at(item.time), trigger.version, {scope: row},
+            )
+        )  # fmt: skip
+        self.fired.append((trigger, outcome.explain, True))
 
 
 class Matcher:
@@ -279,27 +307,22 @@ class Matcher:
         pairs = [w for w in work if not isinstance(w, _Tick)]
         ticks = [w for w in work if isinstance(w, _Tick)]
         index = self._keeper.index
-        absent = {c: index.absence_of_chain(c) for c in {w.chain_id for w in ticks}}
-        absent_ids = [t.id for found in absent.values() for t in found]
+        absent = {t.id: t for c in {w.chain_id for w in ticks} for t in index.absence_of_chain(c)}
         async with self._pool.acquire() as conn, conn.transaction():
             if recompute:
                 await self._revocation(conn, pairs, recompute)
             scopes = {id(p): scope_keys(p[1], p[0]) for p in pairs}
-            batch = await self._lock(conn, pairs, scopes, ticks, absent_ids)
-            states, changed, records, rows_of = (
-                batch.states, batch.changed, batch.records, batch.rows_of
-            )  # fmt: skip
+            batch = await self._lock(conn, pairs, scopes, ticks, absent)
+            states, changed, records = batch.states, batch.changed, batch.records
             done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
             for item in work:
                 if isinstance(item, _Tick):
-                    batch.tick(item, absent.get(item.chain_id, ()))
+                    batch.tick(item)
                     continue
                 event, trigger = item
                 keys = scopes[id(item)]
                 if any((trigger.id, key) not in states for key in keys):
                     continue  # deleted since the index saw it
-                if has_absence(trigger):
-                    rows_of.setdefault(trigger.id, set()).update(keys)
                 pair = (trigger.id, event_key(event))
                 if pair in done:
                     explain = done[pair]
@@ -316,6 +339,8 @@ class Matcher:
                 for key in outcome.changed:
                     row_key = (trigger.id, key)
                     states[row_key] = changed[row_key] = outcome.states[key]
+                    if trigger.id in batch.absent:
+                        batch.push(trigger, key)
                 explain_or_none = outcome.explain if outcome.fired else None
                 done[pair] = explain_or_none
                 records.append(
@@ -342,25 +367,30 @@ class Matcher:
         pairs: list[tuple[Event, TriggerSpec]],
         scopes: dict[int, tuple[str, ...]],
         ticks: list[_Tick],
-        absent_ids: list[str],
+        absent: dict[str, TriggerSpec],
     ) -> _Batch:
         """Lock the state rows the pairs need and those due before the segment's
-        newest tick, in one sorted lock; with the segment's recorded firing ticks."""
+        newest tick (at most MAX_DUE), in one sorted lock; with the segment's
+        recorded firing ticks. An absence row whose stored due time its definition
+        no longer gives (written under an earlier one) is set right."""
         due: list[queries.StateKey] = []
-        recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        if absent_ids:
+        recorded: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        if absent:
             low, high = min(w.time for w in ticks), max(w.time for w in ticks)
-            due = await queries.due_scopes(conn, absent_ids, high)
-            recorded = await queries.tick_firings(conn, absent_ids, _at(low), _at(high))
+            due = await queries.due_scopes(conn, list(absent), high, MAX_DUE)
+            recorded = await queries.tick_firings(conn, list(absent), _at(low), _at(high))
         states = await queries.lock_states(
             conn, [(p[1].id, key) for p in pairs for key in scopes[id(p)]] + due
         )
-        rows_of: dict[str, set[str]] = {}
-        absent = set(absent_ids)
-        for trigger_id, scope in states:
-            if trigger_id in absent:
-                rows_of.setdefault(trigger_id, set()).add(scope)
-        return _Batch(states, {}, [], rows_of, recorded)
+        batch = _Batch(states, {}, [], absent, recorded)
+        for key, row in states.items():
+            trigger = absent.get(key[0])
+            if trigger is None:
+                continue
+            if row.get("due_at") != due_at(trigger, row):
+                states[key] = batch.changed[key] = with_due(trigger, row)
+            batch.push(trigger, key[1])
+        return batch
 
     async def _revocation(
         self, conn: Conn, pairs: list[tuple[Event, TriggerSpec]], recompute: set[str]

@@ -16,7 +16,7 @@ import structlog
 from services.matcher import queries
 from services.matcher.metrics import MatcherMetrics
 from shared.db import keep_listening, listen
-from shared.evaluate import TriggerSpec, forget_removed
+from shared.evaluate import TriggerSpec, forget_removed, has_absence
 from shared.replay import compile_trigger
 from shared.trigger_index import TriggerIndex
 
@@ -72,7 +72,7 @@ class IndexKeeper:
             for i in range(0, len(stale), 5000):
                 rows += await queries.list_triggers_by_id(conn, stale[i : i + 5000])
         # stored before the fingerprints move on: a failure here is retried next time
-        await self._save_definitions(rows)
+        new = await self._save_definitions(rows)
         compiled = 0
         edited: list[TriggerSpec] = []
         for n, row in enumerate(rows):
@@ -80,7 +80,7 @@ class IndexKeeper:
             if trigger is None:
                 self._take_out(row["id"])
             else:
-                if self._edited(trigger):
+                if self._edited(trigger, new):
                     edited.append(trigger)
                 self.index.put(trigger)
                 compiled += 1
@@ -119,13 +119,13 @@ class IndexKeeper:
     async def _reload(self, trigger_id: str) -> None:
         async with self._pool.acquire() as conn:
             rows = await queries.list_triggers_by_id(conn, [trigger_id])
-        await self._save_definitions(rows)
+        new = await self._save_definitions(rows)
         trigger = compile_trigger(rows[0]) if rows else None
         if trigger is None:
             self._take_out(trigger_id)
             self._fingerprints.pop(trigger_id, None)
         else:
-            edited = self._edited(trigger)
+            edited = self._edited(trigger, new)
             self.index.put(trigger)
             self._fingerprints[trigger_id] = rows[0]["fp"]
             if edited:
@@ -141,19 +141,22 @@ class IndexKeeper:
                 self._left.clear()  # bounded; an edit of a long-disabled trigger is rare
             self._left[trigger_id] = before
 
-    def _edited(self, trigger: TriggerSpec) -> bool:
+    def _edited(self, trigger: TriggerSpec, new: set[tuple[str, int]]) -> bool:
         """Whether the trigger changed what its state depends on since last seen, before
         it replaces that version in the index (not known for the first sight after a
         start: an edit made while no matcher ran keeps the state of conditions it
         removed and added back). Compiles only triggers seen before: a start does not
-        compile the whole index."""
+        compile the whole index. An absence trigger at a version no matcher loaded
+        before (``new``) counts as edited: its rows' due times follow its definition."""
         before = self.index.get(trigger.id) or self._left.pop(trigger.id, None)
-        return before is not None and before.state_signature != trigger.state_signature
+        if before is None:
+            return has_absence(trigger) and (trigger.id, trigger.version) in new
+        return before.state_signature != trigger.state_signature
 
-    async def _save_definitions(self, rows: list[asyncpg.Record]) -> None:
+    async def _save_definitions(self, rows: list[asyncpg.Record]) -> set[tuple[str, int]]:
         """Store each trigger version loaded (what a recomputation evaluates the events
         of that version under), once: the first load after a start reads which are
-        stored already."""
+        stored already. Returns the (trigger, version) pairs stored now."""
         if self._defined is None:
             async with self._pool.acquire() as conn:
                 self._defined = await queries.stored_definitions(conn)
@@ -162,6 +165,7 @@ class IndexKeeper:
             async with self._pool.acquire() as conn:
                 await queries.save_definitions(conn, new[i : i + 5000])
         self._defined.update((r["id"], r["version"]) for r in new)
+        return {(r["id"], r["version"]) for r in new}
 
     async def _forget_removed(self, triggers: list[TriggerSpec]) -> None:
         """The state rows of edited triggers drop what the edit removed

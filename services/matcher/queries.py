@@ -389,24 +389,28 @@ def definition_of(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
 # --- absence (docs/semantics.md section 5a) --------------------------------------------
 
 
-async def due_scopes(conn: Conn, trigger_ids: Sequence[str], before: int) -> list[StateKey]:
+async def due_scopes(
+    conn: Conn, trigger_ids: Sequence[str], before: int, limit: int
+) -> list[StateKey]:
     """The state rows of these triggers whose silence is due before block time
-    ``before`` (a tick at ``before`` or later fires them). Not locked: the caller
-    locks them with the batch's other rows, in key order."""
+    ``before`` (a tick at ``before`` or later fires them), the earliest ``limit``.
+    Not locked: the caller locks them with the batch's other rows, in key order."""
     rows = await conn.fetch(
         "SELECT trigger_id, scope_key FROM trigger_state"
-        " WHERE trigger_id = any($1::text[]) AND due_at < $2",
+        " WHERE trigger_id = any($1::text[]) AND due_at < $2"
+        " ORDER BY due_at, trigger_id, scope_key LIMIT $3",
         list(trigger_ids),
         before,
+        limit,
     )
     return [(r["trigger_id"], r["scope_key"]) for r in rows]
 
 
 async def tick_firings(
     conn: Conn, trigger_ids: Sequence[str], low: datetime, high: datetime
-) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Recorded firing ticks of these triggers with block times in [low, high]:
-    (trigger id, tick key) -> the explains of the scopes it fired, in scope order (a
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Recorded firing ticks of these triggers with block times in [low, high]: tick
+    key -> (trigger id, explain) of each scope it fired, in scope order (a
     redelivered batch produces their jobs again)."""
     rows = await conn.fetch(
         """
@@ -418,9 +422,10 @@ async def tick_firings(
         low,
         high,
     )
-    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for r in sorted(rows, key=lambda r: scope_order(r["explain"]["scope"])):
-        found.setdefault((r["trigger_id"], r["explain"]["tick"]["key"]), []).append(r["explain"])
+        explain = r["explain"]
+        found.setdefault(explain["tick"]["key"], []).append((r["trigger_id"], explain))
     return found
 
 

@@ -18,8 +18,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.api.app import create_app
+from services.api.backtest import run_backtest, unsaved_spec
+from services.api.models import BacktestIn
 from shared.events import Event, event_key
 from shared.jobs import ActionJob
+from shared.triggers import TriggerCreate
 from tests.apiutil import Client, an_event, api_settings, cheap_passwords, signup, store_events
 from tests.connected.test_engine_live import draw_cases, remap, until_first_edit
 from tests.engine_strategies import CHAINS
@@ -304,3 +307,13 @@ async def test_an_absence_backtest_ticks_on_the_chains_events_and_heartbeats(
     assert len(expected) >= 3, "the history should have silences"
     assert [f["event_id"] for f in result["firings"]] == [by_version[v] for v in expected]
     assert {x["mode"] for x in result["explains"]} == {"absence"}
+    # heartbeats count in the scan budget: a quiet chain cannot run a backtest long
+    spec = unsaved_spec(TriggerCreate.model_validate(trigger), user_id="u")
+    window = BacktestIn.model_validate({k: body[k] for k in ("from", "to")})
+    async with db.transaction():
+        short = await run_backtest(
+            db, spec, window, trigger_id=None, max_events=30, time_limit=10.0
+        )
+    assert short.truncated
+    assert short.events_scanned + short.heartbeats_scanned == 30
+    assert short.heartbeats_scanned > 0

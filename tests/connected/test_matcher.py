@@ -763,6 +763,48 @@ async def test_a_revocation_ticks_before_it_moves_the_silence_back(
     assert [(j.event.id, j.explain["tick"]["time"]) for j in jobs] == [(a.id, t0 + 110)]
 
 
+async def test_an_edit_while_no_matcher_runs_moves_the_due_times(
+    db: asyncpg.Connection,
+    matcher_env: dict[str, str],
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    tmp_path: Path,
+    procs: list[ServiceProcess],
+) -> None:
+    """A cooldown lowered while the matcher was down: on its start the matcher
+    rewrites the rows' due times (stored for the old day-long cooldown), so the
+    silence fires at the first tick past its deadline, not a day later."""
+    chain = random.randrange(1_000_000, 2**31 - 1)
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db, user_id=user, chain_id=chain, registry="reputation", cooldown_seconds=86_400,
+        conditions=[{"condition_type": "absence", "operator": ">", "value": "60s",
+                     "config": {"scope": "agent"}}],
+    )  # fmt: skip
+    t0 = int(time.time()) - 3 * 86_400
+    a1 = feedback(chain, 100, 5, score=50, timestamp=t0)
+    a2 = feedback(chain, 102, 5, score=50, timestamp=t0 + 100)
+    await store_events(db, [a1, a2])
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_keyed(kafka_bootstrap, topic, [a1, heartbeat(chain, 101, t0 + 61), a2])
+    first = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    assert [j.event.id for j in first] == [a1.id]
+    await wait_all_evaluated(db, 3)  # a1, its firing tick, a2
+    stored = await db.fetchval(
+        "SELECT due_at FROM trigger_state WHERE trigger_id = $1 AND scope_key = '5'", trigger
+    )
+    assert stored == t0 + 61 + 86_400 - 1
+    procs[0].stop()
+    await db.execute("UPDATE triggers SET cooldown_seconds = 60 WHERE id = $1", trigger)
+    start_matcher(matcher_env, tmp_path, procs)
+    await produce_keyed(kafka_bootstrap, topic, [heartbeat(chain, 103, t0 + 200)])
+    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    assert [(j.event.id, j.explain["tick"]["time"]) for j in jobs] == [
+        (a1.id, t0 + 61), (a2.id, t0 + 200),
+    ]  # fmt: skip
+
+
 async def test_index_survives_losing_its_listen_connection(
     db: asyncpg.Connection,
     matcher_env: dict[str, str],

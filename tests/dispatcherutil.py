@@ -1,5 +1,5 @@
-"""Helpers for dispatcher tests and benchmarks: local receivers that speak HTTP, the
-Bot API and MCP; jobs produced as the matcher does; results read back."""
+"""Helpers for dispatcher tests and benchmarks: a local MCP server (the HTTP receiver
+is tools.localnet's); jobs produced as the matcher does; results read back."""
 
 from __future__ import annotations
 
@@ -14,80 +14,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 import uvicorn
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from mcp.server.mcpserver import Context, MCPServer
 
 from shared.events import EVENT_COLUMNS, Event, event_key, event_row
 from shared.jobs import ActionJob, job_id
 from shared.triggers import ActionType
-from tests.procs import free_port
 from tools.eventgen import make_event
-
-
-@dataclass
-class Seen:
-    """One request a local server received."""
-
-    at: float
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """A local aiohttp server recording every request. ``respond`` decides the answer
-    (default 200 ``{"ok": true}``); ``delay`` slows every answer down."""
-
-    respond: Callable[[Seen, int], Awaitable[web.StreamResponse] | web.StreamResponse] | None = None
-    delay: float = 0.0
-    seen: list[Seen] = field(default_factory=list)
-    port: int = 0
-    routes: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        seen = Seen(
-            time.monotonic(),
-            request.method,
-            request.path,
-            {k.lower(): v for k, v in request.headers.items()},
-            await request.read(),
-        )
-        self.seen.append(seen)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if request.path in self.routes:
-            return web.Response(body=self.routes[request.path], content_type="application/json")
-        if self.respond is not None:
-            out = self.respond(seen, len(self.seen))
-            return await out if asyncio.iscoroutine(out) else out  # type: ignore[return-value]
-        return web.json_response({"ok": True})
-
-
-@asynccontextmanager
-async def serve(receiver: Receiver) -> AsyncIterator[Receiver]:
-    app = web.Application(client_max_size=8 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", receiver._handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    receiver.port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", receiver.port)
-    await site.start()
-    try:
-        yield receiver
-    finally:
-        await runner.cleanup()
+from tools.localnet import free_port
 
 
 @dataclass

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from shared.events import Event
@@ -48,6 +46,7 @@ from tools.bench_ingest import pct
 from tools.bench_matcher import peak_rss_mib, raw_consume
 from tools.benchdb import scratch_database, scratch_topic
 from tools.eventgen import make_event
+from tools.localnet import Receiver, Seen, empty_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,34 +55,16 @@ def say(msg: str) -> None:
     print(f"[bench-dispatcher] {msg}", flush=True)  # noqa: T201
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.arrivals: dict[str, float] = {}
-        self.requests = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
+def arrivals_receiver(arrivals: dict[str, float]) -> Receiver:
+    """Answers 200 at once; the first arrival of each Idempotency-Key (wall clock)
+    goes into ``arrivals``, nothing else is kept."""
 
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.requests += 1
-        key = request.headers.get("Idempotency-Key")
+    def arrived(seen: Seen) -> None:
+        key = seen.headers.get("Idempotency-Key")
         if key is not None:
-            self.arrivals.setdefault(key, time.time())
-        return web.Response(status=200, body=body[:0])
+            arrivals.setdefault(key, seen.wall)
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    return Receiver(respond=empty_ok, keep=False, on_request=arrived)
 
 
 async def make_trigger(url: str, hook: str) -> Target:
@@ -215,7 +196,7 @@ async def wait_all_recorded(url: str, n: int, proc: subprocess.Popen[bytes], log
 
 
 async def paced(
-    bootstrap: str, topic: str, jobs: list[ActionJob], rate: float, receiver: Receiver
+    bootstrap: str, topic: str, jobs: list[ActionJob], rate: float, arrivals: dict[str, float]
 ) -> list[float]:
     """Produce ``jobs`` at ``rate``/s; the delays (ms) from produced to received."""
     produced: dict[str, float] = {}
@@ -235,19 +216,19 @@ async def paced(
     finally:
         await producer.stop()
     deadline = time.monotonic() + 120
-    while not all(k in receiver.arrivals for k in produced):
+    while not all(k in arrivals for k in produced):
         if time.monotonic() > deadline:
             raise SystemExit("delay phase: not every job arrived in 120 s")
         await asyncio.sleep(0.1)
-    return [(receiver.arrivals[k] - t) * 1000 for k, t in produced.items()]
+    return [(arrivals[k] - t) * 1000 for k, t in produced.items()]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     admin_url = os.environ["DATABASE_URL"]
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    receiver = Receiver()
-    await receiver.start()
-    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    arrivals: dict[str, float] = {}
+    receiver = await arrivals_receiver(arrivals).start()
+    hook = receiver.url("/hook")
     figures: dict[str, float] = {}
     try:
         async with (
@@ -264,7 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             say("raw baseline: aiohttp POSTs to the receiver")
             bodies = [j.dump() for j in jobs[:5000]]
             figures["raw_post_per_s"] = await raw_posts(hook, bodies, args.concurrency)
-            receiver.arrivals.clear()
+            arrivals.clear()
             env = {
                 **os.environ,
                 "DATABASE_URL": url,
@@ -285,13 +266,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     say("throughput: dispatcher started")
                     await wait_all_recorded(url, len(jobs), proc, log)
-                    times = sorted(receiver.arrivals.values())
+                    times = sorted(arrivals.values())
                     figures["actions_per_s"] = (len(times) - 1) / (times[-1] - times[0])
                     say(f"throughput: {figures['actions_per_s']:.0f} actions/s")
                     total = int(args.rate * args.seconds)
                     say(f"delay: {total} jobs at {args.rate:g}/s")
                     delays = await paced(
-                        bootstrap, actions, jobs_for(total, args.jobs, target), args.rate, receiver
+                        bootstrap, actions, jobs_for(total, args.jobs, target), args.rate, arrivals
                     )
                     figures["dispatcher_peak_rss_mib"] = peak_rss_mib(proc.pid)
                 finally:

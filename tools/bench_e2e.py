@@ -47,13 +47,15 @@ from tools.bench_ingest import pct, raw_copy
 from tools.bench_matcher import produce, raw_consume
 from tools.benchdb import scratch_topic
 from tools.loadgen import LoadGenerator, Settings
+from tools.localnet import Receiver
 from tools.pipeline import (
     ROOT,
+    Delivery,
     Pipeline,
     Population,
-    Receiver,
     install_triggers,
     scratch_pipeline,
+    webhook_receiver,
     write_json,
 )
 
@@ -82,7 +84,7 @@ class Sampler:
                 matcher.metric("erc8004_matcher_events_evaluated_total"),
             )
             self.samples.append(
-                (time.time() - self.t0, accepted, evaluated, float(len(self.receiver.deliveries)))
+                (time.time() - self.t0, accepted, evaluated, float(self.receiver.count))
             )
             self.pipeline.sample()
             await asyncio.sleep(0.5)
@@ -120,7 +122,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     out = ROOT / "bench-results"
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    receiver = Receiver()
+    deliveries: list[Delivery] = []
+    receiver = webhook_receiver(deliveries)
     await receiver.start()
     population = Population(CHAINS, hot_agents=args.hot_agents, hot_fraction=args.hot_fraction)
     result: dict[str, Any] = {
@@ -131,7 +134,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
     try:
         async with scratch_pipeline(admin_url, bootstrap, out / f"e2e-{stamp}-logs") as pipeline:
             say(f"installing {args.triggers} triggers")
-            await install_triggers(pipeline.url, population, total=args.triggers, hook=receiver.url)
+            await install_triggers(
+                pipeline.url, population, total=args.triggers, hook=receiver.url("/hook")
+            )
             await pipeline.start()
             say("pipeline ready")
             sampler = Sampler(pipeline, receiver)
@@ -168,12 +173,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             t_evaluated = time.time()
 
             async def delivered_all() -> bool:
-                got = {d.job_id for d in receiver.deliveries}
+                got = {d.job_id for d in deliveries}
                 return all(j in got for j in sustained.owed)
 
             await wait_until(delivered_all, 300, "every owed action to be delivered")
             first_at: dict[str, float] = {}
-            for d in receiver.deliveries:
+            for d in deliveries:
                 first_at.setdefault(d.job_id, d.at)
             times = sorted(first_at[j] for j in sustained.owed)
             sustained_eps = len(sustained.acked) / (t_evaluated - t_start)
@@ -202,19 +207,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             await gen2.run(progress=True)
 
             async def delivered_latency() -> bool:
-                got = {d.job_id for d in receiver.deliveries}
+                got = {d.job_id for d in deliveries}
                 return all(j in got for j in latency.owed)
 
             await wait_until(delivered_latency, 120, "the latency phase's actions")
             first_at = {}
-            for d in receiver.deliveries:
+            for d in deliveries:
                 first_at.setdefault(d.job_id, d.at)
             delays = [
                 (first_at[job] - latency.acked[eid]) * 1000 for job, eid in latency.owed.items()
             ]
             # Where the time goes: ack -> the matcher fired (the job's created_at), and
             # fired -> the webhook received.
-            fired_at = {d.job_id: d.fired_at for d in receiver.deliveries if d.fired_at}
+            fired_at = {d.job_id: d.fired_at for d in deliveries if d.fired_at}
             to_fired = [
                 (fired_at[job] - latency.acked[eid]) * 1000
                 for job, eid in latency.owed.items()
@@ -226,7 +231,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             sampling.cancel()
             pipeline.sample()
             peaks = {n: round(s.peak_rss_mib, 1) for n, s in pipeline.services.items()}
-            duplicates = len(receiver.deliveries) - len({d.job_id for d in receiver.deliveries})
+            duplicates = len(deliveries) - len({d.job_id for d in deliveries})
 
         # 3. raw baselines of the same rows and messages
         say("raw baselines: asyncpg COPY, aiokafka produce and consume")

@@ -46,11 +46,12 @@ from shared.replay import Replay, compile_trigger
 from tools.loadgen import LoadGenerator, Settings
 from tools.pipeline import (
     ROOT,
+    Delivery,
     Pipeline,
     Population,
-    Receiver,
     install_triggers,
     scratch_pipeline,
+    webhook_receiver,
     write_json,
 )
 
@@ -221,7 +222,8 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
     rng = random.Random(args.seed)
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     out = ROOT / "bench-results"
-    receiver = Receiver()
+    deliveries: list[Delivery] = []
+    receiver = webhook_receiver(deliveries)
     await receiver.start()
     population = Population(CHAINS, hot_agents=12, hot_fraction=0.05)
     acked: list[dict[str, Any]] = []
@@ -242,7 +244,7 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
     )
     try:
         async with scratch_pipeline(admin_url, bootstrap, out / f"chaos-{stamp}-logs") as pipeline:
-            await install_triggers(pipeline.url, population, total=1000, hook=receiver.url)
+            await install_triggers(pipeline.url, population, total=1000, hook=receiver.url("/hook"))
             await pipeline.start(log_level="INFO")
             killer = Killer(pipeline, rng)
             # More load than the kills need; it is stopped once they are done.
@@ -275,7 +277,7 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
             say(f"load done: {len(acked)} events acknowledged, {len(owed)} firings owed")
 
             async def settled() -> bool:
-                got = {d.job_id for d in receiver.deliveries}
+                got = {d.job_id for d in deliveries}
                 return all(j in got for j in owed)
 
             deadline = time.monotonic() + args.settle
@@ -304,8 +306,8 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
         await receiver.stop()
 
     acked_ids = {f"{e['chain_id']}-{e['block_number']}-{e['log_index']}" for e in acked}
-    per_job = Counter(d.job_id for d in receiver.deliveries)
-    bad_keys = sum(1 for d in receiver.deliveries if d.idempotency_key != d.job_id)
+    per_job = Counter(d.job_id for d in deliveries)
+    bad_keys = sum(1 for d in deliveries if d.idempotency_key != d.job_id)
     counts = {
         "kills": dict(killer.kills),
         "events_acknowledged": len(acked_ids),
@@ -319,7 +321,7 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
         "firings_owed": len(owed),
         "firings_delivered": sum(1 for j in owed if per_job[j] >= 1),
         "firings_lost": sum(1 for j in owed if per_job[j] == 0),
-        "deliveries": len(receiver.deliveries),
+        "deliveries": len(deliveries),
         "duplicate_deliveries": sum(n - 1 for n in per_job.values() if n > 1),
         "duplicates_with_another_key": bad_keys,
         "unexpected_jobs": sum(1 for j in per_job if j not in owed),

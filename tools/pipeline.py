@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,22 +33,15 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from aiohttp import web
 
 from shared.db import register_codecs
 from shared.jobs import job_id
 from tools.benchdb import scratch_database, scratch_topic
+from tools.localnet import Receiver, Seen, empty_ok, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOT_AGENT_BASE = 10_000_000
 HOT_KINDS = ("stateless", "rate", "ema")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -156,45 +148,26 @@ class Delivery:
     fired_at: float | None = None
 
 
-class Receiver:
-    """The webhook receiver: records every request (arrival time, Idempotency-Key,
-    the job and event it carries) and answers 200 at once."""
+def delivery_of(seen: Seen) -> Delivery:
+    """What a webhook request carries: its Idempotency-Key, the job and event it
+    names, when the matcher fired (arrival on this process's wall clock)."""
+    fired: float | None = None
+    try:
+        doc = orjson.loads(seen.body)
+        job, event = doc.get("job_id", ""), doc.get("event", {}).get("id", "")
+        if isinstance(doc.get("fired_at"), str):
+            fired = datetime.fromisoformat(doc["fired_at"]).timestamp()
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        job, event = "", ""
+    return Delivery(seen.wall, seen.headers.get("Idempotency-Key", ""), str(job), str(event), fired)
 
-    def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        now = time.time()
-        fired: float | None = None
-        try:
-            doc = orjson.loads(body)
-            job, event = doc.get("job_id", ""), doc.get("event", {}).get("id", "")
-            if isinstance(doc.get("fired_at"), str):
-                fired = datetime.fromisoformat(doc["fired_at"]).timestamp()
-        except (orjson.JSONDecodeError, AttributeError, ValueError):
-            job, event = "", ""
-        self.deliveries.append(
-            Delivery(now, request.headers.get("Idempotency-Key", ""), str(job), str(event), fired)
-        )
-        return web.Response(status=200)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+def webhook_receiver(deliveries: list[Delivery]) -> Receiver:
+    """The webhook receiver: appends each request to ``deliveries`` as it arrives
+    (keeping no other copy) and answers 200 at once. Hooks go to ``url("/hook")``."""
+    return Receiver(
+        respond=empty_ok, keep=False, on_request=lambda seen: deliveries.append(delivery_of(seen))
+    )
 
 
 @dataclass

@@ -19,7 +19,8 @@ import pytest
 from tests.apiutil import JWT_SECRET, SECRETS_KEY
 from tests.procs import ServiceProcess, http_get
 
-pytestmark = [pytest.mark.db, pytest.mark.slow]
+# Kafka: the API is ready (/readyz) only with its broker reachable.
+pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow]
 
 CHECKS = ",".join(
     (

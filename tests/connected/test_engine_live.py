@@ -38,7 +38,7 @@ from shared.kafka import LagProbe
 from shared.topics import event_key as topic_key
 from tests.apiutil import store_events
 from tests.connected.test_ingest import TOKEN, settings_for
-from tests.dispatcherutil import Receiver, action_ids, results, serve, wait_for
+from tests.dispatcherutil import action_ids, results, wait_for
 from tests.engine_strategies import CHAINS, cases
 from tests.kafkautil import read_topic
 from tests.matcherutil import insert_trigger, insert_user
@@ -46,6 +46,7 @@ from tests.procs import ServiceProcess
 from tests.reference import Step, reference_firing_steps
 from tools.benchdb import scratch_topic
 from tools.eventgen import make_event
+from tools.localnet import Receiver, serve
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 

@@ -21,6 +21,7 @@ from services.ingest.app import create_app
 from services.ingest.queries import CHAIN_LOCK
 from services.ingest.settings import IngestSettings
 from shared.jobs import parse_topic_message
+from tests.dispatcherutil import wait_for
 from tests.kafkautil import read_topic
 from tools.eventgen import make_event, stream, take
 
@@ -309,12 +310,27 @@ async def test_relay_listener_survives_a_lost_connection(
         first = [make_event(rng, chain_id=chain, block_number=1, log_index=i) for i in range(5)]
         await client.post("/v1/events", json=first, headers=AUTH)
         await read_topic(kafka_bootstrap, topic, expect=5, within=5, settle=0)
+        before = await db.fetchval(
+            "SELECT array_agg(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'erc8004-ingest-relay' AND datname = current_database()"
+        )
         killed = await db.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE application_name = 'erc8004-ingest-relay'"
         )
         assert killed == 1
-        await asyncio.sleep(2.5)  # reconnect after 1 s
+
+        async def listening_again() -> bool:
+            # A new relay connection that has run its LISTEN (then, every 5 s, SELECT 1).
+            fresh = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'erc8004-ingest-relay' AND datname = current_database()"
+                " AND pid <> ALL($1::int[]) AND (query ILIKE 'LISTEN%' OR query = 'SELECT 1')",
+                before,
+            )
+            return bool(fresh)
+
+        await wait_for(listening_again, within=15, what="the relay to LISTEN again")
         second = [make_event(rng, chain_id=chain, block_number=2, log_index=i) for i in range(5)]
         await client.post("/v1/events", json=second, headers=AUTH)
         started = asyncio.get_running_loop().time()

@@ -5,7 +5,6 @@ duplicates, and its reorgs replace the blocks they name."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import asyncpg
 import pytest
@@ -15,6 +14,7 @@ from services.ingest.app import create_app
 from tests.connected.test_ingest import TOKEN, settings_for
 from tests.kafkautil import read_topic
 from tools.loadgen import LoadGenerator, Settings
+from tools.localnet import free_port
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
@@ -24,9 +24,7 @@ async def test_loadgen_posts_batches_singles_duplicates_and_reorgs(
 ) -> None:
     runner = web.AppRunner(create_app(settings_for(database_url, kafka_bootstrap, topic)))
     await runner.setup()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     acked: list[dict[str, object]] = []
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ServiceProcess, free_port, http_get
+from tests.procs import ServiceProcess, http_get
+from tools.localnet import free_port
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -39,19 +39,32 @@ class Query:
     expr: str
     metrics: frozenset[str]
     labels: frozenset[str]
+    #: the labels of each metric's own selector ({...}), and of the groupings
+    selectors: dict[str, frozenset[str]] = field(default_factory=dict)
+    grouping: frozenset[str] = frozenset()
 
 
 def analyse(where: str, expr: str) -> Query:
     blank = _STRING.sub('""', expr)
     metrics: set[str] = set()
-    labels: set[str] = set()
+    selectors: dict[str, set[str]] = {}
+    grouping: set[str] = set()
     for match in _METRIC.finditer(blank):
         metrics.add(match.group(1))
+        own = selectors.setdefault(match.group(1), set())
         if match.group(2):
-            labels.update(_MATCHER.findall(match.group(2)))
+            own.update(_MATCHER.findall(match.group(2)))
     for group in _GROUPING.findall(blank):
-        labels.update(label.strip() for label in group.split(",") if label.strip())
-    return Query(where, expr, frozenset(metrics), frozenset(labels - TARGET_LABELS))
+        grouping.update(label.strip() for label in group.split(",") if label.strip())
+    labels = grouping.union(*selectors.values())
+    return Query(
+        where,
+        expr,
+        frozenset(metrics),
+        frozenset(labels - TARGET_LABELS),
+        {m: frozenset(own - TARGET_LABELS) for m, own in selectors.items()},
+        frozenset(grouping - TARGET_LABELS),
+    )
 
 
 def family(name: str, families: set[str]) -> str | None:

@@ -196,4 +196,6 @@ def test_queries_match_the_metrics_services_define(service: str) -> None:
                 continue
             name = family(metric, set(families))
             assert name is not None, (query.where, metric)
-            assert query.labels <= families[name], (query.where, metric, query.labels)
+            # its own selector's labels, and those the query groups by
+            wanted = query.selectors.get(metric, frozenset()) | query.grouping
+            assert wanted <= families[name], (query.where, metric, wanted)

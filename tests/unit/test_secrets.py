@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
+import yaml
 from cryptography.fernet import Fernet
 
 from shared.secrets import SecretBox, SecretDecryptError, SecretsKeyError
 
 pytestmark = pytest.mark.unit
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEV_OVERLAY = DEPLOY / "k8s" / "overlays" / "dev"
 
 
 def test_round_trip_and_ciphertext_hides_the_secret() -> None:
@@ -58,5 +65,40 @@ def test_bad_keys_are_named(key: str, reason: str) -> None:
         SecretBox(key)
 
 
+def env_file(path: Path) -> dict[str, str]:
+    pairs = (line.partition("=") for line in path.read_text().splitlines())
+    return {k.strip(): v.strip() for k, sep, v in pairs if sep and not k.startswith("#")}
+
+
 def test_dev_key_is_valid() -> None:
-    SecretBox("ZGV2LXNlY3JldHMta2V5LTMyLWJ5dGVzLWxvbmctLTE=")
+    """The SECRETS_KEY of every development setup (the local stack, compose, the k8s
+    dev overlay) is one Fernet key: api and dispatcher share it wherever they run
+    together, and it encrypts what it alone decrypts. Production never carries it."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    keys = {
+        "deploy/local/dev.env": env_file(DEPLOY / "local" / "dev.env")["SECRETS_KEY"],
+        "deploy/compose.yaml": compose["x-app"]["environment"]["SECRETS_KEY"],
+        "k8s dev overlay": env_file(DEV_OVERLAY / "migrate" / "dev-secrets.env")["SECRETS_KEY"],
+    }
+    assert len(set(keys.values())) == 1, keys
+    (key,) = set(keys.values())
+    assert "," not in key  # one key, nothing to rotate from
+    assert len(base64.urlsafe_b64decode(key)) == 32
+
+    box = SecretBox(key)
+    token = box.encrypt("dev-webhook-secret", context="trigger_actions:1")
+    assert b"dev-webhook-secret" not in token
+    assert SecretBox(key).decrypt(token, context="trigger_actions:1") == "dev-webhook-secret"
+    assert Fernet(key.encode()).decrypt(token).endswith(b"dev-webhook-secret")
+    with pytest.raises(SecretDecryptError):
+        SecretBox(Fernet.generate_key().decode()).decrypt(token, context="trigger_actions:1")
+
+    carriers = {
+        str(path.relative_to(DEPLOY))
+        for path in DEPLOY.rglob("*")
+        if path.is_file() and key in path.read_text(errors="ignore")
+    }
+    assert all(
+        name in {"local/dev.env", "compose.yaml"} or name.startswith("k8s/overlays/dev/")
+        for name in carriers
+    ), carriers

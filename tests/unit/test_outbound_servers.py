@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -42,33 +42,13 @@ from shared.outbound import (
     new_session,
 )
 from tests.unit.test_outbound import StaticResolver
+from tools.localnet import Handler, Receiver
+from tools.localnet import serve as serve_receiver
 
 pytestmark = pytest.mark.unit
 
 STRICT = OutboundPolicy()
 LOOPBACK = OutboundPolicy.from_setting("127.0.0.0/8, ::1")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Server:
-    host: str
-    port: int
-    seen: list[Seen] = field(default_factory=list)
-
-    def url(self, path: str = "/", *, host: str | None = None) -> str:
-        name = host or self.host
-        netloc = f"[{name}]" if ":" in name else name
-        return f"http://{netloc}:{self.port}{path}"
 
 
 async def hello(_request: web.Request) -> web.StreamResponse:
@@ -78,26 +58,17 @@ async def hello(_request: web.Request) -> web.StreamResponse:
 @asynccontextmanager
 async def serve(
     handler: Handler = hello, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
-) -> AsyncIterator[Server]:
-    """An aiohttp server on ``host`` (port 0) recording every request it handles."""
-    server = Server(host, 0)
-
-    async def record(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        server.seen.append(Seen(request.method, request.path_qs, dict(request.headers), body))
-        return await handler(request)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, 0, ssl_context=ssl_context)
-        await site.start()
-        server.port = runner.addresses[0][1]
-        yield server
-    finally:
-        await runner.cleanup()
+) -> AsyncIterator[Receiver]:
+    """A server on ``host`` (a free port) recording every request ``handler`` answers."""
+    receiver = Receiver(
+        handler=handler,
+        host=host,
+        ssl_context=ssl_context,
+        handler_cancellation=True,
+        shutdown_timeout=1.0,
+    )
+    async with serve_receiver(receiver):
+        yield receiver
 
 
 @dataclass
@@ -217,7 +188,7 @@ async def test_allowed_networks_reach_loopback() -> None:
             assert response.body == b"hello"
             assert response.url == url
             assert response.headers["content-type"].startswith("text/plain")
-        assert [seen.path for seen in server.seen] == ["/", "/x?y=1"]
+        assert [seen.path_qs for seen in server.seen] == ["/", "/x?y=1"]
 
 
 async def test_allowed_ipv6_loopback() -> None:

@@ -1248,8 +1248,10 @@ def with_due(trigger: TriggerSpec, row: Mapping[str, Any]) -> State:
 
 
 def has_absence(trigger: TriggerSpec) -> bool:
-    """The trigger has an absence condition: every tick of its chain concerns it."""
-    return trigger._program.absence is not None
+    """The trigger has an absence condition: every tick of its chain concerns it.
+    (It stands at the top level: read without compiling the trigger, which the
+    index does lazily.)"""
+    return any(c.condition_type is ConditionType.absence for c in trigger.conditions)
 
 
 def tick(

@@ -294,7 +294,7 @@ async def test_an_absence_backtest_ticks_on_the_chains_events_and_heartbeats(
     expected = reference_firings({**trigger, "conditions": trigger["conditions"]}, steps)
     body = {
         "trigger": trigger,
-        "from": events[0].block_time.isoformat(),
+        "from": min([events[0].block_time, *(b[3] for b in beats)]).isoformat(),
         "to": (datetime.fromtimestamp(ts, UTC) + timedelta(seconds=1)).isoformat(),
         "explain_limit": 100,
     }

@@ -205,7 +205,9 @@ def used_by(service: str) -> dict[str, set[str]]:
     for query in all_queries():
         for metric in query.metrics:
             if service_of(metric) == service:
-                used.setdefault(metric, set()).update(query.labels)
+                # its own selector's labels, and those the query groups by
+                own = query.selectors.get(metric, frozenset())
+                used.setdefault(metric, set()).update(own | query.grouping)
     return used
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -98,7 +97,11 @@ async def listen(
     """A connection of its own LISTENing on ``channel`` (not a pooled one: the
     pool's reset on release would UNLISTEN)."""
     conn = await connect()
-    await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: on_notify(payload))
+    try:
+        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: on_notify(payload))
+    except BaseException:  # cancelled or failed: not left open behind our back
+        conn.terminate()
+        raise
     return conn
 
 
@@ -128,7 +131,12 @@ async def keep_listening(
             log.warning("listener lost its connection", channel=channel, error=repr(exc))
         finally:
             if conn is not None and not conn.is_closed():
-                with contextlib.suppress(Exception):
-                    await conn.close()
+                try:
+                    await conn.close(timeout=2.0)
+                except asyncio.CancelledError:  # a shutdown mid-close: not left open
+                    conn.terminate()
+                    raise
+                except Exception:  # noqa: BLE001 (a dead connection: drop it)
+                    conn.terminate()
             conn = None
         await asyncio.sleep(1.0)

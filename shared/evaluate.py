@@ -53,7 +53,7 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 from functools import cached_property
 from typing import Any, Final
 
-from shared.events import Event, event_key, feedback_value
+from shared.events import Event, feedback_value, version_key
 from shared.triggers import Condition, ConditionType
 
 __all__ = [
@@ -789,7 +789,7 @@ class _Run:
 
     def __init__(self, event: Event, rows: _Rows, *, notes: bool = True) -> None:
         self.event = event
-        self.version = event_key(event)
+        self.version = version_key(event)
         self.rows = rows
         #: Whether verdicts are written down for an explain (a second pass does it
         #: when only a firing needs one).
@@ -1104,7 +1104,7 @@ def _revoked_only(
         "trigger_id": trigger.id,
         "trigger_version": trigger.version,
         "event_id": event.id,
-        "event_version": event_key(event),
+        "event_version": version_key(event),
         "fired": False,
         "suppressed": None,
         "revoked": revoked,
@@ -1165,7 +1165,7 @@ def retract(
 ) -> Withdrawal:
     """Take a reorged block range [from_block, to_block] (None: no upper bound) of a chain
     back out of every rate window of one state row; with ``event_keys`` (the replaced
-    versions, see shared.events.event_key), exactly those entries, so that applying
+    versions, see shared.events.version_key), exactly those entries, so that applying
     the retraction again never removes a canonical event of the same range. EMAs,
     arming and cooldowns stay as they are. ``scope_key`` names the row ('' the
     trigger's, else an agent's): a window stored in the previous release's layout is

@@ -535,7 +535,7 @@ def parse_events(items: list[object]) -> tuple[list[Event], list[ItemError]]:
     return events, errors
 
 
-def event_key(e: Event) -> str:
+def version_key(e: Event) -> str:
     """The identity of one version of an event: ``{id}@{block_hash}``. The id alone is
     a position; after a reorg the canonical event at that position has the same id
     and another block hash. Windows, idempotency records and retractions use this."""

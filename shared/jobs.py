@@ -26,7 +26,7 @@ from shared.triggers import Action, ActionConfig, ActionType
 
 def job_id(trigger_id: str, event_version: str, action_id: int) -> str:
     """Deterministic job id: first 32 hex of sha256("{trigger_id}:{version}:{action_id}"),
-    where the event version is ``{id}@{block_hash}`` (shared.events.event_key): after a
+    where the event version is ``{id}@{block_hash}`` (shared.events.version_key): after a
     reorg the canonical event at the same position is another version, so its
     firing is another job (the replaced one's may be done already)."""
     return hashlib.sha256(f"{trigger_id}:{event_version}:{action_id}".encode()).hexdigest()[:32]
@@ -90,7 +90,7 @@ class RetractionMessage(BaseModel):
     to_block: _Block | None = None
     reorg_id: Annotated[str, Strict(), Field(min_length=1, max_length=200)]
     created_at: AwareDatetime
-    #: ``event_key`` of every replaced event: a retraction removes exactly these, so
+    #: ``version_key`` of every replaced event: a retraction removes exactly these, so
     #: applying it again (one copy per partition) never touches canonical events.
     event_keys: tuple[str, ...] = ()
 

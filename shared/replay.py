@@ -27,7 +27,7 @@ from shared.evaluate import (
     scope_keys,
     tick,
 )
-from shared.events import Event, event_key
+from shared.events import Event, version_key
 from shared.trigger_index import TriggerIndex
 from shared.triggers import Condition
 
@@ -145,7 +145,7 @@ def scope_order(scope: str) -> tuple[bool, int]:
 class Evaluated:
     """One event a trigger evaluated, as kept for recomputing its state."""
 
-    key: str  #: the event version, shared.events.event_key
+    key: str  #: the event version, shared.events.version_key
     event: Event | None  #: None: no longer stored
     trigger: TriggerSpec | None  #: the definition it was evaluated under (None: unknown)
     #: Whether the trigger fired on it when it arrived (its actions were sent).
@@ -340,9 +340,9 @@ class Replay:
             trigger, event, states={k: self.states.get(k) for k in keys}, explain_all=False
         )
         if keys:
-            self._record(Evaluated(event_key(event), event, trigger, outcome.fired))
+            self._record(Evaluated(version_key(event), event, trigger, outcome.fired))
             if has_absence(trigger):
-                self._events[event_key(event)] = event
+                self._events[version_key(event)] = event
         for key in outcome.changed:
             self.states[key] = outcome.states[key]
             self._push_due(key)
@@ -351,7 +351,7 @@ class Replay:
     def feed(self, event: Event) -> list[Step]:
         """One event of any chain and registry as the matcher takes it: first a tick
         of its chain (section 5a), then ``step``. The steps that evaluated or fired."""
-        steps = self.tick(event.chain_id, event.timestamp, event_key(event))
+        steps = self.tick(event.chain_id, event.timestamp, version_key(event))
         step = self.step(event)
         if step is not None:
             steps.append(step)

@@ -29,7 +29,7 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-def event_key(chain_id: int, agent_id: int | None = None) -> bytes:
+def partition_key(chain_id: int, agent_id: int | None = None) -> bytes:
     """Partition key of erc8004.events: the chain id alone, so that a chain is one
     partition, consumed in order by one matcher: every trigger (it watches one
     chain) sees its events in chain order, whatever the partitioning, the replicas

@@ -18,7 +18,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from mcp.server.mcpserver import Context, MCPServer
 
-from shared.events import EVENT_COLUMNS, Event, event_key, event_row
+from shared.events import EVENT_COLUMNS, Event, event_row, version_key
 from shared.jobs import ActionJob, job_id
 from shared.triggers import ActionType
 from tools.eventgen import make_event
@@ -123,7 +123,7 @@ def make_job(
     name: str = "test trigger",
 ) -> ActionJob:
     return ActionJob(
-        job_id=job_id(trigger_id, event_key(event), action_id),
+        job_id=job_id(trigger_id, version_key(event), action_id),
         trigger_id=trigger_id,
         trigger_name=name,
         user_id=user_id,

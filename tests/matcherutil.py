@@ -16,7 +16,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from shared.events import Event
 from shared.jobs import EventMessage, dump_message
-from shared.topics import event_key
+from shared.topics import partition_key
 
 
 async def insert_user(db: asyncpg.Connection) -> str:
@@ -89,7 +89,7 @@ def chains_over_partitions(partitions: int) -> list[int]:
     found: dict[int, int] = {}
     while len(found) < partitions:
         chain = random.randrange(1_000_000, 2**31 - 1)
-        found.setdefault(DefaultPartitioner()(event_key(chain), every, every), chain)
+        found.setdefault(DefaultPartitioner()(partition_key(chain), every, every), chain)
     return [found[p] for p in every]
 
 
@@ -104,7 +104,7 @@ async def produce_events(
             await producer.send(
                 topic,
                 dump_message(EventMessage(kind="event", event=e, ingested_at=at)),
-                key=event_key(e.chain_id, e.agent_id),
+                key=partition_key(e.chain_id, e.agent_id),
             )
             for e in events
         ]

@@ -15,7 +15,7 @@ from shared.events import (
     MAX_ABS_VALUE,
     Event,
     Registry,
-    event_key,
+    version_key,
 )
 from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
 from shared.triggers import MAX_GROUP_DEPTH, Action, Condition, TriggerCreate
@@ -431,7 +431,7 @@ def action_jobs(draw: st.DrawFn) -> ActionJob:
     trigger_id = draw(st.uuids()).hex
     action_id = draw(st.integers(1, 10**6))
     return ActionJob(
-        job_id=job_id(trigger_id, event_key(event), action_id),
+        job_id=job_id(trigger_id, version_key(event), action_id),
         trigger_id=trigger_id,
         trigger_name=draw(words),
         user_id=draw(st.uuids()).hex,

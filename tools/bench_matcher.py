@@ -41,7 +41,7 @@ from shared.evaluate import evaluate, scope_keys
 from shared.events import Event, parse_events
 from shared.jobs import EventMessage, dump_message
 from shared.replay import compile_trigger
-from shared.topics import event_key
+from shared.topics import partition_key
 from shared.trigger_index import TriggerIndex
 from tools.bench_ingest import pct
 from tools.benchdb import scratch_database, scratch_topic
@@ -149,7 +149,7 @@ async def produce(bootstrap: str, topic: str, events: list[Event]) -> float:
             await producer.send(
                 topic,
                 dump_message(EventMessage(kind="event", event=e, ingested_at=at)),
-                key=event_key(e.chain_id, e.agent_id),
+                key=partition_key(e.chain_id, e.agent_id),
             )
             for e in events
         ]

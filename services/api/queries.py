@@ -474,10 +474,10 @@ FIRING_EXPLAIN = """
 
 
 async def get_evaluation_explain(
-    conn: Conn, trigger_id: str, event_key: str
+    conn: Conn, trigger_id: str, version_key: str
 ) -> dict[str, Any] | None:
     value: dict[str, Any] | None = await conn.fetchval(
-        FIRING_EXPLAIN.format(trigger="$1", version="$2"), trigger_id, event_key
+        FIRING_EXPLAIN.format(trigger="$1", version="$2"), trigger_id, version_key
     )
     return value
 

@@ -60,7 +60,7 @@ from services.dispatcher.policy import (
 from services.dispatcher.registration import ResolveError, Resolver
 from services.dispatcher.settings import DispatcherSettings
 from shared.db import Conn
-from shared.events import INT32_MAX, event_key
+from shared.events import INT32_MAX, version_key
 from shared.jobs import ActionJob, DeadLetter
 from shared.outbound import OutboundPolicy, origin
 from shared.secrets import SecretBox, SecretDecryptError
@@ -647,7 +647,7 @@ class Dispatcher:
                 job.attempt - 1,
                 job.attempt,
                 job.run_id,
-                event_key(job.event),
+                version_key(job.event),
                 trigger_version(job),
             )
         )

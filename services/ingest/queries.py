@@ -18,7 +18,7 @@ from shared.jobs import (
     dump_event_messages,
     dump_message,
 )
-from shared.topics import EVENTS, event_key
+from shared.topics import EVENTS, partition_key
 
 #: pg_try_advisory_xact_lock key that serialises relay batches across replicas,
 #: so messages reach Kafka in outbox order (per key) whoever relays them.
@@ -101,7 +101,7 @@ async def store_events(
             await conn.copy_records_to_table(
                 "event_outbox",
                 records=[
-                    (topic, event_key(e.chain_id, e.agent_id).decode(), payload)
+                    (topic, partition_key(e.chain_id, e.agent_id).decode(), payload)
                     for e, payload in zip(accepted, payloads, strict=True)
                 ],
                 columns=list(OUTBOX_COLUMNS),
@@ -184,7 +184,7 @@ async def record_heartbeat(conn: Conn, checkpoint: CheckpointIn, *, topic: str =
             "INSERT INTO event_outbox (topic, msg_key, payload, broadcast)"
             " VALUES ($1, $2, $3, false)",
             topic,
-            event_key(checkpoint.chain_id).decode(),
+            partition_key(checkpoint.chain_id).decode(),
             dump_message(message),
         )
         await _advance_checkpoints(
@@ -323,7 +323,7 @@ async def record_reorg(conn: Conn, reorg: ReorgIn, *, topic: str = EVENTS) -> Re
             "INSERT INTO event_outbox (topic, msg_key, payload, broadcast)"
             " VALUES ($1, $2, $3, false)",
             topic,
-            event_key(reorg.chain_id).decode(),
+            partition_key(reorg.chain_id).decode(),
             dump_message(message),
         )
     return ReorgResult(reorg_id=row["id"], released=sorted(r["id"] for r in released))

@@ -36,7 +36,7 @@ from shared.evaluate import (
     tick,
     with_due,
 )
-from shared.events import Event, event_from_row, event_key
+from shared.events import Event, event_from_row, version_key
 from shared.jobs import (
     ActionJob,
     AnyTopicMessage,
@@ -186,7 +186,7 @@ class Matcher:
                 # then its tick, under the history before it (docs/semantics.md 5a).
                 event = message.event
                 segment.append(
-                    _Tick(event.chain_id, event.timestamp, event_key(event), message.ingested_at)
+                    _Tick(event.chain_id, event.timestamp, version_key(event), message.ingested_at)
                 )
                 jobs += await self._events(segment)
                 segment = []
@@ -280,7 +280,7 @@ class Matcher:
             event = message.event
             if tick and index.absence_of_chain(event.chain_id):  # a tick of its chain too
                 stateful.append(
-                    _Tick(event.chain_id, event.timestamp, event_key(event), message.ingested_at)
+                    _Tick(event.chain_id, event.timestamp, version_key(event), message.ingested_at)
                 )
             t0 = time.perf_counter()
             candidates = index.candidates(event)
@@ -314,7 +314,7 @@ class Matcher:
             scopes = {id(p): scope_keys(p[1], p[0]) for p in pairs}
             batch = await self._lock(conn, pairs, scopes, ticks, absent)
             states, changed, records = batch.states, batch.changed, batch.records
-            done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
+            done = await queries.done_evaluations(conn, [(t.id, version_key(e)) for e, t in pairs])
             for item in work:
                 if isinstance(item, _Tick):
                     batch.tick(item)
@@ -323,7 +323,7 @@ class Matcher:
                 keys = scopes[id(item)]
                 if any((trigger.id, key) not in states for key in keys):
                     continue  # deleted since the index saw it
-                pair = (trigger.id, event_key(event))
+                pair = (trigger.id, version_key(event))
                 if pair in done:
                     explain = done[pair]
                     if explain is not None:  # fired before: its jobs may not have left
@@ -398,9 +398,9 @@ class Matcher:
         """One revocation: the states of the triggers it concerns recomputed without
         the feedback it revokes, before it is evaluated itself (not again on
         redelivery)."""
-        done = await queries.done_evaluations(conn, [(t.id, event_key(e)) for e, t in pairs])
+        done = await queries.done_evaluations(conn, [(t.id, version_key(e)) for e, t in pairs])
         event = pairs[0][0]
-        todo = [t for e, t in pairs if t.id in recompute and (t.id, event_key(e)) not in done]
+        todo = [t for e, t in pairs if t.id in recompute and (t.id, version_key(e)) not in done]
         starts = await queries.revoked_feedback_records(conn, [t.id for t in todo], event)
         for trigger in todo:
             if trigger.id in starts:
@@ -416,7 +416,7 @@ class Matcher:
     ) -> list[ActionJob]:
         """The jobs of firing ticks: each carries its silence's last matching event
         (of this batch, or stored)."""
-        known = {event_key(e): e for e, _ in pairs}
+        known = {version_key(e): e for e, _ in pairs}
         wanted = [
             (x["event_version"], _at(x["silent_since"]))
             for _, x, _ in fired
@@ -631,7 +631,7 @@ class Matcher:
         # A firing recorded by the previous release (its explain has no event_version)
         # and produced again after a redelivery keeps the job id it had then (the
         # event id), so the dispatcher and receivers recognise it.
-        version = event_key(event) if "event_version" in explain else event.id
+        version = version_key(event) if "event_version" in explain else event.id
         return [
             ActionJob(
                 job_id=job_id(trigger.id, version, action.id),

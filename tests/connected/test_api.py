@@ -24,7 +24,7 @@ from services.api.signatures import (
     mcp_token_message,
     mcp_token_removal_message,
 )
-from shared.events import event_key
+from shared.events import version_key
 from shared.jobs import ActionJob, job_id
 from shared.secrets import SecretBox, SecretDecryptError
 from tests.apiutil import (
@@ -573,7 +573,7 @@ async def seed_history(db: asyncpg.Connection, trigger_id: str, user_id: str) ->
     action_id = await db.fetchval(
         "SELECT min(id) FROM trigger_actions WHERE trigger_id = $1", trigger_id
     )
-    jid = job_id(trigger_id, event_key(event), action_id)
+    jid = job_id(trigger_id, version_key(event), action_id)
     await db.execute(
         "INSERT INTO trigger_state (trigger_id, scope_key, state_data) VALUES ($1, '', $2)",
         trigger_id,
@@ -867,7 +867,7 @@ async def test_results_carry_the_firings_explain_and_the_versions(
 
     stored = an_event(CHAIN, 300, event_type="NewFeedback", score=95)
     await store_events(db, [stored])
-    version = event_key(stored)
+    version = version_key(stored)
     never_stored = f"{stored.id}@0x{'e' * 64}"  # another version of the same position
 
     # Stateful: the explain the matcher recorded for the firing, joined on its version.

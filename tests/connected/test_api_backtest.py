@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.api.app import create_app
 from services.api.backtest import run_backtest, unsaved_spec
 from services.api.models import BacktestIn
-from shared.events import Event, event_key
+from shared.events import Event, version_key
 from shared.jobs import ActionJob
 from shared.triggers import TriggerCreate
 from tests.apiutil import Client, an_event, api_settings, cheap_passwords, signup, store_events
@@ -177,7 +177,7 @@ async def test_backtest_fires_exactly_where_the_live_matcher_fires(
             recorded = await db.fetchval(
                 "SELECT explain FROM trigger_evaluations WHERE trigger_id = $1 AND event_id = $2",
                 tid,
-                event_key(by_id[explain["event_id"]]),
+                version_key(by_id[explain["event_id"]]),
             )
             assert recorded == explain, name
 
@@ -217,7 +217,7 @@ async def test_backtest_fires_exactly_where_the_reference_does(
         canonical = [
             payload
             for kind, payload in steps
-            if kind == "event" and event_key(payload) not in replaced
+            if kind == "event" and version_key(payload) not in replaced
         ]
         if not canonical:
             continue
@@ -233,7 +233,7 @@ async def test_backtest_fires_exactly_where_the_reference_does(
         assert resp.status == 200, await resp.text()
         result = await resp.json()
         assert not result["truncated"]
-        by_version = {event_key(e): e.id for e in canonical}
+        by_version = {version_key(e): e.id for e in canonical}
         assert [f["event_id"] for f in result["firings"]] == [by_version[v] for v in expected], (
             n,
             trigger,
@@ -303,7 +303,7 @@ async def test_an_absence_backtest_ticks_on_the_chains_events_and_heartbeats(
     result = await resp.json()
     assert result["events_scanned"] == len(events)  # the Registered events too
     assert result["heartbeats_scanned"] == len(beats)
-    by_version = {event_key(e): e.id for e in events}
+    by_version = {version_key(e): e.id for e in events}
     assert len(expected) >= 3, "the history should have silences"
     assert [f["event_id"] for f in result["firings"]] == [by_version[v] for v in expected]
     assert {x["mode"] for x in result["explains"]} == {"absence"}

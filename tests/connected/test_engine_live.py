@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
 from services.ingest.app import create_app
-from shared.events import Event, event_key
+from shared.events import Event, version_key
 from shared.jobs import (
     ActionJob,
     AnyTopicMessage,
@@ -35,7 +35,7 @@ from shared.jobs import (
     job_id,
 )
 from shared.kafka import LagProbe
-from shared.topics import event_key as topic_key
+from shared.topics import partition_key
 from tests.apiutil import store_events
 from tests.connected.test_ingest import TOKEN, settings_for
 from tests.dispatcherutil import action_ids, results, wait_for
@@ -160,8 +160,8 @@ async def test_a_reorg_replacement_fires_again_and_is_delivered(
 
     keys = [seen.headers["idempotency-key"] for seen in receiver.seen]
     assert keys == [
-        job_id(trigger, event_key(first), action),
-        job_id(trigger, event_key(canonical), action),
+        job_id(trigger, version_key(first), action),
+        job_id(trigger, version_key(canonical), action),
     ]
     assert [seen.json()["event"]["score"] for seen in receiver.seen] == ["10", "20"]
     for key in keys:
@@ -268,7 +268,7 @@ def topic_messages(steps: list[Step]) -> list[tuple[bytes, bytes]]:
         if kind == "event":
             height[payload.chain_id] = max(height.get(payload.chain_id, 0), payload.block_number)
             message = EventMessage(kind="event", event=payload, ingested_at=now)
-            out.append((topic_key(payload.chain_id), dump_message(message)))
+            out.append((partition_key(payload.chain_id), dump_message(message)))
         elif kind == "tick":
             chain, block_time = payload
             message = TickMessage(
@@ -279,7 +279,7 @@ def topic_messages(steps: list[Step]) -> list[tuple[bytes, bytes]]:
                 timestamp=block_time,
                 ingested_at=now,
             )
-            out.append((topic_key(chain), dump_message(message)))
+            out.append((partition_key(chain), dump_message(message)))
         else:
             chain = int(next(iter(payload)).partition("-")[0])
             blocks = [int(k.split("-")[1]) for k in payload]
@@ -291,7 +291,7 @@ def topic_messages(steps: list[Step]) -> list[tuple[bytes, bytes]]:
                 created_at=now,
                 event_keys=tuple(sorted(payload)),
             )
-            out.append((topic_key(chain), dump_message(retraction)))
+            out.append((partition_key(chain), dump_message(retraction)))
     return out
 
 
@@ -401,12 +401,12 @@ async def test_live_matchers_fire_exactly_where_the_reference_does(
         await probe.close()
     records = await read_topic(kafka_bootstrap, actions_topic, expect=len(expected), settle=2)
     jobs = [ActionJob.parse(r.value) for r in records]
-    got = {(job.trigger_id, event_key(job.event)) for job in jobs}
+    got = {(job.trigger_id, version_key(job.event)) for job in jobs}
     assert got == expected, f"ENGINE_LIVE_SEED={base}\n" + explain_difference(got, expected, drawn)
     for job in jobs:  # the absence firings' jobs too: one id per (trigger, version, action)
-        assert job.job_id == job_id(job.trigger_id, event_key(job.event), job.action_id)
+        assert job.job_id == job_id(job.trigger_id, version_key(job.event), job.action_id)
     got_ticks = {
-        (job.trigger_id, event_key(job.event), job.explain["tick"]["time"], job.explain["scope"])
+        (job.trigger_id, version_key(job.event), job.explain["tick"]["time"], job.explain["scope"])
         for job in jobs
         if job.explain.get("mode") == "absence"
     }
@@ -436,7 +436,7 @@ def scope_row(trigger: dict[str, Any], version: str, steps: list[Step]) -> str:
     (absence,) = [c for c in trigger["conditions"] if c["condition_type"] == "absence"]
     if (absence.get("config") or {}).get("scope") != "agent":
         return ""
-    (agent,) = {e.agent_id for kind, e in steps if kind == "event" and event_key(e) == version}
+    (agent,) = {e.agent_id for kind, e in steps if kind == "event" and version_key(e) == version}
     return "" if agent is None else str(agent)
 
 

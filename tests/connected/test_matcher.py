@@ -21,7 +21,7 @@ import pytest
 from services.matcher import queries
 from shared.db import register_codecs
 from shared.evaluate import evaluate, scope_keys
-from shared.events import Event, event_key
+from shared.events import Event, version_key
 from shared.jobs import (
     ActionJob,
     EventMessage,
@@ -31,7 +31,7 @@ from shared.jobs import (
     job_id,
 )
 from shared.replay import compile_trigger
-from shared.topics import event_key as topic_key
+from shared.topics import partition_key
 from shared.trigger_index import TriggerIndex
 from tests.apiutil import store_events
 from tests.kafkautil import read_topic
@@ -307,7 +307,7 @@ async def test_every_condition_type_end_to_end(
     assert got == expected
     assert len(jobs) == len(expected), "a firing was produced twice"
     for job in jobs:
-        assert job.job_id == job_id(job.trigger_id, event_key(job.event), job.action_id)
+        assert job.job_id == job_id(job.trigger_id, version_key(job.event), job.action_id)
         assert job.explain["fired"] is True
         assert job.explain["conditions"], job.explain
         assert job.explain["trigger_version"] == versions[job.trigger_id]
@@ -402,7 +402,7 @@ async def test_retraction_takes_events_out_of_rate_windows(
 
     assert len(await window()) == 6
     replaced = events[3:]
-    retraction = retraction_of(chain, 203, [event_key(e) for e in replaced])
+    retraction = retraction_of(chain, 203, [version_key(e) for e in replaced])
     # One copy on partition 0 first, then the canonical event at block 203 (same
     # id, other block hash), then the copies of the other partitions: they must
     # not take the canonical event out.
@@ -418,8 +418,8 @@ async def test_retraction_takes_events_out_of_rate_windows(
     await wait_metric(proc, "erc8004_matcher_retractions_total", 3)
     entries = await window()
     assert len(entries) == 4
-    assert event_key(canonical) in {entry[1] for entry in entries}
-    assert not {event_key(e) for e in replaced} & {entry[1] for entry in entries}
+    assert version_key(canonical) in {entry[1] for entry in entries}
+    assert not {version_key(e) for e in replaced} & {entry[1] for entry in entries}
 
 
 EMA_BELOW_40 = [
@@ -472,9 +472,9 @@ async def test_a_revocation_recomputes_the_ema_and_the_arming(
         trigger,
     )
     assert [(r["event_id"], r["excluded"]) for r in excluded] == [
-        (event_key(first), "revoked"),
-        (event_key(revoked), None),
-        (event_key(second), None),
+        (version_key(first), "revoked"),
+        (version_key(revoked), None),
+        (version_key(second), None),
     ]
 
 
@@ -511,7 +511,7 @@ async def test_a_retracted_revocation_and_its_replacement_in_one_batch(
     await produce_keyed(kafka_bootstrap, topic, [first, replaced])
     await wait_all_evaluated(db, 2)
     proc.terminate()  # the rest waits on the topic, read in one batch on restart
-    retraction = retraction_of(chain, 501, (event_key(replaced),))
+    retraction = retraction_of(chain, 501, (version_key(replaced),))
     await produce_keyed(kafka_bootstrap, topic, [retraction, canonical, later])
     start_matcher(matcher_env, tmp_path, procs)
     await wait_all_evaluated(db, 4)
@@ -549,12 +549,12 @@ async def test_a_reorg_restores_the_ema_the_arming_and_the_cooldown(
     await produce_events(kafka_bootstrap, topic, [before, replaced])
     (fired,) = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
     assert fired.event.id == replaced.id
-    retraction = retraction_of(chain, 400, (event_key(replaced),))
+    retraction = retraction_of(chain, 400, (version_key(replaced),))
     canonical = feedback(chain, 400, 5, score=20, timestamp=ts, block_hash="0x" + "cd" * 32)
     await store_events(db, [canonical])
     await produce_keyed(kafka_bootstrap, topic, [retraction, canonical])
     jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
-    assert [event_key(j.event) for j in jobs] == [event_key(replaced), event_key(canonical)]
+    assert [version_key(j.event) for j in jobs] == [version_key(replaced), version_key(canonical)]
     assert await ema_of(db, trigger) == 35  # 20/2 + 50/2: the replaced 10 is gone
 
 
@@ -591,7 +591,7 @@ async def test_a_firing_recorded_by_the_previous_release_keeps_its_job_id(
         "INSERT INTO trigger_evaluations (trigger_id, event_id, fired, explain)"
         " VALUES ($1, $2, true, $3)",
         trigger,
-        event_key(old),
+        version_key(old),
         {"trigger_id": trigger, "event_id": old.id, "fired": True},
     )
     start_matcher(matcher_env, tmp_path, procs)
@@ -599,7 +599,7 @@ async def test_a_firing_recorded_by_the_previous_release_keeps_its_job_id(
     jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
     assert {j.event.id: j.job_id for j in jobs} == {
         old.id: job_id(trigger, old.id, action),  # as the previous release named it
-        new.id: job_id(trigger, event_key(new), action),
+        new.id: job_id(trigger, version_key(new), action),
     }
 
 
@@ -710,7 +710,7 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
     ]  # fmt: skip
     assert {j.explain["mode"] for j in jobs} == {"absence"}
     assert [j.explain["scope"] for j in jobs] == ["5", "6", "5"]
-    assert jobs[0].job_id == job_id(trigger, event_key(a1), jobs[0].action_id)
+    assert jobs[0].job_id == job_id(trigger, version_key(a1), jobs[0].action_id)
     rows = await db.fetch(
         "SELECT scope_key, due_at FROM trigger_state WHERE trigger_id = $1 ORDER BY 1", trigger
     )
@@ -858,7 +858,7 @@ async def produce_keyed(
             body = m if not isinstance(m, Event) else EventMessage(
                 kind="event", event=m, ingested_at=datetime.now(UTC)
             )  # fmt: skip
-            await producer.send_and_wait(topic, dump_message(body), key=topic_key(m.chain_id))
+            await producer.send_and_wait(topic, dump_message(body), key=partition_key(m.chain_id))
     finally:
         await producer.stop()
 
@@ -947,7 +947,7 @@ async def reference(
             for k in keys:
                 states[(trig.id, k)] = out.states[k]
             if out.fired:
-                fired.update(job_id(trig.id, event_key(e), a.id) for a in trig.actions)
+                fired.update(job_id(trig.id, version_key(e), a.id) for a in trig.actions)
     return states, fired
 
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.evaluate import due_at, evaluate, forget_removed, scope_keys, tick
-from shared.events import event_key
+from shared.events import version_key
 from shared.replay import Replay, tick_record
 from shared.triggers import TriggerCreate
 from tests.unit.test_evaluate import BASE, cond, fb, group, revoke, trig
@@ -30,7 +30,7 @@ def feed(replay: Replay, items: list[Any]) -> list[tuple[str, int | None]]:
             steps = replay.feed(item)
         for step in steps:
             if step.outcome.fired:
-                out.append((event_key(step.event), step.outcome.explain["tick"]["time"]))
+                out.append((version_key(step.event), step.outcome.explain["tick"]["time"]))
     return out
 
 
@@ -38,35 +38,35 @@ def test_a_silence_fires_once_at_the_first_tick_past_its_deadline() -> None:
     t = trig(HOUR)
     first = fb(1, ts=BASE)
     fired = feed(Replay(t), [first, ("hb", BASE + 3600), ("hb", BASE + 3601), ("hb", BASE + 9000)])
-    assert fired == [(event_key(first), BASE + 3601)]  # strictly later, and once
+    assert fired == [(version_key(first), BASE + 3601)]  # strictly later, and once
 
 
 def test_a_matching_event_fires_the_silence_it_ends_then_starts_another() -> None:
     t = trig(HOUR)
     a, b = fb(1, ts=BASE), fb(2, ts=BASE + 4000)
     fired = feed(Replay(t), [a, b, ("hb", BASE + 4000 + 3601)])
-    assert fired == [(event_key(a), BASE + 4000), (event_key(b), BASE + 7601)]
+    assert fired == [(version_key(a), BASE + 4000), (version_key(b), BASE + 7601)]
 
 
 def test_events_failing_the_gate_tick_but_do_not_restart_the_silence() -> None:
     t = trig(cond("score_threshold", ">=", "50"), HOUR)
     good, low = fb(1, 90, ts=BASE), fb(2, 10, ts=BASE + 1800)
     fired = feed(Replay(t), [good, low, fb(3, 5, ts=BASE + 3700)])
-    assert fired == [(event_key(good), BASE + 3700)]
+    assert fired == [(version_key(good), BASE + 3700)]
 
 
 def test_scopes_are_per_agent_and_no_event_means_no_silence() -> None:
     t = trig(HOUR)
     a, b = fb(1, ts=BASE, agent_id=1), fb(2, ts=BASE + 1000, agent_id=2)
     fired = feed(Replay(t), [("hb", BASE + 10_000), a, b, ("hb", BASE + 3601), ("hb", BASE + 4601)])
-    assert fired == [(event_key(a), BASE + 3601), (event_key(b), BASE + 4601)]
+    assert fired == [(version_key(a), BASE + 3601), (version_key(b), BASE + 4601)]
 
 
 def test_a_trigger_scoped_silence_ends_with_any_agents_event() -> None:
     t = trig(cond("absence", ">", "1h"))
     a, b = fb(1, ts=BASE, agent_id=1), fb(2, ts=BASE + 1000, agent_id=2)
     assert feed(Replay(t), [a, b, ("hb", BASE + 3601), ("hb", BASE + 4601)]) == [
-        (event_key(b), BASE + 4601)
+        (version_key(b), BASE + 4601)
     ]
 
 
@@ -76,7 +76,7 @@ def test_a_cooldown_keeps_the_silence_due_until_it_ends() -> None:
     # a fires at BASE+100 (b's tick); b's silence is due at BASE+160 but the
     # cooldown runs to BASE+1100
     fired = feed(Replay(t), [a, b, ("hb", BASE + 500), ("hb", BASE + 1099), ("hb", BASE + 1100)])
-    assert fired == [(event_key(a), BASE + 100), (event_key(b), BASE + 1100)]
+    assert fired == [(version_key(a), BASE + 100), (version_key(b), BASE + 1100)]
 
 
 def test_due_at_follows_the_state_and_an_edit_of_the_duration_drops_the_silence() -> None:
@@ -104,7 +104,7 @@ def test_a_revocation_of_the_last_feedback_moves_the_silence_back() -> None:
     kept = feed(Replay(t), [a, b, revoke(3, 1, ts=BASE + 3500), ("hb", BASE + 3601)])
     assert kept == []  # a revoked: the silence still starts at b
     moved = feed(Replay(t), [a, b, revoke(3, 2, ts=BASE + 3500), ("hb", BASE + 3601)])
-    assert moved == [(event_key(a), BASE + 3601)]
+    assert moved == [(version_key(a), BASE + 3601)]
 
 
 def test_a_retraction_of_the_last_matching_event_makes_the_earlier_silence_due() -> None:
@@ -112,21 +112,21 @@ def test_a_retraction_of_the_last_matching_event_makes_the_earlier_silence_due()
     replay = Replay(t)
     a, b = fb(1, ts=BASE), fb(2, ts=BASE + 3000)
     assert feed(replay, [a, b, ("hb", BASE + 3700)]) == []
-    replay.retract(84532, [event_key(b)])
-    assert feed(replay, [("hb", BASE + 3701)]) == [(event_key(a), BASE + 3701)]
+    replay.retract(84532, [version_key(b)])
+    assert feed(replay, [("hb", BASE + 3701)]) == [(version_key(a), BASE + 3701)]
 
 
 def test_a_recomputation_keeps_a_firing_tick_and_finds_no_new_one() -> None:
     t = trig(HOUR)
     replay = Replay(t)
     a, b, c = fb(1, ts=BASE), fb(2, ts=BASE + 5000), fb(3, ts=BASE + 5100)
-    assert feed(replay, [a, b, c]) == [(event_key(a), BASE + 5000)]
-    replay.retract(84532, [event_key(b)])
+    assert feed(replay, [a, b, c]) == [(version_key(a), BASE + 5000)]
+    replay.retract(84532, [version_key(b)])
     # a's firing at b's tick stands (ticks stay); c's silence is not due yet
     assert [r.key for r in replay._records if r.tick is not None] == [
-        tick_record("42", event_key(b))
+        tick_record("42", version_key(b))
     ]
-    assert feed(replay, [("hb", BASE + 5100 + 3601)]) == [(event_key(c), BASE + 8701)]
+    assert feed(replay, [("hb", BASE + 5100 + 3601)]) == [(version_key(c), BASE + 8701)]
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_an_edit_of_the_cooldown_moves_the_due_time_of_every_row() -> None:
     rows: dict[str, Any] = {}
     for e in (fb(1, ts=BASE), fb(2, ts=BASE + 3700)):  # fires at the second, restarts
         for key, row in rows.items():
-            rows[key] = tick(slow, key, row, e.timestamp, event_key(e)).states[key]
+            rows[key] = tick(slow, key, row, e.timestamp, version_key(e)).states[key]
         rows.update(evaluate(slow, e, states={k: rows.get(k) for k in scope_keys(slow, e)}).states)
     assert rows["42"]["last_fired_at"] == BASE + 3700
     assert rows["42"]["due_at"] == BASE + 3700 + 7199

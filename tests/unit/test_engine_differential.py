@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 
-from shared.events import Event, event_key
+from shared.events import Event, version_key
 from shared.replay import Replay, compile_trigger
 from tests.engine_strategies import cases
 from tests.reference import Step, reference_firings
@@ -58,16 +58,16 @@ def engine_firings(trigger: dict[str, Any], steps: list[Step]) -> list[str]:
                 if not step.outcome.fired:
                     continue
                 if step.outcome.explain.get("mode") == "absence":
-                    fired.append(event_key(step.event))
+                    fired.append(version_key(step.event))
                 else:
                     assert step.event is payload
-                    fired.append(event_key(payload))
+                    fired.append(version_key(payload))
         elif kind == "tick":
             chain_id, block_time = payload
             for step in replay.tick(chain_id, block_time, f"hb:{n}"):
                 assert step.outcome.fired
                 assert step.outcome.explain["mode"] == "absence"
-                fired.append(event_key(step.event))
+                fired.append(version_key(step.event))
         elif kind == "retract":
             replay.retract(trigger["chain_id"], payload)
         else:
@@ -123,7 +123,7 @@ def test_a_recomputation_applies_the_edits_between_its_events() -> None:
         ("event", g), ("event", revoke(4, 1)), ("event", h),
     ]  # fmt: skip
     expected = reference_firings(v1, steps)
-    assert expected == [event_key(g)]
+    assert expected == [version_key(g)]
     assert engine_firings(v1, steps) == expected
 
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from services.api.settings import ApiSettings
 from services.ingest.settings import IngestSettings
 from shared.logging import configure_logging
-from shared.topics import TOPICS, event_key
+from shared.topics import TOPICS, partition_key
 from tools.migrate import dbmate_url
 
 pytestmark = pytest.mark.unit
@@ -79,9 +79,9 @@ def test_json_logs_redact_secrets(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_event_key_and_topics() -> None:
     # one partition per chain: a chain is consumed in order (docs/semantics.md)
-    assert event_key(8453, 42) == b"8453"
-    assert event_key(8453, 7) == event_key(8453) == b"8453"
-    assert event_key(1, None) == b"1"
+    assert partition_key(8453, 42) == b"8453"
+    assert partition_key(8453, 7) == partition_key(8453) == b"8453"
+    assert partition_key(1, None) == b"1"
     by_name = {t.name: t.partitions for t in TOPICS}
     assert by_name["erc8004.events"] == 12
     assert by_name["erc8004.actions"] == 12

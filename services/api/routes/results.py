@@ -30,7 +30,7 @@ from services.api.jobs import KafkaUnavailableError
 from services.api.models import Page, ResultOut, ResultsQuery, RetryOut
 from services.api.routes._shared import PRODUCER, _page, _spec, log
 from shared.evaluate import TriggerSpec, evaluate
-from shared.events import EVENT_COLUMNS, event_from_row, event_key
+from shared.events import EVENT_COLUMNS, event_from_row, version_key
 from shared.jobs import ActionJob, job_id
 
 
@@ -105,7 +105,7 @@ async def retry_result(request: web.Request) -> web.Response:
             raise ApiError(409, "the job's event is no longer stored")
         event = event_from_row(row)
         # Jobs of the previous release were named after the event id, not its version.
-        versions = (event_key(event), event_id)
+        versions = (version_key(event), event_id)
         actions = await queries.get_actions(conn, trigger_id)
         action = next(
             (a for a in actions for v in versions if job_id(trigger_id, v, a["id"]) == wanted),
@@ -117,7 +117,7 @@ async def retry_result(request: web.Request) -> web.Response:
                 "the job's action no longer exists, or a reorg replaced the job's event"
                 " (the canonical event's firing is another job)",
             )
-        explain = await queries.get_evaluation_explain(conn, trigger_id, event_key(event))
+        explain = await queries.get_evaluation_explain(conn, trigger_id, version_key(event))
         if explain is None:
             # A stateless trigger records no evaluation: its explain is a pure function
             # of the trigger and the event, so evaluate again.

@@ -9,6 +9,7 @@ import contextlib
 from aiokafka import AIOKafkaProducer
 
 from shared.jobs import ActionJob
+from shared.kafka import new_producer
 
 
 class KafkaUnavailableError(Exception):
@@ -26,11 +27,10 @@ class JobProducer:
     async def _started(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap,
-                    client_id="erc8004-api",
-                    acks="all",
-                    enable_idempotence=True,
+                producer = new_producer(
+                    self._bootstrap,
+                    "erc8004-api",
+                    linger_ms=0,
                     request_timeout_ms=int(self._timeout * 1000),
                 )
                 try:

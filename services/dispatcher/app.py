@@ -22,7 +22,7 @@ from services.dispatcher.registration import Resolver
 from services.dispatcher.runner import Dispatcher, StoppingError, now_utc, parse_jobs
 from services.dispatcher.settings import DispatcherSettings
 from shared.jobs import UnreadableLetter
-from shared.kafka import LagProbe
+from shared.kafka import LagProbe, new_producer
 from shared.outbound import OutboundPolicy, new_session
 from shared.secrets import SecretBox
 from shared.stream import (
@@ -58,13 +58,7 @@ class Runtime:
 
     async def start(self, svc: StreamService) -> None:
         settings = self.settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id="erc8004-dispatcher",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
-        )
+        self._producer = new_producer(settings.kafka_bootstrap_servers, "erc8004-dispatcher")
         await self._producer.start()
         self._session = new_session(
             self.policy,

@@ -21,6 +21,7 @@ from aiokafka.partitioner import murmur2
 
 from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
+from shared import kafka
 from shared.db import keep_listening
 
 log = structlog.get_logger(__name__)
@@ -31,12 +32,9 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 def new_producer(bootstrap_servers: str) -> ProducerFactory:
     def make() -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id="erc8004-ingest-relay",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
+        return kafka.new_producer(
+            bootstrap_servers,
+            "erc8004-ingest-relay",
             max_batch_size=512 * 1024,
             request_timeout_ms=10_000,
         )

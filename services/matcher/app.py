@@ -19,7 +19,7 @@ from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.jobs import ActionJob, AnyTopicMessage, parse_topic_message
-from shared.kafka import LagProbe
+from shared.kafka import LagProbe, new_producer
 from shared.stream import (
     FETCH_MAX_WAIT_MS,
     IDLE_POLL_MS,
@@ -62,13 +62,7 @@ class Runtime:
             resync_interval=settings.resync_interval,
         )
         await keeper.start()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id="erc8004-matcher",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
-        )
+        self._producer = new_producer(settings.kafka_bootstrap_servers, "erc8004-matcher")
         await self._producer.start()
         self.matcher = Matcher(
             pool=svc.db(), keeper=keeper, publish=self.publish, metrics=self.metrics

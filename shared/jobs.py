@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from shared.events import INT32_MAX, INT63_MAX, Event, Hash
+from shared.events import INT32_MAX, INT63_MAX, Event, Hash, Timestamp
 from shared.triggers import Action, ActionConfig, ActionType
 
 
@@ -109,8 +109,9 @@ class CheckpointIn(BaseModel):
     chain_id: Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)]
     block_number: _Block
     block_hash: Hash
-    #: The block's time, unix seconds.
-    timestamp: Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]
+    #: The block's time, unix seconds (as an event's: at most a day ahead, so one
+    #: heartbeat cannot move the chain's clock past every absence deadline at once).
+    timestamp: Timestamp
 
 
 class TickMessage(BaseModel):

@@ -21,7 +21,7 @@ from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import Conn
-from shared.events import MAX_FUTURE_SECONDS, Event, ItemError, Registry, parse_events
+from shared.events import Event, ItemError, Registry, parse_events
 from shared.jobs import CheckpointIn, ReorgIn
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -246,14 +246,6 @@ async def post_checkpoint(request: web.Request) -> web.Response:
         checkpoint = CheckpointIn.model_validate(payload)
     except ValidationError as exc:
         return _invalid("invalid checkpoint", exc)
-    # As for events: a block time far ahead would move the chain's clock past every
-    # absence deadline at once (and beyond what a timestamptz holds).
-    if checkpoint.timestamp > time.time() + MAX_FUTURE_SECONDS:
-        return error(
-            422,
-            "invalid checkpoint",
-            [{"field": "timestamp", "message": "must not be more than one day in the future"}],
-        )
     async with request.app[POOL].acquire() as conn:
         stored = await queries.record_heartbeat(
             conn, checkpoint, topic=request.app[SETTINGS].events_topic

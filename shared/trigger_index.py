@@ -120,6 +120,11 @@ class TriggerIndex:
             key=lambda t: t.id,
         )
 
+    def ticks(self, chain_id: int) -> bool:
+        """Some trigger of the chain has an absence condition (its events and
+        heartbeats are ticks to evaluate)."""
+        return chain_id in self._absence
+
     def absence_of_chain(self, chain_id: int) -> list[TriggerSpec]:
         """The triggers of a chain with an absence condition, by id."""
         found = self._absence.get(chain_id)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -110,25 +109,18 @@ async def _rows(
         async for row in events:
             yield "event", row
         return
-    beats = await conn.cursor(queries.BACKTEST_HEARTBEATS, spec.chain_id, body.from_, body.to)
-    pending: deque[Any] = deque()
-    done = False
+    beats = conn.cursor(
+        queries.BACKTEST_HEARTBEATS, spec.chain_id, body.from_, body.to, prefetch=500
+    ).__aiter__()
+    beat = await anext(beats, None)
     async for row in events:
-        while True:
-            if not pending and not done:
-                pending.extend(await beats.fetch(500))
-                done = not pending
-            if not pending or pending[0]["block_number"] >= row["block_number"]:
-                break
-            yield "beat", pending.popleft()
+        while beat is not None and beat["block_number"] < row["block_number"]:
+            yield "beat", beat
+            beat = await anext(beats, None)
         yield "event", row
-    while True:
-        if not pending and not done:
-            pending.extend(await beats.fetch(500))
-            done = not pending
-        if not pending:
-            return
-        yield "beat", pending.popleft()
+    while beat is not None:
+        yield "beat", beat
+        beat = await anext(beats, None)
 
 
 class _Tally:

@@ -266,19 +266,19 @@ class Matcher:
         events = 0
         for message in segment:
             if isinstance(message, _Tick):
-                if index.absence_of_chain(message.chain_id):
+                if index.ticks(message.chain_id):
                     stateful.append(message)
                 continue
             if isinstance(message, TickMessage):
                 self._metrics.heartbeats.inc()
-                if index.absence_of_chain(message.chain_id):
+                if index.ticks(message.chain_id):
                     stateful.append(
                         _Tick(message.chain_id, message.timestamp, message.key, message.ingested_at)
                     )
                 continue
             events += 1
             event = message.event
-            if tick and index.absence_of_chain(event.chain_id):  # a tick of its chain too
+            if tick and index.ticks(event.chain_id):  # a tick of its chain too
                 stateful.append(
                     _Tick(event.chain_id, event.timestamp, version_key(event), message.ingested_at)
                 )

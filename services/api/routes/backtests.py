@@ -27,13 +27,13 @@ from services.api.common import (
 )
 from services.api.models import BacktestIn, BacktestOut, BacktestTriggerIn
 from services.api.routes._shared import _spec, log
+from shared.evaluate import TriggerSpec
 
 
 async def backtest_trigger(request: web.Request) -> web.Response:
     trigger_id = path_id(request, "trigger_id")
     body = await parse_body(request, BacktestIn)
     started = time.perf_counter()
-    settings = request.app[SETTINGS]
     async with queries.as_user(request.app[POOL], user_id(request)) as conn:
         row = await queries.get_trigger(conn, trigger_id)
         if row is None:
@@ -41,19 +41,7 @@ async def backtest_trigger(request: web.Request) -> web.Response:
         spec = _spec(row)
         if spec is None:
             raise ApiError(409, "the stored trigger does not validate; update it first")
-    async with (
-        _backtest_slot(request),
-        queries.as_user(request.app[POOL], user_id(request)) as conn,
-    ):
-        out = await run_backtest(
-            conn,
-            spec,
-            body,
-            trigger_id=trigger_id,
-            max_events=settings.backtest_max_events,
-            time_limit=settings.backtest_seconds,
-        )
-    return _backtest_done(request, out, started)
+    return await _backtest(request, spec, body, trigger_id=trigger_id, started=started)
 
 
 @contextlib.asynccontextmanager
@@ -72,6 +60,18 @@ async def backtest_unsaved(request: web.Request) -> web.Response:
     body = await parse_body(request, BacktestTriggerIn)
     started = time.perf_counter()
     spec = unsaved_spec(body.trigger, user_id=user_id(request))
+    return await _backtest(request, spec, body, trigger_id=None, started=started)
+
+
+async def _backtest(
+    request: web.Request,
+    spec: TriggerSpec,
+    body: BacktestIn,
+    *,
+    trigger_id: str | None,
+    started: float,
+) -> web.Response:
+    """Run a backtest in a slot, as the user, within the configured bounds."""
     settings = request.app[SETTINGS]
     async with (
         _backtest_slot(request),
@@ -81,7 +81,7 @@ async def backtest_unsaved(request: web.Request) -> web.Response:
             conn,
             spec,
             body,
-            trigger_id=None,
+            trigger_id=trigger_id,
             max_events=settings.backtest_max_events,
             time_limit=settings.backtest_seconds,
         )

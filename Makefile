@@ -85,6 +85,7 @@ lint: deps ## ruff and mypy --strict
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy shared services tools tests
+	.venv/bin/lint-imports
 
 format: deps ## apply ruff's fixes and formatting
 	.venv/bin/ruff check --fix .

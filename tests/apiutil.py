@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from services.api.auth import Passwords
 from services.api.settings import ApiSettings
-from shared.events import EVENT_COLUMNS, Event, event_row
+from shared.contract.events import EVENT_COLUMNS, Event, event_row
 from tools.eventgen import make_event
 
 Client = TestClient[web.Request, web.Application]

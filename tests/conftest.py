@@ -15,8 +15,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db import register_codecs
-from shared.kafka import ensure_topics
+from shared.platform.db import register_codecs
+from shared.platform.kafka import ensure_topics
 from tools.benchdb import drop_database, scratch_topic, with_database
 from tools.migrate import MIGRATIONS, run_dbmate
 

@@ -19,7 +19,7 @@ a trigger edited into an absence trigger). Values stay where thresholds cross, s
 firings are frequent.
 
 Every trigger dict (also every edit) is the ``model_dump(mode="json")`` shape of a
-`TriggerCreate` that validated; every event is a validated `shared.events.Event`.
+`TriggerCreate` that validated; every event is a validated `shared.contract.events.Event`.
 
 Spec features that `TriggerCreate` does not accept yet are behind the flag
 `INCLUDE_NEW_FEATURES`: switch it on once they validate.
@@ -35,8 +35,8 @@ from hypothesis import assume
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.events import EVENT_TYPES, Event, Registry
-from shared.triggers import TriggerCreate
+from shared.contract.events import EVENT_TYPES, Event, Registry
+from shared.contract.triggers import TriggerCreate
 
 #: Turn on the spec features that TriggerCreate does not validate yet (docs/semantics.md).
 INCLUDE_NEW_FEATURES = False

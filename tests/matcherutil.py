@@ -14,9 +14,9 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from shared.events import Event
-from shared.jobs import EventMessage, dump_message
-from shared.topics import partition_key
+from shared.contract.events import Event
+from shared.contract.jobs import EventMessage, dump_message
+from shared.contract.topics import partition_key
 
 
 async def insert_user(db: asyncpg.Connection) -> str:

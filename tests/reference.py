@@ -2,7 +2,7 @@
 
 It is deliberately simple and slow: every rule is a plain loop over the history it
 needs (a rate count scans every counted event), so that each line can be checked
-against the page. It shares no code with the matcher (shared/evaluate.py and friends):
+against the page. It shares no code with the matcher (shared/engine/evaluate.py and friends):
 a mistake there cannot be repeated here. It reads only the input model `Event`.
 
 Interface::
@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
-from shared.events import Event
+from shared.contract.events import Event
 
 Step = tuple[str, Any]
 

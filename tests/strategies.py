@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from shared.events import (
+from shared.contract.events import (
     EVENT_TYPES,
     INT32_MAX,
     INT63_MAX,
@@ -17,8 +17,8 @@ from shared.events import (
     Registry,
     version_key,
 )
-from shared.jobs import ActionJob, EventMessage, RetractionMessage, job_id
-from shared.triggers import MAX_GROUP_DEPTH, Action, Condition, TriggerCreate
+from shared.contract.jobs import ActionJob, EventMessage, RetractionMessage, job_id
+from shared.contract.triggers import MAX_GROUP_DEPTH, Action, Condition, TriggerCreate
 
 #: Upper bound of generated timestamps, safely in the past.
 MAX_TIMESTAMP = 1_750_000_000

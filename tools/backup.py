@@ -28,7 +28,7 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.logging import redact_value
+from shared.platform.logging import redact_value
 from tools.benchdb import drop_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent

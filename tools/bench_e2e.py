@@ -42,7 +42,7 @@ import itertools
 
 import matplotlib.pyplot as plt
 
-from shared.events import event_row, parse_events
+from shared.contract.events import event_row, parse_events
 from tools.bench_ingest import pct, raw_copy
 from tools.bench_matcher import produce, raw_consume
 from tools.benchdb import scratch_topic

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from shared.events import EVENT_COLUMNS, event_row, parse_events
+from shared.contract.events import EVENT_COLUMNS, event_row, parse_events
 from tools.benchdb import scratch_database, scratch_topic
 from tools.eventgen import stream, take
 

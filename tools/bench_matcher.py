@@ -36,13 +36,13 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.matcher import queries
-from shared.db import register_codecs
-from shared.evaluate import evaluate, scope_keys
-from shared.events import Event, parse_events
-from shared.jobs import EventMessage, dump_message
-from shared.replay import compile_trigger
-from shared.topics import partition_key
-from shared.trigger_index import TriggerIndex
+from shared.contract.events import Event, parse_events
+from shared.contract.jobs import EventMessage, dump_message
+from shared.contract.topics import partition_key
+from shared.engine.evaluate import evaluate, scope_keys
+from shared.engine.replay import compile_trigger
+from shared.engine.trigger_index import TriggerIndex
+from shared.platform.db import register_codecs
 from tools.bench_ingest import pct
 from tools.benchdb import scratch_database, scratch_topic
 from tools.eventgen import stream, take

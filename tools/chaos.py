@@ -39,10 +39,10 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.db import register_codecs
-from shared.events import Event
-from shared.jobs import EventMessage, parse_topic_message
-from shared.replay import Replay, compile_trigger
+from shared.contract.events import Event
+from shared.contract.jobs import EventMessage, parse_topic_message
+from shared.engine.replay import Replay, compile_trigger
+from shared.platform.db import register_codecs
 from tools.loadgen import LoadGenerator, Settings
 from tools.pipeline import (
     ROOT,

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.kafka import ensure_topics
-from shared.logging import redact_value
+from shared.platform.kafka import ensure_topics
+from shared.platform.logging import redact_value
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "db" / "migrations"

@@ -34,8 +34,8 @@ import aiohttp
 import asyncpg
 import orjson
 
-from shared.db import register_codecs
-from shared.jobs import job_id
+from shared.contract.jobs import job_id
+from shared.platform.db import register_codecs
 from tools.benchdb import scratch_database, scratch_topic
 from tools.localnet import Receiver, Seen, empty_ok, free_port
 
@@ -200,7 +200,7 @@ class Population:
         hot = self.hot.get((event["chain_id"], event["agent_id"]))
         if hot is None:
             return None
-        # the job id names the event version, {id}@{block_hash} (shared.jobs.job_id)
+        # the job id names the event version, {id}@{block_hash} (shared.contract.jobs.job_id)
         version = (
             f"{event['chain_id']}-{event['block_number']}-{event['log_index']}"
             f"@{event['block_hash']}"

@@ -43,7 +43,7 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$KRUN/data
-# topics are created explicitly, with their partition counts (shared/topics.py)
+# topics are created explicitly, with their partition counts (shared/contract/topics.py)
 auto.create.topics.enable=false
 num.partitions=12
 default.replication.factor=1

@@ -28,12 +28,12 @@ from services.api.jobs import JobProducer
 from services.api.metrics import ApiMetrics
 from services.api.routes import PRODUCER, add_routes
 from services.api.settings import ApiSettings
-from shared.db import check_db, close_pool, pool_from_settings
-from shared.kafka import KafkaProbe
-from shared.metrics import new_registry
-from shared.ops import add_ops_routes
-from shared.outbound import parse_networks
-from shared.secrets import SecretBox
+from shared.outbound.policy import parse_networks
+from shared.platform.db import check_db, close_pool, pool_from_settings
+from shared.platform.kafka import KafkaProbe
+from shared.platform.metrics import new_registry
+from shared.platform.ops import add_ops_routes
+from shared.platform.secrets import SecretBox
 
 log = structlog.get_logger(__name__)
 

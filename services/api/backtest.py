@@ -1,5 +1,5 @@
 """Backtests: a trigger replayed over stored events with the matcher's own engine
-(shared.replay over shared.evaluate), without running any action."""
+(shared.engine.replay over shared.engine.evaluate), without running any action."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 
 from services.api import queries
 from services.api.models import BacktestIn, BacktestOut, FiringOut
-from shared.db import Conn
-from shared.evaluate import ActionSpec, TriggerSpec, has_absence
-from shared.events import event_from_row
-from shared.replay import Replay, Step
-from shared.triggers import TriggerCreate
+from shared.contract.events import event_from_row
+from shared.contract.triggers import TriggerCreate
+from shared.engine.evaluate import ActionSpec, TriggerSpec, has_absence
+from shared.engine.replay import Replay, Step
+from shared.platform.db import Conn
 
 MAX_FIRINGS = 1000
 

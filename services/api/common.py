@@ -33,8 +33,8 @@ from services.api.auth import (
 )
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
-from shared.outbound import IPNetwork
-from shared.secrets import SecretBox
+from shared.outbound.policy import IPNetwork
+from shared.platform.secrets import SecretBox
 
 #: Request bodies above this are refused with 413 (a trigger with 50 conditions and
 #: 20 actions fits many times over).

@@ -8,8 +8,8 @@ import contextlib
 
 from aiokafka import AIOKafkaProducer
 
-from shared.jobs import ActionJob
-from shared.kafka import new_producer
+from shared.contract.jobs import ActionJob
+from shared.platform.kafka import new_producer
 
 
 class KafkaUnavailableError(Exception):

@@ -1,5 +1,5 @@
 """The API's own request and response models. Trigger bodies are the contract models
-of shared.triggers; events are shared.events.Event. The OpenAPI document is
+of shared.contract.triggers; events are shared.contract.events.Event. The OpenAPI document is
 generated from these same classes (services/api/openapi.py)."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from shared.events import INT32_MAX, INT63_MAX, Registry
-from shared.triggers import (
+from shared.contract.events import INT32_MAX, INT63_MAX, Registry
+from shared.contract.triggers import (
     MAX_CONDITIONS,
     REVEAL_SECRETS,
     Action,

@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import Conn
-from shared.events import EVENT_COLUMNS
-from shared.sql import AGENT_OWNER, CANONICAL
+from shared.contract.events import EVENT_COLUMNS
+from shared.contract.sql import AGENT_OWNER, CANONICAL
+from shared.platform.db import Conn
 
 EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
 

@@ -6,9 +6,9 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from shared.outbound import parse_networks
-from shared.settings import ServiceSettings
-from shared.topics import ACTIONS
+from shared.contract.topics import ACTIONS
+from shared.outbound.policy import parse_networks
+from shared.platform.settings import ServiceSettings
 
 
 class ApiSettings(ServiceSettings):

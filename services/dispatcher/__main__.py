@@ -7,8 +7,8 @@ import logging
 
 from services.dispatcher.app import create_app
 from services.dispatcher.settings import DispatcherSettings
-from shared.logging import configure_logging
-from shared.loop import new_event_loop
+from shared.platform.logging import configure_logging
+from shared.platform.loop import new_event_loop
 
 
 def main() -> None:

@@ -39,17 +39,17 @@ from services.dispatcher.templates import (
     render_text,
     render_tree,
 )
-from shared.jobs import ActionJob
-from shared.outbound import (
+from shared.contract.jobs import ActionJob
+from shared.contract.triggers import McpConfig, RestConfig, TelegramConfig, is_reserved_header
+from shared.outbound.client import fetch
+from shared.outbound.policy import (
     OutboundError,
     OutboundPolicy,
     OutboundTimeoutError,
     RefusedDestination,
-    fetch,
-    httpx_client_factory,
     origin,
 )
-from shared.triggers import McpConfig, RestConfig, TelegramConfig, is_reserved_header
+from shared.outbound.transport import httpx_client_factory
 
 EXCERPT_CHARS = 500
 TELEGRAM_MAX_CHARS = 4096

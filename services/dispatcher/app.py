@@ -21,11 +21,12 @@ from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.registration import Resolver
 from services.dispatcher.runner import Dispatcher, StoppingError, now_utc, parse_jobs
 from services.dispatcher.settings import DispatcherSettings
-from shared.jobs import UnreadableLetter
-from shared.kafka import LagProbe, new_producer
-from shared.outbound import OutboundPolicy, new_session
-from shared.secrets import SecretBox
-from shared.stream import (
+from shared.contract.jobs import UnreadableLetter
+from shared.outbound.client import new_session
+from shared.outbound.policy import OutboundPolicy
+from shared.platform.kafka import LagProbe, new_producer
+from shared.platform.secrets import SecretBox
+from shared.platform.stream import (
     IDLE_POLL_MS,
     Handoff,
     StreamService,

@@ -3,7 +3,7 @@ MCP tokens and reorgs; inserts action_results)."""
 
 from __future__ import annotations
 
-from shared.sql import AGENT_OWNER
+from shared.contract.sql import AGENT_OWNER
 
 #: What a batch of jobs needs from the database: whether each action still exists
 #: and its trigger is enabled, and the action's encrypted signing secret and headers.

@@ -24,8 +24,13 @@ import aiohttp
 import asyncpg
 import orjson
 
-from shared.outbound import OutboundError, OutboundPolicy, OutboundTimeoutError, fetch
-from shared.sql import CANONICAL
+from shared.contract.sql import CANONICAL
+from shared.outbound.client import fetch
+from shared.outbound.policy import (
+    OutboundError,
+    OutboundPolicy,
+    OutboundTimeoutError,
+)
 
 #: Identity registries of ERC8004.md's deployments (mainnets, testnets), lower case.
 KNOWN_IDENTITY_REGISTRIES = (

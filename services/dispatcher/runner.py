@@ -59,12 +59,15 @@ from services.dispatcher.policy import (
 )
 from services.dispatcher.registration import ResolveError, Resolver
 from services.dispatcher.settings import DispatcherSettings
-from shared.db import Conn
-from shared.events import INT32_MAX, version_key
-from shared.jobs import ActionJob, DeadLetter
-from shared.outbound import OutboundPolicy, origin
-from shared.secrets import SecretBox, SecretDecryptError
-from shared.triggers import ActionConfig, McpConfig, RestConfig, TelegramConfig
+from shared.contract.events import INT32_MAX, version_key
+from shared.contract.jobs import ActionJob, DeadLetter
+from shared.contract.triggers import ActionConfig, McpConfig, RestConfig, TelegramConfig
+from shared.outbound.policy import (
+    OutboundPolicy,
+    origin,
+)
+from shared.platform.db import Conn
+from shared.platform.secrets import SecretBox, SecretDecryptError
 
 log = structlog.get_logger(__name__)
 

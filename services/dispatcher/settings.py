@@ -7,9 +7,9 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from services.dispatcher.registration import KNOWN_IDENTITY_REGISTRIES
-from shared.outbound import parse_networks
-from shared.settings import ServiceSettings
-from shared.topics import ACTIONS, ACTIONS_DLQ, ACTIONS_RETRY, DISPATCHER_GROUP
+from shared.contract.topics import ACTIONS, ACTIONS_DLQ, ACTIONS_RETRY, DISPATCHER_GROUP
+from shared.outbound.policy import parse_networks
+from shared.platform.settings import ServiceSettings
 
 
 class DispatcherSettings(ServiceSettings):

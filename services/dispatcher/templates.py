@@ -24,7 +24,7 @@ import orjson
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from shared.jobs import ActionJob
+from shared.contract.jobs import ActionJob
 
 #: Rendered output is capped: a template is not a way to build megabyte bodies.
 MAX_RENDERED_CHARS = 262_144

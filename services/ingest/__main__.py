@@ -6,8 +6,8 @@ from aiohttp import web
 
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
-from shared.logging import configure_logging
-from shared.loop import new_event_loop
+from shared.platform.logging import configure_logging
+from shared.platform.loop import new_event_loop
 
 
 def main() -> None:

@@ -11,6 +11,13 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from services.ingest.maintenance import (
+    MaintenanceMetrics,
+    MaintenanceScheduler,
+    RetentionPolicy,
+    Task,
+    default_tasks,
+)
 from services.ingest.metrics import IngestMetrics
 from services.ingest.relay import Relay, new_producer
 from services.ingest.routes import (
@@ -22,17 +29,10 @@ from services.ingest.routes import (
     routes,
 )
 from services.ingest.settings import IngestSettings
-from shared.db import check_db, close_pool, pool_from_settings
-from shared.kafka import KafkaProbe
-from shared.maintenance import (
-    MaintenanceMetrics,
-    MaintenanceScheduler,
-    RetentionPolicy,
-    Task,
-    default_tasks,
-)
-from shared.metrics import new_registry
-from shared.ops import add_ops_routes
+from shared.platform.db import check_db, close_pool, pool_from_settings
+from shared.platform.kafka import KafkaProbe
+from shared.platform.metrics import new_registry
+from shared.platform.ops import add_ops_routes
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ def maintenance_tasks(settings: IngestSettings) -> tuple[Task, ...]:
 def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Application:
     """The ingest app; ``relay=False`` leaves the outbox to other replicas (tests).
     With ``MAINTENANCE_ENABLED`` it also runs the database's maintenance
-    (shared/maintenance.py): partitions, retention, stats views."""
+    (services/ingest/maintenance.py): partitions, retention, stats views."""
     # A little over the body cap so that our own check answers with the JSON 413.
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[request_context])
     registry = new_registry()

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from shared.db import Conn
-from shared.events import EVENT_COLUMNS, Event, event_row
-from shared.jobs import (
+from shared.contract.events import EVENT_COLUMNS, Event, event_row
+from shared.contract.jobs import (
     CheckpointIn,
     ReorgIn,
     RetractionMessage,
@@ -18,7 +17,8 @@ from shared.jobs import (
     dump_event_messages,
     dump_message,
 )
-from shared.topics import EVENTS, partition_key
+from shared.contract.topics import EVENTS, partition_key
+from shared.platform.db import Conn
 
 #: pg_try_advisory_xact_lock key that serialises relay batches across replicas,
 #: so messages reach Kafka in outbox order (per key) whoever relays them.

@@ -21,8 +21,8 @@ from aiokafka.partitioner import murmur2
 
 from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
-from shared import kafka
-from shared.db import keep_listening
+from shared.platform import kafka
+from shared.platform.db import keep_listening
 
 log = structlog.get_logger(__name__)
 

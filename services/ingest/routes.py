@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
-from shared.db import Conn
-from shared.events import Event, ItemError, Registry, parse_events
-from shared.jobs import CheckpointIn, ReorgIn
+from shared.contract.events import Event, ItemError, Registry, parse_events
+from shared.contract.jobs import CheckpointIn, ReorgIn
+from shared.platform.db import Conn
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_EVENTS = 1000

@@ -7,8 +7,8 @@ from typing import Annotated, ClassVar
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import ServiceSettings
-from shared.topics import EVENTS
+from shared.contract.topics import EVENTS
+from shared.platform.settings import ServiceSettings
 
 
 class IngestSettings(ServiceSettings):
@@ -31,7 +31,7 @@ class IngestSettings(ServiceSettings):
         default=1.0, gt=0, le=60, validation_alias="RELAY_POLL_INTERVAL"
     )
 
-    # Maintenance (shared/maintenance.py), run by every ingest replica, one at a time.
+    # Maintenance (services/ingest/maintenance.py), run by every ingest replica, one at a time.
     maintenance_enabled: bool = Field(default=True, validation_alias="MAINTENANCE_ENABLED")
     #: Days of events kept (monthly partitions entirely older are dropped; floor 30).
     events_retention_days: int = Field(

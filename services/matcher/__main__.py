@@ -7,8 +7,8 @@ import logging
 
 from services.matcher.app import create_app
 from services.matcher.settings import MatcherSettings
-from shared.logging import configure_logging
-from shared.loop import new_event_loop
+from shared.platform.logging import configure_logging
+from shared.platform.loop import new_event_loop
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from services.matcher.handlers import Matcher
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
-from shared.jobs import ActionJob, AnyTopicMessage, parse_topic_message
-from shared.kafka import LagProbe, new_producer
-from shared.stream import (
+from shared.contract.jobs import ActionJob, AnyTopicMessage, parse_topic_message
+from shared.platform.kafka import LagProbe, new_producer
+from shared.platform.stream import (
     FETCH_MAX_WAIT_MS,
     IDLE_POLL_MS,
     Handoff,

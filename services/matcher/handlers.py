@@ -24,8 +24,16 @@ import structlog
 from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
-from shared.db import Conn
-from shared.evaluate import (
+from shared.contract.events import Event, event_from_row, version_key
+from shared.contract.jobs import (
+    ActionJob,
+    AnyTopicMessage,
+    EventMessage,
+    RetractionMessage,
+    TickMessage,
+    job_id,
+)
+from shared.engine.evaluate import (
     State,
     TriggerSpec,
     due_at,
@@ -36,16 +44,7 @@ from shared.evaluate import (
     tick,
     with_due,
 )
-from shared.events import Event, event_from_row, version_key
-from shared.jobs import (
-    ActionJob,
-    AnyTopicMessage,
-    EventMessage,
-    RetractionMessage,
-    TickMessage,
-    job_id,
-)
-from shared.replay import (
+from shared.engine.replay import (
     EDIT,
     Evaluated,
     exclude,
@@ -57,6 +56,7 @@ from shared.replay import (
     tick_record,
     tick_scope,
 )
+from shared.platform.db import Conn
 
 log = structlog.get_logger(__name__)
 
@@ -479,7 +479,7 @@ class Matcher:
         revocation: Event | None = None,
     ) -> None:
         """Restore the trigger's state rows to before its record ``start`` and evaluate
-        its effective history after it again (shared.replay.restore and refold), in
+        its effective history after it again (shared.engine.replay.restore and refold), in
         the caller's transaction; when that cannot be done, only withdraw the removed
         events from the rate windows."""
         current = await queries.lock_chain_states(conn, [trigger.id])
@@ -567,7 +567,7 @@ class Matcher:
     ) -> list[Evaluated]:
         """Records as the engine takes them: each with its event and the definition it
         was evaluated under (the trigger now for its current version), and an edit
-        marker (shared.replay.EDIT) for every stored version in between, so that a
+        marker (shared.engine.replay.EDIT) for every stored version in between, so that a
         recomputation applies the edits as the matcher did."""
         known = [r["trigger_version"] for r in loaded if r["trigger_version"] is not None]
         if not known:

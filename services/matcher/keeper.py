@@ -15,10 +15,10 @@ import structlog
 
 from services.matcher import queries
 from services.matcher.metrics import MatcherMetrics
-from shared.db import keep_listening, listen
-from shared.evaluate import TriggerSpec, forget_removed, has_absence
-from shared.replay import compile_trigger
-from shared.trigger_index import TriggerIndex
+from shared.engine.evaluate import TriggerSpec, forget_removed, has_absence
+from shared.engine.replay import compile_trigger
+from shared.engine.trigger_index import TriggerIndex
+from shared.platform.db import keep_listening, listen
 
 log = structlog.get_logger(__name__)
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
@@ -169,7 +169,7 @@ class IndexKeeper:
 
     async def _forget_removed(self, triggers: list[TriggerSpec]) -> None:
         """The state rows of edited triggers drop what the edit removed
-        (shared.evaluate.forget_removed), so a condition added back starts afresh."""
+        (shared.engine.evaluate.forget_removed), so a condition added back starts afresh."""
         for trigger in triggers:
             async with self._pool.acquire() as conn:
                 changed = await queries.rewrite_states(

@@ -8,9 +8,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import Conn
-from shared.events import EVENT_COLUMNS, Event
-from shared.replay import scope_order
+from shared.contract.events import EVENT_COLUMNS, Event
+from shared.engine.replay import scope_order
+from shared.platform.db import Conn
 
 TRIGGERS_SQL = """
 SELECT t.id, t.user_id, t.name, t.chain_id, t.registry, t.enabled_at, t.cooldown_seconds,

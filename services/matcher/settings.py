@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
-from shared.topics import ACTIONS, EVENTS, MATCHER_GROUP
+from shared.contract.topics import ACTIONS, EVENTS, MATCHER_GROUP
+from shared.platform.settings import ServiceSettings
 
 
 class MatcherSettings(ServiceSettings):

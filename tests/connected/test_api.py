@@ -24,9 +24,9 @@ from services.api.signatures import (
     mcp_token_message,
     mcp_token_removal_message,
 )
-from shared.events import version_key
-from shared.jobs import ActionJob, job_id
-from shared.secrets import SecretBox, SecretDecryptError
+from shared.contract.events import version_key
+from shared.contract.jobs import ActionJob, job_id
+from shared.platform.secrets import SecretBox, SecretDecryptError
 from tests.apiutil import (
     JWT_SECRET,
     REST_ACTION,

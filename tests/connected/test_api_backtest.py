@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.api.app import create_app
 from services.api.backtest import run_backtest, unsaved_spec
 from services.api.models import BacktestIn
-from shared.events import Event, version_key
-from shared.jobs import ActionJob
-from shared.triggers import TriggerCreate
+from shared.contract.events import Event, version_key
+from shared.contract.jobs import ActionJob
+from shared.contract.triggers import TriggerCreate
 from tests.apiutil import Client, an_event, api_settings, cheap_passwords, signup, store_events
 from tests.connected.test_engine_live import draw_cases, remap, until_first_edit
 from tests.engine_strategies import CHAINS

@@ -18,15 +18,15 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from services.ingest.app import create_app
-from services.ingest.settings import IngestSettings
-from shared.db import create_pool
-from shared.jobs import parse_topic_message
-from shared.maintenance import (
+from services.ingest.maintenance import (
     MaintenanceMetrics,
     MaintenanceScheduler,
     RetentionPolicy,
     default_tasks,
 )
+from services.ingest.settings import IngestSettings
+from shared.contract.jobs import parse_topic_message
+from shared.platform.db import create_pool
 from tests.kafkautil import read_topic
 from tests.matcherutil import insert_trigger, insert_user
 from tools.backup import database_name, dump, restore

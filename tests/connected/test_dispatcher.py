@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 from eth_hash.auto import keccak
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.events import Event
-from shared.jobs import ActionJob, DeadLetter, UnreadableLetter
-from shared.secrets import SecretBox
+from shared.contract.events import Event
+from shared.contract.jobs import ActionJob, DeadLetter, UnreadableLetter
+from shared.platform.secrets import SecretBox
 from tests.conftest import ENV
 from tests.dispatcherutil import (
     McpAgentServer,

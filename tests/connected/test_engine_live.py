@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
 from services.ingest.app import create_app
-from shared.events import Event, version_key
-from shared.jobs import (
+from shared.contract.events import Event, version_key
+from shared.contract.jobs import (
     ActionJob,
     AnyTopicMessage,
     EventMessage,
@@ -34,8 +34,8 @@ from shared.jobs import (
     dump_message,
     job_id,
 )
-from shared.kafka import LagProbe
-from shared.topics import partition_key
+from shared.contract.topics import partition_key
+from shared.platform.kafka import LagProbe
 from tests.apiutil import store_events
 from tests.connected.test_ingest import TOKEN, settings_for
 from tests.dispatcherutil import action_ids, results, wait_for

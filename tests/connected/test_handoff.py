@@ -1,4 +1,4 @@
-"""Partitions change hands between batches (shared.stream.Handoff), against real Kafka.
+"""Partitions change hands between batches (shared.platform.stream.Handoff), against real Kafka.
 
 A consumer is in the middle of a slow batch when a second one joins its group: the
 first must finish and commit that batch before giving partitions up, so no record
@@ -17,7 +17,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from shared.stream import Handoff
+from shared.platform.stream import Handoff
 
 pytestmark = [pytest.mark.kafka]
 

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from services.ingest.app import create_app
 from services.ingest.queries import CHAIN_LOCK
 from services.ingest.settings import IngestSettings
-from shared.jobs import parse_topic_message
+from shared.contract.jobs import parse_topic_message
 from tests.dispatcherutil import wait_for
 from tests.kafkautil import read_topic
 from tools.eventgen import make_event, stream, take

@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from shared.jobs import parse_topic_message
+from shared.contract.jobs import parse_topic_message
 from tests.kafkautil import read_topic
 from tests.procs import ROOT, ServiceProcess
 from tools.eventgen import stream, take

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
 from services.ingest.queries import CHAIN_LOCK
-from shared.jobs import EventMessage, TickMessage, parse_topic_message
+from shared.contract.jobs import EventMessage, TickMessage, parse_topic_message
 from tests.connected.test_ingest import AUTH, TOKEN, Client, settings_for
 from tests.kafkautil import read_topic
 from tools.eventgen import hex_of, make_event

@@ -19,10 +19,8 @@ import asyncpg
 import pytest
 
 from services.matcher import queries
-from shared.db import register_codecs
-from shared.evaluate import evaluate, scope_keys
-from shared.events import Event, version_key
-from shared.jobs import (
+from shared.contract.events import Event, version_key
+from shared.contract.jobs import (
     ActionJob,
     EventMessage,
     RetractionMessage,
@@ -30,9 +28,11 @@ from shared.jobs import (
     dump_message,
     job_id,
 )
-from shared.replay import compile_trigger
-from shared.topics import partition_key
-from shared.trigger_index import TriggerIndex
+from shared.contract.topics import partition_key
+from shared.engine.evaluate import evaluate, scope_keys
+from shared.engine.replay import compile_trigger
+from shared.engine.trigger_index import TriggerIndex
+from shared.platform.db import register_codecs
 from tests.apiutil import store_events
 from tests.kafkautil import read_topic
 from tests.matcherutil import (

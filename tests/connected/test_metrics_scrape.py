@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.db import register_codecs
+from shared.platform.db import register_codecs
 from tests.deploy.promql import TARGET_LABELS, all_queries, family, service_of
 from tests.matcherutil import insert_trigger, insert_user
 from tests.procs import ServiceProcess, http_get

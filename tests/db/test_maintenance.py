@@ -1,4 +1,4 @@
-"""Retention and maintenance run by the system (shared/maintenance.py) on the real
+"""Retention and maintenance run by the system (services/ingest/maintenance.py) on the real
 PostgreSQL, as the ingest's role, through the SECURITY DEFINER wrappers; the
 database's clock is moved forward with the tasks' reference time."""
 
@@ -18,15 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from services.ingest.app import create_app
-from services.ingest.settings import IngestSettings
-from shared.db import create_pool
-from shared.maintenance import (
+from services.ingest.maintenance import (
     MAINTENANCE_LOCK,
     MaintenanceMetrics,
     MaintenanceScheduler,
     RetentionPolicy,
     default_tasks,
 )
+from services.ingest.settings import IngestSettings
+from shared.platform.db import create_pool
 
 pytestmark = pytest.mark.db
 

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from services.dispatcher.runner import ResultWriter
-from shared.db import create_pool, register_codecs
+from shared.platform.db import create_pool, register_codecs
 from tests.matcherutil import insert_user
 from tests.procs import ROOT
 

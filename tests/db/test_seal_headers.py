@@ -7,7 +7,7 @@ import asyncpg
 import orjson
 import pytest
 
-from shared.secrets import SecretBox
+from shared.platform.secrets import SecretBox
 from tests.conftest import ENV
 from tests.matcherutil import insert_trigger, insert_user
 from tools.seal_headers import seal

@@ -29,8 +29,8 @@ from services.dispatcher.settings import DispatcherSettings
 from services.ingest.settings import IngestSettings
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
-from shared.settings import ServiceSettings
-from shared.topics import ACTIONS, EVENTS, TOPICS
+from shared.contract.topics import ACTIONS, EVENTS, TOPICS
+from shared.platform.settings import ServiceSettings
 from tests.deploy.promql import RULES, TARGET_LABELS, Family, analyse, families
 from tests.deploy.tools import ROOT, run, tool
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from services.ingest.maintenance import MaintenanceMetrics, RetentionPolicy, default_tasks
 from services.ingest.metrics import IngestMetrics
 from services.matcher.metrics import MatcherMetrics
-from shared.maintenance import MaintenanceMetrics, RetentionPolicy, default_tasks
 from tests.deploy.promql import (
     DASHBOARD,
     RULES,

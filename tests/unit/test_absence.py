@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.evaluate import due_at, evaluate, forget_removed, scope_keys, tick
-from shared.events import version_key
-from shared.replay import Replay, tick_record
-from shared.triggers import TriggerCreate
+from shared.contract.events import version_key
+from shared.contract.triggers import TriggerCreate
+from shared.engine.evaluate import due_at, evaluate, forget_removed, scope_keys, tick
+from shared.engine.replay import Replay, tick_record
 from tests.unit.test_evaluate import BASE, cond, fb, group, revoke, trig
 
 pytestmark = pytest.mark.unit

@@ -25,11 +25,11 @@ from services.api.signatures import (
     mcp_token_message,
     recover_signer,
 )
-from shared.evaluate import ActionSpec, TriggerSpec, evaluate
-from shared.events import Event
-from shared.outbound import parse_networks
-from shared.replay import Replay
-from shared.triggers import Condition
+from shared.contract.events import Event
+from shared.contract.triggers import Condition
+from shared.engine.evaluate import ActionSpec, TriggerSpec, evaluate
+from shared.engine.replay import Replay
+from shared.outbound.policy import parse_networks
 from tests.strategies import example_event
 
 pytestmark = pytest.mark.unit

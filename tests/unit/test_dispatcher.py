@@ -37,10 +37,10 @@ from services.dispatcher.templates import (
     render_json_object,
     render_text,
 )
-from shared.events import Event
-from shared.jobs import ActionJob, job_id
-from shared.outbound import origin
-from shared.triggers import ActionType, RestConfig
+from shared.contract.events import Event
+from shared.contract.jobs import ActionJob, job_id
+from shared.contract.triggers import ActionType, RestConfig
+from shared.outbound.policy import origin
 from tools.eventgen import make_event
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""The engine (shared/evaluate.py through shared/replay.py, as the backtest runs it)
+"""The engine (shared/engine/evaluate.py through shared/engine/replay.py, as the backtest runs it)
 against the reference evaluator (tests/reference.py, written from docs/semantics.md
 alone): random triggers of every condition type, groups, mixed scopes, cooldowns,
 absence triggers (section 5a), over random histories of several chains and agents,
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 
-from shared.events import Event, version_key
-from shared.replay import Replay, compile_trigger
+from shared.contract.events import Event, version_key
+from shared.engine.replay import Replay, compile_trigger
 from tests.engine_strategies import cases
 from tests.reference import Step, reference_firings
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from shared.evaluate import (
+from shared.contract.events import Event
+from shared.contract.triggers import Condition
+from shared.engine.evaluate import (
     ActionSpec,
     Outcome,
     TriggerSpec,
@@ -21,8 +23,6 @@ from shared.evaluate import (
     scope_key,
     scope_keys,
 )
-from shared.events import Event
-from shared.triggers import Condition
 from tests.strategies import DROP, example_event
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""shared.events: validation, normalization and round trips of events."""
+"""shared.contract.events: validation, normalization and round trips of events."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from pydantic import ValidationError
 
-from shared.events import (
+from shared.contract.events import (
     EVENT_COLUMNS,
     EVENT_TYPES,
     REQUIRED_FIELDS,

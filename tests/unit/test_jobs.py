@@ -1,4 +1,4 @@
-"""shared.jobs: job ids and the Kafka message formats."""
+"""shared.contract.jobs: job ids and the Kafka message formats."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.events import Event
-from shared.jobs import (
+from shared.contract.events import Event
+from shared.contract.jobs import (
     ActionJob,
     CheckpointIn,
     EventMessage,
@@ -24,7 +24,7 @@ from shared.jobs import (
     job_id,
     parse_topic_message,
 )
-from shared.triggers import RestConfig
+from shared.contract.triggers import RestConfig
 from tests.strategies import action_jobs, events, example_event, topic_messages
 
 pytestmark = pytest.mark.unit

@@ -8,14 +8,16 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from shared.outbound import (
+from shared.outbound.client import (
     GuardedResolver,
+    new_session,
+)
+from shared.outbound.policy import (
     OutboundError,
     OutboundPolicy,
     OutboundTimeoutError,
     RefusedDestination,
     check_address,
-    new_session,
     parse_networks,
     redact_url,
 )

@@ -29,17 +29,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mcp.shared._httpx_utils import McpHttpClientFactory
 
-from shared.outbound import (
-    GuardedHttpxTransport,
+from shared.outbound.client import (
+    fetch,
+    new_session,
+)
+from shared.outbound.policy import (
     IPAddress,
     OutboundPolicy,
     OutboundTimeoutError,
     RedirectError,
     RefusedDestination,
     ResponseTooLarge,
-    fetch,
+)
+from shared.outbound.transport import (
+    GuardedHttpxTransport,
     httpx_client_factory,
-    new_session,
 )
 from tests.unit.test_outbound import StaticResolver
 from tools.localnet import Handler, Receiver

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from services.api.settings import ApiSettings
 from services.ingest.settings import IngestSettings
-from shared.logging import configure_logging
-from shared.topics import TOPICS, partition_key
+from shared.contract.topics import TOPICS, partition_key
+from shared.platform.logging import configure_logging
 from tools.migrate import dbmate_url
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from shared.events import EVENT_REGISTRY, Event
+from shared.contract.events import EVENT_REGISTRY, Event
 from tests.engine_strategies import cases, validated
 from tests.reference import (
     Step,

@@ -1,4 +1,4 @@
-"""shared.secrets: Fernet at rest, bound to its row, rotatable."""
+"""shared.platform.secrets: Fernet at rest, bound to its row, rotatable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-from shared.secrets import SecretBox, SecretDecryptError, SecretsKeyError
+from shared.platform.secrets import SecretBox, SecretDecryptError, SecretsKeyError
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""shared.triggers: condition/action/trigger validation, normalization and round trips."""
+"""shared.contract.triggers: condition/action/trigger validation, normalization and round trips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from pydantic import SecretStr, ValidationError
 
-from shared.triggers import (
+from shared.contract.triggers import (
     REVEAL_SECRETS,
     Action,
     Condition,

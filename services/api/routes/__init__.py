@@ -58,8 +58,8 @@ from services.api.routes.triggers import (
     list_triggers,
     update_trigger,
 )
-from shared.events import Event
-from shared.triggers import TriggerCreate
+from shared.contract.events import Event
+from shared.contract.triggers import TriggerCreate
 
 __all__ = ["DOCUMENT", "PRODUCER", "ROUTES", "add_routes", "document"]
 

@@ -13,8 +13,8 @@ from aiohttp import web
 from services.api import queries
 from services.api.common import SETTINGS, ApiError, encode_cursor, user_id
 from services.api.jobs import JobProducer
-from shared.evaluate import TriggerSpec
-from shared.replay import compile_trigger
+from shared.engine.evaluate import TriggerSpec
+from shared.engine.replay import compile_trigger
 
 log = structlog.get_logger(__package__)
 

@@ -27,7 +27,7 @@ from services.api.common import (
 )
 from services.api.models import BacktestIn, BacktestOut, BacktestTriggerIn
 from services.api.routes._shared import _spec, log
-from shared.evaluate import TriggerSpec
+from shared.engine.evaluate import TriggerSpec
 
 
 async def backtest_trigger(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from services.api.models import (
     StatsEventsQuery,
 )
 from services.api.routes._shared import _page
-from shared.events import Event, event_from_row
+from shared.contract.events import Event, event_from_row
 
 
 async def list_events(request: web.Request) -> web.Response:

@@ -29,9 +29,9 @@ from services.api.common import (
 from services.api.jobs import KafkaUnavailableError
 from services.api.models import Page, ResultOut, ResultsQuery, RetryOut
 from services.api.routes._shared import PRODUCER, _page, _spec, log
-from shared.evaluate import TriggerSpec, evaluate
-from shared.events import EVENT_COLUMNS, event_from_row, version_key
-from shared.jobs import ActionJob, job_id
+from shared.contract.events import EVENT_COLUMNS, event_from_row, version_key
+from shared.contract.jobs import ActionJob, job_id
+from shared.engine.evaluate import TriggerSpec, evaluate
 
 
 def _iso(value: datetime | None) -> str:

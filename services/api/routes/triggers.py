@@ -38,8 +38,8 @@ from services.api.models import (
     TriggerPatch,
 )
 from services.api.routes._shared import _page, _spec, _within_quota, log
-from shared.outbound import origin
-from shared.triggers import CREDENTIAL_HEADERS, TriggerCreate
+from shared.contract.triggers import CREDENTIAL_HEADERS, TriggerCreate
+from shared.outbound.policy import origin
 
 
 def _trigger_out(row: asyncpg.Record) -> TriggerOut:

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 from pydantic import ValidationError
 
-from shared.evaluate import (
+from shared.contract.events import Event, version_key
+from shared.contract.triggers import Condition
+from shared.engine.evaluate import (
     ActionSpec,
     Outcome,
     State,
@@ -27,9 +29,7 @@ from shared.evaluate import (
     scope_keys,
     tick,
 )
-from shared.events import Event, version_key
-from shared.trigger_index import TriggerIndex
-from shared.triggers import Condition
+from shared.engine.trigger_index import TriggerIndex
 
 if TYPE_CHECKING:
     import asyncpg
@@ -145,7 +145,7 @@ def scope_order(scope: str) -> tuple[bool, int]:
 class Evaluated:
     """One event a trigger evaluated, as kept for recomputing its state."""
 
-    key: str  #: the event version, shared.events.version_key
+    key: str  #: the event version, shared.contract.events.version_key
     event: Event | None  #: None: no longer stored
     trigger: TriggerSpec | None  #: the definition it was evaluated under (None: unknown)
     #: Whether the trigger fired on it when it arrived (its actions were sent).
@@ -207,7 +207,7 @@ def refold(  # noqa: PLR0912 (one branch per kind of record, in order)
     """Evaluate the effective records again, in order, from ``states`` (the rows as
     they were before the first record, under the definition ``since``; None: the first
     record's), each under its own definition, with the edits between them applied as
-    the matcher applies them (shared.evaluate.forget_removed), and at the end the edits
+    the matcher applies them (shared.engine.evaluate.forget_removed), and at the end the edits
     up to ``trigger`` (the definition now). Returns every row's state after, or why it
     cannot be done. An event counts as a firing only when it fired when it arrived
     and fires again. ``keep_before`` stores each record's rows before it

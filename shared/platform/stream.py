@@ -23,10 +23,10 @@ from faststream.kafka.message import KafkaMessage
 from faststream.message import StreamMessage
 from prometheus_client import CollectorRegistry
 
-from shared.db import check_db, close_pool, pool_from_settings
-from shared.metrics import new_registry
-from shared.ops import add_ops_routes, start_site
-from shared.settings import ServiceSettings
+from shared.platform.db import check_db, close_pool, pool_from_settings
+from shared.platform.metrics import new_registry
+from shared.platform.ops import add_ops_routes, start_site
+from shared.platform.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 

@@ -20,13 +20,13 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from shared.events import INT32_MAX, INT63_MAX, Event, Hash, Timestamp
-from shared.triggers import Action, ActionConfig, ActionType
+from shared.contract.events import INT32_MAX, INT63_MAX, Event, Hash, Timestamp
+from shared.contract.triggers import Action, ActionConfig, ActionType
 
 
 def job_id(trigger_id: str, event_version: str, action_id: int) -> str:
     """Deterministic job id: first 32 hex of sha256("{trigger_id}:{version}:{action_id}"),
-    where the event version is ``{id}@{block_hash}`` (shared.events.version_key): after a
+    where the event version is ``{id}@{block_hash}`` (shared.contract.events.version_key): after a
     reorg the canonical event at the same position is another version, so its
     firing is another job (the replaced one's may be done already)."""
     return hashlib.sha256(f"{trigger_id}:{event_version}:{action_id}".encode()).hexdigest()[:32]

@@ -11,7 +11,7 @@ import orjson
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from shared.settings import ServiceSettings
+from shared.platform.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError
 
-from shared.topics import TOPICS, TopicSpec
+from shared.contract.topics import TOPICS, TopicSpec
 
 
 def new_producer(

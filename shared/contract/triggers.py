@@ -35,7 +35,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from shared.events import EVENT_REGISTRY, EVENT_TYPES, INT32_MAX, INT63_MAX, Registry
+from shared.contract.events import EVENT_REGISTRY, EVENT_TYPES, INT32_MAX, INT63_MAX, Registry
 
 
 class Operator(StrEnum):

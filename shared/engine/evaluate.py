@@ -53,8 +53,8 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 from functools import cached_property
 from typing import Any, Final
 
-from shared.events import Event, feedback_value, version_key
-from shared.triggers import Condition, ConditionType
+from shared.contract.events import Event, feedback_value, version_key
+from shared.contract.triggers import Condition, ConditionType
 
 __all__ = [
     "ActionSpec",
@@ -1165,7 +1165,7 @@ def retract(
 ) -> Withdrawal:
     """Take a reorged block range [from_block, to_block] (None: no upper bound) of a chain
     back out of every rate window of one state row; with ``event_keys`` (the replaced
-    versions, see shared.events.version_key), exactly those entries, so that applying
+    versions, see shared.contract.events.version_key), exactly those entries, so that applying
     the retraction again never removes a canonical event of the same range. EMAs,
     arming and cooldowns stay as they are. ``scope_key`` names the row ('' the
     trigger's, else an agent's): a window stored in the previous release's layout is

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from shared.metrics import render
+from shared.platform.metrics import render
 
 Check = Callable[[], Awaitable[None]]
 log = structlog.get_logger(__name__)

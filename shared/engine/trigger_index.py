@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shared.evaluate import TriggerSpec, has_absence
-from shared.events import Event
-from shared.triggers import ConditionType, Operator
+from shared.contract.events import Event
+from shared.contract.triggers import ConditionType, Operator
+from shared.engine.evaluate import TriggerSpec, has_absence
 
 ANY = "*"
 #: A revocation withdraws a feedback from the rate windows of stateful triggers

@@ -1,0 +1,296 @@
+"""The aiohttp side of the outbound guard: :func:`new_session` builds a session on a
+:class:`GuardedConnector` (every connection goes to a checked address, IP literals
+included), and :func:`fetch` makes one exchange with it: http(s) only, redirects
+followed by hand (each hop re-checked), the body read under a hard cap, one deadline
+for everything."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from multidict import CIMultiDict
+from yarl import URL
+
+from shared.outbound.policy import (
+    ALLOWED_SCHEMES,
+    BODY_HEADERS,
+    CHUNK_BYTES,
+    CROSS_ORIGIN_HEADERS,
+    REDIRECT_STATUSES,
+    OutboundPolicy,
+    OutboundTimeoutError,
+    RedirectError,
+    RefusedDestination,
+    ResponseTooLarge,
+    check_host,
+    host_port,
+    is_numeric_host,
+    parse_ip,
+    redact_url,
+)
+
+if TYPE_CHECKING:
+    from aiohttp.tracing import Trace
+
+
+# --------------------------------------------------------------------------- aiohttp
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with ``inner`` (the system resolver by default) and refuses the host when
+    any of the addresses it resolves to is refused."""
+
+    def __init__(self, policy: OutboundPolicy, inner: AbstractResolver | None = None) -> None:
+        self._policy = policy
+        self._inner = inner if inner is not None else aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            check_host(host_port(host, port), result["host"], self._policy)
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose every connection goes to a checked address.
+
+    Host names go through :class:`GuardedResolver`. aiohttp does not consult the
+    resolver for an IP literal (``TCPConnector._resolve_host`` answers it directly), so
+    ``_resolve_host`` is overridden to check whatever it returns, literal or cached.
+    """
+
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        *,
+        resolver: AbstractResolver | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resolver=GuardedResolver(policy, resolver), **kwargs)
+        self._outbound_policy = policy
+
+    @property
+    def policy(self) -> OutboundPolicy:
+        return self._outbound_policy
+
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Trace] | None = None
+    ) -> list[ResolveResult]:
+        results = await super()._resolve_host(host, port, traces=traces)
+        for result in results:
+            check_host(host_port(host, port), result["host"], self._outbound_policy)
+        return results
+
+
+def _client_timeout(policy: OutboundPolicy) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=policy.total_timeout,
+        connect=policy.connect_timeout,
+        sock_connect=policy.connect_timeout,
+    )
+
+
+# Session arguments new_session fixes, because they decide where or how long it connects.
+_FIXED_SESSION_ARGS = frozenset(
+    {
+        "connector",
+        "connector_owner",
+        "proxy",
+        "proxy_auth",
+        "trust_env",
+        "cookie_jar",
+        "auto_decompress",
+        "timeout",
+        "read_timeout",
+        "conn_timeout",
+    }
+)
+
+
+def new_session(
+    policy: OutboundPolicy,
+    *,
+    limit: int = 100,
+    limit_per_host: int = 10,
+    resolver: AbstractResolver | None = None,
+    **kwargs: Any,
+) -> aiohttp.ClientSession:
+    """An aiohttp session whose connections all pass the guard (call inside the loop;
+    close it). Timeouts come from ``policy``; no proxy from the environment, no cookies
+    kept between calls (one session serves many users' destinations), responses
+    decompressed. ``resolver`` replaces the system resolver under the guard; other
+    keyword arguments go to ``ClientSession``.
+
+    aiohttp has no session-wide switch for redirects: :func:`fetch` never lets aiohttp
+    follow them, and a redirect followed by a direct ``session.request`` still connects
+    only through the guard.
+    """
+    fixed = sorted(_FIXED_SESSION_ARGS & kwargs.keys())
+    if fixed:
+        raise TypeError(f"new_session sets {', '.join(fixed)} itself")
+    connector = GuardedConnector(
+        policy, resolver=resolver, limit=limit, limit_per_host=limit_per_host
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=_client_timeout(policy),
+        auto_decompress=True,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        **kwargs,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundResponse:
+    """A complete response: ``headers`` has lower-case names, repeated fields joined
+    with ", "; ``url`` is the final URL after redirects."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    url: str
+
+
+def _precheck(url: URL, policy: OutboundPolicy) -> None:
+    """Refuse before any connection: the scheme, a missing host, an IP-literal host."""
+    if url.scheme.lower() not in ALLOWED_SCHEMES:
+        raise RefusedDestination(redact_url(url), "", f"scheme {url.scheme!r} is not http(s)")
+    host = url.raw_host
+    if not host:
+        raise RefusedDestination(redact_url(url), "", "no host")
+    if parse_ip(host) is not None or is_numeric_host(host):
+        check_host(redact_url(url), host, policy)
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    policy: OutboundPolicy,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+    json: Any = None,
+) -> OutboundResponse:
+    """One outbound exchange through a :func:`new_session` session.
+
+    Only http and https; redirects (301/302/303/307/308) are followed by hand, at most
+    ``policy.max_redirects``, each hop checked like the first (303, and 301/302 after a
+    POST, become a GET without body; credentials are dropped when the origin changes).
+    The body is read up to ``policy.max_response_bytes`` (:class:`ResponseTooLarge`
+    beyond); ``policy.total_timeout`` bounds the whole exchange (:class:`OutboundTimeoutError`).
+    Pass the policy the session was made with (or a copy differing in timeouts/caps).
+    """
+    if data is not None and json is not None:
+        raise ValueError("pass data or json, not both")
+    if not isinstance(session.connector, GuardedConnector):
+        raise TypeError("fetch needs a session made by new_session")
+    try:
+        start = URL(url)
+    except (ValueError, TypeError) as exc:
+        raise RefusedDestination(redact_url(url), "", "invalid URL") from exc
+    try:
+        async with asyncio.timeout(policy.total_timeout):
+            return await _exchange(
+                session,
+                method=method.upper(),
+                url=start,
+                policy=policy,
+                headers=CIMultiDict(headers or {}),
+                data=data,
+                json_body=json,
+            )
+    except TimeoutError as exc:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            detail = f"connect timeout {policy.connect_timeout:g}s"
+        else:
+            detail = f"total timeout {policy.total_timeout:g}s"
+        raise OutboundTimeoutError(redact_url(start), detail) from exc
+
+
+async def _exchange(
+    session: aiohttp.ClientSession,
+    *,
+    method: str,
+    url: URL,
+    policy: OutboundPolicy,
+    headers: CIMultiDict[str],
+    data: bytes | None,
+    json_body: Any,
+) -> OutboundResponse:
+    timeout = _client_timeout(policy)
+    for _hop in range(policy.max_redirects + 1):
+        _precheck(url, policy)
+        try:
+            async with session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                json=json_body,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as resp:
+                location = resp.headers.get("Location")
+                if resp.status not in REDIRECT_STATUSES or not location:
+                    body = await _read_capped(resp, policy.max_response_bytes, redact_url(url))
+                    return OutboundResponse(
+                        status=resp.status,
+                        headers=_joined_headers(resp.headers.items()),
+                        body=body,
+                        url=str(resp.url),
+                    )
+                status = resp.status
+        except RefusedDestination as exc:
+            # The guard below aiohttp knows only host:port; name the URL.
+            raise RefusedDestination(redact_url(url), exc.address, exc.reason) from exc
+        try:
+            target = url.join(URL(location)).with_fragment(None)
+        except (ValueError, TypeError) as exc:
+            raise RedirectError(redact_url(url), "unparseable Location") from exc
+        if target.origin() != url.origin():
+            for name in {k.lower() for k in headers} - CROSS_ORIGIN_HEADERS:
+                headers.popall(name, None)
+        if (status == 303 and method != "HEAD") or (status in {301, 302} and method == "POST"):
+            method = "GET"
+            data = json_body = None
+            for name in BODY_HEADERS:
+                headers.popall(name, None)
+        url = target
+    raise RedirectError(redact_url(url), f"more than {policy.max_redirects} redirects")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
+        raise ResponseTooLarge(url, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await resp.content.read(min(CHUNK_BYTES, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(url, limit)
+        chunks.append(chunk)
+
+
+def _joined_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    joined: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        joined[key] = f"{joined[key]}, {value}" if key in joined else value
+    return joined

@@ -1,40 +1,33 @@
-"""Builds the matcher application: ``create_app(settings)``."""
+"""Builds the matcher application: ``create_app(settings)``. It only wires: the
+batches are handled by services/matcher/handlers.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
-import structlog
 from aiokafka import AIOKafkaProducer
-from faststream import AckPolicy, FastStream
-from faststream.kafka.annotations import KafkaMessage
-from pydantic import ValidationError
+from faststream import FastStream
 
 from services.matcher.handlers import Matcher
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
-from shared.contract.jobs import ActionJob, AnyTopicMessage, parse_topic_message
-from shared.platform.kafka import LagProbe, new_producer
+from shared.contract.jobs import ActionJob
+from shared.platform.kafka import LagProbe, new_producer, watch_lag
 from shared.platform.stream import (
     FETCH_MAX_WAIT_MS,
-    IDLE_POLL_MS,
     Handoff,
     StreamService,
+    batch_subscriber,
     create_stream_app,
     new_broker,
-    raw_values,
-    with_backoff,
 )
 
-log = structlog.get_logger(__name__)
 
-
-class Runtime:
+class MatcherRuntime:
     """What the matcher owns while it runs: the index keeper, the jobs producer,
     the lag probe. Started in the lifespan, before the consumer starts."""
 
@@ -67,10 +60,15 @@ class Runtime:
         self.matcher = Matcher(
             pool=svc.db(), keeper=keeper, publish=self.publish, metrics=self.metrics
         )
+        lag = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, settings.events_topic)
         self._tasks = [
             asyncio.create_task(keeper.run(), name="index-keeper"),
-            asyncio.create_task(self._watch_lag(), name="lag"),
+            asyncio.create_task(watch_lag({lag: self.metrics.consumer_lag}), name="lag"),
         ]
+
+    async def consume(self, bodies: list[bytes]) -> None:
+        assert self.matcher is not None
+        await self.matcher.consume(bodies)
 
     async def publish(self, jobs: Sequence[ActionJob]) -> None:
         """Produce the jobs and wait for every acknowledgement."""
@@ -81,17 +79,6 @@ class Runtime:
             for job in jobs
         ]
         await asyncio.gather(*futures)
-
-    async def _watch_lag(self) -> None:
-        settings = self.settings
-        probe = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, settings.events_topic)
-        try:
-            while True:
-                with contextlib.suppress(Exception):
-                    self.metrics.consumer_lag.set(await probe.measure())
-                await asyncio.sleep(5.0)
-        finally:
-            await probe.close()
 
     async def stop(self, _svc: StreamService) -> None:
         for task in self._tasks:
@@ -108,45 +95,15 @@ class Runtime:
 def create_app(settings: MatcherSettings) -> FastStream:
     broker = new_broker(settings)
     service = StreamService(settings=settings, broker=broker)
-    runtime = Runtime(settings, MatcherMetrics.create(service.registry))
-    failures = [0]
-    # A batch is one transaction of at most a few seconds.
-    handoff = Handoff("matcher", limit=20.0)
-
-    @broker.subscriber(
+    runtime = MatcherRuntime(settings, MatcherMetrics.create(service.registry))
+    batch_subscriber(
+        broker,
         settings.events_topic,
         group_id=settings.group_id,
-        batch=True,
         max_records=settings.batch_max_records,
-        batch_timeout_ms=IDLE_POLL_MS,
+        # A batch is one transaction of at most a few seconds.
+        handoff=Handoff("matcher", limit=20.0),
+        handle=runtime.consume,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
-        listener=handoff,
-        rebalance_timeout_ms=handoff.rebalance_timeout_ms,
-        decoder=raw_values,
     )
-    async def on_events(bodies: list[Any], batch: KafkaMessage) -> None:
-        async with handoff.batch(batch) as current:
-            if current:
-                await handle(bodies)
-
-    async def handle(bodies: list[Any]) -> None:
-        messages: list[AnyTopicMessage] = []
-        for body in bodies:
-            try:
-                messages.append(parse_topic_message(body))
-            except ValidationError as exc:
-                # A message no matcher can read would block its partition forever.
-                log.error("unreadable message skipped", error=str(exc)[:500])
-        assert runtime.matcher is not None
-        try:
-            await runtime.matcher.handle(messages)
-        except Exception:
-            failures[0] += 1
-            log.exception("batch failed; it will be redelivered", messages=len(messages))
-            await with_backoff(failures[0])
-            raise
-        failures[0] = 0
-
     return create_stream_app(service, on_ready=runtime.start, on_stop=runtime.stop)

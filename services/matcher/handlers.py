@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from pydantic import ValidationError
 
 from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
@@ -31,7 +32,8 @@ from shared.contract.jobs import (
     EventMessage,
     RetractionMessage,
     TickMessage,
-    job_id,
+    build_job,
+    parse_topic_message,
 )
 from shared.engine.evaluate import (
     State,
@@ -57,6 +59,7 @@ from shared.engine.replay import (
     tick_scope,
 )
 from shared.platform.db import Conn
+from shared.platform.stream import with_backoff
 
 log = structlog.get_logger(__name__)
 
@@ -167,6 +170,28 @@ class Matcher:
         self._keeper = keeper
         self._publish = publish
         self._metrics = metrics
+        self._failures = 0
+
+    async def consume(self, bodies: Sequence[bytes]) -> None:
+        """One consumed batch of erc8004.events, as the subscriber hands it over: a
+        message that does not parse is logged and skipped; a batch that fails is
+        logged and raised (to be redelivered) after a pause that grows with the
+        failures in a row, so that a database outage is not hammered."""
+        messages: list[AnyTopicMessage] = []
+        for body in bodies:
+            try:
+                messages.append(parse_topic_message(body))
+            except ValidationError as exc:
+                # A message no matcher can read would block its partition forever.
+                log.error("unreadable message skipped", error=str(exc)[:500])
+        try:
+            await self.handle(messages)
+        except Exception:
+            self._failures += 1
+            log.exception("batch failed; it will be redelivered", messages=len(messages))
+            await with_backoff(self._failures)
+            raise
+        self._failures = 0
 
     async def handle(self, messages: Sequence[AnyTopicMessage]) -> int:
         """Make a batch's effects durable; returns the number of jobs produced."""
@@ -633,8 +658,7 @@ class Matcher:
         # event id), so the dispatcher and receivers recognise it.
         version = version_key(event) if "event_version" in explain else event.id
         return [
-            ActionJob(
-                job_id=job_id(trigger.id, version, action.id),
+            build_job(
                 trigger_id=trigger.id,
                 trigger_name=trigger.name,
                 user_id=trigger.user_id,
@@ -642,6 +666,7 @@ class Matcher:
                 action_type=action.action_type,
                 config=action.config,
                 event=event,
+                event_version=version,
                 explain=explain,
                 created_at=now,
             )

@@ -224,6 +224,40 @@ class ActionJob(BaseModel):
         return self.model_copy(update=update)
 
 
+def build_job(
+    *,
+    trigger_id: str,
+    trigger_name: str,
+    user_id: str,
+    action_id: int,
+    action_type: str,
+    config: dict[str, Any],
+    event: Event,
+    event_version: str,
+    explain: dict[str, Any],
+    created_at: datetime,
+    run_id: str | None = None,
+) -> ActionJob:
+    """The first attempt of one action of a firing, for the matcher and the API's
+    redrive alike: its id is ``job_id(trigger_id, event_version, action_id)``, where
+    ``event_version`` is the event's ``version_key`` (or, for a firing of the
+    previous release, its id: the id the job had then). ``run_id``: None for the
+    matcher's run, a fresh one for each redrive."""
+    return ActionJob(
+        job_id=job_id(trigger_id, event_version, action_id),
+        trigger_id=trigger_id,
+        trigger_name=trigger_name,
+        user_id=user_id,
+        action_id=action_id,
+        action_type=action_type,
+        config=config,
+        event=event,
+        explain=explain,
+        created_at=created_at,
+        run_id=run_id,
+    )
+
+
 class UnreadableLetter(BaseModel):
     """A message of erc8004.actions(.retry) that is not a job (a newer producer, a bug):
     kept on erc8004.actions.dlq instead of being dropped (``raw`` base64 in JSON)."""

@@ -1,15 +1,17 @@
-"""Kafka plumbing shared by the services: the producer, topic creation and the
-readiness check."""
+"""Kafka plumbing shared by the services: the producer, topic creation, the
+readiness check and the lag gauges."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError
+from prometheus_client import Gauge
 
 from shared.contract.topics import TOPICS, TopicSpec
 
@@ -159,3 +161,17 @@ class LagProbe:
         if self._consumer is not None:
             await self._consumer.stop()
         self._admin = self._consumer = None
+
+
+async def watch_lag(gauges: Mapping[LagProbe, Gauge], *, interval: float = 5.0) -> None:
+    """Set each gauge to its probe's measure every ``interval`` seconds until
+    cancelled (a failed measure leaves its gauge as it was), then close the probes."""
+    try:
+        while True:
+            for probe, gauge in gauges.items():
+                with contextlib.suppress(Exception):
+                    gauge.set(await probe.measure())
+            await asyncio.sleep(interval)
+    finally:
+        for probe in gauges:
+            await probe.close()

@@ -1,6 +1,7 @@
 """The frame of a Kafka-consuming service (matcher, dispatcher): a FastStream
 app whose lifespan owns the database pool and serves the operational endpoints
-on the service's port."""
+on the service's port, and its batch subscribers, each handing its partitions
+over between batches."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import structlog
 from aiohttp import web
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from faststream import FastStream
+from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage as CurrentMessage
 from faststream.kafka.message import KafkaMessage
 from faststream.message import StreamMessage
 from prometheus_client import CollectorRegistry
@@ -222,6 +224,47 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
             except IllegalStateError:
                 return False
         return True
+
+
+#: A batch handler: the records' bytes (``raw_values``), in offset order per partition.
+BatchHandler = Callable[[list[bytes]], Awaitable[None]]
+
+
+def batch_subscriber(
+    broker: KafkaBroker,
+    topic: str,
+    *,
+    group_id: str,
+    max_records: int,
+    handoff: Handoff,
+    handle: BatchHandler,
+    fetch_max_wait_ms: int = 500,
+) -> None:
+    """Subscribe ``handle`` to batches of ``topic`` (at most ``max_records`` records,
+    their bytes) in consumer group ``group_id``, from the earliest offset when the
+    group has none. Each batch runs inside ``handoff.batch``: committed when
+    ``handle`` returns, rewound (redelivered) when it raises, skipped when it went
+    stale in a rebalance. A handoff serves one subscriber. ``fetch_max_wait_ms``:
+    aiokafka's default unless the caller needs less (FETCH_MAX_WAIT_MS)."""
+
+    async def on_batch(bodies: list[Any], batch: CurrentMessage) -> None:
+        async with handoff.batch(batch) as current:
+            if current:
+                await handle(bodies)
+
+    broker.subscriber(
+        topic,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=IDLE_POLL_MS,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
+        listener=handoff,
+        rebalance_timeout_ms=handoff.rebalance_timeout_ms,
+        decoder=raw_values,
+    )(on_batch)
 
 
 async def raw_values(msg: StreamMessage[Any]) -> list[bytes]:

@@ -24,8 +24,8 @@ from services.api.common import (
     Slots,
     middleware,
 )
-from services.api.jobs import JobProducer
 from services.api.metrics import ApiMetrics
+from services.api.redrive import JobProducer
 from services.api.routes import PRODUCER, add_routes
 from services.api.settings import ApiSettings
 from shared.outbound.policy import parse_networks

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from services.api import queries
 from services.api.common import SETTINGS, ApiError, encode_cursor, user_id
-from services.api.jobs import JobProducer
+from services.api.redrive import JobProducer
 from shared.engine.evaluate import TriggerSpec
 from shared.engine.replay import compile_trigger
 

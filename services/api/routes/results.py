@@ -26,11 +26,11 @@ from services.api.common import (
     path_id,
     user_id,
 )
-from services.api.jobs import KafkaUnavailableError
 from services.api.models import Page, ResultOut, ResultsQuery, RetryOut
+from services.api.redrive import KafkaUnavailableError
 from services.api.routes._shared import PRODUCER, _page, _spec, log
 from shared.contract.events import EVENT_COLUMNS, event_from_row, version_key
-from shared.contract.jobs import ActionJob, job_id
+from shared.contract.jobs import build_job, job_id
 from shared.engine.evaluate import TriggerSpec, evaluate
 
 
@@ -107,16 +107,17 @@ async def retry_result(request: web.Request) -> web.Response:
         # Jobs of the previous release were named after the event id, not its version.
         versions = (version_key(event), event_id)
         actions = await queries.get_actions(conn, trigger_id)
-        action = next(
-            (a for a in actions for v in versions if job_id(trigger_id, v, a["id"]) == wanted),
+        found = next(
+            ((a, v) for a in actions for v in versions if job_id(trigger_id, v, a["id"]) == wanted),
             None,
         )
-        if action is None:
+        if found is None:
             raise ApiError(
                 409,
                 "the job's action no longer exists, or a reorg replaced the job's event"
                 " (the canonical event's firing is another job)",
             )
+        action, version = found
         explain = await queries.get_evaluation_explain(conn, trigger_id, version_key(event))
         if explain is None:
             # A stateless trigger records no evaluation: its explain is a pure function
@@ -124,8 +125,11 @@ async def retry_result(request: web.Request) -> web.Response:
             spec = _spec(trigger)
             if spec is not None and not spec.is_stateful:
                 explain = evaluate(spec, event, states={}).explain
-        job = ActionJob(
-            job_id=wanted,
+        # The same job id (``version`` gave it), as attempt 1 of a run of its own: the
+        # dispatcher records (and deduplicates) attempts per run, so the earlier run's
+        # rows do not make it skip this one.
+        run_id = uuid.uuid4().hex
+        job = build_job(
             trigger_id=trigger_id,
             trigger_name=trigger["name"],
             user_id=trigger["user_id"],
@@ -133,16 +137,13 @@ async def retry_result(request: web.Request) -> web.Response:
             action_type=action["action_type"],
             config=action["config"],
             event=event,
+            event_version=version,
             explain=explain or {},
-            attempt=1,
             created_at=datetime.now(UTC),
-            # A run of its own: the dispatcher records (and deduplicates) attempts per
-            # run, so the earlier run's rows do not make it skip this one.
-            run_id=uuid.uuid4().hex,
+            run_id=run_id,
         )
-        assert job.run_id is not None
         interval = request.app[SETTINGS].redrive_interval
-        wait = await queries.claim_redrive(conn, wanted, user_id(request), job.run_id, interval)
+        wait = await queries.claim_redrive(conn, wanted, user_id(request), run_id, interval)
         if wait > 0:
             raise ApiError(
                 429,
@@ -156,7 +157,7 @@ async def retry_result(request: web.Request) -> web.Response:
     except KafkaUnavailableError:
         log.warning("redrive failed: Kafka unavailable", job_id=wanted)
         async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-            await queries.release_redrive(conn, wanted, job.run_id)
+            await queries.release_redrive(conn, wanted, run_id)
         raise ApiError(503, "Kafka is unavailable; the job was not redriven") from None
     request.app[METRICS].jobs_redriven.labels(job.action_type.value).inc()
     log.info("job redriven", job_id=wanted, trigger_id=trigger_id, previous=result["status"])

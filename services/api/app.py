@@ -29,11 +29,9 @@ from services.api.redrive import JobProducer
 from services.api.routes import PRODUCER, add_routes
 from services.api.settings import ApiSettings
 from shared.outbound.policy import parse_networks
-from shared.platform.db import check_db, close_pool, pool_from_settings
-from shared.platform.kafka import KafkaProbe
 from shared.platform.metrics import new_registry
-from shared.platform.ops import add_ops_routes
 from shared.platform.secrets import SecretBox
+from shared.platform.web import frame_web_app
 
 log = structlog.get_logger(__name__)
 
@@ -77,28 +75,15 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     app[SECRETS] = SecretBox(settings.secrets_key)
     app[PROXIES] = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")
     app[PRODUCER] = JobProducer(settings.kafka_bootstrap_servers, settings.actions_topic)
-    probe = KafkaProbe(settings.kafka_bootstrap_servers)
+    frame_web_app(
+        app, settings, pool=POOL, registry=registry, on_pool=_refuse_to_bypass_row_security
+    )
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = await pool_from_settings(settings)
-        try:
-            await _refuse_to_bypass_row_security(app[POOL])
-        except BaseException:
-            await close_pool(app[POOL])
-            raise
+    async def producer(app: web.Application) -> AsyncIterator[None]:
         log.info("api started", port=settings.http_port)
         yield
         await app[PRODUCER].close()
-        await close_pool(app[POOL])
-        await probe.close()
 
-    app.cleanup_ctx.append(resources)
-
-    async def check_postgres() -> None:
-        await check_db(app[POOL])
-
-    add_ops_routes(
-        app, registry=registry, checks={"postgres": check_postgres, "kafka": probe.check}
-    )
+    app.cleanup_ctx.append(producer)
     add_routes(app)
     return app

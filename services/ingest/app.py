@@ -29,10 +29,8 @@ from services.ingest.routes import (
     routes,
 )
 from services.ingest.settings import IngestSettings
-from shared.platform.db import check_db, close_pool, pool_from_settings
-from shared.platform.kafka import KafkaProbe
 from shared.platform.metrics import new_registry
-from shared.platform.ops import add_ops_routes
+from shared.platform.web import frame_web_app
 
 log = structlog.get_logger(__name__)
 
@@ -65,12 +63,13 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
     registry = new_registry()
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics.create(registry)
-    probe = KafkaProbe(settings.kafka_bootstrap_servers)
     tasks = maintenance_tasks(settings)
     maintenance_metrics = MaintenanceMetrics.create(registry, service="ingest", tasks=tasks)
+    # Kafka is informational for ingest: without it events wait in the outbox,
+    # so indexers can keep posting and the pod stays in its Service.
+    frame_web_app(app, settings, pool=POOL, registry=registry, kafka_required=False)
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = await pool_from_settings(settings)
+    async def workers(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None
         worker: Relay | None = None
         if relay:
@@ -119,21 +118,7 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
                 maintenance.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await maintenance
-        await close_pool(app[POOL])
-        await probe.close()
 
-    app.cleanup_ctx.append(resources)
-
-    async def check_postgres() -> None:
-        await check_db(app[POOL])
-
-    # Kafka is informational for ingest: without it events wait in the outbox,
-    # so indexers can keep posting and the pod stays in its Service.
-    add_ops_routes(
-        app,
-        registry=registry,
-        checks={"postgres": check_postgres},
-        informational={"kafka": probe.check},
-    )
+    app.cleanup_ctx.append(workers)
     app.add_routes(routes)
     return app

@@ -9,7 +9,7 @@ import contextlib
 from aiokafka import AIOKafkaProducer
 
 from shared.contract.jobs import ActionJob
-from shared.platform.kafka import new_producer
+from shared.platform.kafka import new_producer, stop_producer
 
 
 class KafkaUnavailableError(Exception):
@@ -60,7 +60,5 @@ class JobProducer:
 
     async def close(self) -> None:
         if self._producer is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(3):
-                    await self._producer.stop()
+            await stop_producer(self._producer)
             self._producer = None

@@ -178,9 +178,7 @@ class Relay:
         self._partitions.clear()
         self._key_partition.clear()
         if producer is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(3):
-                    await producer.stop()
+            await kafka.stop_producer(producer)
 
     async def _listen(self) -> None:
         async def catch_up() -> None:

@@ -4,7 +4,6 @@ batches are handled by services/matcher/handlers.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import asyncpg
@@ -16,7 +15,7 @@ from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.contract.jobs import ActionJob
-from shared.platform.kafka import LagProbe, new_producer, watch_lag
+from shared.platform.kafka import LagProbe, new_producer, stop_producer, watch_lag
 from shared.platform.stream import (
     FETCH_MAX_WAIT_MS,
     Handoff,
@@ -85,11 +84,8 @@ class MatcherRuntime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._producer is not None:
-            # Bounded: with Kafka away, stop() would wait out request timeouts.
             # Unacknowledged jobs are safe: their batch was not committed.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(3):
-                    await self._producer.stop()
+            await stop_producer(self._producer)
 
 
 def create_app(settings: MatcherSettings) -> FastStream:

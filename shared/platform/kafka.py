@@ -38,6 +38,15 @@ def new_producer(
     )
 
 
+async def stop_producer(producer: AIOKafkaProducer, *, within: float = 3.0) -> None:
+    """Stop the producer, bounded: with Kafka away, ``stop()`` would wait out its
+    request timeouts. Whatever it fails on is ignored (shutting down, or replacing
+    a producer that failed)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(within):
+            await producer.stop()
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     *,

@@ -11,6 +11,7 @@ from typing import Any
 from services.api import queries
 from services.api.models import BacktestIn, BacktestOut, FiringOut
 from shared.contract.events import event_from_row
+from shared.contract.jobs import tick_key
 from shared.contract.triggers import TriggerCreate
 from shared.engine.evaluate import ActionSpec, TriggerSpec, has_absence
 from shared.engine.replay import Replay, Step
@@ -72,7 +73,7 @@ async def run_backtest(
         scanned += 1
         if kind == "beat":
             beats += 1
-            key = f"hb:{spec.chain_id}-{row['block_number']}@{row['block_hash']}"
+            key = tick_key(spec.chain_id, row["block_number"], row["block_hash"])
             out.add(replay.tick(spec.chain_id, row["timestamp"], key))
         else:
             events += 1

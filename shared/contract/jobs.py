@@ -114,6 +114,12 @@ class CheckpointIn(BaseModel):
     timestamp: Timestamp
 
 
+def tick_key(chain_id: int, block_number: int, block_hash: str) -> str:
+    """A heartbeat's identity, as its evaluations record it (the matcher's and a
+    backtest's alike): ``hb:{chain_id}-{block_number}@{block_hash}``."""
+    return f"hb:{chain_id}-{block_number}@{block_hash}"
+
+
 class TickMessage(BaseModel):
     """A heartbeat of a chain (docs/semantics.md section 5a), published on
     erc8004.events in the chain's partition, in order with its events."""
@@ -129,8 +135,8 @@ class TickMessage(BaseModel):
 
     @property
     def key(self) -> str:
-        """The tick's identity: ``hb:{chain_id}-{block_number}@{block_hash}``."""
-        return f"hb:{self.chain_id}-{self.block_number}@{self.block_hash}"
+        """The tick's identity (``tick_key``)."""
+        return tick_key(self.chain_id, self.block_number, self.block_hash)
 
 
 AnyTopicMessage = EventMessage | RetractionMessage | TickMessage

@@ -18,9 +18,9 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from mcp.server.mcpserver import Context, MCPServer
 
+from shared.contract.actions import ActionType
 from shared.contract.events import EVENT_COLUMNS, Event, event_row, version_key
 from shared.contract.jobs import ActionJob, job_id
-from shared.contract.triggers import ActionType
 from tools.eventgen import make_event
 from tools.localnet import free_port
 

@@ -8,6 +8,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from shared.contract.actions import Action
+from shared.contract.condition_types import MAX_GROUP_DEPTH
+from shared.contract.conditions import Condition
 from shared.contract.events import (
     EVENT_TYPES,
     INT32_MAX,
@@ -18,7 +21,7 @@ from shared.contract.events import (
     version_key,
 )
 from shared.contract.jobs import ActionJob, EventMessage, RetractionMessage, job_id
-from shared.contract.triggers import MAX_GROUP_DEPTH, Action, Condition, TriggerCreate
+from shared.contract.triggers import TriggerCreate
 
 #: Upper bound of generated timestamps, safely in the past.
 MAX_TIMESTAMP = 1_750_000_000

@@ -39,9 +39,9 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from shared.contract.actions import ActionType
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, job_id
-from shared.contract.triggers import ActionType
 from tools.bench_ingest import pct
 from tools.bench_matcher import peak_rss_mib, raw_consume
 from tools.benchdb import scratch_database, scratch_topic

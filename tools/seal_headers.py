@@ -6,7 +6,7 @@
 Before secret headers existed, an ``Authorization`` or ``X-Api-Key`` header could only
 be given in a REST action's ``headers``: stored in ``trigger_actions.config`` as it
 is, returned by the API, carried in every job on Kafka. This finds such headers
-(the names in ``shared.contract.triggers.CREDENTIAL_HEADERS``, any case), encrypts them with
+(the names in ``shared.contract.actions.CREDENTIAL_HEADERS``, any case), encrypts them with
 ``SECRETS_KEY`` into ``secret_headers_ciphertext`` (merged with secret headers the
 action has already) and removes them from ``config``: one transaction per batch,
 each row locked, so the API editing the same action waits or is waited for. Running
@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 import structlog
 
-from shared.contract.triggers import CREDENTIAL_HEADERS
+from shared.contract.actions import CREDENTIAL_HEADERS
 from shared.platform.db import register_codecs
 from shared.platform.logging import configure_logging
 from shared.platform.secrets import SecretBox

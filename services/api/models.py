@@ -1,5 +1,6 @@
 """The API's own request and response models. Trigger bodies are the contract models
-of shared.contract.triggers; events are shared.contract.events.Event. The OpenAPI document is
+of shared.contract.triggers (conditions and actions: shared.contract.conditions and
+shared.contract.actions); events are shared.contract.events.Event. The OpenAPI document is
 generated from these same classes (services/api/openapi.py)."""
 
 from __future__ import annotations
@@ -18,16 +19,11 @@ from pydantic import (
     model_validator,
 )
 
+from shared.contract.actions import REVEAL_SECRETS, Action, ActionType
+from shared.contract.condition_types import MAX_CONDITIONS
+from shared.contract.conditions import Condition
 from shared.contract.events import INT32_MAX, INT63_MAX, Registry
-from shared.contract.triggers import (
-    MAX_CONDITIONS,
-    REVEAL_SECRETS,
-    Action,
-    ActionType,
-    Condition,
-    TriggerCreate,
-    TriggerUpdate,
-)
+from shared.contract.triggers import TriggerCreate, TriggerUpdate
 
 T = TypeVar("T")
 

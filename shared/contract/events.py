@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from shared.contract.patterns import ADDRESS_RE, DECIMAL_RE, HASH_RE
+
 
 class Registry(StrEnum):
     """The three ERC-8004 registries."""
@@ -116,22 +118,19 @@ MAX_TAG: Final = 256
 MAX_KEY: Final = 1024
 MAX_METADATA_HEX: Final = 2 * 65536 + 2
 
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 _HEX_BYTES = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,40}")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
 _FEEDBACK_NEEDS = "NewFeedback needs score (legacy layout) or value and value_decimals"
 
 
 def _address(v: str) -> str:
-    if _ADDRESS.fullmatch(v) is None:
+    if ADDRESS_RE.fullmatch(v) is None:
         raise PydanticCustomError("address", "must be 0x followed by 40 hex digits")
     return v.lower()
 
 
 def _hash(v: str) -> str:
-    if _HASH.fullmatch(v) is None:
+    if HASH_RE.fullmatch(v) is None:
         raise PydanticCustomError("hash", "must be 0x followed by 64 hex digits")
     return v.lower()
 
@@ -153,12 +152,9 @@ def _text(v: str) -> str:
 def _tag(v: str) -> str:
     # bytes32 tags of older layouts arrive zero-padded: the padding is not part of the tag
     v = v.rstrip("\x00")
-    if _BYTES32.fullmatch(v) is not None:
+    if HASH_RE.fullmatch(v) is not None:
         return bytes32_text(v)
     return _text(v)
-
-
-_BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
 
 
 def bytes32_text(v: str) -> str:
@@ -418,7 +414,7 @@ class Event(BaseModel):
             return None
         if type(v) is int:
             d = Decimal(v)
-        elif type(v) is str and len(v) <= 80 and _DECIMAL.fullmatch(v) is not None:
+        elif type(v) is str and len(v) <= 80 and DECIMAL_RE.fullmatch(v) is not None:
             try:
                 d = Decimal(v)
             except InvalidOperation:  # pragma: no cover - the pattern admits only decimals

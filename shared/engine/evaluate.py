@@ -53,8 +53,9 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 from functools import cached_property
 from typing import Any, Final
 
+from shared.contract.condition_types import ConditionType
+from shared.contract.conditions import Condition
 from shared.contract.events import Event, feedback_value, version_key
-from shared.contract.triggers import Condition, ConditionType
 
 __all__ = [
     "ActionSpec",

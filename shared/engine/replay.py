@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 from pydantic import ValidationError
 
+from shared.contract.conditions import Condition
 from shared.contract.events import Event, version_key
-from shared.contract.triggers import Condition
 from shared.engine.evaluate import (
     ActionSpec,
     Outcome,

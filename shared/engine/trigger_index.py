@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from shared.contract.condition_types import ConditionType, Operator
 from shared.contract.events import Event
-from shared.contract.triggers import ConditionType, Operator
 from shared.engine.evaluate import TriggerSpec, has_absence
 
 ANY = "*"

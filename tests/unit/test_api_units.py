@@ -25,8 +25,8 @@ from services.api.signatures import (
     mcp_token_message,
     recover_signer,
 )
+from shared.contract.conditions import Condition
 from shared.contract.events import Event
-from shared.contract.triggers import Condition
 from shared.engine.evaluate import ActionSpec, TriggerSpec, evaluate
 from shared.engine.replay import Replay
 from shared.outbound.policy import parse_networks

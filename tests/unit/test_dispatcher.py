@@ -37,9 +37,9 @@ from services.dispatcher.templates import (
     render_json_object,
     render_text,
 )
+from shared.contract.actions import ActionType, RestConfig
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, job_id
-from shared.contract.triggers import ActionType, RestConfig
 from shared.outbound.policy import origin
 from tools.eventgen import make_event
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from shared.contract.conditions import Condition
 from shared.contract.events import Event
-from shared.contract.triggers import Condition
 from shared.engine.evaluate import (
     ActionSpec,
     Outcome,

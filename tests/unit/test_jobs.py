@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from shared.contract.actions import RestConfig
 from shared.contract.events import Event
 from shared.contract.jobs import (
     ActionJob,
@@ -24,7 +25,6 @@ from shared.contract.jobs import (
     job_id,
     parse_topic_message,
 )
-from shared.contract.triggers import RestConfig
 from tests.strategies import action_jobs, events, example_event, topic_messages
 
 pytestmark = pytest.mark.unit

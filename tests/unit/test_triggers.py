@@ -1,4 +1,5 @@
-"""shared.contract.triggers: condition/action/trigger validation, normalization and round trips."""
+"""shared.contract.conditions, .actions and .triggers: condition/action/trigger
+validation, normalization and round trips."""
 
 from __future__ import annotations
 
@@ -9,19 +10,16 @@ import pytest
 from hypothesis import given
 from pydantic import SecretStr, ValidationError
 
-from shared.contract.triggers import (
+from shared.contract.actions import (
     REVEAL_SECRETS,
     Action,
-    Condition,
-    ConditionType,
     McpConfig,
-    Operator,
     RestConfig,
     TelegramConfig,
-    TriggerCreate,
-    TriggerUpdate,
-    parse_duration,
 )
+from shared.contract.condition_types import ConditionType, Operator, parse_duration
+from shared.contract.conditions import Condition
+from shared.contract.triggers import TriggerCreate, TriggerUpdate
 from tests.strategies import actions, conditions, trigger_dicts, triggers
 
 pytestmark = pytest.mark.unit

@@ -59,6 +59,7 @@ from services.api.routes.triggers import (
     update_trigger,
 )
 from shared.contract.events import Event
+from shared.contract.patterns import UINT_RE
 from shared.contract.triggers import TriggerCreate
 
 __all__ = ["DOCUMENT", "PRODUCER", "ROUTES", "add_routes", "document"]
@@ -81,7 +82,7 @@ def _path(name: str, description: str, **schema: Any) -> PathParam:
 
 _AGENT = (
     _path("chain_id", "The chain id.", pattern=r"^[0-9]{1,10}$"),
-    _path("agent_id", "The agent id.", pattern=r"^[0-9]{1,19}$"),
+    _path("agent_id", "The agent id.", pattern=f"^{UINT_RE.pattern}$"),
 )
 
 ROUTES: tuple[Route, ...] = (

@@ -38,7 +38,8 @@ from services.api.models import (
     TriggerPatch,
 )
 from services.api.routes._shared import _page, _spec, _within_quota, log
-from shared.contract.triggers import CREDENTIAL_HEADERS, TriggerCreate
+from shared.contract.actions import CREDENTIAL_HEADERS
+from shared.contract.triggers import TriggerCreate
 from shared.outbound.policy import origin
 
 

@@ -1,0 +1,313 @@
+"""The actions of a trigger: the action types, the config model of each type
+(TelegramConfig, RestConfig, McpConfig), the header rules of REST actions (headers
+reserved for the dispatcher, headers that carry credentials) and `Action`, one
+trigger_actions row. Secrets in configs are masked when dumped unless the
+REVEAL_SECRETS context asks for them in clear text."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    Strict,
+    StrictBool,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from shared.contract.validation import Errors, has_nul, no_nul
+
+
+class ActionType(StrEnum):
+    """trigger_actions.action_type."""
+
+    telegram = "telegram"
+    rest = "rest"
+    mcp = "mcp"
+
+
+#: Serialization context that writes secrets in clear text (storage, job messages).
+REVEAL_SECRETS: Final[dict[str, bool]] = {"reveal_secrets": True}
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
+_CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}")
+
+
+def _http_url(v: str) -> str:
+    if len(v) > 2048 or any(c.isspace() or ord(c) < 32 for c in v):
+        raise PydanticCustomError("url", "must be an http(s) URL of at most 2048 characters")
+    try:
+        parts = urlsplit(v)
+        _ = parts.port
+    except ValueError as exc:
+        raise PydanticCustomError("url", "not a valid URL: {reason}", {"reason": str(exc)}) from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError("url", "must be an http or https URL with a host")
+    return v
+
+
+UrlText = Annotated[str, Strict()]
+TimeoutMs = Annotated[int, Strict(), Field(ge=100, le=60000)]
+MaxAttempts = Annotated[int, Strict(), Field(ge=1, le=20)]
+Template = str | dict[str, Any]
+
+
+def _template(v: Any) -> Any:
+    if v is not None and not isinstance(v, str | dict):
+        raise PydanticCustomError("template", "must be a string, an object or null")
+    if isinstance(v, str) and len(v) > 65536:
+        raise PydanticCustomError("template", "must be at most 65536 characters")
+    if has_nul(v):
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return v
+
+
+def _reveal(info: SerializationInfo) -> bool:
+    context = info.context
+    return isinstance(context, dict) and context.get("reveal_secrets") is True
+
+
+class TelegramConfig(BaseModel):
+    """Config of a telegram action."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chat_id: str
+    message_template: Annotated[
+        str, Strict(), Field(min_length=1, max_length=4096 * 4), AfterValidator(no_nul)
+    ]
+    parse_mode: Literal["MarkdownV2", "HTML", "Markdown"] | None = None
+
+    @field_validator("chat_id", mode="before")
+    @classmethod
+    def _chat_id(cls, v: Any) -> Any:
+        if type(v) is int:
+            v = str(v)
+        if type(v) is not str or _CHAT_ID.fullmatch(v) is None:
+            raise PydanticCustomError(
+                "chat_id", "must be a numeric chat id or an @channel username"
+            )
+        return v
+
+
+#: Headers a REST action may not set: message framing and routing (a user-chosen
+#: Transfer-Encoding or Content-Length next to the client's own would let a body
+#: smuggle a second request onto a shared keep-alive connection), and the ones the
+#: dispatcher sets itself.
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "keep-alive",
+        "idempotency-key",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+
+
+def is_reserved_header(name: str) -> bool:
+    lower = name.lower()
+    return lower in RESERVED_HEADERS or lower.startswith("proxy-")
+
+
+#: Header names whose values are credentials: the API takes them only in a REST
+#: action's ``secret_headers`` (encrypted at rest, never returned, never on Kafka).
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "api-key",
+        "x-api-key",
+        "x-auth-token",
+        "x-access-token",
+        "private-token",
+    }
+)
+
+
+def _check_headers(errors: Errors, items: dict[str, str]) -> None:
+    for name, text in items.items():
+        if _TOKEN.fullmatch(name) is None:
+            errors.add((name,), "not a valid header name", name)
+        elif is_reserved_header(name):
+            errors.add((name,), "set by the dispatcher itself (framing, routing or signing)", name)
+        elif len(text) > 8192 or any(c in text for c in "\r\n\x00"):
+            errors.add((name,), "header values are one line of at most 8192 characters", None)
+
+
+class RestConfig(BaseModel):
+    """Config of a rest (webhook) action."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: UrlText
+    headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+    body_template: Template | None = None
+    timeout_ms: TimeoutMs = 10000
+    #: Statuses counted as success; None means any 2xx.
+    expected_status: (
+        Annotated[list[Annotated[int, Strict(), Field(ge=100, le=599)]], Field(min_length=1)] | None
+    ) = None
+    signing_secret: Annotated[SecretStr, Field(min_length=1, max_length=1024)] | None = None
+    #: Headers that carry credentials (Authorization, API keys): sent like ``headers``
+    #: but literal (not templates), stored encrypted, write-only in the API.
+    secret_headers: dict[str, SecretStr] | None = Field(default=None, max_length=20)
+    max_attempts: MaxAttempts = 5
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v)
+
+    @field_validator("body_template", mode="before")
+    @classmethod
+    def _body(cls, v: Any) -> Any:
+        return _template(v)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        errors = Errors()
+        _check_headers(errors, v)
+        errors.raise_any("RestConfig")
+        return v
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_headers(cls, v: dict[str, SecretStr] | None) -> dict[str, SecretStr] | None:
+        if v is None:
+            return v
+        errors = Errors()
+        _check_headers(errors, {k: s.get_secret_value() for k, s in v.items()})
+        for name, text in v.items():
+            if not text.get_secret_value():
+                errors.add((name,), "empty: leave the header out instead", None)
+        errors.raise_any("RestConfig")
+        return v
+
+    @model_validator(mode="after")
+    def _one_place_per_header(self) -> RestConfig:
+        """A header name (in any case) once: in headers or in secret_headers."""
+        errors = Errors()
+        for field, names in (("headers", self.headers), ("secret_headers", self.secret_headers)):
+            seen: set[str] = set()
+            for name in names or {}:
+                if name.lower() in seen:
+                    errors.add((field, name), "the same header twice (names ignore case)", None)
+                seen.add(name.lower())
+        clear = {k.lower() for k in self.headers}
+        for name in self.secret_headers or {}:
+            if name.lower() in clear:
+                errors.add(
+                    ("secret_headers", name),
+                    "header named in both headers and secret_headers",
+                    None,
+                )
+        errors.raise_any("RestConfig")
+        return self
+
+    @field_serializer("signing_secret")
+    def _secret(self, v: SecretStr | None, info: SerializationInfo) -> str | None:
+        if v is None:
+            return None
+        return v.get_secret_value() if _reveal(info) else str(v)
+
+    @field_serializer("secret_headers")
+    def _secret_header_values(
+        self, v: dict[str, SecretStr] | None, info: SerializationInfo
+    ) -> dict[str, str] | None:
+        if v is None:
+            return None
+        return {k: s.get_secret_value() if _reveal(info) else str(s) for k, s in v.items()}
+
+
+class McpConfig(BaseModel):
+    """Config of an mcp action: one tools/call to a fixed or resolved server."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    server_url: UrlText | None = None
+    resolve_endpoint: StrictBool = False
+    tool_name: Annotated[str, Strict(), Field(pattern=f"^{_TOOL_NAME.pattern}$")]
+    arguments_template: Template | None = None
+    verify_file_hash: StrictBool = False
+    include_file_content: StrictBool = False
+    timeout_ms: TimeoutMs = 10000
+    max_attempts: MaxAttempts = 5
+
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+    @field_validator("arguments_template", mode="before")
+    @classmethod
+    def _arguments(cls, v: Any) -> Any:
+        return _template(v)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.server_url is None) == (not self.resolve_endpoint):
+            errors = Errors()
+            errors.add(
+                ("server_url",),
+                "exactly one of server_url or resolve_endpoint=true is required",
+                self.server_url,
+            )
+            errors.raise_any("McpConfig")
+        return self
+
+
+ActionConfig = TelegramConfig | RestConfig | McpConfig
+_CONFIGS: Final[dict[ActionType, type[ActionConfig]]] = {
+    ActionType.telegram: TelegramConfig,
+    ActionType.rest: RestConfig,
+    ActionType.mcp: McpConfig,
+}
+
+
+class Action(BaseModel):
+    """One trigger_actions row: action_type, priority (lower first) and typed config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action_type: ActionType
+    priority: Annotated[int, Strict(), Field(ge=0, le=1000)] = 1
+    config: ActionConfig
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _typed_config(cls, v: Any, info: ValidationInfo) -> Any:
+        action_type = info.data.get("action_type")
+        if action_type is None:
+            raise PydanticCustomError("action_config", "not checked: action_type is invalid")
+        model = _CONFIGS[action_type]
+        if isinstance(v, model):
+            return v
+        if isinstance(v, BaseModel):
+            raise PydanticCustomError(
+                "action_config", "is not a config of a {kind} action", {"kind": action_type.value}
+            )
+        return model.model_validate(v, context=info.context)

@@ -1,6 +1,5 @@
-"""What an attempt came to, and the dispatcher's policies around attempts: backoff
-with full jitter, a circuit breaker per destination, per-destination concurrency
-limits and rate limits."""
+"""The dispatcher's policies around attempts: backoff with full jitter, a circuit
+breaker per destination, per-destination concurrency limits and rate limits."""
 
 from __future__ import annotations
 
@@ -9,72 +8,11 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
-from typing import Any, Literal
-
-#: How an attempt ended: success, a transient failure (retried), a permanent one (not).
-Kind = Literal["success", "transient", "permanent", "retracted"]
+from datetime import UTC, datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The result of one attempt. ``response`` is a short, secret-free excerpt kept in
-    ``action_results.response_data``; ``retry_after`` (seconds) is the destination's
-    own request to wait (429 Retry-After, Telegram's ``retry_after``)."""
-
-    kind: Kind
-    error: str | None = None
-    response: dict[str, Any] | None = None
-    retry_after: float | None = None
-    #: Whether the failure says something about the destination's health (timeouts,
-    #: connection errors, 5xx): only those count toward its circuit breaker.
-    destination_fault: bool = False
-    #: Whether a request reached (or was tried on) the destination at all: template
-    #: errors, refused addresses and rate-limit waits say nothing about its health.
-    sent: bool = True
-    #: Telegram: parts of the split message delivered so far in this run (the next
-    #: attempt starts after them) and the digest of the message's text; None when
-    #: the action has no parts.
-    parts: tuple[int, str] | None = None
-
-    @classmethod
-    def ok(cls, response: dict[str, Any] | None = None) -> Outcome:
-        return cls("success", response=response)
-
-    @classmethod
-    def transient(
-        cls,
-        error: str,
-        *,
-        response: dict[str, Any] | None = None,
-        retry_after: float | None = None,
-        destination_fault: bool = True,
-        sent: bool = True,
-    ) -> Outcome:
-        return cls(
-            "transient",
-            error=error,
-            response=response,
-            retry_after=retry_after,
-            destination_fault=destination_fault and sent,
-            sent=sent,
-        )
-
-    @classmethod
-    def retracted(cls, error: str) -> Outcome:
-        """Not attempted: the firing's event version was replaced by a reorg."""
-        return cls("retracted", error=error, sent=False)
-
-    @classmethod
-    def permanent(
-        cls, error: str, *, response: dict[str, Any] | None = None, sent: bool = True
-    ) -> Outcome:
-        return cls("permanent", error=error, response=response, sent=sent)
-
-
-def is_transient_status(status: int) -> bool:
-    """HTTP statuses worth retrying: 408, 425, 429 and every 5xx."""
-    return status in (408, 425, 429) or status >= 500
+def now_utc() -> datetime:
+    return datetime.now(UTC)
 
 
 def backoff_delay(
@@ -84,23 +22,6 @@ def backoff_delay(
     for the wait after the ``attempt``-th attempt failed."""
     ceiling = min(cap, base * (2 ** min(attempt - 1, 40)))
     return float(ceiling * rng())
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None when
-    absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 # --------------------------------------------------------------------------- breaker

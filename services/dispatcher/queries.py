@@ -1,9 +1,10 @@
 """SQL of the dispatcher (role erc8004_dispatcher: reads triggers, actions, events,
-MCP tokens and reorgs; inserts action_results)."""
+MCP tokens and reorgs; inserts action_results): the batch's lookups, the results
+writer's insert, the MCP token, and the registration resolver's reads."""
 
 from __future__ import annotations
 
-from shared.contract.sql import AGENT_OWNER
+from shared.contract.sql import AGENT_OWNER, CANONICAL
 
 #: What a batch of jobs needs from the database: whether each action still exists
 #: and its trigger is enabled, and the action's encrypted signing secret and headers.
@@ -57,3 +58,26 @@ INSERT INTO action_results
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (job_id, (coalesce(run_id, '')), attempt) DO NOTHING
 """
+
+#: The agent's current URI: its latest canonical Registered or URIUpdated event.
+LATEST_URI = (
+    """
+SELECT e.token_uri FROM events e
+WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
+  AND e.event_type IN ('Registered', 'URIUpdated')
+  AND """
+    + CANONICAL
+    + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
+)
+
+#: Where the cached file stops being valid: the latest identity event that may
+#: change it (a new URI, or ERC-4906 MetadataUpdate).
+LATEST_CHANGE = (
+    """
+SELECT e.block_number, e.log_index FROM events e
+WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
+  AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')
+  AND """
+    + CANONICAL
+    + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
+)

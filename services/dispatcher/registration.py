@@ -24,7 +24,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from shared.contract.sql import CANONICAL
+from services.dispatcher import queries
 from shared.outbound.client import fetch
 from shared.outbound.policy import (
     OutboundError,
@@ -72,30 +72,6 @@ class _Cached:
     uri: str
     endpoint: str
     read_at: float
-
-
-#: The agent's current URI: its latest canonical Registered or URIUpdated event.
-_LATEST_URI = (
-    """
-SELECT e.token_uri FROM events e
-WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
-  AND e.event_type IN ('Registered', 'URIUpdated')
-  AND """
-    + CANONICAL
-    + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
-)
-
-#: Where the cached file stops being valid: the latest identity event that may
-#: change it (a new URI, or ERC-4906 MetadataUpdate).
-_LATEST_CHANGE = (
-    """
-SELECT e.block_number, e.log_index FROM events e
-WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
-  AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')
-  AND """
-    + CANONICAL
-    + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
-)
 
 
 class Resolver:
@@ -162,8 +138,8 @@ class Resolver:
     async def mcp_endpoint(self, chain_id: int, agent_id: int, *, time_limit: float) -> str:
         """The agent's MCP endpoint from its current registration file."""
         async with self._pool.acquire() as conn:
-            uri_row = await conn.fetchrow(_LATEST_URI, chain_id, agent_id)
-            change = await conn.fetchrow(_LATEST_CHANGE, chain_id, agent_id)
+            uri_row = await conn.fetchrow(queries.LATEST_URI, chain_id, agent_id)
+            change = await conn.fetchrow(queries.LATEST_CHANGE, chain_id, agent_id)
         if uri_row is None or change is None:
             raise ResolveError(
                 f"agent {chain_id}:{agent_id} has no registration (no Registered/URIUpdated event)",

@@ -12,7 +12,7 @@ import uuid
 import asyncpg
 import pytest
 
-from services.dispatcher.runner import ResultWriter
+from services.dispatcher.results import ResultWriter
 from shared.platform.db import create_pool, register_codecs
 from tests.matcherutil import insert_user
 from tests.procs import ROOT

@@ -17,18 +17,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.dispatcher.actions import (
-    _http_outcome,
-    build_rest_request,
-    split_message,
-    webhook_signature,
-)
+from services.dispatcher.kinds.base import http_outcome, parse_retry_after
+from services.dispatcher.kinds.rest import build_rest_request, webhook_signature
+from services.dispatcher.kinds.telegram import split_message
 from services.dispatcher.policy import (
     Breakers,
     DestinationLimits,
     RateLimiter,
     backoff_delay,
-    parse_retry_after,
 )
 from services.dispatcher.templates import (
     TemplateRenderError,
@@ -267,7 +263,7 @@ def test_rendered_url_is_checked(url: str, reason: str) -> None:
     ],
 )
 def test_http_status_outcomes(status: int, expected: list[int] | None, kind: str) -> None:
-    out = _http_outcome(status, {"retry-after": "7"}, b"x" * 2000, expected)
+    out = http_outcome(status, {"retry-after": "7"}, b"x" * 2000, expected)
     assert out.kind == kind
     assert out.response is not None
     assert len(out.response["body"]) <= 501

@@ -1,0 +1,72 @@
+"""The dispatcher's consumer handler: a batch of Kafka messages becomes jobs (what is
+not a job is kept on the dead-letter topic for a person), handed to the
+:class:`~services.dispatcher.batch.Dispatcher`; a failed batch is redelivered after a
+growing pause."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+from pydantic import ValidationError
+
+from services.dispatcher.attempt import Send
+from services.dispatcher.batch import Dispatcher, StoppingError
+from services.dispatcher.policy import now_utc
+from services.dispatcher.settings import DispatcherSettings
+from shared.contract.jobs import ActionJob, UnreadableLetter
+from shared.platform.stream import with_backoff
+
+log = structlog.get_logger(__name__)
+
+
+def parse_jobs(bodies: Sequence[bytes]) -> tuple[list[ActionJob], list[tuple[bytes, str]]]:
+    """Jobs, and the messages that are not jobs with the reason (field locations and
+    error kinds only: input values may hold a user's header secrets)."""
+    jobs: list[ActionJob] = []
+    bad: list[tuple[bytes, str]] = []
+    for body in bodies:
+        try:
+            jobs.append(ActionJob.parse(body))
+        except ValidationError as exc:
+            reason = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['type']}"
+                for e in exc.errors(include_input=False, include_url=False)[:10]
+            )
+            bad.append((body, reason[:500]))
+    return jobs, bad
+
+
+class JobHandler:
+    """Handles the batches of both subscribers (actions and retry topics); its
+    dispatcher is set when the runtime starts, before the consumers do."""
+
+    def __init__(self, settings: DispatcherSettings, send: Send) -> None:
+        self.settings = settings
+        self.send = send
+        self.dispatcher: Dispatcher | None = None
+        self._failures = 0
+
+    async def handle(
+        self, bodies: Sequence[bytes], *, from_retry: bool, interrupt: asyncio.Event
+    ) -> None:
+        settings = self.settings
+        jobs, bad = parse_jobs(bodies)
+        topic = settings.retry_topic if from_retry else settings.actions_topic
+        for body, reason in bad:
+            # Not dropped, not retried: kept on the dead-letter topic for a person.
+            log.error("unreadable job sent to the dead-letter topic", topic=topic, error=reason)
+            letter = UnreadableLetter(topic=topic, raw=body, error=reason, failed_at=now_utc())
+            await self.send(settings.dlq_topic, b"unreadable", letter.dump())
+        assert self.dispatcher is not None
+        try:
+            await self.dispatcher.handle_batch(jobs, from_retry=from_retry, interrupt=interrupt)
+        except StoppingError:
+            raise
+        except Exception:
+            self._failures += 1
+            log.exception("batch failed; it will be redelivered", jobs=len(jobs))
+            await with_backoff(self._failures)
+            raise
+        self._failures = 0

@@ -1,0 +1,231 @@
+"""The REST webhook action: one HTTP request to the URL the trigger's author set
+(rendered from its template), signed the Standard Webhooks way when the action has a
+signing secret, with the action's encrypted secret headers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from services.dispatcher.kinds.base import (
+    USER_AGENT,
+    ActionRow,
+    Deferral,
+    Outcome,
+    Target,
+    exception_outcome,
+    http_outcome,
+    job_timeout,
+    mask,
+    scrub,
+)
+from services.dispatcher.templates import (
+    TemplateRenderError,
+    context_of,
+    render_text,
+    render_tree,
+)
+from shared.contract.actions import ActionConfig, RestConfig, is_reserved_header
+from shared.contract.jobs import ActionJob
+from shared.outbound.client import fetch
+from shared.outbound.policy import OutboundPolicy, origin
+from shared.platform.secrets import SecretBox, SecretDecryptError
+
+
+def _valid_http_url(url: str) -> str | None:
+    """Why a rendered URL is unusable, or None."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        return f"rendered URL is invalid: {exc}"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "rendered URL is not an http(s) URL with a host"
+    if len(url) > 2048 or any(c.isspace() or ord(c) < 32 for c in url):
+        return "rendered URL is too long or holds whitespace"
+    return None
+
+
+def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` of
+    ``{id}.{timestamp}.{body}``; a ``whsec_`` secret is base64 of the key bytes (any
+    other secret is used as its UTF-8 bytes). TemplateRenderError for a ``whsec_``
+    secret that is not base64."""
+    if secret.startswith("whsec_"):
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise TemplateRenderError("the signing secret is whsec_ but not base64") from None
+    else:
+        key = secret.encode()
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def _default_body(job: ActionJob) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "attempt": job.attempt,
+        "fired_at": job.created_at.isoformat(),
+        "trigger": {"id": job.trigger_id, "name": job.trigger_name},
+        "event": job.event.model_dump(mode="json"),
+        "explain": job.explain,
+    }
+
+
+@dataclass(frozen=True)
+class RestRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+
+
+def build_rest_request(
+    job: ActionJob,
+    cfg: RestConfig,
+    *,
+    secret: str | None,
+    secret_headers: dict[str, str] | None = None,
+) -> RestRequest:
+    """The request an attempt sends (TemplateRenderError when a template fails).
+    ``secret_headers`` (decrypted) are sent as they are: values, not templates."""
+    ctx = context_of(job)
+    url = render_text(cfg.url, ctx)
+    if (why := _valid_http_url(url)) is not None:
+        raise TemplateRenderError(why)
+    headers = {name: render_text(value, ctx) for name, value in cfg.headers.items()}
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise TemplateRenderError(f"header {name}: rendered value holds a line break")
+    body: bytes | None = None
+    content_type = "application/json"
+    if cfg.body_template is None:
+        if cfg.method not in ("GET", "DELETE"):
+            body = orjson.dumps(_default_body(job), default=str)
+    elif isinstance(cfg.body_template, dict):
+        body = orjson.dumps(render_tree(cfg.body_template, ctx), default=str)
+    else:
+        text = render_text(cfg.body_template, ctx)
+        body = text.encode()
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            content_type = "text/plain; charset=utf-8"
+    if secret_headers:
+        # names ignore case: a secret header replaces a clear one of the same name
+        secret_names = {k.lower() for k in secret_headers}
+        headers = {k: v for k, v in headers.items() if k.lower() not in secret_names}
+        headers.update(secret_headers)
+    lower = {k.lower() for k in headers}
+    out = {
+        k: v for k, v in headers.items() if not is_reserved_header(k) and k.lower() != "user-agent"
+    }
+    if body is not None and "content-type" not in lower:
+        out["Content-Type"] = content_type
+    out["User-Agent"] = USER_AGENT
+    out["Idempotency-Key"] = job.job_id
+    if secret is not None:
+        ts = int(time.time())
+        out["webhook-id"] = job.job_id
+        out["webhook-timestamp"] = str(ts)
+        out["webhook-signature"] = webhook_signature(secret, job.job_id, ts, body or b"")
+    return RestRequest(cfg.method, url, out, body)
+
+
+async def run_rest(
+    job: ActionJob,
+    cfg: RestConfig,
+    *,
+    session: aiohttp.ClientSession,
+    policy: OutboundPolicy,
+    secret: str | None,
+    secret_headers: dict[str, str] | None = None,
+) -> Outcome:
+    try:
+        req = build_rest_request(job, cfg, secret=secret, secret_headers=secret_headers)
+    except TemplateRenderError as exc:
+        return Outcome.permanent(str(exc), sent=False)
+    # The origin only: webhook URLs often carry their token in the path (Slack, Discord).
+    what = f"{req.method} {origin(req.url)}"
+    try:
+        resp = await fetch(
+            session,
+            req.method,
+            req.url,
+            policy=policy.within(cfg.timeout_ms / 1000),
+            headers=req.headers,
+            data=req.body,
+        )
+    except Exception as exc:  # noqa: BLE001 (every failure becomes an Outcome)
+        return scrub(exception_outcome(exc, what), *(secret_headers or {}).values())
+    # A receiver that echoes the request (many test endpoints do) must not put the
+    # credentials into action_results: masked in the whole body, before the excerpt.
+    body = mask(resp.body, (secret_headers or {}).values())
+    return http_outcome(resp.status, resp.headers, body, cfg.expected_status)
+
+
+class RestKind:
+    """REST webhooks: the destination is the URL's origin (unrendered: a templated
+    URL is still one destination); the signing secret and the secret headers are
+    decrypted for each attempt."""
+
+    def __init__(
+        self, *, session: aiohttp.ClientSession, policy: OutboundPolicy, secrets: SecretBox
+    ) -> None:
+        self._session = session
+        self._policy = policy
+        self._secrets = secrets
+
+    def time_limit(self, job: ActionJob) -> float:
+        return job_timeout(job)
+
+    def wait_before(self, cfg: ActionConfig) -> Deferral | None:
+        return None
+
+    async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target:
+        assert isinstance(cfg, RestConfig)
+        secret = None
+        if action.secret_ciphertext is not None:
+            secret = self._secrets.decrypt(
+                action.secret_ciphertext, context=f"trigger_actions:{job.action_id}"
+            )
+        elif cfg.signing_secret is not None:
+            secret = cfg.signing_secret.get_secret_value()
+        headers = None
+        if action.headers_ciphertext is not None:
+            headers = self._secret_headers(job, action.headers_ciphertext)
+        return Target(destination=origin(cfg.url), secret=secret, headers=headers)
+
+    def _secret_headers(self, job: ActionJob, ciphertext: bytes) -> dict[str, str]:
+        text = self._secrets.decrypt(ciphertext, context=f"trigger_actions:{job.action_id}:headers")
+        try:
+            headers = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            headers = None
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise SecretDecryptError("the action's secret headers are not a JSON object")
+        return headers
+
+    async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
+        assert isinstance(cfg, RestConfig)
+        return await run_rest(
+            job,
+            cfg,
+            session=self._session,
+            policy=self._policy,
+            secret=target.secret,
+            secret_headers=target.headers,
+        )

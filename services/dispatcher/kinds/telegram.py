@@ -1,0 +1,228 @@
+"""The Telegram action: the rendered message sent by the operator's bot, split into
+parts at Telegram's 4,096-character limit, each part waiting its turn in the bot's
+rate limiter (globally and per chat); a retry resumes after the parts delivered."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import orjson
+
+from services.dispatcher.kinds.base import (
+    ActionRow,
+    Deferral,
+    Outcome,
+    Target,
+    exception_outcome,
+    scrub,
+)
+from services.dispatcher.policy import RateLimiter
+from services.dispatcher.templates import TemplateRenderError, context_of, render_text
+from shared.contract.actions import ActionConfig, TelegramConfig
+from shared.contract.jobs import ActionJob
+from shared.outbound.client import fetch
+from shared.outbound.policy import OutboundPolicy, origin
+
+TELEGRAM_MAX_CHARS = 4096
+TELEGRAM_MAX_PARTS = 4
+#: Longest wait for a chat's turn, and time limit of one sendMessage.
+TELEGRAM_LIMITER_WAIT = 3.0
+TELEGRAM_PART_SECONDS = 10.0
+
+
+def split_message(
+    text: str, limit: int = TELEGRAM_MAX_CHARS, max_parts: int = TELEGRAM_MAX_PARTS
+) -> list[str]:
+    """Telegram's 4,096-character limit: split at line ends (else at the limit), at
+    most ``max_parts`` messages, the last one truncated with an ellipsis."""
+    parts: list[str] = []
+    rest = text
+    while rest and len(parts) < max_parts:
+        if len(rest) <= limit:
+            parts.append(rest)
+            rest = ""
+            break
+        cut = rest.rfind("\n", 0, limit)
+        if cut <= 0:
+            cut = limit
+        parts.append(rest[:cut])
+        rest = rest[cut:].lstrip("\n")
+    if rest:
+        last = parts[-1]
+        parts[-1] = last[: limit - 1] + "…"
+    return parts or [""]
+
+
+async def run_telegram(
+    job: ActionJob,
+    cfg: TelegramConfig,
+    *,
+    session: aiohttp.ClientSession,
+    policy: OutboundPolicy,
+    api_base: str,
+    bot_token: str,
+    limiter: RateLimiter,
+    part_seconds: float = TELEGRAM_PART_SECONDS,
+) -> Outcome:
+    parse_mode = cfg.parse_mode
+    try:
+        text = render_text(cfg.message_template, context_of(job), parse_mode=parse_mode)
+        if parse_mode is not None and len(text) > TELEGRAM_MAX_CHARS:
+            # Markup cut in two would not parse (Telegram answers 400): a message too
+            # long for one part goes as plain text, split at line ends.
+            parse_mode = None
+            text = render_text(cfg.message_template, context_of(job))
+    except TemplateRenderError as exc:
+        return Outcome.permanent(str(exc), sent=False)
+    if not text.strip():
+        return Outcome.permanent("message template rendered an empty message", sent=False)
+    if not bot_token:
+        return Outcome.permanent("TELEGRAM_BOT_TOKEN is not set", sent=False)
+    url = f"{api_base.rstrip('/')}/bot{bot_token}/sendMessage"
+    parts = split_message(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    # Parts an earlier attempt delivered are not sent again, if they were cut from
+    # the same text.
+    done = min(job.parts_sent, len(parts)) if job.parts_digest == digest else 0
+    sent: list[int | None] = []
+    outcome = await _send_parts(
+        parts[done:],
+        sent,
+        cfg=cfg,
+        parse_mode=parse_mode,
+        url=url,
+        session=session,
+        policy=policy,
+        limiter=limiter,
+        part_seconds=part_seconds,
+    )
+    outcome = scrub(outcome, bot_token)
+    if outcome.kind == "transient":
+        return replace(outcome, parts=(done + len(sent), digest))
+    if outcome.kind == "success":
+        response = {"message_ids": sent, "parts": len(parts)}
+        if done:
+            response["resumed_at_part"] = done + 1
+        return Outcome.ok(response)
+    return outcome
+
+
+async def _send_parts(
+    parts: list[str],
+    sent: list[int | None],
+    *,
+    cfg: TelegramConfig,
+    parse_mode: str | None,
+    url: str,
+    session: aiohttp.ClientSession,
+    policy: OutboundPolicy,
+    limiter: RateLimiter,
+    part_seconds: float,
+) -> Outcome:
+    """Send ``parts`` in order, the message id of each delivered one appended to
+    ``sent``; stops at the first failure."""
+    for part in parts:
+        wait = await limiter.acquire(cfg.chat_id, max_wait=TELEGRAM_LIMITER_WAIT)
+        if wait is not None:
+            return Outcome.transient(
+                f"telegram rate limit for chat {cfg.chat_id}: {wait:.1f}s to wait",
+                retry_after=wait,
+                destination_fault=False,
+                response={"sent_parts": len(sent)} if sent else None,
+                sent=bool(sent),
+            )
+        payload: dict[str, Any] = {"chat_id": cfg.chat_id, "text": part}
+        if parse_mode is not None:
+            payload["parse_mode"] = parse_mode
+        try:
+            resp = await fetch(
+                session, "POST", url, policy=policy.within(part_seconds), json=payload
+            )
+        except Exception as exc:  # noqa: BLE001
+            return exception_outcome(exc, "telegram sendMessage")
+        failed = _telegram_answer(resp.status, resp.body, sent, cfg.chat_id, limiter)
+        if failed is not None:
+            return failed
+    return Outcome.ok()
+
+
+def _telegram_answer(
+    status: int, body: bytes, sent: list[int | None], chat_id: str, limiter: RateLimiter
+) -> Outcome | None:
+    """None when the part was sent (its message id, or None when the answer names
+    none, appended to ``sent``), else the attempt's outcome."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
+    if status == 200 and answer.get("ok") is True:
+        result = answer.get("result")
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        sent.append(message_id if isinstance(message_id, int) else None)
+        return None
+    description = str(answer.get("description", ""))[:300]
+    response = {"status": status, "description": description, "sent_parts": len(sent)}
+    if status == 429:
+        params = answer.get("parameters")
+        retry_after = params.get("retry_after") if isinstance(params, dict) else None
+        seconds = float(retry_after) if isinstance(retry_after, int | float) else 1.0
+        limiter.pause(chat_id, seconds)
+        return Outcome.transient(
+            f"telegram 429: {description}",
+            response=response,
+            retry_after=seconds,
+            destination_fault=False,
+        )
+    if status >= 500:
+        return Outcome.transient(f"telegram HTTP {status}", response=response)
+    return Outcome.permanent(f"telegram HTTP {status}: {description}", response=response)
+
+
+class TelegramKind:
+    """Telegram: one destination (the Bot API), its time limit every part's turn in
+    the rate limiter and request; a chat whose turn is far off is deferred before the
+    attempt takes one of the Bot API's slots."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        policy: OutboundPolicy,
+        api_base: str,
+        bot_token: str,
+        limiter: RateLimiter,
+    ) -> None:
+        self._session = session
+        self._policy = policy
+        self._api_base = api_base
+        self._bot_token = bot_token
+        self.limiter = limiter
+
+    def time_limit(self, job: ActionJob) -> float:
+        return TELEGRAM_MAX_PARTS * (TELEGRAM_LIMITER_WAIT + TELEGRAM_PART_SECONDS + 1)
+
+    def wait_before(self, cfg: ActionConfig) -> Deferral | None:
+        assert isinstance(cfg, TelegramConfig)
+        wait = self.limiter.wait_for(cfg.chat_id)
+        # This chat's turn is far off: wait outside the shared Telegram slots.
+        return Deferral(wait, "chat_rate") if wait > 1.0 else None
+
+    async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target:
+        return Target(destination=f"telegram:{origin(self._api_base)}")
+
+    async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
+        assert isinstance(cfg, TelegramConfig)
+        return await run_telegram(
+            job,
+            cfg,
+            session=self._session,
+            policy=self._policy,
+            api_base=self._api_base,
+            bot_token=self._bot_token,
+            limiter=self.limiter,
+        )

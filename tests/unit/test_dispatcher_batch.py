@@ -1,0 +1,327 @@
+"""The dispatcher's batch and attempt stages built on fakes: a store of dicts, a
+``send`` that records what would go to Kafka, and action kinds that answer as told.
+No Kafka, no PostgreSQL, no HTTP: the rules of docs/reliability.md one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.dispatcher.batch import Dispatcher, StoppingError
+from services.dispatcher.kinds.base import ActionRow, Deferral, Outcome, Target
+from services.dispatcher.metrics import DispatcherMetrics
+from services.dispatcher.results import ResultRow
+from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.store import Lookups, Recorded
+from shared.contract.actions import ActionConfig, ActionType
+from shared.contract.events import Event
+from shared.contract.jobs import ActionJob, DeadLetter, job_id
+from tools.eventgen import make_event
+
+pytestmark = pytest.mark.unit
+
+RETRY, DLQ = "t.retry", "t.dlq"
+#: Columns of a result row (INSERT_RESULT's order) the tests read.
+STATUS, ERROR, ATTEMPT = 5, 7, 10
+
+
+@dataclass
+class FakeStore:
+    actions: dict[int, ActionRow] = field(default_factory=dict)
+    replaced: dict[str, str] = field(default_factory=dict)  # event id -> reorg id
+    rows: list[ResultRow] = field(default_factory=list)
+    fail_lookups: BaseException | None = None
+
+    async def recorded(self, job_ids: Sequence[str]) -> list[Recorded]:
+        wanted = set(job_ids)
+        return [
+            Recorded(str(r[0]), r[11] if isinstance(r[11], str) else None, int(r[10]), str(r[5]))  # type: ignore[call-overload]
+            for r in self.rows
+            if r[0] in wanted
+        ]
+
+    async def lookups(self, jobs: Sequence[ActionJob]) -> Lookups:
+        if self.fail_lookups is not None:
+            raise self.fail_lookups
+        replaced = {
+            i: self.replaced[j.event.id] for i, j in enumerate(jobs) if j.event.id in self.replaced
+        }
+        return Lookups(dict(self.actions), replaced)
+
+    async def agent_token(self, chain_id: int, agent_id: int) -> bytes | None:
+        return None
+
+    async def record(self, row: ResultRow) -> None:
+        self.rows.append(row)
+
+    def statuses(self, job: ActionJob) -> list[str]:
+        return [str(r[STATUS]) for r in self.rows if r[0] == job.job_id]
+
+
+@dataclass
+class FakeKind:
+    """Answers each attempt with the next scripted outcome, after ``delay`` seconds."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    delay: float = 0.0
+    limit: float = 5.0
+    defer: Deferral | None = None
+    calls: list[str] = field(default_factory=list)
+
+    def time_limit(self, job: ActionJob) -> float:
+        return self.limit
+
+    async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target:
+        return Target(destination="https://hooks.example")
+
+    def wait_before(self, cfg: ActionConfig) -> Deferral | None:
+        return self.defer
+
+    async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
+        self.calls.append(job.job_id)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return self.outcomes.pop(0) if self.outcomes else Outcome.ok()
+
+
+@dataclass
+class Sent:
+    messages: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+
+    async def __call__(self, topic: str, key: bytes, value: bytes) -> None:
+        self.messages.append((topic, key, value))
+
+    def on(self, topic: str) -> list[bytes]:
+        return [v for t, _, v in self.messages if t == topic]
+
+
+def settings(**kw: Any) -> DispatcherSettings:
+    base: dict[str, Any] = {
+        "database_url": "postgresql://unused@127.0.0.1/unused",
+        "secrets_key": "k" * 44,
+        "retry_topic": RETRY,
+        "dlq_topic": DLQ,
+        "batch_deadline": 0.5,
+        "backoff_base": 0.01,
+        "backoff_cap": 0.02,
+        "breaker_threshold": 5,
+        "breaker_pause": 60.0,
+        "retry_hold": 5.0,
+    }
+    return DispatcherSettings(**{**base, **kw})
+
+
+def build(
+    kind: FakeKind, store: FakeStore | None = None, **kw: Any
+) -> tuple[Dispatcher, FakeStore, Sent]:
+    store = store or FakeStore({1: ActionRow("t1", None, enabled=True)})
+    sent = Sent()
+    dispatcher = Dispatcher(
+        settings=settings(**kw),
+        store=store,
+        send=sent,
+        metrics=DispatcherMetrics.create(CollectorRegistry()),
+        kinds={ActionType.rest: kind},
+    )
+    return dispatcher, store, sent
+
+
+def a_job(n: int = 1, **kw: Any) -> ActionJob:
+    event = Event.model_validate(
+        make_event(random.Random(n), chain_id=8453, agent_id=7, block_number=100 + n, log_index=0)
+    )
+    fields: dict[str, Any] = {
+        "job_id": job_id("t1", event.id, 1),
+        "trigger_id": "t1",
+        "trigger_name": "t",
+        "user_id": "u1",
+        "action_id": 1,
+        "action_type": ActionType.rest,
+        "config": {"url": "https://hooks.example/x", "max_attempts": 3},
+        "event": event,
+        "created_at": datetime.now(UTC),
+        "explain": {},
+    }
+    return ActionJob(**{**fields, **kw})
+
+
+async def test_duplicates_in_a_batch_are_attempted_once_and_recorded_jobs_skipped() -> None:
+    kind = FakeKind()
+    dispatcher, store, _ = build(kind)
+    job, other = a_job(1), a_job(2)
+    await dispatcher.handle_batch([job, job, other])
+    assert sorted(kind.calls) == sorted([job.job_id, other.job_id])
+    assert store.statuses(job) == ["success"]
+    await dispatcher.handle_batch([job, other])  # a redelivery after a crash
+    assert len(kind.calls) == 2
+    assert len(store.rows) == 2
+
+
+async def test_transient_goes_to_the_retry_topic_then_the_dlq_after_max_attempts() -> None:
+    kind = FakeKind([Outcome.transient("HTTP 503")] * 3)
+    dispatcher, store, sent = build(kind)
+    job = a_job()
+    await dispatcher.handle_batch([job])
+    assert store.statuses(job) == ["retrying"]
+    (retry,) = sent.on(RETRY)
+    again = ActionJob.parse(retry)
+    assert again.attempt == 2
+    assert again.due_at is not None
+    assert again.due_at > job.created_at
+    await dispatcher.handle_batch([again], from_retry=True)
+    third = ActionJob.parse(sent.on(RETRY)[-1])
+    assert third.attempt == 3
+    await dispatcher.handle_batch([third], from_retry=True)
+    assert store.statuses(job) == ["retrying", "retrying", "dead"]
+    (letter,) = sent.on(DLQ)
+    dead = DeadLetter.model_validate_json(letter)
+    assert dead.attempts == 3
+    assert dead.error == "HTTP 503"
+
+
+async def test_permanent_failure_ends_the_job_without_follow_up() -> None:
+    dispatcher, store, sent = build(FakeKind([Outcome.permanent("HTTP 404")]))
+    job = a_job()
+    await dispatcher.handle_batch([job])
+    assert store.statuses(job) == ["failed"]
+    assert sent.messages == []
+
+
+async def test_slow_attempt_gets_a_guard_copy_due_after_its_time_limit() -> None:
+    kind = FakeKind(delay=1.5, limit=3.0)
+    dispatcher, store, sent = build(kind, batch_deadline=0.2)
+    job = a_job()
+    before = datetime.now(UTC)
+    await asyncio.wait_for(dispatcher.handle_batch([job]), timeout=1.0)
+    assert store.rows == []  # the batch returned before the attempt ended
+    (copy,) = (ActionJob.parse(m) for m in sent.on(RETRY))
+    assert copy.attempt == job.attempt
+    assert copy.due_at is not None
+    assert copy.due_at >= before + timedelta(seconds=3.0 + 10.0)
+    # the guard copy arriving while the attempt still runs joins it, no second call
+    await dispatcher.handle_batch([copy], from_retry=True, interrupt=asyncio.Event())
+    await dispatcher.drain(5.0)
+    assert kind.calls == [job.job_id]
+    assert store.statuses(job) == ["success"]
+
+
+async def test_retry_job_due_beyond_the_hold_is_parked_unchanged() -> None:
+    kind = FakeKind()
+    dispatcher, store, sent = build(kind, retry_hold=1.0)
+    far = a_job(attempt=2, due_at=datetime.now(UTC) + timedelta(minutes=10))
+    soon = a_job(2, attempt=2, due_at=datetime.now(UTC) + timedelta(seconds=0.2))
+    await dispatcher.handle_batch([far, soon], from_retry=True)
+    assert kind.calls == [soon.job_id]
+    assert [ActionJob.parse(m) for m in sent.on(RETRY)] == [far]
+    assert store.statuses(far) == []
+
+
+async def test_handover_puts_back_jobs_not_yet_due() -> None:
+    kind = FakeKind()
+    dispatcher, _, sent = build(kind)
+    job = a_job(attempt=2, due_at=datetime.now(UTC) + timedelta(seconds=3))
+    interrupt = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.1, interrupt.set)
+    await asyncio.wait_for(
+        dispatcher.handle_batch([job], from_retry=True, interrupt=interrupt), timeout=2.0
+    )
+    assert kind.calls == []
+    assert [ActionJob.parse(m) for m in sent.on(RETRY)] == [job]
+
+
+async def test_stopping_leaves_a_waiting_retry_batch_uncommitted() -> None:
+    dispatcher, _, _ = build(FakeKind())
+    job = a_job(attempt=2, due_at=datetime.now(UTC) + timedelta(seconds=3))
+    asyncio.get_running_loop().call_later(0.1, dispatcher.stopping.set)
+    with pytest.raises(StoppingError):
+        await asyncio.wait_for(dispatcher.handle_batch([job], from_retry=True), timeout=2.0)
+
+
+async def test_open_breaker_defers_without_spending_an_attempt() -> None:
+    kind = FakeKind([Outcome.transient("timeout")] * 2)
+    dispatcher, store, sent = build(kind, breaker_threshold=2)
+    first, second, third = a_job(1), a_job(2), a_job(3)
+    await dispatcher.handle_batch([first])
+    await dispatcher.handle_batch([second])
+    await dispatcher.handle_batch([third])
+    assert kind.calls == [first.job_id, second.job_id]  # the breaker opened
+    assert store.statuses(third) == []
+    deferred = ActionJob.parse(sent.on(RETRY)[-1])
+    assert deferred.job_id == third.job_id
+    assert deferred.attempt == 1  # same attempt
+    assert deferred.due_at is not None
+    assert deferred.due_at > datetime.now(UTC) + timedelta(seconds=30)
+
+
+async def test_kind_deferral_goes_back_on_the_retry_topic() -> None:
+    kind = FakeKind(defer=Deferral(4.0, "chat_rate"))
+    dispatcher, store, sent = build(kind)
+    job = a_job()
+    await dispatcher.handle_batch([job])
+    assert kind.calls == []
+    assert store.rows == []
+    (back,) = (ActionJob.parse(m) for m in sent.on(RETRY))
+    assert back.attempt == 1
+    assert back.due_at is not None
+    assert back.due_at >= datetime.now(UTC) + timedelta(seconds=3)
+
+
+async def test_attempt_beyond_its_time_limit_is_transient() -> None:
+    kind = FakeKind(delay=2.0, limit=0.1)
+    dispatcher, store, _ = build(kind)
+    job = a_job()
+    await dispatcher.handle_batch([job])
+    assert store.statuses(job) == ["retrying"]
+    assert store.rows[0][ERROR] == "attempt exceeded its time limit"
+
+
+@pytest.mark.parametrize(
+    ("action", "replaced", "status", "error"),
+    [
+        (None, False, "failed", "the trigger or action was deleted"),
+        (ActionRow("another", None, enabled=True), False, "failed", "deleted"),
+        (ActionRow("t1", None, enabled=False), False, "failed", "the trigger is disabled"),
+        (ActionRow("t1", None, enabled=True), True, "retracted", "reorg r9"),
+    ],
+)
+async def test_checks_before_the_attempt(
+    action: ActionRow | None, replaced: bool, status: str, error: str
+) -> None:
+    kind = FakeKind()
+    job = a_job()
+    store = FakeStore({1: action} if action else {}, {job.event.id: "r9"} if replaced else {})
+    dispatcher, _, sent = build(kind, store)
+    await dispatcher.handle_batch([job])
+    assert kind.calls == []
+    assert store.statuses(job) == [status]
+    assert error in str(store.rows[0][ERROR])
+    assert sent.messages == []
+
+
+async def test_database_failure_raises_so_the_batch_is_redelivered() -> None:
+    store = FakeStore({1: ActionRow("t1", None, enabled=True)}, fail_lookups=OSError("down"))
+    kind = FakeKind()
+    dispatcher, _, _ = build(kind, store)
+    with pytest.raises(OSError, match="down"):
+        await dispatcher.handle_batch([a_job()])
+    assert kind.calls == []
+
+
+async def test_a_bug_in_one_job_is_recorded_not_raised() -> None:
+    class Broken(FakeKind):
+        async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
+            raise KeyError("surprise")
+
+    dispatcher, store, _ = build(Broken())
+    job = a_job()
+    await dispatcher.handle_batch([job])
+    assert store.statuses(job) == ["failed"]
+    assert store.rows[0][ERROR] == "internal error: KeyError"
+    assert store.rows[0][ATTEMPT] == 1

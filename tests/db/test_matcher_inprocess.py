@@ -1,0 +1,118 @@
+"""The matcher's handler built in the test process: a real PostgreSQL (its triggers,
+state and evaluations), the real index keeper, and a ``publish`` that keeps the jobs
+instead of producing them. A consumed batch is handed to ``Matcher.consume`` as the
+subscriber hands it over (the records' bytes)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.matcher.handlers import Matcher
+from services.matcher.keeper import IndexKeeper
+from services.matcher.metrics import MatcherMetrics
+from shared.contract.events import Event
+from shared.contract.jobs import ActionJob, dump_event_messages
+from shared.platform.db import create_pool
+from tests.matcherutil import NEW_FEEDBACK, insert_trigger, random_chain
+from tools.eventgen import make_event
+
+pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
+
+
+class Published:
+    def __init__(self) -> None:
+        self.jobs: list[ActionJob] = []
+        self.fail: BaseException | None = None
+
+    async def __call__(self, jobs: Sequence[ActionJob]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.jobs.extend(jobs)
+
+
+@pytest.fixture
+async def matcher(database_url: str) -> AsyncIterator[tuple[Matcher, IndexKeeper, Published]]:
+    pool = await create_pool(database_url, application_name="test-matcher", max_size=4)
+    metrics = MatcherMetrics.create(CollectorRegistry())
+    keeper = IndexKeeper(pool=pool, connect=lambda: asyncpg.connect(database_url), metrics=metrics)
+    published = Published()
+    running = None
+    try:
+        await keeper.start()
+        running = asyncio.create_task(keeper.run())  # its listener, as the app runs it
+        handler = Matcher(pool=pool, keeper=keeper, publish=published, metrics=metrics)
+        yield handler, keeper, published
+    finally:
+        if running is not None:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        await pool.close()
+
+
+def feedback(chain: int, block: int, agent: int, ts: int) -> Event:
+    return Event.model_validate(
+        make_event(
+            random.Random(block), chain_id=chain, block_number=block, log_index=0,
+            agent_id=agent, timestamp=ts,
+        )
+    )  # fmt: skip
+
+
+def records(events: Sequence[Event]) -> list[bytes]:
+    return dump_event_messages(events, datetime.now(UTC))
+
+
+async def test_consume_publishes_jobs_and_a_redelivery_counts_nothing_twice(
+    db: asyncpg.Connection,
+    matcher: tuple[Matcher, IndexKeeper, Published],
+) -> None:
+    handler, keeper, published = matcher
+    chain = random_chain()
+    every = await insert_trigger(db, chain_id=chain, conditions=NEW_FEEDBACK)
+    second = await insert_trigger(
+        db, chain_id=chain,
+        conditions=[{"condition_type": "rate_limit", "field": "count", "operator": ">=",
+                     "value": "2", "config": {"time_window": "1h", "scope": "agent"}}],
+    )  # fmt: skip
+    await keeper.resync()
+    ts = int(time.time()) - 600
+    batch = records([feedback(chain, 100 + i, 7, ts + i) for i in range(3)])
+
+    await handler.consume(batch)
+    fired = sorted((j.trigger_id, j.event.block_number) for j in published.jobs)
+    # every feedback fires the plain trigger; the rate window from its second on
+    assert fired == sorted([(every, 100), (every, 101), (every, 102), (second, 101), (second, 102)])
+    first_ids = {j.job_id for j in published.jobs}
+
+    published.jobs.clear()
+    await handler.consume(batch)  # the same batch again: a redelivery
+    assert {j.job_id for j in published.jobs} == first_ids  # the same jobs, same ids
+    count = await db.fetchval(
+        "SELECT count(*) FROM trigger_evaluations WHERE trigger_id = $1", second
+    )
+    assert count == 3  # each (trigger, event version) evaluated once
+
+
+async def test_unreadable_record_is_skipped_and_a_failed_publish_raises(
+    db: asyncpg.Connection,
+    matcher: tuple[Matcher, IndexKeeper, Published],
+) -> None:
+    handler, keeper, published = matcher
+    chain = random_chain()
+    trigger = await insert_trigger(db, chain_id=chain, conditions=NEW_FEEDBACK)
+    await keeper.resync()
+    good = records([feedback(chain, 300, 9, int(time.time()) - 60)])
+    await handler.consume([b'{"not": "an event"}', *good])
+    assert [j.trigger_id for j in published.jobs] == [trigger]
+
+    published.fail = ConnectionError("kafka away")
+    with pytest.raises(ConnectionError):
+        await handler.consume(good)  # raised: the batch is not committed, but redelivered

@@ -59,7 +59,7 @@ from shared.contract.events import Event, feedback_value, version_key
 
 __all__ = [
     "ActionSpec",
-    "Outcome",
+    "Evaluation",
     "TriggerSpec",
     "Withdrawal",
     "condition_id",
@@ -176,7 +176,7 @@ class TriggerSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Evaluation:
     """The result of one evaluation."""
 
     fired: bool
@@ -945,7 +945,7 @@ def evaluate(
     states: Mapping[str, Any],
     explain_all: bool = True,
     may_fire: bool = True,
-) -> Outcome:
+) -> Evaluation:
     """Evaluate `trigger` on `event` with the state rows ``scope_keys(trigger, event)``
     (a missing or None row is an empty one). With ``explain_all=False`` only a firing
     carries its explain (the matcher and the backtest keep no other): cheaper. With
@@ -957,7 +957,7 @@ def evaluate(
     if not revoking:
         for test in prog.gate:
             if not test(event):
-                return Outcome(False, _unchanged(states), (), {})
+                return Evaluation(False, _unchanged(states), (), {})
         if not prog.stateful:
             return _fire_stateless(trigger, prog, event)
     return _evaluate_stateful(
@@ -969,7 +969,7 @@ def _unchanged(states: Mapping[str, Any]) -> dict[str, State]:
     return {k: (v if isinstance(v, dict) else dict(v or {})) for k, v in states.items()}
 
 
-def _fire_stateless(trigger: TriggerSpec, prog: _Program, event: Event) -> Outcome:
+def _fire_stateless(trigger: TriggerSpec, prog: _Program, event: Event) -> Evaluation:
     run = _Run(event, _Rows(prog, event, {}))
     for node in prog.gate_nodes:
         _explain_stateless(node, run)
@@ -987,7 +987,7 @@ def _fire_stateless(trigger: TriggerSpec, prog: _Program, event: Event) -> Outco
         "state_before": {},
         "state_after": {},
     }
-    return Outcome(True, {}, (), explain)
+    return Evaluation(True, {}, (), explain)
 
 
 def _revoke(prog: _Program, rows: _Rows, event: Event) -> dict[str, int]:
@@ -1009,9 +1009,11 @@ def _revoke(prog: _Program, rows: _Rows, event: Event) -> dict[str, int]:
     return removed
 
 
-def _outcome(fired: bool, rows: _Rows, new: dict[str, State], explain: dict[str, Any]) -> Outcome:
+def _outcome(
+    fired: bool, rows: _Rows, new: dict[str, State], explain: dict[str, Any]
+) -> Evaluation:
     changed = tuple(k for k, v in new.items() if v != rows.old[k])
-    return Outcome(fired, new, changed, explain)
+    return Evaluation(fired, new, changed, explain)
 
 
 def _evaluate_stateful(
@@ -1023,7 +1025,7 @@ def _evaluate_stateful(
     *,
     explain_all: bool,
     may_fire: bool = True,
-) -> Outcome:
+) -> Evaluation:
     rows = _Rows(prog, event, states)
     rows.need(scope_keys(trigger, event))
     # the states before (every change builds new dicts): compacted only for an explain
@@ -1263,7 +1265,7 @@ def tick(
     tick_key: str,
     *,
     may_fire: bool = True,
-) -> Outcome:
+) -> Evaluation:
     """A tick of the trigger's chain at block time ``time`` (an event of the chain or a
     heartbeat, named ``tick_key``) for one scope row: the silence fires when the tick
     is later than its due time (section 5a). ``may_fire=False``: a recomputation
@@ -1273,7 +1275,7 @@ def tick(
     old = row if isinstance(row, dict) else dict(row or {})
     due = None if node is None else _due(prog, node, old)
     if node is None or due is None or time <= due or not may_fire:
-        return Outcome(False, {scope: old}, (), {})
+        return Evaluation(False, {scope: old}, (), {})
     before = old["conditions"][node.cid]
     after = {**before, "fired": True}
     new: State = {"conditions": {**old["conditions"], node.cid: after}}
@@ -1318,4 +1320,4 @@ def tick(
     }
     if prog.cooldown:
         explain["last_fired_at"] = old.get("last_fired_at")
-    return Outcome(True, {scope: new}, (scope,) if new != old else (), explain)
+    return Evaluation(True, {scope: new}, (scope,) if new != old else (), explain)

@@ -19,7 +19,7 @@ from shared.contract.conditions import Condition
 from shared.contract.events import Event, version_key
 from shared.engine.evaluate import (
     ActionSpec,
-    Outcome,
+    Evaluation,
     State,
     TriggerSpec,
     due_at,
@@ -295,7 +295,7 @@ class Step:
     """One event the trigger was evaluated on (a candidate of the matcher's index)."""
 
     event: Event
-    outcome: Outcome
+    outcome: Evaluation
 
 
 class Replay:

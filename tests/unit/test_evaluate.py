@@ -15,7 +15,7 @@ from shared.contract.conditions import Condition
 from shared.contract.events import Event
 from shared.engine.evaluate import (
     ActionSpec,
-    Outcome,
+    Evaluation,
     TriggerSpec,
     condition_id,
     evaluate,
@@ -101,10 +101,12 @@ def verdict(c: dict[str, Any], e: Event) -> bool:
     return evaluate(t, e, states=dict.fromkeys(scope_keys(t, e))).fired
 
 
-def run(t: TriggerSpec, events: list[Event], state: dict[str, Any] | None = None) -> list[Outcome]:
+def run(
+    t: TriggerSpec, events: list[Event], state: dict[str, Any] | None = None
+) -> list[Evaluation]:
     """Evaluate event after event; ``state``: the trigger's row ('') to start from."""
     rows: dict[str, Any] = {} if state is None else {"": state}
-    out: list[Outcome] = []
+    out: list[Evaluation] = []
     for e in events:
         outcome = evaluate(t, e, states={k: rows.get(k) for k in scope_keys(t, e)})
         rows.update(outcome.states)
@@ -121,15 +123,15 @@ def cid(t: TriggerSpec, path: str) -> str:
     return condition_id(c, t.chain_id, t.registry)
 
 
-def cstate(t: TriggerSpec, outcome: Outcome, path: str, row: str = "") -> Any:
+def cstate(t: TriggerSpec, outcome: Evaluation, path: str, row: str = "") -> Any:
     return outcome.states[row]["conditions"][cid(t, path)]
 
 
-def fired(outcomes: list[Outcome]) -> list[bool]:
+def fired(outcomes: list[Evaluation]) -> list[bool]:
     return [o.fired for o in outcomes]
 
 
-def entry(outcome: Outcome, path: str) -> dict[str, Any]:
+def entry(outcome: Evaluation, path: str) -> dict[str, Any]:
     (found,) = [c for c in outcome.explain["conditions"] if c["path"] == path]
     assert isinstance(found, dict)
     return found
@@ -352,7 +354,7 @@ def test_stateless_gate_leaves_state_untouched() -> None:
     state = first.state
     snapshot = copy.deepcopy(state)
     out = evaluate(t, fb(2, tag1="starred", ts=BASE + 1), states={"": state})
-    assert out == Outcome(False, {"": state}, (), {})
+    assert out == Evaluation(False, {"": state}, (), {})
     assert state == snapshot
     assert out.state is state
 
@@ -367,7 +369,7 @@ def test_stateless_trigger_has_no_state() -> None:
 # --- ema_threshold -------------------------------------------------------------------------
 
 
-def ema_of(t: TriggerSpec, outcome: Outcome, path: str = "0") -> Decimal:
+def ema_of(t: TriggerSpec, outcome: Evaluation, path: str = "0") -> Decimal:
     return Decimal(cstate(t, outcome, path)["ema"])
 
 
@@ -451,7 +453,7 @@ def test_ema_state_is_exact_under_any_thread_context() -> None:
 # --- rate_limit ----------------------------------------------------------------------------
 
 
-def counts(outcomes: list[Outcome], path: str = "0") -> list[Any]:
+def counts(outcomes: list[Evaluation], path: str = "0") -> list[Any]:
     return [entry(o, path)["input"].get("count") for o in outcomes]
 
 
@@ -723,7 +725,7 @@ def test_stateless_firing_explain_and_fast_rejection() -> None:
     assert out.fired
     assert [c["input"] for c in out.explain["conditions"]] == ["90", 42]
     rejected = evaluate(t, fb(2, 10), states={})
-    assert rejected == Outcome(False, {}, (), {})
+    assert rejected == Evaluation(False, {}, (), {})
 
 
 def test_state_is_json_and_input_state_is_not_mutated() -> None:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from services.api import queries
 from services.api.models import BacktestIn, BacktestOut, FiringOut
+from services.api.queries import backtests as backtest_sql
 from shared.contract.events import event_from_row
 from shared.contract.jobs import tick_key
 from shared.contract.triggers import TriggerCreate
@@ -103,7 +103,7 @@ async def _rows(
 ) -> AsyncIterator[tuple[str, Any]]:
     """The rows a backtest replays, in chain order: ("event", row) and, for an absence
     trigger, ("beat", row) for each heartbeat, after the events of its block."""
-    sql = queries.backtest_events_sql(limit)
+    sql = backtest_sql.backtest_events_sql(limit)
     registry = None if absence else spec.registry
     events = conn.cursor(sql, spec.chain_id, registry, body.from_, body.to, prefetch=1000)
     if not absence:
@@ -111,7 +111,7 @@ async def _rows(
             yield "event", row
         return
     beats = conn.cursor(
-        queries.BACKTEST_HEARTBEATS, spec.chain_id, body.from_, body.to, prefetch=500
+        backtest_sql.BACKTEST_HEARTBEATS, spec.chain_id, body.from_, body.to, prefetch=500
     ).__aiter__()
     beat = await anext(beats, None)
     async for row in events:

@@ -22,7 +22,6 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from services.api import queries
 from services.api.auth import (
     API_KEY_PREFIX,
     LoginLimiter,
@@ -32,6 +31,7 @@ from services.api.auth import (
     api_key_hash,
 )
 from services.api.metrics import ApiMetrics
+from services.api.queries import accounts as account_sql
 from services.api.settings import ApiSettings
 from shared.outbound.policy import IPNetwork
 from shared.platform.secrets import SecretBox
@@ -253,7 +253,7 @@ async def authenticate(request: web.Request) -> Principal:
     app = request.app
     if token.startswith(API_KEY_PREFIX):
         async with app[POOL].acquire() as conn:
-            user_id = await queries.authenticate_api_key(conn, api_key_hash(token))
+            user_id = await account_sql.authenticate_api_key(conn, api_key_hash(token))
         if user_id is None:
             raise unauthorized()
         return Principal(user_id, "api_key")
@@ -262,7 +262,7 @@ async def authenticate(request: web.Request) -> Principal:
     if verified is None:
         raise unauthorized()
     async with app[POOL].acquire() as conn:
-        active = await queries.is_active_user(conn, *verified)
+        active = await account_sql.is_active_user(conn, *verified)
     if not active:
         raise unauthorized()
     return Principal(verified[0], "jwt")

@@ -10,8 +10,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from services.api import queries
 from services.api.common import SETTINGS, ApiError, encode_cursor, user_id
+from services.api.queries import count_for_quota
 from services.api.redrive import JobProducer
 from shared.engine.evaluate import TriggerSpec
 from shared.engine.replay import compile_trigger
@@ -35,7 +35,7 @@ async def _within_quota(request: web.Request, conn: Any, what: str) -> None:
         "triggers": settings.max_triggers_per_user,
         "api_keys": settings.max_api_keys_per_user,
     }[what]
-    if await queries.count_for_quota(conn, what, user_id(request)) >= limit:
+    if await count_for_quota(conn, what, user_id(request)) >= limit:
         log.info("quota reached", quota=what, limit=limit)
         raise ApiError(409, f"quota reached: at most {limit} {what.replace('_', ' ')} per user")
 

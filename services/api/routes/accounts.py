@@ -9,7 +9,6 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from services.api import queries
 from services.api.auth import PasswordsBusyError, new_api_key
 from services.api.common import (
     LIMITER,
@@ -43,6 +42,8 @@ from services.api.models import (
     TokenOut,
     UserOut,
 )
+from services.api.queries import accounts as account_sql
+from services.api.queries import as_user
 from services.api.routes._shared import _page, _within_quota, log
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ async def register(request: web.Request) -> web.Response:
         )
     password_hash = await _hashing(request.app[PASSWORDS].hash(body.password.get_secret_value()))
     async with request.app[POOL].acquire() as conn:
-        row = await queries.insert_user(
+        row = await account_sql.insert_user(
             conn, username=body.username, email=body.email, password_hash=password_hash
         )
     if row is None:
@@ -97,7 +98,7 @@ async def login(request: web.Request) -> web.Response:
     password = body.password.get_secret_value()
     # No pool connection is held while hashing: a login flood must not starve the pool.
     async with app[POOL].acquire() as conn:
-        row = await queries.get_login(conn, body.username)
+        row = await account_sql.get_login(conn, body.username)
     stored = row["password_hash"] if row is not None else None
     ok = await _hashing(passwords.verify(stored, password))
     if not ok or row is None or not row["active"]:
@@ -107,7 +108,7 @@ async def login(request: web.Request) -> web.Response:
     rehash = stored is not None and passwords.needs_rehash(stored)
     new_hash = await _hashing(passwords.hash(password)) if rehash else None
     async with app[POOL].acquire() as conn:
-        await queries.record_login(conn, row["id"], new_hash)
+        await account_sql.record_login(conn, row["id"], new_hash)
     limiter.succeeded(body.username)
     settings = app[SETTINGS]
     token = app[TOKENS].issue(row["id"])
@@ -127,7 +128,7 @@ async def logout_everywhere(request: web.Request) -> web.Response:
     revoked one by one)."""
     _password_login_only(request, "sessions are ended")
     async with request.app[POOL].acquire() as conn:
-        await queries.revoke_tokens(conn, user_id(request), time.time())
+        await account_sql.revoke_tokens(conn, user_id(request), time.time())
     log.info("access tokens revoked")
     return web.Response(status=204)
 
@@ -136,9 +137,9 @@ async def create_api_key(request: web.Request) -> web.Response:
     _password_login_only(request)
     body = await parse_body(request, ApiKeyIn)
     key, prefix, key_hash = new_api_key()
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+    async with as_user(request.app[POOL], user_id(request)) as conn:
         await _within_quota(request, conn, "api_keys")
-        row = await queries.insert_api_key(
+        row = await account_sql.insert_api_key(
             conn, user_id=user_id(request), name=body.name, prefix=prefix, key_hash=key_hash
         )
     log.info("api key created", api_key_id=row["id"])
@@ -148,8 +149,8 @@ async def create_api_key(request: web.Request) -> web.Response:
 async def list_api_keys(request: web.Request) -> web.Response:
     query = parse_query(request, PageQuery)
     after = decode_cursor(query.cursor, (str, str))
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        rows = await queries.list_api_keys(
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        rows = await account_sql.list_api_keys(
             conn,
             after=None if after is None else (cursor_datetime(after[0]), after[1]),
             limit=query.limit,
@@ -161,8 +162,8 @@ async def list_api_keys(request: web.Request) -> web.Response:
 async def revoke_api_key(request: web.Request) -> web.Response:
     _password_login_only(request)
     key_id = path_id(request, "key_id")
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        row = await queries.revoke_api_key(conn, key_id)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        row = await account_sql.revoke_api_key(conn, key_id)
     if row is None:
         raise not_found("no such API key")
     log.info("api key revoked", api_key_id=key_id)

@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp import web
 
-from services.api import queries
 from services.api.common import (
     POOL,
     SECRETS,
@@ -22,6 +21,7 @@ from services.api.common import (
     path_int,
 )
 from services.api.models import McpTokenIn, McpTokenOut, McpTokenRemovalIn
+from services.api.queries import agents as agent_sql
 from services.api.routes._shared import log
 from services.api.signatures import (
     mcp_token_message,
@@ -64,14 +64,14 @@ async def _owner_check(
     conn: Any, chain_id: int, agent_id: int, signer: str, body: McpTokenRemovalIn
 ) -> str:
     """The agent's current owner, if it is the signer and the nonce is new."""
-    owner = await queries.agent_owner(conn, chain_id, agent_id)
+    owner = await agent_sql.agent_owner(conn, chain_id, agent_id)
     if owner is None:
         raise not_found("no Registered event of this agent is known")
     if owner.lower() != signer:
         log.info("mcp token refused: not the owner", chain_id=chain_id, agent_id=agent_id)
         raise ApiError(403, "the signature is not by the agent's current owner")
     expires = datetime.fromtimestamp(body.expires_at, UTC)
-    if not await queries.use_nonce(conn, chain_id, agent_id, body.nonce, expires):
+    if not await agent_sql.use_nonce(conn, chain_id, agent_id, body.nonce, expires):
         raise ApiError(409, "this signed message was used already (nonce)")
     return owner.lower()
 
@@ -93,7 +93,7 @@ async def put_mcp_token(request: web.Request) -> web.Response:
         ciphertext = request.app[SECRETS].encrypt(
             token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
         )
-        row = await queries.upsert_mcp_token(
+        row = await agent_sql.upsert_mcp_token(
             conn, chain_id, agent_id, ciphertext=ciphertext, owner=owner
         )
     log.info("mcp token stored", chain_id=chain_id, agent_id=agent_id)
@@ -109,7 +109,7 @@ async def delete_mcp_token(request: web.Request) -> web.Response:
     signer = _signer(body, message)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _owner_check(conn, chain_id, agent_id, signer, body)
-        if not await queries.delete_mcp_token(conn, chain_id, agent_id):
+        if not await agent_sql.delete_mcp_token(conn, chain_id, agent_id):
             raise not_found("no MCP token is stored for this agent")
     log.info("mcp token deleted", chain_id=chain_id, agent_id=agent_id)
     return web.Response(status=204)

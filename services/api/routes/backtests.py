@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.api import queries
 from services.api.backtest import run_backtest, unsaved_spec
 from services.api.common import (
     BACKTESTS,
@@ -26,6 +25,8 @@ from services.api.common import (
     user_id,
 )
 from services.api.models import BacktestIn, BacktestOut, BacktestTriggerIn
+from services.api.queries import as_user
+from services.api.queries import triggers as trigger_sql
 from services.api.routes._shared import _spec, log
 from shared.engine.evaluate import TriggerSpec
 
@@ -34,8 +35,8 @@ async def backtest_trigger(request: web.Request) -> web.Response:
     trigger_id = path_id(request, "trigger_id")
     body = await parse_body(request, BacktestIn)
     started = time.perf_counter()
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        row = await queries.get_trigger(conn, trigger_id)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        row = await trigger_sql.get_trigger(conn, trigger_id)
         if row is None:
             raise not_found("no such trigger")
         spec = _spec(row)
@@ -75,7 +76,7 @@ async def _backtest(
     settings = request.app[SETTINGS]
     async with (
         _backtest_slot(request),
-        queries.as_user(request.app[POOL], user_id(request)) as conn,
+        as_user(request.app[POOL], user_id(request)) as conn,
     ):
         out = await run_backtest(
             conn,

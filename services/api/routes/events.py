@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.api import queries
 from services.api.common import (
     POOL,
     cursor_time,
@@ -22,6 +21,8 @@ from services.api.models import (
     StatsActionsQuery,
     StatsEventsQuery,
 )
+from services.api.queries import Where, as_user
+from services.api.queries import events as event_sql
 from services.api.routes._shared import _page
 from shared.contract.events import Event, event_from_row
 
@@ -29,7 +30,7 @@ from shared.contract.events import Event, event_from_row
 async def list_events(request: web.Request) -> web.Response:
     query = parse_query(request, EventsQuery)
     after = decode_cursor(query.cursor, (str, str, str))
-    where = queries.Where()
+    where = Where()
     for column, value in (
         ("chain_id", query.chain_id),
         ("registry", None if query.registry is None else query.registry.value),
@@ -47,7 +48,7 @@ async def list_events(request: web.Request) -> web.Response:
     if query.until is not None:
         where.add("e.block_time < {}", query.until)
     async with request.app[POOL].acquire() as conn:
-        rows = await queries.list_events(
+        rows = await event_sql.list_events(
             conn,
             where,
             after=None if after is None else (cursor_time(after[0]), after[1], after[2]),
@@ -62,7 +63,7 @@ async def list_events(request: web.Request) -> web.Response:
 async def event_stats(request: web.Request) -> web.Response:
     query = parse_query(request, StatsEventsQuery)
     after = decode_cursor(query.cursor, (str, int, str, str))
-    where = queries.Where()
+    where = Where()
     for column, value in (
         ("chain_id", query.chain_id),
         ("registry", None if query.registry is None else query.registry.value),
@@ -75,7 +76,7 @@ async def event_stats(request: web.Request) -> web.Response:
     if query.until is not None:
         where.add("hour < {}", query.until)
     async with request.app[POOL].acquire() as conn:
-        rows = await queries.list_event_stats(
+        rows = await event_sql.list_event_stats(
             conn,
             where,
             after=None if after is None else (cursor_time(after[0]), *after[1:]),
@@ -94,15 +95,15 @@ async def event_stats(request: web.Request) -> web.Response:
 async def action_stats(request: web.Request) -> web.Response:
     query = parse_query(request, StatsActionsQuery)
     after = decode_cursor(query.cursor, (str, str))
-    where = queries.Where()
+    where = Where()
     if query.action_type is not None:
         where.add("action_type = {}", query.action_type.value)
     if query.since is not None:
         where.add("hour >= {}", query.since)
     if query.until is not None:
         where.add("hour < {}", query.until)
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        rows = await queries.list_action_stats(
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        rows = await event_sql.list_action_stats(
             conn,
             where,
             after=None if after is None else (cursor_time(after[0]), after[1]),

@@ -12,7 +12,6 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from services.api import queries
 from services.api.common import (
     METRICS,
     POOL,
@@ -27,6 +26,9 @@ from services.api.common import (
     user_id,
 )
 from services.api.models import Page, ResultOut, ResultsQuery, RetryOut
+from services.api.queries import as_user
+from services.api.queries import results as result_sql
+from services.api.queries import triggers as trigger_sql
 from services.api.redrive import KafkaUnavailableError
 from services.api.routes._shared import PRODUCER, _page, _spec, log
 from shared.contract.events import EVENT_COLUMNS, event_from_row, version_key
@@ -42,8 +44,8 @@ async def list_trigger_results(request: web.Request) -> web.Response:
     trigger_id = path_id(request, "trigger_id")
     query = parse_query(request, ResultsQuery)
     after = decode_cursor(query.cursor, (str, str))
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        trigger = await queries.get_trigger(conn, trigger_id)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        trigger = await trigger_sql.get_trigger(conn, trigger_id)
         if trigger is None:
             raise not_found("no such trigger")
         # A stateless trigger records no evaluation: its explain is a pure function of
@@ -51,7 +53,7 @@ async def list_trigger_results(request: web.Request) -> web.Response:
         # evaluated again (an earlier version's explain would be another definition's).
         spec = _spec(trigger)
         stateless = spec if spec is not None and not spec.is_stateful else None
-        rows = await queries.list_results(
+        rows = await result_sql.list_results(
             conn,
             trigger_id,
             status=query.status,
@@ -71,7 +73,7 @@ async def list_trigger_results(request: web.Request) -> web.Response:
 def _result_out(row: asyncpg.Record, stateless: TriggerSpec | None) -> ResultOut:
     """A result with its firing's explain: the recorded one, else (a stateless trigger
     still at the version that fired, its event version stored) the one evaluated again."""
-    out = {name: row[name] for name in queries.RESULT_FIELDS}
+    out = {name: row[name] for name in result_sql.RESULT_FIELDS}
     explain: dict[str, Any] | None = row["recorded_explain"]
     if explain is not None:
         return ResultOut(**out, explain=explain, explain_source="recorded")
@@ -88,11 +90,11 @@ async def retry_result(request: web.Request) -> web.Response:
     rebuilt from the trigger's current action config and the stored event."""
     trigger_id = path_id(request, "trigger_id")
     wanted = path_id(request, "job_id")
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        trigger = await queries.get_trigger(conn, trigger_id)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        trigger = await trigger_sql.get_trigger(conn, trigger_id)
         if trigger is None:
             raise not_found("no such trigger")
-        result = await queries.latest_result(conn, trigger_id, wanted)
+        result = await result_sql.latest_result(conn, trigger_id, wanted)
         if result is None or result["event_id"] is None:
             raise not_found("no results of this job")
         if result["status"] not in ("failed", "dead"):
@@ -100,13 +102,13 @@ async def retry_result(request: web.Request) -> web.Response:
                 409, f"the job's latest attempt is {result['status']}: nothing to redrive"
             )
         event_id: str = result["event_id"]
-        row = await queries.get_canonical_event(conn, event_id)
+        row = await result_sql.get_canonical_event(conn, event_id)
         if row is None:
             raise ApiError(409, "the job's event is no longer stored")
         event = event_from_row(row)
         # Jobs of the previous release were named after the event id, not its version.
         versions = (version_key(event), event_id)
-        actions = await queries.get_actions(conn, trigger_id)
+        actions = await result_sql.get_actions(conn, trigger_id)
         found = next(
             ((a, v) for a in actions for v in versions if job_id(trigger_id, v, a["id"]) == wanted),
             None,
@@ -118,7 +120,7 @@ async def retry_result(request: web.Request) -> web.Response:
                 " (the canonical event's firing is another job)",
             )
         action, version = found
-        explain = await queries.get_evaluation_explain(conn, trigger_id, version_key(event))
+        explain = await result_sql.get_evaluation_explain(conn, trigger_id, version_key(event))
         if explain is None:
             # A stateless trigger records no evaluation: its explain is a pure function
             # of the trigger and the event, so evaluate again.
@@ -143,7 +145,7 @@ async def retry_result(request: web.Request) -> web.Response:
             run_id=run_id,
         )
         interval = request.app[SETTINGS].redrive_interval
-        wait = await queries.claim_redrive(conn, wanted, user_id(request), run_id, interval)
+        wait = await result_sql.claim_redrive(conn, wanted, user_id(request), run_id, interval)
         if wait > 0:
             raise ApiError(
                 429,
@@ -156,8 +158,8 @@ async def retry_result(request: web.Request) -> web.Response:
         await request.app[PRODUCER].send(job)
     except KafkaUnavailableError:
         log.warning("redrive failed: Kafka unavailable", job_id=wanted)
-        async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-            await queries.release_redrive(conn, wanted, run_id)
+        async with as_user(request.app[POOL], user_id(request)) as conn:
+            await result_sql.release_redrive(conn, wanted, run_id)
         raise ApiError(503, "Kafka is unavailable; the job was not redriven") from None
     request.app[METRICS].jobs_redriven.labels(job.action_type.value).inc()
     log.info("job redriven", job_id=wanted, trigger_id=trigger_id, previous=result["status"])

@@ -12,7 +12,6 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from services.api import queries
 from services.api.common import (
     POOL,
     SECRETS,
@@ -37,6 +36,8 @@ from services.api.models import (
     TriggerOut,
     TriggerPatch,
 )
+from services.api.queries import as_user
+from services.api.queries import triggers as trigger_sql
 from services.api.routes._shared import _page, _spec, _within_quota, log
 from shared.contract.actions import CREDENTIAL_HEADERS
 from shared.contract.triggers import TriggerCreate
@@ -120,9 +121,9 @@ async def _insert_actions(
     request: web.Request, conn: Any, trigger_id: str, actions: list[dict[str, Any]]
 ) -> None:
     for action in actions:
-        action_id = await queries.next_action_id(conn)
+        action_id = await trigger_sql.next_action_id(conn)
         sealed = _seal(request, action_id, action["config"])
-        await queries.insert_action(
+        await trigger_sql.insert_action(
             conn,
             action_id=action_id,
             trigger_id=trigger_id,
@@ -138,8 +139,8 @@ async def _insert_actions(
 async def list_triggers(request: web.Request) -> web.Response:
     query = parse_query(request, PageQuery)
     after = decode_cursor(query.cursor, (str, str))
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        rows = await queries.list_triggers(
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        rows = await trigger_sql.list_triggers(
             conn,
             after=None if after is None else (cursor_datetime(after[0]), after[1]),
             limit=query.limit,
@@ -152,14 +153,14 @@ async def create_trigger(request: web.Request) -> web.Response:
     body = await parse_body(request, TriggerCreate)
     storage = body.storage_dump()
     _no_clear_credentials(storage["actions"])
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
+    async with as_user(request.app[POOL], user_id(request)) as conn:
         await _within_quota(request, conn, "triggers")
-        trigger_id = await queries.insert_trigger(
+        trigger_id = await trigger_sql.insert_trigger(
             conn, user_id=user_id(request), data=storage, is_stateful=body.is_stateful
         )
-        await queries.replace_conditions(conn, trigger_id, storage["conditions"])
+        await trigger_sql.replace_conditions(conn, trigger_id, storage["conditions"])
         await _insert_actions(request, conn, trigger_id, storage["actions"])
-        row = await queries.get_trigger(conn, trigger_id)
+        row = await trigger_sql.get_trigger(conn, trigger_id)
     assert row is not None
     log.info("trigger created", trigger_id=trigger_id)
     return json_ok(_trigger_out(row), status=201)
@@ -167,8 +168,8 @@ async def create_trigger(request: web.Request) -> web.Response:
 
 async def get_trigger(request: web.Request) -> web.Response:
     trigger_id = path_id(request, "trigger_id")
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        row = await queries.get_trigger(conn, trigger_id)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        row = await trigger_sql.get_trigger(conn, trigger_id)
     if row is None:
         raise not_found("no such trigger")
     return json_ok(_trigger_out(row))
@@ -183,8 +184,8 @@ async def update_trigger(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise invalid("body", exc) from None
     action_ids = patch.action_ids()
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        current = await queries.get_trigger(conn, trigger_id, lock=True)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        current = await trigger_sql.get_trigger(conn, trigger_id, lock=True)
         if current is None:
             raise not_found("no such trigger")
         merged = {**_stored_form(current), **update.storage_dump()}
@@ -195,9 +196,11 @@ async def update_trigger(request: web.Request) -> web.Response:
         storage = new.storage_dump()
         if "actions" in update.model_fields_set:
             _no_clear_credentials(storage["actions"])
-        await queries.update_trigger(conn, trigger_id, data=storage, is_stateful=new.is_stateful)
+        await trigger_sql.update_trigger(
+            conn, trigger_id, data=storage, is_stateful=new.is_stateful
+        )
         if "conditions" in update.model_fields_set:
-            await queries.replace_conditions(conn, trigger_id, storage["conditions"])
+            await trigger_sql.replace_conditions(conn, trigger_id, storage["conditions"])
         if "actions" in update.model_fields_set:
             await _update_actions(
                 request,
@@ -207,7 +210,7 @@ async def update_trigger(request: web.Request) -> web.Response:
                 action_ids=action_ids,
                 raw=raw,
             )
-        row = await queries.get_trigger(conn, trigger_id)
+        row = await trigger_sql.get_trigger(conn, trigger_id)
     assert row is not None
     log.info("trigger updated", trigger_id=trigger_id, fields=sorted(update.model_fields_set))
     return json_ok(_trigger_out(row))
@@ -238,7 +241,7 @@ async def _update_actions(
             seen.add(aid)
     if errors:
         raise ApiError(422, "invalid body", errors)
-    await queries.delete_actions_except(conn, current["id"], sorted(seen))
+    await trigger_sql.delete_actions_except(conn, current["id"], sorted(seen))
     for i, (action, aid) in enumerate(zip(actions, action_ids, strict=True)):
         if aid is None:
             await _insert_actions(request, conn, current["id"], [action])
@@ -249,7 +252,7 @@ async def _update_actions(
         still_rest = action["action_type"] == existing[aid]["action_type"] == "rest"
         if still_rest and "secret_headers" not in given:
             _keeping_secret_headers(i, existing[aid], action["config"])
-        await queries.update_action(
+        await trigger_sql.update_action(
             conn,
             action_id=aid,
             action_type=action["action_type"],
@@ -296,8 +299,8 @@ def _origin_of(url: str) -> str:
 
 async def delete_trigger(request: web.Request) -> web.Response:
     trigger_id = path_id(request, "trigger_id")
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        deleted = await queries.delete_trigger(conn, trigger_id)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        deleted = await trigger_sql.delete_trigger(conn, trigger_id)
     if not deleted:
         raise not_found("no such trigger")
     log.info("trigger deleted", trigger_id=trigger_id)
@@ -308,11 +311,11 @@ async def get_trigger_state(request: web.Request) -> web.Response:
     trigger_id = path_id(request, "trigger_id")
     query = parse_query(request, PageQuery)
     after = decode_cursor(query.cursor, (str,))
-    async with queries.as_user(request.app[POOL], user_id(request)) as conn:
-        trigger = await queries.get_trigger(conn, trigger_id)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
+        trigger = await trigger_sql.get_trigger(conn, trigger_id)
         if trigger is None:
             raise not_found("no such trigger")
-        rows = await queries.list_states(
+        rows = await trigger_sql.list_states(
             conn, trigger_id, after=None if after is None else after[0], limit=query.limit
         )
     rows, cursor = _page(rows, query.limit, lambda r: [r["scope_key"]])

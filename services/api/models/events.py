@@ -1,0 +1,57 @@
+"""The events' and statistics' models: the filters of stored events and of the
+hourly statistics, and the statistics' rows (events are
+shared.contract.events.Event)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from services.api.models._shared import _Out, _TimeRange
+from shared.contract.actions import ActionType
+from shared.contract.events import INT32_MAX, INT63_MAX, Registry
+
+QChainId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+QUint63 = Annotated[int, Field(ge=0, le=INT63_MAX)]
+EventType = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z]+$")]
+
+
+class EventsQuery(_TimeRange):
+    """Filters of GET /v1/events (``since``/``until``: block time, ``until`` exclusive)."""
+
+    chain_id: QChainId | None = None
+    registry: Registry | None = None
+    event_type: EventType | None = None
+    agent_id: QUint63 | None = None
+    from_block: QUint63 | None = None
+    to_block: QUint63 | None = None
+
+
+class StatsEventsQuery(_TimeRange):
+    chain_id: QChainId | None = None
+    registry: Registry | None = None
+    event_type: EventType | None = None
+
+
+class StatsActionsQuery(_TimeRange):
+    action_type: ActionType | None = None
+
+
+class EventStatOut(_Out):
+    hour: datetime
+    chain_id: int
+    registry: str
+    event_type: str
+    event_count: int
+
+
+class ActionStatOut(_Out):
+    hour: datetime
+    action_type: str
+    total_executions: int
+    success_count: int
+    failure_count: int
+    avg_duration_ms: float | None
+    p95_duration_ms: float | None

@@ -1,0 +1,61 @@
+"""The agents' SQL: an agent's owner, the signed messages' nonces, and its MCP token."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from shared.contract.sql import AGENT_OWNER
+from shared.platform.db import Conn
+
+
+async def agent_owner(conn: Conn, chain_id: int, agent_id: int) -> str | None:
+    """The owner named by the agent's latest canonical Registered or Transfer event."""
+    value: str | None = await conn.fetchval(AGENT_OWNER, chain_id, agent_id)
+    return value
+
+
+async def use_nonce(
+    conn: Conn, chain_id: int, agent_id: int, nonce: str, expires_at: datetime
+) -> bool:
+    """Record a signature's nonce; False when it was used before. Expired nonces
+    are forgotten (their messages are refused by their expiry anyway)."""
+    await conn.execute("DELETE FROM agent_mcp_token_nonces WHERE expires_at < now()")
+    inserted = await conn.fetchval(
+        """INSERT INTO agent_mcp_token_nonces (chain_id, agent_id, nonce, expires_at)
+           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true""",
+        chain_id,
+        agent_id,
+        nonce,
+        expires_at,
+    )
+    return inserted is True
+
+
+async def upsert_mcp_token(
+    conn: Conn, chain_id: int, agent_id: int, *, ciphertext: bytes, owner: str
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (chain_id, agent_id) DO UPDATE
+           SET token_ciphertext = excluded.token_ciphertext,
+               owner_address = excluded.owner_address
+           RETURNING chain_id, agent_id, owner_address, updated_at""",
+        chain_id,
+        agent_id,
+        ciphertext,
+        owner,
+    )
+    assert row is not None
+    return row
+
+
+async def delete_mcp_token(conn: Conn, chain_id: int, agent_id: int) -> bool:
+    deleted = await conn.fetchval(
+        "DELETE FROM agent_mcp_tokens WHERE chain_id = $1 AND agent_id = $2 RETURNING true",
+        chain_id,
+        agent_id,
+    )
+    return deleted is True

@@ -25,14 +25,10 @@ import asyncio
 import json
 import os
 import random
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -42,13 +38,11 @@ from aiokafka import AIOKafkaProducer
 from shared.contract.actions import ActionType
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, job_id
-from tools.bench_ingest import pct
 from tools.bench_matcher import peak_rss_mib, raw_consume
 from tools.benchdb import scratch_database, scratch_topic
+from tools.benchkit import BenchService, bench_py_args, insert_user, pct, save, service, stack
 from tools.eventgen import make_event
 from tools.localnet import Receiver, Seen, empty_ok
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def say(msg: str) -> None:
@@ -71,13 +65,7 @@ async def make_trigger(url: str, hook: str) -> Target:
     config = {"url": hook, "timeout_ms": 5000}
     conn = await asyncpg.connect(url)
     try:
-        user = str(uuid.uuid4())
-        await conn.execute(
-            "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, 'x')",
-            user,
-            f"bench{user[:8]}",
-            f"{user[:8]}@example.org",
-        )
+        user = await insert_user(conn, "bench")
         trigger = await conn.fetchval(
             "INSERT INTO triggers (user_id, name, chain_id, registry) "
             "VALUES ($1, 'bench', 8453, 'reputation') RETURNING id",
@@ -184,12 +172,10 @@ async def outcome_counts(url: str) -> dict[str, float]:
     return {f"rows_{r['status']}": float(r["n"]) for r in rows}
 
 
-async def wait_all_recorded(url: str, n: int, proc: subprocess.Popen[bytes], log: Any) -> None:
+async def wait_all_recorded(url: str, n: int, dispatcher: BenchService) -> None:
     deadline = time.monotonic() + 600
     while await count_success(url) < n:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise SystemExit(f"dispatcher exited:\n{log.read().decode()[-3000:]}")
+        dispatcher.check()
         if time.monotonic() > deadline:
             raise SystemExit("throughput phase did not finish in 600 s")
         await asyncio.sleep(0.2)
@@ -224,8 +210,7 @@ async def paced(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    admin_url = os.environ["DATABASE_URL"]
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    admin_url, bootstrap = stack()
     arrivals: dict[str, float] = {}
     receiver = await arrivals_receiver(arrivals).start()
     hook = receiver.url("/hook")
@@ -258,27 +243,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "HTTP_PORT": "19102",
                 "LOG_LEVEL": "WARNING",
             }
-            with tempfile.TemporaryFile() as log:
-                # BENCH_PY_ARGS: interpreter options, e.g. "-m cProfile -o d.prof".
-                py_args = os.environ.get("BENCH_PY_ARGS", "").split()
-                cmd = [sys.executable, *py_args, "-m", "services.dispatcher"]
-                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
-                try:
-                    say("throughput: dispatcher started")
-                    await wait_all_recorded(url, len(jobs), proc, log)
-                    times = sorted(arrivals.values())
-                    figures["actions_per_s"] = (len(times) - 1) / (times[-1] - times[0])
-                    say(f"throughput: {figures['actions_per_s']:.0f} actions/s")
-                    total = int(args.rate * args.seconds)
-                    say(f"delay: {total} jobs at {args.rate:g}/s")
-                    delays = await paced(
-                        bootstrap, actions, jobs_for(total, args.jobs, target), args.rate, arrivals
-                    )
-                    figures["dispatcher_peak_rss_mib"] = peak_rss_mib(proc.pid)
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=20)
-                figures.update(await outcome_counts(url))
+            with service("dispatcher", env, py_args=bench_py_args()) as dispatcher:
+                say("throughput: dispatcher started")
+                await wait_all_recorded(url, len(jobs), dispatcher)
+                times = sorted(arrivals.values())
+                figures["actions_per_s"] = (len(times) - 1) / (times[-1] - times[0])
+                say(f"throughput: {figures['actions_per_s']:.0f} actions/s")
+                total = int(args.rate * args.seconds)
+                say(f"delay: {total} jobs at {args.rate:g}/s")
+                delays = await paced(
+                    bootstrap, actions, jobs_for(total, args.jobs, target), args.rate, arrivals
+                )
+                figures["dispatcher_peak_rss_mib"] = peak_rss_mib(dispatcher.proc.pid)
+            figures.update(await outcome_counts(url))
     finally:
         await receiver.stop()
     return {
@@ -307,12 +284,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    out = ROOT / "bench-results"
-    out.mkdir(exist_ok=True)
-    path = out / f"dispatcher-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save("dispatcher", result)
     print(json.dumps(result, indent=2))  # noqa: T201
-    say(f"written to {path.relative_to(ROOT)}")
+    say(f"written to {path}")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,8 @@ import os
 import random
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,16 +27,8 @@ import asyncpg
 
 from shared.contract.events import EVENT_COLUMNS, event_row, parse_events
 from tools.benchdb import scratch_database, scratch_topic
+from tools.benchkit import bench_py_args, pct, save, service, stack
 from tools.eventgen import stream, take
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def wait_ready(base: str, proc: subprocess.Popen[bytes], within: float = 60) -> None:
@@ -112,8 +101,7 @@ async def raw_copy(admin_url: str, rows: list[tuple[object, ...]], chunk: int) -
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    admin_url = os.environ["DATABASE_URL"]
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    admin_url, bootstrap = stack()
     token = os.environ.get("INGEST_TOKENS", "dev-indexer-token").split(",")[0]
     rng = random.Random(42)
     batch_events = take(stream(rng, chain_id=8453), args.events)
@@ -138,35 +126,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # Periodic maintenance (view refreshes over the events) is not intake.
             "MAINTENANCE_ENABLED": "false",
         }
-        with tempfile.TemporaryFile() as log:
-            # Popen only forks: nothing here blocks the loop for long.
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                # BENCH_PY_ARGS: interpreter options, e.g. "-m cProfile -o i.prof".
-                [
-                    sys.executable,
-                    *os.environ.get("BENCH_PY_ARGS", "").split(),
-                    "-m",
-                    "services.ingest",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=log,
+        # Popen only forks: nothing here blocks the loop for long.
+        with service("ingest", env, py_args=bench_py_args(), stop_within=15) as ingest:
+            base = f"http://127.0.0.1:{port}"
+            await wait_ready(base, ingest.proc)
+            print(  # noqa: T201
+                f"[bench-ingest] batch phase: {args.events} events, batches of {args.batch}"
             )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                await wait_ready(base, proc)
-                print(  # noqa: T201
-                    f"[bench-ingest] batch phase: {args.events} events, batches of {args.batch}"
-                )
-                batch_s, batch_lat = await post_all(base, token, batch_bodies, args.concurrency)
-                batch_drain = await drain_seconds(url, topic)
-                print(f"[bench-ingest] single phase: {args.single} events, one per request")  # noqa: T201
-                single_s, single_lat = await post_all(base, token, single_bodies, 32)
-                single_drain = await drain_seconds(url, topic)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=15)
+            batch_s, batch_lat = await post_all(base, token, batch_bodies, args.concurrency)
+            batch_drain = await drain_seconds(url, topic)
+            print(f"[bench-ingest] single phase: {args.single} events, one per request")  # noqa: T201
+            single_s, single_lat = await post_all(base, token, single_bodies, 32)
+            single_drain = await drain_seconds(url, topic)
     print("[bench-ingest] raw COPY baseline of the same rows")  # noqa: T201
     raw_s = await raw_copy(admin_url, rows, chunk=args.batch)
     batch_rate = args.events / batch_s
@@ -201,14 +172,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    out = ROOT / "bench-results"
-    out.mkdir(exist_ok=True)
-    path = out / f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save("ingest", result)
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"  {key:<{width}}  {value}")  # noqa: T201
-    print(f"[bench-ingest] written to {path.relative_to(ROOT)}")  # noqa: T201
+    print(f"[bench-ingest] written to {path}")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -22,9 +22,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -37,17 +34,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.matcher import queries
 from shared.contract.events import Event, parse_events
-from shared.contract.jobs import EventMessage, dump_message
-from shared.contract.topics import partition_key
 from shared.engine.evaluate import evaluate, scope_keys
 from shared.engine.replay import compile_trigger
 from shared.engine.trigger_index import TriggerIndex
 from shared.platform.db import register_codecs
-from tools.bench_ingest import pct
 from tools.benchdb import scratch_database, scratch_topic
+from tools.benchkit import pct, save, send_events, service, stack
 from tools.eventgen import stream, take
 
-ROOT = Path(__file__).resolve().parent.parent
 CHAIN = 8453
 AGENTS = 1_000_000
 WILDCARDS = 20
@@ -145,14 +139,7 @@ async def produce(bootstrap: str, topic: str, events: list[Event]) -> float:
     try:
         at = datetime.now(UTC)
         started = time.perf_counter()
-        futures = [
-            await producer.send(
-                topic,
-                dump_message(EventMessage(kind="event", event=e, ingested_at=at)),
-                key=partition_key(e.chain_id, e.agent_id),
-            )
-            for e in events
-        ]
+        futures = await send_events(producer, topic, events, ingested_at=at)
         await asyncio.gather(*futures)
         return len(events) / (time.perf_counter() - started)
     finally:
@@ -191,7 +178,7 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def run_matcher(url: str, topic: str, n_events: int) -> dict[str, float]:
+async def run_matcher(url: str, bootstrap: str, topic: str, n_events: int) -> dict[str, float]:
     port = 19101
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -202,57 +189,45 @@ async def run_matcher(url: str, topic: str, n_events: int) -> dict[str, float]:
         "HTTP_PORT": str(port),
         "LOG_LEVEL": "WARNING",
     }
-    cmd = [sys.executable, "-m", "services.matcher"]
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "1", *cmd]  # one core
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    wrap = ["taskset", "-c", "1"] if shutil.which("taskset") else []  # one core
     async with scratch_topic(bootstrap) as jobs:  # where fired jobs go
         env["ACTIONS_TOPIC"] = jobs
-        with tempfile.TemporaryFile() as log:
-            started = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
-            try:
-                async with aiohttp.ClientSession() as session:
-                    # From the first event evaluated to the last: the index load
-                    # before it (startup_s) is reported on its own.
-                    first: tuple[float, float] | None = None
-                    busy0 = 0.0
-                    while True:
-                        if proc.poll() is not None:
-                            log.seek(0)
-                            raise SystemExit(f"matcher exited:\n{log.read().decode()[-3000:]}")
-                        try:
-                            done = await metric(
-                                session, base, "erc8004_matcher_events_evaluated_total"
-                            )
-                        except aiohttp.ClientError:
-                            await asyncio.sleep(0.05)
-                            continue
-                        now = time.perf_counter()
-                        if first is None and done > 0:
-                            first = (now, done)
-                            busy0 = await metric(
-                                session, base, "erc8004_matcher_batch_duration_seconds_sum"
-                            )
-                        if os.environ.get("BENCH_TRACE") and first is not None:
-                            print(f"[trace] {now - first[0]:7.2f}s {done:8.0f}", flush=True)  # noqa: T201
-                        if done >= n_events:
-                            break
-                        await asyncio.sleep(0.02)
-                    finished = time.perf_counter()
-                    busy = await metric(session, base, "erc8004_matcher_batch_duration_seconds_sum")
-                    fired = await metric(session, base, "erc8004_matcher_jobs_produced_total")
-                    if fired == 0:
-                        async with session.get(f"{base}/metrics") as resp:
-                            fired = sum(
-                                float(line.rsplit(" ", 1)[1])
-                                for line in (await resp.text()).splitlines()
-                                if line.startswith("erc8004_matcher_jobs_produced_total{")
-                            )
-                peak = peak_rss_mib(proc.pid)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=20)
+        started = time.perf_counter()
+        with service("matcher", env, wrap=wrap) as matcher:
+            async with aiohttp.ClientSession() as session:
+                # From the first event evaluated to the last: the index load
+                # before it (startup_s) is reported on its own.
+                first: tuple[float, float] | None = None
+                busy0 = 0.0
+                while True:
+                    matcher.check()
+                    try:
+                        done = await metric(session, base, "erc8004_matcher_events_evaluated_total")
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.05)
+                        continue
+                    now = time.perf_counter()
+                    if first is None and done > 0:
+                        first = (now, done)
+                        busy0 = await metric(
+                            session, base, "erc8004_matcher_batch_duration_seconds_sum"
+                        )
+                    if os.environ.get("BENCH_TRACE") and first is not None:
+                        print(f"[trace] {now - first[0]:7.2f}s {done:8.0f}", flush=True)  # noqa: T201
+                    if done >= n_events:
+                        break
+                    await asyncio.sleep(0.02)
+                finished = time.perf_counter()
+                busy = await metric(session, base, "erc8004_matcher_batch_duration_seconds_sum")
+                fired = await metric(session, base, "erc8004_matcher_jobs_produced_total")
+                if fired == 0:
+                    async with session.get(f"{base}/metrics") as resp:
+                        fired = sum(
+                            float(line.rsplit(" ", 1)[1])
+                            for line in (await resp.text()).splitlines()
+                            if line.startswith("erc8004_matcher_jobs_produced_total{")
+                        )
+            peak = peak_rss_mib(matcher.proc.pid)
     assert first is not None
     return {
         "startup_s": first[0] - started,
@@ -306,8 +281,7 @@ async def in_memory(url: str, events: list[Event]) -> dict[str, float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    admin_url = os.environ["DATABASE_URL"]
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    admin_url, bootstrap = stack()
     raw = take(stream(random.Random(7), chain_id=CHAIN), args.events)
     for item in raw:  # agents spread over the whole id space, as on a busy chain
         item["agent_id"] = random.Random(item["transaction_hash"]).randrange(1, AGENTS)
@@ -327,7 +301,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 produce_rate = await produce(bootstrap, topic, events)
                 consume_rate = await raw_consume(bootstrap, topic, len(events))
                 memory = await in_memory(url, events)
-                process = await run_matcher(url, topic, len(events))
+                process = await run_matcher(url, bootstrap, topic, len(events))
         row = {
             **{k: round(v, 2) for k, v in memory.items()},
             **{k: round(v, 2) for k, v in process.items()},
@@ -354,12 +328,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    out = ROOT / "bench-results"
-    out.mkdir(exist_ok=True)
-    path = out / f"matcher-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save("matcher", result)
     print(json.dumps(result, indent=2))  # noqa: T201
-    print(f"[bench-matcher] written to {path.relative_to(ROOT)}")  # noqa: T201
+    print(f"[bench-matcher] written to {path}")  # noqa: T201
 
 
 if __name__ == "__main__":

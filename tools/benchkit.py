@@ -1,0 +1,131 @@
+"""What the benchmarks and the chaos run share (the tests use a part of it): the
+stack a run measures, the service under measurement as its own process, where
+results go, percentiles, a user row of its own, events produced as the ingest
+relay produces them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from shared.contract.events import Event
+from shared.contract.jobs import EventMessage, dump_message
+from shared.contract.topics import partition_key
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench-results"
+
+
+def stack() -> tuple[str, str]:
+    """(DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS) of the stack a run uses: the database
+    URL names the one scratch databases are made and dropped from."""
+    return os.environ["DATABASE_URL"], os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+
+def bench_py_args() -> list[str]:
+    """BENCH_PY_ARGS: interpreter options for the service measured, e.g.
+    "-m cProfile -o d.prof"."""
+    return os.environ.get("BENCH_PY_ARGS", "").split()
+
+
+@dataclass
+class BenchService:
+    name: str
+    proc: subprocess.Popen[bytes]
+    #: its stdout and stderr
+    log: IO[bytes]
+
+    def check(self) -> None:
+        """SystemExit, with the end of its output, if the process exited."""
+        if self.proc.poll() is not None:
+            self.log.seek(0)
+            raise SystemExit(f"{self.name} exited:\n{self.log.read().decode()[-3000:]}")
+
+
+@contextmanager
+def service(
+    name: str,
+    env: dict[str, str],
+    *,
+    wrap: Sequence[str] = (),
+    py_args: Sequence[str] = (),
+    stop_within: float = 20,
+) -> Iterator[BenchService]:
+    """``python -m services.<name>`` from ROOT with this environment (``wrap`` before
+    it, e.g. taskset; ``py_args`` the interpreter's options), its output in a
+    temporary file; terminated at the end."""
+    with tempfile.TemporaryFile() as log:
+        cmd = [*wrap, sys.executable, *py_args, "-m", f"services.{name}"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+        try:
+            yield BenchService(name, proc, log)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=stop_within)
+
+
+def timestamp() -> str:
+    """The time now, as results and logs are named by it."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save(kind: str, result: dict[str, Any]) -> Path:
+    """``result`` written to bench-results/<kind>-<time>.json; the path, from ROOT."""
+    path = RESULTS / f"{kind}-{timestamp()}.json"
+    write_json(path, result)
+    return path.relative_to(ROOT)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def insert_user(conn: asyncpg.Connection, prefix: str, user: str | None = None) -> str:
+    """A new user, of this id or a new one (username ``prefix`` + 8 hex digits of it);
+    its id."""
+    user = user or str(uuid.uuid4())
+    await conn.execute(
+        "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, 'x')",
+        user,
+        f"{prefix}{user[:8]}",
+        f"{user[:8]}@example.org",
+    )
+    return user
+
+
+async def send_events(
+    producer: AIOKafkaProducer, topic: str, events: Sequence[Event], *, ingested_at: datetime
+) -> list[asyncio.Future[RecordMetadata]]:
+    """Each event as the relay produces it (an EventMessage with its partition key),
+    in order; the futures of their delivery."""
+    return [
+        await producer.send(
+            topic,
+            dump_message(EventMessage(kind="event", event=e, ingested_at=ingested_at)),
+            key=partition_key(e.chain_id, e.agent_id),
+        )
+        for e in events
+    ]

@@ -43,23 +43,25 @@ import itertools
 import matplotlib.pyplot as plt
 
 from shared.contract.events import event_row, parse_events
-from tools.bench_ingest import pct, raw_copy
+from tools.bench_ingest import raw_copy
 from tools.bench_matcher import produce, raw_consume
 from tools.benchdb import scratch_topic
-from tools.loadgen import LoadGenerator, Settings
+from tools.benchkit import RESULTS, ROOT, pct, stack, timestamp, write_json
+from tools.loadgen import Settings
 from tools.localnet import Receiver
 from tools.pipeline import (
-    ROOT,
+    CHAINS,
     Delivery,
+    Phase,
     Pipeline,
     Population,
+    all_delivered,
+    first_arrivals,
     install_triggers,
     scratch_pipeline,
+    steered_load,
     webhook_receiver,
-    write_json,
 )
-
-CHAINS = (8453, 1, 10, 42161)
 
 
 def say(msg: str) -> None:
@@ -90,25 +92,6 @@ class Sampler:
             await asyncio.sleep(0.5)
 
 
-@dataclass
-class Phase:
-    acked: dict[str, float] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    owed: dict[str, str] = field(default_factory=dict)  # job id -> event id
-
-
-def make_generator(settings: Settings, population: Population, phase: Phase) -> LoadGenerator:
-    def on_ack(event: dict[str, Any], at: float) -> None:
-        eid = f"{event['chain_id']}-{event['block_number']}-{event['log_index']}"
-        phase.acked[eid] = at
-        phase.events.append(event)
-        job = population.owed_job(event)
-        if job is not None:
-            phase.owed[job] = eid
-
-    return LoadGenerator(settings, on_ack=on_ack, shape=population.shape)
-
-
 async def wait_until(check: Any, within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not await check():
@@ -118,10 +101,9 @@ async def wait_until(check: Any, within: float, what: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one run, told in order)
-    admin_url = os.environ["DATABASE_URL"]
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    out = ROOT / "bench-results"
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    admin_url, bootstrap = stack()
+    out = RESULTS
+    stamp = timestamp()
     deliveries: list[Delivery] = []
     receiver = webhook_receiver(deliveries)
     await receiver.start()
@@ -145,7 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
 
             # 1. sustained throughput
             sustained = Phase()
-            gen = make_generator(
+            gen = steered_load(
                 Settings(
                     base=pipeline.ingest.base,
                     chains=CHAINS,
@@ -173,13 +155,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             t_evaluated = time.time()
 
             async def delivered_all() -> bool:
-                got = {d.job_id for d in deliveries}
-                return all(j in got for j in sustained.owed)
+                return all_delivered(deliveries, sustained.owed)
 
             await wait_until(delivered_all, 300, "every owed action to be delivered")
-            first_at: dict[str, float] = {}
-            for d in deliveries:
-                first_at.setdefault(d.job_id, d.at)
+            first_at = first_arrivals(deliveries)
             times = sorted(first_at[j] for j in sustained.owed)
             sustained_eps = len(sustained.acked) / (t_evaluated - t_start)
             say(f"sustained: {sustained_eps:.0f} events/s through the pipeline")
@@ -187,7 +166,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
 
             # 2. latency at a fixed rate
             latency = Phase()
-            gen2 = make_generator(
+            gen2 = steered_load(
                 Settings(
                     base=pipeline.ingest.base,
                     chains=CHAINS,
@@ -207,13 +186,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             await gen2.run(progress=True)
 
             async def delivered_latency() -> bool:
-                got = {d.job_id for d in deliveries}
-                return all(j in got for j in latency.owed)
+                return all_delivered(deliveries, latency.owed)
 
             await wait_until(delivered_latency, 120, "the latency phase's actions")
-            first_at = {}
-            for d in deliveries:
-                first_at.setdefault(d.job_id, d.at)
+            first_at = first_arrivals(deliveries)
             delays = [
                 (first_at[job] - latency.acked[eid]) * 1000 for job, eid in latency.owed.items()
             ]

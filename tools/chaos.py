@@ -43,19 +43,21 @@ from shared.contract.events import Event
 from shared.contract.jobs import EventMessage, parse_topic_message
 from shared.engine.replay import Replay, compile_trigger
 from shared.platform.db import register_codecs
-from tools.loadgen import LoadGenerator, Settings
+from tools.benchkit import RESULTS, ROOT, stack, timestamp, write_json
+from tools.loadgen import Settings, event_id
 from tools.pipeline import (
-    ROOT,
+    CHAINS,
     Delivery,
+    Phase,
     Pipeline,
     Population,
+    all_delivered,
     install_triggers,
     scratch_pipeline,
+    steered_load,
     webhook_receiver,
-    write_json,
 )
 
-CHAINS = (8453, 1, 10, 42161)
 PARTITIONS = 12  # scratch_pipeline's
 LOCAL = ROOT / "deploy" / "local"
 
@@ -217,23 +219,16 @@ async def clean_replay_mismatches(
 
 
 async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told in order)
-    admin_url = os.environ["DATABASE_URL"]
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    admin_url, bootstrap = stack()
     rng = random.Random(args.seed)
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    out = ROOT / "bench-results"
+    stamp = timestamp()
+    out = RESULTS
     deliveries: list[Delivery] = []
     receiver = webhook_receiver(deliveries)
     await receiver.start()
     population = Population(CHAINS, hot_agents=12, hot_fraction=0.05)
-    acked: list[dict[str, Any]] = []
-    owed: dict[str, str] = {}
-
-    def on_ack(event: dict[str, Any], _at: float) -> None:
-        acked.append(event)
-        job = population.owed_job(event)
-        if job is not None:
-            owed[job] = f"{event['chain_id']}-{event['block_number']}-{event['log_index']}"
+    phase = Phase()  # what the load got acknowledged, the firings owed
+    acked, owed = phase.events, phase.owed
 
     components = ["ingest", "matcher", "dispatcher", *local_infra()]
     schedule = [c for c in components for _ in range(args.cycles)]
@@ -249,7 +244,7 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
             killer = Killer(pipeline, rng)
             # More load than the kills need; it is stopped once they are done.
             total = int(args.rate * 3600)
-            gen = LoadGenerator(
+            gen = steered_load(
                 Settings(
                     base=pipeline.ingest.base,
                     chains=CHAINS,
@@ -261,8 +256,8 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
                     seed=args.seed,
                     give_up_after=600,
                 ),
-                on_ack=on_ack,
-                shape=population.shape,
+                population,
+                phase,
             )
             load = asyncio.create_task(gen.run())
             await asyncio.sleep(5)
@@ -276,13 +271,9 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
             await load
             say(f"load done: {len(acked)} events acknowledged, {len(owed)} firings owed")
 
-            async def settled() -> bool:
-                got = {d.job_id for d in deliveries}
-                return all(j in got for j in owed)
-
             deadline = time.monotonic() + args.settle
             while time.monotonic() < deadline:
-                if await settled():
+                if all_delivered(deliveries, owed):
                     break
                 await asyncio.sleep(1)
             await asyncio.sleep(5)  # late duplicates show too
@@ -293,7 +284,7 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
                     r["id"]
                     for r in await conn.fetch(
                         "SELECT id FROM events WHERE id = ANY($1::text[])",
-                        [f"{e['chain_id']}-{e['block_number']}-{e['log_index']}" for e in acked],
+                        [event_id(e) for e in acked],
                     )
                 )
                 outbox = await conn.fetchval("SELECT count(*) FROM event_outbox")
@@ -305,7 +296,7 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
     finally:
         await receiver.stop()
 
-    acked_ids = {f"{e['chain_id']}-{e['block_number']}-{e['log_index']}" for e in acked}
+    acked_ids = {event_id(e) for e in acked}
     per_job = Counter(d.job_id for d in deliveries)
     bad_keys = sum(1 for d in deliveries if d.idempotency_key != d.job_id)
     counts = {

@@ -9,13 +9,13 @@ so both stateful kinds are exercised), plus *cold* triggers on ordinary agents
 whose conditions never hold (score below -95, tags that never occur, EMA below
 -95, rate above 10^6). The load steers ``hot_fraction`` of the events to hot
 agents (:meth:`Population.shape`), so exactly those events fire, one job each:
-the owed firings are known from the acknowledged events alone.
+the owed firings are known from the acknowledged events alone (:func:`steered_load`
+records them in a :class:`Phase`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,9 +37,12 @@ import orjson
 from shared.contract.jobs import job_id
 from shared.platform.db import register_codecs
 from tools.benchdb import scratch_database, scratch_topic
+from tools.benchkit import ROOT, insert_user
+from tools.loadgen import LoadGenerator, Settings, event_id
 from tools.localnet import Receiver, Seen, empty_ok, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The chains of the load: one indexer each.
+CHAINS = (8453, 1, 10, 42161)
 HOT_AGENT_BASE = 10_000_000
 HOT_KINDS = ("stateless", "rate", "ema")
 
@@ -170,6 +173,20 @@ def webhook_receiver(deliveries: list[Delivery]) -> Receiver:
     )
 
 
+def first_arrivals(deliveries: list[Delivery]) -> dict[str, float]:
+    """Job id -> when its first request arrived."""
+    first: dict[str, float] = {}
+    for d in deliveries:
+        first.setdefault(d.job_id, d.at)
+    return first
+
+
+def all_delivered(deliveries: list[Delivery], owed: Iterable[str]) -> bool:
+    """Whether every owed job (by id) reached the receiver."""
+    got = {d.job_id for d in deliveries}
+    return all(j in got for j in owed)
+
+
 @dataclass
 class Hot:
     trigger_id: str
@@ -206,6 +223,31 @@ class Population:
             f"@{event['block_hash']}"
         )
         return job_id(hot.trigger_id, version, hot.action_id)
+
+
+@dataclass
+class Phase:
+    """What a load got acknowledged: each event's ack time by event id, the events in
+    order, and the firings they are owed (job id -> event id)."""
+
+    acked: dict[str, float] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    owed: dict[str, str] = field(default_factory=dict)
+
+
+def steered_load(settings: Settings, population: Population, phase: Phase) -> LoadGenerator:
+    """A load generator steered by ``population`` (:meth:`Population.shape`) that
+    records what ingest acknowledged, and the firings owed, in ``phase``."""
+
+    def on_ack(event: dict[str, Any], at: float) -> None:
+        eid = event_id(event)
+        phase.acked[eid] = at
+        phase.events.append(event)
+        job = population.owed_job(event)
+        if job is not None:
+            phase.owed[job] = eid
+
+    return LoadGenerator(settings, on_ack=on_ack, shape=population.shape)
 
 
 Cond = tuple[str, str, str, str, dict[str, Any]]
@@ -280,12 +322,7 @@ async def install_triggers(
     conn = await asyncpg.connect(url)
     await register_codecs(conn)
     try:
-        await conn.execute(
-            "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, 'x')",
-            user,
-            f"load{user[:8]}",
-            f"{user[:8]}@example.org",
-        )
+        await insert_user(conn, "load", user)
         async with conn.transaction():
             await conn.copy_records_to_table(
                 "triggers",
@@ -380,8 +417,3 @@ async def scratch_pipeline(
             yield pipeline
         finally:
             pipeline.stop()
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")

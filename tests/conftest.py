@@ -9,14 +9,17 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import asyncpg
 import pytest
 
 from shared.platform.db import register_codecs
 from shared.platform.kafka import ensure_topics
+from tests.procs import ServiceProcess
 from tools.benchdb import drop_database, scratch_topic, with_database
 from tools.migrate import MIGRATIONS, run_dbmate
 
@@ -131,15 +134,66 @@ def kafka_bootstrap() -> str:
     return bootstrap
 
 
-@pytest.fixture
-async def topic(kafka_bootstrap: str) -> AsyncIterator[str]:
-    """A fresh topic with 3 partitions, deleted afterwards."""
-    async with scratch_topic(kafka_bootstrap, 3, prefix="test") as name:
-        yield name
+def topic_fixture(name: str, doc: str, prefix: str, partitions: int = 3) -> Any:
+    """A fixture ``name``: a fresh topic of the test's own (``prefix``.<uuid>,
+    ``partitions``), deleted afterwards."""
+
+    async def fixture(kafka_bootstrap: str) -> AsyncIterator[str]:
+        async with scratch_topic(kafka_bootstrap, partitions, prefix=prefix) as created:
+            yield created
+
+    fixture.__doc__ = doc
+    return pytest.fixture(name=name)(fixture)
+
+
+topic = topic_fixture("topic", "A fresh topic with 3 partitions, deleted afterwards.", "test")
+actions_topic = topic_fixture(
+    "actions_topic", "Another one, for what a service under test produces.", "test.actions"
+)
+retry_topic = topic_fixture("retry_topic", "The dispatcher's retry topic.", "test.retry")
+dlq_topic = topic_fixture(
+    "dlq_topic", "The dispatcher's dead-letter topic (1 partition).", "test.dlq", partitions=1
+)
 
 
 @pytest.fixture
-async def actions_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
-    """Another one, for what a service under test produces."""
-    async with scratch_topic(kafka_bootstrap, 3, prefix="test.actions") as name:
-        yield name
+def procs() -> Iterator[list[ServiceProcess]]:
+    """The service processes a test started: killed after it (those still running)."""
+    started: list[ServiceProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+#: ``start_service(name, env)``: see the fixture.
+StartService = Callable[[str, dict[str, str]], ServiceProcess]
+
+
+@pytest.fixture
+def start_service(tmp_path: Path, procs: list[ServiceProcess]) -> StartService:
+    """Starts ``python -m services.<name>`` with that environment (its log in the
+    test's tmp_path) and waits up to 60 s for its /readyz; killed after the test."""
+
+    def start(name: str, env: dict[str, str]) -> ServiceProcess:
+        proc = ServiceProcess(name, env, tmp_path).start()
+        procs.append(proc)
+        proc.wait_http("/readyz", timeout=60)
+        return proc
+
+    return start
+
+
+@dataclass
+class UnderTest:
+    """A service under test: its environment, processes of it started on demand
+    (start_service), the Kafka it reads and writes."""
+
+    #: which (services.<name>)
+    name: ClassVar[str]
+    env: dict[str, str]
+    bootstrap: str
+    start_service: StartService
+
+    def start(self, **extra: str) -> ServiceProcess:
+        """A process of it with ``extra`` over its environment, once ready."""
+        return self.start_service(self.name, {**self.env, **extra})

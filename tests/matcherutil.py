@@ -1,12 +1,13 @@
 """Helpers for matcher tests: triggers written straight into the database (as the
-API or plain SQL would), events produced as the ingest relay does."""
+API or plain SQL would), events produced as the ingest relay does, the matcher
+under test as a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,34 +16,51 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.contract.events import Event
-from shared.contract.jobs import EventMessage, dump_message
+from shared.contract.jobs import (
+    ActionJob,
+    EventMessage,
+    RetractionMessage,
+    TickMessage,
+    dump_message,
+)
 from shared.contract.topics import partition_key
+from tests.conftest import UnderTest
+from tests.kafkautil import read_topic
+from tools import benchkit
 
 
 async def insert_user(db: asyncpg.Connection) -> str:
-    user_id = str(uuid.uuid4())
-    await db.execute(
-        "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, 'x')",
-        user_id,
-        f"u{user_id[:8]}",
-        f"{user_id[:8]}@example.org",
-    )
-    return user_id
+    """A new user (username u + 8 hex digits of its id); its id."""
+    return await benchkit.insert_user(db, "u")
+
+
+#: A trigger's conditions: every NewFeedback.
+NEW_FEEDBACK: list[dict[str, Any]] = [
+    {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
+]
+
+
+def random_chain(low: int = 1_000_000) -> int:
+    """A random chain id (``low`` or above): a chain no other test uses."""
+    return random.randrange(low, 2**31 - 1)
 
 
 async def insert_trigger(
     db: asyncpg.Connection,
     *,
-    user_id: str,
     chain_id: int,
-    registry: str,
     conditions: Sequence[dict[str, Any]],
+    user_id: str | None = None,
+    registry: str = "reputation",
     name: str = "t",
     cooldown_seconds: int | None = None,
     enabled: bool = True,
     actions: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """A trigger with its conditions and actions, in one transaction."""
+    """A trigger with its conditions and actions, in one transaction; of a new user
+    (insert_user) when no ``user_id`` is given."""
+    if user_id is None:
+        user_id = await insert_user(db)
     actions = actions or [
         {"action_type": "rest", "config": {"url": "http://127.0.0.1:9/hook", "method": "POST"}}
     ]
@@ -88,7 +106,7 @@ def chains_over_partitions(partitions: int) -> list[int]:
     every = list(range(partitions))
     found: dict[int, int] = {}
     while len(found) < partitions:
-        chain = random.randrange(1_000_000, 2**31 - 1)
+        chain = random_chain()
         found.setdefault(DefaultPartitioner()(partition_key(chain), every, every), chain)
     return [found[p] for p in every]
 
@@ -100,15 +118,7 @@ async def produce_events(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        futures = [
-            await producer.send(
-                topic,
-                dump_message(EventMessage(kind="event", event=e, ingested_at=at)),
-                key=partition_key(e.chain_id, e.agent_id),
-            )
-            for e in events
-        ]
-        for future in futures:
+        for future in await benchkit.send_events(producer, topic, events, ingested_at=at):
             await future
     finally:
         await producer.stop()
@@ -121,3 +131,59 @@ async def produce_slowly(
     for i in range(0, len(events), chunk):
         await produce_events(bootstrap, topic, events[i : i + chunk])
         await asyncio.sleep(pause)
+
+
+async def produce_keyed(
+    bootstrap: str, topic: str, messages: Sequence[RetractionMessage | TickMessage | Event]
+) -> None:
+    """Events, retractions and heartbeats, in order, on their chain's partition (as
+    ingest does)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for m in messages:
+            body = m if not isinstance(m, Event) else EventMessage(
+                kind="event", event=m, ingested_at=datetime.now(UTC)
+            )  # fmt: skip
+            await producer.send_and_wait(topic, dump_message(body), key=partition_key(m.chain_id))
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class Matching(UnderTest):
+    """The matcher under test (its environment names EVENTS_TOPIC, ACTIONS_TOPIC, ...):
+    the events given to it, the jobs it produced."""
+
+    name = "matcher"
+
+    @property
+    def topic(self) -> str:
+        return self.env["EVENTS_TOPIC"]
+
+    @property
+    def actions_topic(self) -> str:
+        return self.env["ACTIONS_TOPIC"]
+
+    async def produce(
+        self, events: Sequence[Event], *, ingested_at: datetime | None = None
+    ) -> None:
+        await produce_events(self.bootstrap, self.topic, events, ingested_at=ingested_at)
+
+    async def produce_keyed(
+        self, messages: Sequence[RetractionMessage | TickMessage | Event]
+    ) -> None:
+        await produce_keyed(self.bootstrap, self.topic, messages)
+
+    async def produce_slowly(
+        self, events: Sequence[Event], chunk: int, *, pause: float = 0.15
+    ) -> None:
+        await produce_slowly(self.bootstrap, self.topic, events, chunk, pause=pause)
+
+    async def jobs(self, expect: int) -> list[ActionJob]:
+        """The jobs on the actions topic once ``expect`` arrived (or 60 s passed), and
+        1.5 s more (a duplicate shows)."""
+        records = await read_topic(
+            self.bootstrap, self.actions_topic, expect=expect, within=60, settle=1.5
+        )
+        return [ActionJob.parse(r.value) for r in records]

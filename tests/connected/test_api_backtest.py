@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,8 +25,7 @@ from tests.apiutil import Client, an_event, api_settings, cheap_passwords, signu
 from tests.connected.test_engine_live import draw_cases, remap, until_first_edit
 from tests.engine_strategies import CHAINS
 from tests.kafkautil import read_topic
-from tests.matcherutil import produce_events
-from tests.procs import ServiceProcess
+from tests.matcherutil import Matching, random_chain
 from tests.reference import reference_firings
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
@@ -92,26 +89,10 @@ async def client(database_url: str, kafka_bootstrap: str) -> AsyncIterator[Clien
         yield client
 
 
-@pytest.fixture
-def procs() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 async def test_backtest_fires_exactly_where_the_live_matcher_fires(
-    client: Client,
-    db: asyncpg.Connection,
-    env: dict[str, str],
-    database_url: str,
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    client: Client, db: asyncpg.Connection, matcher: Matching
 ) -> None:
-    chain = random.randrange(1_000_000, 2**31 - 1)
+    chain = random_chain()
     auth = await signup(client)
     ids: dict[str, str] = {}
     for name, body in triggers(chain).items():
@@ -121,18 +102,8 @@ async def test_backtest_fires_exactly_where_the_live_matcher_fires(
     events = history(chain, 600)
     await store_events(db, events)
 
-    matcher_env = {
-        **env,
-        "DATABASE_URL": database_url,
-        "EVENTS_TOPIC": topic,
-        "ACTIONS_TOPIC": actions_topic,
-        "MATCHER_GROUP": f"matcher-{uuid.uuid4().hex[:8]}",
-        "MATCHER_BATCH_MAX_RECORDS": "100",
-    }
-    matcher = ServiceProcess("matcher", matcher_env, tmp_path).start()
-    procs.append(matcher)
-    matcher.wait_http("/readyz", timeout=60)
-    await produce_events(kafka_bootstrap, topic, events)
+    matcher.start(MATCHER_BATCH_MAX_RECORDS="100")
+    await matcher.produce(events)
 
     # the backtest, meanwhile, over the same stored events
     first, last = events[0].block_time, events[-1].block_time
@@ -154,7 +125,9 @@ async def test_backtest_fires_exactly_where_the_live_matcher_fires(
     while await db.fetchval("SELECT count(*) FROM trigger_evaluations") < 2 * len(events):
         assert time.monotonic() < deadline, "the matcher did not evaluate every event"
         await asyncio.sleep(0.3)
-    records = await read_topic(kafka_bootstrap, actions_topic, expect=expected_jobs, settle=2.0)
+    records = await read_topic(
+        matcher.bootstrap, matcher.actions_topic, expect=expected_jobs, settle=2.0
+    )
     live: dict[str, list[str]] = {tid: [] for tid in ids.values()}
     for record in records:
         job = ActionJob.parse(record.value)
@@ -251,7 +224,7 @@ async def test_an_absence_backtest_ticks_on_the_chains_events_and_heartbeats(
     the chain's stored heartbeats as ticks, in chain order (a heartbeat after the
     events of its block), and fires where the reference evaluator does."""
     auth = await signup(client)
-    chain = random.randrange(10_000_000, 2**31 - 1)
+    chain = random_chain(10_000_000)
     rng = random.Random(chain)
     ts = int(time.time()) - 6 * 3600
     steps: list[tuple[str, Any]] = []

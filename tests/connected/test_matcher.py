@@ -8,11 +8,9 @@ import os
 import random
 import subprocess
 import time
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,26 +19,22 @@ import pytest
 from services.matcher import queries
 from shared.contract.events import Event, version_key
 from shared.contract.jobs import (
-    ActionJob,
-    EventMessage,
     RetractionMessage,
     TickMessage,
     dump_message,
     job_id,
 )
-from shared.contract.topics import partition_key
 from shared.engine.evaluate import evaluate, scope_keys
 from shared.engine.replay import compile_trigger
 from shared.engine.trigger_index import TriggerIndex
 from shared.platform.db import register_codecs
 from tests.apiutil import store_events
-from tests.kafkautil import read_topic
 from tests.matcherutil import (
+    Matching,
     chains_over_partitions,
     insert_trigger,
     insert_user,
-    produce_events,
-    produce_slowly,
+    random_chain,
 )
 from tests.procs import ROOT, ServiceProcess, http_get
 from tools.eventgen import make_event
@@ -49,35 +43,6 @@ pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 A = "0x" + "a1" * 20
 B = "0x" + "b2" * 20
-
-
-@pytest.fixture
-def matcher_env(
-    env: dict[str, str], database_url: str, topic: str, actions_topic: str
-) -> dict[str, str]:
-    return {
-        **env,
-        "DATABASE_URL": database_url,
-        "EVENTS_TOPIC": topic,
-        "ACTIONS_TOPIC": actions_topic,
-        "MATCHER_GROUP": f"matcher-{uuid.uuid4().hex[:8]}",
-        "MATCHER_BATCH_MAX_RECORDS": "50",
-    }
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-def start_matcher(env: dict[str, str], tmp: Path, procs: list[ServiceProcess]) -> ServiceProcess:
-    proc = ServiceProcess("matcher", env, tmp).start()
-    procs.append(proc)
-    proc.wait_http("/readyz", timeout=60)
-    return proc
 
 
 def metric(proc: ServiceProcess, name: str) -> float:
@@ -115,21 +80,8 @@ def feedback(
     return Event.model_validate(raw)
 
 
-async def read_jobs(bootstrap: str, topic: str, expect: int) -> list[ActionJob]:
-    records = await read_topic(bootstrap, topic, expect=expect, within=60, settle=1.5)
-    return [ActionJob.parse(r.value) for r in records]
-
-
-async def test_every_condition_type_end_to_end(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
-) -> None:
-    chain = random.randrange(1_000_000, 2**31 - 1)
+async def test_every_condition_type_end_to_end(db: asyncpg.Connection, matcher: Matching) -> None:
+    chain = random_chain()
     user = await insert_user(db)
     ts = int(time.time()) - 600
     rep = "reputation"
@@ -299,9 +251,9 @@ async def test_every_condition_type_end_to_end(
     await db.execute("UPDATE triggers SET name = 'rate, renamed' WHERE id = $1", t["rate"])
     versions = {r["id"]: r["version"] for r in await db.fetch("SELECT id, version FROM triggers")}
     assert versions[t["rate"]] == 2
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_events(kafka_bootstrap, topic, [e1, e2, e3, e4, v1, v2])
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(expected))
+    proc = matcher.start()
+    await matcher.produce([e1, e2, e3, e4, v1, v2])
+    jobs = await matcher.jobs(expect=len(expected))
     names = {v: k for k, v in t.items()}
     got = {(names[j.trigger_id], j.event.id) for j in jobs}
     assert got == expected
@@ -315,7 +267,6 @@ async def test_every_condition_type_end_to_end(
     assert any(c["type"] == "ema_threshold" for c in ema_job.explain["conditions"])
 
     # Every metric the issue names, with values that follow from this run.
-    proc = procs[0]
     assert metric(proc, "erc8004_matcher_events_evaluated_total") == 6
     assert metric(proc, "erc8004_matcher_index_triggers") == len(t)
     _, body = http_get(proc.base + "/metrics")
@@ -328,31 +279,22 @@ async def test_every_condition_type_end_to_end(
 
 
 async def test_index_follows_database_changes_and_skips_history(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
-    proc = start_matcher(matcher_env, tmp_path, procs)
+    chain = random_chain()
+    proc = matcher.start()
     assert metric(proc, "erc8004_matcher_index_triggers") == 0
     trigger = await insert_trigger(
         db,
-        user_id=user,
         chain_id=chain,
-        registry="reputation",
         conditions=[{"condition_type": "agent_id_equals", "operator": "=", "value": "99"}],
     )
     await wait_metric(proc, "erc8004_matcher_index_triggers", 1, within=10)
     now = datetime.now(UTC)
     new = feedback(chain, 10, 99, score=1)
     old = feedback(chain, 11, 99, score=2)
-    await produce_events(kafka_bootstrap, topic, [new])
-    await produce_events(kafka_bootstrap, topic, [old], ingested_at=now - timedelta(hours=1))
+    await matcher.produce([new])
+    await matcher.produce([old], ingested_at=now - timedelta(hours=1))
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 2)
     # Disabled by plain SQL: the database trigger tells the matcher.
     await db.execute("UPDATE triggers SET enabled = false WHERE id = $1", trigger)
@@ -360,36 +302,27 @@ async def test_index_follows_database_changes_and_skips_history(
     while metric(proc, "erc8004_matcher_index_triggers") != 0:
         assert time.monotonic() < deadline, "the matcher did not see the trigger disabled"
         await asyncio.sleep(0.1)
-    await produce_events(kafka_bootstrap, topic, [feedback(chain, 12, 99, score=3)])
+    await matcher.produce([feedback(chain, 12, 99, score=3)])
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 3)
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    jobs = await matcher.jobs(expect=1)
     assert [(j.trigger_id, j.event.id) for j in jobs] == [(trigger, new.id)]
 
 
 async def test_retraction_takes_events_out_of_rate_windows(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
+    chain = random_chain()
     trigger = await insert_trigger(
-        db,
-        user_id=user,
-        chain_id=chain,
-        registry="reputation",
+        db, chain_id=chain,
         conditions=[
             {"condition_type": "rate_limit", "field": "count", "operator": ">", "value": "100",
              "config": {"time_window": "1d"}},
         ],
     )  # fmt: skip
-    proc = start_matcher(matcher_env, tmp_path, procs)
+    proc = matcher.start()
     ts = int(time.time()) - 600
     events = [feedback(chain, 200 + i, 5, score=50, timestamp=ts + i) for i in range(6)]
-    await produce_events(kafka_bootstrap, topic, events)
+    await matcher.produce(events)
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 6)
     await wait_all_evaluated(db, 6)
 
@@ -406,15 +339,15 @@ async def test_retraction_takes_events_out_of_rate_windows(
     # One copy on partition 0 first, then the canonical event at block 203 (same
     # id, other block hash), then the copies of the other partitions: they must
     # not take the canonical event out.
-    await produce_raw(kafka_bootstrap, topic, dump_message(retraction), partitions=[0])
+    await produce_raw(matcher.bootstrap, matcher.topic, dump_message(retraction), partitions=[0])
     await wait_metric(proc, "erc8004_matcher_retractions_total", 1)
     assert len(await window()) == 3
     canonical = feedback(chain, 203, 5, score=50, timestamp=ts + 3, block_hash="0x" + "cd" * 32)
     assert canonical.id == replaced[0].id
-    await produce_events(kafka_bootstrap, topic, [canonical])
+    await matcher.produce([canonical])
     await wait_all_evaluated(db, 7)
     assert len(await window()) == 4
-    await produce_raw(kafka_bootstrap, topic, dump_message(retraction), partitions=[1, 2])
+    await produce_raw(matcher.bootstrap, matcher.topic, dump_message(retraction), partitions=[1, 2])
     await wait_metric(proc, "erc8004_matcher_retractions_total", 3)
     entries = await window()
     assert len(entries) == 4
@@ -437,23 +370,14 @@ async def ema_of(db: asyncpg.Connection, trigger: str) -> Decimal | None:
 
 
 async def test_a_revocation_recomputes_the_ema_and_the_arming(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """An EMA crossing fired by a feedback that is then revoked: the recomputation
     leaves the EMA of the other feedbacks (none) and the trigger armed, so the next
     low feedback fires again with an EMA of its own value alone. (Before: the EMA
     kept the revoked 10 and the trigger stayed disarmed: no second alert.)"""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
-    trigger = await insert_trigger(
-        db, user_id=user, chain_id=chain, registry="reputation", conditions=EMA_BELOW_40
-    )
+    chain = random_chain()
+    trigger = await insert_trigger(db, chain_id=chain, conditions=EMA_BELOW_40)
     first = feedback(chain, 300, 5, score=10, client_address=A, feedback_index=1)
     revoked = event(  # the address in upper case: compared in lower case
         chain, 301, 0, event_type="FeedbackRevoked", agent_id=5,
@@ -461,9 +385,9 @@ async def test_a_revocation_recomputes_the_ema_and_the_arming(
     )  # fmt: skip
     second = feedback(chain, 302, 5, score=30, client_address=B, feedback_index=1)
     await store_events(db, [first, revoked, second])
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_events(kafka_bootstrap, topic, [first, revoked, second])
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    matcher.start()
+    await matcher.produce([first, revoked, second])
+    jobs = await matcher.jobs(expect=2)
     assert [j.event.id for j in jobs] == [first.id, second.id]
     await wait_all_evaluated(db, 3)
     assert await ema_of(db, trigger) == 30
@@ -479,23 +403,15 @@ async def test_a_revocation_recomputes_the_ema_and_the_arming(
 
 
 async def test_a_retracted_revocation_and_its_replacement_in_one_batch(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """Found in review: a revocation, then a reorg that replaces it and the canonical
     revocation arriving in one batch. The retraction puts the feedback back; the
     canonical revocation revokes it again, so it must recompute although the batch
     began with the feedback revoked. (Before: the replacement was evaluated as a
     plain event and the feedback's 10 stayed in the EMA.)"""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
-    trigger = await insert_trigger(
-        db, user_id=user, chain_id=chain, registry="reputation", conditions=EMA_BELOW_40
-    )
+    chain = random_chain()
+    trigger = await insert_trigger(db, chain_id=chain, conditions=EMA_BELOW_40)
     first = feedback(chain, 500, 5, score=10, client_address=A, feedback_index=1)
 
     def revocation(block_hash: str) -> Event:
@@ -507,37 +423,28 @@ async def test_a_retracted_revocation_and_its_replacement_in_one_batch(
     replaced, canonical = revocation("0x" + "aa" * 32), revocation("0x" + "bb" * 32)
     later = feedback(chain, 502, 5, score=60, client_address=B, feedback_index=1)
     await store_events(db, [first, replaced, canonical, later])
-    proc = start_matcher(matcher_env, tmp_path, procs)
-    await produce_keyed(kafka_bootstrap, topic, [first, replaced])
+    proc = matcher.start()
+    await matcher.produce_keyed([first, replaced])
     await wait_all_evaluated(db, 2)
     proc.terminate()  # the rest waits on the topic, read in one batch on restart
     retraction = retraction_of(chain, 501, (version_key(replaced),))
-    await produce_keyed(kafka_bootstrap, topic, [retraction, canonical, later])
-    start_matcher(matcher_env, tmp_path, procs)
+    await matcher.produce_keyed([retraction, canonical, later])
+    matcher.start()
     await wait_all_evaluated(db, 4)
     assert await ema_of(db, trigger) == 60  # the revoked 10 is not in it
 
 
 async def test_a_reorg_restores_the_ema_the_arming_and_the_cooldown(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """A crossing fired on an event that a reorg then replaces: the retraction restores
     the state from before it (no EMA, armed, no firing time), so the canonical
     replacement fires under its own cooldown with an EMA of its own value. (Before:
     the EMA averaged both versions and the cooldown and disarming held it back.)"""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
+    chain = random_chain()
     trigger = await insert_trigger(
         db,
-        user_id=user,
         chain_id=chain,
-        registry="reputation",
         conditions=EMA_BELOW_40,
         cooldown_seconds=3600,
     )
@@ -545,39 +452,29 @@ async def test_a_reorg_restores_the_ema_the_arming_and_the_cooldown(
     before = feedback(chain, 399, 5, score=50, timestamp=ts - 1)
     replaced = feedback(chain, 400, 5, score=10, timestamp=ts)
     await store_events(db, [before, replaced])
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_events(kafka_bootstrap, topic, [before, replaced])
-    (fired,) = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    matcher.start()
+    await matcher.produce([before, replaced])
+    (fired,) = await matcher.jobs(expect=1)
     assert fired.event.id == replaced.id
     retraction = retraction_of(chain, 400, (version_key(replaced),))
     canonical = feedback(chain, 400, 5, score=20, timestamp=ts, block_hash="0x" + "cd" * 32)
     await store_events(db, [canonical])
-    await produce_keyed(kafka_bootstrap, topic, [retraction, canonical])
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    await matcher.produce_keyed([retraction, canonical])
+    jobs = await matcher.jobs(expect=2)
     assert [version_key(j.event) for j in jobs] == [version_key(replaced), version_key(canonical)]
     assert await ema_of(db, trigger) == 35  # 20/2 + 50/2: the replaced 10 is gone
 
 
 async def test_a_firing_recorded_by_the_previous_release_keeps_its_job_id(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """A batch the previous release evaluated but did not commit is redelivered to this
     one: the firing it recorded (an explain without event_version) is produced again
     under the job id it had then, named after the event id, so the dispatcher's and
     the receivers' deduplication still recognise it."""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
+    chain = random_chain()
     trigger = await insert_trigger(
-        db,
-        user_id=user,
-        chain_id=chain,
-        registry="reputation",
+        db, chain_id=chain,
         conditions=[
             {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "1",
              "config": {"time_window": "1h"}},
@@ -594,9 +491,9 @@ async def test_a_firing_recorded_by_the_previous_release_keeps_its_job_id(
         version_key(old),
         {"trigger_id": trigger, "event_id": old.id, "fired": True},
     )
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_events(kafka_bootstrap, topic, [old, new])
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    matcher.start()
+    await matcher.produce([old, new])
+    jobs = await matcher.jobs(expect=2)
     assert {j.event.id: j.job_id for j in jobs} == {
         old.id: job_id(trigger, old.id, action),  # as the previous release named it
         new.id: job_id(trigger, version_key(new), action),
@@ -604,28 +501,16 @@ async def test_a_firing_recorded_by_the_previous_release_keeps_its_job_id(
 
 
 async def test_an_edit_clears_what_it_removed_from_every_state_row(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """A condition removed by an edit loses its state in every row, also in rows no
     later event touches, so adding it back starts it afresh (docs/semantics.md, 7)."""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
+    chain = random_chain()
     rate = {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "2",
             "config": {"time_window": "1h", "scope": "agent"}}  # fmt: skip
-    trigger = await insert_trigger(
-        db, user_id=user, chain_id=chain, registry="reputation", conditions=[rate]
-    )
-    proc = start_matcher(matcher_env, tmp_path, procs)
-    await produce_events(
-        kafka_bootstrap,
-        topic,
-        [feedback(chain, 400, 1, score=50), feedback(chain, 401, 2, score=50)],
-    )
+    trigger = await insert_trigger(db, chain_id=chain, conditions=[rate])
+    proc = matcher.start()
+    await matcher.produce([feedback(chain, 400, 1, score=50), feedback(chain, 401, 2, score=50)])
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 2)
     await wait_all_evaluated(db, 2)
 
@@ -663,22 +548,15 @@ def heartbeat(chain: int, block: int, at: int) -> TickMessage:
 
 
 async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """Agent-scoped silence of 60 s over NewFeedbacks tagged "starred": each silence
     fires once, at the first tick (a heartbeat, or any event of the chain) past its
     deadline, with the silence's last matching event; a redelivery of the whole
     topic to a new consumer group produces the same jobs again, and no new ones."""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
+    chain = random_chain()
     trigger = await insert_trigger(
-        db, user_id=user, chain_id=chain, registry="reputation",
+        db, chain_id=chain,
         conditions=[
             {"condition_type": "tag_equals", "field": "tag1", "operator": "=", "value": "starred"},
             {"condition_type": "absence", "operator": ">", "value": "60s",
@@ -691,9 +569,9 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
     other = feedback(chain, 104, 6, score=50, timestamp=t0 + 95, tag="plain")  # ticks only
     a2 = feedback(chain, 106, 5, score=50, timestamp=t0 + 300)
     await store_events(db, [a1, b1, other, a2])
-    start_matcher(matcher_env, tmp_path, procs)
+    proc = matcher.start()
     first: list[RetractionMessage | TickMessage | Event] = [a1, b1, heartbeat(chain, 102, t0 + 60)]
-    await produce_keyed(kafka_bootstrap, topic, first)  # 60 s exactly: not longer
+    await matcher.produce_keyed(first)  # 60 s exactly: not longer
     await wait_all_evaluated(db, 2)
     later: list[RetractionMessage | TickMessage | Event] = [
         heartbeat(chain, 103, t0 + 61),  # a1's silence: 61 s
@@ -703,8 +581,8 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
         heartbeat(chain, 107, t0 + 360),  # a2's silence: exactly 60 s
         heartbeat(chain, 108, t0 + 361),
     ]
-    await produce_keyed(kafka_bootstrap, topic, later)
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=3)
+    await matcher.produce_keyed(later)
+    jobs = await matcher.jobs(expect=3)
     assert [(j.event.id, j.explain["tick"]["time"]) for j in jobs] == [
         (a1.id, t0 + 61), (b1.id, t0 + 95), (a2.id, t0 + 361),
     ]  # fmt: skip
@@ -715,32 +593,24 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
         "SELECT scope_key, due_at FROM trigger_state WHERE trigger_id = $1 ORDER BY 1", trigger
     )
     assert [(r["scope_key"], r["due_at"]) for r in rows] == [("5", None), ("6", None)]
-    assert metric(procs[0], "erc8004_matcher_heartbeats_total") == 5
+    assert metric(proc, "erc8004_matcher_heartbeats_total") == 5
     # Redelivered from the start to a new group: the recorded firings again, no more.
-    procs[0].stop()
+    proc.stop()
     # (one message per batch: a heartbeat's batch holds no event of the scope it fired)
-    again_env = {**matcher_env, "MATCHER_GROUP": "again", "MATCHER_BATCH_MAX_RECORDS": "1"}
-    start_matcher(again_env, tmp_path, procs)
-    again = await read_jobs(kafka_bootstrap, actions_topic, expect=6)
+    matcher.start(MATCHER_GROUP="again", MATCHER_BATCH_MAX_RECORDS="1")
+    again = await matcher.jobs(expect=6)
     assert sorted(j.job_id for j in again) == sorted([j.job_id for j in jobs] * 2)
 
 
 async def test_a_revocation_ticks_before_it_moves_the_silence_back(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """The revocation of the last matching feedback moves the silence back to the
     feedback before it, already overdue: it fires at the next tick, not at the
     revocation's own (its tick comes first, under the history before it)."""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
+    chain = random_chain()
     await insert_trigger(
-        db, user_id=user, chain_id=chain, registry="reputation",
+        db, chain_id=chain,
         conditions=[
             {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
             {"condition_type": "absence", "operator": ">", "value": "60s",
@@ -755,30 +625,23 @@ async def test_a_revocation_ticks_before_it_moves_the_silence_back(
         feedback_index=1, timestamp=t0 + 100,
     )  # fmt: skip
     await store_events(db, [a, b, revoked])
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_keyed(kafka_bootstrap, topic, [a, b])
+    matcher.start()
+    await matcher.produce_keyed([a, b])
     await wait_all_evaluated(db, 2)
-    await produce_keyed(kafka_bootstrap, topic, [revoked, heartbeat(chain, 103, t0 + 110)])
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    await matcher.produce_keyed([revoked, heartbeat(chain, 103, t0 + 110)])
+    jobs = await matcher.jobs(expect=1)
     assert [(j.event.id, j.explain["tick"]["time"]) for j in jobs] == [(a.id, t0 + 110)]
 
 
 async def test_an_edit_while_no_matcher_runs_moves_the_due_times(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """A cooldown lowered while the matcher was down: on its start the matcher
     rewrites the rows' due times (stored for the old day-long cooldown), so the
     silence fires at the first tick past its deadline, not a day later."""
-    chain = random.randrange(1_000_000, 2**31 - 1)
-    user = await insert_user(db)
+    chain = random_chain()
     trigger = await insert_trigger(
-        db, user_id=user, chain_id=chain, registry="reputation", cooldown_seconds=86_400,
+        db, chain_id=chain, cooldown_seconds=86_400,
         conditions=[{"condition_type": "absence", "operator": ">", "value": "60s",
                      "config": {"scope": "agent"}}],
     )  # fmt: skip
@@ -786,38 +649,35 @@ async def test_an_edit_while_no_matcher_runs_moves_the_due_times(
     a1 = feedback(chain, 100, 5, score=50, timestamp=t0)
     a2 = feedback(chain, 102, 5, score=50, timestamp=t0 + 100)
     await store_events(db, [a1, a2])
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_keyed(kafka_bootstrap, topic, [a1, heartbeat(chain, 101, t0 + 61), a2])
-    first = await read_jobs(kafka_bootstrap, actions_topic, expect=1)
+    proc = matcher.start()
+    await matcher.produce_keyed([a1, heartbeat(chain, 101, t0 + 61), a2])
+    first = await matcher.jobs(expect=1)
     assert [j.event.id for j in first] == [a1.id]
     await wait_all_evaluated(db, 3)  # a1, its firing tick, a2
     stored = await db.fetchval(
         "SELECT due_at FROM trigger_state WHERE trigger_id = $1 AND scope_key = '5'", trigger
     )
     assert stored == t0 + 61 + 86_400 - 1
-    procs[0].stop()
+    proc.stop()
     await db.execute("UPDATE triggers SET cooldown_seconds = 60 WHERE id = $1", trigger)
-    start_matcher(matcher_env, tmp_path, procs)
-    await produce_keyed(kafka_bootstrap, topic, [heartbeat(chain, 103, t0 + 200)])
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=2)
+    matcher.start()
+    await matcher.produce_keyed([heartbeat(chain, 103, t0 + 200)])
+    jobs = await matcher.jobs(expect=2)
     assert [(j.event.id, j.explain["tick"]["time"]) for j in jobs] == [
         (a1.id, t0 + 61), (a2.id, t0 + 200),
     ]  # fmt: skip
 
 
 async def test_index_survives_losing_its_listen_connection(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     """A PostgreSQL restart drops the LISTEN connection: the matcher reconnects,
     resyncs, and keeps following trigger changes."""
-    chain = random.randrange(1_000_000, 2**31 - 1)
+    chain = random_chain()
     user = await insert_user(db)
-    proc = start_matcher({**matcher_env, "MATCHER_RESYNC_INTERVAL": "60"}, tmp_path, procs)
+    proc = matcher.start(MATCHER_RESYNC_INTERVAL="60")
     cond = [{"condition_type": "agent_id_equals", "operator": "=", "value": "1"}]
-    await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
+    await insert_trigger(db, user_id=user, chain_id=chain, conditions=cond)
     await wait_metric(proc, "erc8004_matcher_index_triggers", 1, within=10)
     killed = await db.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -825,9 +685,9 @@ async def test_index_survives_losing_its_listen_connection(
     )
     assert killed == 1
     await asyncio.sleep(0.5)
-    await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
+    await insert_trigger(db, user_id=user, chain_id=chain, conditions=cond)
     await wait_metric(proc, "erc8004_matcher_index_triggers", 2, within=15)
-    await insert_trigger(db, user_id=user, chain_id=chain, registry="reputation", conditions=cond)
+    await insert_trigger(db, user_id=user, chain_id=chain, conditions=cond)
     await wait_metric(proc, "erc8004_matcher_index_triggers", 3, within=5)
 
 
@@ -844,25 +704,6 @@ def retraction_of(chain: int, from_block: int, replaced: Iterable[str]) -> Retra
     )
 
 
-async def produce_keyed(
-    bootstrap: str, topic: str, messages: Sequence[RetractionMessage | TickMessage | Event]
-) -> None:
-    """Events, retractions and heartbeats, in order, on their chain's partition (as
-    ingest does)."""
-    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for m in messages:
-            body = m if not isinstance(m, Event) else EventMessage(
-                kind="event", event=m, ingested_at=datetime.now(UTC)
-            )  # fmt: skip
-            await producer.send_and_wait(topic, dump_message(body), key=partition_key(m.chain_id))
-    finally:
-        await producer.stop()
-
-
 async def produce_raw(bootstrap: str, topic: str, value: bytes, *, partitions: list[int]) -> None:
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
@@ -875,45 +716,31 @@ async def produce_raw(bootstrap: str, topic: str, value: bytes, *, partitions: l
         await producer.stop()
 
 
+#: The stateful triggers of the crash and replica tests (insert_trigger's arguments).
+STATEFUL: list[dict[str, Any]] = [
+    {"conditions": [
+        {"condition_type": "ema_threshold", "field": "score", "operator": "<",
+         "value": "45", "config": {"window_size": 5, "scope": "agent", "hysteresis": "5"}},
+    ]},
+    {"conditions": [
+        {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
+        {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "4",
+         "config": {"time_window": "1m", "scope": "agent", "reset_on_trigger": True}},
+    ], "cooldown_seconds": 30},
+    # trigger-scope state next to agent-scope state: exact only in chain order
+    {"conditions": [
+        {"condition_type": "ema_threshold", "field": "score", "operator": "<",
+         "value": "50", "config": {"alpha": "0.3", "hysteresis": "3"}},
+        {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "3",
+         "config": {"time_window": "30s", "scope": "agent"}},
+    ]},
+]  # fmt: skip
+
+
 async def stateful_setup(db: asyncpg.Connection, chain: int) -> list[str]:
+    """The STATEFUL triggers on ``chain``, of one new user."""
     user = await insert_user(db)
-    return [
-        await insert_trigger(
-            db,
-            user_id=user,
-            chain_id=chain,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "ema_threshold", "field": "score", "operator": "<",
-                 "value": "45", "config": {"window_size": 5, "scope": "agent", "hysteresis": "5"}},
-            ],
-        ),
-        await insert_trigger(
-            db,
-            user_id=user,
-            chain_id=chain,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
-                {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "4",
-                 "config": {"time_window": "1m", "scope": "agent", "reset_on_trigger": True}},
-            ],
-            cooldown_seconds=30,
-        ),
-        # trigger-scope state next to agent-scope state: exact only in chain order
-        await insert_trigger(
-            db,
-            user_id=user,
-            chain_id=chain,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "ema_threshold", "field": "score", "operator": "<",
-                 "value": "50", "config": {"alpha": "0.3", "hysteresis": "3"}},
-                {"condition_type": "rate_limit", "field": "count", "operator": ">=", "value": "3",
-                 "config": {"time_window": "30s", "scope": "agent"}},
-            ],
-        ),
-    ]  # fmt: skip
+    return [await insert_trigger(db, user_id=user, chain_id=chain, **t) for t in STATEFUL]
 
 
 AGENTS = range(1, 11)
@@ -969,53 +796,41 @@ async def wait_all_evaluated(db: asyncpg.Connection, expected: int, within: floa
 
 @pytest.mark.slow
 async def test_kill_9_mid_stream_state_equals_clean_replay(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
-    chain = random.randrange(1_000_000, 2**31 - 1)
+    chain = random_chain()
     triggers = await stateful_setup(db, chain)
     events = stream_of(chain, 3000)
-    proc = start_matcher(matcher_env, tmp_path, procs)
+    proc = matcher.start()
 
     # the stream keeps coming across the crash
-    producing = asyncio.create_task(produce_slowly(kafka_bootstrap, topic, events, 150))
+    producing = asyncio.create_task(matcher.produce_slowly(events, 150))
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 600)
     proc.kill()
     killed_at = await db.fetchval("SELECT count(*) FROM trigger_evaluations")
     assert not producing.done(), "the kill came after the stream ended"
-    start_matcher(matcher_env, tmp_path, procs)
+    matcher.start()
     await producing
     assert killed_at < 3 * len(events)
     await wait_all_evaluated(db, 3 * len(events))
     want_states, want_jobs = await reference(db, triggers, events)
     assert await stored_states(db, triggers) == want_states
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
+    jobs = await matcher.jobs(expect=len(want_jobs))
     assert {j.job_id for j in jobs} == want_jobs  # every firing owed, none invented
 
 
 @pytest.mark.slow
 async def test_two_replicas_give_the_results_of_one(
-    db: asyncpg.Connection,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, matcher: Matching
 ) -> None:
     chains = chains_over_partitions(3)  # the topic fixture's partitions
     triggers = [t for chain in chains for t in await stateful_setup(db, chain)]
     streams = [stream_of(chain, 700) for chain in chains]
     events = [e for group in zip(*streams, strict=True) for e in group]  # chains interleaved
-    one = start_matcher(matcher_env, tmp_path, procs)
-    two = start_matcher(matcher_env, tmp_path, procs)
+    one = matcher.start()
+    two = matcher.start()
     # Spread over seconds, so the group has rebalanced onto both long before the end.
-    await produce_slowly(kafka_bootstrap, topic, events, 100, pause=0.3)
+    await matcher.produce_slowly(events, 100, pause=0.3)
     await wait_all_evaluated(db, 3 * len(events))
     name = "erc8004_matcher_events_evaluated_total"
     assert metric(one, name) > 0, "the first replica got no partition"
@@ -1023,7 +838,7 @@ async def test_two_replicas_give_the_results_of_one(
     assert metric(one, name) + metric(two, name) >= len(events)
     want_states, want_jobs = await reference(db, triggers, events)
     assert await stored_states(db, triggers) == want_states
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
+    jobs = await matcher.jobs(expect=len(want_jobs))
     assert {j.job_id for j in jobs} == want_jobs
     assert len(jobs) == len(want_jobs), "two replicas produced a firing twice"
 
@@ -1034,18 +849,12 @@ async def test_two_replicas_give_the_results_of_one(
     reason="crashes the local cluster; an external one is not ours",
 )
 async def test_postgres_crash_mid_stream_state_equals_clean_replay(
-    database_url: str,
-    matcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    database_url: str, matcher: Matching
 ) -> None:
     """The database crashes (no checkpoint) under a running matcher: its batches
     fail and are redelivered; after recovery the state equals a clean replay and
     every owed job was produced."""
-    chain = random.randrange(1_000_000, 2**31 - 1)
+    chain = random_chain()
     db = await asyncpg.connect(database_url)
     await register_codecs(db)
     try:
@@ -1053,10 +862,10 @@ async def test_postgres_crash_mid_stream_state_equals_clean_replay(
     finally:
         await db.close()
     events = stream_of(chain, 2000)
-    proc = start_matcher(matcher_env, tmp_path, procs)
+    proc = matcher.start()
 
     # ~8 s: the stream goes on across the crash
-    producing = asyncio.create_task(produce_slowly(kafka_bootstrap, topic, events, 50))
+    producing = asyncio.create_task(matcher.produce_slowly(events, 50))
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 200)
     postgres = ROOT / "deploy" / "local" / "postgres.sh"
     stop_env = {**os.environ, "PG_STOP_MODE": "immediate"}
@@ -1076,6 +885,6 @@ async def test_postgres_crash_mid_stream_state_equals_clean_replay(
         assert await stored_states(db, triggers) == want_states
     finally:
         await db.close()
-    jobs = await read_jobs(kafka_bootstrap, actions_topic, expect=len(want_jobs))
+    jobs = await matcher.jobs(expect=len(want_jobs))
     assert {j.job_id for j in jobs} == want_jobs
     assert "batch failed; it will be redelivered" in proc.log_text(), "no batch met the crash"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,20 +21,12 @@ def service_env(env: dict[str, str], database_url: str, kafka_bootstrap: str) ->
     return {**env, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
 
 
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    procs: list[ServiceProcess] = []
-    yield procs
-    for proc in procs:
-        proc.stop()
-
-
 @pytest.mark.parametrize("name", SERVICES)
 def test_service_lifecycle(
-    name: str, service_env: dict[str, str], tmp_path: Path, started: list[ServiceProcess]
+    name: str, service_env: dict[str, str], tmp_path: Path, procs: list[ServiceProcess]
 ) -> None:
     svc = ServiceProcess(name, service_env, tmp_path)
-    started.append(svc.start())
+    procs.append(svc.start())
     assert json.loads(svc.wait_http("/healthz")) == {"status": "ok"}
     ready = json.loads(svc.wait_http("/readyz"))
     assert ready["status"] == "ready"
@@ -60,7 +51,7 @@ def test_service_lifecycle(
 
 
 def test_readyz_names_the_failing_dependency(
-    service_env: dict[str, str], tmp_path: Path, started: list[ServiceProcess]
+    service_env: dict[str, str], tmp_path: Path, procs: list[ServiceProcess]
 ) -> None:
     """With Kafka unreachable the API is not ready and says why; ingest stays
     ready (its outbox holds events) and reports Kafka as informational."""
@@ -69,7 +60,7 @@ def test_readyz_names_the_failing_dependency(
     ingest = ServiceProcess(
         "ingest", {**service_env, "KAFKA_BOOTSTRAP_SERVERS": dead_kafka}, tmp_path
     )
-    started.extend([api.start(), ingest.start()])
+    procs.extend([api.start(), ingest.start()])
 
     body = json.loads(api.wait_http("/readyz", status=503, timeout=30))
     assert body["status"] == "not ready"
@@ -82,12 +73,12 @@ def test_readyz_names_the_failing_dependency(
 
 
 def test_bad_settings_fail_fast_with_the_field(
-    service_env: dict[str, str], tmp_path: Path, started: list[ServiceProcess]
+    service_env: dict[str, str], tmp_path: Path, procs: list[ServiceProcess]
 ) -> None:
     env = {k: v for k, v in service_env.items() if k != "INGEST_TOKENS"}
     env["INGEST_TOKENS"] = ""
     svc = ServiceProcess("ingest", env, tmp_path)
-    started.append(svc.start())
+    procs.append(svc.start())
     assert svc.proc is not None
     assert svc.proc.wait(timeout=20) != 0
     assert "INGEST_TOKENS" in svc.log_text()

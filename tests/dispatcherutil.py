@@ -21,6 +21,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from shared.contract.actions import ActionType
 from shared.contract.events import EVENT_COLUMNS, Event, event_row, version_key
 from shared.contract.jobs import ActionJob, job_id
+from tests.matcherutil import NEW_FEEDBACK, insert_trigger, insert_user
 from tools.eventgen import make_event
 from tools.localnet import free_port
 
@@ -136,6 +137,49 @@ def make_job(
     )
 
 
+@dataclass(frozen=True)
+class TriggerAction:
+    """One action of a stored trigger, and whose it is: what a job is made of."""
+
+    user: str
+    trigger: str
+    action: int
+    action_type: str
+    config: dict[str, Any]
+
+    def job(self, event: Event | None = None, *, name: str = "test trigger") -> ActionJob:
+        """A job of this action (make_job) for ``event``, by default an_event()."""
+        return make_job(
+            trigger_id=self.trigger,
+            user_id=self.user,
+            action_id=self.action,
+            action_type=self.action_type,
+            config=self.config,
+            event=event or an_event(),
+            name=name,
+        )
+
+
+async def feedback_trigger(
+    db: asyncpg.Connection, *actions: tuple[str, dict[str, Any]]
+) -> list[TriggerAction]:
+    """A new user's trigger on NewFeedback (chain 8453) with these (action_type,
+    config) actions, in that order."""
+    user = await insert_user(db)
+    trigger = await insert_trigger(
+        db,
+        user_id=user,
+        chain_id=8453,
+        conditions=NEW_FEEDBACK,
+        actions=[{"action_type": kind, "config": config} for kind, config in actions],
+    )
+    ids = await action_ids(db, trigger)
+    return [
+        TriggerAction(user, trigger, action, kind, config)
+        for action, (kind, config) in zip(ids, actions, strict=True)
+    ]
+
+
 async def produce_jobs(bootstrap: str, topic: str, jobs: Sequence[ActionJob]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
@@ -162,6 +206,20 @@ async def results(db: asyncpg.Connection, job: str | None = None) -> list[asyncp
     return await db.fetch(
         "SELECT * FROM action_results WHERE job_id = $1 ORDER BY attempt, executed_at", job
     )
+
+
+def statuses(rows: list[asyncpg.Record]) -> list[str]:
+    return [r["status"] for r in rows]
+
+
+async def has_status(db: asyncpg.Connection, job: str, status: str) -> bool:
+    """Whether an attempt of ``job`` was recorded with ``status``."""
+    return status in statuses(await results(db, job))
+
+
+async def recorded(db: asyncpg.Connection, n: int) -> bool:
+    """Whether action_results holds ``n`` rows or more."""
+    return len(await results(db)) >= n
 
 
 async def wait_for(

@@ -10,9 +10,9 @@ import base64
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,40 +26,29 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, DeadLetter, UnreadableLetter
 from shared.platform.secrets import SecretBox
-from tests.conftest import ENV
+from tests.conftest import ENV, StartService, UnderTest
 from tests.dispatcherutil import (
     McpAgentServer,
-    action_ids,
+    TriggerAction,
     an_event,
-    make_job,
+    feedback_trigger,
+    has_status,
     produce_jobs,
+    recorded,
     results,
     serve_mcp,
+    statuses,
     store_events,
     wait_for,
 )
 from tests.kafkautil import read_topic
-from tests.matcherutil import insert_trigger, insert_user
 from tests.procs import ServiceProcess, http_get
-from tools.benchdb import scratch_topic
 from tools.localnet import Receiver, Seen, serve
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 IDENTITY = "0x8004A169FB4a3325136EB29fA0ceB6D2e539a432"
 OWNER = "0x" + "ab" * 20
-
-
-@pytest.fixture
-async def retry_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
-    async with scratch_topic(kafka_bootstrap, 3, prefix="test.retry") as name:
-        yield name
-
-
-@pytest.fixture
-async def dlq_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
-    async with scratch_topic(kafka_bootstrap, 1, prefix="test.dlq") as name:
-        yield name
 
 
 @pytest.fixture
@@ -84,21 +73,27 @@ def dispatcher_env(
     }
 
 
+@dataclass
+class Dispatch(UnderTest):
+    """The dispatcher under test (its environment: dispatcher_env): the jobs given to
+    it on its topics."""
+
+    name = "dispatcher"
+
+    @property
+    def topic(self) -> str:
+        return self.env["ACTIONS_TOPIC"]
+
+    async def produce(self, jobs: Sequence[ActionJob], *, topic: str | None = None) -> None:
+        """The jobs on the actions topic (or ``topic``), as the matcher produces them."""
+        await produce_jobs(self.bootstrap, topic or self.topic, jobs)
+
+
 @pytest.fixture
-def procs() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-def start_dispatcher(
-    env: dict[str, str], tmp: Path, procs: list[ServiceProcess], **extra: str
-) -> ServiceProcess:
-    proc = ServiceProcess("dispatcher", {**env, **extra}, tmp).start()
-    procs.append(proc)
-    proc.wait_http("/readyz", timeout=60)
-    return proc
+def dispatcher(
+    dispatcher_env: dict[str, str], kafka_bootstrap: str, start_service: StartService
+) -> Dispatch:
+    return Dispatch(dispatcher_env, kafka_bootstrap, start_service)
 
 
 def metric_value(proc: ServiceProcess, name: str, **labels: str) -> float:
@@ -113,35 +108,17 @@ def metric_value(proc: ServiceProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def feedback_trigger(
-    db: asyncpg.Connection, *actions: tuple[str, dict[str, Any]]
-) -> tuple[str, str, list[int]]:
-    """A new user's trigger on NewFeedback with these (action_type, config) actions:
-    (user id, trigger id, action ids)."""
-    user = await insert_user(db)
-    trigger = await insert_trigger(
-        db,
-        user_id=user,
-        chain_id=8453,
-        registry="reputation",
-        conditions=[
-            {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
-        ],
-        actions=[{"action_type": kind, "config": config} for kind, config in actions],
-    )
-    return user, trigger, await action_ids(db, trigger)
-
-
 async def rest_trigger(
     db: asyncpg.Connection,
     config: dict[str, Any],
     *,
     secret: str | None = None,
     headers: dict[str, str] | None = None,
-) -> tuple[str, str, int]:
+) -> TriggerAction:
     """A trigger with one rest action; the signing secret and the secret headers stored
     encrypted, as the API does."""
-    user, trigger, (action,) = await feedback_trigger(db, ("rest", config))
+    (rest,) = await feedback_trigger(db, ("rest", config))
+    action = rest.action
     box = SecretBox(_dev_key())
     if secret is not None:
         await db.execute(
@@ -159,7 +136,7 @@ async def rest_trigger(
             ),
             sorted(headers),
         )
-    return user, trigger, action
+    return rest
 
 
 async def rest_job(
@@ -171,35 +148,18 @@ async def rest_job(
     headers: dict[str, str] | None = None,
 ) -> ActionJob:
     """A trigger with one rest action (secrets stored as the API does) and a job of it."""
-    user, trigger, action = await rest_trigger(db, config, secret=secret, headers=headers)
-    return make_job(
-        trigger_id=trigger,
-        user_id=user,
-        action_id=action,
-        action_type="rest",
-        config=config,
-        event=event or an_event(),
-    )
+    return (await rest_trigger(db, config, secret=secret, headers=headers)).job(event)
 
 
 def _dev_key() -> str:
     return ENV["SECRETS_KEY"]
 
 
-def statuses(rows: list[asyncpg.Record]) -> list[str]:
-    return [r["status"] for r in rows]
-
-
 # --------------------------------------------------------------------------- rest
 
 
 async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
     verified: list[bool] = []
@@ -221,22 +181,13 @@ async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
             "body_template": {"agent": "{{ event.agent_id }}", "who": "{{ trigger.name }}"},
             "max_attempts": 5,
         }
-        user, trigger, action = await rest_trigger(db, config, secret=secret)
-        job = make_job(
-            trigger_id=trigger,
-            user_id=user,
-            action_id=action,
-            action_type="rest",
-            config=config,
-            event=an_event(),
+        rest = await rest_trigger(db, config, secret=secret)
+        job = rest.job()
+        dispatcher.start()
+        await dispatcher.produce([job])
+        await wait_for(
+            lambda: has_status(db, job.job_id, "success"), within=30, what="delivery after retries"
         )
-        start_dispatcher(dispatcher_env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, [job])
-
-        async def delivered() -> bool:
-            return "success" in statuses(await results(db, job.job_id))
-
-        await wait_for(delivered, within=30, what="delivery after retries")
         await asyncio.sleep(1.0)  # nothing more may arrive
 
     rows = await results(db, job.job_id)
@@ -246,7 +197,7 @@ async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
     assert rows[0]["response_data"]["status"] == 503
     assert rows[0]["error_message"] == "HTTP 503"
     assert rows[2]["response_data"]["status"] == 200
-    assert all(r["trigger_id"] == trigger and r["user_id"] == user for r in rows)
+    assert all(r["trigger_id"] == rest.trigger and r["user_id"] == rest.user for r in rows)
     assert len(receiver.seen) == 3
     assert verified == [True, True, True]
     assert {s.headers["idempotency-key"] for s in receiver.seen} == {job.job_id}
@@ -258,19 +209,14 @@ async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
 
 
 async def test_a_replaced_event_is_retracted_and_its_replacement_delivered(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     """A firing of an event version a reorg replaced before its action ran is not
     delivered (terminal 'retracted', saying which reorg); the canonical event at the
     same position is another version, so its firing is another job, delivered."""
     async with serve(Receiver()) as receiver:
         config = {"url": f"{receiver.base}/hook", "max_attempts": 2}
-        user, trigger, action = await rest_trigger(db, config)
+        rest = await rest_trigger(db, config)
         replaced = an_event(41, block_hash="0x" + "aa" * 32)
         await store_events(db, [replaced])
         reorg = await db.fetchval(
@@ -281,20 +227,10 @@ async def test_a_replaced_event_is_retracted_and_its_replacement_delivered(
         )
         canonical = replaced.model_copy(update={"block_hash": "0x" + "bb" * 32, "score": None})
         await store_events(db, [canonical])
-        jobs = [
-            make_job(
-                trigger_id=trigger,
-                user_id=user,
-                action_id=action,
-                action_type="rest",
-                config=config,
-                event=event,
-            )
-            for event in (replaced, canonical)
-        ]
+        jobs = [rest.job(event) for event in (replaced, canonical)]
         assert jobs[0].job_id != jobs[1].job_id  # same position, another version
-        start_dispatcher(dispatcher_env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
+        dispatcher.start()
+        await dispatcher.produce(jobs)
 
         async def both_recorded() -> bool:
             return all([await results(db, j.job_id) for j in jobs])
@@ -310,12 +246,7 @@ async def test_a_replaced_event_is_retracted_and_its_replacement_delivered(
 
 
 async def test_every_attempt_row_names_the_event_version_and_the_trigger_version(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     """The rows of a job's attempts carry the job's event version ({id}@{block_hash},
     not only the position) and the trigger version its explain names; a job whose
@@ -326,7 +257,7 @@ async def test_every_attempt_row_names_the_event_version_and_the_trigger_version
 
     async with serve(Receiver(respond=respond)) as receiver:
         config = {"url": f"{receiver.base}/hook", "max_attempts": 3}
-        user, trigger, action = await rest_trigger(db, config)
+        rest = await rest_trigger(db, config)
         events = [an_event(51, block_hash="0x" + "cd" * 32), an_event(52), an_event(53)]
         explains: list[dict[str, Any]] = [
             {"fired": True, "trigger_version": 7},
@@ -334,24 +265,17 @@ async def test_every_attempt_row_names_the_event_version_and_the_trigger_version
             {"fired": True, "trigger_version": "7"},
         ]
         jobs = [
-            make_job(
-                trigger_id=trigger,
-                user_id=user,
-                action_id=action,
-                action_type="rest",
-                config=config,
-                event=event,
-            ).model_copy(update={"explain": explain})
+            rest.job(event).model_copy(update={"explain": explain})
             for event, explain in zip(events, explains, strict=True)
         ]
-        start_dispatcher(dispatcher_env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, jobs[:1])
-
-        async def delivered() -> bool:
-            return "success" in statuses(await results(db, jobs[0].job_id))
-
-        await wait_for(delivered, within=30, what="delivery after a retry")
-        await produce_jobs(kafka_bootstrap, actions_topic, jobs[1:])
+        dispatcher.start()
+        await dispatcher.produce(jobs[:1])
+        await wait_for(
+            lambda: has_status(db, jobs[0].job_id, "success"),
+            within=30,
+            what="delivery after a retry",
+        )
+        await dispatcher.produce(jobs[1:])
 
         async def all_recorded() -> bool:
             return all([await results(db, j.job_id) for j in jobs[1:]])
@@ -371,12 +295,7 @@ async def test_every_attempt_row_names_the_event_version_and_the_trigger_version
 
 
 async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     token = "Bearer tok-5d0b-very-secret"
 
@@ -391,13 +310,9 @@ async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
         job = await rest_job(
             db, config, headers={"Authorization": token, "X-Api-Key": 'key"quoted'}
         )
-        proc = start_dispatcher(dispatcher_env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, [job])
-
-        async def delivered() -> bool:
-            return "success" in statuses(await results(db, job.job_id))
-
-        await wait_for(delivered, within=30, what="delivery")
+        proc = dispatcher.start()
+        await dispatcher.produce([job])
+        await wait_for(lambda: has_status(db, job.job_id, "success"), within=30, what="delivery")
 
     assert [s.headers["authorization"] for s in receiver.seen] == [token, token]
     assert receiver.seen[0].headers["x-api-key"] == 'key"quoted'
@@ -413,12 +328,7 @@ async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
 
 @pytest.mark.slow
 async def test_a_retry_held_until_due_moves_to_a_new_replica_and_runs_once(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    retry_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch, retry_topic: str
 ) -> None:
     """A replica holds a retry job until it is due; another replica joins meanwhile.
     The holder puts the job back on the retry topic at once (the hand-over does not
@@ -426,18 +336,15 @@ async def test_a_retry_held_until_due_moves_to_a_new_replica_and_runs_once(
     async with serve(Receiver()) as receiver:
         config = {"url": f"{receiver.base}/held"}
         job = await rest_job(db, config)
-        env = {**dispatcher_env, "RETRY_MAX_HOLD": "30"}
-        first = start_dispatcher(env, tmp_path, procs)
+        first = dispatcher.start(RETRY_MAX_HOLD="30")
         due, due_on_clock = time.time() + 16, time.monotonic() + 16  # Seen.at: monotonic
         held = job.retry(due_at=datetime.fromtimestamp(due, UTC))
-        await produce_jobs(kafka_bootstrap, retry_topic, [held])
+        await dispatcher.produce([held], topic=retry_topic)
         await asyncio.sleep(2.0)  # the first replica holds it now
-        start_dispatcher(env, tmp_path, procs)
-
-        async def delivered() -> bool:
-            return "success" in statuses(await results(db, job.job_id))
-
-        await wait_for(delivered, within=60, what="the held retry")
+        dispatcher.start(RETRY_MAX_HOLD="30")
+        await wait_for(
+            lambda: has_status(db, job.job_id, "success"), within=60, what="the held retry"
+        )
         await asyncio.sleep(3.0)  # nothing more may arrive
 
     assert len(receiver.seen) == 1, "the held job ran on both replicas"
@@ -447,13 +354,7 @@ async def test_a_retry_held_until_due_moves_to_a_new_replica_and_runs_once(
 
 
 async def test_rest_permanent_failures_dead_letters_and_metrics(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    dlq_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch, dlq_topic: str
 ) -> None:
     def respond(seen: Seen, _n: int) -> web.Response:
         if seen.path == "/missing":
@@ -470,33 +371,14 @@ async def test_rest_permanent_failures_dead_letters_and_metrics(
             "template": {"url": f"{receiver.base}/ok", "body_template": "{{ event.no_such }}"},
         }
         for name, config in configs.items():
-            user, trigger, action = await rest_trigger(db, config)
-            jobs[name] = make_job(
-                trigger_id=trigger,
-                user_id=user,
-                action_id=action,
-                action_type="rest",
-                config=config,
-                event=an_event(),
-            )
+            jobs[name] = (await rest_trigger(db, config)).job()
         # A job whose trigger was disabled after it fired is not run.
-        user, trigger, action = await rest_trigger(db, {"url": f"{receiver.base}/ok"})
-        await db.execute("UPDATE triggers SET enabled = false WHERE id = $1", trigger)
-        jobs["disabled"] = make_job(
-            trigger_id=trigger,
-            user_id=user,
-            action_id=action,
-            action_type="rest",
-            config={"url": f"{receiver.base}/ok"},
-            event=an_event(),
-        )
-        proc = start_dispatcher(dispatcher_env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, list(jobs.values()))
-
-        async def settled() -> bool:
-            return len(await results(db)) >= 5
-
-        await wait_for(settled, within=30, what="all outcomes recorded")
+        disabled = await rest_trigger(db, {"url": f"{receiver.base}/ok"})
+        await db.execute("UPDATE triggers SET enabled = false WHERE id = $1", disabled.trigger)
+        jobs["disabled"] = disabled.job()
+        proc = dispatcher.start()
+        await dispatcher.produce(list(jobs.values()))
+        await wait_for(lambda: recorded(db, 5), within=30, what="all outcomes recorded")
         await asyncio.sleep(1.0)
 
     assert statuses(await results(db, jobs["missing"].job_id)) == ["failed"]
@@ -511,7 +393,7 @@ async def test_rest_permanent_failures_dead_letters_and_metrics(
     # The receiver saw /missing once, /down twice, nothing for the template or disabled job.
     assert Counter(s.path for s in receiver.seen) == {"/missing": 1, "/down": 2}
 
-    (record,) = await read_topic(kafka_bootstrap, dlq_topic, expect=1, within=10)
+    (record,) = await read_topic(dispatcher.bootstrap, dlq_topic, expect=1, within=10)
     letter = DeadLetter.model_validate_json(record.value)
     assert letter.job.job_id == jobs["down"].job_id
     assert letter.attempts == 2
@@ -530,12 +412,7 @@ async def test_rest_permanent_failures_dead_letters_and_metrics(
 
 
 async def test_guard_refuses_internal_destinations(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     async with serve(Receiver()) as receiver:
         urls = [
@@ -545,27 +422,11 @@ async def test_guard_refuses_internal_destinations(
             f"http://[::1]:{receiver.port}/hook",
             f"http://localhost:{receiver.port}/hook",
         ]
-        jobs = []
-        for url in urls:
-            user, trigger, action = await rest_trigger(db, {"url": url})
-            jobs.append(
-                make_job(
-                    trigger_id=trigger,
-                    user_id=user,
-                    action_id=action,
-                    action_type="rest",
-                    config={"url": url},
-                    event=an_event(),
-                )
-            )
+        jobs = [(await rest_trigger(db, {"url": url})).job() for url in urls]
         # Nothing is allowed: the loopback receiver is as private as the others.
-        start_dispatcher(dispatcher_env, tmp_path, procs, OUTBOUND_ALLOWED_NETWORKS="")
-        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
-
-        async def settled() -> bool:
-            return len(await results(db)) >= len(jobs)
-
-        await wait_for(settled, within=30, what="refusals recorded")
+        dispatcher.start(OUTBOUND_ALLOWED_NETWORKS="")
+        await dispatcher.produce(jobs)
+        await wait_for(lambda: recorded(db, len(jobs)), within=30, what="refusals recorded")
         await asyncio.sleep(0.5)
         assert receiver.seen == []
     for job in jobs:
@@ -579,38 +440,22 @@ async def test_guard_refuses_internal_destinations(
 
 async def deliver_telegram(
     db: asyncpg.Connection,
-    bootstrap: str,
-    topic: str,
+    dispatcher: Dispatch,
     config: dict[str, Any],
     name: str = "test trigger",
 ) -> ActionJob:
     """A telegram trigger and one job of it produced; returns once it succeeded."""
-    user, trigger, (action,) = await feedback_trigger(db, ("telegram", config))
-    job = make_job(
-        trigger_id=trigger,
-        user_id=user,
-        action_id=action,
-        action_type="telegram",
-        config=config,
-        event=an_event(),
-        name=name,
+    (telegram,) = await feedback_trigger(db, ("telegram", config))
+    job = telegram.job(name=name)
+    await dispatcher.produce([job])
+    await wait_for(
+        lambda: has_status(db, job.job_id, "success"), within=30, what="telegram delivery"
     )
-    await produce_jobs(bootstrap, topic, [job])
-
-    async def delivered() -> bool:
-        return "success" in statuses(await results(db, job.job_id))
-
-    await wait_for(delivered, within=30, what="telegram delivery")
     return job
 
 
 async def test_telegram_escapes_and_honours_429_retry_after(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     def respond(seen: Seen, n: int) -> web.Response:
         if not seen.path.endswith("/sendMessage"):
@@ -634,8 +479,8 @@ async def test_telegram_escapes_and_honours_429_retry_after(
     }
     async with serve(Receiver(respond=respond)) as bot_api:
         env = {"TELEGRAM_API_BASE": bot_api.base, "TELEGRAM_BOT_TOKEN": "123456:secret-bot-token"}
-        proc = start_dispatcher(dispatcher_env, tmp_path, procs, **env)
-        job = await deliver_telegram(db, kafka_bootstrap, actions_topic, config, "Score.drop!")
+        proc = dispatcher.start(**env)
+        job = await deliver_telegram(db, dispatcher, config, "Score.drop!")
 
     rows = await results(db, job.job_id)
     assert statuses(rows) == ["retrying", "success"]
@@ -658,12 +503,7 @@ async def test_telegram_escapes_and_honours_429_retry_after(
 
 
 async def test_telegram_retry_sends_only_the_parts_not_yet_delivered(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     def respond(seen: Seen, n: int) -> web.Response:
         if n == 2:  # the second part fails the first time
@@ -677,8 +517,8 @@ async def test_telegram_retry_sends_only_the_parts_not_yet_delivered(
     }
     async with serve(Receiver(respond=respond)) as bot_api:
         env = {"TELEGRAM_API_BASE": bot_api.base, "TELEGRAM_BOT_TOKEN": "123456:token"}
-        start_dispatcher(dispatcher_env, tmp_path, procs, **env)
-        job = await deliver_telegram(db, kafka_bootstrap, actions_topic, config)
+        dispatcher.start(**env)
+        job = await deliver_telegram(db, dispatcher, config)
         await asyncio.sleep(0.5)  # nothing more may arrive
 
     texts = [s.json()["text"] for s in bot_api.seen]
@@ -711,12 +551,7 @@ def registration_file(chain_id: int, agent_id: int, endpoint: str) -> dict[str, 
 
 
 async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     feedback = orjson.dumps({"agentId": 7, "value": 87, "valueDecimals": 0, "comment": "fast"})
     async with serve_mcp(McpAgentServer()) as agent, serve(Receiver()) as files:
@@ -767,9 +602,7 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
             },
         }
         plain = {"resolve_endpoint": True, "tool_name": "notify"}
-        user, trigger, (verified, unverified) = await feedback_trigger(
-            db, ("mcp", config), ("mcp", plain)
-        )
+        verified, unverified = await feedback_trigger(db, ("mcp", config), ("mcp", plain))
         ok_hash = "0x" + keccak(feedback).hex()
 
         def feedback_event(seed: int, path: str, agent_id: int = 7) -> Any:
@@ -777,29 +610,13 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
                 seed, agent_id=agent_id, file_uri=f"{files.base}{path}", file_hash=ok_hash
             )
 
-        job: dict[str, Any] = {"trigger_id": trigger, "user_id": user, "action_type": "mcp"}
-        good = make_job(
-            **job, action_id=verified, config=config, event=feedback_event(21, "/feedback/ok.json")
-        )
-        bad = make_job(
-            **job,
-            action_id=verified,
-            config=config,
-            event=feedback_event(22, "/feedback/tampered.json"),
-        )
-        by_data_uri = make_job(
-            **job, action_id=unverified, config=plain, event=an_event(23, agent_id=8)
-        )
-        other_chain = make_job(
-            **job, action_id=unverified, config=plain, event=an_event(24, agent_id=9)
-        )
-        start_dispatcher(dispatcher_env, tmp_path, procs, IPFS_GATEWAY=f"{files.base}/ipfs/")
-        await produce_jobs(kafka_bootstrap, actions_topic, [good, bad, by_data_uri, other_chain])
-
-        async def settled() -> bool:
-            return len(await results(db)) >= 4
-
-        await wait_for(settled, within=40, what="mcp outcomes")
+        good = verified.job(feedback_event(21, "/feedback/ok.json"))
+        bad = verified.job(feedback_event(22, "/feedback/tampered.json"))
+        by_data_uri = unverified.job(an_event(23, agent_id=8))
+        other_chain = unverified.job(an_event(24, agent_id=9))
+        dispatcher.start(IPFS_GATEWAY=f"{files.base}/ipfs/")
+        await dispatcher.produce([good, bad, by_data_uri, other_chain])
+        await wait_for(lambda: recorded(db, 4), within=40, what="mcp outcomes")
         await asyncio.sleep(0.5)
 
     (row,) = await results(db, good.job_id)
@@ -834,37 +651,21 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
 
 
 async def test_kill_9_mid_flight_every_job_completed_duplicates_share_their_key(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     async with serve(Receiver(delay=0.02)) as receiver:
         config = {"url": f"{receiver.base}/hook", "timeout_ms": 5000}
-        user, trigger, action = await rest_trigger(db, config)
-        jobs = [
-            make_job(
-                trigger_id=trigger,
-                user_id=user,
-                action_id=action,
-                action_type="rest",
-                config=config,
-                event=an_event(seed),
-            )
-            for seed in range(400)
-        ]
-        env = {**dispatcher_env, "DISPATCHER_BATCH_MAX_RECORDS": "50"}
-        first = start_dispatcher(env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
+        rest = await rest_trigger(db, config)
+        jobs = [rest.job(an_event(seed)) for seed in range(400)]
+        first = dispatcher.start(DISPATCHER_BATCH_MAX_RECORDS="50")
+        await dispatcher.produce(jobs)
         deadline = time.monotonic() + 60
         while len(receiver.seen) < 100:
             assert time.monotonic() < deadline, "the dispatcher never got going"
             await asyncio.sleep(0.02)
         first.kill()
         killed_at = len(receiver.seen)
-        start_dispatcher(env, tmp_path, procs)
+        dispatcher.start(DISPATCHER_BATCH_MAX_RECORDS="50")
 
         async def all_done() -> bool:
             n = await db.fetchval(
@@ -885,12 +686,7 @@ async def test_kill_9_mid_flight_every_job_completed_duplicates_share_their_key(
 
 
 async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     async with (
         serve_mcp(McpAgentServer()) as old,
@@ -916,26 +712,11 @@ async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
             OWNER,
         )
         config = {"resolve_endpoint": True, "tool_name": "notify"}
-        user, trigger, (action,) = await feedback_trigger(db, ("mcp", config))
-
-        def job(seed: int) -> ActionJob:
-            return make_job(
-                trigger_id=trigger,
-                user_id=user,
-                action_id=action,
-                action_type="mcp",
-                config=config,
-                event=an_event(seed, agent_id=5),
-            )
-
-        start_dispatcher(dispatcher_env, tmp_path, procs, IPFS_GATEWAY=f"{gateway.base}/ipfs/")
-        first = job(41)
-        await produce_jobs(kafka_bootstrap, actions_topic, [first])
-
-        async def recorded(n: int) -> bool:
-            return len(await results(db)) >= n
-
-        await wait_for(lambda: recorded(1), within=30, what="first call")
+        (mcp,) = await feedback_trigger(db, ("mcp", config))
+        dispatcher.start(IPFS_GATEWAY=f"{gateway.base}/ipfs/")
+        first = mcp.job(an_event(41, agent_id=5))
+        await dispatcher.produce([first])
+        await wait_for(lambda: recorded(db, 1), within=30, what="first call")
         # The agent changes hands and its new owner moves the registration file: the
         # cached endpoint must not be used, and the old owner's token not sent.
         await store_events(
@@ -950,9 +731,9 @@ async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
                 ),
             ],
         )
-        second = job(42)
-        await produce_jobs(kafka_bootstrap, actions_topic, [second])
-        await wait_for(lambda: recorded(2), within=30, what="second call")
+        second = mcp.job(an_event(42, agent_id=5))
+        await dispatcher.produce([second])
+        await wait_for(lambda: recorded(db, 2), within=30, what="second call")
 
     assert statuses(await results(db)) == ["success", "success"]
     assert [args["job_id"] for _, args in old.calls] == [first.job_id]
@@ -963,35 +744,16 @@ async def test_mcp_endpoint_from_ipfs_follows_uri_updates(
 
 
 async def test_breaker_opens_on_a_failing_destination_and_defers_its_jobs(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     async with serve(Receiver(respond=lambda _s, _n: web.Response(status=503))) as down:
         config = {"url": f"{down.base}/hook", "max_attempts": 1}
-        user, trigger, action = await rest_trigger(db, config)
-        jobs = [
-            make_job(
-                trigger_id=trigger,
-                user_id=user,
-                action_id=action,
-                action_type="rest",
-                config=config,
-                event=an_event(seed),
-            )
-            for seed in range(10)
-        ]
-        env = {
-            **dispatcher_env,
-            "BREAKER_THRESHOLD": "3",
-            "BREAKER_PAUSE": "60",
-            "DISPATCHER_DESTINATION_CONCURRENCY": "1",
-        }
-        proc = start_dispatcher(env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, jobs)
+        rest = await rest_trigger(db, config)
+        jobs = [rest.job(an_event(seed)) for seed in range(10)]
+        proc = dispatcher.start(
+            BREAKER_THRESHOLD="3", BREAKER_PAUSE="60", DISPATCHER_DESTINATION_CONCURRENCY="1"
+        )
+        await dispatcher.produce(jobs)
 
         async def deferred() -> bool:
             value = metric_value(proc, "erc8004_dispatcher_deferred_total", reason="breaker_open")
@@ -1010,13 +772,7 @@ async def test_breaker_opens_on_a_failing_destination_and_defers_its_jobs(
 
 
 async def test_slow_receiver_gets_each_job_once_and_a_poison_batch_moves_on(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    dlq_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch, dlq_topic: str
 ) -> None:
     """Attempts outlasting the batch deadline are covered by guard copies, which must
     not run them a second time; a job whose trigger was deleted and a message that is
@@ -1029,48 +785,26 @@ async def test_slow_receiver_gets_each_job_once_and_a_poison_batch_moves_on(
 
     async with serve(Receiver(respond=respond)) as receiver:
         config = {"url": f"{receiver.base}/slow", "timeout_ms": 5000}
-        user, trigger, action = await rest_trigger(db, config)
-        slow = [
-            make_job(
-                trigger_id=trigger,
-                user_id=user,
-                action_id=action,
-                action_type="rest",
-                config=config,
-                event=an_event(seed),
-            )
-            for seed in range(4)
-        ]
-        gone_cfg = {"url": f"{receiver.base}/fast"}
-        user2, gone_trigger, gone_action = await rest_trigger(db, gone_cfg)
-        gone = make_job(
-            trigger_id=gone_trigger,
-            user_id=user2,
-            action_id=gone_action,
-            action_type="rest",
-            config=gone_cfg,
-            event=an_event(9),
-        )
-        await db.execute("DELETE FROM triggers WHERE id = $1", gone_trigger)
+        rest = await rest_trigger(db, config)
+        slow = [rest.job(an_event(seed)) for seed in range(4)]
+        gone_rest = await rest_trigger(db, {"url": f"{receiver.base}/fast"})
+        gone = gone_rest.job(an_event(9))
+        await db.execute("DELETE FROM triggers WHERE id = $1", gone_rest.trigger)
         after_cfg = {"url": f"{receiver.base}/fast"}
         after = await rest_job(db, after_cfg, event=an_event(10))
-        proc = start_dispatcher(dispatcher_env, tmp_path, procs, DISPATCHER_BATCH_DEADLINE="0.5")
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        proc = dispatcher.start(DISPATCHER_BATCH_DEADLINE="0.5")
+        producer = AIOKafkaProducer(bootstrap_servers=dispatcher.bootstrap, acks="all")
         await producer.start()
         try:
             # All on one partition (one key), the poison ones before a good job.
             key = b"one-key"
             for job in [*slow, gone]:
-                await producer.send_and_wait(actions_topic, job.dump(), key=key)
-            await producer.send_and_wait(actions_topic, b'{"not": "a job"}', key=key)
-            await producer.send_and_wait(actions_topic, after.dump(), key=key)
+                await producer.send_and_wait(dispatcher.topic, job.dump(), key=key)
+            await producer.send_and_wait(dispatcher.topic, b'{"not": "a job"}', key=key)
+            await producer.send_and_wait(dispatcher.topic, after.dump(), key=key)
         finally:
             await producer.stop()
-
-        async def settled() -> bool:
-            return len(await results(db)) >= len(slow) + 2
-
-        await wait_for(settled, within=60, what="all recorded")
+        await wait_for(lambda: recorded(db, len(slow) + 2), within=60, what="all recorded")
 
         async def guard_copies_skipped() -> bool:
             # A guard copy read with its job recorded is skipped; one that ran the job
@@ -1093,38 +827,26 @@ async def test_slow_receiver_gets_each_job_once_and_a_poison_batch_moves_on(
     assert row["trigger_id"] is None
     assert "deleted" in row["error_message"]
     assert statuses(await results(db, after.job_id)) == ["success"]
-    (record,) = await read_topic(kafka_bootstrap, dlq_topic, expect=1, within=10)
+    (record,) = await read_topic(dispatcher.bootstrap, dlq_topic, expect=1, within=10)
     letter = UnreadableLetter.model_validate_json(record.value)
     assert letter.raw == b'{"not": "a job"}'
-    assert letter.topic == dispatcher_env["ACTIONS_TOPIC"]
+    assert letter.topic == dispatcher.env["ACTIONS_TOPIC"]
 
 
 async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
-    db: asyncpg.Connection,
-    dispatcher_env: dict[str, str],
-    kafka_bootstrap: str,
-    actions_topic: str,
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:
     async with serve(Receiver(respond=lambda _s, _n: web.Response(status=503))) as down:
         config = {"server_url": f"{down.base}/mcp", "tool_name": "notify", "max_attempts": 2}
-        user, trigger, (action,) = await feedback_trigger(db, ("mcp", config))
-        job = make_job(
-            trigger_id=trigger,
-            user_id=user,
-            action_id=action,
-            action_type="mcp",
-            config=config,
-            event=an_event(3),
+        (mcp,) = await feedback_trigger(db, ("mcp", config))
+        job = mcp.job(an_event(3))
+        dispatcher.start()
+        await dispatcher.produce([job])
+        await wait_for(
+            lambda: has_status(db, job.job_id, "dead"),
+            within=30,
+            what="the MCP job to be retried, then dead",
         )
-        start_dispatcher(dispatcher_env, tmp_path, procs)
-        await produce_jobs(kafka_bootstrap, actions_topic, [job])
-
-        async def dead() -> bool:
-            return "dead" in statuses(await results(db, job.job_id))
-
-        await wait_for(dead, within=30, what="the MCP job to be retried, then dead")
     rows = await results(db, job.job_id)
     assert statuses(rows) == ["retrying", "dead"]
     assert "HTTP 503" in rows[0]["error_message"]
@@ -1134,12 +856,10 @@ async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
     async with serve(Receiver()) as ok:
         cfg = {"url": f"{ok.base}/hook"}
         first = await rest_job(db, cfg, event=an_event(4))
-        await produce_jobs(kafka_bootstrap, actions_topic, [first])
-        await wait_for(
-            lambda: _has_status(db, first.job_id, "success"), within=30, what="first run"
-        )
+        await dispatcher.produce([first])
+        await wait_for(lambda: has_status(db, first.job_id, "success"), within=30, what="first run")
         again = first.model_copy(update={"run_id": "redrive-1"})
-        await produce_jobs(kafka_bootstrap, actions_topic, [first, again])
+        await dispatcher.produce([first, again])
 
         async def redriven() -> bool:
             return len(await results(db, first.job_id)) >= 2
@@ -1152,7 +872,3 @@ async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
         ("redrive-1", "success"),
     ]
     assert len(ok.seen) == 2  # the plain redelivery of the first run was skipped
-
-
-async def _has_status(db: asyncpg.Connection, job: str, status: str) -> bool:
-    return status in statuses(await results(db, job))

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from services.ingest.app import create_app
 from services.ingest.maintenance import (
     MaintenanceMetrics,
     MaintenanceScheduler,
@@ -27,8 +25,9 @@ from services.ingest.maintenance import (
 from services.ingest.settings import IngestSettings
 from shared.contract.jobs import parse_topic_message
 from shared.platform.db import create_pool
+from tests.ingestutil import ingest_client
 from tests.kafkautil import read_topic
-from tests.matcherutil import insert_trigger, insert_user
+from tests.matcherutil import NEW_FEEDBACK, insert_trigger, random_chain
 from tools.backup import database_name, dump, restore
 from tools.benchdb import drop_database
 from tools.eventgen import make_event
@@ -99,20 +98,10 @@ async def test_a_restored_dump_carries_the_pipeline_on(
     tmp_path: Path,
     restored_name: str,
 ) -> None:
-    chain = random.randrange(10_000_000, 2**31 - 1)
-    user = await insert_user(db)
-    await insert_trigger(
-        db,
-        user_id=user,
-        chain_id=chain,
-        registry="reputation",
-        conditions=[
-            {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
-        ],
-    )
+    chain = random_chain(10_000_000)
+    await insert_trigger(db, chain_id=chain, conditions=NEW_FEEDBACK)
     before = events(chain, range(1, 41))
-    app = create_app(settings(database_url, kafka_bootstrap, topic))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with ingest_client(settings(database_url, kafka_bootstrap, topic)) as client:
         resp = await client.post("/v1/events", json=before, headers=AUTH)
         assert await resp.json() == {"accepted": 40, "duplicates": 0}
         await wait_outbox_empty(db)
@@ -134,8 +123,7 @@ async def test_a_restored_dump_carries_the_pipeline_on(
 
         # The pipeline carries on, against the restored database only.
         after = events(chain, range(41, 61))
-        app = create_app(settings(restored_url, kafka_bootstrap, topic))
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        async with ingest_client(settings(restored_url, kafka_bootstrap, topic)) as client:
             resp = await client.post("/v1/events", json=[*after, before[0]], headers=AUTH)
             # The old event is known (event_ids restored): a duplicate, not stored again.
             assert await resp.json() == {"accepted": 20, "duplicates": 1}

@@ -12,7 +12,6 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ from typing import Any
 import asyncpg
 import hypothesis
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
-from services.ingest.app import create_app
 from shared.contract.events import Event, version_key
 from shared.contract.jobs import (
     ActionJob,
@@ -37,41 +34,18 @@ from shared.contract.jobs import (
 from shared.contract.topics import partition_key
 from shared.platform.kafka import LagProbe
 from tests.apiutil import store_events
-from tests.connected.test_ingest import TOKEN, settings_for
+from tests.conftest import StartService
 from tests.dispatcherutil import action_ids, results, wait_for
 from tests.engine_strategies import CHAINS, cases
+from tests.ingestutil import TOKEN, Client
 from tests.kafkautil import read_topic
-from tests.matcherutil import insert_trigger, insert_user
+from tests.matcherutil import insert_trigger, insert_user, random_chain
 from tests.procs import ServiceProcess
 from tests.reference import Step, reference_firing_steps
-from tools.benchdb import scratch_topic
 from tools.eventgen import make_event
 from tools.localnet import Receiver, serve
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
-
-
-@pytest.fixture
-async def ingest(
-    database_url: str, kafka_bootstrap: str, topic: str
-) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(settings_for(database_url, kafka_bootstrap, topic))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield client
-
-
-@pytest.fixture
-async def retry_topic(kafka_bootstrap: str) -> AsyncIterator[str]:
-    async with scratch_topic(kafka_bootstrap, 3, prefix="test.retry") as name:
-        yield name
-
-
-@pytest.fixture
-def procs() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 @pytest.fixture
@@ -93,12 +67,6 @@ def pipeline_env(
     }
 
 
-def start(name: str, env: dict[str, str], tmp: Path, procs: list[ServiceProcess]) -> None:
-    proc = ServiceProcess(name, env, tmp).start()
-    procs.append(proc)
-    proc.wait_http("/readyz", timeout=60)
-
-
 def feedback(chain: int, block: int, score: int, *, block_hash: str) -> Event:
     raw = make_event(
         random.Random(block),
@@ -115,7 +83,7 @@ def feedback(chain: int, block: int, score: int, *, block_hash: str) -> Event:
     return Event.model_validate(raw)
 
 
-async def post(client: TestClient[Any, Any], path: str, body: Any) -> Any:
+async def post(client: Client, path: str, body: Any) -> Any:
     resp = await client.post(path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status in (200, 201), await resp.text()
     return await resp.json()
@@ -123,28 +91,24 @@ async def post(client: TestClient[Any, Any], path: str, body: Any) -> Any:
 
 async def test_a_reorg_replacement_fires_again_and_is_delivered(
     db: asyncpg.Connection,
-    ingest: TestClient[Any, Any],
+    ingest: Client,
     pipeline_env: dict[str, str],
-    tmp_path: Path,
-    procs: list[ServiceProcess],
+    start_service: StartService,
 ) -> None:
     """Issue 12, item 1: score < 50 with a webhook; a feedback at block 100 (score 10)
     is delivered; a reorg replaces block 100; the canonical feedback there (score 20)
     is a new firing, delivered with its own Idempotency-Key and audit row."""
-    chain = random.randrange(10_000_000, 2**31 - 1)
+    chain = random_chain(10_000_000)
     async with serve(Receiver()) as receiver:
-        user = await insert_user(db)
         trigger = await insert_trigger(
             db,
-            user_id=user,
             chain_id=chain,
-            registry="reputation",
             conditions=[{"condition_type": "score_threshold", "operator": "<", "value": "50"}],
             actions=[{"action_type": "rest", "config": {"url": f"{receiver.base}/hook"}}],
         )
         (action,) = await action_ids(db, trigger)
-        start("matcher", pipeline_env, tmp_path, procs)
-        start("dispatcher", pipeline_env, tmp_path, procs)
+        start_service("matcher", pipeline_env)
+        start_service("dispatcher", pipeline_env)
 
         first = feedback(chain, 100, 10, block_hash="0x" + "01" * 32)
         await post(ingest, "/v1/events", first.model_dump(mode="json"))

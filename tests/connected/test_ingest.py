@@ -7,53 +7,20 @@ import asyncio
 import io
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from pydantic import SecretStr
 
-from services.ingest.app import create_app
 from services.ingest.queries import CHAIN_LOCK
-from services.ingest.settings import IngestSettings
 from shared.contract.jobs import parse_topic_message
 from tests.dispatcherutil import wait_for
+from tests.ingestutil import AUTH, TOKEN, Client, ingest_client, settings_for
 from tests.kafkautil import read_topic
 from tools.eventgen import make_event, stream, take
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
-
-TOKEN = "test-indexer-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-Client = TestClient[web.Request, web.Application]
-
-
-def settings_for(database_url: str, bootstrap: str, topic: str) -> IngestSettings:
-    return IngestSettings(
-        database_url=SecretStr(database_url),
-        kafka_bootstrap_servers=bootstrap,
-        ingest_tokens=(SecretStr("other-token"), SecretStr(TOKEN)),
-        events_topic=topic,
-        relay_poll_interval=0.2,
-    )
-
-
-@pytest.fixture
-def chain() -> int:
-    """A chain id of this test alone: tests share the module's database."""
-    return random.randrange(10_000_000, 2**31 - 1)
-
-
-@pytest.fixture
-async def client(database_url: str, kafka_bootstrap: str, topic: str) -> AsyncIterator[Client]:
-    app = create_app(settings_for(database_url, kafka_bootstrap, topic))
-    server = TestServer(app, host="127.0.0.1")
-    async with TestClient(server) as client:
-        yield client
 
 
 async def count_events(db: asyncpg.Connection, chain: int) -> int:
@@ -62,19 +29,19 @@ async def count_events(db: asyncpg.Connection, chain: int) -> int:
 
 
 async def test_single_and_batch_are_stored_and_relayed_once(
-    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+    ingest: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
 ) -> None:
     rng = random.Random(1)
     events = take(stream(rng, chain_id=chain), 250)
-    resp = await client.post("/v1/events", json=events[0], headers=AUTH)
+    resp = await ingest.post("/v1/events", json=events[0], headers=AUTH)
     assert resp.status == 200, await resp.text()
     assert await resp.json() == {"accepted": 1, "duplicates": 0}
     # A batch that repeats the first event and holds one event twice.
     batch = [*events, events[10]]
-    resp = await client.post("/v1/events", json=batch, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=batch, headers=AUTH)
     assert await resp.json() == {"accepted": 249, "duplicates": 2}
     # The same batch again: all duplicates, nothing new.
-    resp = await client.post("/v1/events", json=batch, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=batch, headers=AUTH)
     assert await resp.json() == {"accepted": 0, "duplicates": 251}
     assert await count_events(db, chain) == 250
 
@@ -92,14 +59,14 @@ async def test_single_and_batch_are_stored_and_relayed_once(
 
 
 async def test_concurrent_posters_store_each_event_once(
-    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+    ingest: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
 ) -> None:
     rng = random.Random(2)
     events = take(stream(rng, chain_id=chain), 600)
     # Four posters, overlapping halves in different orders.
     batches = [events[:400], list(reversed(events[200:])), events[100:500], events[::-1][:300]]
     responses = await asyncio.gather(
-        *(client.post("/v1/events", json=b, headers=AUTH) for b in batches)
+        *(ingest.post("/v1/events", json=b, headers=AUTH) for b in batches)
     )
     bodies = [await r.json() for r in responses]
     assert all(r.status == 200 for r in responses), bodies
@@ -134,7 +101,7 @@ BAD_ITEMS: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("case", "change", "field"), BAD_ITEMS, ids=[c[0] for c in BAD_ITEMS])
 async def test_bad_item_rejects_the_whole_batch(
-    client: Client,
+    ingest: Client,
     db: asyncpg.Connection,
     chain: int,
     case: str,
@@ -143,7 +110,7 @@ async def test_bad_item_rejects_the_whole_batch(
 ) -> None:
     good = _valid(chain)
     bad = {**_valid(chain, log_index=1), **change}
-    resp = await client.post("/v1/events", json=[good, bad], headers=AUTH)
+    resp = await ingest.post("/v1/events", json=[good, bad], headers=AUTH)
     assert resp.status == 422, case
     body = await resp.json()
     assert body["error"]
@@ -153,7 +120,7 @@ async def test_bad_item_rejects_the_whole_batch(
 
 
 async def test_missing_registry_fields_are_named(
-    client: Client, db: asyncpg.Connection, chain: int
+    ingest: Client, db: asyncpg.Connection, chain: int
 ) -> None:
     items = [
         {k: v for k, v in _valid(chain).items() if k != "client_address"},
@@ -170,7 +137,7 @@ async def test_missing_registry_fields_are_named(
         },
         {k: v for k, v in _valid(chain, log_index=3).items() if k not in ("score", "value")},
     ]
-    resp = await client.post("/v1/events", json=items, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=items, headers=AUTH)
     assert resp.status == 422
     fields = {(d["index"], d["field"]) for d in (await resp.json())["details"]}
     assert (0, "client_address") in fields
@@ -180,69 +147,69 @@ async def test_missing_registry_fields_are_named(
 
 
 async def test_malformed_oversized_and_unauthenticated(
-    client: Client, db: asyncpg.Connection, chain: int
+    ingest: Client, db: asyncpg.Connection, chain: int
 ) -> None:
-    resp = await client.post("/v1/events", data=b"{not json", headers=AUTH)
+    resp = await ingest.post("/v1/events", data=b"{not json", headers=AUTH)
     assert resp.status == 400
     assert "JSON" in (await resp.json())["error"]
 
-    resp = await client.post("/v1/events", json="a string", headers=AUTH)
+    resp = await ingest.post("/v1/events", json="a string", headers=AUTH)
     assert resp.status == 422
 
     too_many = [_valid(chain, log_index=i) for i in range(1001)]
-    resp = await client.post("/v1/events", json=too_many, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=too_many, headers=AUTH)
     assert resp.status == 413
     assert "1000" in (await resp.json())["error"]
 
     huge = orjson.dumps([{**_valid(chain), "token_uri": "x" * (6 * 1024 * 1024)}])
-    resp = await client.post("/v1/events", data=io.BytesIO(huge), headers=AUTH)
+    resp = await ingest.post("/v1/events", data=io.BytesIO(huge), headers=AUTH)
     assert resp.status == 413
 
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-        resp = await client.post("/v1/events", json=[_valid(chain)], headers=headers)
+        resp = await ingest.post("/v1/events", json=[_valid(chain)], headers=headers)
         assert resp.status == 401
         assert (await resp.json())["error"]
-    resp = await client.get(f"/v1/checkpoints/{chain}")
+    resp = await ingest.get(f"/v1/checkpoints/{chain}")
     assert resp.status == 401
     assert await count_events(db, chain) == 0
 
 
 async def test_checkpoint_is_the_highest_block_and_never_moves_back(
-    client: Client, chain: int
+    ingest: Client, chain: int
 ) -> None:
     rng = random.Random(5)
-    resp = await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)
+    resp = await ingest.get(f"/v1/checkpoints/{chain}", headers=AUTH)
     assert resp.status == 404
     high = make_event(rng, chain_id=chain, block_number=900, log_index=2)
     low = make_event(rng, chain_id=chain, block_number=100, log_index=0)
-    await client.post("/v1/events", json=[low, high], headers=AUTH)
-    await client.post(
+    await ingest.post("/v1/events", json=[low, high], headers=AUTH)
+    await ingest.post(
         "/v1/events",
         json=make_event(rng, chain_id=chain, block_number=50, log_index=0),
         headers=AUTH,
     )
-    resp = await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)
+    resp = await ingest.get(f"/v1/checkpoints/{chain}", headers=AUTH)
     body = await resp.json()
     assert body["last_block_number"] == 900
     assert body["last_block_hash"] == high["block_hash"]
-    resp = await client.get("/v1/checkpoints/abc", headers=AUTH)
+    resp = await ingest.get("/v1/checkpoints/abc", headers=AUTH)
     assert resp.status == 422
 
 
 async def test_reorg_releases_ids_and_retracts_in_the_chains_partition(
-    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+    ingest: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
 ) -> None:
     rng = random.Random(6)
     events = [make_event(rng, chain_id=chain, block_number=b, log_index=0) for b in range(10, 20)]
-    await client.post("/v1/events", json=events, headers=AUTH)
-    resp = await client.post(
+    await ingest.post("/v1/events", json=events, headers=AUTH)
+    resp = await ingest.post(
         "/v1/reorgs", json={"chain_id": chain, "from_block": 15, "reason": "test"}, headers=AUTH
     )
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert sorted(body["released_event_ids"]) == sorted(f"{chain}-{b}-0" for b in range(15, 20))
     # The checkpoint moved back below the reorg, so a resuming indexer re-reads it.
-    checkpoint = await (await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
+    checkpoint = await (await ingest.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
     assert checkpoint["last_block_number"] == 14
     assert checkpoint["last_block_hash"] == events[4]["block_hash"]
     # The replaced events stay in the table (append-only); the canonical ones at
@@ -251,25 +218,25 @@ async def test_reorg_releases_ids_and_retracts_in_the_chains_partition(
         make_event(rng, chain_id=chain, block_number=b, log_index=0, block_hash="0x" + "ab" * 32)
         for b in range(15, 18)
     ]
-    resp = await client.post("/v1/events", json=replacement, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=replacement, headers=AUTH)
     assert await resp.json() == {"accepted": 3, "duplicates": 0}
     assert await count_events(db, chain) == 13
     # An indexer retrying a batch of the replaced blocks (their old hashes): every
     # one is a stored version, so a duplicate, including blocks 18 and 19 whose
     # positions are free again (their canonical events may still come).
-    resp = await client.post("/v1/events", json=events[5:], headers=AUTH)
+    resp = await ingest.post("/v1/events", json=events[5:], headers=AUTH)
     assert resp.status == 200, await resp.text()
     assert await resp.json() == {"accepted": 0, "duplicates": 5}
     assert await count_events(db, chain) == 13
     # Re-posted replaced versions did not move the checkpoint; the canonical ones did.
-    checkpoint = await (await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
+    checkpoint = await (await ingest.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
     assert checkpoint["last_block_number"] == 17
     late = make_event(
         rng, chain_id=chain, block_number=18, log_index=0, block_hash="0x" + "ab" * 32
     )
-    resp = await client.post("/v1/events", json=late, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=late, headers=AUTH)
     assert await resp.json() == {"accepted": 1, "duplicates": 0}
-    checkpoint = await (await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
+    checkpoint = await (await ingest.get(f"/v1/checkpoints/{chain}", headers=AUTH)).json()
     assert checkpoint["last_block_number"] == 18
     reorgs = await db.fetchval("SELECT count(*) FROM reorgs WHERE chain_id = $1", chain)
     assert reorgs == 1
@@ -292,7 +259,7 @@ async def test_reorg_releases_ids_and_retracts_in_the_chains_partition(
         canonical = message.event.block_hash == "0x" + "ab" * 32
         assert (record.offset > retraction.offset) == canonical
 
-    resp = await client.post("/v1/reorgs", json={"chain_id": chain}, headers=AUTH)
+    resp = await ingest.post("/v1/reorgs", json={"chain_id": chain}, headers=AUTH)
     assert resp.status == 422
     assert any(d["field"] == "from_block" for d in (await resp.json())["details"])
 
@@ -306,7 +273,7 @@ async def test_relay_listener_survives_a_lost_connection(
         update={"relay_poll_interval": 30.0}
     )
     rng = random.Random(9)
-    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
+    async with ingest_client(settings) as client:
         first = [make_event(rng, chain_id=chain, block_number=1, log_index=i) for i in range(5)]
         await client.post("/v1/events", json=first, headers=AUTH)
         await read_topic(kafka_bootstrap, topic, expect=5, within=5, settle=0)
@@ -343,11 +310,7 @@ async def test_two_relays_share_the_outbox_without_double_relaying(
     database_url: str, kafka_bootstrap: str, topic: str, db: asyncpg.Connection, chain: int
 ) -> None:
     settings = settings_for(database_url, kafka_bootstrap, topic)
-    one, two = create_app(settings), create_app(settings)
-    async with (
-        TestClient(TestServer(one, host="127.0.0.1")) as c1,
-        TestClient(TestServer(two, host="127.0.0.1")) as c2,
-    ):
+    async with ingest_client(settings) as c1, ingest_client(settings) as c2:
         events = take(stream(random.Random(7), chain_id=chain), 3000)
         posts = [
             (c1 if i % 2 else c2).post("/v1/events", json=events[i : i + 100], headers=AUTH)
@@ -361,13 +324,13 @@ async def test_two_relays_share_the_outbox_without_double_relaying(
     assert max(ids.values()) == 1
 
 
-async def test_metrics_count_by_chain_and_registry(client: Client, chain: int) -> None:
+async def test_metrics_count_by_chain_and_registry(ingest: Client, chain: int) -> None:
     rng = random.Random(8)
     events = [make_event(rng, chain_id=chain, block_number=1, log_index=i) for i in range(5)]
-    await client.post("/v1/events", json=events, headers=AUTH)
-    await client.post("/v1/events", json=events[:2], headers=AUTH)
-    await client.post("/v1/events", json=[{**events[0], "block_hash": "bad"}], headers=AUTH)
-    text = await (await client.get("/metrics")).text()
+    await ingest.post("/v1/events", json=events, headers=AUTH)
+    await ingest.post("/v1/events", json=events[:2], headers=AUTH)
+    await ingest.post("/v1/events", json=[{**events[0], "block_hash": "bad"}], headers=AUTH)
+    text = await (await ingest.get("/metrics")).text()
     labels = f'chain_id="{chain}",registry="reputation"'
     assert f"erc8004_ingest_events_received_total{{{labels}}} 8.0" in text
     assert f"erc8004_ingest_events_accepted_total{{{labels}}} 5.0" in text
@@ -379,7 +342,7 @@ async def test_metrics_count_by_chain_and_registry(client: Client, chain: int) -
 
 
 async def test_reorg_waits_for_stores_of_its_chain_in_flight(
-    client: Client, db: asyncpg.Connection, chain: int
+    ingest: Client, db: asyncpg.Connection, chain: int
 ) -> None:
     """A store still committing when a reorg arrives finishes first, so the reorg
     sees (and releases) its events, and its outbox rows precede the retraction."""
@@ -388,7 +351,7 @@ async def test_reorg_waits_for_stores_of_its_chain_in_flight(
     try:
         await db.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", CHAIN_LOCK, chain)
         reorg = asyncio.create_task(
-            client.post("/v1/reorgs", json={"chain_id": chain, "from_block": 1}, headers=AUTH)
+            ingest.post("/v1/reorgs", json={"chain_id": chain, "from_block": 1}, headers=AUTH)
         )
         await asyncio.sleep(0.5)
         assert not reorg.done(), "the reorg did not wait for the store in flight"

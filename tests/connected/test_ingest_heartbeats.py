@@ -8,35 +8,20 @@ import asyncio
 import io
 import random
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from services.ingest.app import create_app
 from services.ingest.queries import CHAIN_LOCK
 from shared.contract.jobs import EventMessage, TickMessage, parse_topic_message
-from tests.connected.test_ingest import AUTH, TOKEN, Client, settings_for
+from tests.ingestutil import AUTH, TOKEN, Client
 from tests.kafkautil import read_topic
 from tools.eventgen import hex_of, make_event
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
-
-
-@pytest.fixture
-def chain() -> int:
-    return random.randrange(10_000_000, 2**31 - 1)
-
-
-@pytest.fixture
-async def client(database_url: str, kafka_bootstrap: str, topic: str) -> AsyncIterator[Client]:
-    app = create_app(settings_for(database_url, kafka_bootstrap, topic))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield client
 
 
 def block_hash(chain: int, block: int) -> str:
@@ -54,36 +39,38 @@ def heartbeat(chain: int, block: int, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def checkpoint_of(client: Client, chain: int) -> dict[str, Any]:
-    resp = await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)
+async def checkpoint_of(ingest: Client, chain: int) -> dict[str, Any]:
+    resp = await ingest.get(f"/v1/checkpoints/{chain}", headers=AUTH)
     assert resp.status == 200, await resp.text()
     body: dict[str, Any] = await resp.json()
     return body
 
 
+async def checkpoint_at(ingest: Client, chain: int) -> tuple[int, str]:
+    """The chain's checkpoint: (last block number, its hash)."""
+    checkpoint = await checkpoint_of(ingest, chain)
+    return checkpoint["last_block_number"], checkpoint["last_block_hash"]
+
+
 async def test_heartbeat_is_relayed_between_the_events_around_it(
-    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+    ingest: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
 ) -> None:
     rng = random.Random(11)
     before = make_event(rng, chain_id=chain, block_number=10, log_index=0)
-    resp = await client.post("/v1/events", json=before, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=before, headers=AUTH)
     assert await resp.json() == {"accepted": 1, "duplicates": 0}
 
     beat = heartbeat(chain, 11)
-    resp = await client.post("/v1/checkpoints", json=beat, headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=beat, headers=AUTH)
     assert resp.status == 201, await resp.text()
     assert await resp.json() == {"chain_id": chain, "block_number": 11, "duplicate": False}
     # The indexer scanned up to block 11: that is where it resumes.
-    checkpoint = await checkpoint_of(client, chain)
-    assert (checkpoint["last_block_number"], checkpoint["last_block_hash"]) == (
-        11,
-        beat["block_hash"],
-    )
+    assert await checkpoint_at(ingest, chain) == (11, beat["block_hash"])
 
     after = make_event(rng, chain_id=chain, block_number=12, log_index=0)
-    resp = await client.post("/v1/events", json=after, headers=AUTH)
+    resp = await ingest.post("/v1/events", json=after, headers=AUTH)
     assert await resp.json() == {"accepted": 1, "duplicates": 0}
-    assert (await checkpoint_of(client, chain))["last_block_number"] == 12
+    assert (await checkpoint_of(ingest, chain))["last_block_number"] == 12
 
     row = await db.fetchrow(
         "SELECT block_hash, block_time, created_at FROM heartbeats"
@@ -120,26 +107,22 @@ async def test_heartbeat_is_relayed_between_the_events_around_it(
 
 
 async def test_repost_is_a_duplicate_and_an_older_heartbeat_keeps_the_checkpoint(
-    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+    ingest: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
 ) -> None:
     beat = heartbeat(chain, 50)
-    resp = await client.post("/v1/checkpoints", json=beat, headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=beat, headers=AUTH)
     assert resp.status == 201
-    resp = await client.post("/v1/checkpoints", json=beat, headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=beat, headers=AUTH)
     assert resp.status == 200, await resp.text()
     assert await resp.json() == {"chain_id": chain, "block_number": 50, "duplicate": True}
     # Upper-case hex is the same hash: a duplicate too.
     upper = {**beat, "block_hash": "0x" + beat["block_hash"][2:].upper()}
-    resp = await client.post("/v1/checkpoints", json=upper, headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=upper, headers=AUTH)
     assert (await resp.json())["duplicate"] is True
     # An older block is a tick of its own but does not move the checkpoint back.
-    resp = await client.post("/v1/checkpoints", json=heartbeat(chain, 40), headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=heartbeat(chain, 40), headers=AUTH)
     assert resp.status == 201
-    checkpoint = await checkpoint_of(client, chain)
-    assert (checkpoint["last_block_number"], checkpoint["last_block_hash"]) == (
-        50,
-        beat["block_hash"],
-    )
+    assert await checkpoint_at(ingest, chain) == (50, beat["block_hash"])
     assert await db.fetchval("SELECT count(*) FROM heartbeats WHERE chain_id = $1", chain) == 2
 
     records = await read_topic(kafka_bootstrap, topic, expect=2, settle=2.0)
@@ -149,7 +132,7 @@ async def test_repost_is_a_duplicate_and_an_older_heartbeat_keeps_the_checkpoint
         ("tick", 40),
     ], "a duplicate heartbeat was relayed"
 
-    text = await (await client.get("/metrics")).text()
+    text = await (await ingest.get("/metrics")).text()
     assert f'erc8004_ingest_heartbeats_total{{chain_id="{chain}",result="stored"}} 2.0' in text
     assert f'erc8004_ingest_heartbeats_total{{chain_id="{chain}",result="duplicate"}} 2.0' in text
     assert (
@@ -159,33 +142,25 @@ async def test_repost_is_a_duplicate_and_an_older_heartbeat_keeps_the_checkpoint
 
 
 async def test_reorgs_do_not_retract_heartbeats(
-    client: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+    ingest: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
 ) -> None:
     for block in (20, 21, 22):
-        resp = await client.post("/v1/checkpoints", json=heartbeat(chain, block), headers=AUTH)
+        resp = await ingest.post("/v1/checkpoints", json=heartbeat(chain, block), headers=AUTH)
         assert resp.status == 201
-    resp = await client.post("/v1/reorgs", json={"chain_id": chain, "from_block": 22}, headers=AUTH)
+    resp = await ingest.post("/v1/reorgs", json={"chain_id": chain, "from_block": 22}, headers=AUTH)
     assert resp.status == 201, await resp.text()
     assert (await resp.json())["released_event_ids"] == []
     # The checkpoint moved back to the block before, with the hash its heartbeat gave.
-    checkpoint = await checkpoint_of(client, chain)
-    assert (checkpoint["last_block_number"], checkpoint["last_block_hash"]) == (
-        21,
-        block_hash(chain, 21),
-    )
+    assert await checkpoint_at(ingest, chain) == (21, block_hash(chain, 21))
     # The replaced heartbeat stays and, posted again, is a duplicate that does not
     # move the checkpoint forward; the canonical block 22 is a new heartbeat.
-    resp = await client.post("/v1/checkpoints", json=heartbeat(chain, 22), headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=heartbeat(chain, 22), headers=AUTH)
     assert (resp.status, (await resp.json())["duplicate"]) == (200, True)
-    assert (await checkpoint_of(client, chain))["last_block_number"] == 21
+    assert (await checkpoint_of(ingest, chain))["last_block_number"] == 21
     canonical = heartbeat(chain, 22, block_hash="0x" + "cd" * 32)
-    resp = await client.post("/v1/checkpoints", json=canonical, headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=canonical, headers=AUTH)
     assert resp.status == 201
-    checkpoint = await checkpoint_of(client, chain)
-    assert (checkpoint["last_block_number"], checkpoint["last_block_hash"]) == (
-        22,
-        canonical["block_hash"],
-    )
+    assert await checkpoint_at(ingest, chain) == (22, canonical["block_hash"])
     assert await db.fetchval("SELECT count(*) FROM heartbeats WHERE chain_id = $1", chain) == 4
 
     records = await read_topic(kafka_bootstrap, topic, expect=5)
@@ -210,7 +185,7 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("case", "change", "field"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
 async def test_invalid_heartbeat_is_refused_naming_the_field(
-    client: Client,
+    ingest: Client,
     db: asyncpg.Connection,
     chain: int,
     case: str,
@@ -218,7 +193,7 @@ async def test_invalid_heartbeat_is_refused_naming_the_field(
     field: str,
 ) -> None:
     body = {k: v for k, v in {**heartbeat(chain, 5), **change}.items() if v is not None}
-    resp = await client.post("/v1/checkpoints", json=body, headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=body, headers=AUTH)
     assert resp.status == 422, case
     answer = await resp.json()
     assert answer["error"] == "invalid checkpoint"
@@ -229,31 +204,31 @@ async def test_invalid_heartbeat_is_refused_naming_the_field(
 
 
 async def test_malformed_oversized_and_unauthenticated_heartbeats(
-    client: Client, db: asyncpg.Connection, chain: int
+    ingest: Client, db: asyncpg.Connection, chain: int
 ) -> None:
-    resp = await client.post("/v1/checkpoints", data=b"{not json", headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", data=b"{not json", headers=AUTH)
     assert resp.status == 400
     assert "JSON" in (await resp.json())["error"]
 
-    resp = await client.post("/v1/checkpoints", json=[heartbeat(chain, 5)], headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", json=[heartbeat(chain, 5)], headers=AUTH)
     assert resp.status == 422
 
     huge = orjson.dumps({**heartbeat(chain, 5), "padding": "x" * (6 * 1024 * 1024)})
-    resp = await client.post("/v1/checkpoints", data=io.BytesIO(huge), headers=AUTH)
+    resp = await ingest.post("/v1/checkpoints", data=io.BytesIO(huge), headers=AUTH)
     assert resp.status == 413
 
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-        resp = await client.post("/v1/checkpoints", json=heartbeat(chain, 5), headers=headers)
+        resp = await ingest.post("/v1/checkpoints", json=heartbeat(chain, 5), headers=headers)
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"] == "Bearer"
         assert (await resp.json())["error"]
     assert await db.fetchval("SELECT count(*) FROM heartbeats") == 0
-    resp = await client.get(f"/v1/checkpoints/{chain}", headers=AUTH)
+    resp = await ingest.get(f"/v1/checkpoints/{chain}", headers=AUTH)
     assert resp.status == 404
 
 
 async def test_heartbeat_waits_for_a_reorg_of_its_chain_in_flight(
-    client: Client, db: asyncpg.Connection, chain: int
+    ingest: Client, db: asyncpg.Connection, chain: int
 ) -> None:
     """The chain lock is taken shared: a reorg holding it exclusively goes first,
     and a store of events holding it shared does not hold the heartbeat up."""
@@ -262,12 +237,12 @@ async def test_heartbeat_waits_for_a_reorg_of_its_chain_in_flight(
     try:
         await db.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", CHAIN_LOCK, chain)
         resp = await asyncio.wait_for(
-            client.post("/v1/checkpoints", json=heartbeat(chain, 7), headers=AUTH), 5
+            ingest.post("/v1/checkpoints", json=heartbeat(chain, 7), headers=AUTH), 5
         )
         assert resp.status == 201
         await db.execute("SELECT pg_advisory_xact_lock($1, $2)", CHAIN_LOCK, chain)
         beat = asyncio.create_task(
-            client.post("/v1/checkpoints", json=heartbeat(chain, 8), headers=AUTH)
+            ingest.post("/v1/checkpoints", json=heartbeat(chain, 8), headers=AUTH)
         )
         await asyncio.sleep(0.5)
         assert not beat.done(), "the heartbeat did not wait for the reorg in flight"

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from services.ingest.app import create_app
-from tests.connected.test_ingest import TOKEN, settings_for
+from tests.ingestutil import TOKEN, settings_for
 from tests.kafkautil import read_topic
 from tools.loadgen import LoadGenerator, Settings
 from tools.localnet import free_port

@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.platform.db import register_codecs
 from tests.deploy.promql import TARGET_LABELS, all_queries, family, service_of
-from tests.matcherutil import insert_trigger, insert_user
+from tests.matcherutil import NEW_FEEDBACK, insert_trigger, random_chain
 from tests.procs import ServiceProcess, http_get
 from tools.benchdb import drop_database, with_database
 from tools.eventgen import make_event
@@ -113,16 +113,7 @@ async def add_trigger(database_url: str, chain: int) -> None:
     conn = await asyncpg.connect(database_url)
     await register_codecs(conn)
     try:
-        user = await insert_user(conn)
-        await insert_trigger(
-            conn,
-            user_id=user,
-            chain_id=chain,
-            registry="reputation",
-            conditions=[
-                {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"}
-            ],
-        )
+        await insert_trigger(conn, chain_id=chain, conditions=NEW_FEEDBACK)
     finally:
         await conn.close()
 
@@ -152,7 +143,7 @@ def stack(
     events_topic, actions_topic = f"test.scrape.{tag}", f"test.scrape.actions.{tag}"
     topics = [events_topic, actions_topic]
     database_url = asyncio.run(prepare(admin_url, template_db, name, kafka_bootstrap, topics))
-    chain = random.randrange(10_000_000, 2**31 - 1)
+    chain = random_chain(10_000_000)
     procs: list[ServiceProcess] = []
     logs = tmp_path_factory.mktemp("scrape")
     try:

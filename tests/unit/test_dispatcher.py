@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.dispatcher.kinds.base import http_outcome, parse_retry_after
+from services.dispatcher.kinds.base import Outcome, http_outcome, parse_retry_after, scrub
 from services.dispatcher.kinds.rest import build_rest_request, webhook_signature
 from services.dispatcher.kinds.telegram import split_message
 from services.dispatcher.policy import (
@@ -388,3 +388,17 @@ async def test_rate_limiter_bucket_caps_the_overall_rate() -> None:
         assert await limiter.acquire(f"c{i}", max_wait=0) is None
     wait = await limiter.acquire("c30", max_wait=0)
     assert wait == pytest.approx(1 / 30)
+
+
+def test_scrub_masks_secrets_and_keeps_what_the_attempt_did() -> None:
+    unsent = Outcome.transient(
+        "refused https://x/bot123:SECRET/send", response={"echo": "SECRET"}, sent=False
+    )
+    out = scrub(unsent, "123:SECRET")
+    assert out.error == "refused https://x/bot***/send"
+    assert out.response == {"echo": "SECRET"}  # only the whole secret is masked
+    assert out.sent is False
+    assert out.destination_fault is False
+    parted = scrub(Outcome("transient", error="x SECRET", parts=(2, "d")), "SECRET")
+    assert parted.parts == (2, "d")
+    assert parted.error == "x ***"

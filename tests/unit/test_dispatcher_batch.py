@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.dispatcher.batch import Dispatcher, StoppingError
+from services.dispatcher.handlers import JobHandler
 from services.dispatcher.kinds.base import ActionRow, Deferral, Outcome, Target
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.results import ResultRow
@@ -22,7 +23,7 @@ from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.store import Lookups, Recorded
 from shared.contract.actions import ActionConfig, ActionType
 from shared.contract.events import Event
-from shared.contract.jobs import ActionJob, DeadLetter, job_id
+from shared.contract.jobs import ActionJob, DeadLetter, UnreadableLetter, job_id
 from tools.eventgen import make_event
 
 pytestmark = pytest.mark.unit
@@ -38,6 +39,7 @@ class FakeStore:
     replaced: dict[str, str] = field(default_factory=dict)  # event id -> reorg id
     rows: list[ResultRow] = field(default_factory=list)
     fail_lookups: BaseException | None = None
+    looked_up: list[str] = field(default_factory=list)
 
     async def recorded(self, job_ids: Sequence[str]) -> list[Recorded]:
         wanted = set(job_ids)
@@ -50,6 +52,7 @@ class FakeStore:
     async def lookups(self, jobs: Sequence[ActionJob]) -> Lookups:
         if self.fail_lookups is not None:
             raise self.fail_lookups
+        self.looked_up += [j.job_id for j in jobs]
         replaced = {
             i: self.replaced[j.event.id] for i, j in enumerate(jobs) if j.event.id in self.replaced
         }
@@ -73,12 +76,15 @@ class FakeKind:
     delay: float = 0.0
     limit: float = 5.0
     defer: Deferral | None = None
+    target_error: BaseException | None = None
     calls: list[str] = field(default_factory=list)
 
     def time_limit(self, job: ActionJob) -> float:
         return self.limit
 
     async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target:
+        if self.target_error is not None:
+            raise self.target_error
         return Target(destination="https://hooks.example")
 
     def wait_before(self, cfg: ActionConfig) -> Deferral | None:
@@ -157,6 +163,7 @@ async def test_duplicates_in_a_batch_are_attempted_once_and_recorded_jobs_skippe
     dispatcher, store, _ = build(kind)
     job, other = a_job(1), a_job(2)
     await dispatcher.handle_batch([job, job, other])
+    assert sorted(store.looked_up) == sorted([job.job_id, other.job_id])  # deduplicated first
     assert sorted(kind.calls) == sorted([job.job_id, other.job_id])
     assert store.statuses(job) == ["success"]
     await dispatcher.handle_batch([job, other])  # a redelivery after a crash
@@ -195,18 +202,20 @@ async def test_permanent_failure_ends_the_job_without_follow_up() -> None:
 
 
 async def test_slow_attempt_gets_a_guard_copy_due_after_its_time_limit() -> None:
-    kind = FakeKind(delay=1.5, limit=3.0)
+    kind = FakeKind(delay=1.0, limit=3.0)
     dispatcher, store, sent = build(kind, batch_deadline=0.2)
     job = a_job()
     before = datetime.now(UTC)
     await asyncio.wait_for(dispatcher.handle_batch([job]), timeout=1.0)
+    after = datetime.now(UTC)
     assert store.rows == []  # the batch returned before the attempt ended
     (copy,) = (ActionJob.parse(m) for m in sent.on(RETRY))
     assert copy.attempt == job.attempt
     assert copy.due_at is not None
-    assert copy.due_at >= before + timedelta(seconds=3.0 + 10.0)
-    # the guard copy arriving while the attempt still runs joins it, no second call
-    await dispatcher.handle_batch([copy], from_retry=True, interrupt=asyncio.Event())
+    # due after the kind's time limit plus the guard margin (10 s), not later
+    assert before + timedelta(seconds=13) <= copy.due_at <= after + timedelta(seconds=13)
+    # the job redelivered while its attempt still runs joins it: no second call
+    await asyncio.wait_for(dispatcher.handle_batch([job]), timeout=1.0)
     await dispatcher.drain(5.0)
     assert kind.calls == [job.job_id]
     assert store.statuses(job) == ["success"]
@@ -312,6 +321,70 @@ async def test_database_failure_raises_so_the_batch_is_redelivered() -> None:
     with pytest.raises(OSError, match="down"):
         await dispatcher.handle_batch([a_job()])
     assert kind.calls == []
+
+
+async def test_infrastructure_failure_during_an_attempt_is_raised_not_recorded() -> None:
+    # e.g. the MCP token lookup losing its database connection
+    kind = FakeKind(target_error=ConnectionResetError("connection lost"))
+    dispatcher, store, sent = build(kind)
+    with pytest.raises(ConnectionResetError):
+        await dispatcher.handle_batch([a_job()])
+    assert store.rows == []
+    assert sent.messages == []
+
+
+async def test_destination_retry_after_is_honoured() -> None:
+    kind = FakeKind([Outcome.transient("HTTP 429", retry_after=30.0, destination_fault=False)])
+    dispatcher, _, sent = build(kind, backoff_cap=300.0)
+    await dispatcher.handle_batch([a_job()])
+    (retry,) = (ActionJob.parse(m) for m in sent.on(RETRY))
+    assert retry.due_at is not None
+    assert retry.due_at >= datetime.now(UTC) + timedelta(seconds=29)
+
+
+async def test_job_deferred_past_its_max_age_is_dead() -> None:
+    kind = FakeKind(defer=Deferral(4.0, "chat_rate"))
+    dispatcher, store, sent = build(kind, max_job_age=60.0)
+    job = a_job(created_at=datetime.now(UTC) - timedelta(seconds=120))
+    await dispatcher.handle_batch([job])
+    assert store.statuses(job) == ["dead"]
+    assert str(store.rows[0][ERROR]).startswith("expired: still deferred (chat_rate)")
+    assert len(sent.on(DLQ)) == 1
+    assert sent.on(RETRY) == []
+
+
+async def test_an_unsent_outcome_leaves_the_breaker_as_it_was() -> None:
+    # fault, nothing sent (e.g. a rate-limit wait), fault: two consecutive faults of
+    # the destination open its breaker; the unsent attempt says nothing of its health
+    kind = FakeKind(
+        [
+            Outcome.transient("timeout"),
+            Outcome.transient("rate limited", destination_fault=False, sent=False),
+            Outcome.transient("timeout"),
+        ]
+    )
+    dispatcher, _, sent = build(kind, breaker_threshold=2)
+    jobs = [a_job(n) for n in range(1, 5)]
+    for job in jobs:
+        await dispatcher.handle_batch([job])
+    assert kind.calls == [j.job_id for j in jobs[:3]]
+    assert ActionJob.parse(sent.on(RETRY)[-1]).job_id == jobs[3].job_id  # deferred
+
+
+async def test_unreadable_message_goes_to_the_dead_letter_topic() -> None:
+    kind = FakeKind()
+    dispatcher, store, sent = build(kind)
+    handler = JobHandler(dispatcher.settings, send=sent)
+    handler.dispatcher = dispatcher
+    job = a_job()
+    await handler.handle(
+        [b'{"job_id": 1}', job.dump()], from_retry=False, interrupt=asyncio.Event()
+    )
+    assert store.statuses(job) == ["success"]
+    (letter,) = sent.on(DLQ)
+    unreadable = UnreadableLetter.model_validate_json(letter)
+    assert unreadable.raw == b'{"job_id": 1}'
+    assert "job_id" in unreadable.error
 
 
 async def test_a_bug_in_one_job_is_recorded_not_raised() -> None:

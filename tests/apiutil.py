@@ -16,7 +16,13 @@ from pydantic import SecretStr
 
 from services.api.auth import Passwords
 from services.api.settings import ApiSettings
-from shared.contract.events import EVENT_COLUMNS, Event, event_row
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+    event_row,
+)
+from shared.contract.events import (
+    Event,
+)
 from tools.eventgen import make_event
 
 Client = TestClient[web.Request, web.Application]

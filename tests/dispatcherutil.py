@@ -19,7 +19,14 @@ from aiokafka import AIOKafkaProducer
 from mcp.server.mcpserver import Context, MCPServer
 
 from shared.contract.actions import ActionType
-from shared.contract.events import EVENT_COLUMNS, Event, event_row, version_key
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+    event_row,
+)
+from shared.contract.events import (
+    Event,
+    version_key,
+)
 from shared.contract.jobs import ActionJob, job_id
 from tests.matcherutil import NEW_FEEDBACK, insert_trigger, insert_user
 from tools.eventgen import make_event

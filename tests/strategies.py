@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from shared.contract.actions import Action
 from shared.contract.condition_types import MAX_GROUP_DEPTH
 from shared.contract.conditions import Condition
-from shared.contract.events import (
-    EVENT_TYPES,
+from shared.contract.event_fields import (
     INT32_MAX,
     INT63_MAX,
     MAX_ABS_VALUE,
+)
+from shared.contract.events import (
+    EVENT_TYPES,
     Event,
     Registry,
     version_key,

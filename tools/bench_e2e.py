@@ -42,7 +42,12 @@ import itertools
 
 import matplotlib.pyplot as plt
 
-from shared.contract.events import event_row, parse_events
+from shared.contract.event_rows import (
+    event_row,
+)
+from shared.contract.events import (
+    parse_events,
+)
 from tools.bench_ingest import raw_copy
 from tools.bench_matcher import produce, raw_consume
 from tools.benchdb import scratch_topic

@@ -25,7 +25,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from shared.contract.events import EVENT_COLUMNS, event_row, parse_events
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+    event_row,
+)
+from shared.contract.events import (
+    parse_events,
+)
 from tools.benchdb import scratch_database, scratch_topic
 from tools.benchkit import bench_py_args, pct, save, service, stack
 from tools.eventgen import stream, take

@@ -10,7 +10,9 @@ from typing import Any
 
 from services.api.models import BacktestIn, BacktestOut, FiringOut
 from services.api.queries import backtests as backtest_sql
-from shared.contract.events import event_from_row
+from shared.contract.event_rows import (
+    event_from_row,
+)
 from shared.contract.jobs import tick_key
 from shared.contract.triggers import TriggerCreate
 from shared.engine.evaluate import ActionSpec, TriggerSpec, has_absence

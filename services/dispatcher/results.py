@@ -11,7 +11,12 @@ import structlog
 
 from services.dispatcher import queries
 from services.dispatcher.kinds.base import Outcome
-from shared.contract.events import INT32_MAX, version_key
+from shared.contract.event_fields import (
+    INT32_MAX,
+)
+from shared.contract.events import (
+    version_key,
+)
 from shared.contract.jobs import ActionJob
 from shared.platform.db import Conn
 

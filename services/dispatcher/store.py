@@ -14,7 +14,9 @@ import asyncpg
 from services.dispatcher import queries
 from services.dispatcher.kinds.base import ActionRow
 from services.dispatcher.results import ResultRow, ResultWriter
-from shared.contract.events import INT32_MAX
+from shared.contract.event_fields import (
+    INT32_MAX,
+)
 from shared.contract.jobs import ActionJob
 
 

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from shared.contract.events import EVENT_COLUMNS, Event, event_row
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+    event_row,
+)
+from shared.contract.events import (
+    Event,
+)
 from shared.contract.jobs import (
     CheckpointIn,
     ReorgIn,

@@ -8,7 +8,12 @@ from typing import Any
 
 import asyncpg
 
-from shared.contract.events import EVENT_COLUMNS, Event
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+)
+from shared.contract.events import (
+    Event,
+)
 from shared.engine.replay import scope_order
 from shared.platform.db import Conn
 

@@ -23,7 +23,13 @@ import structlog
 from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
-from shared.contract.events import Event, event_from_row, version_key
+from shared.contract.event_rows import (
+    event_from_row,
+)
+from shared.contract.events import (
+    Event,
+    version_key,
+)
 from shared.contract.jobs import AnyTopicMessage, EventMessage, RetractionMessage
 from shared.engine.evaluate import State, TriggerSpec, passes_gate, retract
 from shared.engine.replay import (

@@ -30,7 +30,13 @@ from services.matcher.jobs import fire
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.recompute import Recomputations
-from shared.contract.events import Event, event_from_row, version_key
+from shared.contract.event_rows import (
+    event_from_row,
+)
+from shared.contract.events import (
+    Event,
+    version_key,
+)
 from shared.contract.jobs import ActionJob
 from shared.engine.evaluate import (
     TriggerSpec,

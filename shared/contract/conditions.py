@@ -46,7 +46,12 @@ from shared.contract.condition_types import (
     parse_duration,
     parse_number,
 )
-from shared.contract.events import EVENT_REGISTRY, INT63_MAX
+from shared.contract.event_fields import (
+    INT63_MAX,
+)
+from shared.contract.events import (
+    EVENT_REGISTRY,
+)
 from shared.contract.patterns import ADDRESS_RE, UINT_RE
 from shared.contract.validation import Errors, no_nul
 

@@ -7,17 +7,14 @@ normalizes one event (hex lower-cased, both feedback layouts mapped onto score/v
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Any, Final, Protocol, Self
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,7 +27,24 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from shared.contract.patterns import ADDRESS_RE, DECIMAL_RE, HASH_RE
+from shared.contract.event_fields import (
+    MAX_ABS_VALUE,
+    Address,
+    ChainId,
+    Hash,
+    HexBytes,
+    Key,
+    Percent,
+    Tag,
+    Timestamp,
+    Uint31,
+    Uint63,
+    Uri,
+    ValueDecimals,
+    as_integer,
+    scaled,
+)
+from shared.contract.patterns import DECIMAL_RE
 
 
 class Registry(StrEnum):
@@ -68,138 +82,7 @@ REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "ValidationResponse": ("validator_address", "agent_id", "request_hash", "response"),
 }
 
-#: Column order of table `events` for COPY (created_at is left to its default).
-EVENT_COLUMNS: Final[tuple[str, ...]] = (
-    "id",
-    "chain_id",
-    "block_number",
-    "block_hash",
-    "transaction_hash",
-    "log_index",
-    "registry",
-    "event_type",
-    "agent_id",
-    "timestamp",
-    "block_time",
-    "owner",
-    "previous_owner",
-    "updated_by",
-    "token_uri",
-    "metadata_key",
-    "metadata_value",
-    "client_address",
-    "feedback_index",
-    "score",
-    "value",
-    "value_decimals",
-    "tag1",
-    "tag2",
-    "endpoint",
-    "file_uri",
-    "file_hash",
-    "responder",
-    "validator_address",
-    "request_uri",
-    "request_hash",
-    "response",
-    "response_uri",
-    "response_hash",
-    "tag",
-)
-
-INT32_MAX: Final = 2**31 - 1
-INT63_MAX: Final = 2**63 - 1
-ETHEREUM_GENESIS: Final = 1438269973
-MAX_FUTURE_SECONDS: Final = 86400
-MAX_ABS_VALUE: Final = 10**38
-MAX_VALUE_DECIMALS: Final = 18
-MAX_URI: Final = 8192
-MAX_TAG: Final = 256
-MAX_KEY: Final = 1024
-MAX_METADATA_HEX: Final = 2 * 65536 + 2
-
-_HEX_BYTES = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
-_INTEGER = re.compile(r"[+-]?[0-9]{1,40}")
 _FEEDBACK_NEEDS = "NewFeedback needs score (legacy layout) or value and value_decimals"
-
-
-def _address(v: str) -> str:
-    if ADDRESS_RE.fullmatch(v) is None:
-        raise PydanticCustomError("address", "must be 0x followed by 40 hex digits")
-    return v.lower()
-
-
-def _hash(v: str) -> str:
-    if HASH_RE.fullmatch(v) is None:
-        raise PydanticCustomError("hash", "must be 0x followed by 64 hex digits")
-    return v.lower()
-
-
-def _hex_bytes(v: str) -> str:
-    if len(v) > MAX_METADATA_HEX or _HEX_BYTES.fullmatch(v) is None:
-        raise PydanticCustomError(
-            "hex_bytes", "must be 0x followed by an even number of hex digits (at most 64 KiB)"
-        )
-    return v.lower()
-
-
-def _text(v: str) -> str:
-    if "\x00" in v:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
-    return v
-
-
-def _tag(v: str) -> str:
-    # bytes32 tags of older layouts arrive zero-padded: the padding is not part of the tag
-    v = v.rstrip("\x00")
-    if HASH_RE.fullmatch(v) is not None:
-        return bytes32_text(v)
-    return _text(v)
-
-
-def bytes32_text(v: str) -> str:
-    """A bytes32 tag posted as 0x + 64 hex: its text when it holds one (UTF-8, trailing
-    NUL padding removed, no control characters left), else the hex in lower case."""
-    raw = bytes.fromhex(v[2:]).rstrip(b"\x00")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return v.lower()
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
-        return v.lower()
-    return text
-
-
-def _as_integer(v: object) -> int | None:
-    """An int, an integer string or an integral Decimal as int; None for anything else."""
-    if type(v) is int:
-        return v
-    if type(v) is str:
-        return int(v) if _INTEGER.fullmatch(v) is not None else None
-    if isinstance(v, Decimal) and v.is_finite() and abs(v) <= MAX_ABS_VALUE:
-        return int(v) if v == v.to_integral_value() else None
-    return None
-
-
-def _not_future(v: int) -> int:
-    if v > time.time() + MAX_FUTURE_SECONDS:
-        raise PydanticCustomError("timestamp_future", "must not be more than one day in the future")
-    return v
-
-
-StrictStr = Annotated[str, Strict()]
-Address = Annotated[str, Strict(), AfterValidator(_address)]
-Hash = Annotated[str, Strict(), AfterValidator(_hash)]
-HexBytes = Annotated[str, Strict(), AfterValidator(_hex_bytes)]
-Uri = Annotated[str, Strict(), Field(max_length=MAX_URI), AfterValidator(_text)]
-Tag = Annotated[str, Strict(), Field(max_length=MAX_TAG), AfterValidator(_tag)]
-Key = Annotated[str, Strict(), Field(max_length=MAX_KEY), AfterValidator(_text)]
-ChainId = Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)]
-Uint63 = Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]
-Uint31 = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]
-Percent = Annotated[int, Strict(), Field(ge=0, le=100)]
-Timestamp = Annotated[int, Strict(), Field(ge=ETHEREUM_GENESIS), AfterValidator(_not_future)]
-ValueDecimals = Annotated[int, Strict(), Field(ge=0, le=MAX_VALUE_DECIMALS)]
 
 
 class _Missing:
@@ -223,12 +106,6 @@ def _error(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> I
 
 def _raise(errors: list[InitErrorDetails], title: str = "Event") -> None:
     raise ValidationError.from_exception_data(title, errors)
-
-
-def scaled(value: Decimal | int, decimals: int) -> Decimal:
-    """value / 10**decimals, exactly (no context rounding)."""
-    sign, digits, exponent = Decimal(value).as_tuple()
-    return Decimal((sign, digits, int(exponent) - decimals))
 
 
 def _check_derived(data: dict[str, Any]) -> list[InitErrorDetails]:
@@ -398,7 +275,7 @@ class Event(BaseModel):
             return None
         if type(v) is _Missing:
             raise v.error
-        n = _as_integer(v)
+        n = as_integer(v)
         if n is None:
             raise PydanticCustomError(
                 "integer_value", "must be an integer or a decimal string of an integer"
@@ -457,47 +334,6 @@ class Event(BaseModel):
         return self
 
 
-def event_row(e: Event) -> tuple[object, ...]:
-    """The event's values in EVENT_COLUMNS order (plain str for the registry)."""
-    return (
-        e.id,
-        e.chain_id,
-        e.block_number,
-        e.block_hash,
-        e.transaction_hash,
-        e.log_index,
-        e.registry.value,
-        e.event_type,
-        e.agent_id,
-        e.timestamp,
-        e.block_time,
-        e.owner,
-        e.previous_owner,
-        e.updated_by,
-        e.token_uri,
-        e.metadata_key,
-        e.metadata_value,
-        e.client_address,
-        e.feedback_index,
-        e.score,
-        e.value,
-        e.value_decimals,
-        e.tag1,
-        e.tag2,
-        e.endpoint,
-        e.file_uri,
-        e.file_hash,
-        e.responder,
-        e.validator_address,
-        e.request_uri,
-        e.request_hash,
-        e.response,
-        e.response_uri,
-        e.response_hash,
-        e.tag,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class ItemError:
     """One validation error of one item of an ingest batch."""
@@ -541,20 +377,3 @@ def version_key(e: Event) -> str:
 def feedback_value(e: Event) -> Decimal | None:
     """The decimal feedback value of a NewFeedback event, else None."""
     return e.score if e.event_type == "NewFeedback" else None
-
-
-#: Columns an Event takes from a stored row (id and block_time are derived).
-_FROM_ROW = tuple(c for c in EVENT_COLUMNS if c not in ("id", "block_time"))
-
-
-class Row(Protocol):
-    """A stored row (a database record or a dict), read by column name."""
-
-    def __getitem__(self, key: str, /) -> Any: ...
-
-
-def event_from_row(row: Row) -> Event:
-    """A stored event (columns named as in EVENT_COLUMNS) as the model the matcher
-    receives (events were validated on the way in, so this does not fail on rows
-    ingest wrote)."""
-    return Event.model_validate({name: row[name] for name in _FROM_ROW})

@@ -21,7 +21,15 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shared.contract.actions import Action, ActionConfig, ActionType
-from shared.contract.events import INT32_MAX, INT63_MAX, Event, Hash, Timestamp
+from shared.contract.event_fields import (
+    INT32_MAX,
+    INT63_MAX,
+    Hash,
+    Timestamp,
+)
+from shared.contract.events import (
+    Event,
+)
 
 
 def job_id(trigger_id: str, event_version: str, action_id: int) -> str:

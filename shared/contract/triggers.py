@@ -31,7 +31,13 @@ from shared.contract.condition_types import (
     ConditionType,
 )
 from shared.contract.conditions import Condition
-from shared.contract.events import EVENT_TYPES, INT32_MAX, Registry
+from shared.contract.event_fields import (
+    INT32_MAX,
+)
+from shared.contract.events import (
+    EVENT_TYPES,
+    Registry,
+)
 from shared.contract.validation import Errors, no_nul
 
 Name = Annotated[

@@ -11,14 +11,16 @@ import pytest
 from hypothesis import given
 from pydantic import ValidationError
 
-from shared.contract.events import (
+from shared.contract.event_rows import (
     EVENT_COLUMNS,
+    event_row,
+)
+from shared.contract.events import (
     EVENT_TYPES,
     REQUIRED_FIELDS,
     Event,
     ItemError,
     Registry,
-    event_row,
     feedback_value,
     parse_events,
 )

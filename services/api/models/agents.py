@@ -8,7 +8,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, Strict, StringConstraints
 
 from services.api.models._shared import _Body, _Out
-from shared.contract.events import INT63_MAX
+from shared.contract.event_fields import (
+    INT63_MAX,
+)
 
 
 class McpTokenRemovalIn(_Body):

@@ -11,7 +11,13 @@ from pydantic import Field, StringConstraints
 
 from services.api.models._shared import _Out, _TimeRange
 from shared.contract.actions import ActionType
-from shared.contract.events import INT32_MAX, INT63_MAX, Registry
+from shared.contract.event_fields import (
+    INT32_MAX,
+    INT63_MAX,
+)
+from shared.contract.events import (
+    Registry,
+)
 
 QChainId = Annotated[int, Field(ge=1, le=INT32_MAX)]
 QUint63 = Annotated[int, Field(ge=0, le=INT63_MAX)]

@@ -12,7 +12,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.contract.events import EVENT_COLUMNS
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+)
 from shared.platform.db import Conn
 
 EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)

@@ -10,7 +10,9 @@ from typing import Any
 import asyncpg
 
 from services.api.queries import EVENT_SELECT, Where
-from shared.contract.events import EVENT_COLUMNS
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+)
 from shared.contract.sql import CANONICAL
 from shared.platform.db import Conn
 

@@ -28,7 +28,10 @@ from services.api.signatures import (
     mcp_token_removal_message,
     recover_signer,
 )
-from shared.contract.events import INT32_MAX, INT63_MAX
+from shared.contract.event_fields import (
+    INT32_MAX,
+    INT63_MAX,
+)
 
 #: How far ahead an MCP token signature may expire (it is accepted once anyway).
 MAX_SIGNATURE_VALIDITY = 3600

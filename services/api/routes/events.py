@@ -24,7 +24,12 @@ from services.api.models import (
 from services.api.queries import Where, as_user
 from services.api.queries import events as event_sql
 from services.api.routes._shared import _page
-from shared.contract.events import Event, event_from_row
+from shared.contract.event_rows import (
+    event_from_row,
+)
+from shared.contract.events import (
+    Event,
+)
 
 
 async def list_events(request: web.Request) -> web.Response:

@@ -31,7 +31,13 @@ from services.api.queries import results as result_sql
 from services.api.queries import triggers as trigger_sql
 from services.api.redrive import KafkaUnavailableError
 from services.api.routes._shared import PRODUCER, _page, _spec, log
-from shared.contract.events import EVENT_COLUMNS, event_from_row, version_key
+from shared.contract.event_rows import (
+    EVENT_COLUMNS,
+    event_from_row,
+)
+from shared.contract.events import (
+    version_key,
+)
 from shared.contract.jobs import build_job, job_id
 from shared.engine.evaluate import TriggerSpec, evaluate
 

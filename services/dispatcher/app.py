@@ -22,6 +22,7 @@ from services.dispatcher.handlers import JobHandler
 from services.dispatcher.kinds import build_kinds
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.registration import Resolver
+from services.dispatcher.renderer import Renderer
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.store import PgJobStore
 from shared.outbound.client import new_session
@@ -56,6 +57,7 @@ class DispatcherRuntime:
         self.dispatcher: Dispatcher | None = None
         self._producer: AIOKafkaProducer | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._renderer: Renderer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, svc: StreamService) -> None:
@@ -77,6 +79,11 @@ class DispatcherRuntime:
             max_bytes=settings.outbound_max_response_bytes,
         )
         store = PgJobStore(svc.db())
+        self._renderer = Renderer(
+            workers=settings.template_workers,
+            seconds=settings.template_render_seconds,
+            memory_mb=settings.template_memory_mb,
+        )
         kinds = build_kinds(
             settings,
             session=self._session,
@@ -84,6 +91,7 @@ class DispatcherRuntime:
             resolver=resolver,
             secrets=self.secrets,
             agent_token=store.agent_token,
+            renderer=self._renderer,
         )
         self.dispatcher = Dispatcher(
             settings=settings, store=store, send=self.send, metrics=self.metrics, kinds=kinds
@@ -110,6 +118,8 @@ class DispatcherRuntime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        if self._renderer is not None:
+            await asyncio.to_thread(self._renderer.close)
         if self._producer is not None:
             await stop_producer(self._producer)
 

@@ -32,6 +32,7 @@ from services.dispatcher.kinds.base import ActionKind, ActionRow, Outcome, Targe
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.policy import Breakers, DestinationLimits, backoff_delay, now_utc
 from services.dispatcher.registration import ResolveError
+from services.dispatcher.renderer import RendererUnavailableError
 from services.dispatcher.results import result_row
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.store import JobStore
@@ -67,7 +68,8 @@ def is_infrastructure(exc: BaseException) -> bool:
         | asyncpg.PostgresConnectionError
         | asyncpg.exceptions.OperatorInterventionError
         | asyncpg.exceptions.InsufficientResourcesError
-        | KafkaError,
+        | KafkaError
+        | RendererUnavailableError,
     )
 
 

@@ -58,6 +58,15 @@ class DispatcherSettings(ServiceSettings):
     registration_cache_ttl: float = Field(
         default=300.0, ge=0, le=86400, validation_alias="REGISTRATION_CACHE_TTL"
     )
+    #: Template workers (processes): every template with something to render is
+    #: compiled and rendered in one, within the time and memory below.
+    template_workers: int = Field(default=2, ge=1, le=64, validation_alias="TEMPLATE_WORKERS")
+    template_render_seconds: float = Field(
+        default=1.0, gt=0, le=30, validation_alias="TEMPLATE_RENDER_SECONDS"
+    )
+    template_memory_mb: int = Field(
+        default=256, ge=32, le=4096, validation_alias="TEMPLATE_MEMORY_MB"
+    )
     #: Jobs per consumed batch; a batch commits once every attempt in it was recorded,
     #: or after batch_deadline seconds with guard copies of the slower ones.
     batch_max_records: int = Field(

@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import jinja2.filters
 import orjson
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -80,14 +81,70 @@ def _bounded_range(*args: int) -> range:
     return r
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with ``*`` and ``**`` checked before they compute (a
-    gigabyte string, a huge power) and range() counted per rendering."""
+_PERCENT_SPEC = re.compile(r"%[#0\- +]*(\d*)(?:\.(\d+))?")
+_BRACE_SPEC = re.compile(r"\{[^{}:]*:([^{}]*)\}")
 
-    intercepted_binops = frozenset({"*", "**"})
+
+def _check_format(fmt: str) -> None:
+    """Refuse a format string whose widths or precisions alone would exceed the
+    output cap ("%0999999999d", "{:>999999999}"), before it is applied."""
+    numbers = [n for m in _PERCENT_SPEC.findall(fmt) for n in m if n]
+    numbers += [n for spec in _BRACE_SPEC.findall(fmt) for n in re.findall(r"\d+", spec)]
+    if any(len(n) > 6 and int(n) > MAX_RENDERED_CHARS for n in numbers):
+        raise SecurityError(f"a format width beyond {MAX_RENDERED_CHARS} characters")
+
+
+def _checked_size(size: int, what: str) -> None:
+    if size > MAX_RENDERED_CHARS:
+        raise SecurityError(f"{what} would make more than {MAX_RENDERED_CHARS} characters")
+
+
+def _center(value: Any, width: int = 80) -> str:
+    _checked_size(width, "center")
+    return str(value).center(width)
+
+
+def _indent(value: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    text = str(value)
+    pad = width if isinstance(width, str) else " " * min(max(width, 0), MAX_RENDERED_CHARS + 1)
+    _checked_size(len(text) + (text.count("\n") + 1) * len(pad), "indent")
+    return str(jinja2.filters.do_indent(text, pad, first, blank))
+
+
+def _replace(eval_ctx: Any, value: Any, old: str, new: str, count: int | None = None) -> str:
+    text = str(value)
+    times = text.count(old) if count is None else min(count, text.count(old))
+    _checked_size(len(text) + times * max(0, len(new) - len(old)), "replace")
+    return str(jinja2.filters.do_replace(eval_ctx, text, old, new, count))
+
+
+def _format(value: str, *args: Any, **kwargs: Any) -> str:
+    _check_format(str(value))
+    return str(jinja2.filters.do_format(value, *args, **kwargs))
+
+
+_replace_filter = jinja2.pass_eval_context(_replace)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with ``*``, ``**`` and ``%`` checked before they compute
+    (a gigabyte string, a huge power, a huge format width), the filters that grow
+    text (center, indent, replace, format) and ``str.format`` checked likewise, and
+    range() counted per rendering."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_format(str(value.__self__))
+        return wrapped
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
+        if operator == "%":
+            if isinstance(left, str):
+                _check_format(left)
+        elif operator == "**":
             if isinstance(right, int) and isinstance(left, int) and abs(right) > 256:
                 raise SecurityError("exponent too large in a template")
         elif operator == "*":
@@ -109,6 +166,10 @@ def _environment(finalize: Callable[[Any], Any] | None) -> ImmutableSandboxedEnv
         auto_reload=False,
     )
     env.filters["tojson"] = _tojson
+    env.filters["center"] = _center
+    env.filters["indent"] = _indent
+    env.filters["replace"] = _replace_filter
+    env.filters["format"] = _format
     env.globals["range"] = _bounded_range
     env.globals.pop("lipsum", None)  # text generation: not a message's business
     return env

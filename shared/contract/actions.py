@@ -6,6 +6,7 @@ REVEAL_SECRETS context asks for them in clear text."""
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, Self
@@ -46,9 +47,21 @@ _TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}")
 
 
+#: The scheme and authority (userinfo, host, port) of a URL: up to the first /, ? or #
+#: after "//".
+_URL_ORIGIN = re.compile(r"[^:/?#]*://[^/?#]*")
+
+
 def _http_url(v: str) -> str:
     if len(v) > 2048 or any(c.isspace() or ord(c) < 32 for c in v):
         raise PydanticCustomError("url", "must be an http(s) URL of at most 2048 characters")
+    head = _URL_ORIGIN.match(v)
+    if head is not None and "{" in head.group():
+        # where a request goes (and its secrets with it) is fixed when the trigger
+        # is written: templates may shape the path and query only
+        raise PydanticCustomError(
+            "url", "templates may not be in the scheme, userinfo, host or port"
+        )
     try:
         parts = urlsplit(v)
         _ = parts.port
@@ -65,11 +78,19 @@ MaxAttempts = Annotated[int, Strict(), Field(ge=1, le=20)]
 Template = str | dict[str, Any]
 
 
+#: Longest template source: a string, or an object template written as JSON.
+MAX_TEMPLATE_CHARS: Final = 65536
+
+
 def _template(v: Any) -> Any:
     if v is not None and not isinstance(v, str | dict):
         raise PydanticCustomError("template", "must be a string, an object or null")
-    if isinstance(v, str) and len(v) > 65536:
-        raise PydanticCustomError("template", "must be at most 65536 characters")
+    if isinstance(v, str) and len(v) > MAX_TEMPLATE_CHARS:
+        raise PydanticCustomError("template", f"must be at most {MAX_TEMPLATE_CHARS} characters")
+    if isinstance(v, dict) and len(json.dumps(v, ensure_ascii=False)) > MAX_TEMPLATE_CHARS:
+        raise PydanticCustomError(
+            "template", f"must be at most {MAX_TEMPLATE_CHARS} characters written as JSON"
+        )
     if has_nul(v):
         raise PydanticCustomError("nul_character", "must not contain NUL characters")
     return v

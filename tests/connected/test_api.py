@@ -1197,3 +1197,34 @@ async def test_the_api_refuses_to_start_as_a_role_that_bypasses_row_security(
             await server.start_server()
     finally:
         await server.close()
+
+
+async def test_a_url_template_that_could_move_the_host_is_refused(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """The review's attack: a host part whose template renders a "/" sends the
+    secret headers to another origin than the one the API checked. Refused on
+    creation and on a PATCH, with where and why."""
+    auth = await signup(client)
+    escaping = 'http://127.0.0.1:9998{{"\\x2f"}}@127.0.0.1:9999/hook'
+    action = {
+        "action_type": "rest",
+        "config": {"url": escaping, "secret_headers": {"Authorization": "Bearer s3cr3t"}},
+    }
+    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN, actions=[action]), headers=auth)
+    assert resp.status == 422
+    (problem,) = (await resp.json())["details"]
+    assert problem["loc"] == ["body", "actions", 0, "config", "url"]
+    assert "templates may not be in the scheme, userinfo, host or port" in problem["message"]
+    assert await db.fetchval("SELECT count(*) FROM triggers") == 0
+
+    fine = {"action_type": "rest", "config": {"url": "https://127.0.0.1:9999/{{event.agent_id}}"}}
+    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN, actions=[fine]), headers=auth)
+    assert resp.status == 201
+    trigger = await resp.json()
+    moved = {"action_type": "rest", "config": {"url": "https://{{event.owner}}.example/x"}}
+    resp = await client.patch(
+        f"/v1/triggers/{trigger['id']}", json={"actions": [moved]}, headers=auth
+    )
+    assert resp.status == 422
+    assert "templates may not be in the scheme" in await resp.text()

@@ -872,3 +872,90 @@ async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
         ("redrive-1", "success"),
     ]
     assert len(ok.seen) == 2  # the plain redelivery of the first run was skipped
+
+
+# --------------------------------------------------------------------------- templates
+
+
+#: One expression that costs ~10 ms of CPU; the issue's repro used 400 of them.
+_HEAVY = '{{ ("a" * 65536)|list|unique|list|length }}'
+
+
+async def test_a_costly_template_neither_stalls_the_dispatcher_nor_delays_other_jobs(
+    db: asyncpg.Connection, dispatcher: Dispatch
+) -> None:
+    """An attack on the running dispatcher: templates built to burn CPU (400
+    expressions of ~10 ms each) and memory (4 GiB of ``center``ed strings). They are rendered in
+    the template workers: /healthz keeps answering at once, another user's job is
+    delivered on time, each costly job fails once (not retried) and the dispatcher's
+    memory does not grow."""
+    async with serve(Receiver()) as receiver:
+        slow = await rest_job(db, {"url": f"{receiver.base}/slow", "body_template": _HEAVY * 400})
+        huge = await rest_job(
+            db,
+            {
+                "url": f"{receiver.base}/huge",
+                "body_template": '{{ ("a" * 65536)|list|map("center", 65536)|list|length }}',
+            },
+        )
+        other = await rest_job(
+            db, {"url": f"{receiver.base}/other", "body_template": {"a": "{{ event.agent_id }}"}}
+        )
+        proc = dispatcher.start(TEMPLATE_RENDER_SECONDS="1.0", TEMPLATE_WORKERS="2")
+        rss_before = metric_value(proc, "process_resident_memory_bytes")
+        await dispatcher.produce([slow, huge])
+        await asyncio.sleep(0.3)  # the costly ones are being rendered
+        sent_at = time.monotonic()
+        await dispatcher.produce([other])
+        slowest = 0.0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            await has_status(db, slow.job_id, "failed")
+            and await has_status(db, huge.job_id, "failed")
+            and receiver.seen
+        ):
+            started = time.monotonic()
+            status, _ = await asyncio.to_thread(http_get, proc.base + "/healthz")
+            slowest = max(slowest, time.monotonic() - started)
+            assert status == 200
+            await asyncio.sleep(0.02)
+        assert [s.path for s in receiver.seen] == ["/other"]
+        assert receiver.seen[0].at - sent_at < 3.0  # on time, not behind the costly ones
+        await asyncio.sleep(1.5)  # a retry would come now
+        rss_after = metric_value(proc, "process_resident_memory_bytes")
+
+    assert slowest < 0.1, f"/healthz took {slowest * 1000:.0f} ms while templates rendered"
+    slow_rows, huge_rows = await results(db, slow.job_id), await results(db, huge.job_id)
+    assert statuses(slow_rows) == ["failed"]  # once: a refused template is not retried
+    assert slow_rows[0]["error_message"] == "template took more than 1s to render"
+    assert statuses(huge_rows) == ["failed"]
+    assert "out of memory" in huge_rows[0]["error_message"]
+    assert rss_after - rss_before < 64 * 2**20
+
+
+async def test_secrets_never_follow_a_rendered_url_to_another_origin(
+    db: asyncpg.Connection, dispatcher: Dispatch
+) -> None:
+    """A trigger stored before URL templates were kept out of the host (written to
+    the table directly: the API refuses it now) whose URL renders to another origin
+    than its own: the dispatcher fails the job instead of sending its secret
+    headers and signature there (its config no longer validates; behind that, the
+    rendered origin is compared with the action's own: tests/unit/test_dispatcher.py)."""
+    async with serve(Receiver()) as claimed, serve(Receiver()) as elsewhere:
+        url = f'http://127.0.0.1:{elsewhere.port}{{{{"\\x2f"}}}}@127.0.0.1:{claimed.port}/hook'
+        rest = await rest_trigger(
+            db, {"url": "http://127.0.0.1:9/unused"}, headers={"Authorization": "Bearer s3cr3t"}
+        )
+        config = {"url": url, "method": "POST"}
+        await db.execute(
+            "UPDATE trigger_actions SET config = $2::jsonb WHERE id = $1", rest.action, config
+        )
+        job = TriggerAction(rest.user, rest.trigger, rest.action, "rest", config).job()
+        dispatcher.start()
+        await dispatcher.produce([job])
+        await wait_for(lambda: has_status(db, job.job_id, "failed"), within=30, what="failure")
+        await asyncio.sleep(0.5)
+    assert elsewhere.seen == []
+    assert claimed.seen == []
+    (row,) = await results(db, job.job_id)
+    assert "templates may not be in the scheme" in row["error_message"]

@@ -402,3 +402,59 @@ def test_scrub_masks_secrets_and_keeps_what_the_attempt_did() -> None:
     parted = scrub(Outcome("transient", error="x SECRET", parts=(2, "d")), "SECRET")
     assert parted.parts == (2, "d")
     assert parted.error == "x ***"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '{{ ""|center(100000000) }}',
+        "{{ '%0999999999d' % 1 }}",
+        "{{ '%.999999999f'|format(1.5) }}",
+        "{{ '{:>999999999}'.format(1) }}",
+        "{{ ('a' * 60000)|replace('a', 'bbbbbbbbbb') }}",
+        "{{ ('a\\n' * 30000)|indent(100) }}",
+    ],
+)
+def test_text_growing_operations_are_refused_before_they_build(source: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(TemplateRenderError, match="refused by the sandbox"):
+        render_text(source, {})
+    assert time.perf_counter() - started < 0.5
+
+
+def test_text_growing_operations_within_the_cap_still_work() -> None:
+    assert render_text("{{ 'ab'|center(6) }}|{{ '%05d' % 42 }}|{{ '%.2f'|format(1.5) }}", {}) == (
+        "  ab  |00042|1.50"
+    )
+    assert render_text("{{ '{:>4}'.format('x') }}|{{ 'aXa'|replace('X', 'yy') }}", {}) == (
+        "   x|ayya"
+    )
+    assert render_text("{{ 'a\\nb'|indent(2) }}", {}) == "a\n  b"
+
+
+#: The review's repro: the host part holds a template that renders a "/". Unrendered,
+#: the URL's origin is 127.0.0.1:9999 (the part before the "@" reads as userinfo);
+#: rendered, the request goes to 127.0.0.1:9998.
+_ESCAPING_URL = 'http://127.0.0.1:9998{{"\\x2f"}}@127.0.0.1:9999/hook'
+
+
+def test_a_url_template_may_not_reach_the_host() -> None:
+    with pytest.raises(ValidationError, match="templates may not be in the scheme"):
+        RestConfig(url=_ESCAPING_URL)
+    with pytest.raises(ValidationError, match="templates may not be in the scheme"):
+        RestConfig(url="https://{{event.owner}}.example/hook")
+    ok = RestConfig(url="https://hooks.example/a/{{event.agent_id}}?x={{trigger.id}}")
+    assert build_rest_request(a_job(), ok, secret="s").url == "https://hooks.example/a/7?x=t1"
+
+
+def test_secrets_go_only_to_the_actions_own_origin() -> None:
+    # a trigger stored before the rule above: its URL renders to another origin
+    legacy = RestConfig.model_construct(
+        method="POST", url=_ESCAPING_URL, headers={}, body_template=None, expected_status=None
+    )
+    assert origin(legacy.url) == "http://127.0.0.1:9999"
+    assert origin(build_rest_request(a_job(), legacy, secret=None).url) == "http://127.0.0.1:9998"
+    with pytest.raises(TemplateRenderError, match="origin differs"):
+        build_rest_request(a_job(), legacy, secret="whsec_c2VjcmV0")
+    with pytest.raises(TemplateRenderError, match="origin differs"):
+        build_rest_request(a_job(), legacy, secret=None, secret_headers={"Authorization": "x"})

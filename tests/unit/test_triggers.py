@@ -484,6 +484,26 @@ def test_action_configs_by_type() -> None:
             "a string, an object or null",
         ),
         (
+            {
+                "action_type": "rest",
+                "config": {"url": "https://a.example", "body_template": "{{ x }}" * 10000},
+            },
+            ("config", "body_template"),
+            "at most 65536 characters",
+        ),
+        (
+            {
+                "action_type": "mcp",
+                "config": {
+                    "tool_name": "x",
+                    "server_url": "https://a.example",
+                    "arguments_template": {f"k{i}": "{{ event.agent_id }}" for i in range(3000)},
+                },
+            },
+            ("config", "arguments_template"),
+            "at most 65536 characters written as JSON",
+        ),
+        (
             {"action_type": "mcp", "config": {"tool_name": "x"}},
             ("config", "server_url"),
             "exactly one of server_url or resolve_endpoint",

@@ -12,6 +12,7 @@ from services.dispatcher.kinds.rest import RestKind
 from services.dispatcher.kinds.telegram import TelegramKind
 from services.dispatcher.policy import RateLimiter
 from services.dispatcher.registration import Resolver
+from services.dispatcher.renderer import Renderer
 from services.dispatcher.settings import DispatcherSettings
 from shared.contract.actions import ActionType
 from shared.outbound.policy import OutboundPolicy
@@ -26,6 +27,7 @@ def build_kinds(
     resolver: Resolver,
     secrets: SecretBox,
     agent_token: TokenLookup,
+    renderer: Renderer,
 ) -> dict[ActionType, ActionKind]:
     limiter = RateLimiter(
         rate=settings.telegram_rate,
@@ -33,15 +35,22 @@ def build_kinds(
         per_key_interval=settings.telegram_chat_interval,
     )
     return {
-        ActionType.rest: RestKind(session=session, policy=policy, secrets=secrets),
+        ActionType.rest: RestKind(
+            session=session, policy=policy, secrets=secrets, renderer=renderer
+        ),
         ActionType.telegram: TelegramKind(
             session=session,
             policy=policy,
             api_base=settings.telegram_api_base,
             bot_token=settings.telegram_bot_token.get_secret_value(),
             limiter=limiter,
+            renderer=renderer,
         ),
         ActionType.mcp: McpKind(
-            resolver=resolver, policy=policy, secrets=secrets, agent_token=agent_token
+            resolver=resolver,
+            policy=policy,
+            secrets=secrets,
+            agent_token=agent_token,
+            renderer=renderer,
         ),
     }

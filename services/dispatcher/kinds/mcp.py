@@ -33,6 +33,7 @@ from services.dispatcher.kinds.base import (
     short,
 )
 from services.dispatcher.registration import ResolveError, Resolver
+from services.dispatcher.renderer import Renderer
 from services.dispatcher.templates import TemplateRenderError, context_of, render_json_object
 from shared.contract.actions import ActionConfig, McpConfig
 from shared.contract.jobs import ActionJob
@@ -63,7 +64,9 @@ class McpKind:
         policy: OutboundPolicy,
         secrets: SecretBox,
         agent_token: TokenLookup,
+        renderer: Renderer,
     ) -> None:
+        self._renderer = renderer
         self._resolver = resolver
         self._policy = policy
         self._secrets = secrets
@@ -122,6 +125,7 @@ class McpKind:
             cfg,
             resolver=self._resolver,
             policy=self._policy,
+            renderer=self._renderer,
             bearer_token=target.secret,
             server_url=target.url,
         )
@@ -213,6 +217,7 @@ async def run_mcp(
     *,
     resolver: Resolver,
     policy: OutboundPolicy,
+    renderer: Renderer,
     bearer_token: str | None,
     server_url: str | None = None,
 ) -> Outcome:
@@ -236,7 +241,12 @@ async def run_mcp(
                 "job_id": job.job_id,
             }
         else:
-            arguments = render_json_object(cfg.arguments_template, ctx)
+            arguments = await renderer.call(
+                render_json_object,
+                cfg.arguments_template,
+                ctx,
+                templates=(cfg.arguments_template,),
+            )
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
     if cfg.include_file_content and file_view is not None and "file" not in arguments:

@@ -28,6 +28,7 @@ from services.dispatcher.kinds.base import (
     mask,
     scrub,
 )
+from services.dispatcher.renderer import Renderer
 from services.dispatcher.templates import (
     TemplateRenderError,
     context_of,
@@ -91,37 +92,86 @@ class RestRequest:
     body: bytes | None
 
 
+@dataclass(frozen=True)
+class RenderedRest:
+    """What a REST action's templates render to."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+    content_type: str
+
+
+def render_rest(
+    url_template: str,
+    header_templates: dict[str, str],
+    body_template: str | dict[str, Any] | None,
+    default_body: dict[str, Any] | None,
+    ctx: dict[str, Any],
+) -> RenderedRest:
+    """The URL, headers and body of a REST action rendered (TemplateRenderError when a
+    template fails); ``default_body`` is sent when there is no body template. Pure
+    and picklable: the renderer's workers run it."""
+    url = render_text(url_template, ctx)
+    if (why := _valid_http_url(url)) is not None:
+        raise TemplateRenderError(why)
+    headers = {name: render_text(value, ctx) for name, value in header_templates.items()}
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise TemplateRenderError(f"header {name}: rendered value holds a line break")
+    body: bytes | None = None
+    content_type = "application/json"
+    if body_template is None:
+        if default_body is not None:
+            body = orjson.dumps(default_body, default=str)
+    elif isinstance(body_template, dict):
+        body = orjson.dumps(render_tree(body_template, ctx), default=str)
+    else:
+        text = render_text(body_template, ctx)
+        body = text.encode()
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            content_type = "text/plain; charset=utf-8"
+    return RenderedRest(url, headers, body, content_type)
+
+
+def _same_origin(rendered: str, configured: str) -> bool:
+    try:
+        return origin(rendered) == origin(configured)
+    except ValueError:
+        return False
+
+
+def rest_templates(job: ActionJob, cfg: RestConfig) -> tuple[Any, ...]:
+    """render_rest's arguments for this job."""
+    default = None
+    if cfg.body_template is None and cfg.method not in ("GET", "DELETE"):
+        default = _default_body(job)
+    return (cfg.url, dict(cfg.headers), cfg.body_template, default, context_of(job))
+
+
 def build_rest_request(
     job: ActionJob,
     cfg: RestConfig,
     *,
     secret: str | None,
     secret_headers: dict[str, str] | None = None,
+    rendered: RenderedRest | None = None,
 ) -> RestRequest:
-    """The request an attempt sends (TemplateRenderError when a template fails).
-    ``secret_headers`` (decrypted) are sent as they are: values, not templates."""
-    ctx = context_of(job)
-    url = render_text(cfg.url, ctx)
-    if (why := _valid_http_url(url)) is not None:
-        raise TemplateRenderError(why)
-    headers = {name: render_text(value, ctx) for name, value in cfg.headers.items()}
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value:
-            raise TemplateRenderError(f"header {name}: rendered value holds a line break")
-    body: bytes | None = None
-    content_type = "application/json"
-    if cfg.body_template is None:
-        if cfg.method not in ("GET", "DELETE"):
-            body = orjson.dumps(_default_body(job), default=str)
-    elif isinstance(cfg.body_template, dict):
-        body = orjson.dumps(render_tree(cfg.body_template, ctx), default=str)
-    else:
-        text = render_text(cfg.body_template, ctx)
-        body = text.encode()
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError:
-            content_type = "text/plain; charset=utf-8"
+    """The request an attempt sends, from its ``rendered`` templates (rendered here
+    when not given; TemplateRenderError when a template fails). ``secret_headers``
+    (decrypted) are sent as they are: values, not templates."""
+    if rendered is None:
+        rendered = render_rest(*rest_templates(job, cfg))
+    if (secret is not None or secret_headers) and not _same_origin(rendered.url, cfg.url):
+        # A trigger written before templates were kept out of the host (or a bug):
+        # its secrets go only where the trigger's own URL points.
+        raise TemplateRenderError(
+            "the rendered URL's origin differs from the action's URL: "
+            "its signing secret and secret headers are not sent there"
+        )
+    headers, body = rendered.headers, rendered.body
     if secret_headers:
         # names ignore case: a secret header replaces a clear one of the same name
         secret_names = {k.lower() for k in secret_headers}
@@ -132,7 +182,7 @@ def build_rest_request(
         k: v for k, v in headers.items() if not is_reserved_header(k) and k.lower() != "user-agent"
     }
     if body is not None and "content-type" not in lower:
-        out["Content-Type"] = content_type
+        out["Content-Type"] = rendered.content_type
     out["User-Agent"] = USER_AGENT
     out["Idempotency-Key"] = job.job_id
     if secret is not None:
@@ -140,7 +190,7 @@ def build_rest_request(
         out["webhook-id"] = job.job_id
         out["webhook-timestamp"] = str(ts)
         out["webhook-signature"] = webhook_signature(secret, job.job_id, ts, body or b"")
-    return RestRequest(cfg.method, url, out, body)
+    return RestRequest(cfg.method, rendered.url, out, body)
 
 
 async def run_rest(
@@ -149,11 +199,16 @@ async def run_rest(
     *,
     session: aiohttp.ClientSession,
     policy: OutboundPolicy,
+    renderer: Renderer,
     secret: str | None,
     secret_headers: dict[str, str] | None = None,
 ) -> Outcome:
     try:
-        req = build_rest_request(job, cfg, secret=secret, secret_headers=secret_headers)
+        args = rest_templates(job, cfg)
+        rendered = await renderer.call(render_rest, *args, templates=args[:3])
+        req = build_rest_request(
+            job, cfg, secret=secret, secret_headers=secret_headers, rendered=rendered
+        )
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
     # The origin only: webhook URLs often carry their token in the path (Slack, Discord).
@@ -181,11 +236,17 @@ class RestKind:
     decrypted for each attempt."""
 
     def __init__(
-        self, *, session: aiohttp.ClientSession, policy: OutboundPolicy, secrets: SecretBox
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        policy: OutboundPolicy,
+        secrets: SecretBox,
+        renderer: Renderer,
     ) -> None:
         self._session = session
         self._policy = policy
         self._secrets = secrets
+        self._renderer = renderer
 
     def time_limit(self, job: ActionJob) -> float:
         return job_timeout(job)
@@ -226,6 +287,7 @@ class RestKind:
             cfg,
             session=self._session,
             policy=self._policy,
+            renderer=self._renderer,
             secret=target.secret,
             secret_headers=target.headers,
         )

@@ -20,6 +20,7 @@ from services.dispatcher.kinds.base import (
     scrub,
 )
 from services.dispatcher.policy import RateLimiter
+from services.dispatcher.renderer import Renderer
 from services.dispatcher.templates import TemplateRenderError, context_of, render_text
 from shared.contract.actions import ActionConfig, TelegramConfig
 from shared.contract.jobs import ActionJob
@@ -56,25 +57,39 @@ def split_message(
     return parts or [""]
 
 
+def render_message(
+    template: str, parse_mode: str | None, ctx: dict[str, Any]
+) -> tuple[str, str | None]:
+    """The message's text and the parse mode it goes with. Pure and picklable: the
+    renderer's workers run it."""
+    text = render_text(template, ctx, parse_mode=parse_mode)
+    if parse_mode is not None and len(text) > TELEGRAM_MAX_CHARS:
+        # Markup cut in two would not parse (Telegram answers 400): a message too
+        # long for one part goes as plain text, split at line ends.
+        return render_text(template, ctx), None
+    return text, parse_mode
+
+
 async def run_telegram(
     job: ActionJob,
     cfg: TelegramConfig,
     *,
     session: aiohttp.ClientSession,
     policy: OutboundPolicy,
+    renderer: Renderer,
     api_base: str,
     bot_token: str,
     limiter: RateLimiter,
     part_seconds: float = TELEGRAM_PART_SECONDS,
 ) -> Outcome:
-    parse_mode = cfg.parse_mode
     try:
-        text = render_text(cfg.message_template, context_of(job), parse_mode=parse_mode)
-        if parse_mode is not None and len(text) > TELEGRAM_MAX_CHARS:
-            # Markup cut in two would not parse (Telegram answers 400): a message too
-            # long for one part goes as plain text, split at line ends.
-            parse_mode = None
-            text = render_text(cfg.message_template, context_of(job))
+        text, parse_mode = await renderer.call(
+            render_message,
+            cfg.message_template,
+            cfg.parse_mode,
+            context_of(job),
+            templates=(cfg.message_template,),
+        )
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
     if not text.strip():
@@ -196,7 +211,9 @@ class TelegramKind:
         api_base: str,
         bot_token: str,
         limiter: RateLimiter,
+        renderer: Renderer,
     ) -> None:
+        self._renderer = renderer
         self._session = session
         self._policy = policy
         self._api_base = api_base
@@ -222,6 +239,7 @@ class TelegramKind:
             cfg,
             session=self._session,
             policy=self._policy,
+            renderer=self._renderer,
             api_base=self._api_base,
             bot_token=self._bot_token,
             limiter=self.limiter,

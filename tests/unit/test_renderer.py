@@ -1,0 +1,83 @@
+"""The template workers: renderings in other processes, bounded in time and memory,
+with the event loop free meanwhile; a worker past its time is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.dispatcher.renderer import Renderer, has_templates
+from services.dispatcher.templates import TemplateRenderError, render_text
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+HEAVY = '{{ ("a" * 65536)|list|unique|list|length }}' * 400
+MEMORY_HOG = '{{ ("a" * 65536)|list|map("center", 65536)|list|length }}'
+
+
+@pytest.fixture
+async def renderer() -> AsyncIterator[Renderer]:
+    r = Renderer(workers=2, seconds=1.0, memory_mb=128)
+    try:
+        yield r
+    finally:
+        await asyncio.to_thread(r.close)
+
+
+def test_has_templates_looks_into_objects() -> None:
+    assert not has_templates("plain", {"a": ["b", {"c": "d"}]}, None, 3)
+    assert has_templates("plain", {"a": ["b", {"c": "{{ x }}"}]})
+
+
+async def test_renders_in_a_worker(renderer: Renderer) -> None:
+    out = await renderer.call(render_text, "agent {{ a }}", {"a": 7}, templates=("x{",))
+    assert out == "agent 7"
+
+
+async def test_a_costly_template_is_stopped_and_the_loop_stays_free(renderer: Renderer) -> None:
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    with pytest.raises(TemplateRenderError, match=r"took more than 1s to render"):
+        await renderer.call(render_text, HEAVY, {})
+    took = time.monotonic() - started
+    stop.set()
+    await ticking
+    assert 0.9 < took < 3.0
+    assert max(gaps) < 0.1  # the event loop was never held
+    # the killed worker was replaced: the pool still renders
+    assert await renderer.call(render_text, "{{ 1 + 1 }}", {}) == "2"
+
+
+async def test_memory_is_capped_in_the_worker(renderer: Renderer) -> None:
+    with pytest.raises(TemplateRenderError, match="out of memory"):
+        # 65,536 strings of 65,536 characters: each piece passes the sandbox's checks
+        await renderer.call(render_text, MEMORY_HOG, {})
+    assert await renderer.call(render_text, "{{ 'ok' }}", {}) == "ok"
+
+
+async def test_template_errors_come_back_as_they_are(renderer: Renderer) -> None:
+    with pytest.raises(TemplateRenderError, match="template error: 'nope' is undefined"):
+        await renderer.call(render_text, "{{ nope }}", {})
+
+
+async def test_nothing_to_render_skips_the_workers() -> None:
+    closed = Renderer(workers=1, seconds=1.0, memory_mb=64)
+    await asyncio.to_thread(closed.close)
+    # a stopped pool would fail any scheduled call: these never reach it
+    assert await closed.call(render_text, "plain text", {}, templates=("plain text",)) == (
+        "plain text"
+    )

@@ -705,7 +705,9 @@ CREATE TABLE public.agent_mcp_tokens (
     token_ciphertext bytea NOT NULL,
     owner_address text NOT NULL,
     created_at timestamp with time zone DEFAULT now(),
-    updated_at timestamp with time zone DEFAULT now()
+    updated_at timestamp with time zone DEFAULT now(),
+    allowed_tools text[],
+    allowed_users text[]
 );
 
 
@@ -2916,4 +2918,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261206120000'),
     ('20261206130000'),
     ('20261206140000'),
-    ('20261206140001');
+    ('20261206140001'),
+    ('20261206150000');

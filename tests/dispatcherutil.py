@@ -35,8 +35,9 @@ from tools.localnet import free_port
 
 @dataclass
 class McpAgentServer:
-    """A real MCP server (the ``mcp`` package, streamable HTTP) with one tool,
-    ``notify``, that records its arguments and the request's headers."""
+    """A real MCP server (the ``mcp`` package, streamable HTTP) with two tools:
+    ``notify`` records its arguments and the request's headers; ``echo_auth`` answers
+    with the request's Authorization header (a tool that leaks its credentials)."""
 
     calls: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
     port: int = 0
@@ -72,6 +73,19 @@ async def serve_mcp(agent: McpAgentServer) -> AsyncIterator[McpAgentServer]:
         }
         agent.calls.append((headers, {k: v for k, v in arguments.items() if v is not None}))
         return f"noted {len(agent.calls)}"
+
+    @server.tool()
+    async def echo_auth(
+        ctx: Context,
+        event: dict[str, Any] | None = None,
+        trigger: dict[str, Any] | None = None,
+        explain: dict[str, Any] | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        request = ctx.request_context.request
+        auth = request.headers.get("authorization", "") if request else ""
+        agent.calls.append(({"authorization": auth} if auth else {}, {"job_id": job_id}))
+        return f"you sent: {auth}"
 
     agent.port = free_port()
     config = uvicorn.Config(

@@ -6,12 +6,16 @@ The owner of an agent signs, with the wallet that owns the agent's token::
     chain_id: <chain id>
     agent_id: <agent id>
     token_sha256: 0x<sha256 of the token's UTF-8 bytes, hex>
+    allowed_tools: <tool names, comma-separated, or *>
+    allowed_users: <user ids of this service, comma-separated, or *>
     nonce: <8..64 of A-Z a-z 0-9 _ ->
     expires_at: <unix seconds>
 
 (lines joined by a single ``\\n``, no trailing newline). The chain and agent bind
 the signature to one agent, the hash to one token (the token itself never goes into
-a wallet prompt), the nonce is accepted once and the expiry at most an hour ahead.
+a wallet prompt), the scope to what may use it (``*``: every tool, every user; names
+and ids in the order given), the nonce is accepted once and the expiry at most an
+hour ahead.
 """
 
 from __future__ import annotations
@@ -32,8 +36,20 @@ def token_sha256(token: str) -> str:
     return "0x" + hashlib.sha256(token.encode()).hexdigest()
 
 
+def scope_text(names: list[str] | None) -> str:
+    """A scope line's value: ``*`` for everyone (None), else the names joined by ','."""
+    return "*" if names is None else ",".join(names)
+
+
 def mcp_token_message(
-    *, chain_id: int, agent_id: int, token: str, nonce: str, expires_at: int
+    *,
+    chain_id: int,
+    agent_id: int,
+    token: str,
+    allowed_tools: list[str] | None,
+    allowed_users: list[str] | None,
+    nonce: str,
+    expires_at: int,
 ) -> str:
     return "\n".join(
         (
@@ -41,6 +57,8 @@ def mcp_token_message(
             f"chain_id: {chain_id}",
             f"agent_id: {agent_id}",
             f"token_sha256: {token_sha256(token)}",
+            f"allowed_tools: {scope_text(allowed_tools)}",
+            f"allowed_users: {scope_text(allowed_users)}",
             f"nonce: {nonce}",
             f"expires_at: {expires_at}",
         )

@@ -37,11 +37,12 @@ FROM action_results
 WHERE job_id = ANY($1::text[])
 """
 
-#: The agent's MCP token, only while whoever set it still owns the agent (its latest
+#: The agent's MCP token and its scope (NULL: any tool / any user), only while
+#: whoever set it still owns the agent (its latest
 #: canonical Registered or Transfer event names them): a token does not pass to the
 #: agent's next owner, nor to the server that owner's registration file names.
 AGENT_CIPHERTEXT = f"""
-SELECT t.token_ciphertext FROM agent_mcp_tokens t
+SELECT t.token_ciphertext, t.allowed_tools, t.allowed_users FROM agent_mcp_tokens t
 WHERE t.chain_id = $1 AND t.agent_id = $2
   AND lower(t.owner_address) = lower(({AGENT_OWNER}))
 """  # noqa: S608 (constants)

@@ -12,7 +12,7 @@ from typing import Protocol
 import asyncpg
 
 from services.dispatcher import queries
-from services.dispatcher.kinds.base import ActionRow
+from services.dispatcher.kinds.base import ActionRow, AgentToken
 from services.dispatcher.results import ResultRow, ResultWriter
 from shared.contract.event_fields import (
     INT32_MAX,
@@ -44,7 +44,7 @@ class JobStore(Protocol):
 
     async def lookups(self, jobs: Sequence[ActionJob]) -> Lookups: ...
 
-    async def agent_token(self, chain_id: int, agent_id: int) -> bytes | None: ...
+    async def agent_token(self, chain_id: int, agent_id: int) -> AgentToken | None: ...
 
     async def record(self, row: ResultRow) -> None: ...
 
@@ -79,10 +79,17 @@ class PgJobStore:
             )
         return Lookups(actions, {r["n"] - 1: str(r["reorg_id"]) for r in rows})
 
-    async def agent_token(self, chain_id: int, agent_id: int) -> bytes | None:
+    async def agent_token(self, chain_id: int, agent_id: int) -> AgentToken | None:
         async with self._pool.acquire() as conn:
-            value = await conn.fetchval(queries.AGENT_CIPHERTEXT, chain_id, agent_id)
-        return value if isinstance(value, bytes) else None
+            row = await conn.fetchrow(queries.AGENT_CIPHERTEXT, chain_id, agent_id)
+        if row is None:
+            return None
+        tools, users = row["allowed_tools"], row["allowed_users"]
+        return AgentToken(
+            row["token_ciphertext"],
+            None if tools is None else frozenset(tools),
+            None if users is None else frozenset(users),
+        )
 
     async def record(self, row: ResultRow) -> None:
         await self._writer.write(row)

@@ -1057,11 +1057,18 @@ def sign(key: PrivateKey, message: str) -> str:
 def token_body(key: PrivateKey, agent: int, token: str, **kw: Any) -> dict[str, Any]:
     nonce = kw.pop("nonce", uuid.uuid4().hex)
     expires_at = kw.pop("expires_at", int(time.time()) + 600)
+    tools, users = kw.pop("allowed_tools", "*"), kw.pop("allowed_users", "*")
     message = mcp_token_message(
-        chain_id=CHAIN, agent_id=agent, token=token, nonce=nonce, expires_at=expires_at
+        chain_id=CHAIN,
+        agent_id=agent,
+        token=token,
+        allowed_tools=None if tools == "*" else tools,
+        allowed_users=None if users == "*" else users,
+        nonce=nonce,
+        expires_at=expires_at,
     )
-    return {"token": token, "nonce": nonce, "expires_at": expires_at,
-            "signature": sign(key, message)}  # fmt: skip
+    return {"token": token, "nonce": nonce, "expires_at": expires_at, "allowed_tools": tools,
+            "allowed_users": users, "signature": sign(key, message)}  # fmt: skip
 
 
 async def test_mcp_token_needs_the_current_owners_signature_once(
@@ -1082,6 +1089,8 @@ async def test_mcp_token_needs_the_current_owners_signature_once(
     assert resp.status == 200, await resp.text()
     out = await resp.json()
     assert out["owner_address"] == owner_address.lower()
+    assert out["allowed_tools"] is None
+    assert out["allowed_users"] is None
     assert token not in await resp.text()
     stored = await db.fetchval(
         "SELECT token_ciphertext FROM agent_mcp_tokens WHERE chain_id = $1 AND agent_id = $2",
@@ -1096,6 +1105,13 @@ async def test_mcp_token_needs_the_current_owners_signature_once(
     assert (await client.put(url, json=token_body(buyer, agent, "t2"), headers=auth)).status == 403
     tampered = {**token_body(owner, agent, "t3"), "token": "t4"}  # signed another token
     assert (await client.put(url, json=tampered, headers=auth)).status == 403
+    widened = {**token_body(owner, agent, "t3", allowed_users=["u1"]), "allowed_users": "*"}
+    assert (await client.put(url, json=widened, headers=auth)).status == 403  # scope signed
+    unscoped = token_body(owner, agent, "t3")
+    del unscoped["allowed_tools"]
+    resp = await client.put(url, json=unscoped, headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["details"][0]["loc"] == ["body", "allowed_tools"]
     expired = token_body(owner, agent, "t5", expires_at=int(time.time()) - 1)
     resp = await client.put(url, json=expired, headers=auth)
     assert resp.status == 422
@@ -1135,7 +1151,8 @@ async def test_mcp_token_needs_the_current_owners_signature_once(
     assert (await client.delete(url, json=removal(owner), headers=auth)).status == 403
     assert (await client.delete(url, json=removal(buyer, 78), headers=auth)).status == 403
     a_token_for_put = token_body(buyer, agent, "t10")  # a set-token signature is no removal
-    del a_token_for_put["token"]
+    for field in ("token", "allowed_tools", "allowed_users"):
+        del a_token_for_put[field]
     assert (await client.delete(url, json=a_token_for_put, headers=auth)).status == 403
     assert await db.fetchval("SELECT count(*) FROM agent_mcp_tokens WHERE agent_id = $1", agent)
     signed = removal(buyer)

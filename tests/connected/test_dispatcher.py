@@ -959,3 +959,56 @@ async def test_secrets_never_follow_a_rendered_url_to_another_origin(
     assert claimed.seen == []
     (row,) = await results(db, job.job_id)
     assert "templates may not be in the scheme" in row["error_message"]
+
+
+async def test_an_agents_mcp_token_goes_only_where_its_owner_allowed_and_never_back(
+    db: asyncpg.Connection, dispatcher: Dispatch
+) -> None:
+    """The review's attack: any user's trigger could call any tool of an agent with
+    that agent's token and read the tool's output. Now the token is sent only on the
+    calls its owner's signed scope allows (these users' triggers, these tools), and a
+    tool that echoes it gets it masked in the results."""
+    async with serve_mcp(McpAgentServer()) as agent, serve(Receiver()) as files:
+        files.routes["/agents/7.json"] = orjson.dumps(registration_file(8453, 7, agent.url))
+        await store_events(
+            db,
+            [
+                an_event(
+                    11,
+                    event_type="Registered",
+                    agent_id=7,
+                    token_uri=f"{files.base}/agents/7.json",
+                    owner=OWNER,
+                )
+            ],
+        )
+        notify = {"resolve_endpoint": True, "tool_name": "notify"}
+        echo = {"resolve_endpoint": True, "tool_name": "echo_auth"}
+        owners_notify, owners_echo = await feedback_trigger(db, ("mcp", notify), ("mcp", echo))
+        (strangers_notify,) = await feedback_trigger(db, ("mcp", notify))
+        await db.execute(
+            "INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address,"
+            " allowed_tools, allowed_users) VALUES (8453, 7, $1, $2, $3, $4)",
+            SecretBox(_dev_key()).encrypt("agent-7-bearer", context="agent_mcp_tokens:8453:7"),
+            OWNER,
+            ["notify", "echo_auth"],
+            [owners_notify.user],
+        )
+        allowed = owners_notify.job(an_event(31, agent_id=7))
+        stranger = strangers_notify.job(an_event(32, agent_id=7))
+        echoed = owners_echo.job(an_event(33, agent_id=7))
+        dispatcher.start()
+        await dispatcher.produce([allowed, stranger, echoed])
+        await wait_for(lambda: recorded(db, 3), within=40, what="mcp outcomes")
+
+    by_job = {args.get("job_id") or "": headers for headers, args in agent.calls}
+    sent = [h.get("authorization") for h, _ in agent.calls]
+    assert sent.count("Bearer agent-7-bearer") == 2  # the owner's two calls
+    assert by_job.get(echoed.job_id) == {"authorization": "Bearer agent-7-bearer"}
+    assert None in sent  # the stranger's call went without it
+    for job in (allowed, stranger, echoed):
+        (row,) = await results(db, job.job_id)
+        assert row["status"] == "success", row["error_message"]
+    (row,) = await results(db, echoed.job_id)
+    assert row["response_data"]["content"] == "you sent: Bearer ***"
+    assert "agent-7-bearer" not in orjson.dumps(row["response_data"]).decode()

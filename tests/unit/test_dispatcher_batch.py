@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from services.dispatcher.batch import Dispatcher, StoppingError
 from services.dispatcher.handlers import JobHandler
-from services.dispatcher.kinds.base import ActionRow, Deferral, Outcome, Target
+from services.dispatcher.kinds.base import ActionRow, AgentToken, Deferral, Outcome, Target
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.results import ResultRow
 from services.dispatcher.settings import DispatcherSettings
@@ -58,7 +58,7 @@ class FakeStore:
         }
         return Lookups(dict(self.actions), replaced)
 
-    async def agent_token(self, chain_id: int, agent_id: int) -> bytes | None:
+    async def agent_token(self, chain_id: int, agent_id: int) -> AgentToken | None:
         return None
 
     async def record(self, row: ResultRow) -> None:

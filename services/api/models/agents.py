@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, Strict, StringConstraints
 
@@ -22,15 +22,25 @@ class McpTokenRemovalIn(_Body):
     signature: Annotated[str, Strict(), StringConstraints(pattern=r"^0x[0-9a-fA-F]{130}$")]
 
 
+ToolName = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9_./-]{1,128}$")]
+UserId = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class McpTokenIn(McpTokenRemovalIn):
     """The agent's MCP bearer token with the owner's EIP-191 signature of
-    :func:`services.api.signatures.mcp_token_message`."""
+    :func:`services.api.signatures.mcp_token_message`: which tools a call with it
+    may name and whose triggers may send it (``"*"``: any)."""
 
     token: Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+    allowed_tools: Annotated[list[ToolName], Field(min_length=1, max_length=100)] | Literal["*"]
+    allowed_users: Annotated[list[UserId], Field(min_length=1, max_length=100)] | Literal["*"]
 
 
 class McpTokenOut(_Out):
     chain_id: int
     agent_id: int
     owner_address: str
+    #: None: every tool / every user ("*" in the signed message).
+    allowed_tools: list[str] | None
+    allowed_users: list[str] | None
     updated_at: datetime | None

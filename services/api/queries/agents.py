@@ -34,19 +34,32 @@ async def use_nonce(
 
 
 async def upsert_mcp_token(
-    conn: Conn, chain_id: int, agent_id: int, *, ciphertext: bytes, owner: str
+    conn: Conn,
+    chain_id: int,
+    agent_id: int,
+    *,
+    ciphertext: bytes,
+    owner: str,
+    allowed_tools: list[str] | None,
+    allowed_users: list[str] | None,
 ) -> asyncpg.Record:
     row = await conn.fetchrow(
-        """INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address)
-           VALUES ($1, $2, $3, $4)
+        """INSERT INTO agent_mcp_tokens (chain_id, agent_id, token_ciphertext, owner_address,
+                                        allowed_tools, allowed_users)
+           VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (chain_id, agent_id) DO UPDATE
            SET token_ciphertext = excluded.token_ciphertext,
-               owner_address = excluded.owner_address
-           RETURNING chain_id, agent_id, owner_address, updated_at""",
+               owner_address = excluded.owner_address,
+               allowed_tools = excluded.allowed_tools,
+               allowed_users = excluded.allowed_users
+           RETURNING chain_id, agent_id, owner_address, allowed_tools, allowed_users,
+                     updated_at""",
         chain_id,
         agent_id,
         ciphertext,
         owner,
+        allowed_tools,
+        allowed_users,
     )
     assert row is not None
     return row

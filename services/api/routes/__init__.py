@@ -153,11 +153,15 @@ ROUTES: tuple[Route, ...] = (
           path_params=_AGENT,
           errors=(403, 404, 409), tag="agents",
           description=(
-              "The body carries the token and an EIP-191 (personal_sign) signature, by the "
-              "agent's current owner, of the lines `ERC-8004 MCP token`, `chain_id: <id>`, "
-              "`agent_id: <id>`, `token_sha256: 0x<hex>`, `nonce: <nonce>`, "
-              "`expires_at: <unix seconds>` joined by `\\n`. A nonce is accepted once; the "
-              "expiry is at most an hour ahead. The token is never returned."
+              "The body carries the token, its scope (`allowed_tools`: the tool names a "
+              "call with it may name; `allowed_users`: the users whose triggers may send "
+              "it; either may be `\"*\"` for any) and an EIP-191 (personal_sign) "
+              "signature, by the agent's current owner, of the lines `ERC-8004 MCP token`, "
+              "`chain_id: <id>`, `agent_id: <id>`, `token_sha256: 0x<hex>`, "
+              "`allowed_tools: <names joined by , or *>`, `allowed_users: <ids joined by , "
+              "or *>`, `nonce: <nonce>`, `expires_at: <unix seconds>` joined by `\\n`. A "
+              "nonce is accepted once; the expiry is at most an hour ahead. The token is "
+              "never returned, and the dispatcher sends it only on calls its scope allows."
           )),
     Route("DELETE", "/v1/agents/{chain_id}/{agent_id}/mcp-token", delete_mcp_token,
           "Remove an agent's MCP bearer token (signed by its owner)", 204, None,

@@ -83,10 +83,14 @@ async def put_mcp_token(request: web.Request) -> web.Response:
     chain_id, agent_id = _agent_path(request)
     body = await parse_body(request, McpTokenIn)
     token = body.token.get_secret_value()
+    tools = None if body.allowed_tools == "*" else body.allowed_tools
+    users = None if body.allowed_users == "*" else body.allowed_users
     message = mcp_token_message(
         chain_id=chain_id,
         agent_id=agent_id,
         token=token,
+        allowed_tools=tools,
+        allowed_users=users,
         nonce=body.nonce,
         expires_at=body.expires_at,
     )
@@ -97,7 +101,13 @@ async def put_mcp_token(request: web.Request) -> web.Response:
             token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
         )
         row = await agent_sql.upsert_mcp_token(
-            conn, chain_id, agent_id, ciphertext=ciphertext, owner=owner
+            conn,
+            chain_id,
+            agent_id,
+            ciphertext=ciphertext,
+            owner=owner,
+            allowed_tools=tools,
+            allowed_users=users,
         )
     log.info("mcp token stored", chain_id=chain_id, agent_id=agent_id)
     return json_ok(McpTokenOut(**dict(row)))

@@ -122,6 +122,20 @@ class ActionRow:
 
 
 @dataclass(frozen=True)
+class AgentToken:
+    """An agent's encrypted MCP token and what its owner allowed it for (None: any)."""
+
+    ciphertext: bytes
+    allowed_tools: frozenset[str] | None
+    allowed_users: frozenset[str] | None
+
+    def allows(self, *, user_id: str, tool: str) -> bool:
+        return (self.allowed_users is None or user_id in self.allowed_users) and (
+            self.allowed_tools is None or tool in self.allowed_tools
+        )
+
+
+@dataclass(frozen=True)
 class Target:
     """Where an attempt goes: ``destination`` (an origin, the key of breakers and
     concurrency slots), the URL when the kind resolved one, and the decrypted secret

@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from services.dispatcher.kinds.base import (
     USER_AGENT,
     ActionRow,
+    AgentToken,
     Deferral,
     Outcome,
     Target,
@@ -29,6 +30,7 @@ from services.dispatcher.kinds.base import (
     http_outcome,
     is_transient_status,
     job_timeout,
+    mask,
     scrub,
     short,
 )
@@ -49,8 +51,9 @@ from shared.platform.secrets import SecretBox
 
 ZERO_HASH = "0x" + "0" * 64
 
-#: (chain id, agent id) -> the agent's encrypted MCP token while its setter owns it.
-TokenLookup = Callable[[int, int], Awaitable[bytes | None]]
+#: (chain id, agent id) -> the agent's encrypted MCP token and its scope, while its
+#: setter owns the agent.
+TokenLookup = Callable[[int, int], Awaitable[AgentToken | None]]
 
 
 class McpKind:
@@ -99,10 +102,12 @@ class McpKind:
             ) from None
         token = None
         if self._may_carry_token(url):
-            ciphertext = await self._agent_token(event.chain_id, event.agent_id)
-            if ciphertext is not None:
+            stored = await self._agent_token(event.chain_id, event.agent_id)
+            # Only on the calls its owner allowed: this user's triggers, these tools.
+            if stored is not None and stored.allows(user_id=job.user_id, tool=cfg.tool_name):
                 token = self._secrets.decrypt(
-                    ciphertext, context=f"agent_mcp_tokens:{event.chain_id}:{event.agent_id}"
+                    stored.ciphertext,
+                    context=f"agent_mcp_tokens:{event.chain_id}:{event.agent_id}",
                 )
         return Target(destination=destination, url=url, secret=token)
 
@@ -288,7 +293,10 @@ async def run_mcp(
             out = _mcp_exception_outcome(exc, what)
         return scrub(out, bearer_token) if bearer_token else out
     texts = [getattr(c, "text", "") for c in (getattr(result, "content", None) or [])]
-    response: dict[str, Any] = {"content": excerpt("\n".join(t for t in texts if t).encode())}
+    # A tool may echo its request: the token is masked in the whole output, before
+    # the excerpt, on every outcome.
+    output = mask("\n".join(t for t in texts if t).encode(), [bearer_token or ""])
+    response: dict[str, Any] = {"content": excerpt(output)}
     if getattr(result, "is_error", False):
         return Outcome.permanent(f"{what}: the tool reported an error", response=response)
     return Outcome.ok(response)

@@ -110,6 +110,9 @@ bench-matcher: infra ## matcher benchmark: events/s and per-event cost at 100 / 
 bench-dispatcher: infra ## dispatcher benchmark: REST actions/s, produced-to-received delay p50/p99
 	$(WITH_ENV) $(PY) -m tools.bench_dispatcher
 
+bench-templates: deps ## template rendering in the dispatcher's worker processes against in-process
+	$(PY) -m tools.bench_templates
+
 bench: infra ## whole pipeline: sustained events/s, actions/s, ack-to-webhook latency, raw baselines, plots
 	$(WITH_ENV) $(PY) -m tools.bench_e2e $(BENCH_ARGS)
 

@@ -1733,6 +1733,20 @@ CREATE UNIQUE INDEX action_results_attempt_once ON public.action_results USING b
 
 
 --
+-- Name: idx_events_agent_block_time; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_events_agent_block_time ON ONLY public.events USING btree (agent_id, block_time DESC) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_default_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_default_agent_id_block_time_idx ON public.events_default USING btree (agent_id, block_time DESC) WHERE (agent_id IS NOT NULL);
+
+
+--
 -- Name: idx_events_agent_id; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1744,6 +1758,20 @@ CREATE INDEX idx_events_agent_id ON ONLY public.events USING btree (agent_id) WH
 --
 
 CREATE INDEX events_default_agent_id_idx ON public.events_default USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: idx_events_listing; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_events_listing ON ONLY public.events USING btree (block_time DESC, id DESC, block_hash DESC);
+
+
+--
+-- Name: events_default_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_default_block_time_id_block_hash_idx ON public.events_default USING btree (block_time DESC, id DESC, block_hash DESC);
 
 
 --
@@ -1789,17 +1817,31 @@ CREATE INDEX events_default_client_address_idx ON public.events_default USING bt
 
 
 --
--- Name: idx_events_registry_type; Type: INDEX; Schema: public; Owner: -
+-- Name: idx_events_type_block_time; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX idx_events_registry_type ON ONLY public.events USING btree (registry, event_type);
+CREATE INDEX idx_events_type_block_time ON ONLY public.events USING btree (event_type, block_time DESC);
 
 
 --
--- Name: events_default_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_default_event_type_block_time_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_default_registry_event_type_idx ON public.events_default USING btree (registry, event_type);
+CREATE INDEX events_default_event_type_block_time_idx ON public.events_default USING btree (event_type, block_time DESC);
+
+
+--
+-- Name: idx_events_registry_block_time; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_events_registry_block_time ON ONLY public.events USING btree (registry, block_time DESC);
+
+
+--
+-- Name: events_default_registry_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_default_registry_block_time_idx ON public.events_default USING btree (registry, block_time DESC);
 
 
 --
@@ -1817,10 +1859,24 @@ CREATE INDEX events_default_validator_address_idx ON public.events_default USING
 
 
 --
+-- Name: events_p202611_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202611_agent_id_block_time_idx ON public.events_p202611 USING btree (agent_id, block_time DESC) WHERE (agent_id IS NOT NULL);
+
+
+--
 -- Name: events_p202611_agent_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX events_p202611_agent_id_idx ON public.events_p202611 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202611_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202611_block_time_id_block_hash_idx ON public.events_p202611 USING btree (block_time DESC, id DESC, block_hash DESC);
 
 
 --
@@ -1845,10 +1901,17 @@ CREATE INDEX events_p202611_client_address_idx ON public.events_p202611 USING bt
 
 
 --
--- Name: events_p202611_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202611_event_type_block_time_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202611_registry_event_type_idx ON public.events_p202611 USING btree (registry, event_type);
+CREATE INDEX events_p202611_event_type_block_time_idx ON public.events_p202611 USING btree (event_type, block_time DESC);
+
+
+--
+-- Name: events_p202611_registry_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202611_registry_block_time_idx ON public.events_p202611 USING btree (registry, block_time DESC);
 
 
 --
@@ -1859,10 +1922,24 @@ CREATE INDEX events_p202611_validator_address_idx ON public.events_p202611 USING
 
 
 --
+-- Name: events_p202612_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202612_agent_id_block_time_idx ON public.events_p202612 USING btree (agent_id, block_time DESC) WHERE (agent_id IS NOT NULL);
+
+
+--
 -- Name: events_p202612_agent_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX events_p202612_agent_id_idx ON public.events_p202612 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202612_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202612_block_time_id_block_hash_idx ON public.events_p202612 USING btree (block_time DESC, id DESC, block_hash DESC);
 
 
 --
@@ -1887,10 +1964,17 @@ CREATE INDEX events_p202612_client_address_idx ON public.events_p202612 USING bt
 
 
 --
--- Name: events_p202612_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202612_event_type_block_time_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202612_registry_event_type_idx ON public.events_p202612 USING btree (registry, event_type);
+CREATE INDEX events_p202612_event_type_block_time_idx ON public.events_p202612 USING btree (event_type, block_time DESC);
+
+
+--
+-- Name: events_p202612_registry_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202612_registry_block_time_idx ON public.events_p202612 USING btree (registry, block_time DESC);
 
 
 --
@@ -1901,10 +1985,24 @@ CREATE INDEX events_p202612_validator_address_idx ON public.events_p202612 USING
 
 
 --
+-- Name: events_p202701_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202701_agent_id_block_time_idx ON public.events_p202701 USING btree (agent_id, block_time DESC) WHERE (agent_id IS NOT NULL);
+
+
+--
 -- Name: events_p202701_agent_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX events_p202701_agent_id_idx ON public.events_p202701 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202701_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202701_block_time_id_block_hash_idx ON public.events_p202701 USING btree (block_time DESC, id DESC, block_hash DESC);
 
 
 --
@@ -1929,10 +2027,17 @@ CREATE INDEX events_p202701_client_address_idx ON public.events_p202701 USING bt
 
 
 --
--- Name: events_p202701_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202701_event_type_block_time_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202701_registry_event_type_idx ON public.events_p202701 USING btree (registry, event_type);
+CREATE INDEX events_p202701_event_type_block_time_idx ON public.events_p202701 USING btree (event_type, block_time DESC);
+
+
+--
+-- Name: events_p202701_registry_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202701_registry_block_time_idx ON public.events_p202701 USING btree (registry, block_time DESC);
 
 
 --
@@ -1943,10 +2048,24 @@ CREATE INDEX events_p202701_validator_address_idx ON public.events_p202701 USING
 
 
 --
+-- Name: events_p202702_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202702_agent_id_block_time_idx ON public.events_p202702 USING btree (agent_id, block_time DESC) WHERE (agent_id IS NOT NULL);
+
+
+--
 -- Name: events_p202702_agent_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX events_p202702_agent_id_idx ON public.events_p202702 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202702_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202702_block_time_id_block_hash_idx ON public.events_p202702 USING btree (block_time DESC, id DESC, block_hash DESC);
 
 
 --
@@ -1971,10 +2090,17 @@ CREATE INDEX events_p202702_client_address_idx ON public.events_p202702 USING bt
 
 
 --
--- Name: events_p202702_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202702_event_type_block_time_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202702_registry_event_type_idx ON public.events_p202702 USING btree (registry, event_type);
+CREATE INDEX events_p202702_event_type_block_time_idx ON public.events_p202702 USING btree (event_type, block_time DESC);
+
+
+--
+-- Name: events_p202702_registry_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202702_registry_block_time_idx ON public.events_p202702 USING btree (registry, block_time DESC);
 
 
 --
@@ -1985,10 +2111,24 @@ CREATE INDEX events_p202702_validator_address_idx ON public.events_p202702 USING
 
 
 --
+-- Name: events_p202703_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_agent_id_block_time_idx ON public.events_p202703 USING btree (agent_id, block_time DESC) WHERE (agent_id IS NOT NULL);
+
+
+--
 -- Name: events_p202703_agent_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX events_p202703_agent_id_idx ON public.events_p202703 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202703_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_block_time_id_block_hash_idx ON public.events_p202703 USING btree (block_time DESC, id DESC, block_hash DESC);
 
 
 --
@@ -2013,10 +2153,17 @@ CREATE INDEX events_p202703_client_address_idx ON public.events_p202703 USING bt
 
 
 --
--- Name: events_p202703_registry_event_type_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202703_event_type_block_time_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202703_registry_event_type_idx ON public.events_p202703 USING btree (registry, event_type);
+CREATE INDEX events_p202703_event_type_block_time_idx ON public.events_p202703 USING btree (event_type, block_time DESC);
+
+
+--
+-- Name: events_p202703_registry_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_registry_block_time_idx ON public.events_p202703 USING btree (registry, block_time DESC);
 
 
 --
@@ -2209,10 +2356,24 @@ CREATE INDEX idx_users_username ON public.users USING btree (username);
 
 
 --
+-- Name: events_default_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_default_agent_id_block_time_idx;
+
+
+--
 -- Name: events_default_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_default_agent_id_idx;
+
+
+--
+-- Name: events_default_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_listing ATTACH PARTITION public.events_default_block_time_id_block_hash_idx;
 
 
 --
@@ -2237,6 +2398,13 @@ ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_defa
 
 
 --
+-- Name: events_default_event_type_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_type_block_time ATTACH PARTITION public.events_default_event_type_block_time_idx;
+
+
+--
 -- Name: events_default_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2244,10 +2412,10 @@ ALTER INDEX public.events_pkey ATTACH PARTITION public.events_default_pkey;
 
 
 --
--- Name: events_default_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_default_registry_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_default_registry_event_type_idx;
+ALTER INDEX public.idx_events_registry_block_time ATTACH PARTITION public.events_default_registry_block_time_idx;
 
 
 --
@@ -2258,10 +2426,24 @@ ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_d
 
 
 --
+-- Name: events_p202611_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p202611_agent_id_block_time_idx;
+
+
+--
 -- Name: events_p202611_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202611_agent_id_idx;
+
+
+--
+-- Name: events_p202611_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_listing ATTACH PARTITION public.events_p202611_block_time_id_block_hash_idx;
 
 
 --
@@ -2286,6 +2468,13 @@ ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202
 
 
 --
+-- Name: events_p202611_event_type_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_type_block_time ATTACH PARTITION public.events_p202611_event_type_block_time_idx;
+
+
+--
 -- Name: events_p202611_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2293,10 +2482,10 @@ ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202611_pkey;
 
 
 --
--- Name: events_p202611_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202611_registry_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202611_registry_event_type_idx;
+ALTER INDEX public.idx_events_registry_block_time ATTACH PARTITION public.events_p202611_registry_block_time_idx;
 
 
 --
@@ -2307,10 +2496,24 @@ ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p
 
 
 --
+-- Name: events_p202612_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p202612_agent_id_block_time_idx;
+
+
+--
 -- Name: events_p202612_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202612_agent_id_idx;
+
+
+--
+-- Name: events_p202612_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_listing ATTACH PARTITION public.events_p202612_block_time_id_block_hash_idx;
 
 
 --
@@ -2335,6 +2538,13 @@ ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202
 
 
 --
+-- Name: events_p202612_event_type_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_type_block_time ATTACH PARTITION public.events_p202612_event_type_block_time_idx;
+
+
+--
 -- Name: events_p202612_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2342,10 +2552,10 @@ ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202612_pkey;
 
 
 --
--- Name: events_p202612_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202612_registry_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202612_registry_event_type_idx;
+ALTER INDEX public.idx_events_registry_block_time ATTACH PARTITION public.events_p202612_registry_block_time_idx;
 
 
 --
@@ -2356,10 +2566,24 @@ ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p
 
 
 --
+-- Name: events_p202701_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p202701_agent_id_block_time_idx;
+
+
+--
 -- Name: events_p202701_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202701_agent_id_idx;
+
+
+--
+-- Name: events_p202701_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_listing ATTACH PARTITION public.events_p202701_block_time_id_block_hash_idx;
 
 
 --
@@ -2384,6 +2608,13 @@ ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202
 
 
 --
+-- Name: events_p202701_event_type_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_type_block_time ATTACH PARTITION public.events_p202701_event_type_block_time_idx;
+
+
+--
 -- Name: events_p202701_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2391,10 +2622,10 @@ ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202701_pkey;
 
 
 --
--- Name: events_p202701_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202701_registry_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202701_registry_event_type_idx;
+ALTER INDEX public.idx_events_registry_block_time ATTACH PARTITION public.events_p202701_registry_block_time_idx;
 
 
 --
@@ -2405,10 +2636,24 @@ ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p
 
 
 --
+-- Name: events_p202702_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p202702_agent_id_block_time_idx;
+
+
+--
 -- Name: events_p202702_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202702_agent_id_idx;
+
+
+--
+-- Name: events_p202702_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_listing ATTACH PARTITION public.events_p202702_block_time_id_block_hash_idx;
 
 
 --
@@ -2433,6 +2678,13 @@ ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202
 
 
 --
+-- Name: events_p202702_event_type_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_type_block_time ATTACH PARTITION public.events_p202702_event_type_block_time_idx;
+
+
+--
 -- Name: events_p202702_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2440,10 +2692,10 @@ ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202702_pkey;
 
 
 --
--- Name: events_p202702_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202702_registry_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202702_registry_event_type_idx;
+ALTER INDEX public.idx_events_registry_block_time ATTACH PARTITION public.events_p202702_registry_block_time_idx;
 
 
 --
@@ -2454,10 +2706,24 @@ ALTER INDEX public.idx_events_validator_address ATTACH PARTITION public.events_p
 
 
 --
+-- Name: events_p202703_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p202703_agent_id_block_time_idx;
+
+
+--
 -- Name: events_p202703_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202703_agent_id_idx;
+
+
+--
+-- Name: events_p202703_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_listing ATTACH PARTITION public.events_p202703_block_time_id_block_hash_idx;
 
 
 --
@@ -2482,6 +2748,13 @@ ALTER INDEX public.idx_events_client_address ATTACH PARTITION public.events_p202
 
 
 --
+-- Name: events_p202703_event_type_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_type_block_time ATTACH PARTITION public.events_p202703_event_type_block_time_idx;
+
+
+--
 -- Name: events_p202703_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2489,10 +2762,10 @@ ALTER INDEX public.events_pkey ATTACH PARTITION public.events_p202703_pkey;
 
 
 --
--- Name: events_p202703_registry_event_type_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202703_registry_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_registry_type ATTACH PARTITION public.events_p202703_registry_event_type_idx;
+ALTER INDEX public.idx_events_registry_block_time ATTACH PARTITION public.events_p202703_registry_block_time_idx;
 
 
 --
@@ -2919,4 +3192,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261206130000'),
     ('20261206140000'),
     ('20261206140001'),
-    ('20261206150000');
+    ('20261206150000'),
+    ('20261206160000');

@@ -31,6 +31,7 @@ from services.api.auth import (
     api_key_hash,
 )
 from services.api.metrics import ApiMetrics
+from services.api.queries import ACQUIRE_SECONDS
 from services.api.queries import accounts as account_sql
 from services.api.settings import ApiSettings
 from shared.outbound.policy import IPNetwork
@@ -252,7 +253,7 @@ async def authenticate(request: web.Request) -> Principal:
         raise unauthorized()
     app = request.app
     if token.startswith(API_KEY_PREFIX):
-        async with app[POOL].acquire() as conn:
+        async with app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
             user_id = await account_sql.authenticate_api_key(conn, api_key_hash(token))
         if user_id is None:
             raise unauthorized()
@@ -261,7 +262,7 @@ async def authenticate(request: web.Request) -> Principal:
     verified = app[TOKENS].verify(token)
     if verified is None:
         raise unauthorized()
-    async with app[POOL].acquire() as conn:
+    async with app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
         active = await account_sql.is_active_user(conn, *verified)
     if not active:
         raise unauthorized()

@@ -1024,9 +1024,13 @@ async def test_events_filters_and_pages_and_hourly_stats(
     assert len(agent["items"]) == 4
     blocks = await (
         await client.get("/v1/events", params={"from_block": "1002", "to_block": "1004",
+                                               "chain_id": str(CHAIN),
                                                "registry": "reputation"}, headers=auth)
     ).json()  # fmt: skip
     assert sorted(e["block_number"] for e in blocks["items"]) == [1002, 1003, 1004]
+    resp = await client.get("/v1/events", params={"from_block": "1002"}, headers=auth)
+    assert resp.status == 422  # a block range means something on one chain only
+    assert "from_block and to_block need chain_id" in await resp.text()
     typed = await (
         await client.get("/v1/events", params={"event_type": "Registered"}, headers=auth)
     ).json()

@@ -5,9 +5,10 @@ shared.contract.events.Event)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 from services.api.models._shared import _Out, _TimeRange
 from shared.contract.actions import ActionType
@@ -33,6 +34,13 @@ class EventsQuery(_TimeRange):
     agent_id: QUint63 | None = None
     from_block: QUint63 | None = None
     to_block: QUint63 | None = None
+
+    @model_validator(mode="after")
+    def _blocks_of_a_chain(self) -> Self:
+        # block numbers mean something on one chain only (and are indexed with it)
+        if (self.from_block is not None or self.to_block is not None) and self.chain_id is None:
+            raise PydanticCustomError("chain_required", "from_block and to_block need chain_id")
+        return self
 
 
 class StatsEventsQuery(_TimeRange):

@@ -24,6 +24,22 @@ EVENT_SELECT = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
 #: pool connection.
 STATEMENT_TIMEOUT = "15s"
 ACQUIRE_SECONDS = 10.0
+#: Longest a statement over the shared history (events, hourly statistics) may run:
+#: such a read answers within about a second or is refused (503), so that slow
+#: filters cannot hold the pool's connections for everyone else.
+SHARED_READ_TIMEOUT = "1s"
+
+
+@asynccontextmanager
+async def shared_read(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A connection (waited for at most ACQUIRE_SECONDS) in a read-only transaction
+    whose statements stop after SHARED_READ_TIMEOUT."""
+    async with (
+        pool.acquire(timeout=ACQUIRE_SECONDS) as conn,
+        conn.transaction(readonly=True),
+    ):
+        await conn.execute("SELECT set_config('statement_timeout', $1, true)", SHARED_READ_TIMEOUT)
+        yield conn
 
 
 @asynccontextmanager

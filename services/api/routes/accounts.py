@@ -42,8 +42,8 @@ from services.api.models import (
     TokenOut,
     UserOut,
 )
+from services.api.queries import ACQUIRE_SECONDS, as_user
 from services.api.queries import accounts as account_sql
-from services.api.queries import as_user
 from services.api.routes._shared import _page, _within_quota, log
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ async def register(request: web.Request) -> web.Response:
             429, "too many registrations from this address", headers={"Retry-After": str(wait)}
         )
     password_hash = await _hashing(request.app[PASSWORDS].hash(body.password.get_secret_value()))
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
         row = await account_sql.insert_user(
             conn, username=body.username, email=body.email, password_hash=password_hash
         )
@@ -97,7 +97,7 @@ async def login(request: web.Request) -> web.Response:
     passwords = app[PASSWORDS]
     password = body.password.get_secret_value()
     # No pool connection is held while hashing: a login flood must not starve the pool.
-    async with app[POOL].acquire() as conn:
+    async with app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
         row = await account_sql.get_login(conn, body.username)
     stored = row["password_hash"] if row is not None else None
     ok = await _hashing(passwords.verify(stored, password))
@@ -107,7 +107,7 @@ async def login(request: web.Request) -> web.Response:
         raise ApiError(401, "invalid username or password")
     rehash = stored is not None and passwords.needs_rehash(stored)
     new_hash = await _hashing(passwords.hash(password)) if rehash else None
-    async with app[POOL].acquire() as conn:
+    async with app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
         await account_sql.record_login(conn, row["id"], new_hash)
     limiter.succeeded(body.username)
     settings = app[SETTINGS]
@@ -127,7 +127,7 @@ async def logout_everywhere(request: web.Request) -> web.Response:
     """Every access token of the user issued so far stops working (API keys are
     revoked one by one)."""
     _password_login_only(request, "sessions are ended")
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
         await account_sql.revoke_tokens(conn, user_id(request), time.time())
     log.info("access tokens revoked")
     return web.Response(status=204)

@@ -21,6 +21,7 @@ from services.api.common import (
     path_int,
 )
 from services.api.models import McpTokenIn, McpTokenOut, McpTokenRemovalIn
+from services.api.queries import ACQUIRE_SECONDS
 from services.api.queries import agents as agent_sql
 from services.api.routes._shared import log
 from services.api.signatures import (
@@ -95,7 +96,7 @@ async def put_mcp_token(request: web.Request) -> web.Response:
         expires_at=body.expires_at,
     )
     signer = _signer(body, message)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
         owner = await _owner_check(conn, chain_id, agent_id, signer, body)
         ciphertext = request.app[SECRETS].encrypt(
             token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
@@ -120,7 +121,7 @@ async def delete_mcp_token(request: web.Request) -> web.Response:
         chain_id=chain_id, agent_id=agent_id, nonce=body.nonce, expires_at=body.expires_at
     )
     signer = _signer(body, message)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
         await _owner_check(conn, chain_id, agent_id, signer, body)
         if not await agent_sql.delete_mcp_token(conn, chain_id, agent_id):
             raise not_found("no MCP token is stored for this agent")

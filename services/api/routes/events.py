@@ -21,7 +21,7 @@ from services.api.models import (
     StatsActionsQuery,
     StatsEventsQuery,
 )
-from services.api.queries import Where, as_user
+from services.api.queries import Where, as_user, shared_read
 from services.api.queries import events as event_sql
 from services.api.routes._shared import _page
 from shared.contract.event_rows import (
@@ -52,7 +52,7 @@ async def list_events(request: web.Request) -> web.Response:
         where.add("e.block_time >= {}", query.since)
     if query.until is not None:
         where.add("e.block_time < {}", query.until)
-    async with request.app[POOL].acquire() as conn:
+    async with shared_read(request.app[POOL]) as conn:
         rows = await event_sql.list_events(
             conn,
             where,
@@ -80,7 +80,7 @@ async def event_stats(request: web.Request) -> web.Response:
         where.add("hour >= {}", query.since)
     if query.until is not None:
         where.add("hour < {}", query.until)
-    async with request.app[POOL].acquire() as conn:
+    async with shared_read(request.app[POOL]) as conn:
         rows = await event_sql.list_event_stats(
             conn,
             where,

@@ -20,6 +20,7 @@ from services.api.common import (
     REGISTRATIONS,
     SECRETS,
     SETTINGS,
+    SHARED_READS,
     TOKENS,
     Slots,
     middleware,
@@ -66,6 +67,7 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     app[PASSWORDS] = passwords or Passwords()
     app[TOKENS] = Tokens(settings.jwt_secret.get_secret_value(), settings.access_token_ttl)
     app[BACKTESTS] = Slots(settings.backtest_concurrency)
+    app[SHARED_READS] = Slots(min(settings.shared_read_concurrency, settings.database_pool_max))
     app[LIMITER] = LoginLimiter(
         max_failures=settings.login_max_failures, window=settings.login_window
     )

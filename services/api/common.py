@@ -80,6 +80,7 @@ class Slots:
 
 
 BACKTESTS = web.AppKey("backtests", Slots)
+SHARED_READS = web.AppKey("shared_reads", Slots)
 USER = web.RequestKey("user_id", str)  # the authenticated user's id
 VIA = web.RequestKey("via", str)  # how it authenticated: jwt | api_key
 

@@ -57,6 +57,12 @@ class ApiSettings(ServiceSettings):
     backtest_concurrency: int = Field(
         default=2, ge=1, le=64, validation_alias="BACKTEST_CONCURRENCY"
     )
+    #: Reads of the shared history (events, hourly statistics) running at once per
+    #: process (each at most 1 s); as many more wait, beyond that 503. Below the
+    #: pool's size, so that they never hold every connection.
+    shared_read_concurrency: int = Field(
+        default=4, ge=1, le=64, validation_alias="SHARED_READ_CONCURRENCY"
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -84,6 +84,7 @@ class DispatcherRuntime:
             seconds=settings.template_render_seconds,
             memory_mb=settings.template_memory_mb,
         )
+        await self._renderer.start()
         kinds = build_kinds(
             settings,
             session=self._session,

@@ -10,12 +10,13 @@ not retried (the same template and event fail the same way every time).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import html
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -67,6 +68,20 @@ class _Budget:
 
 
 _budget: contextvars.ContextVar[_Budget] = contextvars.ContextVar("template_budget")
+#: Characters one job's templates may still produce together (all the leaves of an
+#: object template, the URL and every header): see :func:`one_job`.
+_job_chars: contextvars.ContextVar[list[int]] = contextvars.ContextVar("template_job_chars")
+
+
+@contextlib.contextmanager
+def one_job() -> Iterator[None]:
+    """Every rendering inside shares one output budget of MAX_RENDERED_CHARS: a job's
+    templates together produce no more than one template may."""
+    token = _job_chars.set([MAX_RENDERED_CHARS])
+    try:
+        yield
+    finally:
+        _job_chars.reset(token)
 
 
 def _bounded_range(*args: int) -> range:
@@ -231,14 +246,18 @@ def _render(template: jinja2.Template, context: Mapping[str, Any], statements: b
             budget.deadline = time.thread_time() + RENDER_SECONDS
             sys.settrace(_tracer(budget))
         size = 0
+        left = _job_chars.get(None)
         chunks: list[str] = []
         for chunk in template.generate(context):
             size += len(chunk)
-            if size > MAX_RENDERED_CHARS:
+            if size > MAX_RENDERED_CHARS or (left is not None and size > left[0]):
                 raise TemplateRenderError(
                     f"rendered template exceeds {MAX_RENDERED_CHARS} characters"
+                    + (" (all of the job's templates together)" if left is not None else "")
                 )
             chunks.append(chunk)
+        if left is not None:
+            left[0] -= size
         return "".join(chunks)
     finally:
         if statements:
@@ -311,6 +330,11 @@ def render_json_object(
 ) -> dict[str, Any]:
     """A template that must produce a JSON object (MCP tool arguments): an object
     template is rendered leaf by leaf; a string template must render to a JSON object."""
+    with one_job():
+        return _json_object(template, context)
+
+
+def _json_object(template: str | dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(template, dict):
         out = render_tree(template, context)
         assert isinstance(out, dict)

@@ -82,8 +82,9 @@ def origin(url: str) -> str:
     """scheme://host:port of a URL (ValueError for a bad port): the unit of the
     dispatcher's breakers and limits, and of where a secret header may go."""
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def parse_networks(setting: str, name: str = SETTING_NAME) -> tuple[IPNetwork, ...]:

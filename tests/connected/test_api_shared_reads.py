@@ -145,25 +145,27 @@ async def test_a_shared_read_stops_after_a_second(database_url: str) -> None:
         await pool.close()
 
 
-async def test_a_burst_of_slow_reads_does_not_lock_out_other_users(client: Client) -> None:
+async def test_a_burst_of_reads_does_not_lock_out_other_users(client: Client) -> None:
+    """Sixty-four reads of the history at once: at most SHARED_READ_CONCURRENCY (4) run
+    and as many wait, the rest are refused at once (503); they never hold the pool,
+    so another user's own request is answered without waiting for them."""
     reader, other = await signup(client), await signup(client)
-    # The slowest reads on offer: wide time ranges with a filter that the indexes
-    # answer only by walking (an agent id on a block range of the busiest chain).
-    slow = {"chain_id": "1", "from_block": "0", "to_block": "250000", "agent_id": "4999"}
-    started = time.monotonic()
+    wide = {"limit": "200", "since": (datetime.now(UTC) - timedelta(days=59)).isoformat()}
     burst = [
-        asyncio.create_task(client.get("/v1/events", params=slow, headers=reader))
-        for _ in range(16)
+        asyncio.create_task(client.get("/v1/events", params=wide, headers=reader))
+        for _ in range(64)
     ]
-    await asyncio.sleep(0.05)
-    # meanwhile another user's own request gets a connection well within the limit
+    await asyncio.sleep(0)
+    started = time.monotonic()
     resp = await client.get("/v1/triggers", headers=other)
     waited = time.monotonic() - started
     assert resp.status == 200
-    assert waited < ACQUIRE_SECONDS
     responses = await asyncio.gather(*burst)
-    statuses = {r.status for r in responses}
+    statuses = [r.status for r in responses]
     for r in responses:
         r.release()
-    assert statuses <= {200, 503}
-    assert time.monotonic() - started < ACQUIRE_SECONDS + 2
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 4
+    assert statuses.count(503) > 0  # refused at once rather than queued without end
+    assert waited < 1.0, f"another user's request waited {waited:.2f}s behind the burst"
+    assert ACQUIRE_SECONDS > 1.0

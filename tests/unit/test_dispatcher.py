@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.dispatcher.kinds.base import Outcome, http_outcome, parse_retry_after, scrub
+from services.dispatcher.kinds.base import (
+    Outcome,
+    http_outcome,
+    mask,
+    parse_retry_after,
+    scrub,
+    short,
+)
 from services.dispatcher.kinds.rest import build_rest_request, webhook_signature
 from services.dispatcher.kinds.telegram import split_message
 from services.dispatcher.policy import (
@@ -458,3 +467,35 @@ def test_secrets_go_only_to_the_actions_own_origin() -> None:
         build_rest_request(a_job(), legacy, secret="whsec_c2VjcmV0")
     with pytest.raises(TemplateRenderError, match="origin differs"):
         build_rest_request(a_job(), legacy, secret=None, secret_headers={"Authorization": "x"})
+
+
+def test_a_jobs_templates_share_one_output_budget() -> None:
+    # 350 leaves, each just under the per-template cap: 90 MB if each leaf had its own
+    body = {f"k{i}": "{{ job.id|center(262000) }}" for i in range(350)}
+    started = time.perf_counter()
+    with pytest.raises(TemplateRenderError, match="all of the job's templates together"):
+        build_rest_request(
+            a_job(), RestConfig(url="https://a.example/", body_template=body), secret=None
+        )
+    assert time.perf_counter() - started < 0.5
+    with pytest.raises(TemplateRenderError, match="header X-A: rendered value exceeds 8192"):
+        build_rest_request(
+            a_job(),
+            RestConfig(url="https://a.example/", headers={"X-A": "{{ job.id|center(9000) }}"}),
+            secret=None,
+        )
+
+
+def test_secrets_are_masked_in_every_encoding_and_before_any_cut() -> None:
+    token = "tok/én-" + "x" * 40
+    body = (
+        f"raw {token} orjson {orjson.dumps(token).decode()} "
+        f"ascii {json.dumps(token)} slashes {json.dumps(token).replace('/', chr(92) + '/')}"
+    ).encode()
+    masked = mask(body, [token])
+    assert b"x" * 40 not in masked
+    assert masked.count(b"***") == 4
+    # a secret straddling the 200-character cut of an error text
+    error = RuntimeError("e" * 180 + " Bearer " + token)
+    assert "x" * 5 not in short(error, token)
+    assert short(error, token).startswith("e" * 180)

@@ -4,12 +4,19 @@ with the event loop free meanwhile; a worker past its time is replaced."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from services.dispatcher.renderer import Renderer, has_templates
+from services.dispatcher.renderer import (
+    Renderer,
+    RendererBusyError,
+    RendererUnavailableError,
+    has_templates,
+)
 from services.dispatcher.templates import TemplateRenderError, render_text
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
@@ -22,6 +29,7 @@ MEMORY_HOG = '{{ ("a" * 65536)|list|map("center", 65536)|list|length }}'
 async def renderer() -> AsyncIterator[Renderer]:
     r = Renderer(workers=2, seconds=1.0, memory_mb=128)
     try:
+        await r.start()
         yield r
     finally:
         await asyncio.to_thread(r.close)
@@ -81,3 +89,40 @@ async def test_nothing_to_render_skips_the_workers() -> None:
     assert await closed.call(render_text, "plain text", {}, templates=("plain text",)) == (
         "plain text"
     )
+
+
+async def test_a_killed_idle_worker_costs_one_redelivery_not_the_renderer() -> None:
+    renderer = Renderer(workers=2, seconds=1.0, memory_mb=128)
+    try:
+        assert await renderer.call(render_text, "{{ 1 }}", {}) == "1"
+        workers = renderer._pool._pool_manager.worker_manager.workers  # pebble's own table
+        for process in list(workers.values()):
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        outcomes: list[str] = []
+        for _ in range(3):
+            try:
+                outcomes.append(await renderer.call(render_text, "{{ 2 }}", {}))
+            except RendererUnavailableError:
+                outcomes.append("unavailable")  # this batch is redelivered
+        assert outcomes[-1] == "2"  # replaced: renders again
+        assert outcomes.count("unavailable") <= 1
+    finally:
+        await asyncio.to_thread(renderer.close)
+
+
+async def test_a_rendering_queued_too_long_is_deferred_not_timed_out() -> None:
+    renderer = Renderer(workers=1, seconds=1.0, memory_mb=128)
+    try:
+        heavy = [asyncio.create_task(renderer.call(render_text, HEAVY, {})) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(RendererBusyError):
+            await renderer.call(render_text, "{{ 'light' }}", {})
+        assert time.monotonic() - started < renderer.queue_limit + 0.5
+        results = await asyncio.gather(*heavy, return_exceptions=True)
+        assert all(isinstance(r, TemplateRenderError | RendererBusyError) for r in results)
+        assert await renderer.call(render_text, "{{ 'light' }}", {}) == "light"
+    finally:
+        await asyncio.to_thread(renderer.close)

@@ -21,7 +21,7 @@ from services.api.common import (
     path_int,
 )
 from services.api.models import McpTokenIn, McpTokenOut, McpTokenRemovalIn
-from services.api.queries import ACQUIRE_SECONDS
+from services.api.queries import ACQUIRE_SECONDS, STATEMENT_TIMEOUT
 from services.api.queries import agents as agent_sql
 from services.api.routes._shared import log
 from services.api.signatures import (
@@ -97,6 +97,7 @@ async def put_mcp_token(request: web.Request) -> web.Response:
     )
     signer = _signer(body, message)
     async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
+        await conn.execute("SELECT set_config('statement_timeout', $1, true)", STATEMENT_TIMEOUT)
         owner = await _owner_check(conn, chain_id, agent_id, signer, body)
         ciphertext = request.app[SECRETS].encrypt(
             token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
@@ -122,6 +123,7 @@ async def delete_mcp_token(request: web.Request) -> web.Response:
     )
     signer = _signer(body, message)
     async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
+        await conn.execute("SELECT set_config('statement_timeout', $1, true)", STATEMENT_TIMEOUT)
         await _owner_check(conn, chain_id, agent_id, signer, body)
         if not await agent_sql.delete_mcp_token(conn, chain_id, agent_id):
             raise not_found("no MCP token is stored for this agent")

@@ -3,10 +3,16 @@ per hour, and the user's actions per hour."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from services.api.common import (
     POOL,
+    SHARED_READS,
+    ApiError,
+    SlotsBusyError,
     cursor_time,
     decode_cursor,
     json_ok,
@@ -30,6 +36,22 @@ from shared.contract.event_rows import (
 from shared.contract.events import (
     Event,
 )
+from shared.platform.db import Conn
+
+
+@contextlib.asynccontextmanager
+async def _history(request: web.Request) -> AsyncIterator[Conn]:
+    """A read of the shared history: one of SHARED_READ_CONCURRENCY slots (503 when
+    as many wait already), a connection, a statement limit of a second."""
+    try:
+        async with request.app[SHARED_READS].take(), shared_read(request.app[POOL]) as conn:
+            yield conn
+    except SlotsBusyError:
+        raise ApiError(
+            503,
+            "too many reads of the history at once; try again shortly",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -52,7 +74,7 @@ async def list_events(request: web.Request) -> web.Response:
         where.add("e.block_time >= {}", query.since)
     if query.until is not None:
         where.add("e.block_time < {}", query.until)
-    async with shared_read(request.app[POOL]) as conn:
+    async with _history(request) as conn:
         rows = await event_sql.list_events(
             conn,
             where,
@@ -80,7 +102,7 @@ async def event_stats(request: web.Request) -> web.Response:
         where.add("hour >= {}", query.since)
     if query.until is not None:
         where.add("hour < {}", query.until)
-    async with shared_read(request.app[POOL]) as conn:
+    async with _history(request) as conn:
         rows = await event_sql.list_event_stats(
             conn,
             where,

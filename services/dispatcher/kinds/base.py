@@ -9,6 +9,7 @@ secrets, URL credentials and queries).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -183,8 +184,11 @@ def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def short(exc: BaseException) -> str:
-    return str(exc).split("\n", 1)[0][:200]
+def short(exc: BaseException, *secrets: str | None) -> str:
+    """The exception's first line, at most 200 characters, secrets masked first (a
+    secret cut in two by the limit would otherwise survive as a prefix)."""
+    text = mask(str(exc).split("\n", 1)[0].encode(), [s for s in secrets if s])
+    return text.decode(errors="replace")[:200]
 
 
 def http_outcome(
@@ -204,7 +208,7 @@ def http_outcome(
     return Outcome.permanent(f"HTTP {status}", response=response)
 
 
-def exception_outcome(exc: BaseException, what: str) -> Outcome:
+def exception_outcome(exc: BaseException, what: str, *secrets: str | None) -> Outcome:
     if isinstance(exc, RefusedDestination):
         where = f" {exc.address}" if exc.address else ""
         return Outcome.permanent(f"{what}: refused{where}: {exc.reason}", sent=False)
@@ -213,15 +217,22 @@ def exception_outcome(exc: BaseException, what: str) -> Outcome:
     if isinstance(exc, OutboundError):
         return Outcome.permanent(f"{what}: {exc}")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return Outcome.transient(f"{what}: {type(exc).__name__}: {short(exc)}")
+        return Outcome.transient(f"{what}: {type(exc).__name__}: {short(exc, *secrets)}")
     return Outcome.transient(f"{what}: {type(exc).__name__}")
 
 
 def mask(body: bytes, secrets: Iterable[str]) -> bytes:
-    """``body`` with each secret masked, as it is and as a JSON string escapes it."""
+    """``body`` with each secret masked: as it is, and as JSON encoders escape it
+    (orjson's, ASCII-only ``\\uXXXX``, and ``\\/`` for slashes)."""
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        body = body.replace(secret.encode(), b"***")
-        body = body.replace(orjson.dumps(secret)[1:-1], b"***")
+        forms = {
+            secret.encode(),
+            orjson.dumps(secret)[1:-1],
+            json.dumps(secret)[1:-1].encode(),
+            json.dumps(secret)[1:-1].replace("/", "\\/").encode(),
+        }
+        for form in sorted(forms, key=len, reverse=True):
+            body = body.replace(form, b"***")
     return body
 
 

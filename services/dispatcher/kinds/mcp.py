@@ -35,7 +35,7 @@ from services.dispatcher.kinds.base import (
     short,
 )
 from services.dispatcher.registration import ResolveError, Resolver
-from services.dispatcher.renderer import Renderer
+from services.dispatcher.renderer import Renderer, RendererBusyError
 from services.dispatcher.templates import TemplateRenderError, context_of, render_json_object
 from shared.contract.actions import ActionConfig, McpConfig
 from shared.contract.jobs import ActionJob
@@ -145,7 +145,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _mcp_exception_outcome(exc: BaseException, what: str) -> Outcome:
+def _mcp_exception_outcome(exc: BaseException, what: str, secret: str | None) -> Outcome:
     leaves = _leaves(exc)
     for leaf in leaves:
         if isinstance(leaf, RefusedDestination):
@@ -160,14 +160,14 @@ def _mcp_exception_outcome(exc: BaseException, what: str) -> Outcome:
         if isinstance(leaf, TimeoutError | httpx2.TimeoutException | OutboundTimeoutError):
             return Outcome.transient(f"{what}: timeout")
         if isinstance(leaf, httpx2.TransportError | OSError):
-            return Outcome.transient(f"{what}: {type(leaf).__name__}: {short(leaf)}")
+            return Outcome.transient(f"{what}: {type(leaf).__name__}: {short(leaf, secret)}")
         if isinstance(leaf, OutboundError):
             return Outcome.permanent(f"{what}: {leaf}")
     leaf = leaves[0]
     name = type(leaf).__name__
     if name in ("McpError", "MCPError") or "mcp" in type(leaf).__module__:
-        return Outcome.permanent(f"{what}: {name}: {short(leaf)}")
-    return Outcome.transient(f"{what}: {name}: {short(leaf)}")
+        return Outcome.permanent(f"{what}: {name}: {short(leaf, secret)}")
+    return Outcome.transient(f"{what}: {name}: {short(leaf, secret)}")
 
 
 def _file_view(content: bytes) -> Any:
@@ -254,6 +254,8 @@ async def run_mcp(
             )
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
+    except RendererBusyError as exc:
+        return Outcome.transient(str(exc), destination_fault=False, sent=False)
     if cfg.include_file_content and file_view is not None and "file" not in arguments:
         arguments["file"] = file_view
     headers = {"Idempotency-Key": job.job_id, "User-Agent": USER_AGENT}
@@ -290,7 +292,7 @@ async def run_mcp(
                 destination_fault=out.destination_fault,
             )
         else:
-            out = _mcp_exception_outcome(exc, what)
+            out = _mcp_exception_outcome(exc, what, bearer_token)
         return scrub(out, bearer_token) if bearer_token else out
     texts = [getattr(c, "text", "") for c in (getattr(result, "content", None) or [])]
     # A tool may echo its request: the token is masked in the whole output, before

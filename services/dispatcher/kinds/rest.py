@@ -28,10 +28,11 @@ from services.dispatcher.kinds.base import (
     mask,
     scrub,
 )
-from services.dispatcher.renderer import Renderer
+from services.dispatcher.renderer import Renderer, RendererBusyError
 from services.dispatcher.templates import (
     TemplateRenderError,
     context_of,
+    one_job,
     render_text,
     render_tree,
 )
@@ -92,6 +93,10 @@ class RestRequest:
     body: bytes | None
 
 
+#: Longest rendered header value (as a clear header value may be).
+MAX_HEADER_CHARS = 8192
+
+
 @dataclass(frozen=True)
 class RenderedRest:
     """What a REST action's templates render to."""
@@ -111,7 +116,19 @@ def render_rest(
 ) -> RenderedRest:
     """The URL, headers and body of a REST action rendered (TemplateRenderError when a
     template fails); ``default_body`` is sent when there is no body template. Pure
-    and picklable: the renderer's workers run it."""
+    and picklable: the renderer's workers run it. The URL, headers and body share one
+    output budget."""
+    with one_job():
+        return _render_rest(url_template, header_templates, body_template, default_body, ctx)
+
+
+def _render_rest(
+    url_template: str,
+    header_templates: dict[str, str],
+    body_template: str | dict[str, Any] | None,
+    default_body: dict[str, Any] | None,
+    ctx: dict[str, Any],
+) -> RenderedRest:
     url = render_text(url_template, ctx)
     if (why := _valid_http_url(url)) is not None:
         raise TemplateRenderError(why)
@@ -119,6 +136,10 @@ def render_rest(
     for name, value in headers.items():
         if "\r" in value or "\n" in value:
             raise TemplateRenderError(f"header {name}: rendered value holds a line break")
+        if len(value) > MAX_HEADER_CHARS:
+            raise TemplateRenderError(
+                f"header {name}: rendered value exceeds {MAX_HEADER_CHARS} characters"
+            )
     body: bytes | None = None
     content_type = "application/json"
     if body_template is None:
@@ -211,6 +232,8 @@ async def run_rest(
         )
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
+    except RendererBusyError as exc:
+        return Outcome.transient(str(exc), destination_fault=False, sent=False)
     # The origin only: webhook URLs often carry their token in the path (Slack, Discord).
     what = f"{req.method} {origin(req.url)}"
     try:
@@ -223,7 +246,8 @@ async def run_rest(
             data=req.body,
         )
     except Exception as exc:  # noqa: BLE001 (every failure becomes an Outcome)
-        return scrub(exception_outcome(exc, what), *(secret_headers or {}).values())
+        secrets = (secret_headers or {}).values()
+        return scrub(exception_outcome(exc, what, *secrets), *secrets)
     # A receiver that echoes the request (many test endpoints do) must not put the
     # credentials into action_results: masked in the whole body, before the excerpt.
     body = mask(resp.body, (secret_headers or {}).values())

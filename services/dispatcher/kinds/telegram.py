@@ -20,8 +20,8 @@ from services.dispatcher.kinds.base import (
     scrub,
 )
 from services.dispatcher.policy import RateLimiter
-from services.dispatcher.renderer import Renderer
-from services.dispatcher.templates import TemplateRenderError, context_of, render_text
+from services.dispatcher.renderer import Renderer, RendererBusyError
+from services.dispatcher.templates import TemplateRenderError, context_of, one_job, render_text
 from shared.contract.actions import ActionConfig, TelegramConfig
 from shared.contract.jobs import ActionJob
 from shared.outbound.client import fetch
@@ -62,11 +62,13 @@ def render_message(
 ) -> tuple[str, str | None]:
     """The message's text and the parse mode it goes with. Pure and picklable: the
     renderer's workers run it."""
-    text = render_text(template, ctx, parse_mode=parse_mode)
+    with one_job():
+        text = render_text(template, ctx, parse_mode=parse_mode)
     if parse_mode is not None and len(text) > TELEGRAM_MAX_CHARS:
         # Markup cut in two would not parse (Telegram answers 400): a message too
         # long for one part goes as plain text, split at line ends.
-        return render_text(template, ctx), None
+        with one_job():
+            return render_text(template, ctx), None
     return text, parse_mode
 
 
@@ -92,6 +94,8 @@ async def run_telegram(
         )
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
+    except RendererBusyError as exc:
+        return Outcome.transient(str(exc), destination_fault=False, sent=False)
     if not text.strip():
         return Outcome.permanent("message template rendered an empty message", sent=False)
     if not bot_token:
@@ -105,6 +109,7 @@ async def run_telegram(
     sent: list[int | None] = []
     outcome = await _send_parts(
         parts[done:],
+        bot_token,
         sent,
         cfg=cfg,
         parse_mode=parse_mode,
@@ -127,6 +132,7 @@ async def run_telegram(
 
 async def _send_parts(
     parts: list[str],
+    bot_token: str,
     sent: list[int | None],
     *,
     cfg: TelegramConfig,
@@ -157,7 +163,7 @@ async def _send_parts(
                 session, "POST", url, policy=policy.within(part_seconds), json=payload
             )
         except Exception as exc:  # noqa: BLE001
-            return exception_outcome(exc, "telegram sendMessage")
+            return exception_outcome(exc, "telegram sendMessage", bot_token)
         failed = _telegram_answer(resp.status, resp.body, sent, cfg.chat_id, limiter)
         if failed is not None:
             return failed

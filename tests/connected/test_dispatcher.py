@@ -537,6 +537,24 @@ async def test_telegram_retry_sends_only_the_parts_not_yet_delivered(
 # --------------------------------------------------------------------------- mcp
 
 
+async def register_agent_7(db: asyncpg.Connection, files: Receiver, agent: McpAgentServer) -> None:
+    """Agent 7 of chain 8453, owned by OWNER, registered with a file served over HTTP
+    that names ``agent``'s MCP endpoint."""
+    files.routes["/agents/7.json"] = orjson.dumps(registration_file(8453, 7, agent.url))
+    await store_events(
+        db,
+        [
+            an_event(
+                11,
+                event_type="Registered",
+                agent_id=7,
+                token_uri=f"{files.base}/agents/7.json",
+                owner=OWNER,
+            )
+        ],
+    )
+
+
 def registration_file(chain_id: int, agent_id: int, endpoint: str) -> dict[str, Any]:
     return {
         "type": "https://eips.ethereum.org/EIPS/eip-8004#registration-v1",
@@ -555,7 +573,7 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
 ) -> None:
     feedback = orjson.dumps({"agentId": 7, "value": 87, "valueDecimals": 0, "comment": "fast"})
     async with serve_mcp(McpAgentServer()) as agent, serve(Receiver()) as files:
-        files.routes["/agents/7.json"] = orjson.dumps(registration_file(8453, 7, agent.url))
+        await register_agent_7(db, files, agent)
         files.routes["/feedback/ok.json"] = feedback
         files.routes["/feedback/tampered.json"] = feedback.replace(b"87", b"12")
         data_uri = (
@@ -566,13 +584,6 @@ async def test_mcp_tool_call_on_resolved_endpoint_with_token_and_file_hash(
         await store_events(
             db,
             [
-                an_event(
-                    11,
-                    event_type="Registered",
-                    agent_id=7,
-                    token_uri=f"{files.base}/agents/7.json",
-                    owner=OWNER,
-                ),
                 an_event(12, event_type="Registered", agent_id=8, token_uri=data_uri),
                 an_event(
                     13,
@@ -969,19 +980,7 @@ async def test_an_agents_mcp_token_goes_only_where_its_owner_allowed_and_never_b
     calls its owner's signed scope allows (these users' triggers, these tools), and a
     tool that echoes it gets it masked in the results."""
     async with serve_mcp(McpAgentServer()) as agent, serve(Receiver()) as files:
-        files.routes["/agents/7.json"] = orjson.dumps(registration_file(8453, 7, agent.url))
-        await store_events(
-            db,
-            [
-                an_event(
-                    11,
-                    event_type="Registered",
-                    agent_id=7,
-                    token_uri=f"{files.base}/agents/7.json",
-                    owner=OWNER,
-                )
-            ],
-        )
+        await register_agent_7(db, files, agent)
         notify = {"resolve_endpoint": True, "tool_name": "notify"}
         echo = {"resolve_endpoint": True, "tool_name": "echo_auth"}
         owners_notify, owners_echo = await feedback_trigger(db, ("mcp", notify), ("mcp", echo))

@@ -119,42 +119,32 @@ def render_rest(
     and picklable: the renderer's workers run it. The URL, headers and body share one
     output budget."""
     with one_job():
-        return _render_rest(url_template, header_templates, body_template, default_body, ctx)
-
-
-def _render_rest(
-    url_template: str,
-    header_templates: dict[str, str],
-    body_template: str | dict[str, Any] | None,
-    default_body: dict[str, Any] | None,
-    ctx: dict[str, Any],
-) -> RenderedRest:
-    url = render_text(url_template, ctx)
-    if (why := _valid_http_url(url)) is not None:
-        raise TemplateRenderError(why)
-    headers = {name: render_text(value, ctx) for name, value in header_templates.items()}
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value:
-            raise TemplateRenderError(f"header {name}: rendered value holds a line break")
-        if len(value) > MAX_HEADER_CHARS:
-            raise TemplateRenderError(
-                f"header {name}: rendered value exceeds {MAX_HEADER_CHARS} characters"
-            )
-    body: bytes | None = None
-    content_type = "application/json"
-    if body_template is None:
-        if default_body is not None:
-            body = orjson.dumps(default_body, default=str)
-    elif isinstance(body_template, dict):
-        body = orjson.dumps(render_tree(body_template, ctx), default=str)
-    else:
-        text = render_text(body_template, ctx)
-        body = text.encode()
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError:
-            content_type = "text/plain; charset=utf-8"
-    return RenderedRest(url, headers, body, content_type)
+        url = render_text(url_template, ctx)
+        if (why := _valid_http_url(url)) is not None:
+            raise TemplateRenderError(why)
+        headers = {name: render_text(value, ctx) for name, value in header_templates.items()}
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise TemplateRenderError(f"header {name}: rendered value holds a line break")
+            if len(value) > MAX_HEADER_CHARS:
+                raise TemplateRenderError(
+                    f"header {name}: rendered value exceeds {MAX_HEADER_CHARS} characters"
+                )
+        body: bytes | None = None
+        content_type = "application/json"
+        if body_template is None:
+            if default_body is not None:
+                body = orjson.dumps(default_body, default=str)
+        elif isinstance(body_template, dict):
+            body = orjson.dumps(render_tree(body_template, ctx), default=str)
+        else:
+            text = render_text(body_template, ctx)
+            body = text.encode()
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError:
+                content_type = "text/plain; charset=utf-8"
+        return RenderedRest(url, headers, body, content_type)
 
 
 def _same_origin(rendered: str, configured: str) -> bool:

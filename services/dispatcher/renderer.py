@@ -4,12 +4,15 @@ A user's template can ask for a lot of work from a short source (a filter chain 
 a long string, a huge ``center`` width, a format width): rendered in the
 dispatcher's own process it would stall every other job and the health checks.
 So every template that has anything to render (a ``{`` in its source) is compiled
-and rendered in a pool of worker processes (pebble's ProcessPool, started by
-forkserver so that a worker holds nothing of the dispatcher's memory), each
+and rendered in a pool of worker processes (pebble's ProcessPool, forked from a
+fork server that holds the rendering code and nothing of the dispatcher's state), each
 worker's address space capped (``TEMPLATE_MEMORY_MB`` beyond what it holds at
 start) and each rendering bounded in time (``TEMPLATE_RENDER_SECONDS``): a
 rendering past its time has its worker killed and replaced. Every such failure is
-a :class:`TemplateRenderError`: the job fails once, it is not retried.
+a :class:`TemplateRenderError`: the job fails once, it is not retried. A rendering
+that waits too long for a worker (:class:`RendererBusyError`) is deferred instead,
+and a broken pool (:class:`RendererUnavailableError`) is replaced while its batch
+is redelivered.
 """
 
 from __future__ import annotations
@@ -189,5 +192,4 @@ class Renderer:
 
     def close(self) -> None:
         """Stop the workers (a rendering in flight is abandoned)."""
-        self._pool.stop()  # type: ignore[no-untyped-call]
-        self._pool.join(timeout=5)
+        _reap(self._pool)

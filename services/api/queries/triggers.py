@@ -58,6 +58,15 @@ async def insert_trigger(
                                  is_stateful, cooldown_seconds)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
         user_id,
+        *_columns(data, is_stateful),
+    )
+    return trigger_id
+
+
+def _columns(data: dict[str, Any], is_stateful: bool) -> tuple[object, ...]:
+    """name, description, chain_id, registry, enabled, is_stateful, cooldown_seconds:
+    the trigger's own columns, in the order its INSERT and UPDATE take them."""
+    return (
         data["name"],
         data.get("description"),
         data["chain_id"],
@@ -66,7 +75,6 @@ async def insert_trigger(
         is_stateful,
         data.get("cooldown_seconds"),
     )
-    return trigger_id
 
 
 async def update_trigger(
@@ -77,13 +85,7 @@ async def update_trigger(
                                enabled = $6, is_stateful = $7, cooldown_seconds = $8
            WHERE id = $1""",
         trigger_id,
-        data["name"],
-        data.get("description"),
-        data["chain_id"],
-        data["registry"],
-        data["enabled"],
-        is_stateful,
-        data.get("cooldown_seconds"),
+        *_columns(data, is_stateful),
     )
 
 

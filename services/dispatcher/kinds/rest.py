@@ -215,8 +215,11 @@ async def run_rest(
     secret_headers: dict[str, str] | None = None,
 ) -> Outcome:
     try:
-        args = rest_templates(job, cfg)
-        rendered = await renderer.call(render_rest, *args, templates=args[:3])
+        rendered = await renderer.call(
+            render_rest,
+            *rest_templates(job, cfg),
+            templates=(cfg.url, cfg.headers, cfg.body_template),
+        )
         req = build_rest_request(
             job, cfg, secret=secret, secret_headers=secret_headers, rendered=rendered
         )

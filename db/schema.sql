@@ -1239,6 +1239,49 @@ CREATE TABLE public.schema_migrations (
 
 
 --
+-- Name: telegram_chats; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.telegram_chats (
+    user_id text NOT NULL,
+    chat_id text NOT NULL,
+    chat_type text NOT NULL,
+    title text,
+    username text,
+    linked_by bigint,
+    linked_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT telegram_chats_chat_id_check CHECK ((chat_id ~ '^-?[0-9]{1,20}$'::text)),
+    CONSTRAINT telegram_chats_chat_type_check CHECK ((chat_type = ANY (ARRAY['private'::text, 'group'::text, 'supergroup'::text, 'channel'::text])))
+);
+
+
+--
+-- Name: telegram_link_codes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.telegram_link_codes (
+    code_sha256 bytea NOT NULL,
+    user_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    used_at timestamp with time zone,
+    used_in_chat text
+);
+
+
+--
+-- Name: telegram_updates; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.telegram_updates (
+    id integer NOT NULL,
+    next_offset bigint DEFAULT 0 NOT NULL,
+    polled_at timestamp with time zone,
+    CONSTRAINT telegram_updates_id_check CHECK ((id = 1))
+);
+
+
+--
 -- Name: trigger_actions; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1643,6 +1686,30 @@ ALTER TABLE ONLY public.reorgs
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+
+--
+-- Name: telegram_chats telegram_chats_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.telegram_chats
+    ADD CONSTRAINT telegram_chats_pkey PRIMARY KEY (user_id, chat_id);
+
+
+--
+-- Name: telegram_link_codes telegram_link_codes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.telegram_link_codes
+    ADD CONSTRAINT telegram_link_codes_pkey PRIMARY KEY (code_sha256);
+
+
+--
+-- Name: telegram_updates telegram_updates_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.telegram_updates
+    ADD CONSTRAINT telegram_updates_pkey PRIMARY KEY (id);
 
 
 --
@@ -2356,6 +2423,27 @@ CREATE INDEX idx_users_username ON public.users USING btree (username);
 
 
 --
+-- Name: telegram_chats_chat; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX telegram_chats_chat ON public.telegram_chats USING btree (chat_id);
+
+
+--
+-- Name: telegram_chats_username; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX telegram_chats_username ON public.telegram_chats USING btree (user_id, username) WHERE (username IS NOT NULL);
+
+
+--
+-- Name: telegram_link_codes_user; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX telegram_link_codes_user ON public.telegram_link_codes USING btree (user_id, expires_at);
+
+
+--
 -- Name: events_default_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2974,6 +3062,22 @@ ALTER TABLE ONLY public.job_redrives
 
 
 --
+-- Name: telegram_chats telegram_chats_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.telegram_chats
+    ADD CONSTRAINT telegram_chats_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+
+--
+-- Name: telegram_link_codes telegram_link_codes_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.telegram_link_codes
+    ADD CONSTRAINT telegram_link_codes_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+
+--
 -- Name: trigger_definitions trigger_definitions_trigger_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3032,6 +3136,46 @@ ALTER TABLE public.job_redrives ENABLE ROW LEVEL SECURITY;
 --
 
 CREATE POLICY job_redrives_user_isolation ON public.job_redrives TO erc8004_api USING ((user_id = public.current_app_user_id())) WITH CHECK ((user_id = public.current_app_user_id()));
+
+
+--
+-- Name: telegram_chats; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.telegram_chats ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: telegram_chats telegram_chats_dispatcher; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY telegram_chats_dispatcher ON public.telegram_chats TO erc8004_dispatcher USING (true) WITH CHECK (true);
+
+
+--
+-- Name: telegram_chats telegram_chats_user_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY telegram_chats_user_isolation ON public.telegram_chats TO erc8004_api USING ((user_id = public.current_app_user_id())) WITH CHECK ((user_id = public.current_app_user_id()));
+
+
+--
+-- Name: telegram_link_codes; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.telegram_link_codes ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: telegram_link_codes telegram_link_codes_dispatcher; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY telegram_link_codes_dispatcher ON public.telegram_link_codes TO erc8004_dispatcher USING (true) WITH CHECK (true);
+
+
+--
+-- Name: telegram_link_codes telegram_link_codes_user_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY telegram_link_codes_user_isolation ON public.telegram_link_codes TO erc8004_api USING ((user_id = public.current_app_user_id())) WITH CHECK ((user_id = public.current_app_user_id()));
 
 
 --
@@ -3193,4 +3337,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261206140000'),
     ('20261206140001'),
     ('20261206150000'),
-    ('20261206160000');
+    ('20261206160000'),
+    ('20261207090000');

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import jwt
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 from pydantic import SecretStr
 
+from services.api.app import create_app
 from services.api.auth import Passwords
 from services.api.settings import ApiSettings
 from shared.contract.event_rows import (
@@ -23,6 +26,7 @@ from shared.contract.event_rows import (
 from shared.contract.events import (
     Event,
 )
+from tests import dispatcherutil
 from tools.eventgen import make_event
 
 Client = TestClient[web.Request, web.Application]
@@ -38,6 +42,17 @@ def api_settings(database_url: str, bootstrap: str, actions_topic: str) -> ApiSe
         secrets_key=SecretStr(SECRETS_KEY),
         actions_topic=actions_topic,
     )
+
+
+@asynccontextmanager
+async def api_client(database_url: str, bootstrap: str, **settings: Any) -> AsyncIterator[Client]:
+    """The API in process against the test's database (redrives to an unused topic)."""
+    config = api_settings(database_url, bootstrap, "erc8004.actions.unused")
+    if settings:
+        config = config.model_copy(update=settings)
+    app = create_app(config, passwords=cheap_passwords())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
 
 
 def cheap_passwords() -> Passwords:
@@ -86,9 +101,26 @@ def an_event(chain: int, block: int, log: int = 0, **fields: Any) -> Event:
     return Event.model_validate(raw)
 
 
+def user_of(auth: dict[str, str]) -> str:
+    """The user id a signup's bearer token names (its ``sub``)."""
+    token = auth["Authorization"].removeprefix("Bearer ")
+    sub: str = jwt.decode(token, options={"verify_signature": False})["sub"]
+    return sub
+
+
+async def link_chat(db: asyncpg.Connection, auth: dict[str, str], chat_id: str, **kw: Any) -> None:
+    """The chat linked by the signed-up user (:func:`tests.dispatcherutil.link_chat`)."""
+    await dispatcherutil.link_chat(db, user_of(auth), chat_id, **kw)
+
+
 REST_ACTION: dict[str, Any] = {
     "action_type": "rest",
     "config": {"url": "https://hooks.example.org/x", "signing_secret": "s3cr3t-signing-key"},
+}
+#: A Telegram action to chat 42 (which the user must link first: :func:`link_chat`).
+TELEGRAM_ACTION: dict[str, Any] = {
+    "action_type": "telegram",
+    "config": {"chat_id": "42", "message_template": "hi"},
 }
 
 
@@ -101,8 +133,7 @@ def a_trigger(chain: int, **overrides: Any) -> dict[str, Any]:
             {"condition_type": "event_type_equals", "operator": "=", "value": "NewFeedback"},
             {"condition_type": "score_threshold", "operator": ">", "value": "80"},
         ],
-        "actions": [REST_ACTION, {"action_type": "telegram", "config": {"chat_id": "42",
-                                                                        "message_template": "hi"}}],
+        "actions": [REST_ACTION],
     }  # fmt: skip
     body.update(overrides)
     return body

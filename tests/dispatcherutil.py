@@ -28,7 +28,9 @@ from shared.contract.events import (
     version_key,
 )
 from shared.contract.jobs import ActionJob, job_id
+from tests.conftest import UnderTest
 from tests.matcherutil import NEW_FEEDBACK, insert_trigger, insert_user
+from tests.procs import ServiceProcess, http_get
 from tools.eventgen import make_event
 from tools.localnet import free_port
 
@@ -201,6 +203,26 @@ async def feedback_trigger(
     ]
 
 
+async def link_chat(
+    db: asyncpg.Connection,
+    user_id: str,
+    chat_id: str,
+    *,
+    chat_type: str = "group",
+    username: str | None = None,
+) -> None:
+    """The chat linked by the user, as the dispatcher records it after the user's
+    ``/start <code>`` in the chat."""
+    await db.execute(
+        "INSERT INTO telegram_chats (user_id, chat_id, chat_type, username)"
+        " VALUES ($1, $2, $3, $4)",
+        user_id,
+        chat_id,
+        chat_type,
+        username,
+    )
+
+
 async def produce_jobs(bootstrap: str, topic: str, jobs: Sequence[ActionJob]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
@@ -256,3 +278,31 @@ async def wait_for(
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Dispatch(UnderTest):
+    """The dispatcher under test (its environment: dispatcher_env): the jobs given to
+    it on its topics."""
+
+    name = "dispatcher"
+
+    @property
+    def topic(self) -> str:
+        return self.env["ACTIONS_TOPIC"]
+
+    async def produce(self, jobs: Sequence[ActionJob], *, topic: str | None = None) -> None:
+        """The jobs on the actions topic (or ``topic``), as the matcher produces them."""
+        await produce_jobs(self.bootstrap, topic or self.topic, jobs)
+
+
+def metric_value(proc: ServiceProcess, name: str, **labels: str) -> float:
+    _, body = http_get(proc.base + "/metrics")
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in body.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        if metric in (name, f"{name}{{{want}}}"):
+            return float(value)
+    return 0.0

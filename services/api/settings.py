@@ -45,6 +45,21 @@ class ApiSettings(ServiceSettings):
     max_api_keys_per_user: int = Field(
         default=20, ge=1, le=10_000, validation_alias="MAX_API_KEYS_PER_USER"
     )
+    #: Telegram link codes: how long one stays valid (seconds) and how many unused
+    #: ones a user may hold (409 beyond).
+    telegram_link_code_ttl: int = Field(
+        default=900, ge=60, le=86400, validation_alias="TELEGRAM_LINK_CODE_TTL"
+    )
+    max_link_codes_per_user: int = Field(
+        default=10, ge=1, le=1000, validation_alias="MAX_LINK_CODES_PER_USER"
+    )
+    #: The bot's @username (without the @), for the t.me links a new code comes with;
+    #: '' leaves them out.
+    telegram_bot_username: str = Field(
+        default="",
+        pattern=r"^([A-Za-z][A-Za-z0-9_]{3,31})?$",
+        validation_alias="TELEGRAM_BOT_USERNAME",
+    )
     #: Seconds before the same job may be redriven again through the API.
     redrive_interval: float = Field(
         default=60.0, ge=0, le=86400, validation_alias="REDRIVE_INTERVAL"

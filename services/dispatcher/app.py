@@ -25,8 +25,10 @@ from services.dispatcher.registration import Resolver
 from services.dispatcher.renderer import Renderer
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.store import PgJobStore
+from services.dispatcher.telegram_links import ChatLinker
 from shared.outbound.client import new_session
 from shared.outbound.policy import OutboundPolicy
+from shared.platform.db import connector
 from shared.platform.kafka import LagProbe, new_producer, stop_producer, watch_lag
 from shared.platform.secrets import SecretBox
 from shared.platform.stream import (
@@ -106,6 +108,18 @@ class DispatcherRuntime:
             LagProbe(bootstrap, None, settings.dlq_topic): self.metrics.dlq_messages,
         }
         self._tasks = [asyncio.create_task(watch_lag(gauges), name="lag")]
+        bot_token = settings.telegram_bot_token.get_secret_value()
+        if bot_token and settings.telegram_updates_poll > 0:
+            linker = ChatLinker(
+                connect=connector(settings, "telegram"),
+                session=self._session,
+                policy=self.policy,
+                api_base=settings.telegram_api_base,
+                bot_token=bot_token,
+                poll_seconds=settings.telegram_updates_poll,
+                metrics=self.metrics,
+            )
+            self._tasks.append(asyncio.create_task(linker.run(), name="telegram-links"))
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         assert self._producer is not None

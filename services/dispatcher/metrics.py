@@ -24,6 +24,7 @@ class DispatcherMetrics:
     inflight: Gauge
     consumer_lag: Gauge
     dlq_messages: Gauge
+    telegram_links: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DispatcherMetrics:
@@ -97,4 +98,23 @@ class DispatcherMetrics:
                 "Messages held by the dead-letter topic.",
                 registry=registry,
             ),
+            telegram_links=_with_labels(
+                Counter(
+                    "erc8004_dispatcher_telegram_links_total",
+                    "Link commands the bot read, by outcome (linked; refused: not an "
+                    "administrator; invalid_code: unknown, used or expired), and chats "
+                    "unlinked because the bot left them (bot_removed).",
+                    ["outcome"],
+                    registry=registry,
+                ),
+                ("linked", "refused", "invalid_code", "bot_removed"),
+            ),
         )
+
+
+def _with_labels(counter: Counter, values: tuple[str, ...]) -> Counter:
+    """Every known label value exported at 0 from the start, so that increase() sees
+    the first increment."""
+    for value in values:
+        counter.labels(value)
+    return counter

@@ -1,16 +1,25 @@
 """SQL of the dispatcher (role erc8004_dispatcher: reads triggers, actions, events,
-MCP tokens and reorgs; inserts action_results): the batch's lookups, the results
-writer's insert, the MCP token, and the registration resolver's reads."""
+MCP tokens, reorgs and linked Telegram chats; inserts action_results): the batch's
+lookups, the results writer's insert, the MCP token, and the registration resolver's reads."""
 
 from __future__ import annotations
 
 from shared.contract.sql import AGENT_OWNER, CANONICAL
 
 #: What a batch of jobs needs from the database: whether each action still exists
-#: and its trigger is enabled, and the action's encrypted signing secret and headers.
+#: and its trigger is enabled, the action's encrypted signing secret and headers, and
+#: for a Telegram action the numeric id of its chat if the trigger's owner linked it
+#: (named by id, or by the @username it had when linked).
 ACTIONS_OF_JOBS = """
-SELECT a.id, a.trigger_id, a.secret_ciphertext, a.secret_headers_ciphertext, t.enabled
+SELECT a.id, a.trigger_id, a.secret_ciphertext, a.secret_headers_ciphertext, t.enabled,
+       c.chat_id AS telegram_chat
 FROM trigger_actions a JOIN triggers t ON t.id = a.trigger_id
+LEFT JOIN LATERAL (
+    SELECT c.chat_id FROM telegram_chats c
+    WHERE a.action_type = 'telegram' AND c.user_id = t.user_id
+      AND (c.chat_id = a.config->>'chat_id'
+           OR '@' || c.username = lower(a.config->>'chat_id'))
+    ORDER BY c.chat_id = a.config->>'chat_id' DESC LIMIT 1) c ON true
 WHERE a.id = ANY($1::int[])
 """
 

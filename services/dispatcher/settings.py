@@ -39,6 +39,12 @@ class DispatcherSettings(ServiceSettings):
     telegram_chat_interval: float = Field(
         default=1.0, ge=0, le=60, validation_alias="TELEGRAM_CHAT_INTERVAL"
     )
+    #: Seconds one getUpdates call waits for the bot's next update (Telegram's long
+    #: polling), reading the link commands of chats; 0 turns the reading off (no
+    #: chat can be linked then).
+    telegram_updates_poll: float = Field(
+        default=25.0, ge=0, le=50, validation_alias="TELEGRAM_UPDATES_POLL"
+    )
     ipfs_gateway: str = Field(default="https://ipfs.io/ipfs/", validation_alias="IPFS_GATEWAY")
     #: CIDRs exempt from the private-address guard ('' = none; development: 127.0.0.0/8).
     outbound_allowed_networks: str = Field(default="", validation_alias="OUTBOUND_ALLOWED_NETWORKS")

@@ -68,6 +68,7 @@ class PgJobStore:
                     r["secret_ciphertext"],
                     bool(r["enabled"]),
                     r["secret_headers_ciphertext"],
+                    r["telegram_chat"],
                 )
                 for r in await conn.fetch(queries.ACTIONS_OF_JOBS, ids)
             }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 from faststream import FastStream
 
@@ -15,6 +14,7 @@ from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.contract.jobs import ActionJob
+from shared.platform.db import connector
 from shared.platform.kafka import LagProbe, new_producer, stop_producer, watch_lag
 from shared.platform.stream import (
     FETCH_MAX_WAIT_MS,
@@ -39,17 +39,9 @@ class MatcherRuntime:
 
     async def start(self, svc: StreamService) -> None:
         settings = self.settings
-        dsn = settings.database_url.get_secret_value()
-        role = {"role": settings.database_role} if settings.database_role else {}
-
-        async def connect() -> asyncpg.Connection:
-            return await asyncpg.connect(
-                dsn, server_settings={"application_name": "erc8004-matcher-listen", **role}
-            )
-
         keeper = IndexKeeper(
             pool=svc.db(),
-            connect=connect,
+            connect=connector(settings, "listen"),
             metrics=self.metrics,
             resync_interval=settings.resync_interval,
         )

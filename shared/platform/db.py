@@ -78,6 +78,22 @@ def pool_from_settings(settings: ServiceSettings, *, min_size: int = 1) -> Await
     )
 
 
+def connector(
+    settings: ServiceSettings, purpose: str
+) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """Opens a connection of its own (outside the pool: a LISTEN, a session's
+    advisory lock), as the service's role, named ``erc8004-<service>-<purpose>``."""
+    dsn = settings.database_url.get_secret_value()
+    server_settings = {"application_name": f"erc8004-{settings.service_name}-{purpose}"}
+    if settings.database_role:
+        server_settings["role"] = settings.database_role
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, server_settings=server_settings)
+
+    return connect
+
+
 async def close_pool(pool: asyncpg.Pool, *, within: float = 3.0) -> None:
     """Close gracefully if that is quick, else terminate: shutdown stays bounded
     (Kubernetes' grace period) even with a connection stuck on a dead server."""

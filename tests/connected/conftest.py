@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import StartService
+from tests.dispatcherutil import Dispatch
 from tests.ingestutil import Client, ingest_client, settings_for
 from tests.matcherutil import Matching, random_chain
 
@@ -48,3 +49,34 @@ async def ingest(database_url: str, kafka_bootstrap: str, topic: str) -> AsyncIt
     client of it."""
     async with ingest_client(settings_for(database_url, kafka_bootstrap, topic)) as client:
         yield client
+
+
+@pytest.fixture
+def dispatcher_env(
+    env: dict[str, str],
+    database_url: str,
+    actions_topic: str,
+    retry_topic: str,
+    dlq_topic: str,
+) -> dict[str, str]:
+    return {
+        **env,
+        "DATABASE_URL": database_url,
+        "ACTIONS_TOPIC": actions_topic,
+        "ACTIONS_RETRY_TOPIC": retry_topic,
+        "ACTIONS_DLQ_TOPIC": dlq_topic,
+        "DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
+        "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "RETRY_BACKOFF_BASE": "0.2",
+        "RETRY_BACKOFF_CAP": "1",
+        "BREAKER_THRESHOLD": "50",
+        # The bot's updates are read only by the tests of chat linking.
+        "TELEGRAM_UPDATES_POLL": "0",
+    }
+
+
+@pytest.fixture
+def dispatcher(
+    dispatcher_env: dict[str, str], kafka_bootstrap: str, start_service: StartService
+) -> Dispatch:
+    return Dispatch(dispatcher_env, kafka_bootstrap, start_service)

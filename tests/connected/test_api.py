@@ -31,11 +31,14 @@ from tests.apiutil import (
     JWT_SECRET,
     REST_ACTION,
     SECRETS_KEY,
+    TELEGRAM_ACTION,
     Client,
     a_trigger,
     an_event,
+    api_client,
     api_settings,
     cheap_passwords,
+    link_chat,
     signup,
     store_events,
 )
@@ -50,9 +53,7 @@ OTHER_SECRET = "another-secret-0123456789abcdefghijkl"
 
 @pytest.fixture
 async def client(database_url: str, kafka_bootstrap: str) -> AsyncIterator[Client]:
-    settings = api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused")
-    app = create_app(settings, passwords=cheap_passwords())
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with api_client(database_url, kafka_bootstrap) as client:
         yield client
 
 
@@ -301,10 +302,12 @@ async def test_trigger_crud_keeps_secrets_write_only_and_notifies_the_matcher(
     client: Client, db: asyncpg.Connection
 ) -> None:
     auth = await signup(client)
+    await link_chat(db, auth, "42")
     notified: list[str] = []
     await db.add_listener("trigger_changed", lambda *args: notified.append(args[3]))
 
-    resp = await client.post("/v1/triggers", json=a_trigger(CHAIN), headers=auth)
+    body = a_trigger(CHAIN, actions=[REST_ACTION, TELEGRAM_ACTION])
+    resp = await client.post("/v1/triggers", json=body, headers=auth)
     assert resp.status == 201, await resp.text()
     trigger = await resp.json()
     tid = trigger["id"]

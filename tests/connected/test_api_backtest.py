@@ -13,15 +13,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from services.api.app import create_app
 from services.api.backtest import run_backtest, unsaved_spec
 from services.api.models import BacktestIn
 from shared.contract.events import Event, version_key
 from shared.contract.jobs import ActionJob
 from shared.contract.triggers import TriggerCreate
-from tests.apiutil import Client, an_event, api_settings, cheap_passwords, signup, store_events
+from tests.apiutil import Client, an_event, api_client, link_chat, signup, store_events
 from tests.connected.test_engine_live import draw_cases, remap, until_first_edit
 from tests.engine_strategies import CHAINS
 from tests.kafkautil import read_topic
@@ -81,11 +79,7 @@ def history(chain: int, n: int) -> list[Event]:
 
 @pytest.fixture
 async def client(database_url: str, kafka_bootstrap: str) -> AsyncIterator[Client]:
-    app = create_app(
-        api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused"),
-        passwords=cheap_passwords(),
-    )
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with api_client(database_url, kafka_bootstrap) as client:
         yield client
 
 
@@ -94,6 +88,7 @@ async def test_backtest_fires_exactly_where_the_live_matcher_fires(
 ) -> None:
     chain = random_chain()
     auth = await signup(client)
+    await link_chat(db, auth, "1")
     ids: dict[str, str] = {}
     for name, body in triggers(chain).items():
         resp = await client.post("/v1/triggers", json=body, headers=auth)
@@ -180,6 +175,7 @@ async def test_backtest_fires_exactly_where_the_reference_does(
     and histories (tests/engine_strategies.py): a backtest reads what is canonical, so
     the reference gets the same history with the replaced versions left out."""
     auth = await signup(client)
+    await link_chat(db, auth, "1")
     base = random.randrange(10_000_000, 2**31 - 100_000)
     checked = fired = 0
     for n, case in enumerate(draw_cases(80, seed=base)):
@@ -224,6 +220,7 @@ async def test_an_absence_backtest_ticks_on_the_chains_events_and_heartbeats(
     the chain's stored heartbeats as ticks, in chain order (a heartbeat after the
     events of its block), and fires where the reference evaluator does."""
     auth = await signup(client)
+    await link_chat(db, auth, "1")
     chain = random_chain(10_000_000)
     rng = random.Random(chain)
     ts = int(time.time()) - 6 * 3600

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-import uuid
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,14 +23,16 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, DeadLetter, UnreadableLetter
 from shared.platform.secrets import SecretBox
-from tests.conftest import ENV, StartService, UnderTest
+from tests.conftest import ENV
 from tests.dispatcherutil import (
+    Dispatch,
     McpAgentServer,
     TriggerAction,
     an_event,
     feedback_trigger,
     has_status,
-    produce_jobs,
+    link_chat,
+    metric_value,
     recorded,
     results,
     serve_mcp,
@@ -42,70 +41,13 @@ from tests.dispatcherutil import (
     wait_for,
 )
 from tests.kafkautil import read_topic
-from tests.procs import ServiceProcess, http_get
+from tests.procs import http_get
 from tools.localnet import Receiver, Seen, serve
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 IDENTITY = "0x8004A169FB4a3325136EB29fA0ceB6D2e539a432"
 OWNER = "0x" + "ab" * 20
-
-
-@pytest.fixture
-def dispatcher_env(
-    env: dict[str, str],
-    database_url: str,
-    actions_topic: str,
-    retry_topic: str,
-    dlq_topic: str,
-) -> dict[str, str]:
-    return {
-        **env,
-        "DATABASE_URL": database_url,
-        "ACTIONS_TOPIC": actions_topic,
-        "ACTIONS_RETRY_TOPIC": retry_topic,
-        "ACTIONS_DLQ_TOPIC": dlq_topic,
-        "DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
-        "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "RETRY_BACKOFF_BASE": "0.2",
-        "RETRY_BACKOFF_CAP": "1",
-        "BREAKER_THRESHOLD": "50",
-    }
-
-
-@dataclass
-class Dispatch(UnderTest):
-    """The dispatcher under test (its environment: dispatcher_env): the jobs given to
-    it on its topics."""
-
-    name = "dispatcher"
-
-    @property
-    def topic(self) -> str:
-        return self.env["ACTIONS_TOPIC"]
-
-    async def produce(self, jobs: Sequence[ActionJob], *, topic: str | None = None) -> None:
-        """The jobs on the actions topic (or ``topic``), as the matcher produces them."""
-        await produce_jobs(self.bootstrap, topic or self.topic, jobs)
-
-
-@pytest.fixture
-def dispatcher(
-    dispatcher_env: dict[str, str], kafka_bootstrap: str, start_service: StartService
-) -> Dispatch:
-    return Dispatch(dispatcher_env, kafka_bootstrap, start_service)
-
-
-def metric_value(proc: ServiceProcess, name: str, **labels: str) -> float:
-    _, body = http_get(proc.base + "/metrics")
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in body.decode().splitlines():
-        if line.startswith("#"):
-            continue
-        metric, _, value = line.rpartition(" ")
-        if metric in (name, f"{name}{{{want}}}"):
-            return float(value)
-    return 0.0
 
 
 async def rest_trigger(
@@ -444,8 +386,10 @@ async def deliver_telegram(
     config: dict[str, Any],
     name: str = "test trigger",
 ) -> ActionJob:
-    """A telegram trigger and one job of it produced; returns once it succeeded."""
+    """A telegram trigger (its chat linked by its user) and one job of it produced;
+    returns once it succeeded."""
     (telegram,) = await feedback_trigger(db, ("telegram", config))
+    await link_chat(db, telegram.user, config["chat_id"])
     job = telegram.job(name=name)
     await dispatcher.produce([job])
     await wait_for(

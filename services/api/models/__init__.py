@@ -4,7 +4,7 @@ shared.contract.actions); events are shared.contract.events.Event. The OpenAPI d
 generated from these same classes (services/api/openapi.py).
 
 One module per resource, as in ``routes/`` (accounts, triggers, results, events,
-backtests, agents), over ``_shared`` (the bases, errors and pages); their names are
+backtests, agents, telegram), over ``_shared`` (the bases, errors and pages); their names are
 one namespace, as in the document's ``components.schemas``, and are imported from here."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from services.api.models.events import (
     StatsEventsQuery,
 )
 from services.api.models.results import ResultOut, ResultsQuery, RetryOut
+from services.api.models.telegram import LinkCodeOut, TelegramChatOut
 from services.api.models.triggers import (
     ActionOut,
     ActionPatch,
@@ -57,6 +58,7 @@ __all__ = [
     "EventStatOut",
     "EventsQuery",
     "FiringOut",
+    "LinkCodeOut",
     "LoginIn",
     "McpTokenIn",
     "McpTokenOut",
@@ -71,6 +73,7 @@ __all__ = [
     "StatePage",
     "StatsActionsQuery",
     "StatsEventsQuery",
+    "TelegramChatOut",
     "TokenOut",
     "TriggerOut",
     "TriggerPatch",

@@ -83,6 +83,8 @@ class Where:
 QUOTA_COUNTS = {
     "triggers": "SELECT count(*) FROM triggers WHERE user_id = $1",
     "api_keys": "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
+    "link_codes": "SELECT count(*) FROM telegram_link_codes"
+    " WHERE user_id = $1 AND used_at IS NULL AND expires_at > now()",
 }
 
 

@@ -1,6 +1,6 @@
 """The API's routes (DESIGN.md "Interfaces"): the route table that both registers
 the handlers and generates the OpenAPI document. The handlers live in one module
-per resource (accounts, triggers, results, backtests, events, agents)."""
+per resource (accounts, triggers, results, backtests, events, agents, telegram)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from services.api.models import (
     BacktestTriggerIn,
     EventsQuery,
     EventStatOut,
+    LinkCodeOut,
     LoginIn,
     McpTokenIn,
     McpTokenOut,
@@ -31,6 +32,7 @@ from services.api.models import (
     StatePage,
     StatsActionsQuery,
     StatsEventsQuery,
+    TelegramChatOut,
     TokenOut,
     TriggerOut,
     TriggerPatch,
@@ -50,6 +52,7 @@ from services.api.routes.agents import delete_mcp_token, put_mcp_token
 from services.api.routes.backtests import backtest_trigger, backtest_unsaved
 from services.api.routes.events import action_stats, event_stats, list_events
 from services.api.routes.results import list_trigger_results, retry_result
+from services.api.routes.telegram import create_link_code, list_chats, unlink_chat
 from services.api.routes.triggers import (
     create_trigger,
     delete_trigger,
@@ -84,6 +87,8 @@ _AGENT = (
     _path("chain_id", "The chain id.", pattern=r"^[0-9]{1,10}$"),
     _path("agent_id", "The agent id.", pattern=f"^{UINT_RE.pattern}$"),
 )
+
+_CHAT = _path("chat_id", "The chat's numeric id.", pattern=r"^-?[0-9]{1,20}$")
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/auth/register", register, "Create an account", 201, UserOut, RegisterIn,
@@ -174,6 +179,26 @@ ROUTES: tuple[Route, ...] = (
               "`agent_id: <id>`, `nonce: <nonce>`, `expires_at: <unix seconds>` joined by "
               "`\\n`; nonce and expiry as for setting it. MCP actions of the agent then "
               "call its server without a token."
+          )),
+    Route("POST", "/v1/telegram/link-codes", create_link_code,
+          "Create a one-time code to link a Telegram chat", 201, LinkCodeOut,
+          errors=(409,), tag="telegram",
+          description=(
+              "Send `/start <code>` to the operator's bot in the chat to link: in a "
+              "private chat with the bot, in a group as one of its administrators, or as "
+              "a post of a channel where the bot is an administrator. The bot answers in "
+              "the chat. A code links one chat, once, within TELEGRAM_LINK_CODE_TTL "
+              "(900 s); at most MAX_LINK_CODES_PER_USER (10) unused codes at a time: 409 "
+              "beyond. Telegram actions may name only linked chats."
+          )),
+    Route("GET", "/v1/telegram/chats", list_chats, "List the Telegram chats you linked", 200,
+          Page[TelegramChatOut], query=PageQuery, tag="telegram"),
+    Route("DELETE", "/v1/telegram/chats/{chat_id}", unlink_chat, "Unlink a Telegram chat",
+          204, path_params=(_CHAT,),
+          errors=(404,), tag="telegram",
+          description=(
+              "Telegram actions naming the chat fail from then on (\"not linked\"), "
+              "without a message sent; the chat's other users keep their own links."
           )),
     Route("GET", "/openapi.json", openapi_document, "This document", 200, auth=False,
           tag="meta"),

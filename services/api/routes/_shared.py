@@ -34,6 +34,7 @@ async def _within_quota(request: web.Request, conn: Any, what: str) -> None:
     limit = {
         "triggers": settings.max_triggers_per_user,
         "api_keys": settings.max_api_keys_per_user,
+        "link_codes": settings.max_link_codes_per_user,
     }[what]
     if await count_for_quota(conn, what, user_id(request)) >= limit:
         log.info("quota reached", quota=what, limit=limit)

@@ -39,6 +39,7 @@ from services.api.models import (
 from services.api.queries import as_user
 from services.api.queries import triggers as trigger_sql
 from services.api.routes._shared import _page, _spec, _within_quota, log
+from services.api.routes.telegram import refuse_unlinked_chats
 from shared.contract.actions import CREDENTIAL_HEADERS
 from shared.contract.triggers import TriggerCreate
 from shared.outbound.policy import origin
@@ -154,6 +155,7 @@ async def create_trigger(request: web.Request) -> web.Response:
     storage = body.storage_dump()
     _no_clear_credentials(storage["actions"])
     async with as_user(request.app[POOL], user_id(request)) as conn:
+        await refuse_unlinked_chats(conn, storage["actions"])
         await _within_quota(request, conn, "triggers")
         trigger_id = await trigger_sql.insert_trigger(
             conn, user_id=user_id(request), data=storage, is_stateful=body.is_stateful
@@ -196,6 +198,7 @@ async def update_trigger(request: web.Request) -> web.Response:
         storage = new.storage_dump()
         if "actions" in update.model_fields_set:
             _no_clear_credentials(storage["actions"])
+            await refuse_unlinked_chats(conn, storage["actions"])
         await trigger_sql.update_trigger(
             conn, trigger_id, data=storage, is_stateful=new.is_stateful
         )

@@ -120,6 +120,9 @@ class ActionRow:
     secret_ciphertext: bytes | None
     enabled: bool
     headers_ciphertext: bytes | None = None
+    #: Telegram: the numeric id of the chat the action names, when the trigger's
+    #: owner linked it (None: not linked, the job is refused).
+    telegram_chat: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class Target:
     url: str | None = None
     secret: str | None = None
     headers: dict[str, str] | None = None
+    #: Telegram: the linked chat's numeric id, where the message goes.
+    chat: str | None = None
 
 
 @dataclass(frozen=True)

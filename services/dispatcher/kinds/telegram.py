@@ -20,6 +20,7 @@ from services.dispatcher.kinds.base import (
     scrub,
 )
 from services.dispatcher.policy import RateLimiter
+from services.dispatcher.registration import ResolveError
 from services.dispatcher.renderer import Renderer, RendererBusyError
 from services.dispatcher.templates import TemplateRenderError, context_of, one_job, render_text
 from shared.contract.actions import ActionConfig, TelegramConfig
@@ -76,6 +77,7 @@ async def run_telegram(
     job: ActionJob,
     cfg: TelegramConfig,
     *,
+    chat_id: str,
     session: aiohttp.ClientSession,
     policy: OutboundPolicy,
     renderer: Renderer,
@@ -112,6 +114,7 @@ async def run_telegram(
         bot_token,
         sent,
         cfg=cfg,
+        chat_id=chat_id,
         parse_mode=parse_mode,
         url=url,
         session=session,
@@ -136,6 +139,7 @@ async def _send_parts(
     sent: list[int | None],
     *,
     cfg: TelegramConfig,
+    chat_id: str,
     parse_mode: str | None,
     url: str,
     session: aiohttp.ClientSession,
@@ -155,7 +159,7 @@ async def _send_parts(
                 response={"sent_parts": len(sent)} if sent else None,
                 sent=bool(sent),
             )
-        payload: dict[str, Any] = {"chat_id": cfg.chat_id, "text": part}
+        payload: dict[str, Any] = {"chat_id": chat_id, "text": part}
         if parse_mode is not None:
             payload["parse_mode"] = parse_mode
         try:
@@ -236,13 +240,25 @@ class TelegramKind:
         return Deferral(wait, "chat_rate") if wait > 1.0 else None
 
     async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target:
-        return Target(destination=f"telegram:{origin(self._api_base)}")
+        assert isinstance(cfg, TelegramConfig)
+        if action.telegram_chat is None:
+            # Refused without a call: the bot posts only where the trigger's owner
+            # linked it, and Telegram's answer would tell whether the bot is there.
+            raise ResolveError(
+                f"telegram chat {cfg.chat_id} is not linked to the trigger's owner: create "
+                "a link code (POST /v1/telegram/link-codes) and send /start <code> to "
+                "the bot in that chat",
+                transient=False,
+            )
+        return Target(destination=f"telegram:{origin(self._api_base)}", chat=action.telegram_chat)
 
     async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
         assert isinstance(cfg, TelegramConfig)
+        assert target.chat is not None
         return await run_telegram(
             job,
             cfg,
+            chat_id=target.chat,
             session=self._session,
             policy=self._policy,
             renderer=self._renderer,

@@ -21,6 +21,7 @@ from services.api.common import (
     SECRETS,
     SETTINGS,
     SHARED_READS,
+    SIGNATURE_CHECKS,
     TOKENS,
     Slots,
     middleware,
@@ -73,6 +74,9 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     )
     app[REGISTRATIONS] = WindowCounter(
         limits={"addr": settings.register_max_per_address}, window=3600.0
+    )
+    app[SIGNATURE_CHECKS] = WindowCounter(
+        limits={"user": settings.signature_checks_per_minute}, window=60.0
     )
     app[SECRETS] = SecretBox(settings.secrets_key)
     app[PROXIES] = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")

@@ -48,6 +48,7 @@ PASSWORDS = web.AppKey("passwords", Passwords)
 TOKENS = web.AppKey("tokens", Tokens)
 LIMITER = web.AppKey("limiter", LoginLimiter)
 REGISTRATIONS = web.AppKey("registrations", WindowCounter)
+SIGNATURE_CHECKS = web.AppKey("signature_checks", WindowCounter)
 PROXIES = web.AppKey("trusted_proxies", tuple)
 SECRETS = web.AppKey("secrets", SecretBox)
 

@@ -27,7 +27,8 @@ ERRORS: dict[int, str] = {
     409: "Conflicts with the current state.",
     413: "The body is too large.",
     422: "Invalid input; `details` name each field.",
-    429: "Too many failed logins; retry after `Retry-After` seconds.",
+    429: "Too many requests of this kind (failed logins, registrations, signature checks, "
+    "redrives); retry after `Retry-After` seconds.",
     503: "Busy or a dependency (Kafka) is unavailable; retry after `Retry-After` seconds.",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, field_validator
@@ -78,6 +79,28 @@ class ApiSettings(ServiceSettings):
     shared_read_concurrency: int = Field(
         default=4, ge=1, le=64, validation_alias="SHARED_READ_CONCURRENCY"
     )
+
+    #: What the agents' owners sign as ``deployment:`` in MCP token messages, so that a
+    #: signature made for this deployment is worthless to any other. '' derives one
+    #: from JWT_SECRET (unique per deployment, reveals nothing of the secret);
+    #: clients read it from GET /v1/agents/signing-domain.
+    signing_domain: str = Field(
+        default="", max_length=200, pattern=r"^[\x21-\x7e]*$", validation_alias="SIGNING_DOMAIN"
+    )
+    #: Owner signatures one user may have checked per minute (429 beyond): their
+    #: recovery costs CPU.
+    signature_checks_per_minute: int = Field(
+        default=30, ge=1, le=10_000, validation_alias="SIGNATURE_CHECKS_PER_MINUTE"
+    )
+
+    def deployment(self) -> str:
+        """The signing domain in effect (SIGNING_DOMAIN, or one derived from JWT_SECRET)."""
+        if self.signing_domain:
+            return self.signing_domain
+        digest = hashlib.sha256(
+            b"erc8004 signing domain\n" + self.jwt_secret.get_secret_value().encode()
+        )
+        return f"erc8004-{digest.hexdigest()[:16]}"
 
     @field_validator("trusted_proxies")
     @classmethod

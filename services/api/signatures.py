@@ -3,6 +3,7 @@
 The owner of an agent signs, with the wallet that owns the agent's token::
 
     ERC-8004 MCP token
+    deployment: <this deployment's signing domain>
     chain_id: <chain id>
     agent_id: <agent id>
     token_sha256: 0x<sha256 of the token's UTF-8 bytes, hex>
@@ -11,11 +12,12 @@ The owner of an agent signs, with the wallet that owns the agent's token::
     nonce: <8..64 of A-Z a-z 0-9 _ ->
     expires_at: <unix seconds>
 
-(lines joined by a single ``\\n``, no trailing newline). The chain and agent bind
-the signature to one agent, the hash to one token (the token itself never goes into
-a wallet prompt), the scope to what may use it (``*``: every tool, every user; names
-and ids in the order given), the nonce is accepted once and the expiry at most an
-hour ahead.
+(lines joined by a single ``\\n``, no trailing newline). The deployment binds the
+signature to one installation of this service (SIGNING_DOMAIN: a signed message is
+worthless to another within its hour), the chain and agent to one agent, the hash
+to one token (the token itself never goes into a wallet prompt), the scope to what
+may use it (``*``: every tool, every user; names and ids in the order given), the
+nonce is accepted once and the expiry at most an hour ahead.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def scope_text(names: list[str] | None) -> str:
 
 def mcp_token_message(
     *,
+    deployment: str,
     chain_id: int,
     agent_id: int,
     token: str,
@@ -54,6 +57,7 @@ def mcp_token_message(
     return "\n".join(
         (
             "ERC-8004 MCP token",
+            f"deployment: {deployment}",
             f"chain_id: {chain_id}",
             f"agent_id: {agent_id}",
             f"token_sha256: {token_sha256(token)}",
@@ -65,10 +69,13 @@ def mcp_token_message(
     )
 
 
-def mcp_token_removal_message(*, chain_id: int, agent_id: int, nonce: str, expires_at: int) -> str:
+def mcp_token_removal_message(
+    *, deployment: str, chain_id: int, agent_id: int, nonce: str, expires_at: int
+) -> str:
     return "\n".join(
         (
             "ERC-8004 MCP token removal",
+            f"deployment: {deployment}",
             f"chain_id: {chain_id}",
             f"agent_id: {agent_id}",
             f"nonce: {nonce}",

@@ -4,9 +4,10 @@
   enabled, the event version not replaced by a reorg (then the job is retracted),
   the action config valid; the kind resolves the target (ResolveError,
   SecretDecryptError end the job or defer it).
-* Then the destination's concurrency slot (a full queue defers the job) and circuit
-  breaker (open: deferred without spending an attempt), and the attempt itself under
-  the kind's time limit.
+* Then the destination's concurrency slot (shared fairly between users; a user's
+  full queue defers the job) and the circuit breaker of the user and destination
+  (open: deferred without spending an attempt), and the attempt itself under the
+  kind's time limit.
 * The outcome is concluded: a transient failure goes to ``erc8004.actions.retry``
   with its due time (exponential backoff, full jitter, at least the destination's
   retry_after) until ``max_attempts``, then to ``erc8004.actions.dlq``; the follow-up
@@ -139,7 +140,7 @@ class Attempts:
         try:
             target = await kind.target(job, cfg, action)
         except ResolveError as exc:
-            what = f"resolving the agent's MCP endpoint: {exc}"
+            what = str(exc)
             if exc.transient:
                 return Outcome.transient(what, destination_fault=False, sent=False), 0.0
             return Outcome.permanent(what, sent=False), 0.0
@@ -155,11 +156,15 @@ class Attempts:
     ) -> tuple[Outcome, float] | None:
         """The attempt within its destination's slot and breaker (None: deferred)."""
         destination = target.destination
-        slot = self.limits.slot(destination)
+        slot = self.limits.slot(destination, job.user_id)
         if slot is None:
             return await self._defer(job, 5.0, "busy")
+        # A breaker per user and destination: one user's failing calls (a bad path,
+        # a 100 ms timeout) open it for that user alone, not for everyone's jobs to
+        # the same host.
+        breaker = f"{job.user_id}\n{destination}"
         async with slot:
-            wait = self.breakers.admit(destination)
+            wait = self.breakers.admit(breaker)
             if wait is not None:
                 return await self._defer(job, wait, "breaker_open")
             started = time.perf_counter()
@@ -174,9 +179,9 @@ class Attempts:
                     fault = outcome is None or (
                         outcome.kind == "transient" and outcome.destination_fault
                     )
-                    self.breakers.record(destination, fault=fault)
+                    self.breakers.record(breaker, fault=fault)
                 else:
-                    self.breakers.release(destination)
+                    self.breakers.release(breaker)
                 self.metrics.open_breakers.set(self.breakers.open_count())
             elapsed = time.perf_counter() - started
         self.metrics.duration.labels(job.action_type).observe(elapsed)

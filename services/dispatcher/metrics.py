@@ -80,7 +80,7 @@ class DispatcherMetrics:
             ),
             open_breakers=Gauge(
                 "erc8004_dispatcher_open_breakers",
-                "Destinations whose circuit breaker is open.",
+                "Circuit breakers open (one per user and destination).",
                 registry=registry,
             ),
             inflight=Gauge(

@@ -1,11 +1,13 @@
-"""The dispatcher's policies around attempts: backoff with full jitter, a circuit
-breaker per destination, per-destination concurrency limits and rate limits."""
+"""The dispatcher's policies around attempts: backoff with full jitter, circuit
+breakers (the attempt stage keys them by user and destination), per-destination
+concurrency limits shared fairly between users, and rate limits."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,46 +91,95 @@ class Breakers:
 
 
 class DestinationLimits:
-    """At most ``per_destination`` attempts in flight per destination; at most
-    ``queue`` more waiting for a slot. :meth:`slot` returns None when the queue is
-    full: the caller defers the job instead of piling up behind a slow host."""
+    """At most ``per_destination`` attempts in flight per destination, shared fairly
+    between the users whose jobs go there: a freed slot goes to the next user in
+    turn (round robin), not to whoever queued first, so one user's flood of slow
+    jobs delays another user's by at most one attempt per user ahead of it. Each user
+    may have at most ``queue`` jobs waiting per destination: :meth:`slot` returns None
+    beyond, and the caller defers the job instead of piling up behind a slow host."""
 
     def __init__(self, per_destination: int, queue: int) -> None:
         self.per_destination = per_destination
         self.queue = queue
-        self._sems: dict[str, asyncio.Semaphore] = {}
-        self._waiting: dict[str, int] = {}
+        self._places: dict[str, _Place] = {}
 
-    def slot(self, destination: str) -> _Slot | None:
-        sem = self._sems.get(destination)
-        if sem is None:
-            sem = self._sems[destination] = asyncio.Semaphore(self.per_destination)
-        if sem.locked() and self._waiting.get(destination, 0) >= self.queue:
+    def slot(self, destination: str, user: str) -> _Slot | None:
+        place = self._places.get(destination)
+        if place is not None and place.free == 0 and len(place.waiting.get(user, ())) >= self.queue:
             return None
-        return _Slot(self, destination, sem)
+        return _Slot(self, destination, user)
+
+    def _place(self, destination: str) -> _Place:
+        place = self._places.get(destination)
+        if place is None:
+            place = self._places[destination] = _Place(self.per_destination)
+        return place
 
     def in_flight(self) -> int:
-        return sum(self.per_destination - s._value for s in self._sems.values())
+        return sum(self.per_destination - p.free for p in self._places.values())
+
+    def _drop_if_idle(self, destination: str, place: _Place) -> None:
+        if place.free == self.per_destination and not place.waiting:
+            self._places.pop(destination, None)
+
+
+class _Place:
+    """One destination's free slots and its users' waiting turns, in turn order."""
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        #: user -> waiters (futures resolved when handed a slot); dict order is the
+        #: turn order (a user served goes to the back)
+        self.waiting: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def hand_over(self) -> None:
+        """A slot was freed: to the next user's first waiter, else back to the pool."""
+        while self.waiting:
+            user = next(iter(self.waiting))
+            queue = self.waiting.pop(user)
+            waiter = queue.popleft()
+            if queue:
+                self.waiting[user] = queue  # to the back of the turn order
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class _Slot:
-    def __init__(self, limits: DestinationLimits, destination: str, sem: asyncio.Semaphore) -> None:
+    def __init__(self, limits: DestinationLimits, destination: str, user: str) -> None:
         self._limits = limits
         self._destination = destination
-        self._sem = sem
+        self._user = user
+        self._place: _Place | None = None
 
     async def __aenter__(self) -> None:
-        waiting = self._limits._waiting
-        waiting[self._destination] = waiting.get(self._destination, 0) + 1
+        # The destination's place when entering (an idle one is dropped in between).
+        place = self._place = self._limits._place(self._destination)
+        if place.free > 0 and not place.waiting:
+            place.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        place.waiting.setdefault(self._user, deque()).append(waiter)
         try:
-            await self._sem.acquire()
-        finally:
-            waiting[self._destination] -= 1
-            if not waiting[self._destination]:
-                del waiting[self._destination]
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                place.hand_over()  # handed a slot just as it gave up: pass it on
+            else:
+                queue = place.waiting.get(self._user)
+                if queue is not None and waiter in queue:
+                    queue.remove(waiter)
+                    if not queue:
+                        del place.waiting[self._user]
+            self._limits._drop_if_idle(self._destination, place)
+            raise
 
     async def __aexit__(self, *_exc: object) -> None:
-        self._sem.release()
+        place = self._place
+        assert place is not None
+        place.hand_over()
+        self._limits._drop_if_idle(self._destination, place)
 
 
 class RateLimiter:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -37,6 +38,30 @@ KNOWN_IDENTITY_REGISTRIES = (
     "0x8004a169fb4a3325136eb29fa0ceb6d2e539a432",
     "0x8004a818bfb912233c491871b3d84c89a494bd9e",
 )
+
+
+#: A CID in any multibase alphabet (CIDv0 base58 ``Qm…``, CIDv1 base32 ``bafy…``, …).
+_CID = re.compile(r"[A-Za-z0-9]{1,128}")
+
+
+def ipfs_gateway_url(gateway: str, uri: str) -> str:
+    """Where ``ipfs://<CID>[/path]`` (or ``ipfs://ipfs/<CID>…``) is fetched:
+    ``<gateway><CID>/<path>``, always under the gateway's path. The CID must be one;
+    the path's segments are percent-decoded and refused when they climb (``.``,
+    ``..``) or carry a backslash or a NUL, then encoded again whole (a ``?`` or ``#``
+    stays part of the path). ResolveError otherwise."""
+    rest = uri.split(":", 1)[1].removeprefix("//").removeprefix("ipfs/").lstrip("/")
+    cid, _, path = rest.partition("/")
+    if not _CID.fullmatch(cid):
+        raise ResolveError("ipfs: URI without a valid CID", transient=False)
+    segments = []
+    for raw in path.split("/"):
+        segment = urllib.parse.unquote(raw)
+        if segment in (".", "..") or any(c in segment for c in "/\\\x00"):
+            raise ResolveError("ipfs: the path leaves the CID", transient=False)
+        if segment:
+            segments.append(urllib.parse.quote(segment, safe=""))
+    return gateway + "/".join([cid, *segments]) + ("/" if path.endswith("/") and segments else "")
 
 
 class ResolveError(Exception):
@@ -103,11 +128,7 @@ class Resolver:
         if scheme == "data":
             return None
         if scheme == "ipfs":
-            path = uri[len("ipfs://") :] if uri[:7].lower() == "ipfs://" else uri[5:]
-            path = path.removeprefix("ipfs/").lstrip("/")
-            if not path:
-                raise ResolveError("ipfs: URI without a CID", transient=False)
-            return self._gateway + path
+            return ipfs_gateway_url(self._gateway, uri)
         if scheme in ("http", "https"):
             return uri
         raise ResolveError(f"unsupported URI scheme {scheme or '(none)'!r}", transient=False)

@@ -84,8 +84,9 @@ class DispatcherSettings(ServiceSettings):
     per_destination_concurrency: int = Field(
         default=8, ge=1, le=1000, validation_alias="DISPATCHER_DESTINATION_CONCURRENCY"
     )
-    #: Jobs waiting for one destination beyond which its new jobs are deferred to the
-    #: retry topic (a backlogged destination does not fill the dispatcher's memory).
+    #: Jobs of one user waiting for one destination beyond which that user's new jobs
+    #: to it are deferred to the retry topic (a backlogged destination does not fill
+    #: the dispatcher's memory; other users' jobs still get their turn).
     destination_queue: int = Field(
         default=1000, ge=0, le=100_000, validation_alias="DISPATCHER_DESTINATION_QUEUE"
     )

@@ -124,6 +124,8 @@ async def _read_json(request: web.Request) -> Any:
         raise _Refused(error(413, f"body larger than {MAX_BODY_BYTES} bytes")) from exc
     try:
         return _loads(body)
+    except RecursionError as exc:  # nested deeper than the parser's stack
+        raise _Refused(error(400, "body is not valid JSON: nested too deeply")) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Refused(error(400, f"body is not valid JSON: {exc}")) from exc
 

@@ -49,7 +49,11 @@ class MatcherRuntime:
         self._producer = new_producer(settings.kafka_bootstrap_servers, "erc8004-matcher")
         await self._producer.start()
         self.matcher = Matcher(
-            pool=svc.db(), keeper=keeper, publish=self.publish, metrics=self.metrics
+            pool=svc.db(),
+            keeper=keeper,
+            publish=self.publish,
+            metrics=self.metrics,
+            max_jobs_per_event_per_user=settings.max_jobs_per_event_per_user,
         )
         lag = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, settings.events_topic)
         self._tasks = [

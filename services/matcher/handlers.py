@@ -13,6 +13,7 @@ again from its recorded explain on redelivery.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -39,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 Publish = Callable[[Sequence[ActionJob]], Awaitable[None]]
 
+#: Jobs of one user one event version may produce (MATCHER_MAX_JOBS_PER_EVENT_PER_USER).
+MAX_JOBS_PER_EVENT_PER_USER = 100
+
 
 class Matcher:
     """Handles the consumed batches: parses them, cuts them into segments, evaluates
@@ -51,8 +55,10 @@ class Matcher:
         keeper: IndexKeeper,
         publish: Publish,
         metrics: MatcherMetrics,
+        max_jobs_per_event_per_user: int = MAX_JOBS_PER_EVENT_PER_USER,
     ) -> None:
         self._keeper = keeper
+        self._max_jobs = max_jobs_per_event_per_user
         self._publish = publish
         self._metrics = metrics
         self._failures = 0
@@ -114,12 +120,38 @@ class Matcher:
             recompute = {k: v for k, v in recompute.items() if k <= n}
             recompute.update({n + 1 + k: v for k, v in rest.items()})
         jobs += await self._events(segment)
+        jobs = self._within_cap(jobs)
         if jobs:
             await self._publish(jobs)
             for job in jobs:
                 self._metrics.jobs.labels(job.action_type.value).inc()
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         return len(jobs)
+
+    def _within_cap(self, jobs: list[ActionJob]) -> list[ActionJob]:
+        """At most ``max_jobs_per_event_per_user`` jobs of one user for one event
+        version: one user's triggers cannot turn one event into thousands of calls.
+        Which ones stay is decided by (trigger id, action id), so a redelivered batch
+        produces the same jobs; the others are counted and logged."""
+        groups: dict[tuple[str, str], list[ActionJob]] = defaultdict(list)
+        for job in jobs:
+            groups[(version_key(job.event), job.user_id)].append(job)
+        dropped: set[str] = set()
+        for (version, user_id), group in groups.items():
+            if len(group) <= self._max_jobs:
+                continue
+            group.sort(key=lambda j: (j.trigger_id, j.action_id))
+            extra = group[self._max_jobs :]
+            dropped.update(j.job_id for j in extra)
+            self._metrics.jobs_dropped.inc(len(extra))
+            log.warning(
+                "jobs beyond the per-event limit not produced",
+                event_version=version,
+                jobs_user_id=user_id,
+                dropped=len(extra),
+                limit=self._max_jobs,
+            )
+        return [j for j in jobs if j.job_id not in dropped] if dropped else jobs
 
     async def _events(
         self,

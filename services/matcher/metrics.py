@@ -20,6 +20,7 @@ class MatcherMetrics:
     candidates: Histogram
     fired: Counter
     jobs: Counter
+    jobs_dropped: Counter
     evaluation_seconds: Histogram
     batch_seconds: Histogram
     index_size: Gauge
@@ -77,6 +78,12 @@ class MatcherMetrics:
                 "erc8004_matcher_jobs_produced_total",
                 "Action jobs produced to erc8004.actions.",
                 ("action_type",),
+                registry=registry,
+            ),
+            jobs_dropped=Counter(
+                "erc8004_matcher_jobs_dropped_total",
+                "Jobs not produced: beyond MATCHER_MAX_JOBS_PER_EVENT_PER_USER for one "
+                "event version and user.",
                 registry=registry,
             ),
             evaluation_seconds=Histogram(

@@ -23,6 +23,11 @@ class MatcherSettings(ServiceSettings):
         default=500, ge=1, le=10_000, validation_alias="MATCHER_BATCH_MAX_RECORDS"
     )
     #: Full resync of the trigger index, behind the NOTIFY updates (at most 60 s).
+    #: Jobs one event version may produce for one user (their triggers' actions
+    #: together); beyond, the rest are not produced (counted and logged).
+    max_jobs_per_event_per_user: int = Field(
+        default=100, ge=1, le=100_000, validation_alias="MATCHER_MAX_JOBS_PER_EVENT_PER_USER"
+    )
     resync_interval: float = Field(
         default=60.0, gt=0, le=60, validation_alias="MATCHER_RESYNC_INTERVAL"
     )

@@ -48,6 +48,8 @@ from tests.kafkautil import read_topic
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 CHAIN = 84532
+#: What agents' owners sign as ``deployment:`` for the API under test.
+DEPLOYMENT = api_settings("postgresql://unused", "unused:9092", "unused").deployment()
 OTHER_SECRET = "another-secret-0123456789abcdefghijkl"
 
 
@@ -234,17 +236,27 @@ async def test_api_keys_are_shown_once_stored_hashed_usable_and_revocable(
     assert (await client.get("/v1/triggers", headers=by_key)).status == 401
 
 
+async def an_account(client: Client, username: str) -> dict[str, str]:
+    """A registered account's credentials."""
+    creds = {"username": username, "password": "pw-" + uuid.uuid4().hex}
+    body = {**creds, "email": f"{username}@example.org"}
+    assert (await client.post("/v1/auth/register", json=body)).status == 201
+    return creds
+
+
+async def log_in(client: Client, creds: dict[str, str]) -> dict[str, str]:
+    resp = await client.post("/v1/auth/login", json=creds)
+    assert resp.status == 200, await resp.text()
+    return {"Authorization": "Bearer " + (await resp.json())["access_token"]}
+
+
 async def test_logout_everywhere_revokes_every_access_token_issued_so_far(
     client: Client,
 ) -> None:
-    creds = {"username": "erin", "password": "pw-" + uuid.uuid4().hex}
-    registered = await client.post("/v1/auth/register", json={**creds, "email": "e@example.org"})
-    assert registered.status == 201
+    creds = await an_account(client, "erin")
 
     async def login() -> dict[str, str]:
-        resp = await client.post("/v1/auth/login", json=creds)
-        assert resp.status == 200
-        return {"Authorization": "Bearer " + (await resp.json())["access_token"]}
+        return await log_in(client, creds)
 
     auth, second = await login(), await login()
     key = (await (await client.post("/v1/api-keys", json={}, headers=auth)).json())["key"]
@@ -260,6 +272,68 @@ async def test_logout_everywhere_revokes_every_access_token_issued_so_far(
     await asyncio.sleep(1.05 - time.time() % 1)
     fresh = await login()
     assert (await client.get("/v1/triggers", headers=fresh)).status == 200
+
+    # On request, the API keys go too (issue 14, item 7).
+    resp = await client.post("/v1/auth/logout-all?api_keys=maybe", headers=fresh)
+    assert resp.status == 422
+    assert (await client.get("/v1/triggers", headers=fresh)).status == 200
+    assert (await client.post("/v1/auth/logout-all?api_keys=true", headers=fresh)).status == 204
+    assert (await client.get("/v1/triggers", headers=by_key)).status == 401
+
+
+async def test_a_password_change_needs_the_current_one_and_ends_every_other_session(
+    client: Client,
+) -> None:
+    """Issue 14, item 7: there was no way to change a password."""
+    creds = await an_account(client, "frank")
+
+    async def login(password: str) -> dict[str, str]:
+        return await log_in(client, {**creds, "password": password})
+
+    auth, other_session = await login(creds["password"]), await login(creds["password"])
+    key = (await (await client.post("/v1/api-keys", json={}, headers=auth)).json())["key"]
+    by_key = {"Authorization": f"Bearer {key}"}
+    new = "a-new-password-" + uuid.uuid4().hex
+    body = {"current_password": creds["password"], "new_password": new}
+
+    # Not with an API key; not without the current password; not too short.
+    assert (await client.post("/v1/auth/password", json=body, headers=by_key)).status == 403
+    wrong = {**body, "current_password": "not-it-at-all"}
+    resp = await client.post("/v1/auth/password", json=wrong, headers=auth)
+    assert resp.status == 403
+    assert "current password" in (await resp.json())["error"]
+    short = {**body, "new_password": "short"}
+    resp = await client.post("/v1/auth/password", json=short, headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["details"][0]["loc"] == ["body", "new_password"]
+    assert (await client.get("/v1/triggers", headers=other_session)).status == 200
+
+    resp = await client.post("/v1/auth/password", json=body, headers=auth)
+    assert resp.status == 200, await resp.text()
+    fresh = {"Authorization": "Bearer " + (await resp.json())["access_token"]}
+    # The answer's token works at once; every earlier one does not; keys stay.
+    assert (await client.get("/v1/triggers", headers=fresh)).status == 200
+    for revoked in (auth, other_session):
+        assert (await client.get("/v1/triggers", headers=revoked)).status == 401
+    assert (await client.get("/v1/triggers", headers=by_key)).status == 200
+    resp = await client.post("/v1/auth/login", json=creds)
+    assert resp.status == 401  # the old password no longer logs in
+    await asyncio.sleep(1.05 - time.time() % 1)
+    fresh = await login(new)
+
+    # Again, with the API keys revoked too.
+    again = {"current_password": new, "new_password": creds["password"], "revoke_api_keys": True}
+    resp = await client.post("/v1/auth/password", json=again, headers=fresh)
+    assert resp.status == 200
+    assert (await client.get("/v1/triggers", headers=by_key)).status == 401
+
+    # Wrong current passwords count as failed logins: the fifth is the last.
+    latest = {"Authorization": "Bearer " + (await resp.json())["access_token"]}
+    statuses_seen = [
+        (await client.post("/v1/auth/password", json=wrong, headers=latest)).status
+        for _ in range(6)
+    ]
+    assert statuses_seen == [403] * 5 + [429]
 
 
 async def test_quotas_hold_under_concurrent_creation(
@@ -1066,6 +1140,7 @@ def token_body(key: PrivateKey, agent: int, token: str, **kw: Any) -> dict[str, 
     expires_at = kw.pop("expires_at", int(time.time()) + 600)
     tools, users = kw.pop("allowed_tools", "*"), kw.pop("allowed_users", "*")
     message = mcp_token_message(
+        deployment=kw.pop("deployment", DEPLOYMENT),
         chain_id=CHAIN,
         agent_id=agent,
         token=token,
@@ -1076,6 +1151,34 @@ def token_body(key: PrivateKey, agent: int, token: str, **kw: Any) -> dict[str, 
     )
     return {"token": token, "nonce": nonce, "expires_at": expires_at, "allowed_tools": tools,
             "allowed_users": users, "signature": sign(key, message)}  # fmt: skip
+
+
+async def registered_agent(db: asyncpg.Connection, agent: int, *, block: int) -> PrivateKey:
+    """The key of the owner of an agent its Registered event (stored) names."""
+    owner = PrivateKey(b"\x33" * 32)
+    address = owner.public_key.to_checksum_address()
+    await store_events(
+        db, [an_event(CHAIN, block, event_type="Registered", agent_id=agent, owner=address)]
+    )
+    return owner
+
+
+async def test_signature_checks_are_limited_per_user(
+    database_url: str, kafka_bootstrap: str, db: asyncpg.Connection
+) -> None:
+    """Issue 14, item 7: recovering a signature costs CPU; one user gets at most
+    SIGNATURE_CHECKS_PER_MINUTE, another user is not held up by them."""
+    owner = await registered_agent(db, 90, block=11)
+    url = f"/v1/agents/{CHAIN}/90/mcp-token"
+    async with api_client(database_url, kafka_bootstrap, signature_checks_per_minute=3) as client:
+        mallory, alice = await signup(client), await signup(client)
+        junk = {**token_body(owner, 90, "t"), "signature": "0x" + "11" * 65}
+        answers = [(await client.put(url, json=junk, headers=mallory)).status for _ in range(5)]
+        assert answers == [422, 422, 422, 429, 429]
+        resp = await client.put(url, json=junk, headers=mallory)
+        assert 55 <= int(resp.headers["Retry-After"]) <= 61
+        resp = await client.put(url, json=token_body(owner, 90, "t"), headers=alice)
+        assert resp.status == 200, await resp.text()
 
 
 async def test_mcp_token_needs_the_current_owners_signature_once(
@@ -1109,6 +1212,13 @@ async def test_mcp_token_needs_the_current_owners_signature_once(
     assert SecretBox(SECRETS_KEY).decrypt(stored, context=context) == token
 
     assert (await client.put(url, json=body, headers=auth)).status == 409  # replayed
+    # Signed for another deployment of the service: worth nothing here.
+    elsewhere = token_body(owner, agent, "t1", deployment="erc8004-another-deployment")
+    assert (await client.put(url, json=elsewhere, headers=auth)).status == 403
+    domain = await (await client.get("/v1/agents/signing-domain", headers=auth)).json()
+    assert domain == {"deployment": DEPLOYMENT}
+    assert DEPLOYMENT.startswith("erc8004-")
+    assert JWT_SECRET not in DEPLOYMENT
     assert (await client.put(url, json=token_body(buyer, agent, "t2"), headers=auth)).status == 403
     tampered = {**token_body(owner, agent, "t3"), "token": "t4"}  # signed another token
     assert (await client.put(url, json=tampered, headers=auth)).status == 403
@@ -1151,7 +1261,11 @@ async def test_mcp_token_needs_the_current_owners_signature_once(
     def removal(key: PrivateKey, agent_id: int = agent) -> dict[str, Any]:
         nonce, expires_at = uuid.uuid4().hex, int(time.time()) + 600
         message = mcp_token_removal_message(
-            chain_id=CHAIN, agent_id=agent_id, nonce=nonce, expires_at=expires_at
+            deployment=DEPLOYMENT,
+            chain_id=CHAIN,
+            agent_id=agent_id,
+            nonce=nonce,
+            expires_at=expires_at,
         )
         return {"nonce": nonce, "expires_at": expires_at, "signature": sign(key, message)}
 
@@ -1180,12 +1294,7 @@ async def test_passwords_and_tokens_never_reach_the_logs(
 ) -> None:
     password = "pw-never-logged-" + uuid.uuid4().hex
     mcp_token = "mcp-never-logged-" + uuid.uuid4().hex
-    owner = PrivateKey(b"\x33" * 32)
-    await store_events(
-        db,
-        [an_event(CHAIN, 30, event_type="Registered", agent_id=5,
-                  owner=owner.public_key.to_checksum_address())],
-    )  # fmt: skip
+    owner = await registered_agent(db, 5, block=30)
     with structlog.testing.capture_logs() as logs:
         register = {"username": "erin", "email": "erin@example.org", "password": password}
         assert (await client.post("/v1/auth/register", json=register)).status == 201

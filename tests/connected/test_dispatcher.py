@@ -726,6 +726,45 @@ async def test_breaker_opens_on_a_failing_destination_and_defers_its_jobs(
     assert statuses(await results(db)) == ["dead", "dead", "dead"]
 
 
+async def test_one_users_failing_calls_open_the_breaker_for_that_user_alone(
+    db: asyncpg.Connection, dispatcher: Dispatch
+) -> None:
+    """The review's attack (issue 14, item 6): a trigger with 20 REST actions to a
+    popular host and a 100 ms timeout opened the host's breaker for every user. Now
+    the breaker is the user's: another user's jobs to the same host go through at
+    once, each on its first attempt."""
+
+    async def respond(seen: Seen, _n: int) -> web.Response:
+        if seen.path == "/slow":
+            await asyncio.sleep(1.0)
+        return web.Response()
+
+    async with serve(Receiver(respond=respond, shutdown_timeout=2)) as host:
+        slow = {"url": f"{host.base}/slow", "timeout_ms": 100, "max_attempts": 1}
+        mallory = await feedback_trigger(db, *[("rest", slow)] * 20)
+        (victim,) = await feedback_trigger(db, ("rest", {"url": f"{host.base}/ok"}))
+        proc = dispatcher.start(
+            BREAKER_THRESHOLD="3", BREAKER_PAUSE="60", DISPATCHER_DESTINATION_CONCURRENCY="1"
+        )
+        await dispatcher.produce([action.job(an_event(1)) for action in mallory])
+
+        async def opened() -> bool:
+            return metric_value(proc, "erc8004_dispatcher_open_breakers") >= 1
+
+        await wait_for(opened, within=30, what="mallory's breaker open")
+        jobs = [victim.job(an_event(seed)) for seed in range(2, 7)]
+        await dispatcher.produce(jobs)
+
+        async def delivered() -> bool:
+            return all([await has_status(db, job.job_id, "success") for job in jobs])
+
+        await wait_for(delivered, within=15, what="the other user's jobs")
+    for job in jobs:
+        assert statuses(await results(db, job.job_id)) == ["success"]
+    assert metric_value(proc, "erc8004_dispatcher_open_breakers") == 1
+    assert sum(1 for seen in host.seen if seen.path == "/slow") == 3
+
+
 async def test_slow_receiver_gets_each_job_once_and_a_poison_batch_moves_on(
     db: asyncpg.Connection, dispatcher: Dispatch, dlq_topic: str
 ) -> None:

@@ -156,6 +156,14 @@ async def test_malformed_oversized_and_unauthenticated(
     resp = await ingest.post("/v1/events", json="a string", headers=AUTH)
     assert resp.status == 422
 
+    # Nested deeper than any parser's stack: refused as JSON (it was a 500).
+    for depth in (2_000, 200_000):
+        deep = b"[" * depth + b"]" * depth
+        for path in ("/v1/events", "/v1/checkpoints", "/v1/reorgs"):
+            resp = await ingest.post(path, data=deep, headers=AUTH)
+            assert resp.status == 400, (path, depth, await resp.text())
+            assert "nested too deeply" in (await resp.json())["error"]
+
     too_many = [_valid(chain, log_index=i) for i in range(1001)]
     resp = await ingest.post("/v1/events", json=too_many, headers=AUTH)
     assert resp.status == 413

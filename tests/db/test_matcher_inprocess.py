@@ -21,16 +21,21 @@ from services.matcher.metrics import MatcherMetrics
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, dump_event_messages
 from shared.platform.db import create_pool
-from tests.matcherutil import NEW_FEEDBACK, insert_trigger, random_chain
+from tests.matcherutil import NEW_FEEDBACK, insert_trigger, insert_user, random_chain
 from tools.eventgen import make_event
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
 
+#: The handler's limit of jobs per event version and user.
+CAP = 5
+
 
 class Published:
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.jobs: list[ActionJob] = []
         self.fail: BaseException | None = None
+        #: the matcher's metrics
+        self.registry = registry
 
     async def __call__(self, jobs: Sequence[ActionJob]) -> None:
         if self.fail is not None:
@@ -41,14 +46,21 @@ class Published:
 @pytest.fixture
 async def matcher(database_url: str) -> AsyncIterator[tuple[Matcher, IndexKeeper, Published]]:
     pool = await create_pool(database_url, application_name="test-matcher", max_size=4)
-    metrics = MatcherMetrics.create(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = MatcherMetrics.create(registry)
     keeper = IndexKeeper(pool=pool, connect=lambda: asyncpg.connect(database_url), metrics=metrics)
-    published = Published()
+    published = Published(registry)
     running = None
     try:
         await keeper.start()
         running = asyncio.create_task(keeper.run())  # its listener, as the app runs it
-        handler = Matcher(pool=pool, keeper=keeper, publish=published, metrics=metrics)
+        handler = Matcher(
+            pool=pool,
+            keeper=keeper,
+            publish=published,
+            metrics=metrics,
+            max_jobs_per_event_per_user=CAP,
+        )
         yield handler, keeper, published
     finally:
         if running is not None:
@@ -116,3 +128,50 @@ async def test_unreadable_record_is_skipped_and_a_failed_publish_raises(
     published.fail = ConnectionError("kafka away")
     with pytest.raises(ConnectionError):
         await handler.consume(good)  # raised: the batch is not committed, but redelivered
+
+
+async def test_one_users_jobs_for_one_event_are_capped_the_same_way_on_redelivery(
+    db: asyncpg.Connection,
+    matcher: tuple[Matcher, IndexKeeper, Published],
+) -> None:
+    """Issue 14, item 6: one user's triggers cannot turn one event into any number of
+    calls. Three triggers of 2 actions each is 6 jobs per event, one above the
+    limit: the job of the last (trigger, action) is not produced, the same one on a
+    redelivery; another user's jobs for the same event are not affected."""
+    handler, keeper, published = matcher
+    chain = random_chain()
+    user = await insert_user(db)
+    actions = [
+        {"action_type": "rest", "config": {"url": f"http://127.0.0.1:9/{n}"}} for n in range(2)
+    ]
+    mine = sorted(
+        [
+            await insert_trigger(
+                db, chain_id=chain, conditions=NEW_FEEDBACK, user_id=user, actions=actions
+            )
+            for _ in range(3)
+        ]
+    )
+    other = await insert_trigger(db, chain_id=chain, conditions=NEW_FEEDBACK, actions=actions)
+    await keeper.resync()
+    now = int(time.time())
+    batch = records([feedback(chain, 500, 1, now - 60), feedback(chain, 501, 1, now - 59)])
+
+    await handler.consume(batch)
+    first = list(published.jobs)
+    for block in (500, 501):
+        produced = [j for j in first if j.event.block_number == block]
+        of_user = sorted((j.trigger_id, j.action_id) for j in produced if j.user_id == user)
+        every = sorted(
+            (r["trigger_id"], r["id"])
+            for r in await db.fetch(
+                "SELECT trigger_id, id FROM trigger_actions WHERE trigger_id = ANY($1)", mine
+            )
+        )
+        assert of_user == every[:CAP]
+        assert sum(1 for j in produced if j.trigger_id == other) == 2
+    assert published.registry.get_sample_value("erc8004_matcher_jobs_dropped_total") == 2
+
+    published.jobs.clear()
+    await handler.consume(batch)
+    assert {j.job_id for j in published.jobs} == {j.job_id for j in first}

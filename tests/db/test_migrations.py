@@ -514,6 +514,11 @@ async def test_grants_are_least_privilege(db: asyncpg.Connection) -> None:
         ("erc8004_api", "action_results", "INSERT"): False,
         ("erc8004_api", "events_hourly", "SELECT"): True,
         ("erc8004_api", "event_outbox", "SELECT"): False,
+        ("erc8004_api", "telegram_chats", "INSERT"): True,
+        ("erc8004_api", "telegram_updates", "SELECT"): False,
+        ("erc8004_dispatcher", "telegram_link_codes", "INSERT"): False,
+        ("erc8004_dispatcher", "telegram_updates", "UPDATE"): True,
+        ("erc8004_matcher", "telegram_chats", "SELECT"): False,
     }
     for (role, table, privilege), allowed in expected.items():
         got = await db.fetchval("SELECT has_table_privilege($1, $2, $3)", role, table, privilege)
@@ -551,6 +556,15 @@ async def test_row_level_security_scopes_the_api_role_by_user(db: asyncpg.Connec
             trigger_id,
             user,
         )
+        await db.execute(
+            "INSERT INTO telegram_chats (user_id, chat_id, chat_type) VALUES ($1, '42', 'group')",
+            user,
+        )
+        await db.execute(
+            "INSERT INTO telegram_link_codes (code_sha256, user_id, expires_at)"
+            " VALUES (sha256(convert_to($1, 'UTF8')), $1, now())",
+            user,
+        )
     assert (
         await db.fetchval(
             "SELECT count(*) FROM triggers WHERE id = any($1::text[])", list(ids.values())
@@ -567,6 +581,8 @@ async def test_row_level_security_scopes_the_api_role_by_user(db: asyncpg.Connec
             "trigger_actions",
             "action_results",
             "api_keys",
+            "telegram_chats",
+            "telegram_link_codes",
         ):
             assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table
 
@@ -584,6 +600,12 @@ async def test_row_level_security_scopes_the_api_role_by_user(db: asyncpg.Connec
         assert {r["user_id"] for r in await db.fetch("SELECT user_id FROM action_results")} == {
             user_a
         }
+        for table in ("telegram_chats", "telegram_link_codes"):
+            rows = await db.fetch(f"SELECT user_id FROM {table}")
+            assert [r["user_id"] for r in rows] == [user_a], table
+        assert (
+            await db.execute("DELETE FROM telegram_chats WHERE user_id = $1", user_b) == "DELETE 0"
+        )
         assert (
             await db.execute("UPDATE triggers SET name = 'stolen' WHERE id = $1", ids["b"])
             == "UPDATE 0"

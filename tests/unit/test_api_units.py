@@ -57,6 +57,7 @@ def test_recover_signer_accepts_both_v_styles_and_refuses_tampering() -> None:
     key = PrivateKey(b"\x42" * 32)
     address = key.public_key.to_checksum_address().lower()
     message = mcp_token_message(
+        deployment="erc8004-test",
         chain_id=1,
         agent_id=7,
         token="t",
@@ -86,15 +87,17 @@ def test_recover_signer_refuses_the_malleable_twin() -> None:
     assert recover_signer(message, twin) is None
 
 
-def test_the_message_binds_chain_agent_token_scope_nonce_and_expiry() -> None:
-    base = {"chain_id": 1, "agent_id": 2, "token": "s3cret-tok", "nonce": "abcdefgh",
-            "expires_at": 3, "allowed_tools": ["lookup"], "allowed_users": None}  # fmt: skip
+def test_the_message_binds_deployment_chain_agent_token_scope_nonce_and_expiry() -> None:
+    base = {"deployment": "here", "chain_id": 1, "agent_id": 2, "token": "s3cret-tok",
+            "nonce": "abcdefgh", "expires_at": 3, "allowed_tools": ["lookup"],
+            "allowed_users": None}  # fmt: skip
     message = mcp_token_message(**base)  # type: ignore[arg-type]
     assert "s3cret-tok" not in message  # only its hash
     assert message.splitlines()[0] == "ERC-8004 MCP token"
     assert "allowed_tools: lookup" in message.splitlines()
     assert "allowed_users: *" in message.splitlines()
-    for field, other in (("chain_id", 9), ("agent_id", 9), ("token", "x"), ("nonce", "zzzzzzzz"),
+    for field, other in (("deployment", "elsewhere"), ("chain_id", 9), ("agent_id", 9),
+                         ("token", "x"), ("nonce", "zzzzzzzz"),
                          ("expires_at", 9), ("allowed_tools", None), ("allowed_users", ["u1"]),
                          ("allowed_tools", ["lookup", "write"])):  # fmt: skip
         assert mcp_token_message(**{**base, field: other}) != message  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from services.dispatcher.policy import (
     RateLimiter,
     backoff_delay,
 )
+from services.dispatcher.registration import ResolveError, ipfs_gateway_url
 from services.dispatcher.templates import (
     TemplateRenderError,
     context_of,
@@ -352,7 +353,7 @@ def test_non_fault_results_reset_the_count() -> None:
     assert not b.is_open("d")
 
 
-async def test_destination_limits_bound_concurrency_and_queue() -> None:
+async def test_destination_limits_bound_concurrency_and_each_users_queue() -> None:
     limits = DestinationLimits(per_destination=2, queue=1)
     running = 0
     peak = 0
@@ -360,7 +361,7 @@ async def test_destination_limits_bound_concurrency_and_queue() -> None:
 
     async def work() -> None:
         nonlocal running, peak
-        slot = limits.slot("d")
+        slot = limits.slot("d", "alice")
         assert slot is not None
         async with slot:
             running += 1
@@ -371,11 +372,78 @@ async def test_destination_limits_bound_concurrency_and_queue() -> None:
     tasks = [asyncio.create_task(work()) for _ in range(3)]
     await asyncio.sleep(0.01)
     assert limits.in_flight() == 2
-    assert limits.slot("d") is None  # 2 running, 1 waiting: full
-    assert limits.slot("elsewhere") is not None
+    assert limits.slot("d", "alice") is None  # 2 running, 1 of hers waiting: full
+    assert limits.slot("d", "bob") is not None  # his own queue is empty
+    assert limits.slot("elsewhere", "alice") is not None
     release.set()
     await asyncio.gather(*tasks)
     assert peak == 2
+    assert limits.in_flight() == 0
+
+
+async def test_a_freed_slot_goes_to_the_next_user_in_turn() -> None:
+    """One user's flood does not hold up another user's jobs to the same host: the
+    slots go round the users, not first come first served."""
+    limits = DestinationLimits(per_destination=1, queue=100)
+    served: list[str] = []
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def work(name: str, *, hold: bool = False) -> None:
+        slot = limits.slot("d", name[0])
+        assert slot is not None
+        async with slot:
+            served.append(name)
+            if hold:
+                holding.set()
+                await release.wait()
+            await asyncio.sleep(0)
+
+    first = asyncio.create_task(work("a0", hold=True))
+    await holding.wait()
+    tasks = [asyncio.create_task(work(f"a{i}")) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(work(f"b{i}")) for i in range(1, 3)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(work("c1")))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(first, *tasks)
+    assert served == ["a0", "a1", "b1", "c1", "a2", "b2", "a3", "a4", "a5"]
+    assert limits.in_flight() == 0
+
+
+async def test_a_waiter_that_gives_up_loses_its_turn_but_no_slot() -> None:
+    limits = DestinationLimits(per_destination=1, queue=100)
+    held = limits.slot("d", "a")
+    assert held is not None
+    await held.__aenter__()
+    served: list[str] = []
+
+    async def work(user: str) -> None:
+        slot = limits.slot("d", user)
+        assert slot is not None
+        async with slot:
+            served.append(user)
+
+    gives_up = asyncio.create_task(work("b"))
+    waits = asyncio.create_task(work("c"))
+    await asyncio.sleep(0.01)
+    gives_up.cancel()
+    await asyncio.gather(gives_up, return_exceptions=True)
+    await held.__aexit__(None, None, None)
+    await waits
+    assert served == ["c"]
+    assert limits.in_flight() == 0
+    # A waiter cancelled just after it was handed the slot passes it on.
+    await held.__aenter__()
+    late, next_in_line = asyncio.create_task(work("b")), asyncio.create_task(work("c"))
+    await asyncio.sleep(0.01)
+    await held.__aexit__(None, None, None)  # hands the slot to b's waiter...
+    late.cancel()  # ...which is cancelled before it runs
+    await asyncio.gather(late, next_in_line, return_exceptions=True)
+    assert served == ["c", "c"]
+    assert limits.in_flight() == 0
 
 
 async def test_rate_limiter_spaces_calls_per_key() -> None:
@@ -499,3 +567,37 @@ def test_secrets_are_masked_in_every_encoding_and_before_any_cut() -> None:
     error = RuntimeError("e" * 180 + " Bearer " + token)
     assert "x" * 5 not in short(error, token)
     assert short(error, token).startswith("e" * 180)
+
+
+@pytest.mark.parametrize(
+    ("uri", "url"),
+    [
+        ("ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+         "https://gw.test/ipfs/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"),
+        ("ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG/agent.json",
+         "https://gw.test/ipfs/QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG/agent.json"),
+        ("ipfs://ipfs/bafy1/a b/c?d#e", "https://gw.test/ipfs/bafy1/a%20b/c%3Fd%23e"),
+        ("IPFS://bafy1/dir/", "https://gw.test/ipfs/bafy1/dir/"),
+    ],
+)  # fmt: skip
+def test_an_ipfs_uri_is_fetched_under_the_gateways_path(uri: str, url: str) -> None:
+    assert ipfs_gateway_url("https://gw.test/ipfs/", uri) == url
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "ipfs://../x",  # the review's: https://gw.test/x, out of /ipfs/
+        "ipfs://bafy1/../../admin",
+        "ipfs://bafy1/%2e%2e/x",
+        "ipfs://bafy1/a%2F..%2F..%2Fb",
+        "ipfs://bafy1/a\\b",
+        "ipfs://bafy1/a%00",
+        "ipfs://",
+        "ipfs://ba.fy/x",
+        "ipfs://@evil.test/x",
+    ],
+)
+def test_an_ipfs_uri_cannot_leave_the_gateways_path(uri: str) -> None:
+    with pytest.raises(ResolveError):
+        ipfs_gateway_url("https://gw.test/ipfs/", uri)

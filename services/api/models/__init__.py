@@ -15,11 +15,18 @@ from services.api.models.accounts import (
     ApiKeyIn,
     ApiKeyOut,
     LoginIn,
+    LogoutQuery,
+    PasswordChangeIn,
     RegisterIn,
     TokenOut,
     UserOut,
 )
-from services.api.models.agents import McpTokenIn, McpTokenOut, McpTokenRemovalIn
+from services.api.models.agents import (
+    McpTokenIn,
+    McpTokenOut,
+    McpTokenRemovalIn,
+    SigningDomainOut,
+)
 from services.api.models.backtests import BacktestIn, BacktestOut, BacktestTriggerIn, FiringOut
 from services.api.models.events import (
     ActionStatOut,
@@ -60,15 +67,18 @@ __all__ = [
     "FiringOut",
     "LinkCodeOut",
     "LoginIn",
+    "LogoutQuery",
     "McpTokenIn",
     "McpTokenOut",
     "McpTokenRemovalIn",
     "Page",
     "PageQuery",
+    "PasswordChangeIn",
     "RegisterIn",
     "ResultOut",
     "ResultsQuery",
     "RetryOut",
+    "SigningDomainOut",
     "StateItem",
     "StatePage",
     "StatsActionsQuery",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, Strict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, StringConstraints
 
 from services.api.models._shared import _Body, _Out
 
@@ -37,6 +37,20 @@ class UserOut(_Out):
 class LoginIn(_Body):
     username: Annotated[str, Strict(), Field(max_length=256)]
     password: Annotated[SecretStr, Field(max_length=1024)]
+
+
+class PasswordChangeIn(_Body):
+    current_password: Annotated[SecretStr, Field(max_length=1024)]
+    new_password: Annotated[SecretStr, Field(min_length=10, max_length=1024)]
+    #: Revoke every API key of the user too (a leaked password may have made some).
+    revoke_api_keys: bool = False
+
+
+class LogoutQuery(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Revoke every API key of the user too.
+    api_keys: bool = False
 
 
 class TokenOut(_Out):

@@ -44,3 +44,8 @@ class McpTokenOut(_Out):
     allowed_tools: list[str] | None
     allowed_users: list[str] | None
     updated_at: datetime | None
+
+
+class SigningDomainOut(_Out):
+    #: The ``deployment:`` line's value in the messages an agent's owner signs.
+    deployment: str

@@ -45,6 +45,31 @@ async def record_login(conn: Conn, user_id: str, new_hash: str | None) -> None:
     )
 
 
+async def get_password(conn: Conn, user_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT username, password_hash FROM users WHERE id = $1 AND is_active IS NOT FALSE",
+        user_id,
+    )
+
+
+async def set_password(conn: Conn, user_id: str, password_hash: str, revoke_at: float) -> None:
+    """The new hash; every token issued up to ``revoke_at`` (unix s) stops working."""
+    await conn.execute(
+        """UPDATE users SET password_hash = $2, updated_at = now(),
+                            tokens_valid_after = to_timestamp($3)
+           WHERE id = $1""",
+        user_id,
+        password_hash,
+        revoke_at,
+    )
+
+
+async def revoke_all_api_keys(conn: Conn) -> int:
+    """Every API key of the user (row-level security: the caller's) revoked."""
+    status = await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL")
+    return int(status.split()[-1])
+
+
 async def is_active_user(conn: Conn, user_id: str, issued_at: int) -> bool:
     """The user is active and has not revoked tokens issued at ``issued_at`` (unix s)."""
     return bool(

@@ -20,15 +20,18 @@ from services.api.models import (
     EventStatOut,
     LinkCodeOut,
     LoginIn,
+    LogoutQuery,
     McpTokenIn,
     McpTokenOut,
     McpTokenRemovalIn,
     Page,
     PageQuery,
+    PasswordChangeIn,
     RegisterIn,
     ResultOut,
     ResultsQuery,
     RetryOut,
+    SigningDomainOut,
     StatePage,
     StatsActionsQuery,
     StatsEventsQuery,
@@ -41,6 +44,7 @@ from services.api.models import (
 from services.api.openapi import PathParam, Route, build_document
 from services.api.routes._shared import PRODUCER
 from services.api.routes.accounts import (
+    change_password,
     create_api_key,
     list_api_keys,
     login,
@@ -48,7 +52,7 @@ from services.api.routes.accounts import (
     register,
     revoke_api_key,
 )
-from services.api.routes.agents import delete_mcp_token, put_mcp_token
+from services.api.routes.agents import delete_mcp_token, put_mcp_token, signing_domain
 from services.api.routes.backtests import backtest_trigger, backtest_unsaved
 from services.api.routes.events import action_stats, event_stats, list_events
 from services.api.routes.results import list_trigger_results, retry_result
@@ -99,10 +103,20 @@ ROUTES: tuple[Route, ...] = (
           description="Wrong username and wrong password give the same 401."),
     Route("POST", "/v1/auth/logout-all", logout_everywhere,
           "Log out everywhere: revoke every access token issued so far", 204,
-          errors=(403,), tag="accounts",
+          query=LogoutQuery, errors=(403,), tag="accounts",
           description=(
-              "Needs a login's access token (an API key answers 403; keys are revoked one by "
-              "one). Tokens issued up to the second of this call stop working, this one too."
+              "Needs a login's access token (an API key answers 403). Tokens issued up to "
+              "the second of this call stop working, this one too; with `api_keys=true` "
+              "every API key of the user is revoked as well."
+          )),
+    Route("POST", "/v1/auth/password", change_password,
+          "Change your password: a fresh access token, every earlier one revoked", 200,
+          TokenOut, PasswordChangeIn, errors=(403, 429, 503), tag="accounts",
+          description=(
+              "Needs a login's access token (an API key answers 403) and the current "
+              "password (wrong: 403; failures count as failed logins, 429 beyond). Every "
+              "access token issued before stops working; with `revoke_api_keys` every "
+              "API key too. Answers a new access token."
           )),
     Route("POST", "/v1/api-keys", create_api_key, "Create an API key (shown once)", 201,
           ApiKeyCreated, ApiKeyIn, errors=(403, 409), tag="accounts",
@@ -153,29 +167,39 @@ ROUTES: tuple[Route, ...] = (
           query=StatsEventsQuery, tag="stats"),
     Route("GET", "/v1/stats/actions", action_stats, "Your actions per hour", 200,
           Page[ActionStatOut], query=StatsActionsQuery, tag="stats"),
+    Route("GET", "/v1/agents/signing-domain", signing_domain,
+          "What an agent's owner signs as `deployment:`", 200, SigningDomainOut, tag="agents",
+          description=(
+              "The value of the `deployment:` line in the MCP token messages: "
+              "SIGNING_DOMAIN, or one derived from this deployment's secrets. A signature "
+              "made for one deployment is refused by every other."
+          )),
     Route("PUT", "/v1/agents/{chain_id}/{agent_id}/mcp-token", put_mcp_token,
           "Set an agent's MCP bearer token (signed by its owner)", 200, McpTokenOut, McpTokenIn,
           path_params=_AGENT,
-          errors=(403, 404, 409), tag="agents",
+          errors=(403, 404, 409, 429), tag="agents",
           description=(
               "The body carries the token, its scope (`allowed_tools`: the tool names a "
               "call with it may name; `allowed_users`: the users whose triggers may send "
               "it; either may be `\"*\"` for any) and an EIP-191 (personal_sign) "
               "signature, by the agent's current owner, of the lines `ERC-8004 MCP token`, "
-              "`chain_id: <id>`, `agent_id: <id>`, `token_sha256: 0x<hex>`, "
-              "`allowed_tools: <names joined by , or *>`, `allowed_users: <ids joined by , "
-              "or *>`, `nonce: <nonce>`, `expires_at: <unix seconds>` joined by `\\n`. A "
-              "nonce is accepted once; the expiry is at most an hour ahead. The token is "
+              "`deployment: <see GET /v1/agents/signing-domain>`, `chain_id: <id>`, "
+              "`agent_id: <id>`, `token_sha256: 0x<hex>`, `allowed_tools: <names joined "
+              "by , or *>`, `allowed_users: <ids joined by , or *>`, `nonce: <nonce>`, "
+              "`expires_at: <unix seconds>` joined by `\\n`. A nonce is accepted once; the "
+              "expiry is at most an hour ahead; at most SIGNATURE_CHECKS_PER_MINUTE (30) "
+              "signatures are checked per user and minute (429 beyond). The token is "
               "never returned, and the dispatcher sends it only on calls its scope allows."
           )),
     Route("DELETE", "/v1/agents/{chain_id}/{agent_id}/mcp-token", delete_mcp_token,
           "Remove an agent's MCP bearer token (signed by its owner)", 204, None,
           McpTokenRemovalIn,
           path_params=_AGENT,
-          errors=(403, 404, 409), tag="agents",
+          errors=(403, 404, 409, 429), tag="agents",
           description=(
               "The body carries an EIP-191 (personal_sign) signature, by the agent's "
-              "current owner, of the lines `ERC-8004 MCP token removal`, `chain_id: <id>`, "
+              "current owner, of the lines `ERC-8004 MCP token removal`, `deployment: "
+              "<see GET /v1/agents/signing-domain>`, `chain_id: <id>`, "
               "`agent_id: <id>`, `nonce: <nonce>`, `expires_at: <unix seconds>` joined by "
               "`\\n`; nonce and expiry as for setting it. MCP actions of the agent then "
               "call its server without a token."

@@ -1,8 +1,9 @@
-"""The accounts resource: registering, logging in, logging out everywhere, and a
-user's API keys (created, listed and revoked with a login's access token)."""
+"""The accounts resource: registering, logging in, changing the password, logging
+out everywhere, and a user's API keys (created, listed and revoked with a login's access token)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -36,8 +37,10 @@ from services.api.models import (
     ApiKeyIn,
     ApiKeyOut,
     LoginIn,
+    LogoutQuery,
     Page,
     PageQuery,
+    PasswordChangeIn,
     RegisterIn,
     TokenOut,
     UserOut,
@@ -124,13 +127,52 @@ def _password_login_only(request: web.Request, what: str = "API keys are managed
 
 
 async def logout_everywhere(request: web.Request) -> web.Response:
-    """Every access token of the user issued so far stops working (API keys are
-    revoked one by one)."""
+    """Every access token of the user issued so far stops working; with
+    ``?api_keys=true`` every API key too."""
     _password_login_only(request, "sessions are ended")
-    async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
+    query = parse_query(request, LogoutQuery)
+    async with as_user(request.app[POOL], user_id(request)) as conn:
         await account_sql.revoke_tokens(conn, user_id(request), time.time())
-    log.info("access tokens revoked")
+        keys = await account_sql.revoke_all_api_keys(conn) if query.api_keys else 0
+    log.info("access tokens revoked", api_keys_revoked=keys)
     return web.Response(status=204)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """The current password checked (failures count as failed logins), the new one
+    stored; every access token issued before stops working (optionally every API key
+    too) and a fresh one is returned."""
+    _password_login_only(request, "the password is changed")
+    body = await parse_body(request, PasswordChangeIn)
+    app, uid = request.app, user_id(request)
+    async with app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
+        row = await account_sql.get_password(conn, uid)
+    if row is None:
+        raise ApiError(401, "invalid or expired token")
+    limiter, address = app[LIMITER], _client_address(request)
+    wait = limiter.reserve(row["username"], address)
+    if wait:
+        raise ApiError(
+            429, "too many failed attempts; try again later", headers={"Retry-After": str(wait)}
+        )
+    passwords = app[PASSWORDS]
+    if not await _hashing(
+        passwords.verify(row["password_hash"], body.current_password.get_secret_value())
+    ):
+        app[METRICS].login_failures.inc()
+        log.info("password change refused")
+        raise ApiError(403, "the current password is wrong")
+    limiter.succeeded(row["username"])
+    new_hash = await _hashing(passwords.hash(body.new_password.get_secret_value()))
+    now = time.time()
+    async with as_user(app[POOL], uid) as conn:
+        await account_sql.set_password(conn, uid, new_hash, now)
+        keys = await account_sql.revoke_all_api_keys(conn) if body.revoke_api_keys else 0
+    # The next whole second: after the revocation (which covers up to `now`), and
+    # within the few seconds of leeway a token's "not before" is checked with.
+    token = app[TOKENS].issue(uid, now=math.floor(now) + 1)
+    log.info("password changed; access tokens revoked", api_keys_revoked=keys)
+    return json_ok(TokenOut(access_token=token, expires_in=app[SETTINGS].access_token_ttl))
 
 
 async def create_api_key(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ checked), stored encrypted."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,14 +14,17 @@ from aiohttp import web
 from services.api.common import (
     POOL,
     SECRETS,
+    SETTINGS,
+    SIGNATURE_CHECKS,
     ApiError,
     detail,
     json_ok,
     not_found,
     parse_body,
     path_int,
+    user_id,
 )
-from services.api.models import McpTokenIn, McpTokenOut, McpTokenRemovalIn
+from services.api.models import McpTokenIn, McpTokenOut, McpTokenRemovalIn, SigningDomainOut
 from services.api.queries import ACQUIRE_SECONDS, STATEMENT_TIMEOUT
 from services.api.queries import agents as agent_sql
 from services.api.routes._shared import log
@@ -45,8 +49,9 @@ def _agent_path(request: web.Request) -> tuple[int, int]:
     )
 
 
-def _signer(body: McpTokenRemovalIn, message: str) -> str:
-    """The address that signed ``message``, after checking the body's expiry."""
+async def _signer(request: web.Request, body: McpTokenRemovalIn, message: str) -> str:
+    """The address that signed ``message``, after checking the body's expiry; at most
+    SIGNATURE_CHECKS_PER_MINUTE per user, recovered off the event loop."""
     now = time.time()
     if body.expires_at <= now:
         raise ApiError(422, "invalid body", [detail(("body", "expires_at"), "has passed")])
@@ -56,7 +61,12 @@ def _signer(body: McpTokenRemovalIn, message: str) -> str:
             "invalid body",
             [detail(("body", "expires_at"), f"at most {MAX_SIGNATURE_VALIDITY} s ahead")],
         )
-    signer = recover_signer(message, body.signature)
+    wait = request.app[SIGNATURE_CHECKS].take([("user", user_id(request))])
+    if wait:
+        raise ApiError(
+            429, "too many signatures checked; try again later", headers={"Retry-After": str(wait)}
+        )
+    signer = await asyncio.to_thread(recover_signer, message, body.signature)
     if signer is None:
         raise ApiError(
             422, "invalid body", [detail(("body", "signature"), "not a valid signature")]
@@ -87,6 +97,7 @@ async def put_mcp_token(request: web.Request) -> web.Response:
     tools = None if body.allowed_tools == "*" else body.allowed_tools
     users = None if body.allowed_users == "*" else body.allowed_users
     message = mcp_token_message(
+        deployment=request.app[SETTINGS].deployment(),
         chain_id=chain_id,
         agent_id=agent_id,
         token=token,
@@ -95,7 +106,7 @@ async def put_mcp_token(request: web.Request) -> web.Response:
         nonce=body.nonce,
         expires_at=body.expires_at,
     )
-    signer = _signer(body, message)
+    signer = await _signer(request, body, message)
     async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
         await conn.execute("SELECT set_config('statement_timeout', $1, true)", STATEMENT_TIMEOUT)
         owner = await _owner_check(conn, chain_id, agent_id, signer, body)
@@ -119,9 +130,13 @@ async def delete_mcp_token(request: web.Request) -> web.Response:
     chain_id, agent_id = _agent_path(request)
     body = await parse_body(request, McpTokenRemovalIn)
     message = mcp_token_removal_message(
-        chain_id=chain_id, agent_id=agent_id, nonce=body.nonce, expires_at=body.expires_at
+        deployment=request.app[SETTINGS].deployment(),
+        chain_id=chain_id,
+        agent_id=agent_id,
+        nonce=body.nonce,
+        expires_at=body.expires_at,
     )
-    signer = _signer(body, message)
+    signer = await _signer(request, body, message)
     async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
         await conn.execute("SELECT set_config('statement_timeout', $1, true)", STATEMENT_TIMEOUT)
         await _owner_check(conn, chain_id, agent_id, signer, body)
@@ -129,3 +144,8 @@ async def delete_mcp_token(request: web.Request) -> web.Response:
             raise not_found("no MCP token is stored for this agent")
     log.info("mcp token deleted", chain_id=chain_id, agent_id=agent_id)
     return web.Response(status=204)
+
+
+async def signing_domain(request: web.Request) -> web.Response:
+    """What an owner signs as ``deployment:`` for this deployment."""
+    return json_ok(SigningDomainOut(deployment=request.app[SETTINGS].deployment()))

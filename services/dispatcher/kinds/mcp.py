@@ -83,6 +83,14 @@ class McpKind:
 
     async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target:
         assert isinstance(cfg, McpConfig)
+        try:
+            return await self._target(job, cfg)
+        except ResolveError as exc:
+            raise ResolveError(
+                f"resolving the agent's MCP endpoint: {exc}", transient=exc.transient
+            ) from exc
+
+    async def _target(self, job: ActionJob, cfg: McpConfig) -> Target:
         if not cfg.resolve_endpoint:
             # The agent's token goes only to the agent's own (resolved) server, never to
             # a URL a trigger's author typed.

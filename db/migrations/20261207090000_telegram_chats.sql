@@ -63,7 +63,10 @@ CREATE POLICY telegram_chats_user_isolation ON telegram_chats
 CREATE POLICY telegram_chats_dispatcher ON telegram_chats
     FOR ALL TO erc8004_dispatcher USING (true) WITH CHECK (true);
 
-GRANT SELECT, INSERT, DELETE ON telegram_link_codes, telegram_chats TO erc8004_api;
+-- The API creates codes and lists and removes links; only the dispatcher, reading
+-- the bot's updates, creates links.
+GRANT SELECT, INSERT, DELETE ON telegram_link_codes TO erc8004_api;
+GRANT SELECT, DELETE ON telegram_chats TO erc8004_api;
 GRANT SELECT, UPDATE ON telegram_link_codes TO erc8004_dispatcher;
 GRANT SELECT, INSERT, UPDATE, DELETE ON telegram_chats TO erc8004_dispatcher;
 GRANT SELECT, UPDATE ON telegram_updates TO erc8004_dispatcher;

@@ -29,7 +29,7 @@ from services.dispatcher.telegram_links import ChatLinker
 from shared.outbound.client import new_session
 from shared.outbound.policy import OutboundPolicy
 from shared.platform.db import connector
-from shared.platform.kafka import LagProbe, new_producer, stop_producer, watch_lag
+from shared.platform.kafka import LagProbe, started_producer, stop_producer, watch_lag
 from shared.platform.secrets import SecretBox
 from shared.platform.stream import (
     Handoff,
@@ -64,8 +64,9 @@ class DispatcherRuntime:
 
     async def start(self, svc: StreamService) -> None:
         settings = self.settings
-        self._producer = new_producer(settings.kafka_bootstrap_servers, "erc8004-dispatcher")
-        await self._producer.start()
+        self._producer = await started_producer(
+            settings.kafka_bootstrap_servers, "erc8004-dispatcher"
+        )
         self._session = new_session(
             self.policy,
             limit=200,

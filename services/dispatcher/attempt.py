@@ -146,7 +146,7 @@ class Attempts:
             return Outcome.permanent(what, sent=False), 0.0
         except SecretDecryptError as exc:
             return Outcome.permanent(str(exc), sent=False), 0.0
-        deferral = kind.wait_before(cfg)
+        deferral = kind.wait_before(cfg, target)
         if deferral is not None:
             return await self._defer(job, deferral.seconds, deferral.reason)
         return await self._attempt_at(job, kind, cfg, target)

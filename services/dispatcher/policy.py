@@ -95,19 +95,30 @@ class DestinationLimits:
     between the users whose jobs go there: a freed slot goes to the next user in
     turn (round robin), not to whoever queued first, so one user's flood of slow
     jobs delays another user's by at most one attempt per user ahead of it. Each user
-    may have at most ``queue`` jobs waiting per destination: :meth:`slot` returns None
-    beyond, and the caller defers the job instead of piling up behind a slow host."""
+    may have at most ``queue`` jobs waiting for slots, all destinations together:
+    :meth:`slot` returns None beyond, and the caller defers the job instead of
+    piling up behind slow hosts (nor can one user's waiting jobs fill the
+    dispatcher's in-flight limit for everyone)."""
 
     def __init__(self, per_destination: int, queue: int) -> None:
         self.per_destination = per_destination
         self.queue = queue
         self._places: dict[str, _Place] = {}
+        #: jobs waiting for a slot, per user, all destinations together
+        self.waiting_of: dict[str, int] = {}
 
     def slot(self, destination: str, user: str) -> _Slot | None:
         place = self._places.get(destination)
-        if place is not None and place.free == 0 and len(place.waiting.get(user, ())) >= self.queue:
+        if place is not None and place.free == 0 and self.waiting_of.get(user, 0) >= self.queue:
             return None
         return _Slot(self, destination, user)
+
+    def _waits(self, user: str, change: int) -> None:
+        count = self.waiting_of.get(user, 0) + change
+        if count:
+            self.waiting_of[user] = count
+        else:
+            self.waiting_of.pop(user, None)
 
     def _place(self, destination: str) -> _Place:
         place = self._places.get(destination)
@@ -161,6 +172,7 @@ class _Slot:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         place.waiting.setdefault(self._user, deque()).append(waiter)
+        self._limits._waits(self._user, +1)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -174,6 +186,8 @@ class _Slot:
                         del place.waiting[self._user]
             self._limits._drop_if_idle(self._destination, place)
             raise
+        finally:
+            self._limits._waits(self._user, -1)
 
     async def __aexit__(self, *_exc: object) -> None:
         place = self._place

@@ -84,9 +84,10 @@ class DispatcherSettings(ServiceSettings):
     per_destination_concurrency: int = Field(
         default=8, ge=1, le=1000, validation_alias="DISPATCHER_DESTINATION_CONCURRENCY"
     )
-    #: Jobs of one user waiting for one destination beyond which that user's new jobs
-    #: to it are deferred to the retry topic (a backlogged destination does not fill
-    #: the dispatcher's memory; other users' jobs still get their turn).
+    #: Jobs of one user waiting for destination slots (all destinations together)
+    #: beyond which that user's new jobs that would wait are deferred to the retry
+    #: topic (slow destinations do not fill the dispatcher's memory or its in-flight
+    #: limit; other users' jobs still get their turn).
     destination_queue: int = Field(
         default=1000, ge=0, le=100_000, validation_alias="DISPATCHER_DESTINATION_QUEUE"
     )

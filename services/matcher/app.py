@@ -15,7 +15,7 @@ from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.contract.jobs import ActionJob
 from shared.platform.db import connector
-from shared.platform.kafka import LagProbe, new_producer, stop_producer, watch_lag
+from shared.platform.kafka import LagProbe, started_producer, stop_producer, watch_lag
 from shared.platform.stream import (
     FETCH_MAX_WAIT_MS,
     Handoff,
@@ -46,8 +46,7 @@ class MatcherRuntime:
             resync_interval=settings.resync_interval,
         )
         await keeper.start()
-        self._producer = new_producer(settings.kafka_bootstrap_servers, "erc8004-matcher")
-        await self._producer.start()
+        self._producer = await started_producer(settings.kafka_bootstrap_servers, "erc8004-matcher")
         self.matcher = Matcher(
             pool=svc.db(),
             keeper=keeper,

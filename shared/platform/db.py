@@ -82,9 +82,17 @@ def connector(
     settings: ServiceSettings, purpose: str
 ) -> Callable[[], Awaitable[asyncpg.Connection]]:
     """Opens a connection of its own (outside the pool: a LISTEN, a session's
-    advisory lock), as the service's role, named ``erc8004-<service>-<purpose>``."""
+    advisory lock), as the service's role, named ``erc8004-<service>-<purpose>``.
+    The server probes it every 10 s after 30 s of silence and drops it after 3
+    unanswered probes: a session (and the locks it holds) whose host vanished ends
+    within about a minute, not after the system's default two hours."""
     dsn = settings.database_url.get_secret_value()
-    server_settings = {"application_name": f"erc8004-{settings.service_name}-{purpose}"}
+    server_settings = {
+        "application_name": f"erc8004-{settings.service_name}-{purpose}",
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+    }
     if settings.database_role:
         server_settings["role"] = settings.database_role
 

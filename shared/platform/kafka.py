@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from prometheus_client import Gauge
 
 from shared.contract.topics import TOPICS, TopicSpec
+
+log = structlog.get_logger(__name__)
 
 
 def new_producer(
@@ -36,6 +39,19 @@ def new_producer(
         request_timeout_ms=request_timeout_ms,
         max_batch_size=max_batch_size,
     )
+
+
+async def started_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+    """A :func:`new_producer` started, waiting for Kafka while it does not answer (a
+    producer whose start failed is closed and a new one made)."""
+    while True:
+        producer = new_producer(bootstrap_servers, client_id)
+        try:
+            await producer.start()
+            return producer
+        except KafkaConnectionError:
+            await stop_producer(producer)
+            await until_kafka_answers(bootstrap_servers, what=client_id)
 
 
 async def stop_producer(producer: AIOKafkaProducer, *, within: float = 3.0) -> None:
@@ -78,6 +94,32 @@ async def ensure_topics(
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def until_kafka_answers(
+    bootstrap_servers: str, *, what: str, pause: float = 0.5, longest: float = 10.0
+) -> None:
+    """Return once ``bootstrap_servers`` answers a metadata request; until then, try
+    again after a pause that grows to ``longest`` seconds, saying so in the log (a
+    service started while Kafka is away waits for it rather than exiting)."""
+    attempt = 0
+    while True:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5_000)
+        try:
+            await client.bootstrap()
+            if attempt:
+                log.info("kafka answers", what=what, attempts=attempt + 1)
+            return
+        except KafkaError as exc:
+            attempt += 1
+            wait = min(pause * 2 ** (attempt - 1), longest)
+            report = log.warning if attempt == 1 else log.info
+            report(
+                "kafka does not answer; waiting", what=what, error=repr(exc)[:200], retry_in=wait
+            )
+            await asyncio.sleep(wait)
+        finally:
+            await client.close()
 
 
 async def _start_with_retry(admin: AIOKafkaAdminClient) -> None:

@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as CurrentMessage
@@ -26,6 +26,7 @@ from faststream.message import StreamMessage
 from prometheus_client import CollectorRegistry
 
 from shared.platform.db import check_db, close_pool, pool_from_settings
+from shared.platform.kafka import until_kafka_answers
 from shared.platform.metrics import new_registry
 from shared.platform.ops import add_ops_routes, start_site
 from shared.platform.settings import ServiceSettings
@@ -105,6 +106,9 @@ def create_stream_app(
         add_ops_routes(ops, registry=service.registry, checks=checks)
         runner = await start_site(ops, settings.http_host, settings.http_port)
         try:
+            # Started while Kafka is away (a node restart, a broker rolling): wait
+            # for it, not ready meanwhile, rather than exit.
+            await until_kafka_answers(settings.kafka_bootstrap_servers, what="start")
             if on_ready is not None:
                 await on_ready(service)
             log.info("started", port=settings.http_port)
@@ -117,7 +121,24 @@ def create_stream_app(
             service.pool = None
             log.info("stopped")
 
+    _start_until_connected(service.broker, settings.kafka_bootstrap_servers)
     return FastStream(service.broker, lifespan=lifespan)
+
+
+def _start_until_connected(broker: KafkaBroker, bootstrap_servers: str) -> None:
+    """The broker's start tried again while Kafka does not answer (it may go away
+    between the check at startup and the broker's own connect)."""
+    start = broker.start
+
+    async def start_until_connected() -> None:
+        while True:
+            try:
+                await start()
+                return
+            except KafkaConnectionError:
+                await until_kafka_answers(bootstrap_servers, what="consumers")
+
+    broker.start = start_until_connected  # type: ignore[method-assign]
 
 
 class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]

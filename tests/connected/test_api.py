@@ -19,6 +19,7 @@ from eth_keys.datatypes import PrivateKey
 
 from services.api.app import create_app
 from services.api.auth import Tokens
+from services.api.queries import accounts as account_sql
 from services.api.signatures import (
     eip191_digest,
     mcp_token_message,
@@ -282,7 +283,7 @@ async def test_logout_everywhere_revokes_every_access_token_issued_so_far(
 
 
 async def test_a_password_change_needs_the_current_one_and_ends_every_other_session(
-    client: Client,
+    client: Client, db: asyncpg.Connection
 ) -> None:
     """Issue 14, item 7: there was no way to change a password."""
     creds = await an_account(client, "frank")
@@ -308,9 +309,20 @@ async def test_a_password_change_needs_the_current_one_and_ends_every_other_sess
     assert (await resp.json())["details"][0]["loc"] == ["body", "new_password"]
     assert (await client.get("/v1/triggers", headers=other_session)).status == 200
 
+    before = await db.fetchrow("SELECT id, password_hash FROM users WHERE username = 'frank'")
+    assert before is not None
     resp = await client.post("/v1/auth/password", json=body, headers=auth)
     assert resp.status == 200, await resp.text()
     fresh = {"Authorization": "Bearer " + (await resp.json())["access_token"]}
+    # A login that checked the old password while the change committed is not
+    # recorded (it answers 401), nor does it put the old hash back.
+    assert not await account_sql.record_login(
+        db, before["id"], before["password_hash"], before["password_hash"]
+    )
+    assert (
+        await db.fetchval("SELECT password_hash FROM users WHERE id = $1", before["id"])
+        != before["password_hash"]
+    )
     # The answer's token works at once; every earlier one does not; keys stay.
     assert (await client.get("/v1/triggers", headers=fresh)).status == 200
     for revoked in (auth, other_session):

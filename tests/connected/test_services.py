@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.procs import ServiceProcess, http_get
-from tools.localnet import free_port
+from tools.localnet import Forwarder, free_port
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
@@ -75,6 +76,36 @@ def test_readyz_names_the_failing_dependency(
     body = json.loads(ingest.wait_http("/readyz", status=200, timeout=30))
     assert body["checks"]["kafka"].startswith("error")
     assert body["checks"]["postgres"] == "ok"
+
+
+def test_stream_services_started_while_kafka_is_away_wait_for_it(
+    service_env: dict[str, str], tmp_path: Path, procs: list[ServiceProcess]
+) -> None:
+    """A matcher or dispatcher (re)started while Kafka is away (a node restart, the
+    chaos run's timing) waits for it, alive and not ready, rather than exiting."""
+    port = free_port()
+    host, _, kafka_port = service_env["KAFKA_BOOTSTRAP_SERVERS"].partition(",")[0].rpartition(":")
+    env = {**service_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+    services = [ServiceProcess(name, env, tmp_path) for name in ("matcher", "dispatcher")]
+    procs.extend(svc.start() for svc in services)
+    for svc in services:
+        assert json.loads(svc.wait_http("/healthz")) == {"status": "ok"}
+        svc.wait_http("/readyz", status=503)
+    time.sleep(3.0)  # several attempts in vain
+    for svc in services:
+        assert svc.proc is not None
+        assert svc.proc.poll() is None, svc.log_text()[-3000:]
+        assert "kafka does not answer; waiting" in svc.log_text()
+
+    forwarder = Forwarder(port, (host, int(kafka_port))).start()
+    try:
+        for svc in services:
+            body = json.loads(svc.wait_http("/readyz", status=200, timeout=60))
+            assert body["checks"]["kafka"] == "ok"
+    finally:
+        for svc in services:
+            svc.terminate(timeout=10)
+        forwarder.stop()
 
 
 def test_bad_settings_fail_fast_with_the_field(

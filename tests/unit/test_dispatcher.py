@@ -374,11 +374,22 @@ async def test_destination_limits_bound_concurrency_and_each_users_queue() -> No
     assert limits.in_flight() == 2
     assert limits.slot("d", "alice") is None  # 2 running, 1 of hers waiting: full
     assert limits.slot("d", "bob") is not None  # his own queue is empty
-    assert limits.slot("elsewhere", "alice") is not None
+    assert limits.slot("elsewhere", "alice") is not None  # a free slot: no waiting
+    # Her queue counts every destination: where she would wait again, she may not.
+    busy = [limits.slot("e", "bob") for _ in range(2)]
+    for slot in busy:
+        assert slot is not None
+        await slot.__aenter__()
+    assert None not in busy
+    assert limits.slot("e", "alice") is None
+    assert limits.slot("e", "carol") is not None
+    for slot in busy:
+        await slot.__aexit__(None, None, None)  # type: ignore[union-attr]
     release.set()
     await asyncio.gather(*tasks)
     assert peak == 2
     assert limits.in_flight() == 0
+    assert limits.waiting_of == {}
 
 
 async def test_a_freed_slot_goes_to_the_next_user_in_turn() -> None:

@@ -87,7 +87,7 @@ class FakeKind:
             raise self.target_error
         return Target(destination="https://hooks.example")
 
-    def wait_before(self, cfg: ActionConfig) -> Deferral | None:
+    def wait_before(self, cfg: ActionConfig, target: Target) -> Deferral | None:
         return self.defer
 
     async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:

@@ -36,13 +36,17 @@ async def get_login(conn: Conn, username: str) -> asyncpg.Record | None:
     )
 
 
-async def record_login(conn: Conn, user_id: str, new_hash: str | None) -> None:
-    await conn.execute(
-        """UPDATE users SET last_login_at = now(), password_hash = coalesce($2, password_hash)
-           WHERE id = $1""",
+async def record_login(conn: Conn, user_id: str, checked_hash: str, new_hash: str | None) -> bool:
+    """The login recorded (and the hash upgraded to ``new_hash``) if the stored hash
+    is still the one the password was checked against; False otherwise."""
+    status = await conn.execute(
+        """UPDATE users SET last_login_at = now(), password_hash = coalesce($3, password_hash)
+           WHERE id = $1 AND password_hash = $2""",
         user_id,
+        checked_hash,
         new_hash,
     )
+    return status == "UPDATE 1"
 
 
 async def get_password(conn: Conn, user_id: str) -> asyncpg.Record | None:
@@ -52,16 +56,21 @@ async def get_password(conn: Conn, user_id: str) -> asyncpg.Record | None:
     )
 
 
-async def set_password(conn: Conn, user_id: str, password_hash: str, revoke_at: float) -> None:
-    """The new hash; every token issued up to ``revoke_at`` (unix s) stops working."""
-    await conn.execute(
-        """UPDATE users SET password_hash = $2, updated_at = now(),
-                            tokens_valid_after = to_timestamp($3)
-           WHERE id = $1""",
+async def set_password(
+    conn: Conn, user_id: str, checked_hash: str, password_hash: str, revoke_at: float
+) -> bool:
+    """The new hash, if the stored one is still ``checked_hash``; every token issued up
+    to ``revoke_at`` (unix s) stops working. False when the password changed meanwhile."""
+    status = await conn.execute(
+        """UPDATE users SET password_hash = $3, updated_at = now(),
+                            tokens_valid_after = to_timestamp($4)
+           WHERE id = $1 AND password_hash = $2""",
         user_id,
+        checked_hash,
         password_hash,
         revoke_at,
     )
+    return status == "UPDATE 1"
 
 
 async def revoke_all_api_keys(conn: Conn) -> int:

@@ -111,7 +111,7 @@ ROUTES: tuple[Route, ...] = (
           )),
     Route("POST", "/v1/auth/password", change_password,
           "Change your password: a fresh access token, every earlier one revoked", 200,
-          TokenOut, PasswordChangeIn, errors=(403, 429, 503), tag="accounts",
+          TokenOut, PasswordChangeIn, errors=(403, 409, 429, 503), tag="accounts",
           description=(
               "Needs a login's access token (an API key answers 403) and the current "
               "password (wrong: 403; failures count as failed logins, 429 beyond). Every "

@@ -110,11 +110,19 @@ async def login(request: web.Request) -> web.Response:
         raise ApiError(401, "invalid username or password")
     rehash = stored is not None and passwords.needs_rehash(stored)
     new_hash = await _hashing(passwords.hash(password)) if rehash else None
+    # The token is dated before the login is recorded, and the login recorded only
+    # if the password checked is still the stored one: a password change or a
+    # logout-all that commits meanwhile either refuses this login or revokes its
+    # token (it revokes every token dated up to its own moment).
+    issued = time.time()
     async with app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn:
-        await account_sql.record_login(conn, row["id"], new_hash)
+        recorded = await account_sql.record_login(conn, row["id"], row["password_hash"], new_hash)
+    if not recorded:
+        log.info("login refused: the password changed meanwhile")
+        raise ApiError(401, "invalid username or password")
     limiter.succeeded(body.username)
     settings = app[SETTINGS]
-    token = app[TOKENS].issue(row["id"])
+    token = app[TOKENS].issue(row["id"], now=issued)
     log.info("login", login_user_id=row["id"])
     return json_ok(TokenOut(access_token=token, expires_in=settings.access_token_ttl))
 
@@ -166,7 +174,8 @@ async def change_password(request: web.Request) -> web.Response:
     new_hash = await _hashing(passwords.hash(body.new_password.get_secret_value()))
     now = time.time()
     async with as_user(app[POOL], uid) as conn:
-        await account_sql.set_password(conn, uid, new_hash, now)
+        if not await account_sql.set_password(conn, uid, row["password_hash"], new_hash, now):
+            raise ApiError(409, "the password was changed meanwhile; try again")
         keys = await account_sql.revoke_all_api_keys(conn) if body.revoke_api_keys else 0
     # The next whole second: after the revocation (which covers up to `now`), and
     # within the few seconds of leeway a token's "not before" is checked with.

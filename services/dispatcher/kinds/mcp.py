@@ -78,7 +78,7 @@ class McpKind:
     def time_limit(self, job: ActionJob) -> float:
         return 3 * job_timeout(job)
 
-    def wait_before(self, cfg: ActionConfig) -> Deferral | None:
+    def wait_before(self, cfg: ActionConfig, target: Target) -> Deferral | None:
         return None
 
     async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target:

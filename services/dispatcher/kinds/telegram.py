@@ -113,7 +113,6 @@ async def run_telegram(
         parts[done:],
         bot_token,
         sent,
-        cfg=cfg,
         chat_id=chat_id,
         parse_mode=parse_mode,
         url=url,
@@ -138,7 +137,6 @@ async def _send_parts(
     bot_token: str,
     sent: list[int | None],
     *,
-    cfg: TelegramConfig,
     chat_id: str,
     parse_mode: str | None,
     url: str,
@@ -150,10 +148,10 @@ async def _send_parts(
     """Send ``parts`` in order, the message id of each delivered one appended to
     ``sent``; stops at the first failure."""
     for part in parts:
-        wait = await limiter.acquire(cfg.chat_id, max_wait=TELEGRAM_LIMITER_WAIT)
+        wait = await limiter.acquire(chat_id, max_wait=TELEGRAM_LIMITER_WAIT)
         if wait is not None:
             return Outcome.transient(
-                f"telegram rate limit for chat {cfg.chat_id}: {wait:.1f}s to wait",
+                f"telegram rate limit for chat {chat_id}: {wait:.1f}s to wait",
                 retry_after=wait,
                 destination_fault=False,
                 response={"sent_parts": len(sent)} if sent else None,
@@ -168,7 +166,7 @@ async def _send_parts(
             )
         except Exception as exc:  # noqa: BLE001
             return exception_outcome(exc, "telegram sendMessage", bot_token)
-        failed = _telegram_answer(resp.status, resp.body, sent, cfg.chat_id, limiter)
+        failed = _telegram_answer(resp.status, resp.body, sent, chat_id, limiter)
         if failed is not None:
             return failed
     return Outcome.ok()
@@ -233,9 +231,10 @@ class TelegramKind:
     def time_limit(self, job: ActionJob) -> float:
         return TELEGRAM_MAX_PARTS * (TELEGRAM_LIMITER_WAIT + TELEGRAM_PART_SECONDS + 1)
 
-    def wait_before(self, cfg: ActionConfig) -> Deferral | None:
-        assert isinstance(cfg, TelegramConfig)
-        wait = self.limiter.wait_for(cfg.chat_id)
+    def wait_before(self, cfg: ActionConfig, target: Target) -> Deferral | None:
+        assert target.chat is not None
+        # The chat's own turn, whichever way the action names it (id or @username).
+        wait = self.limiter.wait_for(target.chat)
         # This chat's turn is far off: wait outside the shared Telegram slots.
         return Deferral(wait, "chat_rate") if wait > 1.0 else None
 

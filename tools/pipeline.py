@@ -91,8 +91,14 @@ class Service:
             self.peak_rss_mib = max(self.peak_rss_mib, vm_hwm_mib(self.proc.pid))
 
     def kill(self) -> None:
-        """SIGKILL by the process's own pid."""
+        """SIGKILL by the process's own pid (which must still be running: a service
+        that exited by itself is a finding, named as one)."""
         assert self.proc is not None
+        if self.proc.poll() is not None:
+            log = self.log_dir / f"{self.name}.log"
+            raise RuntimeError(
+                f"{self.name} exited by itself with code {self.proc.returncode} (see {log})"
+            )
         self.sample()
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)

@@ -1,4 +1,4 @@
-"""API settings (environment names from DESIGN.md)."""
+"""API settings (the environment names the README's settings table lists)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Agents' registration files and feedback files (../shared/ERC8004.md).
+"""Agents' registration files and feedback files (ERC-8004's registration format).
 
 An agent's registration file sits at the ``token_uri`` of its latest canonical
 ``Registered`` / ``URIUpdated`` event: ``ipfs://`` (through ``IPFS_GATEWAY``),
@@ -33,7 +33,8 @@ from shared.outbound.policy import (
     OutboundTimeoutError,
 )
 
-#: Identity registries of ERC8004.md's deployments (mainnets, testnets), lower case.
+#: Identity registries of ERC-8004's official deployments (mainnets, testnets), lower
+#: case.
 KNOWN_IDENTITY_REGISTRIES = (
     "0x8004a169fb4a3325136eb29fa0ceb6d2e539a432",
     "0x8004a818bfb912233c491871b3d84c89a494bd9e",

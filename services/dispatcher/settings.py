@@ -1,4 +1,4 @@
-"""Dispatcher settings (environment names from DESIGN.md)."""
+"""Dispatcher settings (the environment names the README's settings table lists)."""
 
 from __future__ import annotations
 

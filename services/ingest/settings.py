@@ -1,4 +1,4 @@
-"""Ingest settings (environment names from DESIGN.md)."""
+"""Ingest settings (the environment names the README's settings table lists)."""
 
 from __future__ import annotations
 

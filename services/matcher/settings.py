@@ -1,4 +1,4 @@
-"""Matcher settings (environment names from DESIGN.md)."""
+"""Matcher settings (the environment names the README's settings table lists)."""
 
 from __future__ import annotations
 

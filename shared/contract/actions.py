@@ -147,6 +147,11 @@ RESERVED_HEADERS: Final = frozenset(
 )
 
 
+#: Headers that describe the request, not who makes it: the outbound client keeps
+#: them on a redirect to another origin, so they are never secret headers.
+FOLLOWS_REDIRECTS: Final = frozenset({"accept", "user-agent", "content-type", "content-encoding"})
+
+
 def is_reserved_header(name: str) -> bool:
     lower = name.lower()
     return lower in RESERVED_HEADERS or lower.startswith("proxy-")
@@ -225,6 +230,13 @@ class RestConfig(BaseModel):
         for name, text in v.items():
             if not text.get_secret_value():
                 errors.add((name,), "empty: leave the header out instead", None)
+            elif name.lower() in FOLLOWS_REDIRECTS:
+                errors.add(
+                    (name,),
+                    "not a secret: this header follows redirects to other origins; give it "
+                    "in headers",
+                    None,
+                )
         errors.raise_any("RestConfig")
         return v
 

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
+from shared.contract.actions import FOLLOWS_REDIRECTS
+
 if TYPE_CHECKING:
     pass
 
@@ -59,18 +61,14 @@ _NAT64 = IPv6Network("64:ff9b::/96")
 # The only headers a redirect to another origin carries along: a caller's other
 # headers (Authorization, Cookie, X-Api-Key, ...) may be credentials of the origin
 # they were written for.
-CROSS_ORIGIN_HEADERS = frozenset(
-    {
-        "accept",
-        "user-agent",
-        "content-type",
-        "content-encoding",
-        "idempotency-key",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    }
-)
+# (The request's own description, which is never a secret header, and the
+# dispatcher's delivery headers.)
+CROSS_ORIGIN_HEADERS = FOLLOWS_REDIRECTS | {
+    "idempotency-key",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+}
 # Headers that describe a body, dropped when a redirect drops the body.
 BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
 

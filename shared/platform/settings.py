@@ -1,8 +1,8 @@
 """Settings every service shares, read from the environment (pydantic-settings).
 
-Names are the ones DESIGN.md fixes (``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``,
-...); each service subclasses :class:`ServiceSettings` with its own fields and
-defaults. Settings are built once in ``__main__`` and passed down.
+Names are the ones the README's settings table lists (``DATABASE_URL``,
+``KAFKA_BOOTSTRAP_SERVERS``, ...); each service subclasses :class:`ServiceSettings`
+with its own fields and defaults. Settings are built once in ``__main__`` and passed down.
 """
 
 from __future__ import annotations

@@ -611,6 +611,14 @@ def test_secret_headers_are_masked_unless_revealed_and_checked_like_headers() ->
     assert problems({"X-Key": "a\r\nb"}) == [
         (("secret_headers", "X-Key"), "header values are one line of at most 8192 characters")
     ]
+    # A "secret" the outbound client would carry to another origin on a redirect.
+    for name in ("Accept", "content-type", "User-Agent", "Content-Encoding"):
+        assert problems({name: "x"}) == [
+            (
+                ("secret_headers", name),
+                "not a secret: this header follows redirects to other origins; give it in headers",
+            )
+        ]
     assert problems({"X-Key": ""}) == [
         (("secret_headers", "X-Key"), "empty: leave the header out instead")
     ]

@@ -1,4 +1,4 @@
-"""The API's routes (DESIGN.md "Interfaces"): the route table that both registers
+"""The API's routes (README, "For users: the API"): the route table that both registers
 the handlers and generates the OpenAPI document. The handlers live in one module
 per resource (accounts, triggers, results, backtests, events, agents, telegram)."""
 

@@ -16,6 +16,7 @@ class IngestMetrics:
     received: Counter
     accepted: Counter
     duplicates: Counter
+    conflicts: Counter
     rejected: Counter
     request_seconds: Histogram
     outbox_depth: Gauge
@@ -45,6 +46,13 @@ class IngestMetrics:
             duplicates=Counter(
                 "erc8004_ingest_events_duplicate_total",
                 "Events already stored (same id), counted and not stored again.",
+                labels,
+                registry=registry,
+            ),
+            conflicts=Counter(
+                "erc8004_ingest_events_conflict_total",
+                "Events refused with 409: their id is stored in another block and no reorg "
+                "was announced (the whole batch is refused).",
                 labels,
                 registry=registry,
             ),

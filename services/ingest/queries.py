@@ -45,6 +45,31 @@ class Stored:
     duplicates: list[Event]
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A posted event whose id is stored (or posted earlier in the batch) in another
+    block: ``index`` in the batch, the block hashes of the versions known."""
+
+    index: int
+    event: Event
+    known: list[str]
+
+
+class ConflictingVersions(Exception):  # noqa: N818 (a refusal, not a failure of ours)
+    """Events whose id is stored in another block, with no reorg announced: the
+    batch is refused whole (a silent duplicate would drop the new version)."""
+
+    def __init__(self, conflicts: list[Conflict]) -> None:
+        super().__init__(f"{len(conflicts)} events conflict with stored versions")
+        self.conflicts = conflicts
+
+
+#: The block hashes of every stored version of these ids.
+STORED_VERSIONS = """
+SELECT id, block_hash FROM events WHERE id = ANY($1::text[])
+"""
+
+
 #: Claim the ids not claimed yet (in id order: concurrent posters of overlapping
 #: batches wait on each other, never deadlock).
 CLAIM = """
@@ -96,6 +121,7 @@ async def store_events(
             [first[i].block_hash for i in ids],
         )
         new_ids = {r["id"] for r in rows}
+        await _no_other_versions(conn, events, first, new_ids)
         # Input order (the indexers' chain order) for the events and their messages.
         accepted = [e for i, e in first.items() if i in new_ids]
         if accepted:
@@ -118,6 +144,25 @@ async def store_events(
     accepted_ids = {id(e) for e in accepted}
     duplicates = [e for e in events if id(e) not in accepted_ids]
     return Stored(accepted=accepted, duplicates=duplicates)
+
+
+async def _no_other_versions(
+    conn: Conn, events: Sequence[Event], first: dict[str, Event], new_ids: set[str]
+) -> None:
+    """Raise :class:`ConflictingVersions` for every event that is no duplicate: its
+    id is stored, or posted earlier in the batch, but never in its block."""
+    known: dict[str, set[str]] = {i: {e.block_hash} for i, e in first.items() if i in new_ids}
+    stored_ids = [i for i in first if i not in new_ids]
+    if stored_ids:
+        for row in await conn.fetch(STORED_VERSIONS, stored_ids):
+            known.setdefault(row["id"], set()).add(row["block_hash"])
+    conflicts = [
+        Conflict(n, e, sorted(known.get(e.id, ())))
+        for n, e in enumerate(events)
+        if e.block_hash not in known.get(e.id, ())
+    ]
+    if conflicts:
+        raise ConflictingVersions(conflicts)
 
 
 async def _advance_checkpoints(conn: Conn, blocks: Sequence[tuple[int, int, str]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -107,12 +108,21 @@ def _event_labels(events: Iterable[Event]) -> Iterable[tuple[str, str]]:
     return ((str(e.chain_id), e.registry.value) for e in events)
 
 
+#: A JSON number of 19 digits or more outside a string (after ``[``, ``:`` or ``,``).
+_LONG_NUMBER = re.compile(rb"[\[:,]\s*-?[0-9]{19}")
+
+
 def _loads(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits; feedback values are int128.
-        return json.loads(body)
+    """The body as JSON, integers exact: orjson reads an integer beyond 64 bits as a
+    float (feedback values are int128), so a body with a number that long is read
+    by the standard parser instead (a string that merely looks like one only costs
+    speed)."""
+    if _LONG_NUMBER.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
 
 
 async def _read_json(request: web.Request) -> Any:
@@ -166,8 +176,27 @@ async def post_events(request: web.Request) -> web.Response:
         )
     if not events:
         return web.json_response({"accepted": 0, "duplicates": 0})
-    async with request.app[POOL].acquire() as conn:
-        stored = await _store_with_retry(conn, events, topic=request.app[SETTINGS].events_topic)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            stored = await _store_with_retry(conn, events, topic=request.app[SETTINGS].events_topic)
+    except queries.ConflictingVersions as exc:
+        _count(metrics.conflicts, _event_labels(c.event for c in exc.conflicts))
+        log.warning("batch refused: events stored in another block", conflicts=len(exc.conflicts))
+        return error(
+            409,
+            f"{len(exc.conflicts)} of {len(events)} events are stored in another block and "
+            "no reorg was announced; nothing stored: POST /v1/reorgs from the first block "
+            "that changed, then post the new versions",
+            [
+                {
+                    "index": c.index,
+                    "field": "block_hash",
+                    "message": f"event {c.event.id} (block {c.event.block_number}) is known "
+                    f"with block hash {', '.join(c.known)}",
+                }
+                for c in exc.conflicts
+            ],
+        )
     _count(metrics.accepted, _event_labels(stored.accepted))
     _count(metrics.duplicates, _event_labels(stored.duplicates))
     log.info(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import random
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -270,6 +272,72 @@ async def test_reorg_releases_ids_and_retracts_in_the_chains_partition(
     resp = await ingest.post("/v1/reorgs", json={"chain_id": chain}, headers=AUTH)
     assert resp.status == 422
     assert any(d["field"] == "from_block" for d in (await resp.json())["details"])
+
+
+async def test_an_id_stored_in_another_block_is_a_conflict_until_the_reorg_is_announced(
+    ingest: Client, db: asyncpg.Connection, chain: int
+) -> None:
+    """Issue 15: the same id in another block (a restarted development chain, a reorg
+    the indexer did not announce) was counted as a duplicate and silently dropped.
+    It is refused (409, nothing of the batch stored) until the reorg is announced;
+    then the new versions are accepted, and the old ones stay duplicates."""
+    rng = random.Random(9)
+    old = [make_event(rng, chain_id=chain, block_number=b, log_index=0) for b in range(30, 35)]
+    assert (await ingest.post("/v1/events", json=old, headers=AUTH)).status == 200
+    new_hash = "0x" + "cd" * 32
+    new = [
+        make_event(rng, chain_id=chain, block_number=b, log_index=0, block_hash=new_hash)
+        for b in range(33, 37)
+    ]
+    resp = await ingest.post("/v1/events", json=new, headers=AUTH)
+    assert resp.status == 409, await resp.text()
+    body = await resp.json()
+    assert "/v1/reorgs" in body["error"]
+    assert [(d["index"], d["field"]) for d in body["details"]] == [
+        (0, "block_hash"),
+        (1, "block_hash"),
+    ]
+    assert old[3]["block_hash"] in body["details"][0]["message"]
+    assert await count_events(db, chain) == 5  # blocks 35 and 36 were not stored either
+    # Within one batch, the same id in two blocks is refused the same way.
+    twice = [new[2], {**new[2], "block_hash": "0x" + "ef" * 32}]
+    resp = await ingest.post("/v1/events", json=twice, headers=AUTH)
+    assert resp.status == 409
+    assert [d["index"] for d in (await resp.json())["details"]] == [1]
+
+    reorg = {"chain_id": chain, "from_block": 33, "reason": "test"}
+    assert (await ingest.post("/v1/reorgs", json=reorg, headers=AUTH)).status == 201
+    resp = await ingest.post("/v1/events", json=new, headers=AUTH)
+    assert await resp.json() == {"accepted": 4, "duplicates": 0}
+    resp = await ingest.post("/v1/events", json=old, headers=AUTH)  # a late retry
+    assert await resp.json() == {"accepted": 0, "duplicates": 5}
+    assert await count_events(db, chain) == 9
+
+
+async def test_json_integers_beyond_64_bits_are_read_exactly(
+    ingest: Client, db: asyncpg.Connection, chain: int
+) -> None:
+    """Issue 15: a feedback value sent as a JSON integer beyond 64 bits was read as a
+    float and refused (422); int128 values up to 10^38 are the chain's."""
+    values = [10**38, -(10**38), 12345678901234567890123, 2**64]
+    events = [
+        {
+            **make_event(random.Random(n), chain_id=chain, block_number=40, log_index=n,
+                         legacy=False, event_type="NewFeedback"),
+            "value": value,
+            "value_decimals": 2,
+        }
+        for n, value in enumerate(values)
+    ]  # fmt: skip
+    body = json.dumps(events).encode()  # the integers as JSON integers, exactly
+    assert str(10**38).encode() in body
+    headers = {**AUTH, "Content-Type": "application/json"}
+    resp = await ingest.post("/v1/events", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    stored = await db.fetch(
+        "SELECT value, value_decimals FROM events WHERE chain_id = $1 ORDER BY log_index", chain
+    )
+    assert [(r["value"], r["value_decimals"]) for r in stored] == [(Decimal(v), 2) for v in values]
 
 
 async def test_relay_listener_survives_a_lost_connection(

@@ -7,13 +7,19 @@ import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from shared.contract.topics import MAX_MESSAGE_BYTES
+
 
 async def read_topic(
     bootstrap: str, topic: str, *, expect: int, within: float = 30.0, settle: float = 1.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Records of ``topic`` until ``expect`` arrived (or ``within`` seconds passed),
     then ``settle`` seconds more, so that extra (duplicate) records show too."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)

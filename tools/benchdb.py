@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from shared.contract.topics import MAX_MESSAGE_BYTES
 from tools.migrate import run_dbmate
 
 
@@ -67,12 +68,22 @@ async def _leaders_elected(admin: AIOKafkaAdminClient, name: str, partitions: in
 async def scratch_topic(
     bootstrap: str, partitions: int = 12, *, prefix: str = "bench"
 ) -> AsyncIterator[str]:
-    """A topic of its own, deleted afterwards."""
+    """A topic of its own (messages as large as the project's topics take), deleted
+    afterwards."""
     name = f"{prefix}.{uuid.uuid4().hex}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        await admin.create_topics(
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+                )
+            ]
+        )
         await _leaders_elected(admin, name, partitions)
         yield name
         await admin.delete_topics([name])

@@ -20,10 +20,16 @@ ETHEREUM_GENESIS: Final = 1438269973
 MAX_FUTURE_SECONDS: Final = 86400
 MAX_ABS_VALUE: Final = 10**38
 MAX_VALUE_DECIMALS: Final = 18
-MAX_URI: Final = 8192
-MAX_TAG: Final = 256
-MAX_KEY: Final = 1024
-MAX_METADATA_HEX: Final = 2 * 65536 + 2
+#: Longest text field (URIs, endpoints, tags, metadata keys) and metadata value, in
+#: characters. The chain bounds nothing but the block's gas: at the usual block gas
+#: limits a log carries at most a few MiB, and one ingest request is at most 5 MiB,
+#: so these only keep a single field within what one request can carry. Every
+#: message built from an event fits the topics' max.message.bytes (8 MiB).
+MAX_TEXT: Final = 4 * 1024 * 1024
+MAX_METADATA_HEX: Final = 2 * MAX_TEXT + 2
+#: What a NUL character of a text is stored as (PostgreSQL text cannot hold one):
+#: U+2400 SYMBOL FOR NULL.
+NUL_STAND_IN: Final = "\u2400"
 
 _HEX_BYTES = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,40}")
@@ -44,15 +50,14 @@ def _hash(v: str) -> str:
 def _hex_bytes(v: str) -> str:
     if len(v) > MAX_METADATA_HEX or _HEX_BYTES.fullmatch(v) is None:
         raise PydanticCustomError(
-            "hex_bytes", "must be 0x followed by an even number of hex digits (at most 64 KiB)"
+            "hex_bytes", "must be 0x followed by an even number of hex digits (at most 4 MiB)"
         )
     return v.lower()
 
 
 def _text(v: str) -> str:
-    if "\x00" in v:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
-    return v
+    """The chain's text as it is, but for NUL characters (stored as U+2400)."""
+    return v.replace("\x00", NUL_STAND_IN)
 
 
 def _tag(v: str) -> str:
@@ -97,9 +102,9 @@ StrictStr = Annotated[str, Strict()]
 Address = Annotated[str, Strict(), AfterValidator(_address)]
 Hash = Annotated[str, Strict(), AfterValidator(_hash)]
 HexBytes = Annotated[str, Strict(), AfterValidator(_hex_bytes)]
-Uri = Annotated[str, Strict(), Field(max_length=MAX_URI), AfterValidator(_text)]
-Tag = Annotated[str, Strict(), Field(max_length=MAX_TAG), AfterValidator(_tag)]
-Key = Annotated[str, Strict(), Field(max_length=MAX_KEY), AfterValidator(_text)]
+Uri = Annotated[str, Strict(), Field(max_length=MAX_TEXT), AfterValidator(_text)]
+Tag = Annotated[str, Strict(), Field(max_length=MAX_TEXT), AfterValidator(_tag)]
+Key = Annotated[str, Strict(), Field(max_length=MAX_TEXT), AfterValidator(_text)]
 ChainId = Annotated[int, Strict(), Field(ge=1, le=INT32_MAX)]
 Uint63 = Annotated[int, Strict(), Field(ge=0, le=INT63_MAX)]
 Uint31 = Annotated[int, Strict(), Field(ge=0, le=INT32_MAX)]

@@ -21,11 +21,18 @@ class TopicSpec:
     configs: tuple[tuple[str, str], ...] = ()
 
 
+#: Largest message on any topic (and request of our producers, fetch of our
+#: consumers): an event as large as one ingest request (5 MiB) and the job or dead
+#: letter that carries it fit.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+_WEEK_MS = str(7 * 24 * 3600 * 1000)
+_LARGE = ("max.message.bytes", str(MAX_MESSAGE_BYTES))
+
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(EVENTS, 12, (("retention.ms", str(7 * 24 * 3600 * 1000)),)),
-    TopicSpec(ACTIONS, 12, (("retention.ms", str(7 * 24 * 3600 * 1000)),)),
-    TopicSpec(ACTIONS_RETRY, 12, (("retention.ms", str(7 * 24 * 3600 * 1000)),)),
-    TopicSpec(ACTIONS_DLQ, 3, (("retention.ms", str(30 * 24 * 3600 * 1000)),)),
+    TopicSpec(EVENTS, 12, (("retention.ms", _WEEK_MS), _LARGE)),
+    TopicSpec(ACTIONS, 12, (("retention.ms", _WEEK_MS), _LARGE)),
+    TopicSpec(ACTIONS_RETRY, 12, (("retention.ms", _WEEK_MS), _LARGE)),
+    TopicSpec(ACTIONS_DLQ, 3, (("retention.ms", str(30 * 24 * 3600 * 1000)), _LARGE)),
 )
 
 

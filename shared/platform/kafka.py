@@ -10,11 +10,12 @@ from collections.abc import Mapping
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from prometheus_client import Gauge
 
-from shared.contract.topics import TOPICS, TopicSpec
+from shared.contract.topics import MAX_MESSAGE_BYTES, TOPICS, TopicSpec
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,7 @@ def new_producer(
         linger_ms=linger_ms,
         request_timeout_ms=request_timeout_ms,
         max_batch_size=max_batch_size,
+        max_request_size=MAX_MESSAGE_BYTES,
     )
 
 
@@ -70,13 +72,24 @@ async def ensure_topics(
     replication_factor: int = 1,
     within: float = 60.0,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet (return their names) and set the
+    configs of those that do to the ones listed (an upgrade's new configs reach
+    existing topics; a config not listed returns to the cluster's default)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     async with asyncio.timeout(within):
         await _start_with_retry(admin)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]
+        present = [t for t in topics if t.name in existing]
+        if present:
+            answers = await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t.name, dict(t.configs)) for t in present]
+            )
+            for answer in answers:
+                for code, message, _kind, name in answer.resources:
+                    if code:
+                        raise RuntimeError(f"topic {name}: configs not set: {message} ({code})")
         if missing:
             # Another process may create them in between: that is the goal too.
             with contextlib.suppress(TopicAlreadyExistsError):

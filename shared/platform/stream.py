@@ -25,6 +25,7 @@ from faststream.kafka.message import KafkaMessage
 from faststream.message import StreamMessage
 from prometheus_client import CollectorRegistry
 
+from shared.contract.topics import MAX_MESSAGE_BYTES
 from shared.platform.db import check_db, close_pool, pool_from_settings
 from shared.platform.kafka import until_kafka_answers
 from shared.platform.metrics import new_registry
@@ -280,6 +281,7 @@ def batch_subscriber(
         max_records=max_records,
         batch_timeout_ms=IDLE_POLL_MS,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,  # committed by the handoff, after the batch
         listener=handoff,

@@ -340,6 +340,51 @@ async def test_json_integers_beyond_64_bits_are_read_exactly(
     assert [(r["value"], r["value_decimals"]) for r in stored] == [(Decimal(v), 2) for v in values]
 
 
+async def test_every_text_the_chain_can_emit_is_stored_and_relayed(
+    ingest: Client, db: asyncpg.Connection, chain: int, kafka_bootstrap: str, topic: str
+) -> None:
+    """Issue 15: chain-valid events were refused whole (422) for a 300-character tag, a
+    NUL in an endpoint, a 12 KiB data: URI, a 1,025-character metadata key; an
+    indexer could never get past them. Now every text is stored as the chain has it
+    (a NUL as U+2400), and relayed, even a field of megabytes."""
+    rng = random.Random(21)
+    card = "data:application/json;base64," + "QUJD" * 3072  # 12 KiB
+    huge = "https://files.example/" + "x" * (2 * 1024 * 1024)  # 2 MiB
+    events = [
+        make_event(rng, chain_id=chain, block_number=50, log_index=0, event_type="Registered",
+                   agent_id=1, token_uri=card),
+        make_event(rng, chain_id=chain, block_number=50, log_index=1, event_type="MetadataSet",
+                   agent_id=1, metadata_key="k" * 1025),
+        make_event(rng, chain_id=chain, block_number=51, log_index=0, legacy=False,
+                   tag1="t" * 300, endpoint="https://a.example/\x00mcp", file_uri=huge),
+    ]  # fmt: skip
+    body = io.BytesIO(orjson.dumps(events))
+    headers = {**AUTH, "Content-Type": "application/json"}
+    resp = await ingest.post("/v1/events", data=body, headers=headers)
+    assert resp.status == 200, (await resp.text())[:500]
+    assert await resp.json() == {"accepted": 3, "duplicates": 0}
+    rows = {
+        r["log_index"] + 10 * (r["block_number"] - 50): r
+        for r in await db.fetch(
+            "SELECT block_number, log_index, token_uri, metadata_key, tag1, endpoint, file_uri"
+            " FROM events WHERE chain_id = $1",
+            chain,
+        )
+    }
+    assert rows[0]["token_uri"] == card
+    assert rows[1]["metadata_key"] == "k" * 1025
+    assert rows[10]["tag1"] == "t" * 300
+    assert rows[10]["endpoint"] == "https://a.example/\u2400mcp"
+    assert rows[10]["file_uri"] == huge
+
+    records = await read_topic(kafka_bootstrap, topic, expect=3)
+    messages = [parse_topic_message(r.value) for r in records]
+    relayed = {m.event.id: m.event for m in messages}  # type: ignore[union-attr]
+    assert len(relayed) == 3
+    assert relayed[f"{chain}-51-0"].file_uri == huge
+    assert relayed[f"{chain}-50-0"].token_uri == card
+
+
 async def test_relay_listener_survives_a_lost_connection(
     database_url: str, kafka_bootstrap: str, topic: str, db: asyncpg.Connection, chain: int
 ) -> None:

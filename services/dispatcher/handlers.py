@@ -57,7 +57,7 @@ class JobHandler:
         for body, reason in bad:
             # Not dropped, not retried: kept on the dead-letter topic for a person.
             log.error("unreadable job sent to the dead-letter topic", topic=topic, error=reason)
-            letter = UnreadableLetter(topic=topic, raw=body, error=reason, failed_at=now_utc())
+            letter = UnreadableLetter.of(topic, body, reason, now_utc())
             await self.send(settings.dlq_topic, b"unreadable", letter.dump())
         assert self.dispatcher is not None
         try:

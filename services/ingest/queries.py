@@ -261,17 +261,42 @@ class OutboxRow:
     broadcast: bool
 
 
-async def lock_outbox_batch(conn: Conn, limit: int) -> list[OutboxRow] | None:
-    """Inside the caller's transaction: take the relay lock and the oldest rows.
-    None when another relay holds the lock."""
+#: Bytes of payload one relay batch takes at most (always at least one row): a
+#: batch of large events stays within memory and the send's time limit.
+RELAY_BATCH_BYTES = 16 * 1024 * 1024
+
+
+async def lock_outbox_batch(
+    conn: Conn, limit: int, max_bytes: int = RELAY_BATCH_BYTES
+) -> list[OutboxRow] | None:
+    """Inside the caller's transaction: take the relay lock and the oldest rows, at
+    most ``limit`` of them and ``max_bytes`` of payload (but at least one row). None
+    when another relay holds the lock."""
     if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
         return None
+    sizes = await conn.fetch(
+        """
+        SELECT seq, octet_length(payload) AS size FROM event_outbox
+        ORDER BY seq LIMIT $1
+        """,
+        limit,
+    )
+    total, last = 0, None
+    for row in sizes:
+        total += row["size"]
+        if total > max_bytes and last is not None:
+            break
+        last = row["seq"]
+    if last is None:
+        return []
     rows = await conn.fetch(
         """
         SELECT seq, topic, msg_key, payload, broadcast FROM event_outbox
+        WHERE seq <= $2
         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
         """,
         limit,
+        last,
     )
     return [
         OutboxRow(r["seq"], r["topic"], r["msg_key"].encode(), r["payload"], r["broadcast"])

@@ -272,6 +272,10 @@ def build_job(
     )
 
 
+#: Bytes of an unreadable message a dead letter keeps.
+MAX_UNREADABLE_RAW = 1024 * 1024
+
+
 class UnreadableLetter(BaseModel):
     """A message of erc8004.actions(.retry) that is not a job (a newer producer, a bug):
     kept on erc8004.actions.dlq instead of being dropped (``raw`` base64 in JSON)."""
@@ -282,12 +286,30 @@ class UnreadableLetter(BaseModel):
 
     kind: Literal["unreadable"] = "unreadable"
     topic: str
+    #: The message's first MAX_UNREADABLE_RAW bytes (all of it when shorter): the
+    #: letter, in base64, stays well within the topic's message size.
     raw: bytes
     error: Annotated[str, Field(max_length=2000)]
     failed_at: AwareDatetime
+    #: The whole message's length and SHA-256 (hex), when ``raw`` was cut.
+    size: Annotated[int, Strict(), Field(ge=0)] | None = None
+    sha256: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @classmethod
+    def of(cls, topic: str, body: bytes, error: str, failed_at: datetime) -> UnreadableLetter:
+        if len(body) <= MAX_UNREADABLE_RAW:
+            return cls(topic=topic, raw=body, error=error, failed_at=failed_at)
+        return cls(
+            topic=topic,
+            raw=body[:MAX_UNREADABLE_RAW],
+            error=error,
+            failed_at=failed_at,
+            size=len(body),
+            sha256=hashlib.sha256(body).hexdigest(),
+        )
 
     def dump(self) -> bytes:
-        return self.__pydantic_serializer__.to_json(self)
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
 
 class DeadLetter(BaseModel):

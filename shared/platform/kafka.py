@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -72,9 +73,10 @@ async def ensure_topics(
     replication_factor: int = 1,
     within: float = 60.0,
 ) -> list[str]:
-    """Create the topics that do not exist yet (return their names) and set the
-    configs of those that do to the ones listed (an upgrade's new configs reach
-    existing topics; a config not listed returns to the cluster's default)."""
+    """Create the topics that do not exist yet (return their names), and bring the
+    configs of those that do in line without undoing an operator's choices: a
+    listed config the topic has no setting of is set, ``max.message.bytes`` is
+    raised to at least the listed size, and every other setting of the topic stays."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     async with asyncio.timeout(within):
         await _start_with_retry(admin)
@@ -83,13 +85,7 @@ async def ensure_topics(
         missing = [t for t in topics if t.name not in existing]
         present = [t for t in topics if t.name in existing]
         if present:
-            answers = await admin.alter_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, t.name, dict(t.configs)) for t in present]
-            )
-            for answer in answers:
-                for code, message, _kind, name in answer.resources:
-                    if code:
-                        raise RuntimeError(f"topic {name}: configs not set: {message} ({code})")
+            await _bring_configs_in_line(admin, present)
         if missing:
             # Another process may create them in between: that is the goal too.
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -107,6 +103,46 @@ async def ensure_topics(
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def _bring_configs_in_line(admin: AIOKafkaAdminClient, topics: list[TopicSpec]) -> None:
+    (answer,) = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, t.name, None) for t in topics]
+    )
+    current: dict[str, dict[str, str]] = {}
+    for resource in answer.resources:
+        code, message, _kind, name, entries = resource[:5]
+        if code:
+            raise RuntimeError(f"topic {name}: configs not read: {message} ({code})")
+        current[name] = {e[0]: e[1] for e in entries if _set_on_topic(e)}
+    changes = []
+    for spec in topics:
+        wanted = dict(current[spec.name])
+        for key, value in spec.configs:
+            if key == "max.message.bytes":
+                wanted[key] = str(max(int(wanted.get(key, "0")), int(value)))
+            else:
+                wanted.setdefault(key, value)
+        if wanted != current[spec.name]:
+            # AlterConfigs replaces a topic's settings: every one it has goes along.
+            changes.append(ConfigResource(ConfigResourceType.TOPIC, spec.name, wanted))
+            log.info("topic configs set", topic=spec.name, configs=wanted)
+    if changes:
+        for reply in await admin.alter_configs(changes):
+            for code, message, _kind, name in reply.resources:
+                if code:
+                    raise RuntimeError(f"topic {name}: configs not set: {message} ({code})")
+
+
+def _set_on_topic(entry: tuple[Any, ...]) -> bool:
+    """Whether a DescribeConfigs entry is a setting of the topic itself (v0 says
+    is_default; later versions name the source, 1 = the topic's own). A sensitive
+    one, whose value is not shown, cannot be carried along: none of a topic's are."""
+    if entry[1] is None:
+        return False
+    if len(entry) == 5:
+        return not entry[3]
+    return bool(entry[3] == 1)
 
 
 async def until_kafka_answers(

@@ -37,15 +37,37 @@ async def test_topics_are_created_and_their_configs_kept_in_line(kafka_bootstrap
     assert before["retention.ms"] == "3600000"
     assert before["max.message.bytes"] != "8388608"
 
-    new = TopicSpec(name, 2, (("retention.ms", "7200000"), ("max.message.bytes", "8388608")))
-    assert await ensure_topics(kafka_bootstrap, topics=(new,)) == []  # none created
-    after = await topic_configs(kafka_bootstrap, name)
-    assert after["retention.ms"] == "7200000"
-    assert after["max.message.bytes"] == "8388608"
-
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
-        await admin.delete_topics([name])
+        # An operator's own settings of the topic.
+        own = {"retention.ms": "5400000", "segment.bytes": "104857600"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, own)])
+        new = TopicSpec(
+            name,
+            2,
+            (
+                ("retention.ms", "7200000"),
+                ("max.message.bytes", "8388608"),
+                ("cleanup.policy", "delete"),
+            ),
+        )
+        assert await ensure_topics(kafka_bootstrap, topics=(new,)) == []  # none created
+        after = await topic_configs(kafka_bootstrap, name)
+        assert after["max.message.bytes"] == "8388608"  # raised to the release's size
+        assert after["cleanup.policy"] == "delete"  # not set before: set
+        assert after["retention.ms"] == "5400000"  # the operator's choices stay
+        assert after["segment.bytes"] == "104857600"
+        # A larger size chosen by the operator is not lowered.
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC, name, {**own, "max.message.bytes": "16777216"}
+                )
+            ]
+        )
+        await ensure_topics(kafka_bootstrap, topics=(new,))
+        assert (await topic_configs(kafka_bootstrap, name))["max.message.bytes"] == "16777216"
     finally:
+        await admin.delete_topics([name])
         await admin.close()

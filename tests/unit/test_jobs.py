@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,17 +15,20 @@ from pydantic import ValidationError
 from shared.contract.actions import RestConfig
 from shared.contract.events import Event
 from shared.contract.jobs import (
+    MAX_UNREADABLE_RAW,
     ActionJob,
     CheckpointIn,
     EventMessage,
     ReorgIn,
     RetractionMessage,
     TickMessage,
+    UnreadableLetter,
     dump_event_messages,
     dump_message,
     job_id,
     parse_topic_message,
 )
+from shared.contract.topics import MAX_MESSAGE_BYTES
 from tests.strategies import action_jobs, events, example_event, topic_messages
 
 pytestmark = pytest.mark.unit
@@ -313,3 +317,18 @@ def test_dump_event_messages_equals_the_model_dump(events: list[Event]) -> None:
     assert [parse_topic_message(b) for b in fast] == [
         EventMessage(kind="event", event=e, ingested_at=at) for e in events
     ]
+
+
+def test_an_unreadable_message_of_any_size_makes_a_letter_that_fits_the_topic() -> None:
+    at = datetime.now(UTC)
+    small = UnreadableLetter.of("t", b"not a job", "invalid", at)
+    assert (small.raw, small.size, small.sha256) == (b"not a job", None, None)
+    assert b"size" not in small.dump()
+    body = bytes(range(256)) * (6 * 1024 * 1024 // 256)  # 6 MiB, as base64 8 MiB
+    letter = UnreadableLetter.of("t", body, "invalid", at)
+    assert letter.raw == body[:MAX_UNREADABLE_RAW]
+    assert letter.size == len(body)
+    assert letter.sha256 == hashlib.sha256(body).hexdigest()
+    dumped = letter.dump()
+    assert len(dumped) < 2 * MAX_UNREADABLE_RAW < MAX_MESSAGE_BYTES
+    assert UnreadableLetter.model_validate_json(dumped) == letter

@@ -15,6 +15,7 @@ from services.api.common import (
     SlotsBusyError,
     cursor_time,
     decode_cursor,
+    encode_cursor,
     json_ok,
     parse_query,
     user_id,
@@ -75,14 +76,17 @@ async def list_events(request: web.Request) -> web.Response:
     if query.until is not None:
         where.add("e.block_time < {}", query.until)
     async with _history(request) as conn:
-        rows = await event_sql.list_events(
+        rows, more = await event_sql.list_events(
             conn,
             where,
             after=None if after is None else (cursor_time(after[0]), after[1], after[2]),
             limit=query.limit,
         )
-    rows, cursor = _page(
-        rows, query.limit, lambda r: [r["block_time"].isoformat(), r["id"], r["block_hash"]]
+    # A page ends at `limit` events or at 4 MiB of them (at least one event).
+    cursor = (
+        encode_cursor([rows[-1]["block_time"].isoformat(), rows[-1]["id"], rows[-1]["block_hash"]])
+        if more
+        else None
     )
     return json_ok(Page[Event](items=[event_from_row(r) for r in rows], next_cursor=cursor))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import time
 import uuid
 from collections import Counter
@@ -108,21 +107,23 @@ def _event_labels(events: Iterable[Event]) -> Iterable[tuple[str, str]]:
     return ((str(e.chain_id), e.registry.value) for e in events)
 
 
-#: A JSON number of 19 digits or more outside a string (after ``[``, ``:`` or ``,``).
-_LONG_NUMBER = re.compile(rb"[\[:,]\s*-?[0-9]{19}")
+#: Fields that take integers wider than 64 bits (feedback values are int128).
+_WIDE_FIELDS = ("value", "score")
 
 
 def _loads(body: bytes) -> Any:
     """The body as JSON, integers exact: orjson reads an integer beyond 64 bits as a
-    float (feedback values are int128), so a body with a number that long is read
-    by the standard parser instead (a string that merely looks like one only costs
-    speed)."""
-    if _LONG_NUMBER.search(body) is None:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(body)
+    float, so a body whose feedback value came out as a float is read again by the
+    standard parser (a float that really was one is refused by the model either way)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+    items = payload if isinstance(payload, list) else (payload,)
+    for item in items:
+        if isinstance(item, dict) and any(type(item.get(f)) is float for f in _WIDE_FIELDS):
+            return json.loads(body)
+    return payload
 
 
 async def _read_json(request: web.Request) -> Any:

@@ -107,9 +107,6 @@ def create_stream_app(
         add_ops_routes(ops, registry=service.registry, checks=checks)
         runner = await start_site(ops, settings.http_host, settings.http_port)
         try:
-            # Started while Kafka is away (a node restart, a broker rolling): wait
-            # for it, not ready meanwhile, rather than exit.
-            await until_kafka_answers(settings.kafka_bootstrap_servers, what="start")
             if on_ready is not None:
                 await on_ready(service)
             log.info("started", port=settings.http_port)
@@ -127,8 +124,10 @@ def create_stream_app(
 
 
 def _start_until_connected(broker: KafkaBroker, bootstrap_servers: str) -> None:
-    """The broker's start tried again while Kafka does not answer (it may go away
-    between the check at startup and the broker's own connect)."""
+    """The broker's start tried again while Kafka does not answer: a service started
+    while Kafka is away (a node restart, a broker rolling) waits for it, not ready
+    meanwhile, rather than exit. (The services' own producers, started in
+    ``on_ready``, wait the same way: shared.platform.kafka.started_producer.)"""
     start = broker.start
 
     async def start_until_connected() -> None:

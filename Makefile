@@ -15,7 +15,7 @@ PROMTOOL_VERSION := v0.316.0
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore fuzz-engine
+.PHONY: help deps evm-deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore fuzz-engine
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,13 @@ help: ## list the verbs
 	@echo "[deps] Python dependencies installed in .venv"
 
 deps: .venv/.installed ## install Python dependencies (PostgreSQL, Java, Maven install on first start)
+
+tests/evm/node_modules/.package-lock.json: tests/evm/package-lock.json
+	@cd tests/evm && npm ci --no-audit --no-fund
+	@touch $@
+	@echo "[evm-deps] npm packages installed in tests/evm/node_modules"
+
+evm-deps: tests/evm/node_modules/.package-lock.json ## npm packages of the local EVM (Hardhat, solc) into tests/evm/node_modules
 
 $(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION):
 	@mkdir -p $(TOOLS_BIN)
@@ -75,7 +82,7 @@ migrate: deps ## apply database migrations and create Kafka topics
 schema: infra ## rewrite db/schema.sql from the migrations
 	$(WITH_ENV) $(PY) -m tools.migrate dump
 
-test: infra tools ## run the whole test suite against real PostgreSQL and Kafka
+test: infra tools evm-deps ## run the whole test suite against real PostgreSQL and Kafka
 	$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: deps tools ## pure unit tests only (no PostgreSQL, no Kafka)

@@ -371,3 +371,24 @@ def test_parse_events_of_valid_batch() -> None:
     parsed, errors = parse_events(items)
     assert errors == []
     assert [e.id for e in parsed] == [f"84532-100-{i}" for i in range(50)]
+
+
+def test_rpc_hex_quantities_and_integer_strings_are_refused_where_integers_are_due() -> None:
+    """Issue 15: the ingest contract takes decoded numbers (README, "Numbers are JSON
+    numbers"); only value and score may be decimal strings."""
+    base = example_event("NewFeedback", value=str(10**38 - 1), value_decimals=0)
+    base.pop("score", None)
+    accepted, errors = parse_events([base])
+    assert errors == []
+    assert accepted[0].value == Decimal(10**38 - 1)
+    for field, raw in [
+        ("block_number", "0x1a"),
+        ("block_number", "26"),
+        ("agent_id", "0x2a"),
+        ("agent_id", 2**64),
+        ("log_index", "0x0"),
+        ("timestamp", "0x6553f100"),
+        ("feedback_index", "1"),
+    ]:
+        _events, refused = parse_events([{**base, field: raw}])
+        assert [e.field for e in refused] == [field], (field, raw)

@@ -5,6 +5,7 @@ sorting of providers' refusals."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +270,15 @@ def test_chunks_stay_within_ingest_limits_and_cut_between_blocks() -> None:
 )
 def test_provider_refusals_are_sorted(code: int, message: str, kind: str) -> None:
     assert classify("eth_getLogs", code, message) == kind
+
+
+def test_docs_table_lists_every_layout_with_its_fields() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "indexer.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in doc.splitlines() if line.startswith("| ")}
+    for e in EVENTS:
+        row = rows.get(f"`{e.signature}`")
+        assert row is not None, f"docs/indexer.md lacks {e.signature}"
+        for param in e.params:
+            field = e.field_of(param)
+            told = "not in the log (only its hash)" if field is None else f"`{field}`"
+            assert f"`{param.name}`" in row and told in row, (e.signature, param.name)

@@ -31,12 +31,12 @@ help: ## list the verbs
 
 deps: .venv/.installed ## install Python dependencies (PostgreSQL, Java, Maven install on first start)
 
-tests/evm/node_modules/.package-lock.json: tests/evm/package-lock.json
-	@cd tests/evm && npm ci --no-audit --no-fund
+tools/evm/node_modules/.package-lock.json: tools/evm/package-lock.json
+	@cd tools/evm && npm ci --no-audit --no-fund
 	@touch $@
-	@echo "[evm-deps] npm packages installed in tests/evm/node_modules"
+	@echo "[evm-deps] npm packages installed in tools/evm/node_modules"
 
-evm-deps: tests/evm/node_modules/.package-lock.json ## npm packages of the local EVM (Hardhat, solc) into tests/evm/node_modules
+evm-deps: tools/evm/node_modules/.package-lock.json ## npm packages of the local EVM (Hardhat, solc) into tools/evm/node_modules
 
 $(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION):
 	@mkdir -p $(TOOLS_BIN)

@@ -1,4 +1,4 @@
-"""Fixtures of the local EVM (tests.evmutil), imported by the tests that need it:
+"""Fixtures of the local EVM (tools.evmnode), imported by the tests that need it:
 one Hardhat node per session, and a client of it per test that leaves the chain as
 it found it.
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.evmutil import Chain, HardhatNode
+from tools.evmnode import Chain, HardhatNode
 
 
 @pytest.fixture(scope="session")

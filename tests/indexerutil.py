@@ -1,4 +1,4 @@
-"""Helpers of the indexer's tests on a real local EVM (tests.evmutil): the registry
+"""Helpers of the indexer's tests on a real local EVM (tools.evmnode): the registry
 mocks deployed, every registry event of every layout driven by signed transactions,
 the indexer's settings, and the events as ingest stored them."""
 
@@ -22,8 +22,8 @@ from services.indexer.metrics import IndexerMetrics
 from services.indexer.rpc import JsonRpc
 from services.indexer.settings import ChainConfig, IndexerSettings
 from shared.platform.metrics import new_registry
-from tests.evmutil import CHAIN_ID, Chain
 from tests.ingestutil import TOKEN
+from tools.evmnode import CHAIN_ID, Chain
 
 ZERO = b"\0" * 32
 #: Texts the chain takes and a strict contract would not: long, with a NUL.

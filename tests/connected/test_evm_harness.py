@@ -1,4 +1,4 @@
-"""The local EVM harness (tests.evmutil) itself: the mocks emit exactly the registries'
+"""The local EVM harness (tools.evmnode) itself: the mocks emit exactly the registries'
 events, current and legacy layouts, from one address each; snapshots and reverts give
 the reorgs the indexer's tests need. No PostgreSQL, no Kafka."""
 
@@ -11,7 +11,7 @@ from web3.contract import AsyncContract
 from web3.types import TxReceipt
 
 from tests.evm_fixtures import evm, evm_node  # noqa: F401 (fixtures)
-from tests.evmutil import Chain
+from tools.evmnode import Chain
 
 pytestmark = [pytest.mark.timeout(120)]
 

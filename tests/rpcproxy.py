@@ -42,8 +42,8 @@ class FaultPlan:
         calls = body if isinstance(body, list) else [body]
         for call in calls:
             self.calls[str(call.get("method"))] += 1
-            if call.get("method") == "eth_getLogs" and self.max_range is not None:
-                query = call["params"][0]
+            query = call["params"][0] if call.get("method") == "eth_getLogs" else {}
+            if self.max_range is not None and "fromBlock" in query:
                 span = int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1
                 if span > self.max_range:
                     return "too_many_results"

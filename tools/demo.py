@@ -273,7 +273,7 @@ def start_indexer(
         **os.environ,
         "INDEXER_CHAINS": orjson.dumps(chains).decode(),
         "INGEST_URL": endpoints.ingest,
-        "INGEST_TOKEN": os.environ.get("INGEST_TOKENS", "dev-indexer-token").split(",")[0],
+        "INGEST_TOKEN": ingest_token(),
         "HTTP_PORT": str(endpoints.indexer_port),
         "POLL_INTERVAL": "0.5",
         "HEARTBEAT_INTERVAL": "5",
@@ -387,6 +387,20 @@ async def explain_ema(api: Api, trigger_id: str, endpoints: Endpoints) -> None:
     )
 
 
+def ingest_token() -> str:
+    return os.environ.get("INGEST_TOKENS", "dev-indexer-token").split(",")[0].strip()
+
+
+async def forget_earlier_chains(session: aiohttp.ClientSession, endpoints: Endpoints) -> None:
+    """Each run's chain is a new one under Hardhat's chain id: an earlier run's blocks
+    are announced as replaced, as a reorg from block 0, so the indexer starts afresh."""
+    body = {"chain_id": CHAIN_ID, "from_block": 0, "reason": "demo: a new local chain"}
+    headers = {"Authorization": f"Bearer {ingest_token()}"}
+    async with session.post(endpoints.ingest + "/v1/reorgs", json=body, headers=headers) as r:
+        if r.status != 201:
+            raise RuntimeError(f"POST /v1/reorgs: {r.status} {await r.text()}")
+
+
 async def tour(
     tour: Tour,
     evm: Chain,
@@ -398,6 +412,7 @@ async def tour(
 ) -> int:
     first_block = await evm.head() + 1
     contracts = await deploy(evm)
+    await forget_earlier_chains(session, endpoints)
     deployment = {f"{k}_registry": c.address.lower() for k, c in contracts.items()}
     indexer = start_indexer(deployment, evm.url, first_block, endpoints)
     say(f"indexer started (pid {indexer.pid}, log {endpoints.log_dir / 'indexer.log'})\n")

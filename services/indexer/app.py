@@ -35,13 +35,17 @@ def new_session() -> aiohttp.ClientSession:
 
 
 def ingest_client(
-    session: aiohttp.ClientSession, settings: IndexerSettings, metrics: IndexerMetrics
+    session: aiohttp.ClientSession,
+    settings: IndexerSettings,
+    metrics: IndexerMetrics,
+    lease: ChainLease,
 ) -> IngestClient:
     return IngestClient(
         session,
         settings.ingest_url,
         settings.ingest_token.get_secret_value(),
         on_retry=lambda reason: metrics.ingest_retries.labels(reason).inc(),
+        guard=lease.check,
     )
 
 
@@ -56,9 +60,8 @@ def follower_of(
     return Follower(
         chain,
         rpc=JsonRpc(session, chain.rpc_url.get_secret_value(), timeout=settings.rpc_timeout),
-        ingest=ingest_client(session, settings, metrics),
+        ingest=ingest_client(session, settings, metrics, lease),
         metrics=metrics,
-        holding=lease.check,
         batch_size=settings.rpc_batch_size,
         heartbeat_interval=settings.heartbeat_interval,
     )

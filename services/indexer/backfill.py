@@ -87,12 +87,21 @@ async def backfill(
             follower = follower_of(
                 chain, settings=settings, session=session, metrics=metrics, lease=lease
             )
-            if from_block is None:
-                first = await follower.resume()
-            else:
-                first = from_block
-                follower.state = _State(next_block=from_block)
-            last = to_block if to_block is not None else await follower.rpc.head()
+            resumed_at = await follower.resume()
+            first = resumed_at if from_block is None else from_block
+            if first > resumed_at:
+                log.warning(
+                    "--from is after ingest's checkpoint: the blocks between are not read",
+                    from_block=first,
+                    resumes_at=resumed_at,
+                )
+            if first != resumed_at:
+                follower.state = _State(next_block=first)
+            head = await follower.rpc.head()
+            last = head if to_block is None else to_block
+            if last > head:
+                log.warning("--to is beyond the chain's head: reading up to the head", head=head)
+                last = head
             meter = Meter(first, last, time.monotonic())
             log.info("backfill started", chain_id=chain_id, from_block=first, to_block=last)
             logged = time.monotonic()

@@ -80,7 +80,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class IngestClient:
     """Ingest at ``base_url`` with an indexer's bearer token. ``on_retry(reason)`` is
-    told of every failed attempt (metrics)."""
+    told of every failed attempt (metrics); ``guard()`` is awaited before every
+    attempt and raises to stop (the chain's lock is gone)."""
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class IngestClient:
         timeout: float = 30.0,
         on_retry: Callable[[str], None] = lambda _reason: None,
         sleep: Sleep = asyncio.sleep,
+        guard: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -98,6 +100,7 @@ class IngestClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._on_retry = on_retry
         self._sleep = sleep
+        self._guard = guard
 
     async def checkpoint(self, chain_id: int) -> Checkpoint | None:
         status, body = await self._until_answered("GET", f"/v1/checkpoints/{chain_id}", None)
@@ -137,6 +140,8 @@ class IngestClient:
         backoff = Backoff()
         data = None if body is None else orjson.dumps(body)
         while True:
+            if self._guard is not None:
+                await self._guard()  # a replica that lost its chain's lock stops here
             try:
                 async with self._session.request(
                     method,

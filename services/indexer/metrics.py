@@ -66,8 +66,9 @@ class IndexerMetrics:
             ),
             skipped=Counter(
                 "erc8004_indexer_events_skipped_total",
-                "Registry logs not posted: their data does not decode, or the event is outside"
-                " what ingest can hold (logged with the log's position).",
+                "Registry logs not posted: their data does not decode (undecodable), the event"
+                " is outside what ingest holds (invalid) or larger than one request"
+                " (too_large); each is logged with the log's position.",
                 ("chain_id", "reason"),
                 registry=registry,
             ),
@@ -122,7 +123,7 @@ class IndexerMetrics:
                 metrics.rpc_errors.labels(label, kind)
             for registry_name in Registry:
                 metrics.events.labels(label, registry_name.value)
-            for reason in ("undecodable", "invalid"):
+            for reason in ("undecodable", "invalid", "too_large"):
                 metrics.skipped.labels(label, reason)
             metrics.reorgs.labels(label)
             metrics.blocks.labels(label)

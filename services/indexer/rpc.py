@@ -28,16 +28,29 @@ from yarl import URL
 _TOO_LARGE: Final = (
     "too many",
     "more than",
-    "range",
-    "limit exceeded",
     "response size",
     "size exceeded",
-    "exceed",
     "too large",
+    "too wide",
+    "limited to",
+    "limit exceeded",
+    "max range",
+    "maximum block range",
+    "block range is",
+    "query exceeds",
     "timeout",
     "timed out",
 )
-_RATE: Final = ("rate limit", "too many requests", "requests per", "throughput", "capacity")
+_RATE: Final = (
+    "rate limit",
+    "rate exceeded",
+    "request rate",
+    "too many requests",
+    "requests per",
+    "throughput",
+    "capacity",
+    "compute units",
+)
 _RATE_CODES: Final = frozenset({-32005, -32029, 429})
 
 

@@ -154,7 +154,7 @@ async def test_a_reorg_on_the_node_leaves_only_the_canonical_events_claimed(
     assert len(await stored(db)) == 4  # Transfer, Registered, agentWallet, feedback
 
     await evm.revert(fork)  # the other branch: another feedback in the same block, and longer
-    await evm.mine_block(int(time.time()) + 100)
+    await evm.mine_block(int((await evm.block("latest"))["timestamp"]) + 100)
     canonical = await evm.transact(
         rep.giveFeedback(0, 90, 0, "y", "", "", "", b"\0" * 32), sender_key=client
     )
@@ -401,7 +401,7 @@ async def test_triggers_fire_on_chain_made_events_and_a_real_reorg_corrects_thei
     await wait_ema(db, trigger, Decimal(35), within=30)  # 60, then 10
 
     await evm.revert(fork)
-    await evm.mine_block(int(time.time()) + 100)
+    await evm.mine_block(int((await evm.block("latest"))["timestamp"]) + 100)
     await evm.transact(rep.giveFeedback(0, 9000, 2, "", "", "", "", ZERO), sender_key=client)
     zero = await evm.transact(rep.legacyFeedbackV11(0, 0, "", "", "", ZERO), sender_key=client)
     while not await follower.step():

@@ -266,6 +266,9 @@ def test_chunks_stay_within_ingest_limits_and_cut_between_blocks() -> None:
         (-32005, "daily request count exceeded, request rate limited", "rate_limited"),
         (429, "Too Many Requests", "rate_limited"),
         (-32000, "header not found", "server"),
+        (-32005, "project ID request rate exceeded", "rate_limited"),
+        (-32000, "block range extends beyond current head block", "server"),
+        (-32000, "block range is too wide", "too_large"),
     ],
 )
 def test_provider_refusals_are_sorted(code: int, message: str, kind: str) -> None:

@@ -44,7 +44,7 @@ while :; do
   [ $SECONDS -lt $deadline ] || { echo "[deploy] migrations timed out" >&2; exit 1; }
 done
 apply "$overlay"
-for d in ingest matcher dispatcher api; do
+for d in ingest matcher dispatcher api indexer; do
   kubectl -n "$ns" rollout status "deployment/erc8004-$d" --timeout=10m
 done
 echo "[deploy] $env rolled out"

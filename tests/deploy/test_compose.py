@@ -13,6 +13,11 @@ from tests.deploy.tools import ROOT
 
 pytestmark = pytest.mark.unit
 
+#: Services the laptop stack may leave out: the indexer needs an EVM node's
+#: JSON-RPC endpoint, which the stack does not have (docs/indexer.md). Checked
+#: like the others once it is there.
+OPTIONAL = {"indexer"}
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
@@ -41,6 +46,8 @@ def test_migrate_runs_once_before_the_services(compose: dict[str, Any]) -> None:
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert migrate["depends_on"]["kafka"]["condition"] == "service_healthy"
     for name, settings in SERVICES.items():
+        if name in OPTIONAL and name not in services:
+            continue
         service = services[name]
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
         assert service["command"] == ["python", "-m", f"services.{name}"]

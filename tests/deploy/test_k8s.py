@@ -1,12 +1,14 @@
 """deploy/k8s: both overlays (and their migration kustomizations) build with
 kustomize, validate against the Kubernetes schemas offline (kubernetes-validate;
-ServiceMonitors, a CRD, by our own check), and keep the invariants the services,
-the scheduled backup (backup.sh itself: test_backup_script.py) and the lag-based
-autoscaling (components/lag-autoscaling, with its prometheus-adapter rules) rely on."""
+ServiceMonitors, a CRD, by our own check), and keep the invariants the services
+(the indexer's secrets, replicas and network included), the scheduled backup
+(backup.sh itself: test_backup_script.py) and the lag-based autoscaling
+(components/lag-autoscaling, with its prometheus-adapter rules) rely on."""
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 import stat
@@ -26,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from services.api.settings import ApiSettings
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.settings import DispatcherSettings
+from services.indexer.settings import IndexerSettings
 from services.ingest.settings import IngestSettings
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
@@ -44,6 +47,7 @@ SERVICES: dict[str, type[ServiceSettings]] = {
     "matcher": MatcherSettings,
     "dispatcher": DispatcherSettings,
     "api": ApiSettings,
+    "indexer": IndexerSettings,
 }
 PARTITIONS = {spec.name: spec.partitions for spec in TOPICS}
 CONSUMES = {"erc8004-matcher": EVENTS, "erc8004-dispatcher": ACTIONS}
@@ -340,6 +344,249 @@ def test_migration_job_matches_its_release(built: dict[str, list[Doc]], overlay:
     assert job["spec"]["activeDeadlineSeconds"] > 0
 
 
+# --- the indexer (services/indexer) ---------------------------------------------
+
+INDEXER = "erc8004-indexer"
+#: The indexer's settings that hold credentials: the chains' RPC URLs (API keys)
+#: and its bearer token for ingest. Secret files only, never the ConfigMap.
+INDEXER_SECRETS = ("INDEXER_CHAINS", "INGEST_TOKEN")
+#: What the indexer's pods may reach: DNS, PostgreSQL, ingest, RPC endpoints.
+INDEXER_EGRESS = {
+    ("UDP", 53),
+    ("TCP", 53),
+    ("TCP", 5432),
+    ("TCP", 8081),
+    ("TCP", 443),
+    ("TCP", 8545),
+}
+PRIVATE_NETWORKS = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+
+
+def indexer_pod(docs: list[Doc]) -> tuple[Doc, Doc, Doc]:
+    """The indexer's pod template, its pod spec and its one container."""
+    template = pod_template(of_kind(docs, "Deployment")[INDEXER])
+    (container,) = template["spec"]["containers"]
+    return template, template["spec"], container
+
+
+def secret_files(pod: Doc) -> dict[str, str]:
+    """File name -> the Secret key it holds, of a pod's secret volume."""
+    (volume,) = (v["secret"] for v in pod["volumes"] if "secret" in v)
+    return {item["path"]: item["key"] for item in volume["items"]}
+
+
+def ingress_rules(docs: list[Doc], labels: dict[str, str]) -> tuple[set[str], list[Doc]]:
+    """The ingress policies that select a pod with these labels, and their rules."""
+    names, rules = set(), []
+    for name, policy in of_kind(docs, "NetworkPolicy").items():
+        spec = policy["spec"]
+        if "Ingress" in spec["policyTypes"] and selector_matches(spec["podSelector"], labels):
+            names.add(name)
+            rules.extend(spec.get("ingress", []))
+    return names, rules
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_indexer_chains_and_token_come_from_the_secret(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """INDEXER_CHAINS (RPC URLs often carry an API key) and INGEST_TOKEN reach the
+    indexer as files of its secret volume, from keys of the Secret; no ConfigMap
+    holds them, no container has them in its environment, and no ConfigMap
+    holds a chain list."""
+    docs = built[overlay]
+    _, pod, container = indexer_pod(docs)
+    files = secret_files(pod)
+    for name in INDEXER_SECRETS:
+        assert files.get(name) == name, (name, files)  # the Secret's key of that name
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            assert not set(INDEXER_SECRETS) & set(doc.get("data", {})), doc["metadata"]["name"]
+            for text in strings(doc.get("data", {})):
+                assert "rpc_url" not in text, doc["metadata"]["name"]
+    for doc, each in containers(docs):
+        env = {e["name"] for e in each.get("env", [])}
+        assert not set(INDEXER_SECRETS) & env, doc["metadata"]["name"]
+        for source in each.get("envFrom", []):
+            assert "secretRef" not in source, doc["metadata"]["name"]  # files, not variables
+    # The ConfigMap the indexer reads its other settings from is the services' one.
+    (source,) = container["envFrom"]
+    assert source["configMapRef"]["name"].startswith("erc8004-config-")
+
+
+def test_dev_secret_gives_the_indexer_valid_settings(built: dict[str, list[Doc]]) -> None:
+    """dev's generated Secret and ConfigMap make settings the indexer accepts (at
+    least one chain, each with a registry address), with a token ingest accepts;
+    its RPC URLs appear nowhere but in the Secret."""
+    docs = built["dev"]
+    (secret,) = of_kind(docs, "Secret").values()
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    _, pod, container = indexer_pod(docs)
+    (config,) = (
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("erc8004-config-")
+    )
+    env = {e["name"]: e["value"] for e in container["env"]}
+    given = {**config["data"], **env} | {
+        path: values[key] for path, key in secret_files(pod).items()
+    }
+    settings = IndexerSettings(**given)
+    assert settings.chains
+    assert all(chain.registries for chain in settings.chains)
+    assert settings.http_port == 9103
+    tokens = values["INGEST_TOKENS"].split(",")
+    assert settings.ingest_token.get_secret_value() in tokens
+    for chain in settings.chains:
+        url = chain.rpc_url.get_secret_value()
+        for doc in docs:
+            if doc["kind"] != "Secret":
+                assert url not in yaml.safe_dump(doc), doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_indexer_posts_to_the_ingest_service(built: dict[str, list[Doc]], overlay: str) -> None:
+    """INGEST_URL names ingest's Service of the same namespace, at its port."""
+    docs = built[overlay]
+    url = urllib.parse.urlsplit(config_value(docs, "INGEST_URL"))
+    assert url.scheme == "http"
+    assert url.path in ("", "/")
+    assert url.hostname
+    host = url.hostname.split(".")
+    assert host[0] == "erc8004-ingest", url.hostname
+    (namespace,) = {d["metadata"]["namespace"] for d in docs}
+    assert host[1:2] in ([], [namespace]), url.hostname  # the Service, or in this namespace
+    service = of_kind(docs, "Service")["erc8004-ingest"]
+    assert url.port in {p["port"] for p in service["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_indexer_runs_a_follower_and_a_standby(built: dict[str, list[Doc]], overlay: str) -> None:
+    """Two replicas (one per chain follows, the other stands by; dev: one), no
+    autoscaler, a rollout that starts the new pod before stopping an old one,
+    and a disruption budget that keeps one of them."""
+    docs = built[overlay]
+    deployment = of_kind(docs, "Deployment")[INDEXER]
+    assert deployment["spec"]["replicas"] == (1 if overlay == "dev" else 2)
+    hpas = of_kind(docs, "HorizontalPodAutoscaler").values()
+    assert INDEXER not in {h["spec"]["scaleTargetRef"]["name"] for h in hpas}
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert of_kind(docs, "PodDisruptionBudget")[INDEXER]["spec"]["maxUnavailable"] == 1
+    template, _, container = indexer_pod(docs)
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "indexer"
+    # Its readiness asks ingest, then the RPC endpoints (3 s at most each).
+    assert container["readinessProbe"]["timeoutSeconds"] > 2 * 3
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_indexer_reaches_dns_postgres_ingest_and_rpc_only(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """Egress: DNS (the cluster's resolver), PostgreSQL (the chains' locks; at its
+    network in prod, as for the services), ingest's pods on their HTTP port, and
+    the RPC endpoints on 443 and 8545 at public addresses (dev: also its own
+    namespace's node), no Kafka. Only the indexer gets the RPC egress."""
+    docs = built[overlay]
+    template, _, _ = indexer_pod(docs)
+    labels = template["metadata"]["labels"]
+    policies = of_kind(docs, "NetworkPolicy")
+    names, rules = egress_rules(docs, labels)
+    assert names == {"erc8004-default-deny", "erc8004-indexer-egress", "erc8004-egress-rpc"}
+    ingest = pod_template(of_kind(docs, "Deployment")["erc8004-ingest"])
+    (ingest_container,) = ingest["spec"]["containers"]
+    ingest_ports = {p["containerPort"] for p in ingest_container["ports"]}
+    allowed = set()
+    for rule in rules:
+        assert rule.get("ports"), rule  # a rule without ports would open every port
+        ports = {(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]}
+        allowed |= ports
+        if ports <= {("UDP", 53), ("TCP", 53)}:
+            assert rule["to"] == [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                    },
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                }
+            ]
+        elif ports == {("TCP", 5432)}:
+            if overlay == "prod":
+                shared = policies["erc8004-egress-dns-postgres-kafka"]
+                (postgres,) = (
+                    r for r in shared["spec"]["egress"] if {p["port"] for p in r["ports"]} == {5432}
+                )
+                assert rule["to"] == postgres["to"]
+        elif ports == {("TCP", 8081)}:
+            (peer,) = rule["to"]
+            assert set(peer) == {"podSelector"}, peer  # ingest's pods, nothing else
+            assert selector_matches(peer["podSelector"], ingest["metadata"]["labels"])
+            assert {p for _, p in ports} <= ingest_ports
+        elif all(to.get("ipBlock") for to in rule["to"]):
+            assert ports == {("TCP", 443), ("TCP", 8545)}, rule
+            for to in rule["to"]:
+                block = to["ipBlock"]
+                assert ipaddress.ip_network(block["cidr"]).prefixlen == 0, block
+                if ipaddress.ip_network(block["cidr"]).version == 4:
+                    assert set(block["except"]) >= PRIVATE_NETWORKS, block
+                else:
+                    assert "fc00::/7" in block["except"], block
+        else:  # dev: the node in its own namespace
+            assert overlay == "dev", rule
+            assert rule["to"] == [{"podSelector": {}}], rule
+            assert ports == {("TCP", 8545)}, rule
+    assert allowed == INDEXER_EGRESS
+    with_rpc = {
+        name
+        for name, d in of_kind(docs, "Deployment").items()
+        if d["spec"]["template"]["metadata"]["labels"].get("erc8004.io/egress-rpc") == "true"
+    }
+    assert with_rpc == {INDEXER}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_indexer_is_let_in_by_ingest_and_lets_in_the_scrape_only(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """No ingress into the indexer but Prometheus' scrape of its metrics port;
+    ingest takes its requests; in dev, the namespace's Hardhat node (none of our
+    pods) lets it in on 8545, and that policy opens no pod of ours."""
+    docs = built[overlay]
+    template, _, container = indexer_pod(docs)
+    labels = template["metadata"]["labels"]
+    ingest = pod_template(of_kind(docs, "Deployment")["erc8004-ingest"])
+    (ingest_container,) = ingest["spec"]["containers"]
+    ingest_ports = {p["containerPort"] for p in ingest_container["ports"]}
+    names, rules = ingress_rules(docs, labels)
+    assert names == {"erc8004-default-deny", "erc8004-ingress-metrics"}
+    (scrape,) = rules
+    assert scrape["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert {p["name"] for p in container["ports"]} == {"metrics"}
+    # ingest takes the indexer's requests on its HTTP port.
+    _, ingest_rules = ingress_rules(docs, ingest["metadata"]["labels"])
+    assert any(
+        "from" not in r and {p["port"] for p in r["ports"]} & {"http", *ingest_ports}
+        for r in ingest_rules
+    )
+    # dev: its Hardhat node (a pod of this namespace, none of ours) lets the
+    # indexer in on 8545, and no pod of ours is opened by that.
+    node = {"app.kubernetes.io/name": "hardhat"}
+    names, rules = ingress_rules(docs, node)
+    assert names - {"erc8004-default-deny"} == (
+        {"erc8004-dev-rpc-node-ingress"} if overlay == "dev" else set()
+    )
+    for rule in rules:
+        assert {p["port"] for p in rule["ports"]} == {8545}, rule
+        (peer,) = rule["from"]
+        assert selector_matches(peer["podSelector"], labels), rule
+    if overlay == "dev":
+        opened = of_kind(docs, "NetworkPolicy")["erc8004-dev-rpc-node-ingress"]["spec"]
+        for name, d in of_kind(docs, "Deployment").items():
+            pod_labels = d["spec"]["template"]["metadata"]["labels"]
+            assert not selector_matches(opened["podSelector"], pod_labels), name
+
+
 # --- the scheduled logical backup (deploy/k8s/backup) -----------------------------
 
 BACKUP = ROOT / "deploy" / "k8s" / "backup"
@@ -600,13 +847,15 @@ def test_backup_pods_reach_postgres_and_dns_only(built: dict[str, list[Doc]], ov
             )
             assert rule["to"] == postgres["to"]
     assert allowed == BACKUP_EGRESS
-    # The services and the migration Job keep DNS, PostgreSQL and Kafka.
+    # The services and the migration Job keep DNS, PostgreSQL and Kafka (the
+    # indexer needs no Kafka: test_indexer_reaches_dns_postgres_ingest_and_rpc_only).
     migrate = built[f"{overlay}/migrate"]
     for doc, _ in (*containers(docs), *containers(migrate)):
         if doc is not cronjob:
             pod_labels = pod_template(doc)["metadata"]["labels"]
             names, _ = egress_rules(docs, pod_labels)
-            assert "erc8004-egress-dns-postgres-kafka" in names, doc["metadata"]["name"]
+            in_shared = "erc8004-egress-dns-postgres-kafka" in names
+            assert in_shared is (doc["metadata"]["name"] != INDEXER), doc["metadata"]["name"]
 
 
 def test_restore_pod_matches_the_backup(built: dict[str, list[Doc]]) -> None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from services.indexer.metrics import IndexerMetrics
 from services.ingest.maintenance import MaintenanceMetrics, RetentionPolicy, default_tasks
 from services.ingest.metrics import IngestMetrics
 from services.matcher.metrics import MatcherMetrics
@@ -39,7 +40,7 @@ POSTGRES_EXPORTER = {
     "pg_stat_statements_seconds_total": {"user", "datname", "queryid"},
     "pg_stat_statements_query_id": {"queryid", "query"},
 }
-SERVICES = {"ingest", "matcher", "dispatcher", "api"}
+SERVICES = {"ingest", "matcher", "dispatcher", "api", "indexer"}
 
 
 @pytest.mark.promtool
@@ -151,8 +152,19 @@ def test_dashboard_is_well_formed() -> None:
         "pg_stat_activity_count",
         "pg_stat_user_tables_table_size_bytes",
         "pg_stat_statements_seconds_total",
+        "erc8004_indexer_head_lag_seconds",
+        "erc8004_indexer_head_lag_blocks",
+        "erc8004_indexer_blocks_total",
+        "erc8004_indexer_events_total",
+        "erc8004_indexer_rpc_errors_total",
+        "erc8004_indexer_reorgs_total",
+        "erc8004_indexer_reorg_depth_blocks_bucket",
+        "erc8004_indexer_leader",
+        "erc8004_indexer_block_range",
     ):
         assert metric in text, metric
+    rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
+    assert "Indexer" in rows
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le, action_type)" in text
 
@@ -175,7 +187,7 @@ def label_names(registry: CollectorRegistry) -> dict[str, set[str]]:
     return {name: set(f.labels) for name, f in families(registry).items()}
 
 
-@pytest.mark.parametrize("service", ["ingest", "matcher"])
+@pytest.mark.parametrize("service", ["ingest", "matcher", "indexer"])
 def test_queries_match_the_metrics_services_define(service: str) -> None:
     """Names and labels, from the metric definitions of the services that exist
     (dispatcher and API: tests/connected/test_metrics_scrape.py)."""
@@ -185,6 +197,8 @@ def test_queries_match_the_metrics_services_define(service: str) -> None:
         MaintenanceMetrics.create(
             registry, service="ingest", tasks=default_tasks(RetentionPolicy())
         )
+    elif service == "indexer":
+        IndexerMetrics.create(registry, (1,))
     else:
         MatcherMetrics.create(registry)
     families = label_names(registry)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from itertools import accumulate
 from typing import Any
 
 import asyncpg
@@ -111,18 +113,37 @@ def _event_labels(events: Iterable[Event]) -> Iterable[tuple[str, str]]:
 _WIDE_FIELDS = ("value", "score")
 
 
+#: Deepest nesting a body may have (orjson's own limit).
+MAX_DEPTH = 1024
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _too_deep(body: bytes) -> bool:
+    """Whether the body nests deeper than MAX_DEPTH (strings left out; C-speed)."""
+    brackets = _STRINGS.sub(b"", body).translate(None, _BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > MAX_DEPTH
+
+
 def _loads(body: bytes) -> Any:
     """The body as JSON, integers exact: orjson reads an integer beyond 64 bits as a
     float, so a body whose feedback value came out as a float is read again by the
-    standard parser (a float that really was one is refused by the model either way)."""
+    standard parser (a float that really was one is refused by the model either way),
+    and so is one with an integer too long even for a float. Nesting deeper than
+    MAX_DEPTH is refused before the standard parser sees it: its limit is the
+    interpreter's recursion limit, which a library may have raised far enough for
+    the C stack to overflow first."""
     try:
         payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or _too_deep(body):
+            raise RecursionError(str(exc)) from exc
         return json.loads(body)
     items = payload if isinstance(payload, list) else (payload,)
     for item in items:
         if isinstance(item, dict) and any(type(item.get(f)) is float for f in _WIDE_FIELDS):
-            return json.loads(body)
+            return json.loads(body)  # orjson parsed it: nested at most MAX_DEPTH
     return payload
 
 

@@ -823,6 +823,8 @@ CREATE TABLE public.events (
     response_hash text,
     tag text,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    registry_address text,
+    agent_registry text,
     CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
     CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
     CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
@@ -878,6 +880,8 @@ CREATE TABLE public.events_default (
     response_hash text,
     tag text,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    registry_address text,
+    agent_registry text,
     CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
     CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
     CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
@@ -947,6 +951,8 @@ CREATE TABLE public.events_p202611 (
     response_hash text,
     tag text,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    registry_address text,
+    agent_registry text,
     CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
     CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
     CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
@@ -1001,6 +1007,8 @@ CREATE TABLE public.events_p202612 (
     response_hash text,
     tag text,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    registry_address text,
+    agent_registry text,
     CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
     CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
     CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
@@ -1055,6 +1063,8 @@ CREATE TABLE public.events_p202701 (
     response_hash text,
     tag text,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    registry_address text,
+    agent_registry text,
     CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
     CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
     CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
@@ -1109,6 +1119,8 @@ CREATE TABLE public.events_p202702 (
     response_hash text,
     tag text,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    registry_address text,
+    agent_registry text,
     CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
     CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
     CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
@@ -1163,6 +1175,8 @@ CREATE TABLE public.events_p202703 (
     response_hash text,
     tag text,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    registry_address text,
+    agent_registry text,
     CONSTRAINT events_agent_id_check CHECK ((agent_id >= 0)),
     CONSTRAINT events_block_number_check CHECK ((block_number >= 0)),
     CONSTRAINT events_block_time_check CHECK ((block_time = to_timestamp(("timestamp")::double precision))),
@@ -1828,6 +1842,20 @@ CREATE INDEX events_default_agent_id_idx ON public.events_default USING btree (a
 
 
 --
+-- Name: idx_events_agent_registry; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_events_agent_registry ON ONLY public.events USING btree (agent_registry, agent_id, block_time DESC) WHERE (agent_registry IS NOT NULL);
+
+
+--
+-- Name: events_default_agent_registry_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_default_agent_registry_agent_id_block_time_idx ON public.events_default USING btree (agent_registry, agent_id, block_time DESC) WHERE (agent_registry IS NOT NULL);
+
+
+--
 -- Name: idx_events_listing; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1940,6 +1968,13 @@ CREATE INDEX events_p202611_agent_id_idx ON public.events_p202611 USING btree (a
 
 
 --
+-- Name: events_p202611_agent_registry_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202611_agent_registry_agent_id_block_time_idx ON public.events_p202611 USING btree (agent_registry, agent_id, block_time DESC) WHERE (agent_registry IS NOT NULL);
+
+
+--
 -- Name: events_p202611_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2000,6 +2035,13 @@ CREATE INDEX events_p202612_agent_id_block_time_idx ON public.events_p202612 USI
 --
 
 CREATE INDEX events_p202612_agent_id_idx ON public.events_p202612 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202612_agent_registry_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202612_agent_registry_agent_id_block_time_idx ON public.events_p202612 USING btree (agent_registry, agent_id, block_time DESC) WHERE (agent_registry IS NOT NULL);
 
 
 --
@@ -2066,6 +2108,13 @@ CREATE INDEX events_p202701_agent_id_idx ON public.events_p202701 USING btree (a
 
 
 --
+-- Name: events_p202701_agent_registry_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202701_agent_registry_agent_id_block_time_idx ON public.events_p202701 USING btree (agent_registry, agent_id, block_time DESC) WHERE (agent_registry IS NOT NULL);
+
+
+--
 -- Name: events_p202701_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2129,6 +2178,13 @@ CREATE INDEX events_p202702_agent_id_idx ON public.events_p202702 USING btree (a
 
 
 --
+-- Name: events_p202702_agent_registry_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202702_agent_registry_agent_id_block_time_idx ON public.events_p202702 USING btree (agent_registry, agent_id, block_time DESC) WHERE (agent_registry IS NOT NULL);
+
+
+--
 -- Name: events_p202702_block_time_id_block_hash_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2189,6 +2245,13 @@ CREATE INDEX events_p202703_agent_id_block_time_idx ON public.events_p202703 USI
 --
 
 CREATE INDEX events_p202703_agent_id_idx ON public.events_p202703 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+
+
+--
+-- Name: events_p202703_agent_registry_agent_id_block_time_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX events_p202703_agent_registry_agent_id_block_time_idx ON public.events_p202703 USING btree (agent_registry, agent_id, block_time DESC) WHERE (agent_registry IS NOT NULL);
 
 
 --
@@ -2458,6 +2521,13 @@ ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_default_ag
 
 
 --
+-- Name: events_default_agent_registry_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_registry ATTACH PARTITION public.events_default_agent_registry_agent_id_block_time_idx;
+
+
+--
 -- Name: events_default_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2525,6 +2595,13 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202611_agent_id_idx;
+
+
+--
+-- Name: events_p202611_agent_registry_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_registry ATTACH PARTITION public.events_p202611_agent_registry_agent_id_block_time_idx;
 
 
 --
@@ -2598,6 +2675,13 @@ ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202612_ag
 
 
 --
+-- Name: events_p202612_agent_registry_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_registry ATTACH PARTITION public.events_p202612_agent_registry_agent_id_block_time_idx;
+
+
+--
 -- Name: events_p202612_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2665,6 +2749,13 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202701_agent_id_idx;
+
+
+--
+-- Name: events_p202701_agent_registry_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_registry ATTACH PARTITION public.events_p202701_agent_registry_agent_id_block_time_idx;
 
 
 --
@@ -2738,6 +2829,13 @@ ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202702_ag
 
 
 --
+-- Name: events_p202702_agent_registry_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_registry ATTACH PARTITION public.events_p202702_agent_registry_agent_id_block_time_idx;
+
+
+--
 -- Name: events_p202702_block_time_id_block_hash_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2805,6 +2903,13 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 --
 
 ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202703_agent_id_idx;
+
+
+--
+-- Name: events_p202703_agent_registry_agent_id_block_time_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.idx_events_agent_registry ATTACH PARTITION public.events_p202703_agent_registry_agent_id_block_time_idx;
 
 
 --
@@ -3338,4 +3443,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261206140001'),
     ('20261206150000'),
     ('20261206160000'),
-    ('20261207090000');
+    ('20261207090000'),
+    ('20261208090000');

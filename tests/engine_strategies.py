@@ -91,8 +91,17 @@ METADATA_KEYS = ("name", "endpoint", "wallet")
 URIS = ("ipfs://bafycard", "https://agent.example/card.json")
 FILE_URIS = (None, "", "ipfs://bafyfeedback")
 
+#: Deployments of the registries on a chain: None (events naming no registry, as
+#: indexers that post one registry per chain send them) or two deployments whose
+#: agents share ids (an old and a new registry on one chain).
+DEPLOYMENTS = (None, None, "old", "new")
+IDENTITY_REGISTRIES = tuple(_address(f"identity-{d}") for d in ("old", "new"))
+CONTRACTS = IDENTITY_REGISTRIES + tuple(
+    _address(f"{r}-{d}") for r in ("reputation", "validation") for d in ("old", "new")
+)
+
 #: field_equals fields that hold addresses.
-ADDRESSES = ("client_address", "owner", "responder")
+ADDRESSES = ("client_address", "owner", "responder", "registry_address", "agent_registry")
 
 ACTIONS = [{"action_type": "rest", "config": {"url": "https://example.org/h"}}]
 
@@ -189,7 +198,17 @@ def stateless_conditions(draw: st.DrawFn, registry: str) -> Condition:
         return _condition(kind, "=", draw(st.sampled_from(("true", "false"))))
     # field_equals
     name = draw(
-        st.sampled_from(("client_address", "endpoint", "owner", "responder", "metadata_key"))
+        st.sampled_from(
+            (
+                "client_address",
+                "endpoint",
+                "owner",
+                "responder",
+                "metadata_key",
+                "registry_address",
+                "agent_registry",
+            )
+        )
     )
     op = draw(st.sampled_from(EQ_OPS))
     pools: dict[str, tuple[str, ...]] = {
@@ -198,6 +217,8 @@ def stateless_conditions(draw: st.DrawFn, registry: str) -> Condition:
         "owner": OWNERS,
         "responder": RESPONDERS,
         "metadata_key": METADATA_KEYS,
+        "registry_address": CONTRACTS,
+        "agent_registry": IDENTITY_REGISTRIES,
     }
     # the empty text (an absent field) for the fields that are not addresses
     empty: tuple[str, ...] = ("",) if op in ("=", "!=") and name not in ADDRESSES else ()
@@ -488,11 +509,21 @@ class Chain:
     chain_id: int
     blocks: list[Block] = field(default_factory=list)
     #: (agent, client, feedback index) of every NewFeedback drawn so far.
-    feedbacks: list[tuple[int, str, int]] = field(default_factory=list)
-    next_index: dict[tuple[int, str], int] = field(default_factory=dict)
+    feedbacks: list[tuple[str | None, int, str, int]] = field(default_factory=list)
+    next_index: dict[tuple[str | None, int, str], int] = field(default_factory=dict)
     #: The chain's clock: the block time of its newest block or heartbeat (block times
     #: never decrease along a chain, heartbeats included).
     clock: int = BASE_TIME
+
+
+def deployed(deployment: str | None, registry: str) -> dict[str, Any]:
+    """The registry fields of an event of this deployment (none for None): the
+    emitting contract, and the Identity registry its agent belongs to."""
+    if deployment is None:
+        return {"registry_address": None, "agent_registry": None}
+    identity = _address(f"identity-{deployment}")
+    contract = identity if registry == "identity" else _address(f"{registry}-{deployment}")
+    return {"registry_address": contract, "agent_registry": identity}
 
 
 def _tags() -> tuple[str | None, ...]:
@@ -501,11 +532,11 @@ def _tags() -> tuple[str | None, ...]:
 
 def _new_feedback(draw: st.DrawFn, chain: Chain, body: dict[str, Any], upper: bool) -> None:
     """A NewFeedback with the next feedback index of its (agent, client), in either layout."""
-    agent = body["agent_id"]
+    agent, deployment = body["agent_id"], body.pop("deployment")
     client = draw(st.sampled_from(CLIENTS))
-    index = chain.next_index.get((agent, client), 1)
-    chain.next_index[agent, client] = index + 1
-    chain.feedbacks.append((agent, client, index))
+    index = chain.next_index.get((deployment, agent, client), 1)
+    chain.next_index[deployment, agent, client] = index + 1
+    chain.feedbacks.append((deployment, agent, client, index))
     body.update(client_address=_case_of(client, upper), feedback_index=index)
     if draw(st.booleans()):
         body["score"] = draw(st.integers(0, 100))  # legacy layout
@@ -522,8 +553,12 @@ def _new_feedback(draw: st.DrawFn, chain: Chain, body: dict[str, Any], upper: bo
 
 def _about_feedback(draw: st.DrawFn, chain: Chain, body: dict[str, Any], upper: bool) -> None:
     """FeedbackRevoked / ResponseAppended: mostly naming an earlier NewFeedback."""
+    deployment = body.pop("deployment")
     if chain.feedbacks and draw(st.integers(0, 4)) > 0:
-        agent, client, index = draw(st.sampled_from(chain.feedbacks))
+        named, agent, client, index = draw(st.sampled_from(chain.feedbacks))
+        if draw(st.integers(0, 3)) > 0:  # mostly of the feedback's own deployment
+            deployment = named
+            body.update(deployed(deployment, "reputation"))
     else:
         agent, client = body["agent_id"], draw(st.sampled_from(CLIENTS))
         index = draw(st.integers(1, 3))
@@ -564,10 +599,13 @@ def _event_body(draw: st.DrawFn, chain: Chain, registry: str) -> dict[str, Any]:
         "identity": ("Registered", "URIUpdated", "MetadataSet", "Transfer", "MetadataUpdate"),
     }[registry]
     event_type = draw(st.sampled_from(types))
+    deployment = draw(st.sampled_from(DEPLOYMENTS))
     body: dict[str, Any] = {
         "registry": registry,
         "event_type": event_type,
         "agent_id": draw(st.sampled_from(AGENTS)),
+        "deployment": deployment,
+        **deployed(deployment, registry),
     }
     upper = draw(st.booleans())  # addresses in upper-case hex (the model lower-cases them)
     if event_type == "NewFeedback":
@@ -578,6 +616,7 @@ def _event_body(draw: st.DrawFn, chain: Chain, registry: str) -> dict[str, Any]:
         _validation(draw, body, upper)
     else:
         _identity(draw, body, upper)
+    body.pop("deployment", None)
     return body
 
 

@@ -27,7 +27,8 @@ The result is the versions ``{id}@{block_hash}`` of the events at which the trig
 fired, in order. An **absence** trigger (section 5a) never fires on an event: it fires
 at ticks, one firing per scope whose silence is due, each reported as the version of
 the silence's last matching event (the event the silence started at); the firings of
-one tick come in the order trigger scope first, then agents by ascending agent id, and
+one tick come in the order trigger scope first, then agents by Identity registry (none
+first) and ascending agent id, and
 before whatever the tick's own event does. ``enabled_at`` is ignored (everything is
 live). A firing is a decision taken when its step arrived: it stays in the result even
 if a later retraction or revocation takes its event out of the effective history
@@ -106,7 +107,14 @@ DEFAULT_FIELD = {
 }
 
 #: field_equals: "addresses compare in lower case".
-ADDRESS_FIELDS = ("client_address", "owner", "responder", "validator_address")
+ADDRESS_FIELDS = (
+    "client_address",
+    "owner",
+    "responder",
+    "validator_address",
+    "registry_address",
+    "agent_registry",
+)
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -423,8 +431,9 @@ def silence_take(state: Silence, e: Event) -> None:
         state.start, state.event, state.fired = e.timestamp, version(e), False
 
 
-def scope_order(scope: Any) -> tuple[int, int]:
+def scope_order(scope: Any) -> tuple[int, str, int]:
     """The order of the firings of one tick: the trigger scope first, then the agents
+    by their Identity registry's address (agents of events naming none first), then
     by ascending agent id.
 
     # SPEC? The page gives no order for the firings of one tick (nor a scope for an
@@ -432,8 +441,9 @@ def scope_order(scope: Any) -> tuple[int, int]:
     # agent id None coming first among the agents.
     """
     if scope == "trigger":
-        return (0, 0)
-    return (1, -1 if scope is None else int(scope))
+        return (0, "", 0)
+    registry, agent = scope
+    return (1, registry or "", -1 if agent is None else int(agent))
 
 
 def alpha_of(c: dict[str, Any]) -> Decimal:
@@ -548,7 +558,9 @@ class Reference:
         )
 
     def scope_key(self, c: dict[str, Any], e: Event) -> Any:
-        return e.agent_id if scope_of(c) == "agent" else "trigger"
+        # "An agent is (its Identity registry, its id) when the event names the
+        # registry, else its id alone."
+        return (e.agent_registry, e.agent_id) if scope_of(c) == "agent" else "trigger"
 
     def state(self, c: dict[str, Any], e: Event) -> EmaState | RateState | Silence:
         """The state of condition c for the event's scope (created empty on first use)."""
@@ -674,7 +686,7 @@ class Reference:
                 s.counted.append(Counted(version(e), e.timestamp))
                 rate_forget(c, s)
         verdict = all(self.verdict(c, e) for c in self.conditions())
-        scope = e.agent_id if self.firing_scope_is_agent() else "trigger"
+        scope = (e.agent_registry, e.agent_id) if self.firing_scope_is_agent() else "trigger"
         cooling = self.cooling(scope, e.timestamp)
         crossing = self.crossing_mode()
         if crossing and not verdict:
@@ -755,6 +767,9 @@ def revokes(revocation: Event, feedback: Event) -> bool:
         revocation.event_type == "FeedbackRevoked"
         and feedback.event_type == "NewFeedback"
         and feedback.agent_id == revocation.agent_id
+        # "the agent's Identity registry and the emitting contract, where events name them"
+        and feedback.agent_registry == revocation.agent_registry
+        and feedback.registry_address == revocation.registry_address
         and (feedback.client_address or "").lower() == (revocation.client_address or "").lower()
         and feedback.feedback_index is not None
         and feedback.feedback_index == revocation.feedback_index

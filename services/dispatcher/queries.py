@@ -69,12 +69,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (job_id, (coalesce(run_id, '')), attempt) DO NOTHING
 """
 
-#: The agent's current URI: its latest canonical Registered or URIUpdated event.
+#: The agent's current URI: its latest canonical Registered or URIUpdated event (of
+#: its Identity registry, $3, when the job's event names it).
 LATEST_URI = (
     """
 SELECT e.token_uri FROM events e
 WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
   AND e.event_type IN ('Registered', 'URIUpdated')
+  AND ($3::text IS NULL OR e.agent_registry = $3)
   AND """
     + CANONICAL
     + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"
@@ -87,6 +89,7 @@ LATEST_CHANGE = (
 SELECT e.block_number, e.log_index FROM events e
 WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
   AND e.event_type IN ('Registered', 'URIUpdated', 'MetadataUpdate')
+  AND ($3::text IS NULL OR e.agent_registry = $3)
   AND """
     + CANONICAL
     + " ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1"

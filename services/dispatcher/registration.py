@@ -121,7 +121,7 @@ class Resolver:
         self._registries = frozenset(r.lower() for r in identity_registries)
         self._ttl = ttl
         self._max_bytes = max_bytes
-        self._cache: dict[tuple[int, int], _Cached] = {}
+        self._cache: dict[tuple[int, str | None, int], _Cached] = {}
 
     def http_url(self, uri: str) -> str | None:
         """The URL a URI is fetched from; None for data: URIs. ResolveError otherwise."""
@@ -157,11 +157,20 @@ class Resolver:
             raise ResolveError(f"fetching {uri[:200]}: HTTP {resp.status}", transient=transient)
         return resp.body
 
-    async def mcp_endpoint(self, chain_id: int, agent_id: int, *, time_limit: float) -> str:
-        """The agent's MCP endpoint from its current registration file."""
+    async def mcp_endpoint(
+        self,
+        chain_id: int,
+        agent_id: int,
+        *,
+        time_limit: float,
+        agent_registry: str | None = None,
+    ) -> str:
+        """The agent's MCP endpoint from its current registration file. With
+        ``agent_registry`` (the job's event names the agent's Identity registry) the
+        registration is that registry's agent's, and its file must name that registry."""
         async with self._pool.acquire() as conn:
-            uri_row = await conn.fetchrow(queries.LATEST_URI, chain_id, agent_id)
-            change = await conn.fetchrow(queries.LATEST_CHANGE, chain_id, agent_id)
+            uri_row = await conn.fetchrow(queries.LATEST_URI, chain_id, agent_id, agent_registry)
+            change = await conn.fetchrow(queries.LATEST_CHANGE, chain_id, agent_id, agent_registry)
         if uri_row is None or change is None:
             raise ResolveError(
                 f"agent {chain_id}:{agent_id} has no registration (no Registered/URIUpdated event)",
@@ -174,7 +183,7 @@ class Resolver:
                 f"agent {chain_id}:{agent_id} has an empty registration URI", transient=False
             )
         stamp = (change["block_number"], change["log_index"])
-        key = (chain_id, agent_id)
+        key = (chain_id, agent_registry, agent_id)
         cached = self._cache.get(key)
         if (
             cached is not None
@@ -184,20 +193,22 @@ class Resolver:
         ):
             return cached.endpoint
         raw = await self.fetch_uri(uri, time_limit=time_limit)
-        endpoint = self._endpoint_of(raw, chain_id, agent_id)
+        endpoint = self._endpoint_of(raw, chain_id, agent_id, agent_registry)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = _Cached(stamp, uri, endpoint, time.monotonic())
         return endpoint
 
-    def _endpoint_of(self, raw: bytes, chain_id: int, agent_id: int) -> str:
+    def _endpoint_of(
+        self, raw: bytes, chain_id: int, agent_id: int, agent_registry: str | None
+    ) -> str:
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ResolveError("registration file is not JSON", transient=False) from None
         if not isinstance(doc, dict):
             raise ResolveError("registration file is not a JSON object", transient=False)
-        if not self._names_agent(doc.get("registrations"), chain_id, agent_id):
+        if not self._names_agent(doc.get("registrations"), chain_id, agent_id, agent_registry):
             raise ResolveError(
                 f"registration file does not name agent {agent_id} of chain {chain_id} "
                 "in a known identity registry",
@@ -225,7 +236,10 @@ class Resolver:
                 return endpoint
         raise ResolveError("registration file names no MCP service", transient=False)
 
-    def _names_agent(self, registrations: Any, chain_id: int, agent_id: int) -> bool:
+    def _names_agent(
+        self, registrations: Any, chain_id: int, agent_id: int, agent_registry: str | None
+    ) -> bool:
+        known = self._registries if agent_registry is None else {agent_registry}
         if not isinstance(registrations, list):
             return False
         for reg in registrations:
@@ -240,7 +254,7 @@ class Resolver:
                 len(parts) == 3
                 and parts[0] == "eip155"
                 and parts[1] == str(chain_id)
-                and parts[2].lower() in self._registries
+                and parts[2].lower() in known
             ):
                 return True
         return False

@@ -317,10 +317,17 @@ def _from_value(abi_type: str, value: Any) -> Any:
 
 
 def event_from_log(
-    log_entry: Mapping[str, Any], *, chain_id: int, registry: Registry, timestamp: int
+    log_entry: Mapping[str, Any],
+    *,
+    chain_id: int,
+    registry: Registry,
+    timestamp: int,
+    agent_registry: str | None = None,
 ) -> dict[str, Any] | None:
     """The ingest event of one ``eth_getLogs`` entry of ``registry``'s address (None:
-    not a registry event, e.g. an ERC-721 Approval). Raises UndecodableLogError."""
+    not a registry event, e.g. an ERC-721 Approval), with the emitting contract's
+    address and, when known, the Identity registry its agent belongs to (an identity
+    event's is its own address). Raises UndecodableLogError."""
     topics = [str(t) for t in log_entry.get("topics", [])]
     abi = layout_of(registry, topics)
     if abi is None:
@@ -329,7 +336,14 @@ def event_from_log(
     if "value" in fields:
         # int128 is wider than a JSON parser's int64: a decimal string is exact everywhere
         fields["value"] = str(fields["value"])
+    address = str(log_entry.get("address", "")).lower()
+    extra = {"registry_address": address} if address else {}
+    if registry is Registry.identity:
+        agent_registry = address or agent_registry
+    if agent_registry is not None:
+        extra["agent_registry"] = agent_registry
     return {
+        **extra,
         "chain_id": chain_id,
         "block_number": int(str(log_entry["blockNumber"]), 16),
         "block_hash": str(log_entry["blockHash"]).lower(),

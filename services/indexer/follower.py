@@ -102,8 +102,8 @@ class Follower:
         self.range = chain.max_block_range
         self._successes = 0
         self._label = str(chain.chain_id)
-        self._registries = chain.registries
-        self._addresses = sorted(self._registries)
+        self._contracts = chain.contracts
+        self._addresses = sorted(self._contracts)
         self._backoff = Backoff(first=0.5, cap=30.0)
         self.state: _State | None = None
         self.last_progress: Progress | None = None
@@ -350,9 +350,10 @@ class Follower:
         for entry in logs:
             if entry.get("removed"):
                 continue
-            registry = self._registries.get(str(entry.get("address", "")).lower())
-            if registry is None:
+            address = str(entry.get("address", "")).lower()
+            if address not in self._contracts:
                 continue
+            registry, agent_registry = self._contracts[address]
             number = int(str(entry["blockNumber"]), 16)
             try:
                 event = event_from_log(
@@ -360,6 +361,7 @@ class Follower:
                     chain_id=self.chain.chain_id,
                     registry=registry,
                     timestamp=blocks[number].timestamp,
+                    agent_registry=agent_registry,
                 )
             except UndecodableLogError as exc:
                 self._skip("undecodable", entry, str(exc))

@@ -14,8 +14,34 @@ from shared.contract.events import Registry
 from shared.platform.settings import ServiceSettings
 
 
+class Deployment(BaseModel):
+    """One deployment of the registries: its contracts' addresses (a Reputation or
+    Validation registry is bound to the Identity registry of its deployment)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    identity_registry: Address | None = None
+    reputation_registry: Address | None = None
+    validation_registry: Address | None = None
+
+    @property
+    def contracts(self) -> dict[str, tuple[Registry, str | None]]:
+        """Contract address → (registry, the Identity registry its agents belong to)."""
+        found = {
+            Registry.identity: self.identity_registry,
+            Registry.reputation: self.reputation_registry,
+            Registry.validation: self.validation_registry,
+        }
+        return {
+            address: (registry, self.identity_registry)
+            for registry, address in found.items()
+            if address
+        }
+
+
 class ChainConfig(BaseModel):
-    """One chain the indexer follows."""
+    """One chain the indexer follows: the registries' addresses of one deployment,
+    and in ``deployments`` those of others on the same chain (an older and a newer)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -34,22 +60,34 @@ class ChainConfig(BaseModel):
     #: Largest eth_getLogs range, in blocks; halved while the provider refuses a range
     #: (too many results, response size, timeout) and grown back on success.
     max_block_range: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    #: Further deployments of the registries on this chain.
+    deployments: tuple[Deployment, ...] = ()
 
     @model_validator(mode="after")
     def _some_registry(self) -> Self:
-        if not self.registries:
+        if not self.contracts:
             raise ValueError("name at least one registry address")
+        addresses = [a for d in self._all_deployments() for a in d.contracts]
+        if len(addresses) != len(set(addresses)):
+            raise ValueError("an address is named twice")
         return self
 
+    def _all_deployments(self) -> list[Deployment]:
+        first = Deployment(
+            identity_registry=self.identity_registry,
+            reputation_registry=self.reputation_registry,
+            validation_registry=self.validation_registry,
+        )
+        return [first, *self.deployments]
+
     @property
-    def registries(self) -> dict[str, Registry]:
-        """Contract address (lower case) → registry."""
-        found = {
-            Registry.identity: self.identity_registry,
-            Registry.reputation: self.reputation_registry,
-            Registry.validation: self.validation_registry,
-        }
-        return {address: registry for registry, address in found.items() if address}
+    def contracts(self) -> dict[str, tuple[Registry, str | None]]:
+        """Every contract address (lower case) → (registry, the Identity registry of its
+        deployment: the one its agents belong to, None when not configured)."""
+        found: dict[str, tuple[Registry, str | None]] = {}
+        for deployment in self._all_deployments():
+            found.update(deployment.contracts)
+        return found
 
 
 class IndexerSettings(ServiceSettings):

@@ -278,6 +278,8 @@ async def revoked_feedback_records(
           AND e.event_type = 'NewFeedback' AND e.feedback_index = $5
           AND lower(e.client_address) = lower($6)
           AND (r.excluded IS NULL OR ($7 AND r.excluded = 'revoked'))
+          AND e.registry_address IS NOT DISTINCT FROM $8
+          AND e.agent_registry IS NOT DISTINCT FROM $9
         GROUP BY r.trigger_id
         """,
         list(trigger_ids),
@@ -287,6 +289,8 @@ async def revoked_feedback_records(
         revocation.feedback_index,
         revocation.client_address or "",
         revoked_too,
+        revocation.registry_address,
+        revocation.agent_registry,
     )
     return {r["trigger_id"]: (None if r["old"] else r["seq"]) for r in rows}
 
@@ -304,12 +308,15 @@ async def revocation_hits(
         f"""
         SELECT q.n, r.trigger_id, r.trigger_version, {_EVENT_SELECT}
         FROM unnest($1::int[], $2::text[], $3::int[], $4::text[], $5::bigint[],
-                    $6::bigint[], $7::text[])
-            AS q(n, trigger_id, chain_id, registry, agent_id, feedback_index, client)
+                    $6::bigint[], $7::text[], $8::text[], $9::text[])
+            AS q(n, trigger_id, chain_id, registry, agent_id, feedback_index, client,
+                 registry_address, agent_registry)
         JOIN events e
           ON e.chain_id = q.chain_id AND e.registry = q.registry AND e.agent_id = q.agent_id
          AND e.event_type = 'NewFeedback' AND e.feedback_index = q.feedback_index
          AND lower(e.client_address) = lower(q.client)
+         AND e.registry_address IS NOT DISTINCT FROM q.registry_address
+         AND e.agent_registry IS NOT DISTINCT FROM q.agent_registry
         JOIN trigger_evaluations r
           ON r.trigger_id = q.trigger_id AND r.event_id = e.id || '@' || e.block_hash
         WHERE r.excluded IS NULL
@@ -321,6 +328,8 @@ async def revocation_hits(
         [a[2].agent_id for a in asks],
         [a[2].feedback_index for a in asks],
         [a[2].client_address or "" for a in asks],
+        [a[2].registry_address for a in asks],
+        [a[2].agent_registry for a in asks],
     )
 
 

@@ -87,13 +87,23 @@ CONDITION_FIELDS: Final[dict[ConditionType, frozenset[str]]] = {
     ConditionType.absence: frozenset({"silence"}),
     ConditionType.file_uri_exists: frozenset({"file_uri"}),
     ConditionType.field_equals: frozenset(
-        {"client_address", "endpoint", "owner", "responder", "metadata_key"}
+        {
+            "client_address",
+            "endpoint",
+            "owner",
+            "responder",
+            "metadata_key",
+            "registry_address",
+            "agent_registry",
+        }
     ),
 }
 #: The field a condition reads when ``field`` is left empty, where it has several.
 DEFAULT_FIELD: Final[dict[ConditionType, str]] = {ConditionType.score_threshold: "score"}
 #: field_equals fields holding addresses (compared in lower case).
-ADDRESS_FIELDS: Final = frozenset({"client_address", "owner", "responder"})
+ADDRESS_FIELDS: Final = frozenset(
+    {"client_address", "owner", "responder", "registry_address", "agent_registry"}
+)
 #: The arithmetic of EMAs: alpha = 2/(N+1) is rounded to it too.
 EMA_DIGITS: Final = 40
 #: The operators each condition type takes.

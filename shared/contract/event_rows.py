@@ -44,6 +44,8 @@ EVENT_COLUMNS: Final[tuple[str, ...]] = (
     "response_uri",
     "response_hash",
     "tag",
+    "registry_address",
+    "agent_registry",
 )
 
 
@@ -85,6 +87,8 @@ def event_row(e: Event) -> tuple[object, ...]:
         e.response_uri,
         e.response_hash,
         e.tag,
+        e.registry_address,
+        e.agent_registry,
     )
 
 

@@ -181,6 +181,12 @@ class Event(BaseModel):
     response_uri: Uri | None = None
     response_hash: Hash | None = None
     tag: Tag | None = None
+    #: The contract that emitted the event, and the Identity registry its agent belongs
+    #: to (``agent_registry``; an Identity registry's own events: its own address).
+    #: Absent for indexers that post one registry per chain: an agent is then known
+    #: by (chain, agent id) alone.
+    registry_address: Address | None = None
+    agent_registry: Address | None = None
 
     # cached_property: each is read several times per event on ingest's hot path
     # (the row, the message, the id claim); the model is frozen, so they never change.
@@ -303,6 +309,28 @@ class Event(BaseModel):
         if not d.is_finite() or (d != 0 and abs(d.adjusted()) > 60):
             raise PydanticCustomError("decimal_score", "must be a finite decimal of sane size")
         return d
+
+    @model_validator(mode="after")
+    def _identity_agents_are_their_registrys(self) -> Self:
+        """An Identity registry's events concern its own agents: agent_registry is its
+        address (filled in when only registry_address is given)."""
+        if self.registry is not Registry.identity or self.registry_address is None:
+            return self
+        if self.agent_registry is None:
+            object.__setattr__(self, "agent_registry", self.registry_address)
+            self.__pydantic_fields_set__.add("agent_registry")
+        elif self.agent_registry != self.registry_address:
+            _raise(
+                [
+                    _error(
+                        ("agent_registry",),
+                        "agent_registry",
+                        "an identity event's agent belongs to the registry that emitted it",
+                        self.agent_registry,
+                    )
+                ]
+            )
+        return self
 
     @model_validator(mode="after")
     def _normalise_feedback(self) -> Self:

@@ -30,7 +30,9 @@ A state row (JSON-able)::
 - ema_threshold: ``{"ema": "<decimal>", "count": n}`` plus ``"holding": bool`` in
   crossing mode (the level with hysteresis).
 - rate_limit: ``{"window": [[timestamp, version, client_address, feedback_index,
-  block_number, agent_id], ...]}`` sorted by timestamp (chain order);
+  block_number, agent], ...]}`` sorted by timestamp (chain order), ``agent`` the
+  agent id, or ``"<registry contract>|<Identity registry>:<id>"`` for events that
+  name their registries;
   client_address/feedback_index are set for NewFeedback only (what a
   FeedbackRevoked withdraws). After taking an event the window forgets the entries
   at or before ``T - W - min(W, 1 h)``, T the newest entry's time: a reorg replacing
@@ -234,8 +236,23 @@ def forget_removed(trigger: TriggerSpec, state: Mapping[str, Any]) -> State:
 
 
 def agent_key(event: Event) -> str:
-    """The state row of an agent ('' for an event without agent)."""
-    return "" if event.agent_id is None else str(event.agent_id)
+    """The state row of an agent ('' for an event without agent): its id, after its
+    Identity registry's address when the event names one (``0x…:7``), so agent 7 of
+    two registries on one chain are two agents (docs/semantics.md §4)."""
+    if event.agent_id is None:
+        return ""
+    if event.agent_registry is None:
+        return str(event.agent_id)
+    return f"{event.agent_registry}:{event.agent_id}"
+
+
+def _window_agent(event: Event) -> int | str | None:
+    """A rate window entry's agent, as a revocation finds it: the id alone for events
+    that name no registry (entries stored before registries were named), else the
+    registry contract, the agent's Identity registry and the id."""
+    if event.registry_address is None and event.agent_registry is None:
+        return event.agent_id
+    return f"{event.registry_address}|{event.agent_registry}:{event.agent_id}"
 
 
 def scope_keys(trigger: TriggerSpec, event: Event) -> tuple[str, ...]:
@@ -916,7 +933,7 @@ def _apply_rate(node: _Node, run: _Run) -> None:
         event.client_address if feedback else None,
         event.feedback_index if feedback else None,
         event.block_number,
-        event.agent_id,
+        _window_agent(event),
     ]
     newest = t if not window else max(window[-1][_TS], t)
     horizon = newest - node.window - node.lateness
@@ -992,7 +1009,7 @@ def _fire_stateless(trigger: TriggerSpec, prog: _Program, event: Event) -> Evalu
 
 def _revoke(prog: _Program, rows: _Rows, event: Event) -> dict[str, int]:
     """Withdraw the feedback a FeedbackRevoked names from every rate window."""
-    client, index, agent = event.client_address, event.feedback_index, event.agent_id
+    client, index, agent = event.client_address, event.feedback_index, _window_agent(event)
 
     def keep(entry: list[Any]) -> bool:
         return not (

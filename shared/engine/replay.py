@@ -107,7 +107,8 @@ EDIT: Final = "edit"
 
 
 def revokes(revocation: Event, feedback: Event) -> bool:
-    """Whether a FeedbackRevoked names this NewFeedback: same stream and agent, same
+    """Whether a FeedbackRevoked names this NewFeedback: same stream and agent (its
+    Identity registry too, when named), same registry contract (when named), same
     client address (in lower case), same feedback index (present on both)."""
     return (
         revocation.event_type == "FeedbackRevoked"
@@ -115,6 +116,8 @@ def revokes(revocation: Event, feedback: Event) -> bool:
         and revocation.feedback_index is not None
         and revocation.feedback_index == feedback.feedback_index
         and revocation.agent_id == feedback.agent_id
+        and revocation.agent_registry == feedback.agent_registry
+        and revocation.registry_address == feedback.registry_address
         and revocation.chain_id == feedback.chain_id
         and revocation.registry == feedback.registry
         and (revocation.client_address or "").lower() == (feedback.client_address or "").lower()
@@ -136,9 +139,11 @@ def tick_scope(record_key: str) -> str | None:
     return record_key[len(TICK) :].partition(":")[0]
 
 
-def scope_order(scope: str) -> tuple[bool, int]:
-    """Scope rows in the order ticks visit them: the trigger's, then agents by id."""
-    return (scope != "", int(scope) if scope.isdigit() else -1)
+def scope_order(scope: str) -> tuple[bool, str, int]:
+    """Scope rows in the order ticks visit them: the trigger's, then agents by their
+    Identity registry (none first) and id (rows are ``7`` or ``0x…:7``)."""
+    registry, _, agent = scope.rpartition(":")
+    return (scope != "", registry, int(agent) if agent.isdigit() else -1)
 
 
 @dataclass(slots=True, eq=False)

@@ -413,3 +413,67 @@ async def test_triggers_fire_on_chain_made_events_and_a_real_reorg_corrects_thei
         zero["blockHash"].to_0x_hex(),
     ]
     await wait_ema(db, trigger, Decimal("37.5"), within=30)  # 60, 90, then 0
+
+
+async def agent_ema(db: asyncpg.Connection, trigger: str, scope: str) -> Decimal | None:
+    state = await db.fetchval(
+        "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = $2",
+        trigger,
+        scope,
+    )
+    conditions = (state or {}).get("conditions") or {}  # a recomputation may empty it
+    if not conditions:
+        return None
+    (ema,) = conditions.values()
+    return Decimal(ema["ema"]) if ema.get("ema") is not None else None
+
+
+@pytest.mark.slow
+async def test_two_deployments_on_one_chain_keep_their_agents_apart(
+    evm: Chain,  # noqa: F811 (fixture)
+    ingest: Client,
+    db: asyncpg.Connection,
+    session: aiohttp.ClientSession,
+    matcher: Matching,
+) -> None:
+    """Issue 15: agent 0 of an old and of a new deployment on one chain are two agents:
+    each event names its contract and its agent's Identity registry, an agent-scoped
+    EMA keeps a state per registry, and a revocation in one Reputation registry
+    leaves the same client's feedback of the same index in the other alone."""
+    old, new = await deploy(evm), await deploy(evm)
+    client = evm.accounts[1].key
+    for r in (old, new):
+        await evm.transact(r.identity.functions.register("ipfs://a", [], []))
+    ema = [{**EMA_BELOW_40[0], "config": {"alpha": "0.5", "scope": "agent"}}]
+    trigger = await insert_trigger(db, chain_id=CHAIN_ID, conditions=ema)
+    await asyncio.to_thread(matcher.start)
+    feedback = old.reputation.functions.giveFeedback(0, 10, 0, "", "", "", "", ZERO)
+    await evm.transact(feedback, sender_key=client)
+    feedback = new.reputation.functions.giveFeedback(0, 90, 0, "", "", "", "", ZERO)
+    await evm.transact(feedback, sender_key=client)
+    await evm.transact(new.reputation.functions.revokeFeedback(0, 1), sender_key=client)
+    config = chain_config(evm.url, old, deployments=[new.addresses])
+    await follow_until_caught_up(session, base(ingest), config)
+
+    rows = await stored(db)
+    for r in (old, new):
+        identity = r.identity.address.lower()
+        mine = [row for row in rows if row["agent_registry"] == identity]
+        assert sorted(row["registry_address"] for row in mine) == sorted(
+            [identity] * 3 + [r.reputation.address.lower()] * (1 if r is old else 2)
+        )
+    old_scope = f"{old.identity.address.lower()}:0"
+    new_scope = f"{new.identity.address.lower()}:0"
+    jobs = await matcher.jobs(expect=1)
+    assert [j.event.agent_registry for j in jobs] == [old.identity.address.lower()]
+    deadline = time.monotonic() + 30
+    while await agent_ema(db, trigger, old_scope) != 10:
+        assert time.monotonic() < deadline, "the old deployment's agent has no EMA of 10"
+        await asyncio.sleep(0.2)
+    evaluated = 0
+    while evaluated < 3:  # two feedbacks and the revocation
+        assert time.monotonic() < deadline, f"{evaluated} of 3 evaluations"
+        evaluated = await db.fetchval("SELECT count(*) FROM trigger_evaluations")
+        await asyncio.sleep(0.2)
+    assert await agent_ema(db, trigger, new_scope) is None  # its only feedback revoked
+    assert await agent_ema(db, trigger, old_scope) == 10  # the same client and index, kept

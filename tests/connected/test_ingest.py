@@ -98,6 +98,8 @@ BAD_ITEMS: list[tuple[str, dict[str, Any], str]] = [
     ("agent id out of range", {"agent_id": 2**63}, "agent_id"),
     ("timestamp in the future", {"timestamp": 99_999_999_999}, "timestamp"),
     ("unknown field", {"colour": "red"}, "colour"),
+    ("bad registry address", {"registry_address": "0x8004"}, "registry_address"),
+    ("bad agent registry", {"agent_registry": "8004" * 10}, "agent_registry"),
 ]
 
 

@@ -433,7 +433,7 @@ def test_dev_secret_gives_the_indexer_valid_settings(built: dict[str, list[Doc]]
     }
     settings = IndexerSettings(**given)
     assert settings.chains
-    assert all(chain.registries for chain in settings.chains)
+    assert all(chain.contracts for chain in settings.chains)
     assert settings.http_port == 9103
     tokens = values["INGEST_TOKENS"].split(",")
     assert settings.ingest_token.get_secret_value() in tokens

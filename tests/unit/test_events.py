@@ -392,3 +392,24 @@ def test_rpc_hex_quantities_and_integer_strings_are_refused_where_integers_are_d
     ]:
         _events, refused = parse_events([{**base, field: raw}])
         assert [e.field for e in refused] == [field], (field, raw)
+
+
+def test_an_identity_events_agent_belongs_to_the_registry_that_emitted_it() -> None:
+    """Issue 15: registry_address and agent_registry say which deployment an event is
+    of; an Identity registry's events concern its own agents."""
+    own = "0x" + "AB" * 20
+    (registered,), errors = parse_events([example_event("Registered", registry_address=own)])
+    assert errors == []
+    assert registered.agent_registry == registered.registry_address == own.lower()
+    other = "0x" + "cd" * 20
+    _events, refused = parse_events(
+        [example_event("Registered", registry_address=own, agent_registry=other)]
+    )
+    assert [e.field for e in refused] == ["agent_registry"]
+    feedback = example_event("NewFeedback", registry_address=other, agent_registry=own)
+    (stored,), errors = parse_events([feedback])
+    assert errors == []
+    assert (stored.registry_address, stored.agent_registry) == (other, own.lower())
+    (plain,), _ = parse_events([example_event("NewFeedback")])
+    assert plain.registry_address is None
+    assert plain.agent_registry is None

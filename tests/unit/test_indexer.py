@@ -74,6 +74,8 @@ AGENT = 7
 CLIENT = "0x" + "ab" * 20
 OWNER = "0x" + "cd" * 20
 HASH = "0x" + "11" * 32
+REGISTRY = "0x" + "8004" * 10
+IDENTITY = "0x" + "1d" * 20
 
 
 def topic0(signature: str) -> str:
@@ -88,7 +90,7 @@ def word(value: int | str) -> str:
 
 
 def log_entry(
-    signature: str, topics: list[str], data: bytes, *, address: str = "0x1"
+    signature: str, topics: list[str], data: bytes, *, address: str = REGISTRY
 ) -> dict[str, Any]:
     return {
         "address": address,
@@ -111,7 +113,13 @@ def test_every_layout_is_known_by_the_topic_its_signature_hashes_to() -> None:
 
 
 def decoded(registry: Registry, entry: dict[str, Any]) -> dict[str, Any]:
-    event = event_from_log(entry, chain_id=31337, registry=registry, timestamp=1_760_000_000)
+    event = event_from_log(
+        entry,
+        chain_id=31337,
+        registry=registry,
+        timestamp=1_760_000_000,
+        agent_registry=IDENTITY,
+    )
     assert event is not None
     _valid, errors = parse_events([event])
     assert errors == []
@@ -139,6 +147,8 @@ def test_current_feedback_decodes_with_a_value_beyond_64_bits_and_invalid_utf8()
     assert event["file_uri"] == "ipfs://\ufffd\ufffd"  # the chain holds any bytes
     assert event["file_hash"] == HASH
     assert (event["block_number"], event["log_index"]) == (120, 3)
+    # the emitting contract, and the Identity registry of its deployment
+    assert (event["registry_address"], event["agent_registry"]) == (REGISTRY, IDENTITY)
 
 
 def test_legacy_feedback_layouts_decode_to_score_and_what_their_topics_hold() -> None:
@@ -174,6 +184,7 @@ def test_identity_events_and_the_v1_uri_event_name() -> None:
             "Transfer(address,address,uint256)", [word(OWNER), word(CLIENT), word(AGENT)], b""
         ),
     )
+    assert transfer["agent_registry"] == transfer["registry_address"] == REGISTRY  # its own
     assert (transfer["previous_owner"], transfer["owner"], transfer["agent_id"]) == (
         OWNER,
         CLIENT,

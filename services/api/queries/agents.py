@@ -16,6 +16,19 @@ async def agent_owner(conn: Conn, chain_id: int, agent_id: int) -> str | None:
     return value
 
 
+async def identity_registries(conn: Conn, chain_id: int, agent_id: int) -> int:
+    """How many Identity registries of the chain have an agent of this id (events that
+    name their registry; 0 when none does)."""
+    value: int = await conn.fetchval(
+        """SELECT count(DISTINCT e.agent_registry) FROM events e
+           WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
+             AND e.event_type = 'Registered' AND e.agent_registry IS NOT NULL""",
+        chain_id,
+        agent_id,
+    )
+    return value
+
+
 async def use_nonce(
     conn: Conn, chain_id: int, agent_id: int, nonce: str, expires_at: datetime
 ) -> bool:

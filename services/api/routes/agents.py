@@ -78,6 +78,14 @@ async def _owner_check(
     conn: Any, chain_id: int, agent_id: int, signer: str, body: McpTokenRemovalIn
 ) -> str:
     """The agent's current owner, if it is the signer and the nonce is new."""
+    if await agent_sql.identity_registries(conn, chain_id, agent_id) > 1:
+        # Which deployment's agent the token is for is not in the path nor the signed
+        # message yet: refused rather than given to another registry's agent.
+        raise ApiError(
+            409,
+            f"agent {agent_id} exists in several Identity registries of chain {chain_id}; "
+            "MCP tokens for chains with several deployments are not supported yet",
+        )
     owner = await agent_sql.agent_owner(conn, chain_id, agent_id)
     if owner is None:
         raise not_found("no Registered event of this agent is known")

@@ -100,7 +100,10 @@ class McpKind:
         if event.agent_id is None:
             raise ResolveError("the event names no agent", transient=False)
         url = await self._resolver.mcp_endpoint(
-            event.chain_id, event.agent_id, time_limit=cfg.timeout_ms / 1000
+            event.chain_id,
+            event.agent_id,
+            time_limit=cfg.timeout_ms / 1000,
+            agent_registry=event.agent_registry,
         )
         try:
             destination = origin(url)

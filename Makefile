@@ -15,7 +15,7 @@ PROMTOOL_VERSION := v0.316.0
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps demo evm-deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench chaos backup restore fuzz-engine
+.PHONY: help deps demo evm-deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench-indexer bench chaos backup restore fuzz-engine
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -119,6 +119,9 @@ bench-matcher: infra ## matcher benchmark: events/s and per-event cost at 100 / 
 
 bench-dispatcher: infra ## dispatcher benchmark: REST actions/s, produced-to-received delay p50/p99
 	$(WITH_ENV) $(PY) -m tools.bench_dispatcher
+
+bench-indexer: infra evm-deps ## indexer backfill: blocks/s and events/s end to end against a raw eth_getLogs read
+	$(WITH_ENV) $(PY) -m tools.bench_indexer $(BENCH_ARGS)
 
 bench-templates: deps ## template rendering in the dispatcher's worker processes against in-process
 	$(PY) -m tools.bench_templates

@@ -8,14 +8,16 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from eth_abi.abi import encode
 from eth_hash.auto import keccak
 
 from services.indexer.abi import EVENTS, event_from_log
 from services.indexer.ingest_client import MAX_EVENTS_PER_POST, chunks
-from services.indexer.rpc import classify
+from services.indexer.rpc import JsonRpc, RpcError, classify
 from shared.contract.events import Registry, parse_events
+from tools.localnet import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -297,3 +299,18 @@ def test_docs_table_lists_every_layout_with_its_fields() -> None:
             told = "not in the log (only its hash)" if field is None else f"`{field}`"
             indexed = " (indexed)" if param.indexed else ""
             assert f"`{param.name}`{indexed} → {told}" in row, (e.signature, param.name)
+
+
+async def test_rpc_failures_never_carry_the_endpoints_url() -> None:
+    """RPC URLs often hold an API key: errors (logged, counted) name the method and the
+    kind of failure only. 127.0.0.1 on a port nothing listens on, bounded in time."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v3/secret-api-key-123"
+    async with aiohttp.ClientSession() as session:
+        rpc = JsonRpc(session, url, timeout=2.0)
+        with pytest.raises(RpcError) as caught:
+            await rpc.head()
+    assert caught.value.kind == "connection"
+    assert "secret-api-key" not in str(caught.value)
+    assert str(port) not in str(caught.value)
+    assert rpc.host == "127.0.0.1"

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.unit
 CHAIN = 8453
 REPUTATION = "0x" + "8004" * 10
 REVOKED = next(e for e in EVENTS if e.event_type == "FeedbackRevoked")
+NEW_FEEDBACK = next(e for e in EVENTS if e.event_type == "NewFeedback")
 
 
 def digest(*parts: object) -> str:
@@ -44,6 +45,8 @@ class FakeNode:
     lag: int = 0
     #: Newest blocks a range query leaves out (a log index trailing the block feed).
     log_lag: int = 0
+    #: Blocks with a registry log whose data does not decode.
+    bad_at: set[int] = field(default_factory=set)
     chain_id_served: int = CHAIN
 
     def hash_of(self, n: int) -> str:
@@ -61,9 +64,26 @@ class FakeNode:
         }
 
     def logs_of(self, n: int) -> list[dict[str, Any]]:
+        bad = [
+            {
+                "address": REPUTATION,
+                "topics": [
+                    NEW_FEEDBACK.topic0,
+                    "0x" + "00" * 32,
+                    "0x" + "00" * 32,
+                    "0x" + "11" * 32,
+                ],
+                "data": "0x1234",
+                "blockNumber": hex(n),
+                "blockHash": self.hash_of(n),
+                "transactionHash": digest("bad", n),
+                "logIndex": "0x5",
+                "removed": False,
+            }
+        ]
         if n not in self.events_at:
-            return []
-        return [
+            return bad if n in self.bad_at else []
+        return (bad if n in self.bad_at else []) + [
             {
                 "address": REPUTATION,
                 "topics": [
@@ -241,3 +261,14 @@ def test_the_fake_log_decodes_as_a_registry_event() -> None:
     )
     assert event is not None
     assert event["event_type"] == "FeedbackRevoked"
+
+
+async def test_a_log_that_does_not_decode_is_skipped_and_counted_not_blocking_its_chain() -> None:
+    node = FakeNode(height=40, events_at={20, 30}, bad_at={20, 25})
+    ingest = FakeIngest()
+    f = follower(node, ingest)
+    await f.resume()
+    await caught_up(f)
+    assert sorted(ingest.stored) == ["20-0", "30-0"]
+    skipped = f.metrics.skipped.labels(str(CHAIN), "undecodable")._value.get()
+    assert skipped == 2

@@ -48,8 +48,10 @@ WHERE job_id = ANY($1::text[])
 
 #: The agent's MCP token and its scope (NULL: any tool / any user), only while
 #: whoever set it still owns the agent (its latest
-#: canonical Registered or Transfer event names them): a token does not pass to the
-#: agent's next owner, nor to the server that owner's registration file names.
+#: canonical Registered or Transfer event names them; in the job's event's Identity
+#: registry, $3, when it names one): a token does not pass to the agent's next
+#: owner, nor to the server that owner's registration file names, nor to agent N of
+#: another registry on the chain that someone else owns.
 AGENT_CIPHERTEXT = f"""
 SELECT t.token_ciphertext, t.allowed_tools, t.allowed_users FROM agent_mcp_tokens t
 WHERE t.chain_id = $1 AND t.agent_id = $2

@@ -44,7 +44,9 @@ class JobStore(Protocol):
 
     async def lookups(self, jobs: Sequence[ActionJob]) -> Lookups: ...
 
-    async def agent_token(self, chain_id: int, agent_id: int) -> AgentToken | None: ...
+    async def agent_token(
+        self, chain_id: int, agent_id: int, agent_registry: str | None = None
+    ) -> AgentToken | None: ...
 
     async def record(self, row: ResultRow) -> None: ...
 
@@ -80,9 +82,11 @@ class PgJobStore:
             )
         return Lookups(actions, {r["n"] - 1: str(r["reorg_id"]) for r in rows})
 
-    async def agent_token(self, chain_id: int, agent_id: int) -> AgentToken | None:
+    async def agent_token(
+        self, chain_id: int, agent_id: int, agent_registry: str | None = None
+    ) -> AgentToken | None:
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(queries.AGENT_CIPHERTEXT, chain_id, agent_id)
+            row = await conn.fetchrow(queries.AGENT_CIPHERTEXT, chain_id, agent_id, agent_registry)
         if row is None:
             return None
         tools, users = row["allowed_tools"], row["allowed_users"]

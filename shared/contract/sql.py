@@ -14,10 +14,11 @@ CANONICAL: Final = """NOT EXISTS (
       AND r.created_at > e.created_at)"""
 
 #: The owner of agent ($2) of chain ($1): named by its latest canonical Registered
-#: or Transfer event.
+#: or Transfer event (of its Identity registry $3 when not NULL).
 AGENT_OWNER: Final = f"""SELECT e.owner FROM events e
     WHERE e.chain_id = $1 AND e.agent_id = $2 AND e.registry = 'identity'
       AND e.event_type IN ('Registered', 'Transfer') AND e.owner IS NOT NULL
+      AND ($3::text IS NULL OR e.agent_registry = $3)
       AND {CANONICAL}
     ORDER BY e.block_number DESC, e.log_index DESC, e.created_at DESC
     LIMIT 1"""  # noqa: S608 (constants)

@@ -58,7 +58,9 @@ class FakeStore:
         }
         return Lookups(dict(self.actions), replaced)
 
-    async def agent_token(self, chain_id: int, agent_id: int) -> AgentToken | None:
+    async def agent_token(
+        self, chain_id: int, agent_id: int, agent_registry: str | None = None
+    ) -> AgentToken | None:
         return None
 
     async def record(self, row: ResultRow) -> None:

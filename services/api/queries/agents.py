@@ -12,7 +12,7 @@ from shared.platform.db import Conn
 
 async def agent_owner(conn: Conn, chain_id: int, agent_id: int) -> str | None:
     """The owner named by the agent's latest canonical Registered or Transfer event."""
-    value: str | None = await conn.fetchval(AGENT_OWNER, chain_id, agent_id)
+    value: str | None = await conn.fetchval(AGENT_OWNER, chain_id, agent_id, None)
     return value
 
 

@@ -53,7 +53,8 @@ ZERO_HASH = "0x" + "0" * 64
 
 #: (chain id, agent id) -> the agent's encrypted MCP token and its scope, while its
 #: setter owns the agent.
-TokenLookup = Callable[[int, int], Awaitable[AgentToken | None]]
+#: (chain id, agent id, the agent's Identity registry when the event names it).
+TokenLookup = Callable[[int, int, str | None], Awaitable[AgentToken | None]]
 
 
 class McpKind:
@@ -113,7 +114,7 @@ class McpKind:
             ) from None
         token = None
         if self._may_carry_token(url):
-            stored = await self._agent_token(event.chain_id, event.agent_id)
+            stored = await self._agent_token(event.chain_id, event.agent_id, event.agent_registry)
             # Only on the calls its owner allowed: this user's triggers, these tools.
             if stored is not None and stored.allows(user_id=job.user_id, tool=cfg.tool_name):
                 token = self._secrets.decrypt(

@@ -31,7 +31,7 @@ A state row (JSON-able)::
   crossing mode (the level with hysteresis).
 - rate_limit: ``{"window": [[timestamp, version, client_address, feedback_index,
   block_number, agent], ...]}`` sorted by timestamp (chain order), ``agent`` the
-  agent id, or ``"<registry contract>|<Identity registry>:<id>"`` for events that
+  agent id, or ``"<registry contract>|<Identity registry>/<id>"`` for events that
   name their registries;
   client_address/feedback_index are set for NewFeedback only (what a
   FeedbackRevoked withdraws). After taking an event the window forgets the entries
@@ -237,13 +237,14 @@ def forget_removed(trigger: TriggerSpec, state: Mapping[str, Any]) -> State:
 
 def agent_key(event: Event) -> str:
     """The state row of an agent ('' for an event without agent): its id, after its
-    Identity registry's address when the event names one (``0x…:7``), so agent 7 of
+    Identity registry's address when the event names one (``0x…/7``: no colon, which
+    separates a tick record's scope from its tick), so agent 7 of
     two registries on one chain are two agents (docs/semantics.md §4)."""
     if event.agent_id is None:
         return ""
     if event.agent_registry is None:
         return str(event.agent_id)
-    return f"{event.agent_registry}:{event.agent_id}"
+    return f"{event.agent_registry}/{event.agent_id}"
 
 
 def _window_agent(event: Event) -> int | str | None:
@@ -252,7 +253,7 @@ def _window_agent(event: Event) -> int | str | None:
     registry contract, the agent's Identity registry and the id."""
     if event.registry_address is None and event.agent_registry is None:
         return event.agent_id
-    return f"{event.registry_address}|{event.agent_registry}:{event.agent_id}"
+    return f"{event.registry_address}|{event.agent_registry}/{event.agent_id}"
 
 
 def scope_keys(trigger: TriggerSpec, event: Event) -> tuple[str, ...]:

@@ -141,8 +141,8 @@ def tick_scope(record_key: str) -> str | None:
 
 def scope_order(scope: str) -> tuple[bool, str, int]:
     """Scope rows in the order ticks visit them: the trigger's, then agents by their
-    Identity registry (none first) and id (rows are ``7`` or ``0x…:7``)."""
-    registry, _, agent = scope.rpartition(":")
+    Identity registry (none first) and id (rows are ``7`` or ``0x…/7``)."""
+    registry, _, agent = scope.rpartition("/")
     return (scope != "", registry, int(agent) if agent.isdigit() else -1)
 
 

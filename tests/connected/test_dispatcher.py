@@ -146,8 +146,8 @@ async def test_rest_delivered_after_retries_signed_with_one_idempotency_key(
     assert {s.headers["webhook-id"] for s in receiver.seen} == {job.job_id}
     assert {s.path for s in receiver.seen} == {"/hooks/7"}
     assert receiver.seen[0].json() == {"agent": "7", "who": "test trigger"}
-    # Backoff: the attempts are spread out, not immediate.
-    assert receiver.seen[2].at - receiver.seen[0].at > 0.05
+    # The waits between attempts are full jitter (uniform from 0): their spread is
+    # random, so it is checked where the draw is fixed (unit/test_dispatcher.py).
 
 
 async def test_a_replaced_event_is_retracted_and_its_replacement_delivered(

@@ -396,12 +396,19 @@ def tick_time(step: Step) -> int:
 
 def scope_row(trigger: dict[str, Any], version: str, steps: list[Step]) -> str:
     """The state row an absence firing reported as ``version`` fired (explain["scope"]):
-    '' for the trigger scope, else the agent id of the silence's last matching event."""
+    '' for the trigger scope, else the agent of the silence's last matching event: its
+    id, after its Identity registry when the event names one (``0x…/7``)."""
     (absence,) = [c for c in trigger["conditions"] if c["condition_type"] == "absence"]
     if (absence.get("config") or {}).get("scope") != "agent":
         return ""
-    (agent,) = {e.agent_id for kind, e in steps if kind == "event" and version_key(e) == version}
-    return "" if agent is None else str(agent)
+    ((registry, agent),) = {
+        (e.agent_registry, e.agent_id)
+        for kind, e in steps
+        if kind == "event" and version_key(e) == version
+    }
+    if agent is None:
+        return ""
+    return str(agent) if registry is None else f"{registry}/{agent}"
 
 
 def explain_difference(

@@ -462,8 +462,8 @@ async def test_two_deployments_on_one_chain_keep_their_agents_apart(
         assert sorted(row["registry_address"] for row in mine) == sorted(
             [identity] * 3 + [r.reputation.address.lower()] * (1 if r is old else 2)
         )
-    old_scope = f"{old.identity.address.lower()}:0"
-    new_scope = f"{new.identity.address.lower()}:0"
+    old_scope = f"{old.identity.address.lower()}/0"
+    new_scope = f"{new.identity.address.lower()}/0"
     jobs = await matcher.jobs(expect=1)
     assert [j.event.agent_registry for j in jobs] == [old.identity.address.lower()]
     deadline = time.monotonic() + 30

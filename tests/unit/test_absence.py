@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from shared.contract.events import version_key
 from shared.contract.triggers import TriggerCreate
 from shared.engine.evaluate import due_at, evaluate, forget_removed, scope_keys, tick
-from shared.engine.replay import Replay, tick_record
+from shared.engine.replay import Replay, scope_order, tick_record, tick_scope
 from tests.unit.test_evaluate import BASE, cond, fb, group, revoke, trig
 
 pytestmark = pytest.mark.unit
@@ -174,3 +174,21 @@ def test_an_edit_of_the_cooldown_moves_the_due_time_of_every_row() -> None:
         plain.state_signature
         == trig(cond("score_threshold", ">", "5"), cooldown=70).state_signature
     )
+
+
+def test_a_tick_records_scope_is_read_back_whole_for_agents_of_named_registries() -> None:
+    """A firing tick's record names its scope row: with agents of named Identity
+    registries (``0x…/7``) the row must come back whole, or a redelivered tick fires
+    the silence again (the live differential test caught it with ':' in the row)."""
+    registry = "0x" + "ab" * 20
+    for scope in ("", "7", f"{registry}/7"):
+        for key in ("hb:1-20@0x" + "cd" * 32, "1-20-3@0x" + "ef" * 32):
+            assert tick_scope(tick_record(scope, key)) == scope
+    rows = [f"{registry}/2", "", "3", f"{registry}/10", "0x" + "00" * 20 + "/99"]
+    assert sorted(rows, key=scope_order) == [
+        "",
+        "3",
+        "0x" + "00" * 20 + "/99",
+        f"{registry}/2",
+        f"{registry}/10",
+    ]

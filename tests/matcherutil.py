@@ -9,6 +9,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -187,3 +188,25 @@ class Matching(UnderTest):
             self.bootstrap, self.actions_topic, expect=expect, within=60, settle=1.5
         )
         return [ActionJob.parse(r.value) for r in records]
+
+
+#: An EMA (alpha 0.5) below 40, of the whole trigger.
+EMA_BELOW_40 = [
+    {"condition_type": "ema_threshold", "field": "score", "operator": "<", "value": "40",
+     "config": {"alpha": "0.5"}},
+]  # fmt: skip
+
+
+async def ema_of(db: asyncpg.Connection, trigger: str, scope: str = "") -> Decimal | None:
+    """The EMA a one-condition trigger keeps in a state row ('' the trigger's); None
+    without one (no row, or a row a recomputation emptied)."""
+    state = await db.fetchval(
+        "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = $2",
+        trigger,
+        scope,
+    )
+    conditions = (state or {}).get("conditions") or {}
+    if not conditions:
+        return None
+    (ema,) = conditions.values()
+    return Decimal(ema["ema"]) if ema.get("ema") is not None else None

@@ -10,7 +10,6 @@ import subprocess
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -30,8 +29,10 @@ from shared.engine.trigger_index import TriggerIndex
 from shared.platform.db import register_codecs
 from tests.apiutil import store_events
 from tests.matcherutil import (
+    EMA_BELOW_40,
     Matching,
     chains_over_partitions,
+    ema_of,
     insert_trigger,
     insert_user,
     random_chain,
@@ -353,20 +354,6 @@ async def test_retraction_takes_events_out_of_rate_windows(
     assert len(entries) == 4
     assert version_key(canonical) in {entry[1] for entry in entries}
     assert not {version_key(e) for e in replaced} & {entry[1] for entry in entries}
-
-
-EMA_BELOW_40 = [
-    {"condition_type": "ema_threshold", "field": "score", "operator": "<", "value": "40",
-     "config": {"alpha": "0.5"}},
-]  # fmt: skip
-
-
-async def ema_of(db: asyncpg.Connection, trigger: str) -> Decimal | None:
-    state = await db.fetchval(
-        "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = ''", trigger
-    )
-    (ema,) = state["conditions"].values()
-    return Decimal(ema["ema"]) if ema.get("ema") is not None else None
 
 
 async def test_a_revocation_recomputes_the_ema_and_the_arming(

@@ -35,7 +35,7 @@ from tests.indexerutil import (
     stored,
 )
 from tests.ingestutil import Client
-from tests.matcherutil import Matching, insert_trigger
+from tests.matcherutil import EMA_BELOW_40, Matching, ema_of, insert_trigger
 from tests.procs import ServiceProcess
 from tests.rpcproxy import FaultPlan, rpc_proxy
 from tools.evmnode import CHAIN_ID, Chain
@@ -350,22 +350,6 @@ async def test_two_replicas_follow_a_chain_one_at_a_time_and_hand_over_on_kill(
     assert len({(r["block_number"], r["log_index"]) for r in rows}) == len(rows) == 13
 
 
-EMA_BELOW_40 = [
-    {"condition_type": "ema_threshold", "field": "score", "operator": "<", "value": "40",
-     "config": {"alpha": "0.5"}},
-]  # fmt: skip
-
-
-async def ema_of(db: asyncpg.Connection, trigger: str) -> Decimal | None:
-    state = await db.fetchval(
-        "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = ''", trigger
-    )
-    if state is None:
-        return None
-    (ema,) = state["conditions"].values()
-    return Decimal(ema["ema"]) if ema.get("ema") is not None else None
-
-
 async def wait_ema(db: asyncpg.Connection, trigger: str, value: Decimal, *, within: float) -> None:
     deadline = time.monotonic() + within
     while (found := await ema_of(db, trigger)) != value:
@@ -415,19 +399,6 @@ async def test_triggers_fire_on_chain_made_events_and_a_real_reorg_corrects_thei
     await wait_ema(db, trigger, Decimal("37.5"), within=30)  # 60, 90, then 0
 
 
-async def agent_ema(db: asyncpg.Connection, trigger: str, scope: str) -> Decimal | None:
-    state = await db.fetchval(
-        "SELECT state_data FROM trigger_state WHERE trigger_id = $1 AND scope_key = $2",
-        trigger,
-        scope,
-    )
-    conditions = (state or {}).get("conditions") or {}  # a recomputation may empty it
-    if not conditions:
-        return None
-    (ema,) = conditions.values()
-    return Decimal(ema["ema"]) if ema.get("ema") is not None else None
-
-
 @pytest.mark.slow
 async def test_two_deployments_on_one_chain_keep_their_agents_apart(
     evm: Chain,  # noqa: F811 (fixture)
@@ -467,7 +438,7 @@ async def test_two_deployments_on_one_chain_keep_their_agents_apart(
     jobs = await matcher.jobs(expect=1)
     assert [j.event.agent_registry for j in jobs] == [old.identity.address.lower()]
     deadline = time.monotonic() + 30
-    while await agent_ema(db, trigger, old_scope) != 10:
+    while await ema_of(db, trigger, old_scope) != 10:
         assert time.monotonic() < deadline, "the old deployment's agent has no EMA of 10"
         await asyncio.sleep(0.2)
     evaluated = 0
@@ -475,5 +446,5 @@ async def test_two_deployments_on_one_chain_keep_their_agents_apart(
         assert time.monotonic() < deadline, f"{evaluated} of 3 evaluations"
         evaluated = await db.fetchval("SELECT count(*) FROM trigger_evaluations")
         await asyncio.sleep(0.2)
-    assert await agent_ema(db, trigger, new_scope) is None  # its only feedback revoked
-    assert await agent_ema(db, trigger, old_scope) == 10  # the same client and index, kept
+    assert await ema_of(db, trigger, new_scope) is None  # its only feedback revoked
+    assert await ema_of(db, trigger, old_scope) == 10  # the same client and index, kept

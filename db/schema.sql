@@ -691,7 +691,8 @@ CREATE TABLE public.agent_mcp_token_nonces (
     agent_id bigint NOT NULL,
     nonce text NOT NULL,
     expires_at timestamp with time zone NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    agent_registry text DEFAULT ''::text NOT NULL
 );
 
 
@@ -707,7 +708,8 @@ CREATE TABLE public.agent_mcp_tokens (
     created_at timestamp with time zone DEFAULT now(),
     updated_at timestamp with time zone DEFAULT now(),
     allowed_tools text[],
-    allowed_users text[]
+    allowed_users text[],
+    agent_registry text DEFAULT ''::text NOT NULL
 );
 
 
@@ -1555,7 +1557,7 @@ ALTER TABLE ONLY public.action_results
 --
 
 ALTER TABLE ONLY public.agent_mcp_token_nonces
-    ADD CONSTRAINT agent_mcp_token_nonces_pkey PRIMARY KEY (chain_id, agent_id, nonce);
+    ADD CONSTRAINT agent_mcp_token_nonces_pkey PRIMARY KEY (chain_id, agent_registry, agent_id, nonce);
 
 
 --
@@ -1563,7 +1565,7 @@ ALTER TABLE ONLY public.agent_mcp_token_nonces
 --
 
 ALTER TABLE ONLY public.agent_mcp_tokens
-    ADD CONSTRAINT agent_mcp_tokens_pkey PRIMARY KEY (chain_id, agent_id);
+    ADD CONSTRAINT agent_mcp_tokens_pkey PRIMARY KEY (chain_id, agent_registry, agent_id);
 
 
 --
@@ -3444,4 +3446,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261206150000'),
     ('20261206160000'),
     ('20261207090000'),
-    ('20261208090000');
+    ('20261208090000'),
+    ('20261208100000');

@@ -53,12 +53,14 @@ def mcp_token_message(
     allowed_users: list[str] | None,
     nonce: str,
     expires_at: int,
+    registry: str = "",
 ) -> str:
     return "\n".join(
         (
             "ERC-8004 MCP token",
             f"deployment: {deployment}",
             f"chain_id: {chain_id}",
+            *_registry_line(registry),
             f"agent_id: {agent_id}",
             f"token_sha256: {token_sha256(token)}",
             f"allowed_tools: {scope_text(allowed_tools)}",
@@ -69,14 +71,26 @@ def mcp_token_message(
     )
 
 
+def _registry_line(registry: str) -> tuple[str, ...]:
+    """``registry: <Identity registry>`` when the token names one (else no line)."""
+    return (f"registry: {registry}",) if registry else ()
+
+
 def mcp_token_removal_message(
-    *, deployment: str, chain_id: int, agent_id: int, nonce: str, expires_at: int
+    *,
+    deployment: str,
+    chain_id: int,
+    agent_id: int,
+    nonce: str,
+    expires_at: int,
+    registry: str = "",
 ) -> str:
     return "\n".join(
         (
             "ERC-8004 MCP token removal",
             f"deployment: {deployment}",
             f"chain_id: {chain_id}",
+            *_registry_line(registry),
             f"agent_id: {agent_id}",
             f"nonce: {nonce}",
             f"expires_at: {expires_at}",

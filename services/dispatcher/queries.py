@@ -51,11 +51,15 @@ WHERE job_id = ANY($1::text[])
 #: canonical Registered or Transfer event names them; in the job's event's Identity
 #: registry, $3, when it names one): a token does not pass to the agent's next
 #: owner, nor to the server that owner's registration file names, nor to agent N of
-#: another registry on the chain that someone else owns.
+#: another registry on the chain that someone else owns. A token set for the agent's
+#: own registry comes before one set without a registry ('').
 AGENT_CIPHERTEXT = f"""
-SELECT t.token_ciphertext, t.allowed_tools, t.allowed_users FROM agent_mcp_tokens t
-WHERE t.chain_id = $1 AND t.agent_id = $2
+SELECT t.token_ciphertext, t.allowed_tools, t.allowed_users, t.agent_registry
+FROM agent_mcp_tokens t
+WHERE t.chain_id = $1 AND t.agent_id = $2 AND t.agent_registry IN (coalesce($3, ''), '')
   AND lower(t.owner_address) = lower(({AGENT_OWNER}))
+ORDER BY t.agent_registry DESC
+LIMIT 1
 """  # noqa: S608 (constants)
 
 #: One row per attempt of a run; a second recording of the same attempt is a no-op.

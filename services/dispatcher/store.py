@@ -94,6 +94,7 @@ class PgJobStore:
             row["token_ciphertext"],
             None if tools is None else frozenset(tools),
             None if users is None else frozenset(users),
+            row["agent_registry"],
         )
 
     async def record(self, row: ResultRow) -> None:

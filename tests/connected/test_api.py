@@ -1199,6 +1199,7 @@ def token_body(key: PrivateKey, agent: int, token: str, **kw: Any) -> dict[str, 
         allowed_users=None if users == "*" else users,
         nonce=nonce,
         expires_at=expires_at,
+        registry=kw.pop("registry", ""),
     )
     return {"token": token, "nonce": nonce, "expires_at": expires_at, "allowed_tools": tools,
             "allowed_users": users, "signature": sign(key, message)}  # fmt: skip
@@ -1412,3 +1413,58 @@ async def test_a_url_template_that_could_move_the_host_is_refused(
     )
     assert resp.status == 422
     assert "templates may not be in the scheme" in await resp.text()
+
+
+async def test_an_agent_id_of_two_identity_registries_takes_tokens_by_registry(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """Issue 15: agent 5 of an old and of a new Identity registry on one chain are two
+    agents with two owners. Without a registry the token is refused (409: which agent
+    is meant); with ?registry= it is the owner of that registry's agent who signs,
+    the signed message names the registry, and each agent has a token of its own."""
+    auth = await signup(client)
+    old, new = "0x" + "01" * 20, "0x" + "02" * 20
+    alice, bob = PrivateKey(b"\x41" * 32), PrivateKey(b"\x42" * 32)
+    registered = [
+        an_event(
+            CHAIN, block, event_type="Registered", agent_id=5,
+            owner=key.public_key.to_checksum_address(), registry_address=registry,
+        )
+        for block, key, registry in ((20, alice, old), (21, bob, new))
+    ]  # fmt: skip
+    await store_events(db, registered)
+    url = f"/v1/agents/{CHAIN}/5/mcp-token"
+    resp = await client.put(url, json=token_body(alice, 5, "t0"), headers=auth)
+    assert resp.status == 409
+    assert "registry" in (await resp.json())["error"]
+    # alice owns agent 5 of the old registry, not of the new one
+    for_new = token_body(alice, 5, "t1", registry=new)
+    assert (await client.put(f"{url}?registry={new}", json=for_new, headers=auth)).status == 403
+    # a signature without the registry line does not pass for a registry
+    unnamed = token_body(alice, 5, "t2")
+    assert (await client.put(f"{url}?registry={old}", json=unnamed, headers=auth)).status == 403
+    for key, registry, token in ((alice, old, "old-token"), (bob, new, "new-token")):
+        body = token_body(key, 5, token, registry=registry)
+        resp = await client.put(
+            f"{url}?registry={registry.upper().replace('0X', '0x')}", json=body, headers=auth
+        )
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["agent_registry"] == registry
+    rows = await db.fetch(
+        "SELECT agent_registry, token_ciphertext FROM agent_mcp_tokens WHERE chain_id = $1"
+        " AND agent_id = 5 ORDER BY agent_registry",
+        CHAIN,
+    )
+    box = SecretBox(SECRETS_KEY)
+    assert [
+        (
+            r["agent_registry"],
+            box.decrypt(
+                r["token_ciphertext"], context=f"agent_mcp_tokens:{CHAIN}:{r['agent_registry']}:5"
+            ),
+        )
+        for r in rows
+    ] == [(old, "old-token"), (new, "new-token")]
+    bad = await client.put(f"{url}?registry=0x12", json=for_new, headers=auth)
+    assert bad.status == 422
+    assert (await bad.json())["details"][0]["loc"] == ["query", "registry"]

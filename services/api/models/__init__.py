@@ -22,6 +22,7 @@ from services.api.models.accounts import (
     UserOut,
 )
 from services.api.models.agents import (
+    AgentQuery,
     McpTokenIn,
     McpTokenOut,
     McpTokenRemovalIn,
@@ -52,6 +53,7 @@ __all__ = [
     "ActionOut",
     "ActionPatch",
     "ActionStatOut",
+    "AgentQuery",
     "ApiKeyCreated",
     "ApiKeyIn",
     "ApiKeyOut",

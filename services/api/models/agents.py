@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, Strict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, StringConstraints
 
 from services.api.models._shared import _Body, _Out
 from shared.contract.event_fields import (
     INT63_MAX,
+    Address,
 )
 
 
@@ -39,11 +40,22 @@ class McpTokenIn(McpTokenRemovalIn):
 class McpTokenOut(_Out):
     chain_id: int
     agent_id: int
+    #: The Identity registry the token's agent belongs to ('' : not named).
+    agent_registry: str
     owner_address: str
     #: None: every tool / every user ("*" in the signed message).
     allowed_tools: list[str] | None
     allowed_users: list[str] | None
     updated_at: datetime | None
+
+
+class AgentQuery(BaseModel):
+    """Which deployment's agent: its Identity registry's address, needed where two
+    registries of the chain hold an agent of this id (and signed as ``registry:``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    registry: Address | None = None
 
 
 class SigningDomainOut(_Out):

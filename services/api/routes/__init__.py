@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.api.models import (
     ActionStatOut,
+    AgentQuery,
     ApiKeyCreated,
     ApiKeyIn,
     ApiKeyOut,
@@ -176,7 +177,7 @@ ROUTES: tuple[Route, ...] = (
           )),
     Route("PUT", "/v1/agents/{chain_id}/{agent_id}/mcp-token", put_mcp_token,
           "Set an agent's MCP bearer token (signed by its owner)", 200, McpTokenOut, McpTokenIn,
-          path_params=_AGENT,
+          path_params=_AGENT, query=AgentQuery,
           errors=(403, 404, 409, 429), tag="agents",
           description=(
               "The body carries the token, its scope (`allowed_tools`: the tool names a "
@@ -184,6 +185,7 @@ ROUTES: tuple[Route, ...] = (
               "it; either may be `\"*\"` for any) and an EIP-191 (personal_sign) "
               "signature, by the agent's current owner, of the lines `ERC-8004 MCP token`, "
               "`deployment: <see GET /v1/agents/signing-domain>`, `chain_id: <id>`, "
+              "`registry: <the query's registry>` (only when given), "
               "`agent_id: <id>`, `token_sha256: 0x<hex>`, `allowed_tools: <names joined "
               "by , or *>`, `allowed_users: <ids joined by , or *>`, `nonce: <nonce>`, "
               "`expires_at: <unix seconds>` joined by `\\n`. A nonce is accepted once; the "
@@ -194,12 +196,13 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/agents/{chain_id}/{agent_id}/mcp-token", delete_mcp_token,
           "Remove an agent's MCP bearer token (signed by its owner)", 204, None,
           McpTokenRemovalIn,
-          path_params=_AGENT,
+          path_params=_AGENT, query=AgentQuery,
           errors=(403, 404, 409, 429), tag="agents",
           description=(
               "The body carries an EIP-191 (personal_sign) signature, by the agent's "
               "current owner, of the lines `ERC-8004 MCP token removal`, `deployment: "
               "<see GET /v1/agents/signing-domain>`, `chain_id: <id>`, "
+              "`registry: <the query's registry>` (only when given), "
               "`agent_id: <id>`, `nonce: <nonce>`, `expires_at: <unix seconds>` joined by "
               "`\\n`; nonce and expiry as for setting it. MCP actions of the agent then "
               "call its server without a token."

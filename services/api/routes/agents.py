@@ -21,10 +21,17 @@ from services.api.common import (
     json_ok,
     not_found,
     parse_body,
+    parse_query,
     path_int,
     user_id,
 )
-from services.api.models import McpTokenIn, McpTokenOut, McpTokenRemovalIn, SigningDomainOut
+from services.api.models import (
+    AgentQuery,
+    McpTokenIn,
+    McpTokenOut,
+    McpTokenRemovalIn,
+    SigningDomainOut,
+)
 from services.api.queries import ACQUIRE_SECONDS, STATEMENT_TIMEOUT
 from services.api.queries import agents as agent_sql
 from services.api.routes._shared import log
@@ -42,10 +49,13 @@ from shared.contract.event_fields import (
 MAX_SIGNATURE_VALIDITY = 3600
 
 
-def _agent_path(request: web.Request) -> tuple[int, int]:
+def _agent_path(request: web.Request) -> tuple[int, int, str]:
+    """(chain id, agent id, its Identity registry from ``?registry=``; '' when not named)."""
+    registry = parse_query(request, AgentQuery).registry
     return (
         path_int(request, "chain_id", low=1, high=INT32_MAX),
         path_int(request, "agent_id", low=0, high=INT63_MAX),
+        registry or "",
     )
 
 
@@ -75,31 +85,38 @@ async def _signer(request: web.Request, body: McpTokenRemovalIn, message: str) -
 
 
 async def _owner_check(
-    conn: Any, chain_id: int, agent_id: int, signer: str, body: McpTokenRemovalIn
+    conn: Any, chain_id: int, agent_id: int, *, registry: str, signer: str, body: McpTokenRemovalIn
 ) -> str:
     """The agent's current owner, if it is the signer and the nonce is new."""
-    if await agent_sql.identity_registries(conn, chain_id, agent_id) > 1:
-        # Which deployment's agent the token is for is not in the path nor the signed
-        # message yet: refused rather than given to another registry's agent.
+    if not registry and await agent_sql.identity_registries(conn, chain_id, agent_id) > 1:
         raise ApiError(
             409,
-            f"agent {agent_id} exists in several Identity registries of chain {chain_id}; "
-            "MCP tokens for chains with several deployments are not supported yet",
+            f"agent {agent_id} exists in several Identity registries of chain {chain_id}: "
+            "name the agent's registry (?registry=0x…, signed as `registry:`)",
         )
-    owner = await agent_sql.agent_owner(conn, chain_id, agent_id)
+    owner = await agent_sql.agent_owner(conn, chain_id, agent_id, registry)
     if owner is None:
         raise not_found("no Registered event of this agent is known")
     if owner.lower() != signer:
         log.info("mcp token refused: not the owner", chain_id=chain_id, agent_id=agent_id)
         raise ApiError(403, "the signature is not by the agent's current owner")
     expires = datetime.fromtimestamp(body.expires_at, UTC)
-    if not await agent_sql.use_nonce(conn, chain_id, agent_id, body.nonce, expires):
+    if not await agent_sql.use_nonce(
+        conn, chain_id, agent_id, registry=registry, nonce=body.nonce, expires_at=expires
+    ):
         raise ApiError(409, "this signed message was used already (nonce)")
     return owner.lower()
 
 
+def _context(chain_id: int, agent_id: int, registry: str) -> str:
+    """The encryption context of an agent's token (the row it belongs to)."""
+    if not registry:
+        return f"agent_mcp_tokens:{chain_id}:{agent_id}"
+    return f"agent_mcp_tokens:{chain_id}:{registry}:{agent_id}"
+
+
 async def put_mcp_token(request: web.Request) -> web.Response:
-    chain_id, agent_id = _agent_path(request)
+    chain_id, agent_id, registry = _agent_path(request)
     body = await parse_body(request, McpTokenIn)
     token = body.token.get_secret_value()
     tools = None if body.allowed_tools == "*" else body.allowed_tools
@@ -113,18 +130,22 @@ async def put_mcp_token(request: web.Request) -> web.Response:
         allowed_users=users,
         nonce=body.nonce,
         expires_at=body.expires_at,
+        registry=registry,
     )
     signer = await _signer(request, body, message)
     async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
         await conn.execute("SELECT set_config('statement_timeout', $1, true)", STATEMENT_TIMEOUT)
-        owner = await _owner_check(conn, chain_id, agent_id, signer, body)
+        owner = await _owner_check(
+            conn, chain_id, agent_id, registry=registry, signer=signer, body=body
+        )
         ciphertext = request.app[SECRETS].encrypt(
-            token, context=f"agent_mcp_tokens:{chain_id}:{agent_id}"
+            token, context=_context(chain_id, agent_id, registry)
         )
         row = await agent_sql.upsert_mcp_token(
             conn,
             chain_id,
             agent_id,
+            registry=registry,
             ciphertext=ciphertext,
             owner=owner,
             allowed_tools=tools,
@@ -135,7 +156,7 @@ async def put_mcp_token(request: web.Request) -> web.Response:
 
 
 async def delete_mcp_token(request: web.Request) -> web.Response:
-    chain_id, agent_id = _agent_path(request)
+    chain_id, agent_id, registry = _agent_path(request)
     body = await parse_body(request, McpTokenRemovalIn)
     message = mcp_token_removal_message(
         deployment=request.app[SETTINGS].deployment(),
@@ -143,12 +164,13 @@ async def delete_mcp_token(request: web.Request) -> web.Response:
         agent_id=agent_id,
         nonce=body.nonce,
         expires_at=body.expires_at,
+        registry=registry,
     )
     signer = await _signer(request, body, message)
     async with request.app[POOL].acquire(timeout=ACQUIRE_SECONDS) as conn, conn.transaction():
         await conn.execute("SELECT set_config('statement_timeout', $1, true)", STATEMENT_TIMEOUT)
-        await _owner_check(conn, chain_id, agent_id, signer, body)
-        if not await agent_sql.delete_mcp_token(conn, chain_id, agent_id):
+        await _owner_check(conn, chain_id, agent_id, registry=registry, signer=signer, body=body)
+        if not await agent_sql.delete_mcp_token(conn, chain_id, agent_id, registry):
             raise not_found("no MCP token is stored for this agent")
     log.info("mcp token deleted", chain_id=chain_id, agent_id=agent_id)
     return web.Response(status=204)

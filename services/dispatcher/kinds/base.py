@@ -132,6 +132,8 @@ class AgentToken:
     ciphertext: bytes
     allowed_tools: frozenset[str] | None
     allowed_users: frozenset[str] | None
+    #: The Identity registry its row names ('' : set without one).
+    agent_registry: str = ""
 
     def allows(self, *, user_id: str, tool: str) -> bool:
         return (self.allowed_users is None or user_id in self.allowed_users) and (

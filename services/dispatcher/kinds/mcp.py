@@ -117,9 +117,11 @@ class McpKind:
             stored = await self._agent_token(event.chain_id, event.agent_id, event.agent_registry)
             # Only on the calls its owner allowed: this user's triggers, these tools.
             if stored is not None and stored.allows(user_id=job.user_id, tool=cfg.tool_name):
+                # The context the API sealed it with: its row, registry named or not.
+                row = (event.chain_id, stored.agent_registry, event.agent_id)
                 token = self._secrets.decrypt(
                     stored.ciphertext,
-                    context=f"agent_mcp_tokens:{event.chain_id}:{event.agent_id}",
+                    context="agent_mcp_tokens:" + ":".join(str(part) for part in row if part != ""),
                 )
         return Target(destination=destination, url=url, secret=token)
 

@@ -1468,3 +1468,10 @@ async def test_an_agent_id_of_two_identity_registries_takes_tokens_by_registry(
     bad = await client.put(f"{url}?registry=0x12", json=for_new, headers=auth)
     assert bad.status == 422
     assert (await bad.json())["details"][0]["loc"] == ["query", "registry"]
+    # the events of one registry's agent
+    listed = await client.get(
+        f"/v1/events?chain_id={CHAIN}&agent_id=5&agent_registry={new}", headers=auth
+    )
+    assert [(e["block_number"], e["agent_registry"]) for e in (await listed.json())["items"]] == [
+        (21, new)
+    ]

@@ -15,6 +15,7 @@ from shared.contract.actions import ActionType
 from shared.contract.event_fields import (
     INT32_MAX,
     INT63_MAX,
+    Address,
 )
 from shared.contract.events import (
     Registry,
@@ -32,6 +33,8 @@ class EventsQuery(_TimeRange):
     registry: Registry | None = None
     event_type: EventType | None = None
     agent_id: QUint63 | None = None
+    #: The agent's Identity registry (events that name one; with agent_id, that agent).
+    agent_registry: Address | None = None
     from_block: QUint63 | None = None
     to_block: QUint63 | None = None
 

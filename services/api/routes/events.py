@@ -64,6 +64,7 @@ async def list_events(request: web.Request) -> web.Response:
         ("registry", None if query.registry is None else query.registry.value),
         ("event_type", query.event_type),
         ("agent_id", query.agent_id),
+        ("agent_registry", query.agent_registry),
     ):
         if value is not None:
             where.add(f"e.{column} = {{}}", value)

@@ -81,8 +81,15 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     app[SECRETS] = SecretBox(settings.secrets_key)
     app[PROXIES] = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")
     app[PRODUCER] = JobProducer(settings.kafka_bootstrap_servers, settings.actions_topic)
+    # Kafka is informational: only a redrive produces to it (503 without it), so the
+    # API stays in its Service while the broker is away (issue 16).
     frame_web_app(
-        app, settings, pool=POOL, registry=registry, on_pool=_refuse_to_bypass_row_security
+        app,
+        settings,
+        pool=POOL,
+        registry=registry,
+        kafka_required=False,
+        on_pool=_refuse_to_bypass_row_security,
     )
 
     async def producer(app: web.Application) -> AsyncIterator[None]:

@@ -152,6 +152,16 @@ RESERVED_HEADERS: Final = frozenset(
 FOLLOWS_REDIRECTS: Final = frozenset({"accept", "user-agent", "content-type", "content-encoding"})
 
 
+def mcp_token_context(chain_id: int, agent_id: int, registry: str = "") -> str:
+    """The encryption context of an agent's MCP token: the row it belongs to
+    (``agent_mcp_tokens:<chain>:<agent>``, or with its Identity registry named,
+    ``agent_mcp_tokens:<chain>:<registry>:<agent>``). The API seals with it, the
+    dispatcher opens with it."""
+    if not registry:
+        return f"agent_mcp_tokens:{chain_id}:{agent_id}"
+    return f"agent_mcp_tokens:{chain_id}:{registry}:{agent_id}"
+
+
 def is_reserved_header(name: str) -> bool:
     lower = name.lower()
     return lower in RESERVED_HEADERS or lower.startswith("proxy-")

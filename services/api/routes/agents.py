@@ -40,6 +40,7 @@ from services.api.signatures import (
     mcp_token_removal_message,
     recover_signer,
 )
+from shared.contract.actions import mcp_token_context
 from shared.contract.event_fields import (
     INT32_MAX,
     INT63_MAX,
@@ -108,13 +109,6 @@ async def _owner_check(
     return owner.lower()
 
 
-def _context(chain_id: int, agent_id: int, registry: str) -> str:
-    """The encryption context of an agent's token (the row it belongs to)."""
-    if not registry:
-        return f"agent_mcp_tokens:{chain_id}:{agent_id}"
-    return f"agent_mcp_tokens:{chain_id}:{registry}:{agent_id}"
-
-
 async def put_mcp_token(request: web.Request) -> web.Response:
     chain_id, agent_id, registry = _agent_path(request)
     body = await parse_body(request, McpTokenIn)
@@ -139,7 +133,7 @@ async def put_mcp_token(request: web.Request) -> web.Response:
             conn, chain_id, agent_id, registry=registry, signer=signer, body=body
         )
         ciphertext = request.app[SECRETS].encrypt(
-            token, context=_context(chain_id, agent_id, registry)
+            token, context=mcp_token_context(chain_id, agent_id, registry)
         )
         row = await agent_sql.upsert_mcp_token(
             conn,

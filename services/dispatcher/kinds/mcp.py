@@ -37,7 +37,7 @@ from services.dispatcher.kinds.base import (
 from services.dispatcher.registration import ResolveError, Resolver
 from services.dispatcher.renderer import Renderer, RendererBusyError
 from services.dispatcher.templates import TemplateRenderError, context_of, render_json_object
-from shared.contract.actions import ActionConfig, McpConfig
+from shared.contract.actions import ActionConfig, McpConfig, mcp_token_context
 from shared.contract.jobs import ActionJob
 from shared.outbound.policy import (
     OutboundError,
@@ -117,11 +117,11 @@ class McpKind:
             stored = await self._agent_token(event.chain_id, event.agent_id, event.agent_registry)
             # Only on the calls its owner allowed: this user's triggers, these tools.
             if stored is not None and stored.allows(user_id=job.user_id, tool=cfg.tool_name):
-                # The context the API sealed it with: its row, registry named or not.
-                row = (event.chain_id, stored.agent_registry, event.agent_id)
                 token = self._secrets.decrypt(
                     stored.ciphertext,
-                    context="agent_mcp_tokens:" + ":".join(str(part) for part in row if part != ""),
+                    context=mcp_token_context(
+                        event.chain_id, event.agent_id, stored.agent_registry
+                    ),
                 )
         return Target(destination=destination, url=url, secret=token)
 

@@ -112,6 +112,8 @@ def compiled() -> dict[str, Compiled]:
 
 
 def _post_json(url: str, body: Any, timeout: float = 60.0) -> Any:
+    """A JSON-RPC request (one call or a batch) to the node, without web3 and without
+    any proxy the environment names (the node is local)."""
     request = urllib.request.Request(  # noqa: S310 (the url is our node's, 127.0.0.1)
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
@@ -122,14 +124,8 @@ def _post_json(url: str, body: Any, timeout: float = 60.0) -> Any:
 
 def rpc_sync(url: str, method: str, *params: Any, timeout: float = 2.0) -> Any:
     """One JSON-RPC call without web3 (to poll a node that may not answer yet)."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-    request = urllib.request.Request(  # noqa: S310 (the url is our node's, 127.0.0.1)
-        url, data=body.encode(), headers={"Content-Type": "application/json"}
-    )
-    # No proxy, whatever the environment says: the node is local.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=timeout) as resp:
-        return json.loads(resp.read())["result"]
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    return _post_json(url, body, timeout)["result"]
 
 
 class HardhatNode:

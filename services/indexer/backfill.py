@@ -16,7 +16,7 @@ from typing import TextIO
 import structlog
 
 from services.indexer.app import follower_of, new_session
-from services.indexer.follower import Progress, _State
+from services.indexer.follower import Progress
 from services.indexer.lease import ChainLease
 from services.indexer.metrics import IndexerMetrics
 from services.indexer.settings import IndexerSettings
@@ -96,7 +96,7 @@ async def backfill(
                     resumes_at=resumed_at,
                 )
             if first != resumed_at:
-                follower.state = _State(next_block=first)
+                follower.start_at(first)
             head = await follower.rpc.head()
             last = head if to_block is None else to_block
             if last > head:

@@ -145,6 +145,11 @@ class Follower:
         await self._announce(from_block, number, "checkpoint's block replaced")
         return from_block
 
+    def start_at(self, block: int) -> None:
+        """Read from ``block`` on, with nothing known of the blocks before it (a
+        backfill's ``--from``)."""
+        self.state = _State(next_block=block)
+
     async def _check_chain_id(self) -> None:
         found = await self._rpc(self.rpc.chain_id)
         if found != self.chain.chain_id:

@@ -189,15 +189,15 @@ def chunks(events: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     current: list[dict[str, Any]] = []
     size = 0
     for block in _by_block(events):
-        block_size = sum(len(orjson.dumps(e)) + 1 for e in block)
+        lengths = [len(orjson.dumps(e)) + 1 for e in block]  # each event serialised once
         fits = (
-            len(current) + len(block) <= MAX_EVENTS_PER_POST and size + block_size <= MAX_POST_BYTES
+            len(current) + len(block) <= MAX_EVENTS_PER_POST
+            and size + sum(lengths) <= MAX_POST_BYTES
         )
         if current and not fits:
             out.append(current)
             current, size = [], 0
-        for event in block:  # a block larger than one request is cut inside
-            length = len(orjson.dumps(event)) + 1
+        for event, length in zip(block, lengths, strict=True):  # a block too large is cut
             if current and (len(current) >= MAX_EVENTS_PER_POST or size + length > MAX_POST_BYTES):
                 out.append(current)
                 current, size = [], 0

@@ -173,12 +173,6 @@ class JsonRpc:
         raw = await self.call("eth_getBlockByNumber", [hex(number), False])
         return None if raw is None else as_block(raw)
 
-    async def blocks(self, numbers: Sequence[int]) -> dict[int, Block]:
-        """Headers of these blocks (batched); a block the node lacks is left out."""
-        raws = await self.batch("eth_getBlockByNumber", [[hex(n), False] for n in numbers])
-        found = [as_block(r) for r in raws if r is not None]
-        return {b.number: b for b in found}
-
     async def logs(
         self, addresses: Sequence[str], topic0s: Sequence[str], first: int, last: int
     ) -> list[dict[str, Any]]:

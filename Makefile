@@ -5,17 +5,16 @@ PY := .venv/bin/python
 UV_VERSION := 0.13.9
 WITH_ENV := deploy/local/with-env
 PYTEST_ARGS ?=
-# Deployment tooling for the tests (kustomize, promtool), built from their Go
-# modules into .run/bin once per version (the module and build caches stay
-# under .run/go, so `make clean` removes them).
+# Deployment tooling for the tests: kustomize, built from its Go module into
+# .run/bin once per version (the module and build caches stay under .run/go, so
+# `make clean` removes them); prometheus and promtool, Debian's package.
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 TOOLS_BIN := $(CURDIR)/.run/bin
 KUSTOMIZE_VERSION := v5.8.1
-PROMTOOL_VERSION := v0.316.0
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps demo evm-deps tools tools-promtool test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench-indexer bench chaos backup restore fuzz-engine
+.PHONY: help deps demo evm-deps tools monitoring-deps test-rules lock infra up down run migrate schema test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench-indexer bench chaos backup restore fuzz-engine
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,17 +43,12 @@ $(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION):
 	@$(GO_ENV) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	@touch $@
 
-$(TOOLS_BIN)/.promtool-$(PROMTOOL_VERSION):
-	@mkdir -p $(TOOLS_BIN)
-	@echo "[tools] building promtool $(PROMTOOL_VERSION) (once; a few minutes)"
-	@$(GO_ENV) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
-	@touch $@
-
 tools: $(TOOLS_BIN)/.kustomize-$(KUSTOMIZE_VERSION) ## build kustomize into .run/bin (cached; make test needs it)
 
-tools-promtool: $(TOOLS_BIN)/.promtool-$(PROMTOOL_VERSION) ## build promtool into .run/bin (cached; a few minutes)
+monitoring-deps: ## prometheus and promtool from Debian's prometheus package (installed when missing)
+	@deploy/local/prometheus.sh install
 
-test-rules: deps tools-promtool ## promtool's check and unit tests of the alert rules
+test-rules: deps monitoring-deps ## promtool's check and unit tests of the alert rules only
 	$(WITH_ENV) $(PY) -m pytest -m promtool tests/deploy $(PYTEST_ARGS)
 
 lock: ## re-resolve requirements.lock (and the image's requirements-runtime.lock) from pyproject.toml
@@ -85,10 +79,10 @@ migrate: deps ## apply database migrations and create Kafka topics
 schema: infra ## rewrite db/schema.sql from the migrations
 	$(WITH_ENV) $(PY) -m tools.migrate dump
 
-test: infra tools evm-deps ## run the whole test suite against real PostgreSQL and Kafka
+test: infra tools monitoring-deps evm-deps ## run the whole test suite against real PostgreSQL and Kafka
 	$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: deps tools ## pure unit tests only (no PostgreSQL, no Kafka)
+test-unit: deps tools monitoring-deps ## pure unit tests only (no PostgreSQL, no Kafka)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 lint: deps ## ruff and mypy --strict

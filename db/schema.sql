@@ -448,6 +448,16 @@ $$;
 
 
 --
+-- Name: maintenance_last_runs(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.maintenance_last_runs() RETURNS TABLE(task text, last_run_at timestamp with time zone)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$ SELECT r.task, r.last_run_at FROM maintenance_runs r $$;
+
+
+--
 -- Name: maintenance_max_clock_skew(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -3447,4 +3457,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261206160000'),
     ('20261207090000'),
     ('20261208090000'),
-    ('20261208100000');
+    ('20261208100000'),
+    ('20261209120000');

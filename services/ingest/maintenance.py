@@ -12,7 +12,9 @@ failed task rolls its claim back and is tried again after ``retry_after``
 seconds instead of a full interval.
 
 Metrics (prefix ``erc8004_<service>_maintenance_``): ``last_success_timestamp_seconds
-{task}`` (wall clock of the last success, 0 before the first), ``runs_total{task,
+{task}`` (the last success of any replica, as ``maintenance_runs`` records it: read
+when the loop starts and after each run, so a restarted replica reports it at once;
+0 while none is recorded), ``runs_total{task,
 outcome}`` (outcome: success, failure, skipped), ``duration_seconds{task}``,
 ``last_result{task}`` (what the last success returned: partitions created or
 dropped, rows deleted).
@@ -188,6 +190,7 @@ class MaintenanceScheduler:
         self._lock_timeout = lock_timeout
         self._statement_timeout = statement_timeout
         self._stopping = asyncio.Event()
+        self._last_success: dict[str, float] = {}
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -233,8 +236,12 @@ class MaintenanceScheduler:
         elapsed = time.monotonic() - started
         self._metrics.runs.labels(name, outcome).inc()
         self._metrics.duration.labels(name).observe(elapsed)
+        # Ours, or another replica's (skipped): the database knows; our own clock
+        # stands in for it when it cannot be read.
+        read = outcome != "failure" and await self.load_last_success()
+        if outcome == "success" and not read:
+            self._record_success(name, time.time())
         if outcome == "success":
-            self._metrics.last_success.labels(name).set(time.time())
             self._metrics.last_result.labels(name).set(
                 float(result) if isinstance(result, int | float) else 0.0
             )
@@ -249,6 +256,27 @@ class MaintenanceScheduler:
             log.info("maintenance task skipped: another replica runs it or ran it", task=name)
         return outcome
 
+    async def load_last_success(self) -> bool:
+        """Set the last-success gauges from the database's record of every task's
+        last successful run (by any replica); False when it cannot be read."""
+        try:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch("SELECT task, last_run_at FROM maintenance_last_runs()")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("maintenance: last runs not read", error=repr(exc))
+            return False
+        for row in rows:
+            if row["task"] in self._index:
+                self._record_success(row["task"], row["last_run_at"].timestamp())
+        return True
+
+    def _record_success(self, name: str, at: float) -> None:
+        """The gauge only moves forward (a replica's own clock and the database's may
+        differ by a little)."""
+        if at > self._last_success.get(name, 0.0):
+            self._last_success[name] = at
+            self._metrics.last_success.labels(name).set(at)
+
     async def run_all(self, *, reference: datetime | None = None) -> dict[str, Outcome]:
         """Every task once, in order."""
         return {
@@ -258,6 +286,7 @@ class MaintenanceScheduler:
     async def run(self) -> None:
         """The loop: each task when due, in declaration order, until stopped."""
         loop = asyncio.get_running_loop()
+        await self.load_last_success()
         first = loop.time() + self._initial_delay
         due = {task.name: first for task in self._tasks}
         while not self._stopping.is_set():

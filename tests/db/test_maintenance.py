@@ -27,6 +27,7 @@ from services.ingest.maintenance import (
 )
 from services.ingest.settings import IngestSettings
 from shared.platform.db import create_pool
+from tests.procs import ops_get
 
 pytestmark = pytest.mark.db
 
@@ -85,12 +86,15 @@ async def ingest_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def scheduler(
-    pool: asyncpg.Pool, policy: RetentionPolicy | None = None
+    pool: asyncpg.Pool, policy: RetentionPolicy | None = None, *, initial_delay: float = 5.0
 ) -> tuple[MaintenanceScheduler, CollectorRegistry]:
     registry = CollectorRegistry()
     tasks = default_tasks(policy or RetentionPolicy())
     metrics = MaintenanceMetrics.create(registry, service="ingest", tasks=tasks)
-    return MaintenanceScheduler(pool=pool, tasks=tasks, metrics=metrics), registry
+    sched = MaintenanceScheduler(
+        pool=pool, tasks=tasks, metrics=metrics, initial_delay=initial_delay
+    )
+    return sched, registry
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -311,13 +315,14 @@ async def test_ingest_runs_maintenance_in_the_background(database_url: str) -> N
         database_url=SecretStr(database_url),
         ingest_tokens=(SecretStr("t"),),
         maintenance_initial_delay=0,
+        ops_port=0,
     )
     app = create_app(settings, relay=False)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         deadline = time.monotonic() + 30
         values: dict[tuple[str, str], float] = {}
         while time.monotonic() < deadline:
-            text = await (await client.get("/metrics")).text()
+            _, text = await ops_get(client, "/metrics")
             values = {
                 (s.name, s.labels.get("task", "") + s.labels.get("outcome", "")): s.value
                 for family in text_string_to_metric_families(text)
@@ -331,3 +336,55 @@ async def test_ingest_runs_maintenance_in_the_background(database_url: str) -> N
             assert values[(RUNS, f"{task}success")] == 1, values
             assert values[(RUNS, f"{task}failure")] == 0
             assert values[(LAST_SUCCESS, task)] > time.time() - 60
+
+
+async def test_a_restarted_replica_reports_the_last_success_the_database_recorded(
+    db: asyncpg.Connection, ingest_pool: asyncpg.Pool
+) -> None:
+    """After a restart the claims of the previous process make the new one skip
+    every task for up to an interval: its gauges still show when each task last
+    succeeded (maintenance_runs), from the start, not 0 (which Erc8004MaintenanceStale
+    read as "has not succeeded for 20792d")."""
+    before, _ = scheduler(ingest_pool)
+    assert await before.run_all() == dict.fromkeys(TASKS, "success")
+    recorded = {
+        r["task"]: r["last_run_at"].timestamp()
+        for r in await db.fetch("SELECT task, last_run_at FROM maintenance_runs")
+    }
+    assert set(recorded) == set(TASKS)
+
+    # initial_delay: it would skip them anyway, the claims are recent
+    restarted_loop, registry = scheduler(ingest_pool, initial_delay=3600)
+    for task in TASKS:
+        assert sample(registry, "last_success_timestamp_seconds", task=task) == 0
+    loop = asyncio.create_task(restarted_loop.run())
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if sample(registry, "last_success_timestamp_seconds", task=TASKS[0]) > 0:
+                break
+            await asyncio.sleep(0.05)
+        for task in TASKS:
+            assert sample(registry, "last_success_timestamp_seconds", task=task) == pytest.approx(
+                recorded[task]
+            )
+            assert sample(registry, "runs_total", task=task, outcome="success") == 0
+    finally:
+        restarted_loop.stop()
+        await loop
+
+    # A skipped run reads the success another replica has recorded since.
+    await asyncio.sleep(0.01)
+    assert await before.run_task("cleanup_heartbeats") == "success"
+    newer = await db.fetchval(
+        "SELECT last_run_at FROM maintenance_runs WHERE task = 'cleanup_heartbeats'"
+    )
+    assert newer.timestamp() > recorded["cleanup_heartbeats"]
+    assert await restarted_loop.run_task("cleanup_heartbeats", min_interval=3600) == "skipped"
+    assert sample(registry, "last_success_timestamp_seconds", task="cleanup_heartbeats") == (
+        pytest.approx(newer.timestamp())
+    )
+    # Other roles cannot read the record.
+    assert not await db.fetchval(
+        "SELECT has_function_privilege('erc8004_api', 'maintenance_last_runs()', 'EXECUTE')"
+    )

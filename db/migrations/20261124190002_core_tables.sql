@@ -1,4 +1,4 @@
--- Core tables of spec/database-schema.md: users, triggers, trigger_conditions,
+-- Core tables of the first schema draft: users, triggers, trigger_conditions,
 -- trigger_actions, trigger_state, checkpoints, action_results, agent_mcp_tokens,
 -- update_updated_at_column() and cleanup_old_action_results(); plus api_keys and
 -- trigger_evaluations. Every change against the document is marked "DEVIATION"
@@ -40,9 +40,10 @@ CREATE TRIGGER update_users_updated_at
     EXECUTE FUNCTION update_updated_at_column();
 
 -- ---------------------------------------------------------------------------
--- api_keys (DEVIATION: not in the document; DESIGN.md "Security model" lets users
--- authenticate with API keys stored hashed). Only the hash of the key is stored;
--- `prefix` is the first characters of the key, shown to the user to tell keys apart.
+-- api_keys (DEVIATION: not in the document; users may authenticate with API keys,
+-- stored hashed: README, "For users: the API", and docs/security.md). Only the
+-- hash of the key is stored; `prefix` is the first characters of the key, shown to
+-- the user to tell keys apart.
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY DEFAULT gen_random_uuid()::TEXT,
     user_id TEXT NOT NULL,
@@ -141,10 +142,10 @@ CREATE INDEX idx_trigger_actions_trigger_id ON trigger_actions(trigger_id);
 
 -- ---------------------------------------------------------------------------
 -- trigger_changed: every change to a trigger, its conditions or its actions sends
--- pg_notify('trigger_changed', <trigger id>) (DESIGN.md "Interfaces"), whoever
--- makes it, so the matcher reloads its in-memory index. TG_ARGV[0] names the
--- column holding the trigger id. An UPDATE that moves a condition/action to
--- another trigger notifies both triggers.
+-- pg_notify('trigger_changed', <trigger id>) (docs/architecture.md, "The
+-- matcher"), whoever makes it, so the matcher reloads its in-memory index.
+-- TG_ARGV[0] names the column holding the trigger id. An UPDATE that moves a
+-- condition/action to another trigger notifies both triggers.
 CREATE FUNCTION notify_trigger_changed()
 RETURNS TRIGGER AS $$
 DECLARE

@@ -1,12 +1,12 @@
 -- The event log: events, event_ids, event_outbox, reorgs, and the partition
--- maintenance functions. Every change against spec/database-schema.md is marked
--- "DEVIATION" and listed in db/README.md.
+-- maintenance functions. Every change against the first schema draft (not part
+-- of this repository) is marked "DEVIATION" and explained in db/README.md.
 --
--- The document's events table cannot be created as written: a hypertable (and a
+-- The draft's events table cannot be created as written: a hypertable (and a
 -- natively partitioned table) needs every unique index, the primary key included,
--- to contain the partitioning column, and the document makes `id` alone the
--- primary key of a hypertable partitioned on created_at. Here (DESIGN.md, "The
--- schema document and its one real defect"):
+-- to contain the partitioning column, and the draft makes `id` alone the
+-- primary key of a hypertable partitioned on created_at. Here (db/README.md,
+-- "Deviations from the first schema draft"):
 --   * the partitioning column is block_time = to_timestamp("timestamp"), fixed by
 --     the event itself (created_at, the ingest time, is not: the same event ingested
 --     twice would land in two partitions), and the primary key is

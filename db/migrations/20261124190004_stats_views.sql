@@ -1,4 +1,4 @@
--- Statistics views of spec/database-schema.md: events_hourly, action_metrics_hourly,
+-- Statistics views of the first schema draft: events_hourly, action_metrics_hourly,
 -- and refresh_stats_views(). Every change against the document is marked
 -- "DEVIATION" and listed in db/README.md.
 --

@@ -1,5 +1,5 @@
 -- Database roles and least-privilege grants (docs/decisions.md "Database roles";
--- not in spec/database-schema.md, see db/README.md).
+-- not in the first schema draft, see db/README.md).
 --
 -- Migrations run as the schema owner (locally the login erc8004). The services
 -- connect with the same DATABASE_URL and narrow themselves with SET ROLE (the

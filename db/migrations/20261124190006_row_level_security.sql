@@ -1,6 +1,6 @@
--- Row-level security: tenant isolation in the database (DESIGN.md "Security
--- model"; the document's example policy on triggers, generalised). See
--- db/README.md.
+-- Row-level security: tenant isolation in the database (docs/security.md; the
+-- schema draft's example policy on triggers, generalised). See db/README.md,
+-- "Row-level security".
 --
 -- The API, as erc8004_api, sets the user it serves per transaction:
 --     SET LOCAL app.current_user_id = '<users.id>'   (or set_config(..., true))

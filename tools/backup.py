@@ -28,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 
+from shared.platform.entrypoint import cli_parser
 from shared.platform.logging import redact_value
 from tools.benchdb import drop_database, with_database
 
@@ -164,14 +165,38 @@ async def restore(database_url: str, dump_file: Path, name: str) -> str:
     return target
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser(
+        "tools.backup",
+        "Logical backups of DATABASE_URL's database (the schema owner's login): pg_dump"
+        " in the custom format, pg_restore into a new database of its own.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
+    d = sub.add_parser(
+        "dump",
+        help="pg_dump -Fc into a directory",
+        description="Dump the database into DIR as <database>-<UTC time>.dump and verify it.",
+        formatter_class=parser.formatter_class,
+    )
+    d.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the dump is written")
+    r = sub.add_parser(
+        "restore",
+        help="pg_restore into a new database",
+        description="Restore a dump into a database created for it (never an existing one),"
+        " in one transaction; the new database is dropped again if the restore fails.",
+        formatter_class=parser.formatter_class,
+    )
+    r.add_argument("file", type=Path, help="the dump to restore (pg_dump -Fc)")
+    r.add_argument(
+        "--database",
+        default="",
+        help="name of the new database ('': erc8004_restore_<UTC time>)",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("dump", help="pg_dump -Fc into a directory")
-    d.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    r = sub.add_parser("restore", help="pg_restore into a new database")
-    r.add_argument("file", type=Path)
-    r.add_argument("--database", default="")
+    parser = build_parser()
     args = parser.parse_args(argv)
     database_url = os.environ.get("DATABASE_URL", "")
     if not database_url:

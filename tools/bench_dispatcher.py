@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaProducer
 from shared.contract.actions import ActionType
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, job_id
+from shared.platform.entrypoint import cli_parser
 from tools.bench_matcher import peak_rss_mib, raw_consume
 from tools.benchdb import scratch_database, scratch_topic
 from tools.benchkit import BenchService, bench_py_args, insert_user, pct, save, service, stack
@@ -276,13 +277,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=8)
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("tools.bench_dispatcher", (__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--jobs", type=int, default=10_000, help="REST jobs of the throughput phase"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=500.0, help="jobs/s produced in the delay phase"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the delay phase")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="the dispatcher's attempts at once per destination, and the raw POSTs' concurrency",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     result = asyncio.run(run(args))
     path = save("dispatcher", result)
     print(json.dumps(result, indent=2))  # noqa: T201

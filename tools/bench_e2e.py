@@ -48,6 +48,7 @@ from shared.contract.event_rows import (
 from shared.contract.events import (
     parse_events,
 )
+from shared.platform.entrypoint import cli_parser
 from tools.bench_ingest import raw_copy
 from tools.bench_matcher import produce, raw_consume
 from tools.benchdb import scratch_topic
@@ -328,14 +329,29 @@ def draw(
     return [latency_png, throughput_png]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=60_000)
-    parser.add_argument("--triggers", type=int, default=10_000)
-    parser.add_argument("--hot-agents", type=int, default=30)
-    parser.add_argument("--hot-fraction", type=float, default=0.01)
-    parser.add_argument("--latency-seconds", type=float, default=30.0)
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("tools.bench_e2e", (__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--events", type=int, default=60_000, help="events of the sustained-throughput phase"
+    )
+    parser.add_argument("--triggers", type=int, default=10_000, help="triggers installed")
+    parser.add_argument(
+        "--hot-agents", type=int, default=30, help="agents whose triggers fire (one job each)"
+    )
+    parser.add_argument(
+        "--hot-fraction", type=float, default=0.01, help="share of the events on hot agents"
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=30.0,
+        help="length of the latency phase at 1,000 events/s",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))  # noqa: T201
 

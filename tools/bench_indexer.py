@@ -26,6 +26,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from shared.platform.entrypoint import cli_parser
 from tools.bench_ingest import drain_seconds, wait_ready
 from tools.benchdb import scratch_database, scratch_topic
 from tools.benchkit import ROOT, save, service, stack
@@ -233,23 +234,19 @@ def report(r: dict[str, Any]) -> None:
     say(f"  relay drain after the backfill:         {r['backfill']['relay_drain_seconds']:.2f} s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.bench_indexer", description=__doc__.split("\n")[0]
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("tools.bench_indexer", __doc__.split("\n")[0])
+    parser.add_argument("--blocks", type=int, default=20_000, help="blocks of history")
+    parser.add_argument("--events", type=int, default=10_000, help="feedback events in it")
+    parser.add_argument("--range", type=int, default=2000, help="blocks per eth_getLogs")
     parser.add_argument(
-        "--blocks", type=int, default=20_000, help="blocks of history (default 20000)"
+        "--confirmations", type=int, default=64, help="the indexer's confirmation window"
     )
-    parser.add_argument(
-        "--events", type=int, default=10_000, help="feedback events in it (default 10000)"
-    )
-    parser.add_argument(
-        "--range", type=int, default=2000, help="blocks per eth_getLogs (default 2000)"
-    )
-    parser.add_argument(
-        "--confirmations", type=int, default=64, help="the indexer's window (default 64)"
-    )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     result = asyncio.run(run(args))
     report(result)
     say(f"saved {save('indexer', result)}")

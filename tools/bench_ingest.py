@@ -32,6 +32,7 @@ from shared.contract.event_rows import (
 from shared.contract.events import (
     parse_events,
 )
+from shared.platform.entrypoint import cli_parser
 from tools.benchdb import scratch_database, scratch_topic
 from tools.benchkit import bench_py_args, pct, save, service, stack
 from tools.eventgen import stream, take
@@ -170,13 +171,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--single", type=int, default=5_000)
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=4)
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("tools.bench_ingest", __doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="events of the batch phase")
+    parser.add_argument(
+        "--single", type=int, default=5_000, help="events of the single phase, one per request"
+    )
+    parser.add_argument("--batch", type=int, default=1000, help="events per batch request")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="batch requests in flight at once"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     result = asyncio.run(run(args))
     path = save("ingest", result)
     width = max(len(k) for k in result)

@@ -38,6 +38,7 @@ from shared.engine.evaluate import evaluate, scope_keys
 from shared.engine.replay import compile_trigger
 from shared.engine.trigger_index import TriggerIndex
 from shared.platform.db import register_codecs
+from shared.platform.entrypoint import cli_parser
 from tools.benchdb import scratch_database, scratch_topic
 from tools.benchkit import pct, save, send_events, service, stack
 from tools.eventgen import stream, take
@@ -320,13 +321,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=50_000)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("tools.bench_matcher", __doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000, help="events of each run")
     parser.add_argument(
-        "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 10_000, 100_000]
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default="100,10000,100000",
+        help="numbers of enabled triggers, comma-separated: one run each",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     result = asyncio.run(run(args))
     path = save("matcher", result)
     print(json.dumps(result, indent=2))  # noqa: T201

@@ -43,6 +43,7 @@ from shared.contract.events import Event
 from shared.contract.jobs import EventMessage, parse_topic_message
 from shared.engine.replay import Replay, compile_trigger
 from shared.platform.db import register_codecs
+from shared.platform.entrypoint import cli_parser
 from tools.benchkit import RESULTS, ROOT, stack, timestamp, write_json
 from tools.loadgen import Settings, event_id
 from tools.pipeline import (
@@ -342,13 +343,24 @@ async def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 (one run, told 
     return 0 if failed == 0 else 1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("tools.chaos", (__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=5, help="kills per component")
     parser.add_argument("--rate", type=float, default=300.0, help="events/s of the load")
-    parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the kill order, moments and load (default: from the clock; printed)",
+    )
     parser.add_argument("--settle", type=float, default=300.0, help="seconds to wait for delivery")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.seed is None:
+        args.seed = int(time.time()) % 100000
     sys.exit(asyncio.run(run(args)))
 
 

@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from shared.platform.entrypoint import cli_parser
 from tools.evmnode import CHAIN_ID, Chain, HardhatNode
 from tools.localnet import Receiver, Seen
 
@@ -462,14 +463,20 @@ async def run(within: float, endpoints: Endpoints) -> int:
         await receiver.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.demo", description=__doc__.split("\n")[0]
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser(
+        "tools.demo",
+        __doc__.split("\n")[0] + " Needs the running stack (make up) and the local EVM's"
+        " npm packages (make evm-deps); make demo does both.",
     )
     parser.add_argument(
-        "--within", type=float, default=120.0, help="seconds to wait for every action (default 120)"
+        "--within", type=float, default=120.0, help="seconds to wait for every action"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     raise SystemExit(asyncio.run(run(args.within, Endpoints.from_env())))
 
 

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared.platform.entrypoint import cli_parser
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_EXAMPLES = 2000
 
@@ -20,10 +22,20 @@ def say(text: str) -> None:
     print(text, flush=True)  # noqa: T201 (a command's output)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--minutes", type=float, default=30.0)
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser(
+        "tools.fuzz_engine",
+        "The engine against its reference evaluator (written from docs/semantics.md) on"
+        " random triggers and histories, in rounds of fresh random seeds, for a given"
+        " time; exits 1 with the falsifying example on the first difference. Runs"
+        " tests/unit/test_engine_differential.py: needs a source checkout.",
+    )
+    parser.add_argument("--minutes", type=float, default=30.0, help="how long to run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     deadline = time.monotonic() + args.minutes * 60
     rounds = examples = 0
     started = time.monotonic()

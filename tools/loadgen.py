@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from shared.platform.entrypoint import cli_parser
 from tools.eventgen import hex_of, stream
 
 #: Called with (event dict, ack time (time.time())) for each event newly acknowledged.
@@ -236,21 +237,43 @@ class LoadGenerator:
         sys.stderr.flush()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser("tools.loadgen", (__doc__ or "").split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8081", help="ingest base URL")
-    parser.add_argument("--token", default="dev-indexer-token")
-    parser.add_argument("--chains", default="8453,1,10,42161")
-    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument(
+        "--token", default="dev-indexer-token", help="bearer token (one of INGEST_TOKENS)"
+    )
+    parser.add_argument(
+        "--chains", default="8453,1,10,42161", help="chain ids, comma-separated: one indexer each"
+    )
+    parser.add_argument("--events", type=int, default=10_000, help="events to post in all")
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s (0: unthrottled)")
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--single", type=float, default=0.05)
-    parser.add_argument("--duplicates", type=float, default=0.01)
-    parser.add_argument("--reorg-every", type=int, default=0)
-    parser.add_argument("--reorg-depth", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--start-block", type=int, default=1_000_000)
-    args = parser.parse_args()
+    parser.add_argument("--batch", type=int, default=100, help="events per batch request")
+    parser.add_argument(
+        "--single",
+        type=float,
+        default=0.05,
+        help="probability that the next few events are posted one request each",
+    )
+    parser.add_argument(
+        "--duplicates",
+        type=float,
+        default=0.01,
+        help="probability that a batch already posted is posted again",
+    )
+    parser.add_argument(
+        "--reorg-every", type=int, default=0, help="events between reorgs (0: no reorgs)"
+    )
+    parser.add_argument("--reorg-depth", type=int, default=3, help="blocks each reorg replaces")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the random event stream")
+    parser.add_argument(
+        "--start-block", type=int, default=1_000_000, help="first block number of every chain"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     settings = Settings(
         base=args.url.rstrip("/"),
         token=args.token,

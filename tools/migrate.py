@@ -87,8 +87,18 @@ async def dump_schema(database_url: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "rollback", "status", "dump", "topics"])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0]
+        + " Reads DATABASE_URL (the schema owner's login) and KAFKA_BOOTSTRAP_SERVERS.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "command",
+        choices=["up", "rollback", "status", "dump", "topics"],
+        help="up: apply pending migrations, then create the Kafka topics; rollback: undo"
+        " the newest migration; status: applied and pending; dump: rewrite db/schema.sql"
+        " from a scratch database; topics: the Kafka topics only",
+    )
     parser.add_argument("--no-topics", action="store_true", help="with up: skip Kafka topics")
     args = parser.parse_args(argv)
     database_url = os.environ.get("DATABASE_URL", "")

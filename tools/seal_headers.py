@@ -28,6 +28,7 @@ import structlog
 
 from shared.contract.actions import CREDENTIAL_HEADERS
 from shared.platform.db import register_codecs
+from shared.platform.entrypoint import cli_parser
 from shared.platform.logging import configure_logging
 from shared.platform.secrets import SecretBox
 
@@ -105,11 +106,23 @@ async def _seal_row(
     return len(credentials)
 
 
-async def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser(
+        "tools.seal_headers",
+        "Move credential headers that REST actions hold in the clear into their encrypted"
+        " secret_headers (once, after upgrading to the release that has them). Reads"
+        " DATABASE_URL (the schema owner's login) and SECRETS_KEY.",
+    )
     parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
     parser.add_argument("--batch", type=int, default=500, help="actions per transaction")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(run(build_parser().parse_args(argv)))
+
+
+async def run(args: argparse.Namespace) -> None:
     configure_logging(service="seal-headers")
     box = SecretBox(os.environ["SECRETS_KEY"])
     conn = await asyncpg.connect(os.environ["DATABASE_URL"])
@@ -123,4 +136,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -10,21 +10,24 @@ import asyncio
 from services.indexer.app import create_app
 from services.indexer.backfill import backfill, progress_stream
 from services.indexer.settings import IndexerSettings
-from shared.platform.entrypoint import run_service
+from shared.platform.entrypoint import cli_parser, run_service
 from shared.platform.logging import configure_logging
 from shared.platform.loop import new_event_loop
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m services.indexer",
-        description="Follow the configured chains (no arguments), or backfill one chain.",
+def build_parser() -> argparse.ArgumentParser:
+    top = cli_parser(
+        "services.indexer",
+        "Follow the chains of INDEXER_CHAINS and post their registry events to ingest"
+        " (no arguments), or backfill one chain. Settings come from the environment"
+        " (docs/indexer.md).",
     )
-    commands = top.add_subparsers(dest="command")
+    commands = top.add_subparsers(dest="command", title="commands")
     fill = commands.add_parser(
         "backfill",
         help="read one chain from a block to a block, post it to ingest, and exit",
         description="Read one chain of INDEXER_CHAINS and post its registry events to ingest.",
+        formatter_class=top.formatter_class,
     )
     fill.add_argument("--chain-id", type=int, required=True, help="a chain of INDEXER_CHAINS")
     fill.add_argument(
@@ -51,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command is None:
         run_service(IndexerSettings, create_app)
         return

@@ -3,8 +3,10 @@ then the app on uvloop until a signal stops it."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -16,6 +18,38 @@ from shared.platform.loop import new_event_loop
 from shared.platform.settings import ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default at the end of its help, unless it has none (``None``, a
+    required option): its help says then what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def cli_parser(module: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser every command line of the project starts from: a
+    description, each option's default in its help, and the name it was started by
+    (``python -m <module>``, or a console script's own name)."""
+    started_as = sys.argv[0] if sys.argv else ""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}" if started_as.endswith(".py") or not started_as else None,
+        description=description,
+        formatter_class=HelpFormatter,
+    )
+
+
+def service_parser(module: str, what: str) -> argparse.ArgumentParser:
+    """A service's command line: no arguments; ``--help`` says what it is and where
+    its settings come from."""
+    return cli_parser(
+        module,
+        f"{what} It takes no arguments: every setting comes from the environment"
+        " (or files under SECRETS_DIR); README.md lists them.",
+    )
 
 
 def run_service(

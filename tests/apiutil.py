@@ -41,6 +41,7 @@ def api_settings(database_url: str, bootstrap: str, actions_topic: str) -> ApiSe
         jwt_secret=SecretStr(JWT_SECRET),
         secrets_key=SecretStr(SECRETS_KEY),
         actions_topic=actions_topic,
+        ops_port=0,
     )
 
 

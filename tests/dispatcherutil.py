@@ -297,7 +297,7 @@ class Dispatch(UnderTest):
 
 
 def metric_value(proc: ServiceProcess, name: str, **labels: str) -> float:
-    _, body = http_get(proc.base + "/metrics")
+    _, body = http_get(proc.metrics_url)
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in body.decode().splitlines():
         if line.startswith("#"):

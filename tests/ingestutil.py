@@ -25,6 +25,7 @@ def settings_for(database_url: str, bootstrap: str, topic: str) -> IngestSetting
         ingest_tokens=(SecretStr("other-token"), SecretStr(TOKEN)),
         events_topic=topic,
         relay_poll_interval=0.2,
+        ops_port=0,
     )
 
 

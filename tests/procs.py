@@ -1,4 +1,5 @@
-"""Run a service as its own process, the way deployments do: ``python -m services.X``."""
+"""Run a service as its own process, the way deployments do: ``python -m services.X``;
+and reach the ops port (/metrics, detailed /readyz) of one running in process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from shared.platform.web import ops_port
 from tools.localnet import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,19 +29,37 @@ def http_get(url: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+#: Services with a public port and a second one for /metrics and the detailed
+#: /readyz (OPS_PORT); the others serve everything on their one port.
+OPS_PORT_SERVICES = frozenset({"api", "ingest"})
+
+
 class ServiceProcess:
-    """One service process with its own port and log file."""
+    """One service process with its own port(s) and log file."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.port = free_port()
+        self.ops_port = free_port() if name in OPS_PORT_SERVICES else self.port
         self.env = {**os.environ, **env, "HTTP_PORT": str(self.port), "LOG_LEVEL": "INFO"}
+        if name in OPS_PORT_SERVICES:
+            self.env["OPS_PORT"] = str(self.ops_port)
         self.log_path = log_dir / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base(self) -> str:
+        """The service's own port (the API's and ingest's public one)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops_base(self) -> str:
+        """Where /metrics and the detailed /readyz are (``base`` for the consumers)."""
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return metrics_url(self)
 
     def start(self) -> ServiceProcess:
         with self.log_path.open("ab") as log:
@@ -57,7 +80,10 @@ class ServiceProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_http(self, path: str = "/healthz", *, status: int = 200, timeout: float = 30) -> bytes:
+    def wait_http(
+        self, path: str = "/healthz", *, status: int = 200, timeout: float = 30, ops: bool = False
+    ) -> bytes:
+        """Until ``path`` (on the ops port with ``ops``) answers ``status``; its body."""
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
@@ -67,7 +93,7 @@ class ServiceProcess:
                     f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
                 )
             try:
-                code, body = http_get(self.base + path, timeout=2)
+                code, body = http_get((self.ops_base if ops else self.base) + path, timeout=2)
             except OSError as exc:
                 last = exc
             else:
@@ -95,3 +121,16 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def metrics_url(proc: ServiceProcess) -> str:
+    """The URL of a service's Prometheus metrics: the ops port of the API and
+    ingest, the one port of the others."""
+    return f"{proc.ops_base}/metrics"
+
+
+async def ops_get(client: TestClient[web.Request, web.Application], path: str) -> tuple[int, str]:
+    """``path`` on the ops port of the API or ingest running in ``client``'s server."""
+    url = f"http://127.0.0.1:{ops_port(client.app)}{path}"
+    async with client.session.get(url) as resp:
+        return resp.status, await resp.text()

@@ -129,6 +129,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "DATABASE_URL": url,
             "EVENTS_TOPIC": topic,
             "HTTP_PORT": str(port),
+            "OPS_PORT": "0",
             "LOG_LEVEL": "WARNING",
             # Periodic maintenance (view refreshes over the events) is not intake.
             "MAINTENANCE_ENABLED": "false",

@@ -60,8 +60,8 @@ class Endpoints:
     telegram_port: int = 8091
     indexer_port: int = 9103
     metrics: tuple[str, ...] = (
-        "http://127.0.0.1:8080/metrics",
-        "http://127.0.0.1:8081/metrics",
+        "http://127.0.0.1:9104/metrics",
+        "http://127.0.0.1:9105/metrics",
         "http://127.0.0.1:9101/metrics",
         "http://127.0.0.1:9102/metrics",
         "http://127.0.0.1:9103/metrics",

@@ -57,6 +57,10 @@ def vm_hwm_mib(pid: int) -> float:
     return 0.0
 
 
+#: Services whose /metrics is on a second port of their own (OPS_PORT).
+OPS_PORT_SERVICES = frozenset({"api", "ingest"})
+
+
 @dataclass
 class Service:
     """One service process; ``peak_rss_mib`` is the highest VmHWM over its lives."""
@@ -65,6 +69,8 @@ class Service:
     env: dict[str, str]
     log_dir: Path
     port: int = field(default_factory=free_port)
+    #: The API's and ingest's second port (/metrics, detailed /readyz).
+    ops_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     peak_rss_mib: float = 0.0
     starts: int = 0
@@ -73,8 +79,13 @@ class Service:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        port = self.ops_port if self.name in OPS_PORT_SERVICES else self.port
+        return f"http://127.0.0.1:{port}/metrics"
+
     def start(self) -> None:
-        env = {**self.env, "HTTP_PORT": str(self.port)}
+        env = {**self.env, "HTTP_PORT": str(self.port), "OPS_PORT": str(self.ops_port)}
         log = (self.log_dir / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
@@ -135,7 +146,7 @@ class Service:
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
-                session.get(self.base + "/metrics") as resp,
+                session.get(self.metrics_url) as resp,
             ):
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):

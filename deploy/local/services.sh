@@ -9,15 +9,20 @@ source "$(dirname "$0")/lib.sh"
 
 SERVICES=(ingest matcher dispatcher api)
 declare -A PORT=([api]=8080 [ingest]=8081 [matcher]=9101 [dispatcher]=9102)
+# The API's and ingest's second port: /metrics and the detailed /readyz (OPS_PORT).
+declare -A OPS_PORT=([api]=9104 [ingest]=9105)
 
 start_one() {
   local name=$1 pidfile="$RUN/pids/$name.pid"
   if pid_alive "$pidfile"; then log "$name: already running (pid $(cat "$pidfile"))"; return 0; fi
-  if port_open 127.0.0.1 "${PORT[$name]}"; then die "$name: port ${PORT[$name]} is taken by another process"; fi
-  (cd "$ROOT" && HTTP_PORT=${PORT[$name]} exec "$PY" -m "services.$name") \
+  local port ops=${OPS_PORT[$name]:-}
+  for port in "${PORT[$name]}" $ops; do
+    if port_open 127.0.0.1 "$port"; then die "$name: port $port is taken by another process"; fi
+  done
+  (cd "$ROOT" && HTTP_PORT=${PORT[$name]} OPS_PORT=${ops:-0} exec "$PY" -m "services.$name") \
     >>"$RUN/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
-  log "$name: started pid $! on 127.0.0.1:${PORT[$name]} (log: .run/logs/$name.log)"
+  log "$name: started pid $! on 127.0.0.1:${PORT[$name]}${ops:+ (metrics: 127.0.0.1:$ops)} (log: .run/logs/$name.log)"
 }
 
 wait_ready() {

@@ -28,7 +28,7 @@ case "${1:-status}" in
   up)
     infra; migrate
     "$HERE/services.sh" start
-    log "stack is up: api http://127.0.0.1:8080, ingest http://127.0.0.1:8081, matcher :9101, dispatcher :9102"
+    log "stack is up: api http://127.0.0.1:8080, ingest http://127.0.0.1:8081 (their metrics on :9104, :9105), matcher :9101, dispatcher :9102"
     log "logs: $RUN/logs/{ingest,matcher,dispatcher,api}.log, $RUN/kafka/kafka.log, $RUN/postgres/postgres.log"
     log "stop it with: make down"
     ;;

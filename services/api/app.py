@@ -33,7 +33,7 @@ from services.api.settings import ApiSettings
 from shared.outbound.policy import parse_networks
 from shared.platform.metrics import new_registry
 from shared.platform.secrets import SecretBox
-from shared.platform.web import frame_web_app
+from shared.platform.web import frame_web_app, ops_port
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +86,7 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     frame_web_app(
         app,
         settings,
+        ops_port=settings.ops_port,
         pool=POOL,
         registry=registry,
         kafka_required=False,
@@ -93,7 +94,7 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     )
 
     async def producer(app: web.Application) -> AsyncIterator[None]:
-        log.info("api started", port=settings.http_port)
+        log.info("api started", port=settings.http_port, ops_port=ops_port(app))
         yield
         await app[PRODUCER].close()
 

@@ -17,6 +17,9 @@ class ApiSettings(ServiceSettings):
 
     database_role: str = Field(default="erc8004_api", validation_alias="DATABASE_ROLE")
     http_port: int = Field(default=8080, ge=0, le=65535, validation_alias="HTTP_PORT")
+    #: Where /metrics and the detailed /readyz are served (the public port keeps
+    #: /healthz and a terse /readyz); 0 takes a free port.
+    ops_port: int = Field(default=9104, ge=0, le=65535, validation_alias="OPS_PORT")
     jwt_secret: SecretStr = Field(validation_alias="JWT_SECRET", min_length=32)
     secrets_key: SecretStr = Field(validation_alias="SECRETS_KEY")
     #: Lifetime of an access token, seconds.

@@ -30,7 +30,7 @@ from services.ingest.routes import (
 )
 from services.ingest.settings import IngestSettings
 from shared.platform.metrics import new_registry
-from shared.platform.web import frame_web_app
+from shared.platform.web import frame_web_app, ops_port
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,14 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
     maintenance_metrics = MaintenanceMetrics.create(registry, service="ingest", tasks=tasks)
     # Kafka is informational for ingest: without it events wait in the outbox,
     # so indexers can keep posting and the pod stays in its Service.
-    frame_web_app(app, settings, pool=POOL, registry=registry, kafka_required=False)
+    frame_web_app(
+        app,
+        settings,
+        ops_port=settings.ops_port,
+        pool=POOL,
+        registry=registry,
+        kafka_required=False,
+    )
 
     async def workers(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None
@@ -98,6 +105,7 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
         log.info(
             "ingest started",
             port=settings.http_port,
+            ops_port=ops_port(app),
             relay=relay,
             maintenance=settings.maintenance_enabled,
         )

@@ -77,6 +77,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except Exception:
+        # aiohttp's own answer to an unhandled error is plain text (with the traceback
+        # in debug mode): ours is JSON and says nothing of the error, which is logged.
+        log.exception("request failed", route=route_name, method=request.method)
+        return error(500, "internal error")
     finally:
         if route_name.startswith("/v1/"):
             request.app[METRICS].request_seconds.labels(route_name, str(status)).observe(
@@ -159,7 +164,13 @@ async def _read_json(request: web.Request) -> Any:
     except RecursionError as exc:  # nested deeper than the parser's stack
         raise _Refused(error(400, "body is not valid JSON: nested too deeply")) from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _Refused(error(400, f"body is not valid JSON: {exc}")) from exc
+        # Where it broke, not the parser's text: no exception text leaves the service.
+        where = (
+            f" (line {exc.lineno}, column {exc.colno})"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
+        raise _Refused(error(400, f"body is not valid JSON{where}")) from exc
 
 
 class _Refused(Exception):  # noqa: N818 (a response, not an error condition of ours)

@@ -16,6 +16,9 @@ class IngestSettings(ServiceSettings):
 
     database_role: str = Field(default="erc8004_ingest", validation_alias="DATABASE_ROLE")
     http_port: int = Field(default=8081, ge=0, le=65535, validation_alias="HTTP_PORT")
+    #: Where /metrics and the detailed /readyz are served (the public port keeps
+    #: /healthz and a terse /readyz); 0 takes a free port.
+    ops_port: int = Field(default=9105, ge=0, le=65535, validation_alias="OPS_PORT")
     #: Bearer tokens of the indexers, comma-separated in the environment.
     ingest_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         validation_alias="INGEST_TOKENS", min_length=1

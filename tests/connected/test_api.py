@@ -46,6 +46,7 @@ from tests.apiutil import (
 )
 from tests.kafkautil import read_topic
 from tests.matcherutil import random_chain
+from tests.procs import ops_get
 
 # Kafka: the kafka_bootstrap fixture creates the topics, and redrives produce jobs.
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
@@ -131,7 +132,7 @@ async def test_failed_logins_are_limited_whether_or_not_the_user_exists(client: 
         limited = await client.post("/v1/auth/login", json={"username": name, "password": "bad"})
         assert limited.status == 429
         assert int(limited.headers["Retry-After"]) > 0
-    text = await (await client.get("/metrics")).text()
+    _, text = await ops_get(client, "/metrics")
     assert "erc8004_api_login_failures_total 10.0" in text
     assert "erc8004_api_login_limited_total 2.0" in text
     assert (

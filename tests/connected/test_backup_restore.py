@@ -46,6 +46,7 @@ def settings(database_url: str, bootstrap: str, topic: str) -> IngestSettings:
         events_topic=topic,
         relay_poll_interval=0.2,
         maintenance_enabled=False,
+        ops_port=0,
     )
 
 

@@ -47,7 +47,7 @@ async def test_the_demo_tour_delivers_every_expected_action(
         ingest=ingest.base,
         telegram_port=telegram_port,
         indexer_port=free_port(),
-        metrics=tuple(f"{p.base}/metrics" for p in (api, ingest, matcher, dispatcher)),
+        metrics=tuple(p.metrics_url for p in (api, ingest, matcher, dispatcher)),
         log_dir=tmp_path,
     )
     status = await run(90.0, endpoints)

@@ -19,6 +19,7 @@ from services.ingest.queries import CHAIN_LOCK
 from shared.contract.jobs import EventMessage, TickMessage, parse_topic_message
 from tests.ingestutil import AUTH, TOKEN, Client
 from tests.kafkautil import read_topic
+from tests.procs import ops_get
 from tools.eventgen import hex_of, make_event
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka]
@@ -132,7 +133,7 @@ async def test_repost_is_a_duplicate_and_an_older_heartbeat_keeps_the_checkpoint
         ("tick", 40),
     ], "a duplicate heartbeat was relayed"
 
-    text = await (await ingest.get("/metrics")).text()
+    _, text = await ops_get(ingest, "/metrics")
     assert f'erc8004_ingest_heartbeats_total{{chain_id="{chain}",result="stored"}} 2.0' in text
     assert f'erc8004_ingest_heartbeats_total{{chain_id="{chain}",result="duplicate"}} 2.0' in text
     assert (

@@ -47,7 +47,7 @@ B = "0x" + "b2" * 20
 
 
 def metric(proc: ServiceProcess, name: str) -> float:
-    _, body = http_get(proc.base + "/metrics")
+    _, body = http_get(proc.metrics_url)
     for line in body.decode().splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{}"):
             return float(line.rsplit(" ", 1)[1])
@@ -270,7 +270,7 @@ async def test_every_condition_type_end_to_end(db: asyncpg.Connection, matcher: 
     # Every metric the issue names, with values that follow from this run.
     assert metric(proc, "erc8004_matcher_events_evaluated_total") == 6
     assert metric(proc, "erc8004_matcher_index_triggers") == len(t)
-    _, body = http_get(proc.base + "/metrics")
+    _, body = http_get(proc.metrics_url)
     text = body.decode()
     assert "erc8004_matcher_candidates_per_event_count 6.0" in text
     assert 'erc8004_matcher_triggers_fired_total{condition_type="ema_threshold"} 2.0' in text

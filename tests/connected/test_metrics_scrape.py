@@ -122,7 +122,7 @@ def wait_for(proc: ServiceProcess, sample: str, *, within: float = 60) -> None:
     """Until a sample line of /metrics starts with ``sample`` and is not 0."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        _, body = http_get(proc.base + "/metrics")
+        _, body = http_get(proc.metrics_url)
         for line in body.decode().splitlines():
             if line.startswith(sample) and float(line.rsplit(" ", 1)[1]) > 0:
                 return
@@ -183,7 +183,7 @@ def stack(
             'erc8004_ingest_maintenance_last_success_timestamp_seconds{task="refresh_stats_views"}',
         )
 
-        yield {proc.name: parse(http_get(proc.base + "/metrics")[1].decode()) for proc in procs}
+        yield {proc.name: parse(http_get(proc.metrics_url)[1].decode()) for proc in procs}
     finally:
         for proc in procs:
             proc.stop()

@@ -56,6 +56,9 @@ def test_migrate_runs_once_before_the_services(compose: dict[str, Any]) -> None:
         env = service["environment"]
         assert env["HTTP_HOST"] == "0.0.0.0"  # noqa: S104 (inside its container)
         assert f"127.0.0.1:{env['HTTP_PORT']}:{env['HTTP_PORT']}" in service["ports"]
+        if "ops_port" in settings.model_fields:  # api, ingest: /metrics on a port of its own
+            assert env["OPS_PORT"] != env["HTTP_PORT"]
+            assert f"127.0.0.1:{env['OPS_PORT']}:{env['OPS_PORT']}" in service["ports"]
         for field in settings.model_fields.values():
             if field.is_required():
                 assert field.validation_alias in env, (name, field.validation_alias)

@@ -321,6 +321,56 @@ def test_network_policies_deny_by_default_and_open_what_is_needed(
     assert with_internet == {"erc8004-dispatcher"}
 
 
+#: Services with a public port (http) and an ops port (metrics: /metrics and the
+#: detailed /readyz, OPS_PORT); the others have their metrics port alone.
+OPS_PORT_SERVICES: dict[str, type[ServiceSettings]] = {
+    "erc8004-api": ApiSettings,
+    "erc8004-ingest": IngestSettings,
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_metrics_are_scraped_from_the_ops_port_which_only_monitoring_reaches(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """The API and ingest serve /metrics on OPS_PORT (the settings' default, the
+    container port named metrics, a port of their Service), which the
+    ServiceMonitors scrape; probes stay on the public port; Prometheus' namespace
+    is let in to ports named metrics and nothing else."""
+    docs = built[overlay]
+    deployments = of_kind(docs, "Deployment")
+    services = of_kind(docs, "Service")
+    for name, settings in OPS_PORT_SERVICES.items():
+        (container,) = pod_template(deployments[name])["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert set(ports) == {"http", "metrics"}, name
+        assert ports["metrics"] != ports["http"]
+        assert (
+            env["OPS_PORT"]
+            == str(ports["metrics"])
+            == str(settings.model_fields["ops_port"].default)
+        )
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] == "http", (name, probe)
+        assert {p["name"]: p["targetPort"] for p in services[name]["spec"]["ports"]} == {
+            "http": "http",
+            "metrics": "metrics",
+        }
+    for name, monitor in of_kind(docs, "ServiceMonitor").items():
+        if name.startswith("erc8004-"):
+            assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"], name
+    scrape = of_kind(docs, "NetworkPolicy")["erc8004-ingress-metrics"]["spec"]
+    (rule,) = scrape["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["metrics"]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    # The public port's policy opens http alone: the ops port is not reachable from it.
+    public = of_kind(docs, "NetworkPolicy")["erc8004-ingress-http"]["spec"]
+    assert [p["port"] for r in public["ingress"] for p in r["ports"]] == ["http"]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_migration_job_matches_its_release(built: dict[str, list[Doc]], overlay: str) -> None:
     """Applied first (deploy/k8s/deploy.sh): same image and Kafka as the

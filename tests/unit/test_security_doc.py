@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = re.compile(r"`((?:unit|connected|db)/[\w/]+\.py)?(?:::(\w+))?`")
+REFERENCE = re.compile(r"`((?:unit|connected|db|deploy)/[\w/]+\.py)?(?:::(\w+))?`")
 
 
 def named_tests() -> list[tuple[str, str | None]]:

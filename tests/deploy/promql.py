@@ -24,7 +24,7 @@ RULES = ROOT / "deploy" / "prometheus" / "erc8004-rules.yaml"
 
 #: Labels Prometheus adds to every scraped series (target labels), and le.
 TARGET_LABELS = frozenset(
-    {"job", "instance", "namespace", "pod", "service", "container", "endpoint", "le"}
+    {"job", "instance", "namespace", "pod", "service", "container", "endpoint", "cluster", "le"}
 )
 _METRIC = re.compile(r"\b((?:erc8004|pg|process|python)_[a-zA-Z0-9_]+|up)\b(\s*\{[^}]*\})?")
 _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")

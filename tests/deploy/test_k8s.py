@@ -1038,7 +1038,7 @@ def alert_threshold(metric: str) -> float:
         for r in g["rules"]
         if "alert" in r and re.search(rf"\b{metric}\b", r["expr"])
     )
-    match = re.fullmatch(rf"max\({metric}\) > (\d+)", expr.strip())
+    match = re.fullmatch(rf"max by \(namespace, cluster\) \({metric}\) > (\d+)", expr.strip())
     assert match, expr
     return float(match.group(1))
 

@@ -84,20 +84,27 @@ def test_every_alert_is_unit_tested() -> None:
         assert rule["annotations"]["description"]
 
 
-def test_dashboard_and_rule_expressions_parse() -> None:
-    """Each dashboard expression (Grafana's variables filled in) and each rule's
-    expression parses as PromQL (promql-parser: the Rust port of Prometheus' parser)."""
+def substitute(expr: str) -> str:
+    """A dashboard expression with Grafana's variables filled in."""
     substitutions = {
         "$__rate_interval": "5m",
         "$__range": "1h",
         "$chain_id": ".*",
         "$database": "erc8004_backend",
+        "$namespace": "erc8004",
+        "$pod": ".*",
     }
+    for var, value in substitutions.items():
+        expr = expr.replace(var, value)
+    return expr
+
+
+def test_dashboard_and_rule_expressions_parse() -> None:
+    """Each dashboard expression (Grafana's variables filled in) and each rule's
+    expression parses as PromQL (promql-parser: the Rust port of Prometheus' parser)."""
     exprs: list[tuple[str, str]] = []
     for query in dashboard_queries():
-        expr = query.expr
-        for var, value in substitutions.items():
-            expr = expr.replace(var, value)
+        expr = substitute(query.expr)
         assert "$" not in expr, (query.where, expr)
         exprs.append((query.where, expr))
     rules = yaml.safe_load(RULES.read_text())
@@ -113,10 +120,68 @@ def test_dashboard_and_rule_expressions_parse() -> None:
         promql_parser.parse("sum by (chain_id (rate(x[5m]))")
 
 
+#: Labels every aggregation and vector matching keeps: the Kubernetes namespace
+#: (dev and prod, or two releases, apart) and the cluster, where Prometheus sets it.
+KEPT = {"namespace", "cluster"}
+
+
+def dropped_labels(node: object, where: str) -> list[str]:
+    """Aggregations (but topk/bottomk, which keep their series' labels) and
+    on(...) matchings of ``node`` that drop namespace or cluster."""
+    found: list[str] = []
+    if isinstance(node, promql_parser.AggregateExpr) and str(node.op) not in {"topk", "bottomk"}:
+        modifier = node.modifier
+        if modifier is None or (
+            modifier.type == promql_parser.AggModifierType.By and not set(modifier.labels) >= KEPT
+        ):
+            found.append(f"{where}: {node.op} by {modifier}")
+        elif modifier.type == promql_parser.AggModifierType.Without and KEPT & set(modifier.labels):
+            found.append(f"{where}: {node.op} {modifier}")
+    if isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
+        matching = node.modifier.matching
+        if (
+            matching is not None
+            and matching.type == promql_parser.LabelModifierType.Include
+            and not set(matching.labels) >= KEPT
+        ):
+            found.append(f"{where}: {matching}")
+    for attr in ("lhs", "rhs", "expr", "args", "param"):
+        child = getattr(node, attr, None)
+        for item in child if isinstance(child, list) else [child]:
+            if item is not None and type(item).__module__ == "promql_parser":
+                found += dropped_labels(item, where)
+    return found
+
+
+def test_every_query_keeps_namespace_and_cluster() -> None:
+    """A sum or max over every namespace would mix dev into prod (and one
+    cluster into another): every aggregation groups by namespace and cluster, every
+    on(...) matches on them, every dashboard selector is narrowed to $namespace
+    (and our services' to $pod)."""
+    rules = yaml.safe_load(RULES.read_text())
+    exprs = [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
+    exprs += [(q.where, substitute(q.expr)) for q in dashboard_queries()]
+    failures = [
+        f for where, expr in exprs for f in dropped_labels(promql_parser.parse(expr), where)
+    ]
+    assert not failures, "\n".join(failures)
+    assert dropped_labels(promql_parser.parse("sum by (chain_id) (x)"), "probe")
+    assert dropped_labels(promql_parser.parse("max(x)"), "probe")
+    assert dropped_labels(promql_parser.parse("x and on (instance) y"), "probe")
+    assert not dropped_labels(promql_parser.parse("topk(3, x) - ignoring (le) y"), "probe")
+    for query in dashboard_queries():
+        for metric in re.findall(r"\b(?:erc8004|pg|process|python)_\w+\b(?!\{)", query.expr):
+            raise AssertionError(f"{query.where}: {metric} without selector")
+        for selector in re.findall(r"\b((?:erc8004|pg|process|python)_\w+)\{([^}]*)\}", query.expr):
+            assert 'namespace="$namespace"' in selector[1], (query.where, selector)
+            if not selector[0].startswith("pg_"):
+                assert 'pod=~"$pod"' in selector[1], (query.where, selector)
+
+
 def test_dashboard_is_well_formed() -> None:
     board = json.loads(DASHBOARD.read_text())
     variables = {v["name"] for v in board["templating"]["list"]}
-    assert {"datasource", "chain_id", "database"} <= variables
+    assert {"datasource", "namespace", "pod", "chain_id", "database"} <= variables
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     titles = []
@@ -166,7 +231,9 @@ def test_dashboard_is_well_formed() -> None:
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
     assert "Indexer" in rows
     for quantile in ("0.5", "0.95", "0.99"):
-        assert f"histogram_quantile({quantile}, sum by (le, action_type)" in text
+        assert (
+            f"histogram_quantile({quantile}, sum by (namespace, cluster, le, action_type)" in text
+        )
 
 
 def test_queries_use_known_metric_names() -> None:

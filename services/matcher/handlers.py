@@ -83,6 +83,7 @@ class Matcher:
             await self.handle(messages)
         except Exception:
             self._failures += 1
+            self._metrics.batches_failed.inc()
             log.exception("batch failed; it will be redelivered", messages=len(messages))
             await with_backoff(self._failures)
             raise

@@ -23,6 +23,7 @@ class MatcherMetrics:
     jobs_dropped: Counter
     evaluation_seconds: Histogram
     batch_seconds: Histogram
+    batches_failed: Counter
     index_size: Gauge
     index_reloads: Counter
     consumer_lag: Gauge
@@ -96,6 +97,12 @@ class MatcherMetrics:
                 "erc8004_matcher_batch_duration_seconds",
                 "Time to make one consumed batch durable (state, jobs acknowledged).",
                 buckets=BATCH_BUCKETS,
+                registry=registry,
+            ),
+            batches_failed=Counter(
+                "erc8004_matcher_batches_failed_total",
+                "Consumed batches whose handling raised: not committed, redelivered"
+                " after a pause (the matcher's log says why).",
                 registry=registry,
             ),
             index_size=Gauge(

@@ -125,9 +125,12 @@ async def test_unreadable_record_is_skipped_and_a_failed_publish_raises(
     await handler.consume([b'{"not": "an event"}', *good])
     assert [j.trigger_id for j in published.jobs] == [trigger]
 
+    failed = "erc8004_matcher_batches_failed_total"
+    assert published.registry.get_sample_value(failed) == 0
     published.fail = ConnectionError("kafka away")
     with pytest.raises(ConnectionError):
         await handler.consume(good)  # raised: the batch is not committed, but redelivered
+    assert published.registry.get_sample_value(failed) == 1
 
 
 async def test_one_users_jobs_for_one_event_are_capped_the_same_way_on_redelivery(

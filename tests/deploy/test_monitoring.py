@@ -19,6 +19,7 @@ from services.ingest.metrics import IngestMetrics
 from services.matcher.metrics import MatcherMetrics
 from tests.deploy.promql import (
     DASHBOARD,
+    ROOT,
     RULES,
     all_queries,
     dashboard_queries,
@@ -97,6 +98,27 @@ def substitute(expr: str) -> str:
     for var, value in substitutions.items():
         expr = expr.replace(var, value)
     return expr
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    """annotations.runbook_url is docs/runbooks.md#<alert name in lower case>, and
+    that section exists (a level-2 heading named after the alert, whose anchor that
+    is) with what the alert means, what to check and what to do."""
+    runbooks = ROOT / "docs" / "runbooks.md"
+    sections = re.split(r"^## ", runbooks.read_text(), flags=re.MULTILINE)[1:]
+    bodies = {section.split("\n", 1)[0].strip(): section for section in sections}
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    for rule in alerts:
+        name = rule["alert"]
+        url = rule["annotations"].get("runbook_url")
+        assert url == f"docs/runbooks.md#{name.lower()}", (name, url)
+        assert (ROOT / url.split("#")[0]).is_file()
+        assert name in bodies, f"no section ## {name} in docs/runbooks.md"
+        for part in ("**Means**", "**Check**", "**Do**"):
+            assert part in bodies[name], (name, part)
+    # no section of an alert that is gone
+    assert set(bodies) == {r["alert"] for r in alerts}
 
 
 def test_dashboard_and_rule_expressions_parse() -> None:

@@ -1,11 +1,15 @@
-"""Reading a topic back in tests: every partition from the start, no consumer group."""
+"""Kafka in tests: reading a topic back (every partition from the start, no
+consumer group), deleting a topic, OAUTHBEARER tokens the local broker accepts."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contract.topics import MAX_MESSAGE_BYTES
 
@@ -46,3 +50,32 @@ async def read_topic(
                 records.extend(recs)
     finally:
         await consumer.stop()
+
+
+async def delete_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()
+
+
+#: How many tokens :func:`unsecured_token` made (a token hook's calls, counted).
+TOKENS_MADE = 0
+
+
+def _b64(value: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+def unsecured_token(subject: str = "erc8004-hook", *, scope: str = "kafka") -> str:
+    """An unsigned JWT ("alg": "none") as the local broker's OAUTHBEARER listener
+    takes it (Kafka's unsecured validator, requiring the scope ``kafka``): the
+    stand-in for an identity provider's token. Also the token hook of the tests
+    (KAFKA_SASL_OAUTHBEARER_TOKEN_PROVIDER=tests.kafkautil:unsecured_token)."""
+    global TOKENS_MADE  # noqa: PLW0603 (a counter the tests read)
+    TOKENS_MADE += 1
+    now = int(time.time())
+    claims = {"sub": subject, "scope": scope, "iat": now, "exp": now + 3600}
+    return f"{_b64({'alg': 'none'})}.{_b64(claims)}."

@@ -5,10 +5,14 @@
     python -m tools.migrate status
     python -m tools.migrate dump        # migrations on a scratch database, rewrite db/schema.sql
 
-Reads DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS from the environment, and
-KAFKA_REPLICATION_FACTOR (default 1, the local single-node broker) for the
-topics it creates; min.insync.replicas comes from the cluster's default.
-dbmate takes a lock, so concurrent runs (two pods' migration jobs) are safe.
+Reads DATABASE_URL (its sslmode, sslrootcert, sslcert and sslkey are honoured:
+``sslmode=verify-full&sslrootcert=/path/ca.pem`` for production), the Kafka
+settings the services read (KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL,
+KAFKA_SSL_*, KAFKA_SASL_*), KAFKA_REPLICATION_FACTOR (default 1, the local
+single-node broker) for the topics it creates, and MIGRATE_WAIT_TIMEOUT (seconds
+to wait for the database, default 60); min.insync.replicas comes from the
+cluster's default. dbmate takes a lock, so concurrent runs (two pods' migration
+jobs) are safe.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -26,7 +31,9 @@ from pathlib import Path
 import asyncpg
 
 from shared.platform.kafka import ensure_topics
+from shared.platform.kafka_access import KafkaAccess
 from shared.platform.logging import redact_value
+from shared.platform.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "db" / "migrations"
@@ -43,32 +50,88 @@ def dbmate_binary() -> str:
     return found
 
 
-def dbmate_url(database_url: str) -> str:
-    """dbmate speaks ``postgres://`` and wants sslmode spelled out."""
+#: What dbmate's driver (Go's lib/pq) takes as sslmode; it has no "prefer" or "allow".
+DBMATE_SSLMODES = ("disable", "require", "verify-ca", "verify-full")
+
+
+def dbmate_url(database_url: str, *, server_tls: bool | None = None) -> str:
+    """The URL for dbmate: ``postgres://``, the TLS options kept (``sslrootcert``,
+    ``sslcert``, ``sslkey`` mean the same to both drivers). An ``sslmode`` dbmate
+    knows is kept as given. libpq's default, ``prefer`` (also when none is given),
+    and ``allow`` become what they would have meant here: ``require`` when the
+    server speaks TLS (``server_tls``, which :func:`speaks_tls` finds out), else
+    ``disable``."""
     parts = urllib.parse.urlsplit(database_url)
     query = dict(urllib.parse.parse_qsl(parts.query))
-    query.setdefault("sslmode", "disable")
+    mode = query.get("sslmode", "prefer")
+    if mode not in DBMATE_SSLMODES:
+        if mode not in ("prefer", "allow"):
+            raise SystemExit(f"DATABASE_URL: unknown sslmode {mode!r}")
+        if server_tls is None:
+            raise ValueError("sslmode prefer needs to know whether the server speaks TLS")
+        query["sslmode"] = "require" if server_tls else "disable"
     return urllib.parse.urlunsplit(
         ("postgres", parts.netloc, parts.path, urllib.parse.urlencode(query), "")
     )
 
 
-def run_dbmate(database_url: str, *args: str, dump_schema: bool = False) -> None:
+async def speaks_tls(database_url: str) -> bool:
+    """Whether a connection as libpq's ``prefer`` would make it runs over TLS (asked
+    of the database, waited for like dbmate waits)."""
+    deadline = time.monotonic() + wait_seconds()
+    while True:
+        try:
+            conn = await asyncpg.connect(database_url, timeout=10)
+        except (OSError, asyncpg.CannotConnectNowError) as exc:
+            if time.monotonic() > deadline:
+                what = type(exc).__name__
+                raise SystemExit(f"[migrate] the database does not answer: {what}") from None
+            await asyncio.sleep(1)
+            continue
+        try:
+            query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            return bool(await conn.fetchval(query))
+        finally:
+            await conn.close()
+
+
+def needs_probe(database_url: str) -> bool:
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(database_url).query))
+    return query.get("sslmode", "prefer") in ("prefer", "allow")
+
+
+def wait_seconds() -> int:
+    """How long to wait for the database to answer (MIGRATE_WAIT_TIMEOUT, seconds):
+    a migration Job may start before its database does."""
+    return int(os.environ.get("MIGRATE_WAIT_TIMEOUT", "60"))
+
+
+def run_dbmate(
+    database_url: str, *args: str, dump_schema: bool = False, server_tls: bool | None = None
+) -> None:
+    """dbmate with the URL in its environment, not on its command line (where any
+    user of the machine could read it in the process list); a failure is reported
+    without the URL."""
+    if server_tls is None and needs_probe(database_url):
+        server_tls = asyncio.run(speaks_tls(database_url))
     cmd = [
         dbmate_binary(),
-        "--url",
-        dbmate_url(database_url),
+        "--env",
+        "DBMATE_DATABASE_URL",
         "--migrations-dir",
         str(MIGRATIONS),
         "--schema-file",
         str(SCHEMA),
         "--wait",
         "--wait-timeout",
-        "60s",
+        f"{wait_seconds()}s",
     ]
     if not dump_schema:
         cmd.append("--no-dump-schema")
-    subprocess.run([*cmd, *args], check=True)
+    env = {**os.environ, "DBMATE_DATABASE_URL": dbmate_url(database_url, server_tls=server_tls)}
+    done = subprocess.run([*cmd, *args], env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"[migrate] dbmate {' '.join(args)} failed (exit {done.returncode})")
 
 
 async def dump_schema(database_url: str) -> None:
@@ -79,7 +142,8 @@ async def dump_schema(database_url: str) -> None:
         await admin.execute(f'CREATE DATABASE "{name}"')
         scratch = urllib.parse.urlsplit(database_url)._replace(path=f"/{name}").geturl()
         try:
-            run_dbmate(scratch, "up", dump_schema=True)
+            tls = await speaks_tls(scratch) if needs_probe(scratch) else None
+            run_dbmate(scratch, "up", dump_schema=True, server_tls=tls)
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -112,11 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command != "topics":
         run_dbmate(database_url, args.command)
     if args.command in ("up", "topics") and not args.no_topics:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        kafka = KafkaAccess.from_settings(KafkaSettings.from_env())
         replication = int(os.environ.get("KAFKA_REPLICATION_FACTOR", "1"))
-        created = asyncio.run(ensure_topics(bootstrap, replication_factor=replication))
+        created = asyncio.run(ensure_topics(kafka, replication_factor=replication))
         print(  # noqa: T201
-            f"[migrate] topics on {bootstrap}: "
+            f"[migrate] topics on {kafka.bootstrap_servers} ({kafka.security_protocol}): "
             + (f"created {', '.join(created)}" if created else "all present"),
             flush=True,
         )

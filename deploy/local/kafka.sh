@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # A single-node Apache Kafka 4.3.1 broker in KRaft mode on 127.0.0.1:9092,
 # from Kafka's Java packages fetched by Maven (deploy/local/kafka/pom.xml).
+# Two secured listeners beside it, for the tests of the clients' security settings
+# (certificates from deploy/local/tls.sh, credentials from dev.env):
+#   127.0.0.1:9094  SASL_SSL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (users made with
+#                   Kafka's own ConfigCommand) and OAUTHBEARER (Kafka's unsecured
+#                   JWT validator: a development stand-in for an identity provider)
+#   127.0.0.1:9095  SSL with client certificates required (mutual TLS)
 #   kafka.sh start    fetch the jars on first use, format the log dir, start
 #   kafka.sh stop     stop the broker this script started (by its pid)
 #   kafka.sh status
@@ -14,6 +20,10 @@ PIDFILE="$RUN/pids/kafka.pid"
 POM="$ROOT/deploy/local/kafka/pom.xml"
 PORT=9092
 CONTROLLER_PORT=9093
+SASL_SSL_PORT=9094
+MTLS_PORT=9095
+TLS="$RUN/tls"
+TLS_PASS=erc8004-dev-tls
 
 ensure_java() {
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
@@ -37,11 +47,26 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT,MTLS://127.0.0.1:$MTLS_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT,MTLS://127.0.0.1:$MTLS_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL
+# TLS of both secured listeners: the local CA's server certificate
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS/server.p12
+ssl.keystore.password=$TLS_PASS
+ssl.key.password=$TLS_PASS
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$TLS/truststore.p12
+ssl.truststore.password=$TLS_PASS
+listener.name.mtls.ssl.client.auth=required
+# SASL on 9094
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$LOCAL_KAFKA_SASL_USERNAME="$LOCAL_KAFKA_SASL_PASSWORD";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker" unsecuredValidatorRequiredScope="kafka";
 log.dirs=$KRUN/data
 # topics are created explicitly, with their partition counts (shared/contract/topics.py)
 auto.create.topics.enable=false
@@ -65,12 +90,18 @@ java_cmd() { java "${JAVA_OPTS[@]}" "$@"; }
 
 start() {
   if [ -n "$EXTERNAL_KAFKA" ]; then log "KAFKA_BOOTSTRAP_SERVERS is set: using it, nothing started"; return 0; fi
-  if pid_alive "$PIDFILE"; then log "already running (pid $(cat "$PIDFILE"), 127.0.0.1:$PORT)"; return 0; fi
+  if pid_alive "$PIDFILE"; then
+    log "already running (pid $(cat "$PIDFILE"), 127.0.0.1:$PORT)"
+    port_open 127.0.0.1 "$SASL_SSL_PORT" \
+      || log "warning: started before its secured listeners existed; make down && make infra adds them"
+    return 0
+  fi
   if port_open 127.0.0.1 "$PORT"; then
     die "port $PORT is taken by another process; stop it or set KAFKA_BOOTSTRAP_SERVERS"
   fi
   ensure_java
   mkdir -p "$KRUN"
+  "$ROOT/deploy/local/tls.sh" ensure
   fetch_libs
   write_config
   if [ ! -f "$KRUN/data/meta.properties" ]; then
@@ -87,11 +118,30 @@ start() {
   echo $! >"$PIDFILE"
   local i
   for ((i = 0; i < 600; i++)); do
-    if port_open 127.0.0.1 "$PORT"; then log "ready (pid $(cat "$PIDFILE"))"; return 0; fi
+    if port_open 127.0.0.1 "$PORT"; then log "ready (pid $(cat "$PIDFILE"))"; scram_users; return 0; fi
     pid_alive "$PIDFILE" || { tail -20 "$KRUN/kafka.log" >&2; die "Kafka exited during start"; }
     sleep 0.1
   done
   die "Kafka did not open port $PORT within 60 s (see $KRUN/kafka.log)"
+}
+
+# The SCRAM user of the SASL listener, set (again) with Kafka's own ConfigCommand
+# through the plaintext listener: credentials live in the cluster's metadata.
+scram_users() {
+  local i mechanism
+  # One mechanism a request: Kafka refuses two changes of one user's credentials in one.
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+    for ((i = 0; ; i++)); do
+      if java_cmd kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter \
+        --entity-type users --entity-name "$LOCAL_KAFKA_SASL_USERNAME" \
+        --add-config "$mechanism=[password=$LOCAL_KAFKA_SASL_PASSWORD]" >>"$KRUN/scram.log" 2>&1; then
+        break
+      fi
+      [ "$i" -lt 20 ] || die "could not set the $mechanism user (see $KRUN/scram.log)"
+      sleep 0.5
+    done
+  done
+  log "SCRAM user $LOCAL_KAFKA_SASL_USERNAME set; secured listeners on 127.0.0.1:$SASL_SSL_PORT (SASL_SSL) and :$MTLS_PORT (mutual TLS)"
 }
 
 stop() {

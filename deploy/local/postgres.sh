@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The project's own PostgreSQL cluster under .run/postgres, on 127.0.0.1:5432,
-# from Debian's packages (installed when missing).
+# from Debian's packages (installed when missing). TLS is on, with the server
+# certificate deploy/local/tls.sh makes (127.0.0.1, ::1, localhost, signed by the
+# local CA in .run/tls/ca.pem): a client may ask for sslmode=verify-full with
+# sslrootcert=.run/tls/ca.pem; one that does not ask still connects.
 #   postgres.sh start   initdb on first use, start, create the login and database
 #   postgres.sh stop    stop the cluster this script started (PG_STOP_MODE=immediate
 #                       stops it as a crash would: no checkpoint, recovery on start)
@@ -72,6 +75,16 @@ ensure_reachable() {
   done
 }
 
+# The server's certificate and key, copied where the cluster's OS user owns them
+# (PostgreSQL refuses a key file others can read).
+server_tls() {
+  "$ROOT/deploy/local/tls.sh" ensure
+  mkdir -p "$PGRUN/tls"
+  cp "$RUN/tls/server.pem" "$RUN/tls/server-key.pem" "$RUN/tls/ca.pem" "$PGRUN/tls/"
+  chmod 600 "$PGRUN/tls/server-key.pem"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$PGRUN/tls"; fi
+}
+
 psql_admin() { as_pg "$BIN/psql" -h "$PGRUN" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
 
 start() {
@@ -102,8 +115,12 @@ shared_preload_libraries = 'pg_stat_statements'
 log_min_duration_statement = 1000
 CONF
   fi
-  log "starting PostgreSQL on 127.0.0.1:$PORT (log: $PGRUN/postgres.log)"
-  as_pg "$BIN/pg_ctl" -D "$DATA" -l "$PGRUN/postgres.log" -w -t 60 start >/dev/null
+  server_tls
+  log "starting PostgreSQL on 127.0.0.1:$PORT with TLS (log: $PGRUN/postgres.log)"
+  # Given on the command line, so a cluster made before TLS was added gets it too.
+  as_pg "$BIN/pg_ctl" -D "$DATA" -l "$PGRUN/postgres.log" -w -t 60 \
+    -o "-c ssl=on -c ssl_cert_file=$PGRUN/tls/server.pem -c ssl_key_file=$PGRUN/tls/server-key.pem -c ssl_ca_file=$PGRUN/tls/ca.pem" \
+    start >/dev/null
   local user password db
   user=$(url_part user); password=$(url_part password); db=$(url_part db)
   # The login owns the schema and runs migrations; it may create the service

@@ -31,6 +31,7 @@ from services.api.redrive import JobProducer
 from services.api.routes import PRODUCER, add_routes
 from services.api.settings import ApiSettings
 from shared.outbound.policy import parse_networks
+from shared.platform.kafka_access import KafkaAccess
 from shared.platform.metrics import new_registry
 from shared.platform.secrets import SecretBox
 from shared.platform.web import frame_web_app, ops_port
@@ -80,7 +81,7 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     )
     app[SECRETS] = SecretBox(settings.secrets_key)
     app[PROXIES] = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")
-    app[PRODUCER] = JobProducer(settings.kafka_bootstrap_servers, settings.actions_topic)
+    app[PRODUCER] = JobProducer(KafkaAccess.from_settings(settings), settings.actions_topic)
     # Kafka is informational: only a redrive produces to it (503 without it), so the
     # API stays in its Service while the broker is away (issue 16).
     frame_web_app(

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.contract.jobs import ActionJob
 from shared.platform.kafka import new_producer, stop_producer
+from shared.platform.kafka_access import KafkaAccess
 
 
 class KafkaUnavailableError(Exception):
@@ -17,9 +18,9 @@ class KafkaUnavailableError(Exception):
 
 
 class JobProducer:
-    def __init__(self, bootstrap_servers: str, topic: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, kafka: KafkaAccess | str, topic: str, *, timeout: float = 10.0) -> None:
         self.topic = topic
-        self._bootstrap = bootstrap_servers
+        self._kafka = kafka
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -28,7 +29,7 @@ class JobProducer:
         async with self._lock:
             if self._producer is None:
                 producer = new_producer(
-                    self._bootstrap,
+                    self._kafka,
                     "erc8004-api",
                     linger_ms=0,
                     request_timeout_ms=int(self._timeout * 1000),

@@ -27,9 +27,10 @@ from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.store import PgJobStore
 from services.dispatcher.telegram_links import ChatLinker
 from shared.outbound.client import new_session
-from shared.outbound.policy import OutboundPolicy
+from shared.outbound.policy import OutboundPolicy, OutboundProxy, parse_ports
 from shared.platform.db import connector
 from shared.platform.kafka import LagProbe, started_producer, stop_producer, watch_lag
+from shared.platform.kafka_access import KafkaAccess
 from shared.platform.secrets import SecretBox
 from shared.platform.stream import (
     Handoff,
@@ -53,6 +54,8 @@ class DispatcherRuntime:
         self.secrets = SecretBox(settings.secrets_key)
         self.policy = OutboundPolicy.from_setting(
             settings.outbound_allowed_networks,
+            allowed_ports=parse_ports(settings.outbound_allowed_ports),
+            proxy=OutboundProxy.parse(settings.outbound_proxy_url.get_secret_value()),
             connect_timeout=settings.outbound_connect_timeout,
             max_response_bytes=settings.outbound_max_response_bytes,
         )
@@ -64,9 +67,7 @@ class DispatcherRuntime:
 
     async def start(self, svc: StreamService) -> None:
         settings = self.settings
-        self._producer = await started_producer(
-            settings.kafka_bootstrap_servers, "erc8004-dispatcher"
-        )
+        self._producer = await started_producer(svc.kafka, "erc8004-dispatcher")
         self._session = new_session(
             self.policy,
             limit=200,
@@ -101,12 +102,11 @@ class DispatcherRuntime:
             settings=settings, store=store, send=self.send, metrics=self.metrics, kinds=kinds
         )
         self.handler.dispatcher = self.dispatcher
-        bootstrap = settings.kafka_bootstrap_servers
         gauges = {
-            LagProbe(bootstrap, settings.group_id, settings.actions_topic): (
+            LagProbe(svc.kafka, settings.group_id, settings.actions_topic): (
                 self.metrics.consumer_lag
             ),
-            LagProbe(bootstrap, None, settings.dlq_topic): self.metrics.dlq_messages,
+            LagProbe(svc.kafka, None, settings.dlq_topic): self.metrics.dlq_messages,
         }
         self._tasks = [asyncio.create_task(watch_lag(gauges), name="lag")]
         bot_token = settings.telegram_bot_token.get_secret_value()
@@ -141,8 +141,9 @@ class DispatcherRuntime:
 
 
 def create_app(settings: DispatcherSettings) -> FastStream:
-    broker = new_broker(settings)
-    service = StreamService(settings=settings, broker=broker)
+    kafka = KafkaAccess.from_settings(settings)
+    broker = new_broker(settings, kafka)
+    service = StreamService(settings=settings, broker=broker, kafka=kafka)
     runtime = DispatcherRuntime(settings, DispatcherMetrics.create(service.registry))
 
     # A batch ends by batch_deadline (guard copies cover what is still running); a

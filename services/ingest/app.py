@@ -29,6 +29,7 @@ from services.ingest.routes import (
     routes,
 )
 from services.ingest.settings import IngestSettings
+from shared.platform.kafka_access import KafkaAccess
 from shared.platform.metrics import new_registry
 from shared.platform.web import frame_web_app, ops_port
 
@@ -87,7 +88,7 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
                     server_settings={"application_name": "erc8004-ingest-relay"}
                     | ({"role": settings.database_role} if settings.database_role else {}),
                 ),
-                producer_factory=new_producer(settings.kafka_bootstrap_servers),
+                producer_factory=new_producer(KafkaAccess.from_settings(settings)),
                 metrics=app[METRICS],
                 batch_size=settings.relay_batch_size,
                 poll_interval=settings.relay_poll_interval,

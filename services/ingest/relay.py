@@ -23,6 +23,7 @@ from services.ingest import queries
 from services.ingest.metrics import IngestMetrics
 from shared.platform import kafka
 from shared.platform.db import keep_listening
+from shared.platform.kafka_access import KafkaAccess
 
 log = structlog.get_logger(__name__)
 
@@ -30,10 +31,10 @@ ProducerFactory = Callable[[], AIOKafkaProducer]
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
-def new_producer(bootstrap_servers: str) -> ProducerFactory:
+def new_producer(access: KafkaAccess | str) -> ProducerFactory:
     def make() -> AIOKafkaProducer:
         return kafka.new_producer(
-            bootstrap_servers,
+            access,
             "erc8004-ingest-relay",
             max_batch_size=512 * 1024,
             request_timeout_ms=10_000,

@@ -16,6 +16,7 @@ from services.matcher.settings import MatcherSettings
 from shared.contract.jobs import ActionJob
 from shared.platform.db import connector
 from shared.platform.kafka import LagProbe, started_producer, stop_producer, watch_lag
+from shared.platform.kafka_access import KafkaAccess
 from shared.platform.stream import (
     FETCH_MAX_WAIT_MS,
     Handoff,
@@ -46,7 +47,7 @@ class MatcherRuntime:
             resync_interval=settings.resync_interval,
         )
         await keeper.start()
-        self._producer = await started_producer(settings.kafka_bootstrap_servers, "erc8004-matcher")
+        self._producer = await started_producer(svc.kafka, "erc8004-matcher")
         self.matcher = Matcher(
             pool=svc.db(),
             keeper=keeper,
@@ -54,7 +55,7 @@ class MatcherRuntime:
             metrics=self.metrics,
             max_jobs_per_event_per_user=settings.max_jobs_per_event_per_user,
         )
-        lag = LagProbe(settings.kafka_bootstrap_servers, settings.group_id, settings.events_topic)
+        lag = LagProbe(svc.kafka, settings.group_id, settings.events_topic)
         self._tasks = [
             asyncio.create_task(keeper.run(), name="index-keeper"),
             asyncio.create_task(watch_lag({lag: self.metrics.consumer_lag}), name="lag"),
@@ -84,8 +85,9 @@ class MatcherRuntime:
 
 
 def create_app(settings: MatcherSettings) -> FastStream:
-    broker = new_broker(settings)
-    service = StreamService(settings=settings, broker=broker)
+    kafka = KafkaAccess.from_settings(settings)
+    broker = new_broker(settings, kafka)
+    service = StreamService(settings=settings, broker=broker, kafka=kafka)
     runtime = MatcherRuntime(settings, MatcherMetrics.create(service.registry))
     batch_subscriber(
         broker,

@@ -1,5 +1,7 @@
 """Kafka plumbing shared by the services: the producer, topic creation, the
-readiness check and the lag gauges."""
+readiness check and the lag gauges. Each takes a
+:class:`~shared.platform.kafka_access.KafkaAccess` (the brokers and the
+connection's security), or a bootstrap string for a plaintext broker."""
 
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 from prometheus_client import Gauge
 
 from shared.contract.topics import MAX_MESSAGE_BYTES, TOPICS, TopicSpec
+from shared.platform.kafka_access import KafkaAccess, kafka_access
 
 log = structlog.get_logger(__name__)
 
 
 def new_producer(
-    bootstrap_servers: str,
+    kafka: KafkaAccess | str,
     client_id: str,
     *,
     linger_ms: int = 2,
@@ -33,7 +36,7 @@ def new_producer(
     so an acknowledged message is on every in-sync replica and a retried send is
     never written twice."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_access(kafka).client_options(),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -44,17 +47,17 @@ def new_producer(
     )
 
 
-async def started_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+async def started_producer(kafka: KafkaAccess | str, client_id: str) -> AIOKafkaProducer:
     """A :func:`new_producer` started, waiting for Kafka while it does not answer (a
     producer whose start failed is closed and a new one made)."""
     while True:
-        producer = new_producer(bootstrap_servers, client_id)
+        producer = new_producer(kafka, client_id)
         try:
             await producer.start()
             return producer
         except KafkaConnectionError:
             await stop_producer(producer)
-            await until_kafka_answers(bootstrap_servers, what=client_id)
+            await until_kafka_answers(kafka, what=client_id)
 
 
 async def stop_producer(producer: AIOKafkaProducer, *, within: float = 3.0) -> None:
@@ -67,7 +70,7 @@ async def stop_producer(producer: AIOKafkaProducer, *, within: float = 3.0) -> N
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaAccess | str,
     *,
     topics: tuple[TopicSpec, ...] = TOPICS,
     replication_factor: int = 1,
@@ -77,7 +80,7 @@ async def ensure_topics(
     configs of those that do in line without undoing an operator's choices: a
     listed config the topic has no setting of is set, ``max.message.bytes`` is
     raised to at least the listed size, and every other setting of the topic stays."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka_access(kafka).client_options(), request_timeout_ms=10_000)
     async with asyncio.timeout(within):
         await _start_with_retry(admin)
     try:
@@ -146,14 +149,14 @@ def _set_on_topic(entry: tuple[Any, ...]) -> bool:
 
 
 async def until_kafka_answers(
-    bootstrap_servers: str, *, what: str, pause: float = 0.5, longest: float = 10.0
+    kafka: KafkaAccess | str, *, what: str, pause: float = 0.5, longest: float = 10.0
 ) -> None:
-    """Return once ``bootstrap_servers`` answers a metadata request; until then, try
+    """Return once the brokers answer a metadata request; until then, try
     again after a pause that grows to ``longest`` seconds, saying so in the log (a
     service started while Kafka is away waits for it rather than exiting)."""
     attempt = 0
     while True:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5_000)
+        client = AIOKafkaClient(**kafka_access(kafka).client_options(), request_timeout_ms=5_000)
         try:
             await client.bootstrap()
             if attempt:
@@ -187,15 +190,13 @@ class KafkaProbe:
     """A long-lived metadata client for readiness checks: made and bootstrapped on
     first use (inside the running loop), then each check is one metadata request."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
-        self._bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: KafkaAccess | str) -> None:
+        self._kafka = kafka_access(kafka)
         self._client: AIOKafkaClient | None = None
 
     async def check(self) -> None:
         if self._client is None:
-            client = AIOKafkaClient(
-                bootstrap_servers=self._bootstrap_servers, request_timeout_ms=3000
-            )
+            client = AIOKafkaClient(**self._kafka.client_options(), request_timeout_ms=3000)
             try:
                 await client.bootstrap()
             except BaseException:
@@ -215,8 +216,8 @@ class LagProbe:
     summed over partitions (a partition never committed counts from its start).
     With ``group=None`` it measures how many messages the topic holds."""
 
-    def __init__(self, bootstrap_servers: str, group: str | None, topic: str) -> None:
-        self._bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: KafkaAccess | str, group: str | None, topic: str) -> None:
+        self._kafka = kafka_access(kafka)
         self._group = group
         self._topic = topic
         self._admin: AIOKafkaAdminClient | None = None
@@ -224,8 +225,8 @@ class LagProbe:
 
     async def measure(self) -> int:
         if self._admin is None or self._consumer is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap_servers)
-            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap_servers)
+            admin = AIOKafkaAdminClient(**self._kafka.client_options())
+            consumer = AIOKafkaConsumer(**self._kafka.client_options())
             try:
                 await admin.start()
                 await consumer.start()
@@ -234,11 +235,7 @@ class LagProbe:
                 await consumer.stop()
                 raise
             self._admin, self._consumer = admin, consumer
-        partitions = self._consumer.partitions_for_topic(self._topic) or set()
-        if not partitions:
-            await self._consumer.topics()  # refresh metadata
-            partitions = self._consumer.partitions_for_topic(self._topic) or set()
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        tps = await self._partitions(self._admin, self._consumer)
         if not tps:
             return 0
         ends = await self._consumer.end_offsets(tps)
@@ -254,6 +251,20 @@ class LagProbe:
             position = done.offset if done is not None and done.offset >= 0 else starts[tp]
             lag += max(0, ends[tp] - position)
         return lag
+
+    async def _partitions(
+        self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
+    ) -> list[TopicPartition]:
+        """The topic's partitions, asked of the cluster each time (a topic made or
+        grown after the probe started counts). The probe's consumer is assigned them,
+        paused: so its client follows their leaders (an unassigned consumer's
+        metadata holds no topic at all, and every measure read 0), and fetches nothing."""
+        (topic,) = await admin.describe_topics([self._topic])
+        tps = sorted(TopicPartition(self._topic, p["partition"]) for p in topic["partitions"])
+        if set(tps) != consumer.assignment():
+            consumer.assign(tps)
+            consumer.pause(*tps)
+        return tps
 
     async def close(self) -> None:
         if self._admin is not None:

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from shared.contract.topics import MAX_MESSAGE_BYTES
 from shared.platform.db import check_db, close_pool, pool_from_settings
 from shared.platform.kafka import until_kafka_answers
+from shared.platform.kafka_access import KafkaAccess
 from shared.platform.metrics import new_registry
 from shared.platform.ops import add_ops_routes, start_site
 from shared.platform.settings import ServiceSettings
@@ -41,6 +42,8 @@ class StreamService:
 
     settings: ServiceSettings
     broker: KafkaBroker
+    #: How every Kafka client of the service connects (the broker's consumers too).
+    kafka: KafkaAccess
     registry: CollectorRegistry = field(default_factory=new_registry)
     pool: asyncpg.Pool | None = None
 
@@ -67,9 +70,10 @@ IDLE_POLL_MS = 25
 FETCH_MAX_WAIT_MS = 25
 
 
-def new_broker(settings: ServiceSettings) -> KafkaBroker:
+def new_broker(settings: ServiceSettings, kafka: KafkaAccess) -> KafkaBroker:
     return KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        kafka.bootstrap_servers,
+        **kafka.broker_options(),
         graceful_timeout=settings.shutdown_timeout,
         client_id=f"erc8004-{settings.service_name}",
         # FastStream's per-message "Received"/"Processed" lines: debug, not info.
@@ -119,11 +123,11 @@ def create_stream_app(
             service.pool = None
             log.info("stopped")
 
-    _start_until_connected(service.broker, settings.kafka_bootstrap_servers)
+    _start_until_connected(service.broker, service.kafka)
     return FastStream(service.broker, lifespan=lifespan)
 
 
-def _start_until_connected(broker: KafkaBroker, bootstrap_servers: str) -> None:
+def _start_until_connected(broker: KafkaBroker, kafka: KafkaAccess) -> None:
     """The broker's start tried again while Kafka does not answer: a service started
     while Kafka is away (a node restart, a broker rolling) waits for it, not ready
     meanwhile, rather than exit. (The services' own producers, started in
@@ -136,7 +140,7 @@ def _start_until_connected(broker: KafkaBroker, bootstrap_servers: str) -> None:
                 await start()
                 return
             except KafkaConnectionError:
-                await until_kafka_answers(bootstrap_servers, what="consumers")
+                await until_kafka_answers(kafka, what="consumers")
 
     broker.start = start_until_connected  # type: ignore[method-assign]
 

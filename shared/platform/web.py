@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.platform.db import check_db, close_pool, pool_from_settings
 from shared.platform.kafka import KafkaProbe
+from shared.platform.kafka_access import KafkaAccess
 from shared.platform.ops import (
     Readiness,
     add_ops_routes,
@@ -45,7 +46,7 @@ def frame_web_app(
     ``kafka_required`` is False (then it is only reported). ``on_pool`` checks the
     new pool before anything else starts: if it raises, the pool is closed and the
     app does not start."""
-    probe = KafkaProbe(settings.kafka_bootstrap_servers)
+    probe = KafkaProbe(KafkaAccess.from_settings(settings))
 
     async def check_postgres() -> None:
         await check_db(app[pool])

@@ -21,13 +21,14 @@ BASE = {"DATABASE_URL": "postgresql://u:pw@127.0.0.1:5432/db"}
 
 
 def test_ingest_tokens_are_split_on_commas(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {**BASE, "INGEST_TOKENS": " one ,two,, three "}.items():
+    for key, value in {**BASE, "INGEST_TOKENS": " tok-one ,tok-two,, tok-three "}.items():
         monkeypatch.setenv(key, value)
     settings = IngestSettings.from_env()
-    assert [t.get_secret_value() for t in settings.ingest_tokens] == ["one", "two", "three"]
+    tokens = [t.get_secret_value() for t in settings.ingest_tokens]
+    assert tokens == ["tok-one", "tok-two", "tok-three"]
     assert settings.http_port == 8081
     assert settings.database_role == "erc8004_ingest"
-    assert "one" not in repr(settings)
+    assert "tok-" not in repr(settings)
 
 
 def test_missing_and_empty_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +95,9 @@ def test_event_key_and_topics() -> None:
 
 
 def test_dbmate_url() -> None:
-    assert dbmate_url("postgresql://u:p@h:5432/d") == "postgres://u:p@h:5432/d?sslmode=disable"
+    plain = "postgresql://u:p@h:5432/d"
+    assert dbmate_url(plain, server_tls=False) == "postgres://u:p@h:5432/d?sslmode=disable"
+    assert dbmate_url(plain, server_tls=True) == "postgres://u:p@h:5432/d?sslmode=require"
     assert (
         dbmate_url("postgresql://u:p@h/d?sslmode=require") == "postgres://u:p@h/d?sslmode=require"
     )

@@ -38,6 +38,9 @@ class PathParam:
     name: str
     schema: dict[str, Any]
     description: str = ""
+    #: The router's regular expression for the segment, when it must not take what a
+    #: static route beside it serves (``/v1/triggers/backtest`` is no trigger id).
+    router_pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,15 @@ class Route:
     @property
     def operation_id(self) -> str:
         return self.handler.__name__
+
+    @property
+    def router_path(self) -> str:
+        """The path as the aiohttp router matches it."""
+        path = self.path
+        for param in self.path_params:
+            if param.router_pattern is not None:
+                path = path.replace(f"{{{param.name}}}", f"{{{param.name}:{param.router_pattern}}}")
+        return path
 
 
 def _not_null(prop: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -17,16 +17,21 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    JsonValue,
     SecretStr,
     SerializationInfo,
     Strict,
     StrictBool,
     ValidationInfo,
+    WithJsonSchema,
+    create_model,
     field_serializer,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 from shared.contract.validation import Errors, has_nul, no_nul
 
@@ -46,6 +51,9 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _CHAT_ID = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}")
 
+
+#: A header value: one line, no NUL.
+_ONE_LINE: Final = "^[^\\r\\n\\x00]*$"
 
 #: The scheme and authority (userinfo, host, port) of a URL: up to the first /, ? or #
 #: after "//".
@@ -72,7 +80,23 @@ def _http_url(v: str) -> str:
     return v
 
 
-UrlText = Annotated[str, Strict()]
+#: What _http_url accepts, as JSON Schema: http(s), a host name or IPv4 address (ASCII,
+#: no template; IPv6 literals are accepted but not promised), an
+#: optional port 0-65535, then a path, query or fragment without spaces or control
+#: characters; at most 2048 characters.
+_URL_SCHEMA: Final[dict[str, Any]] = {
+    "maxLength": 2048,
+    "pattern": (
+        r"^[Hh][Tt][Tt][Pp][Ss]?://"
+        r"(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?"
+        r"[A-Za-z0-9._~%!$&'()*+,;=-]+"
+        r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?"
+        # no character str.isspace() or below U+0020, spelled out: JSON Schema's \s
+        # is not Python's
+        r"(?:[/?#][^\x00-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*)?$"
+    ),
+}
+UrlText = Annotated[str, Strict(), Field(json_schema_extra=_URL_SCHEMA)]
 TimeoutMs = Annotated[int, Strict(), Field(ge=100, le=60000)]
 MaxAttempts = Annotated[int, Strict(), Field(ge=1, le=20)]
 Template = str | dict[str, Any]
@@ -106,7 +130,18 @@ class TelegramConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    chat_id: str
+    chat_id: Annotated[
+        str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": f"^(?:{_CHAT_ID.pattern})$"},
+                    {"type": "integer", "minimum": -(2**63) + 1, "maximum": 2**63 - 1},
+                ],
+                "description": "A linked chat's numeric id, or its @username.",
+            }
+        ),
+    ]
     message_template: Annotated[
         str, Strict(), Field(min_length=1, max_length=4096 * 4), AfterValidator(no_nul)
     ]
@@ -115,6 +150,8 @@ class TelegramConfig(BaseModel):
     @field_validator("chat_id", mode="before")
     @classmethod
     def _chat_id(cls, v: Any) -> Any:
+        if type(v) is float and v.is_integer() and abs(v) < 2**53:
+            v = int(v)  # JSON Schema's integer: 1862.0 is 1862
         if type(v) is int:
             v = str(v)
         if type(v) is not str or _CHAT_ID.fullmatch(v) is None:
@@ -199,7 +236,14 @@ class RestConfig(BaseModel):
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: UrlText
-    headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=50,
+        json_schema_extra={
+            "propertyNames": {"pattern": f"^{_TOKEN.pattern}$"},
+            "additionalProperties": {"type": "string", "maxLength": 8192, "pattern": _ONE_LINE},
+        },
+    )
     body_template: Template | None = None
     timeout_ms: TimeoutMs = 10000
     #: Statuses counted as success; None means any 2xx.
@@ -209,7 +253,20 @@ class RestConfig(BaseModel):
     signing_secret: Annotated[SecretStr, Field(min_length=1, max_length=1024)] | None = None
     #: Headers that carry credentials (Authorization, API keys): sent like ``headers``
     #: but literal (not templates), stored encrypted, write-only in the API.
-    secret_headers: dict[str, SecretStr] | None = Field(default=None, max_length=20)
+    secret_headers: dict[str, SecretStr] | None = Field(
+        default=None,
+        max_length=20,
+        json_schema_extra={
+            "propertyNames": {"pattern": f"^{_TOKEN.pattern}$"},
+            "additionalProperties": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 8192,
+                "pattern": _ONE_LINE,
+                "writeOnly": True,
+            },
+        },
+    )
     max_attempts: MaxAttempts = 5
 
     @field_validator("url")
@@ -286,10 +343,25 @@ class RestConfig(BaseModel):
         return {k: s.get_secret_value() if _reveal(info) else str(s) for k, s in v.items()}
 
 
+#: McpConfig's rule "exactly one of server_url or resolve_endpoint=true", as JSON Schema.
+_ONE_TARGET: Final[list[JsonValue]] = [
+    {
+        "title": "A fixed server",
+        "required": ["server_url"],
+        "properties": {"server_url": {"type": "string"}, "resolve_endpoint": {"const": False}},
+    },
+    {
+        "title": "The agent's own server, from its registration file",
+        "required": ["resolve_endpoint"],
+        "properties": {"resolve_endpoint": {"const": True}, "server_url": {"type": "null"}},
+    },
+]
+
+
 class McpConfig(BaseModel):
     """Config of an mcp action: one tools/call to a fixed or resolved server."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={"oneOf": _ONE_TARGET})
 
     server_url: UrlText | None = None
     resolve_endpoint: StrictBool = False
@@ -332,9 +404,37 @@ _CONFIGS: Final[dict[ActionType, type[ActionConfig]]] = {
 
 
 class Action(BaseModel):
-    """One trigger_actions row: action_type, priority (lower first) and typed config."""
+    """One trigger_actions row: action_type, priority (lower first) and typed config.
+
+    Validation picks the config's model by ``action_type``; the JSON Schema says the
+    same as a union discriminated by ``action_type`` of one object schema per type
+    (``TelegramAction``, ``RestAction``, ``McpAction``; a subclass's variants are named
+    after it), so that generated clients get one typed class per action."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Set on the per-type models the JSON Schema is generated from.
+    _schema_variant: ClassVar[bool] = False
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        if cls._schema_variant:
+            return handler(core_schema)
+        refs = {}
+        for kind, config in _CONFIGS.items():
+            variant = _schema_variant(cls, kind, config)
+            # through the generator itself, so that each variant is a named definition
+            generator = handler.generate_json_schema  # type: ignore[attr-defined]
+            refs[kind.value] = generator.generate_inner(variant.__pydantic_core_schema__)
+        return {
+            "oneOf": list(refs.values()),
+            "discriminator": {
+                "propertyName": "action_type",
+                "mapping": {kind: ref["$ref"] for kind, ref in refs.items()},
+            },
+        }
 
     action_type: ActionType
     priority: Annotated[int, Strict(), Field(ge=0, le=1000)] = 1
@@ -354,3 +454,23 @@ class Action(BaseModel):
                 "action_config", "is not a config of a {kind} action", {"kind": action_type.value}
             )
         return model.model_validate(v, context=info.context)
+
+
+_VARIANTS: dict[tuple[type[Action], ActionType], type[Action]] = {}
+
+
+def _schema_variant(base: type[Action], kind: ActionType, config: type[BaseModel]) -> type[Action]:
+    """``base`` narrowed to one action type, for the JSON Schema only."""
+    variant = _VARIANTS.get((base, kind))
+    if variant is None:
+        name = base.__name__.replace("Action", f"{kind.value.capitalize()}Action", 1)
+        variant = create_model(
+            name,
+            __base__=base,
+            __doc__=f"{base.__doc__.split(chr(10))[0] if base.__doc__ else ''} ({kind.value})",
+            action_type=(Literal[kind.value], ...),  # type: ignore[arg-type]
+            config=(config, ...),
+        )
+        variant._schema_variant = True
+        _VARIANTS[(base, kind)] = variant
+    return variant

@@ -99,9 +99,26 @@ def _not_future(v: int) -> int:
 
 
 StrictStr = Annotated[str, Strict()]
-Address = Annotated[str, Strict(), AfterValidator(_address)]
-Hash = Annotated[str, Strict(), AfterValidator(_hash)]
-HexBytes = Annotated[str, Strict(), AfterValidator(_hex_bytes)]
+# The formats the validators check, also written into the JSON Schema (``pattern``) so
+# that the documents promise what is enforced.
+Address = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_address),
+    Field(json_schema_extra={"pattern": f"^{ADDRESS_RE.pattern}$"}),
+]
+Hash = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_hash),
+    Field(json_schema_extra={"pattern": f"^{HASH_RE.pattern}$"}),
+]
+HexBytes = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_hex_bytes),
+    Field(json_schema_extra={"pattern": f"^{_HEX_BYTES.pattern}$", "maxLength": MAX_METADATA_HEX}),
+]
 Uri = Annotated[str, Strict(), Field(max_length=MAX_TEXT), AfterValidator(_text)]
 Tag = Annotated[str, Strict(), Field(max_length=MAX_TEXT), AfterValidator(_tag)]
 Key = Annotated[str, Strict(), Field(max_length=MAX_TEXT), AfterValidator(_text)]

@@ -198,9 +198,15 @@ def test_patch_body_is_documented_as_the_handler_reads_it() -> None:
     for name in ("description", "cooldown_seconds"):
         assert {"type": "null"} in props[name]["anyOf"], name
     assert props["actions"]["items"] == {"$ref": "#/components/schemas/ActionPatch"}
-    assert {"id", "signing_secret_set", "secret_headers_set"} <= set(
-        schemas["ActionPatch"]["properties"]
-    )
+    # one variant per action type, discriminated by action_type
+    variants = schemas["ActionPatch"]["discriminator"]["mapping"]
+    assert set(variants) == {"telegram", "rest", "mcp"}
+    for kind, ref in variants.items():
+        variant = schemas[ref.rsplit("/", 1)[1]]
+        assert {"id", "signing_secret_set", "secret_headers_set"} <= set(variant["properties"])
+        assert variant["properties"]["action_type"]["const"] == kind
+        config = variant["properties"]["config"]["$ref"].rsplit("/", 1)[1]
+        assert config == f"{kind.capitalize()}Config"
     assert "id" in schemas["ConditionPatch"]["properties"]
 
     echoed = {

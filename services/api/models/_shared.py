@@ -4,11 +4,32 @@ for one (optionally within a time range)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, TypeVar
+import re
+from datetime import datetime
+from typing import Annotated, Any, Final, Generic, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
+
+#: RFC 3339's date-time (JSON Schema's ``format: date-time``): a date, a time and an
+#: offset, nothing else (pydantic alone would also take unix seconds such as ``0.5``).
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(v: Any) -> Any:
+    if isinstance(v, datetime) or (isinstance(v, str) and _RFC3339.fullmatch(v) is not None):
+        return v
+    raise PydanticCustomError(
+        "date_time", "must be an RFC 3339 date-time with an offset (2026-01-31T12:00:00Z)"
+    )
+
+
+#: A point in time as the document says: an RFC 3339 date-time string with its offset.
+DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 Cursor = Annotated[str, StringConstraints(max_length=1024, pattern=r"^[A-Za-z0-9_-]*$")]
 
@@ -55,5 +76,5 @@ class PageQuery(BaseModel):
 
 
 class _TimeRange(PageQuery):
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: DateTime | None = None
+    until: DateTime | None = None

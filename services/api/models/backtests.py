@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, ConfigDict, Field, Strict, model_validator
+from pydantic import ConfigDict, Field, Strict, model_validator
 
-from services.api.models._shared import _Body, _Out
+from services.api.models._shared import DateTime, _Body, _Out
 from shared.contract.triggers import TriggerCreate
 
 MAX_BACKTEST_DAYS = 366
@@ -19,8 +19,8 @@ class BacktestIn(_Body):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    from_: Annotated[AwareDatetime, Field(alias="from")]
-    to: AwareDatetime
+    from_: Annotated[DateTime, Field(alias="from")]
+    to: DateTime
     #: How many explain blocks of the first firings to return.
     explain_limit: Annotated[int, Strict(), Field(ge=0, le=100)] = 10
 

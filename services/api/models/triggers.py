@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from services.api.models._shared import Page, _Out
+from services.api.models._shared import DateTime, Page, _Out
 from shared.contract.actions import REVEAL_SECRETS, Action
 from shared.contract.condition_types import MAX_CONDITIONS
 from shared.contract.conditions import Condition
@@ -77,7 +77,7 @@ class ConditionPatch(Condition):
     """A condition in a PATCH body; the ``id`` a GET returns is accepted and ignored
     (the conditions given replace the trigger's conditions)."""
 
-    id: int | None = Field(default=None, description="Ignored (output of a GET).")
+    id: StrictInt | None = Field(default=None, description="Ignored (output of a GET).")
 
 
 class ActionPatch(Action):
@@ -85,9 +85,9 @@ class ActionPatch(Action):
     changes that action in place (same id, same job ids), without one it is new. The
     other output-only fields of a GET are accepted and ignored."""
 
-    id: int | None = Field(default=None, description="An existing action's id.")
-    signing_secret_set: bool | None = Field(default=None, description="Ignored.")
-    secret_headers_set: list[str] | None = Field(default=None, description="Ignored.")
+    id: StrictInt | None = Field(default=None, description="An existing action's id.")
+    signing_secret_set: StrictBool | None = Field(default=None, description="Ignored.")
+    secret_headers_set: list[StrictStr] | None = Field(default=None, description="Ignored.")
 
 
 def _omit_not_null(schema: dict[str, Any]) -> None:
@@ -110,12 +110,12 @@ class TriggerPatch(TriggerUpdate):
     # validates the items as the subclasses, which are Conditions and Actions).
     conditions: Annotated[list[ConditionPatch], Field(max_length=MAX_CONDITIONS)] | None = None  # type: ignore[assignment]
     actions: Annotated[list[ActionPatch], Field(min_length=1, max_length=20)] | None = None  # type: ignore[assignment]
-    is_stateful: bool | None = Field(default=None, description="Ignored (output of a GET).")
-    id: str | None = Field(default=None, description="Ignored (the path names the trigger).")
-    enabled_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
-    created_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
-    updated_at: datetime | None = Field(default=None, description="Ignored (output of a GET).")
-    version: int | None = Field(default=None, description="Ignored (output of a GET).")
+    is_stateful: StrictBool | None = Field(default=None, description="Ignored (output of a GET).")
+    id: StrictStr | None = Field(default=None, description="Ignored (the path names the trigger).")
+    enabled_at: DateTime | None = Field(default=None, description="Ignored (output of a GET).")
+    created_at: DateTime | None = Field(default=None, description="Ignored (output of a GET).")
+    updated_at: DateTime | None = Field(default=None, description="Ignored (output of a GET).")
+    version: StrictInt | None = Field(default=None, description="Ignored (output of a GET).")
 
     def action_ids(self) -> list[int | None]:
         return [a.id for a in self.actions or ()]

@@ -89,7 +89,7 @@ class DispatcherMetrics:
                 registry=registry,
             ),
             consumer_lag=Gauge(
-                "erc8004_dispatcher_consumer_lag",
+                "erc8004_dispatcher_consumer_lag_messages",
                 "Jobs on erc8004.actions not yet committed by the dispatcher group.",
                 registry=registry,
             ),

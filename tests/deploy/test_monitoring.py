@@ -13,6 +13,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from services.api.metrics import ApiMetrics
+from services.dispatcher.metrics import DispatcherMetrics
 from services.indexer.metrics import IndexerMetrics
 from services.ingest.maintenance import MaintenanceMetrics, RetentionPolicy, default_tasks
 from services.ingest.metrics import IngestMetrics
@@ -230,6 +232,7 @@ def test_dashboard_is_well_formed() -> None:
         "erc8004_ingest_relay_lag_seconds",
         "erc8004_matcher_events_evaluated_total",
         "erc8004_matcher_consumer_lag_messages",
+        "erc8004_dispatcher_consumer_lag_messages",
         "erc8004_matcher_triggers_fired_total",
         "erc8004_dispatcher_actions_total",
         "erc8004_dispatcher_action_duration_seconds_bucket",
@@ -276,10 +279,10 @@ def label_names(registry: CollectorRegistry) -> dict[str, set[str]]:
     return {name: set(f.labels) for name, f in families(registry).items()}
 
 
-@pytest.mark.parametrize("service", ["ingest", "matcher", "indexer"])
+@pytest.mark.parametrize("service", sorted(SERVICES))
 def test_queries_match_the_metrics_services_define(service: str) -> None:
-    """Names and labels, from the metric definitions of the services that exist
-    (dispatcher and API: tests/connected/test_metrics_scrape.py)."""
+    """Names and labels, from the metric definitions of every service (as their
+    processes expose them: tests/connected/test_metrics_scrape.py)."""
     registry = CollectorRegistry()
     if service == "ingest":
         IngestMetrics.create(registry)
@@ -288,6 +291,10 @@ def test_queries_match_the_metrics_services_define(service: str) -> None:
         )
     elif service == "indexer":
         IndexerMetrics.create(registry, (1,))
+    elif service == "dispatcher":
+        DispatcherMetrics.create(registry)
+    elif service == "api":
+        ApiMetrics.create(registry)
     else:
         MatcherMetrics.create(registry)
     families = label_names(registry)

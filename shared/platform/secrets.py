@@ -3,8 +3,9 @@
 
 ``SECRETS_KEY`` holds one Fernet key (32 bytes, urlsafe base64) or several,
 comma-separated: the first encrypts, all of them decrypt, so a key is rotated by
-putting the new one first and re-encrypting (:meth:`SecretBox.rotate`) before
-the old one is removed.
+putting the new one first and re-encrypting (:meth:`SecretBox.rotate`; ``python -m
+tools.rotate_secrets`` does it for every stored ciphertext) before the old one is
+removed.
 
 Each ciphertext is bound to where it is stored (``context``, e.g.
 ``"trigger_actions:42"``): a ciphertext copied into another row does not
@@ -49,7 +50,9 @@ class SecretBox:
         keys = [k.strip() for k in value.split(",") if k.strip()]
         if not keys:
             raise SecretsKeyError("SECRETS_KEY is empty")
-        self._fernet = MultiFernet([_fernet(k, i) for i, k in enumerate(keys)])
+        fernets = [_fernet(k, i) for i, k in enumerate(keys)]
+        self._fernet = MultiFernet(fernets)
+        self._newest = MultiFernet(fernets[:1])
 
     @staticmethod
     def _prefix(context: str) -> bytes:
@@ -76,3 +79,12 @@ class SecretBox:
     def rotate(self, ciphertext: bytes) -> bytes:
         """The same secret encrypted under the first (newest) key."""
         return self._fernet.rotate(bytes(ciphertext))
+
+    def is_newest(self, ciphertext: bytes) -> bool:
+        """Whether ``ciphertext`` is under the first (newest) key already (a Fernet
+        token names no key: it is, when that key alone decrypts it)."""
+        try:
+            self._newest.decrypt(bytes(ciphertext))
+        except InvalidToken:
+            return False
+        return True

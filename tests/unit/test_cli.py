@@ -28,6 +28,7 @@ WITH_BUILDER = (
     "services.indexer.__main__",
     "tools.backup",
     "tools.seal_headers",
+    "tools.rotate_secrets",
     "tools.demo",
     "tools.loadgen",
     "tools.chaos",

@@ -56,6 +56,16 @@ def test_rotation_new_key_first_old_still_decrypts() -> None:
         SecretBox(old).decrypt(rotated, context="c")
 
 
+def test_is_newest_tells_which_key_a_ciphertext_needs() -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    both = SecretBox(f"{new},{old}")
+    under_old = SecretBox(old).encrypt("abc", context="c")
+    assert not both.is_newest(under_old)
+    assert both.is_newest(both.rotate(under_old))
+    assert both.is_newest(both.encrypt("abc", context="c"))
+    assert not both.is_newest(b"not a token")
+
+
 @pytest.mark.parametrize(
     ("key", "reason"),
     [("", "empty"), ("not base64!!", "base64"), ("YWJj", "3 bytes")],

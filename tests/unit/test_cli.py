@@ -29,6 +29,7 @@ WITH_BUILDER = (
     "tools.backup",
     "tools.seal_headers",
     "tools.rotate_secrets",
+    "tools.contracts",
     "tools.demo",
     "tools.loadgen",
     "tools.chaos",

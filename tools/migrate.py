@@ -11,8 +11,10 @@ settings the services read (KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL,
 KAFKA_SSL_*, KAFKA_SASL_*), KAFKA_REPLICATION_FACTOR (default 1, the local
 single-node broker) for the topics it creates, and MIGRATE_WAIT_TIMEOUT (seconds
 to wait for the database, default 60); min.insync.replicas comes from the
-cluster's default. dbmate takes a lock, so concurrent runs (two pods' migration
-jobs) are safe.
+cluster's default. MIGRATE_KAFKA_TOPICS=false makes ``up`` leave the topics alone
+(where the cluster's operator manages them: Strimzi KafkaTopic resources,
+deploy/k8s/components/strimzi), as ``--no-topics`` does. dbmate takes a lock,
+so concurrent runs (two pods' migration jobs) are safe.
 """
 
 from __future__ import annotations
@@ -150,6 +152,15 @@ async def dump_schema(database_url: str) -> None:
         await admin.close()
 
 
+def topics_wanted(no_topics: bool = False) -> bool:
+    """Whether ``up`` creates the Kafka topics: not with ``--no-topics`` or
+    MIGRATE_KAFKA_TOPICS=false (true by default; anything but true/false is refused)."""
+    value = os.environ.get("MIGRATE_KAFKA_TOPICS", "true").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise SystemExit(f"MIGRATE_KAFKA_TOPICS: {value!r} is not true or false")
+    return not no_topics and value in ("true", "1", "yes")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]
@@ -173,9 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(dump_schema(database_url))
         print(f"[migrate] wrote {SCHEMA.relative_to(ROOT)}", flush=True)  # noqa: T201
         return
+    topics = args.command == "topics" or (args.command == "up" and topics_wanted(args.no_topics))
     if args.command != "topics":
         run_dbmate(database_url, args.command)
-    if args.command in ("up", "topics") and not args.no_topics:
+    if args.command == "up" and not topics:
+        print("[migrate] Kafka topics not touched (--no-topics or MIGRATE_KAFKA_TOPICS=false)")  # noqa: T201
+    if topics:
         kafka = KafkaAccess.from_settings(KafkaSettings.from_env())
         replication = int(os.environ.get("KAFKA_REPLICATION_FACTOR", "1"))
         created = asyncio.run(ensure_topics(kafka, replication_factor=replication))

@@ -5,14 +5,22 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from services.dispatcher.registration import KNOWN_IDENTITY_REGISTRIES
 from shared.contract.topics import ACTIONS, ACTIONS_DLQ, ACTIONS_RETRY, DISPATCHER_GROUP
-from shared.outbound.policy import parse_networks
+from shared.outbound.policy import (
+    DEFAULT_ALLOWED_PORTS,
+    OutboundProxy,
+    parse_networks,
+    parse_ports,
+)
 from shared.platform.settings import ServiceSettings
 
 
 class DispatcherSettings(ServiceSettings):
+    # A refused value is named, not shown: OUTBOUND_PROXY_URL may hold a password.
+    model_config = ServiceSettings.model_config | SettingsConfigDict(hide_input_in_errors=True)
     service_name: ClassVar[str] = "dispatcher"
 
     database_role: str = Field(default="erc8004_dispatcher", validation_alias="DATABASE_ROLE")
@@ -48,6 +56,16 @@ class DispatcherSettings(ServiceSettings):
     ipfs_gateway: str = Field(default="https://ipfs.io/ipfs/", validation_alias="IPFS_GATEWAY")
     #: CIDRs exempt from the private-address guard ('' = none; development: 127.0.0.0/8).
     outbound_allowed_networks: str = Field(default="", validation_alias="OUTBOUND_ALLOWED_NETWORKS")
+    #: Ports reachable outside those networks (comma-separated, * for every port);
+    #: keep it equal to the NetworkPolicy erc8004-egress-internet's ports (deploy/k8s).
+    outbound_allowed_ports: str = Field(
+        default=DEFAULT_ALLOWED_PORTS, validation_alias="OUTBOUND_ALLOWED_PORTS"
+    )
+    #: An HTTP proxy every outbound connection tunnels through (CONNECT to the
+    #: checked address), http://[user:password@]host:port; '' = none.
+    outbound_proxy_url: SecretStr = Field(
+        default=SecretStr(""), validation_alias="OUTBOUND_PROXY_URL"
+    )
     outbound_connect_timeout: float = Field(
         default=5.0, gt=0, le=60, validation_alias="OUTBOUND_CONNECT_TIMEOUT"
     )
@@ -115,6 +133,18 @@ class DispatcherSettings(ServiceSettings):
     @classmethod
     def _networks(cls, v: str) -> str:
         parse_networks(v)
+        return v
+
+    @field_validator("outbound_allowed_ports")
+    @classmethod
+    def _ports(cls, v: str) -> str:
+        parse_ports(v)
+        return v
+
+    @field_validator("outbound_proxy_url")
+    @classmethod
+    def _proxy(cls, v: SecretStr) -> SecretStr:
+        OutboundProxy.parse(v.get_secret_value())
         return v
 
     def registries(self) -> tuple[str, ...]:

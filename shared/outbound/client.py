@@ -2,12 +2,15 @@
 :class:`GuardedConnector` (every connection goes to a checked address, IP literals
 included), and :func:`fetch` makes one exchange with it: http(s) only, redirects
 followed by hand (each hop re-checked), the body read under a hard cap, one deadline
-for everything."""
+for everything. With the policy's ``proxy``, each connection is a ``CONNECT`` tunnel
+through it to the checked address (:func:`open_tunnel`)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,7 @@ from shared.outbound.policy import (
     CROSS_ORIGIN_HEADERS,
     REDIRECT_STATUSES,
     OutboundPolicy,
+    OutboundProxy,
     OutboundTimeoutError,
     RedirectError,
     RefusedDestination,
@@ -55,7 +59,7 @@ class GuardedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         for result in results:
-            check_host(host_port(host, port), result["host"], self._policy)
+            check_host(host_port(host, port), result["host"], self._policy, port)
         return results
 
     async def close(self) -> None:
@@ -89,8 +93,104 @@ class GuardedConnector(aiohttp.TCPConnector):
     ) -> list[ResolveResult]:
         results = await super()._resolve_host(host, port, traces=traces)
         for result in results:
-            check_host(host_port(host, port), result["host"], self._outbound_policy)
+            check_host(host_port(host, port), result["host"], self._outbound_policy, port)
         return results
+
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: aiohttp.ClientRequest,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+        **kwargs: Any,
+    ) -> tuple[asyncio.Transport, Any]:
+        """Without a proxy, aiohttp's own. With one: a tunnel to the first of the
+        checked addresses (aiohttp tries the next ones on failure), then the
+        connection (TLS for the request's host name, not the address) over it."""
+        proxy = self._outbound_policy.proxy
+        if proxy is None:
+            return await super()._wrap_create_connection(
+                *args,
+                addr_infos=addr_infos,
+                req=req,
+                timeout=timeout,
+                client_error=client_error,
+                **kwargs,
+            )
+        address = addr_infos[0][4]
+        try:
+            async with asyncio.timeout(timeout.sock_connect):
+                sock = await open_tunnel(proxy, str(address[0]), int(address[1]))
+        except OSError as exc:
+            raise client_error(req.connection_key, exc) from exc
+        try:
+            return await self._loop.create_connection(*args, **kwargs, sock=sock)
+        except ssl.CertificateError as exc:
+            sock.close()
+            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+        except ssl.SSLError as exc:
+            sock.close()
+            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
+        except OSError as exc:
+            sock.close()
+            raise client_error(req.connection_key, exc) from exc
+
+
+class ProxyError(ConnectionError):
+    """The proxy could not be reached or did not open the tunnel (a connection
+    failure: transient). Its text names the proxy's answer, never its credentials."""
+
+    def __init__(self, message: str) -> None:
+        # With an errno, so that aiohttp's ClientConnectorError shows the message.
+        super().__init__(errno.ECONNREFUSED, message)
+
+
+#: The longest answer head a proxy may send to a CONNECT.
+_PROXY_HEAD_BYTES = 16 * 1024
+
+
+async def open_tunnel(proxy: OutboundProxy, ip: str, port: int) -> socket.socket:
+    """A socket connected to ``proxy`` whose ``CONNECT`` to ``ip``:``port`` (an
+    address the guard checked) was answered 2xx: the destination's bytes from here
+    on. The proxy's own address is the operator's choice and is not checked."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    sock: socket.socket | None = None
+    last: OSError = ProxyError(f"proxy {proxy.url} has no address")
+    for family, kind, proto, _name, sockaddr in infos:
+        candidate = socket.socket(family, kind, proto)
+        candidate.setblocking(False)
+        try:
+            await loop.sock_connect(candidate, sockaddr)
+        except OSError as exc:
+            candidate.close()
+            last = exc
+            continue
+        sock = candidate
+        break
+    if sock is None:
+        raise last
+    try:
+        await loop.sock_sendall(sock, proxy.connect_request(ip, port))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise ProxyError(f"proxy {proxy.url} closed the connection during CONNECT")
+            head += chunk
+            if len(head) > _PROXY_HEAD_BYTES:
+                raise ProxyError(f"proxy {proxy.url} answered CONNECT with too long a head")
+        status = head.split(b"\r\n", 1)[0].split(b" ", 2)
+        if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or status[1][:1] != b"2":
+            shown = b" ".join(status[1:])[:80].decode("ascii", "replace")
+            raise ProxyError(f"proxy {proxy.url} refused CONNECT {host_port(ip, port)}: {shown}")
+        if not head.endswith(b"\r\n\r\n"):
+            raise ProxyError(f"proxy {proxy.url} sent data before the tunnel was used")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _client_timeout(policy: OutboundPolicy) -> aiohttp.ClientTimeout:
@@ -124,13 +224,15 @@ def new_session(
     limit: int = 100,
     limit_per_host: int = 10,
     resolver: AbstractResolver | None = None,
+    verify: ssl.SSLContext | bool = True,
     **kwargs: Any,
 ) -> aiohttp.ClientSession:
     """An aiohttp session whose connections all pass the guard (call inside the loop;
     close it). Timeouts come from ``policy``; no proxy from the environment, no cookies
     kept between calls (one session serves many users' destinations), responses
-    decompressed. ``resolver`` replaces the system resolver under the guard; other
-    keyword arguments go to ``ClientSession``.
+    decompressed. ``resolver`` replaces the system resolver under the guard;
+    ``verify`` is the TLS context servers' certificates are checked with (tests);
+    other keyword arguments go to ``ClientSession``.
 
     aiohttp has no session-wide switch for redirects: :func:`fetch` never lets aiohttp
     follow them, and a redirect followed by a direct ``session.request`` still connects
@@ -140,7 +242,11 @@ def new_session(
     if fixed:
         raise TypeError(f"new_session sets {', '.join(fixed)} itself")
     connector = GuardedConnector(
-        policy, resolver=resolver, limit=limit, limit_per_host=limit_per_host
+        policy,
+        resolver=resolver,
+        limit=limit,
+        limit_per_host=limit_per_host,
+        ssl=verify,
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -171,7 +277,7 @@ def _precheck(url: URL, policy: OutboundPolicy) -> None:
     if not host:
         raise RefusedDestination(redact_url(url), "", "no host")
     if parse_ip(host) is not None or is_numeric_host(host):
-        check_host(redact_url(url), host, policy)
+        check_host(redact_url(url), host, policy, url.port)
 
 
 async def fetch(

@@ -5,7 +5,15 @@ resolved first and refused when *any* of its addresses is refused; the connectio
 then goes to the addresses that were checked, so a second, rebound DNS answer can
 never be used. IP literals are checked too. Private, loopback, link-local, multicast,
 unspecified, reserved and other non-global addresses are refused unless they fall
-inside ``OUTBOUND_ALLOWED_NETWORKS``.
+inside ``OUTBOUND_ALLOWED_NETWORKS``. Outside those networks only the ports of
+``OUTBOUND_ALLOWED_PORTS`` may be reached (80 and 443 by default: the ports the
+dispatcher's network policy lets out: erc8004-egress-internet in
+deploy/k8s/base/networkpolicies.yaml).
+
+With ``OUTBOUND_PROXY_URL`` every connection goes through an HTTP proxy, and the
+guard still decides: the name is resolved here, every address checked, and the
+proxy is asked to ``CONNECT`` to the checked address (never to the name, which it
+would resolve itself); TLS and the Host header keep the name.
 
 The two clients over this policy: :mod:`shared.outbound.client` (aiohttp: webhooks,
 Telegram, registration files) and :mod:`shared.outbound.transport` (httpx2, what the
@@ -15,12 +23,13 @@ query or fragment.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from yarl import URL
 
@@ -35,6 +44,11 @@ IPNetwork: TypeAlias = IPv4Network | IPv6Network
 
 #: The name of the setting the allowed networks come from (for error messages).
 SETTING_NAME = "OUTBOUND_ALLOWED_NETWORKS"
+#: The setting of the ports reachable outside the allowed networks, and its default
+#: (kept equal to the dispatcher's NetworkPolicy egress ports: a test checks).
+PORTS_SETTING_NAME = "OUTBOUND_ALLOWED_PORTS"
+DEFAULT_ALLOWED_PORTS = "80,443"
+PROXY_SETTING_NAME = "OUTBOUND_PROXY_URL"
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -101,16 +115,82 @@ def parse_networks(setting: str, name: str = SETTING_NAME) -> tuple[IPNetwork, .
     return tuple(networks)
 
 
+def parse_ports(setting: str, name: str = PORTS_SETTING_NAME) -> frozenset[int] | None:
+    """Parse a comma-separated list of TCP ports (``80, 443``); ``*`` (or nothing)
+    means every port (None). A bad entry raises ValueError naming it."""
+    entries = [e.strip() for e in setting.split(",") if e.strip()]
+    if not entries or entries == ["*"]:
+        return None
+    ports: set[int] = set()
+    for entry in entries:
+        if not entry.isascii() or not entry.isdigit() or not 0 < int(entry) < 65536:
+            raise ValueError(f"{name}: {entry!r} is not a TCP port (1-65535) or *")
+        ports.add(int(entry))
+    return frozenset(ports)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundProxy:
+    """An HTTP proxy every outbound connection tunnels through (``CONNECT``).
+
+    Built from ``http://[user:password@]host:port``; the credentials become the
+    ``Proxy-Authorization`` header and appear in no ``repr``, error or log."""
+
+    host: str
+    port: int
+    authorization: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, value: str, name: str = PROXY_SETTING_NAME) -> OutboundProxy | None:
+        """The proxy of the setting's value; None for ''. ValueError (without the
+        value, which may hold a password) when it is not an http:// URL with a host."""
+        value = value.strip()
+        if not value:
+            return None
+        try:
+            parts = urlsplit(value)
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError(f"{name}: not a URL http://[user:password@]host:port") from None
+        if parts.scheme.lower() != "http" or not parts.hostname:
+            raise ValueError(f"{name}: not a URL http://[user:password@]host:port")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{name}: a proxy URL has no path, query or fragment")
+        authorization = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        return cls(host=parts.hostname, port=port, authorization=authorization)
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL without credentials."""
+        return f"http://{host_port(self.host, self.port)}"
+
+    def connect_request(self, ip: str, port: int) -> bytes:
+        """The ``CONNECT`` of a tunnel to the checked address ``ip``:``port``."""
+        target = host_port(ip, port)
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if self.authorization is not None:
+            lines.append(f"Proxy-Authorization: {self.authorization}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
 @dataclass(frozen=True, slots=True)
 class OutboundPolicy:
     """What outbound calls may reach and how long and how much they may take.
 
     ``allowed_networks`` are exempt from refusal (an operator's explicit choice, e.g.
-    ``127.0.0.0/8`` in development). Timeouts are in seconds; ``total_timeout`` bounds a
+    ``127.0.0.0/8`` in development), from the address check and from
+    ``allowed_ports``. Timeouts are in seconds; ``total_timeout`` bounds a
     whole :func:`fetch` exchange including its redirects.
     """
 
     allowed_networks: tuple[IPNetwork, ...] = ()
+    #: Ports reachable outside ``allowed_networks`` (None: every port).
+    allowed_ports: frozenset[int] | None = None
+    #: Where connections are tunnelled through (None: straight to the destination).
+    proxy: OutboundProxy | None = None
     connect_timeout: float = 5
     total_timeout: float = 30
     max_response_bytes: int = 1_048_576
@@ -146,6 +226,13 @@ class OutboundPolicy:
     def allows(self, ip: IPAddress) -> bool:
         """Whether ``ip`` is inside one of the allowed networks."""
         return any(ip in network for network in self.allowed_networks)
+
+    def port_refusal(self, ip: IPAddress, port: int) -> str | None:
+        """Why ``port`` may not be reached at ``ip`` (an address the checks passed),
+        or None."""
+        if self.allowed_ports is None or port in self.allowed_ports or self.allows(ip):
+            return None
+        return f"port {port} is not allowed ({PORTS_SETTING_NAME})"
 
 
 # --------------------------------------------------------------------------- addresses
@@ -242,11 +329,13 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def check_host(url: str, host: str, policy: OutboundPolicy) -> None:
-    """Raise RefusedDestination when the address ``host`` is refused; an unparseable
-    address is refused too."""
+def check_host(url: str, host: str, policy: OutboundPolicy, port: int | None = None) -> None:
+    """Raise RefusedDestination when the address ``host`` (on ``port``, when given) is
+    refused; an unparseable address is refused too."""
     ip = parse_ip(host)
     reason = "not a canonical IP address" if ip is None else check_address(ip, policy)
+    if reason is None and ip is not None and port is not None:
+        reason = policy.port_refusal(ip, port)
     if reason is not None:
         raise RefusedDestination(url, host, reason)
 

@@ -106,6 +106,11 @@ class GuardedHttpxTransport(httpx2.AsyncBaseTransport):
     address is refused, and sends the request to the checked IP (Host header and TLS
     SNI/certificate check keep the host name), so no second lookup can be rebound.
 
+    With the policy's ``proxy`` the pinned request goes through it: https as a
+    ``CONNECT`` tunnel to the checked IP (TLS inside keeps the name), http forwarded
+    with the checked IP in the request line (and the name in Host), so the proxy
+    never resolves the name itself.
+
     Redirects are the client's business (our clients do not follow them; ``mcp``
     follows same-origin ones, each through this transport again). One connection pool
     per (scheme, host, port), so a TLS connection made for one name is never reused for
@@ -145,7 +150,7 @@ class GuardedHttpxTransport(httpx2.AsyncBaseTransport):
         if not addresses:
             raise httpx2.ConnectError(f"{host} has no address", request=request)
         for ip in addresses:
-            reason = check_address(ip, self._policy)
+            reason = check_address(ip, self._policy) or self._policy.port_refusal(ip, port)
             if reason is not None:
                 raise RefusedDestination(shown, str(ip), reason)
         pool = self._pool(url.scheme, host, port)
@@ -190,8 +195,20 @@ class GuardedHttpxTransport(httpx2.AsyncBaseTransport):
         key = (scheme, host, port)
         pool = self._pools.get(key)
         if pool is None:
+            proxy = self._policy.proxy
             pool = httpx2.AsyncHTTPTransport(
-                verify=self._verify, trust_env=False, limits=self._limits, retries=0
+                verify=self._verify,
+                trust_env=False,
+                limits=self._limits,
+                retries=0,
+                proxy=None
+                if proxy is None
+                else httpx2.Proxy(
+                    proxy.url,
+                    headers=None
+                    if proxy.authorization is None
+                    else {"Proxy-Authorization": proxy.authorization},
+                ),
             )
             self._pools[key] = pool
         return pool

@@ -33,6 +33,7 @@ from services.ingest.settings import IngestSettings
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.contract.topics import ACTIONS, EVENTS, TOPICS
+from shared.outbound.policy import DEFAULT_ALLOWED_PORTS, parse_ports
 from shared.platform.settings import ServiceSettings
 from tests.deploy.promql import RULES, TARGET_LABELS, Family, analyse, families
 from tests.deploy.tools import ROOT, run, tool
@@ -174,7 +175,7 @@ def test_deployments_have_probes_limits_and_a_restricted_context(
         # close, all end before Kubernetes kills the pod.
         grace = pod["terminationGracePeriodSeconds"]
         assert grace > shutdown + PRE_STOP_AND_POOL_CLOSE, (name, grace)
-        (secrets,) = (v["secret"] for v in pod["volumes"] if "secret" in v)
+        (secrets,) = (v["secret"] for v in pod["volumes"] if v["name"] == "secrets")
         # Files of a secret volume belong to root and the fsGroup: group-readable.
         assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
         assert secrets["defaultMode"] & 0o040, (name, oct(secrets["defaultMode"]))
@@ -201,7 +202,7 @@ def test_settings_every_service_requires_are_provided(
     for short, settings in SERVICES.items():
         pod = deployments[f"erc8004-{short}"]["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        (secret_volume,) = (v for v in pod["volumes"] if "secret" in v)
+        (secret_volume,) = (v for v in pod["volumes"] if v["name"] == "secrets")
         files = {item["path"] for item in secret_volume["secret"]["items"]}
         provided = set(config["data"]) | {e["name"] for e in container["env"]} | files
         assert config["data"]["SECRETS_DIR"] == "/run/secrets/erc8004"
@@ -369,6 +370,31 @@ def test_metrics_are_scraped_from_the_ops_port_which_only_monitoring_reaches(
     # The public port's policy opens http alone: the ops port is not reachable from it.
     public = of_kind(docs, "NetworkPolicy")["erc8004-ingress-http"]["spec"]
     assert [p["port"] for r in public["ingress"] for p in r["ports"]] == ["http"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_dispatchers_egress_ports_are_the_guards(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """The NetworkPolicy lets the dispatcher out on exactly the ports its outbound
+    guard allows (OUTBOUND_ALLOWED_PORTS of the ConfigMap), and by default those
+    are the guard's own default: a port opened on one side only is either refused
+    by the guard or dropped by the network, never both in step."""
+    docs = built[overlay]
+    internet = of_kind(docs, "NetworkPolicy")["erc8004-egress-internet"]["spec"]
+    (rule,) = internet["egress"]
+    opened = frozenset(int(p["port"]) for p in rule["ports"])
+    assert {p.get("protocol", "TCP") for p in rule["ports"]} == {"TCP"}
+    assert opened == parse_ports(config_value(docs, "OUTBOUND_ALLOWED_PORTS"))
+    # The base's lists are the guard's default (an overlay may change both).
+    base = build("base")
+    (rule,) = of_kind(base, "NetworkPolicy")["erc8004-egress-internet"]["spec"]["egress"]
+    default = parse_ports(DEFAULT_ALLOWED_PORTS)
+    assert default == frozenset({80, 443})
+    assert frozenset(int(p["port"]) for p in rule["ports"]) == default
+    assert parse_ports(config_value(base, "OUTBOUND_ALLOWED_PORTS")) == default
+    field = DispatcherSettings.model_fields["outbound_allowed_ports"]
+    assert field.default == DEFAULT_ALLOWED_PORTS
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -12,7 +12,10 @@ from pathlib import Path
 import aiohttp
 import httpx2
 import pytest
+from prometheus_client import CollectorRegistry
 
+from services.dispatcher.app import DispatcherRuntime
+from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.settings import DispatcherSettings
 from shared.outbound.client import fetch, new_session
 from shared.outbound.policy import (
@@ -191,6 +194,12 @@ def test_proxy_and_port_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValueError, match="OUTBOUND_PROXY_URL") as info:
             DispatcherSettings()
         assert PASSWORD not in str(info.value)
+    # The dispatcher's guard is built from them.
+    monkeypatch.setenv("OUTBOUND_PROXY_URL", f"http://egress:{PASSWORD}@proxy.infra:3128")
+    runtime = DispatcherRuntime(DispatcherSettings(), DispatcherMetrics.create(CollectorRegistry()))
+    assert runtime.policy.proxy == proxy
+    assert runtime.policy.allowed_ports == frozenset({443, 8443})
+    assert PASSWORD not in repr(runtime.policy)
     monkeypatch.setenv("OUTBOUND_PROXY_URL", "")
     monkeypatch.setenv("OUTBOUND_ALLOWED_PORTS", "443,http")
     with pytest.raises(ValueError, match="OUTBOUND_ALLOWED_PORTS"):

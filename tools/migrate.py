@@ -10,7 +10,7 @@ Reads DATABASE_URL (its sslmode, sslrootcert, sslcert and sslkey are honoured:
 settings the services read (KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL,
 KAFKA_SSL_*, KAFKA_SASL_*), KAFKA_REPLICATION_FACTOR (default 1, the local
 single-node broker) for the topics it creates, and MIGRATE_WAIT_TIMEOUT (seconds
-to wait for the database, default 60); min.insync.replicas comes from the
+to wait for the database and for Kafka, default 60); min.insync.replicas comes from the
 cluster's default. MIGRATE_KAFKA_TOPICS=false makes ``up`` leave the topics alone
 (where the cluster's operator manages them: Strimzi KafkaTopic resources,
 deploy/k8s/components/strimzi), as ``--no-topics`` does. dbmate takes a lock,
@@ -192,7 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     if topics:
         kafka = KafkaAccess.from_settings(KafkaSettings.from_env())
         replication = int(os.environ.get("KAFKA_REPLICATION_FACTOR", "1"))
-        created = asyncio.run(ensure_topics(kafka, replication_factor=replication))
+        try:
+            created = asyncio.run(
+                ensure_topics(kafka, replication_factor=replication, within=wait_seconds())
+            )
+        except TimeoutError:
+            raise SystemExit(
+                f"[migrate] Kafka at {kafka.bootstrap_servers} did not answer within "
+                f"{wait_seconds()} s (the client's log lines above say why)"
+            ) from None
         print(  # noqa: T201
             f"[migrate] topics on {kafka.bootstrap_servers} ({kafka.security_protocol}): "
             + (f"created {', '.join(created)}" if created else "all present"),

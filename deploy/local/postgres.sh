@@ -95,6 +95,8 @@ start() {
   ensure_reachable
   if [ -f "$DATA/postmaster.pid" ] && as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     log "already running ($DATA, port $PORT)"
+    [ "$(psql_admin -c 'SHOW ssl' 2>/dev/null)" = on ] \
+      || log "warning: started without TLS; make down && make infra turns it on"
     return 0
   fi
   if port_open 127.0.0.1 "$PORT"; then

@@ -70,7 +70,9 @@ ensure() {
     -ext "eku=serverAuth" -ext "ku:c=digitalSignature,keyEncipherment"
   issue client erc8004-client -ext "eku=clientAuth" -ext "ku:c=digitalSignature,keyEncipherment"
   # The CA certificate and the stores are read by others (PostgreSQL's OS user).
-  chmod 755 "$TLS"; chmod 644 "$TLS"/*.pem "$TLS"/*.p12; chmod 600 "$TLS"/*-key.pem "$TLS/ca.p12"
+  # The key stores hold private keys (their password is no secret): owner only.
+  chmod 755 "$TLS"; chmod 644 "$TLS/ca.pem" "$TLS/truststore.p12" "$TLS/server.pem" "$TLS/client.pem"
+  chmod 600 "$TLS"/*-key.pem "$TLS/ca.p12" "$TLS/server.p12" "$TLS/client.p12"
 }
 
 paths() {

@@ -259,7 +259,12 @@ class LagProbe:
         grown after the probe started counts). The probe's consumer is assigned them,
         paused: so its client follows their leaders (an unassigned consumer's
         metadata holds no topic at all, and every measure read 0), and fetches nothing."""
+        # (A metadata request: a cluster that creates topics on demand would create a
+        # missing one; ours must not, deploy/README.md. An error, such as no such
+        # topic or no right to it, raises: the gauge keeps its value.)
         (topic,) = await admin.describe_topics([self._topic])
+        if topic["error_code"]:
+            raise RuntimeError(f"topic {self._topic}: metadata error {topic['error_code']}")
         tps = sorted(TopicPartition(self._topic, p["partition"]) for p in topic["partitions"])
         if set(tps) != consumer.assignment():
             consumer.assign(tps)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.abc import AbstractTokenProvider
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 from faststream.security import (
     BaseSecurity,
@@ -41,31 +42,45 @@ class KafkaSettingsError(ValueError):
 
 
 class TokenFile(AbstractTokenProvider):  # type: ignore[misc]
-    """An OAUTHBEARER token read from a file at each connection."""
+    """An OAUTHBEARER token read from a file at each connection. A file that cannot
+    be read or is empty (a sidecar rewriting it) fails that connection as a
+    connection error, which the client retries, rather than its background tasks."""
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
 
     async def token(self) -> str:
-        text = await asyncio.to_thread(self._path.read_text)
-        token = text.strip()
-        if not token:
-            raise KafkaSettingsError(f"KAFKA_SASL_OAUTHBEARER_TOKEN_FILE {self._path} is empty")
-        return token
+        setting = f"KAFKA_SASL_OAUTHBEARER_TOKEN_FILE {self._path}"
+        try:
+            text = await asyncio.to_thread(self._path.read_text)
+        except OSError as exc:
+            raise KafkaConnectionError(f"{setting}: {type(exc).__name__}") from None
+        if not text.strip():
+            raise KafkaConnectionError(f"{setting} is empty")
+        return text.strip()
 
 
 class TokenHook(AbstractTokenProvider):  # type: ignore[misc]
-    """An OAUTHBEARER token from a callable, at each connection."""
+    """An OAUTHBEARER token from a callable, at each connection (a synchronous one
+    in a thread: it may call an identity provider). Whatever it raises fails that
+    connection as a connection error, which the client retries."""
 
     def __init__(self, source: TokenSource) -> None:
         self._source = source
 
     async def token(self) -> str:
-        token = self._source()
-        if inspect.isawaitable(token):
-            token = await token
+        setting = "KAFKA_SASL_OAUTHBEARER_TOKEN_PROVIDER"
+        try:
+            if inspect.iscoroutinefunction(self._source):
+                token = await self._source()
+            else:
+                token = await asyncio.to_thread(self._source)
+                if inspect.isawaitable(token):
+                    token = await token
+        except Exception as exc:
+            raise KafkaConnectionError(f"{setting} failed: {type(exc).__name__}") from exc
         if not isinstance(token, str) or not token:
-            raise KafkaSettingsError("KAFKA_SASL_OAUTHBEARER_TOKEN_PROVIDER returned no token")
+            raise KafkaConnectionError(f"{setting} returned no token")
         return token
 
 
@@ -118,6 +133,10 @@ class KafkaAccess:
     username: str = ""
     password: str = field(default="", repr=False)
     token_provider: AbstractTokenProvider | None = None
+
+    def servers(self) -> list[str]:
+        """The bootstrap servers one by one."""
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
 
     @classmethod
     def plain(cls, bootstrap_servers: str) -> KafkaAccess:

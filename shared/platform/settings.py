@@ -27,8 +27,14 @@ class KafkaSettings(BaseSettings):
     ``tools.migrate``). Turned into client options by
     :class:`shared.platform.kafka_access.KafkaAccess`."""
 
+    #: hide_input_in_errors: a refused combination must not print the values read
+    #: (pydantic's error shows the whole input, passwords and keys included).
     model_config = SettingsConfigDict(
-        extra="ignore", frozen=True, populate_by_name=True, case_sensitive=False
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        case_sensitive=False,
+        hide_input_in_errors=True,
     )
 
     kafka_bootstrap_servers: str = Field(

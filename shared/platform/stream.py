@@ -72,7 +72,8 @@ FETCH_MAX_WAIT_MS = 25
 
 def new_broker(settings: ServiceSettings, kafka: KafkaAccess) -> KafkaBroker:
     return KafkaBroker(
-        kafka.bootstrap_servers,
+        # A list: FastStream takes a comma-separated string for one host.
+        kafka.servers(),
         **kafka.broker_options(),
         graceful_timeout=settings.shutdown_timeout,
         client_id=f"erc8004-{settings.service_name}",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import random
+import re
 import subprocess
 import sys
 import time
@@ -51,6 +53,7 @@ pytestmark = [
 ]
 
 TLS = ROOT / ".run" / "tls"
+BROKER_LOG = ROOT / ".run" / "kafka" / "kafka.log"
 SASL_SSL = ENV.get("LOCAL_KAFKA_SASL_SSL", "")
 MTLS = ENV.get("LOCAL_KAFKA_MTLS", "")
 USER = ENV.get("LOCAL_KAFKA_SASL_USERNAME", "")
@@ -187,50 +190,73 @@ async def measured(probe: LagProbe, want: int, *, within: float = 10.0) -> int:
 leaks_refused_socket = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
-async def expect_refused(kafka: KafkaAccess) -> None:
+async def expect_refused(kafka: KafkaAccess, caplog: pytest.LogCaptureFixture, why: str) -> None:
+    """The connection fails, for the reason ``why``, found in what aiokafka logs (the
+    broker's or the TLS layer's answer; it then raises a generic connection error)
+    or in what the broker logged meanwhile: a listener that is not there at all
+    does not pass for a refusal."""
+    start = BROKER_LOG.stat().st_size
     probe = KafkaProbe(kafka)
     try:
-        with pytest.raises((KafkaError, OSError, TimeoutError)):
+        with caplog.at_level(logging.ERROR, logger="aiokafka"), pytest.raises(KafkaError):
             async with asyncio.timeout(20):
                 await probe.check()
     finally:
         await probe.close()
         gc.collect()
+    await asyncio.sleep(0.3)  # the broker's log line
+    with BROKER_LOG.open("rb") as log:
+        log.seek(start)
+        broker = log.read().decode(errors="replace")
+    assert re.search(why, caplog.text + broker), (caplog.text + broker)[-2000:]
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 @leaks_refused_socket
-async def test_a_wrong_password_is_refused(mechanism: str) -> None:
-    await expect_refused(access(sasl_env(mechanism, KAFKA_SASL_PASSWORD="not-the-password")))
+async def test_a_wrong_password_is_refused(
+    mechanism: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    kafka = access(sasl_env(mechanism, KAFKA_SASL_PASSWORD="not-the-password"))
+    await expect_refused(kafka, caplog, "SaslAuthenticationFailed")
 
 
 @leaks_refused_socket
-async def test_a_token_without_the_required_scope_is_refused(tmp_path: Path) -> None:
+async def test_a_token_without_the_required_scope_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "token"
     path.write_text(kafkautil.unsecured_token("erc8004", scope="other"))
+    kafka = access(sasl_env("OAUTHBEARER", KAFKA_SASL_OAUTHBEARER_TOKEN_FILE=str(path)))
+    # (aiokafka misreads the broker's refusal of a token and goes on; the broker
+    # closes the connection and says why it refused)
     await expect_refused(
-        access(sasl_env("OAUTHBEARER", KAFKA_SASL_OAUTHBEARER_TOKEN_FILE=str(path)))
+        kafka, caplog, r"Failed authentication with /127\.0\.0\.1 \(channelId=127\.0\.0\.1:9094"
     )
 
 
 @leaks_refused_socket
-async def test_mutual_tls_refuses_a_client_without_a_certificate() -> None:
+async def test_mutual_tls_refuses_a_client_without_a_certificate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     env = mtls_env()
     del env["KAFKA_SSL_CERT_FILE"], env["KAFKA_SSL_KEY_FILE"]
-    await expect_refused(access(env))
+    await expect_refused(access(env), caplog, r"channelId=127\.0\.0\.1:9095.*SSL handshake failed")
 
 
 @leaks_refused_socket
-async def test_a_broker_certificate_from_an_unknown_ca_is_refused() -> None:
+async def test_a_broker_certificate_from_an_unknown_ca_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Without KAFKA_SSL_CA_FILE the system's CAs are used: the local CA is not one."""
     env = sasl_env("SCRAM-SHA-512")
     del env["KAFKA_SSL_CA_FILE"]
-    await expect_refused(access(env))
+    await expect_refused(access(env), caplog, "CERTIFICATE_VERIFY_FAILED")
 
 
 def test_tools_migrate_creates_topics_through_the_secured_listener() -> None:
     """``tools.migrate topics`` reads the same settings; with a wrong password it fails."""
     base = {**ENV, **sasl_env("SCRAM-SHA-512")}
+    wrong = f"wrong-{uuid.uuid4().hex}"
     ok = subprocess.run(
         [sys.executable, "-m", "tools.migrate", "topics"],
         env=base, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
@@ -239,11 +265,13 @@ def test_tools_migrate_creates_topics_through_the_secured_listener() -> None:
     assert f"topics on {SASL_SSL} (SASL_SSL)" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "tools.migrate", "topics"],
-        env={**base, "KAFKA_SASL_PASSWORD": "wrong"},
+        env={**base, "KAFKA_SASL_PASSWORD": wrong, "MIGRATE_WAIT_TIMEOUT": "3"},
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert bad.returncode != 0
-    assert "wrong" not in bad.stdout + bad.stderr  # the password is not printed
+    assert "did not answer within 3 s" in bad.stderr
+    assert "SaslAuthenticationFailed" in bad.stderr  # why, from the client's log
+    assert wrong not in bad.stdout + bad.stderr  # the password is not printed
 
 
 @pytest.mark.db

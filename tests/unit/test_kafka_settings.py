@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from faststream.security import BaseSecurity, SASLOAuthBearer, SASLScram512
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from shared.platform.kafka_access import KafkaAccess, KafkaSettingsError, TokenFile, TokenHook
-from shared.platform.settings import KafkaSettings
+from shared.platform.settings import KafkaSettings, ServiceSettings
+from shared.platform.stream import new_broker
 
 pytestmark = pytest.mark.unit
 
@@ -163,8 +165,11 @@ def test_the_token_file_is_read_again_for_each_connection(tmp_path: Path) -> Non
     assert asyncio.run(provider.token()) == "first"
     path.write_text("rotated")
     assert asyncio.run(provider.token()) == "rotated"
-    path.write_text("  \n")
-    with pytest.raises(KafkaSettingsError, match="empty"):
+    path.write_text("  \n")  # a sidecar caught rewriting it: this connection fails, retried
+    with pytest.raises(KafkaConnectionError, match="empty"):
+        asyncio.run(provider.token())
+    path.unlink()
+    with pytest.raises(KafkaConnectionError, match="FileNotFoundError"):
         asyncio.run(provider.token())
 
 
@@ -172,7 +177,47 @@ def test_a_hook_may_be_sync_or_async_and_must_return_a_token() -> None:
     async def later() -> str:
         return "async-token"
 
+    def fails() -> str:
+        raise RuntimeError("the identity provider is away")
+
     assert asyncio.run(TokenHook(lambda: "sync-token").token()) == "sync-token"
     assert asyncio.run(TokenHook(later).token()) == "async-token"
-    with pytest.raises(KafkaSettingsError, match="returned no token"):
+    # failures are connection errors, which aiokafka retries (anything else would
+    # kill its background tasks)
+    with pytest.raises(KafkaConnectionError, match="returned no token"):
         asyncio.run(TokenHook(lambda: "").token())
+    with pytest.raises(KafkaConnectionError, match="RuntimeError"):
+        asyncio.run(TokenHook(fails).token())
+
+
+def test_a_refused_combination_does_not_print_the_values_read() -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(
+            KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+            KAFKA_SASL_MECHANISM="PLAIN",
+            KAFKA_SASL_PASSWORD="pw-8f3a1c-secret",
+        )
+    assert "KAFKA_SASL_USERNAME" in str(caught.value)
+    assert "pw-8f3a1c-secret" not in str(caught.value)
+
+
+def test_faststreams_consumers_get_every_broker_and_the_security() -> None:
+    """FastStream takes a comma-separated string for one host: the broker is given
+    the servers one by one, and its consumers the SASL options."""
+    access = KafkaAccess.from_settings(
+        settings(
+            KAFKA_BOOTSTRAP_SERVERS="k0:9093, k1:9093,k2:9093",
+            KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+            KAFKA_SASL_MECHANISM="SCRAM-SHA-256",
+            KAFKA_SASL_USERNAME="svc",
+            KAFKA_SASL_PASSWORD="pw",
+        )
+    )
+    assert access.servers() == ["k0:9093", "k1:9093", "k2:9093"]
+    service = ServiceSettings(database_url=SecretStr("postgresql://x/y"))
+    broker = new_broker(service, access)
+    consumer_options = broker.config.broker_config.builder.keywords  # type: ignore[attr-defined]
+    assert consumer_options["bootstrap_servers"] == ["k0:9093", "k1:9093", "k2:9093"]
+    assert consumer_options["security_protocol"] == "SASL_PLAINTEXT"
+    assert consumer_options["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert consumer_options["sasl_plain_username"] == "svc"

@@ -66,6 +66,19 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
     app[METRICS] = IngestMetrics.create(registry)
     tasks = maintenance_tasks(settings)
     maintenance_metrics = MaintenanceMetrics.create(registry, service="ingest", tasks=tasks)
+
+    async def maintenance_scheduler(pool: asyncpg.Pool) -> None:
+        app[MAINTENANCE] = MaintenanceScheduler(
+            pool=pool,
+            tasks=tasks,
+            metrics=maintenance_metrics,
+            initial_delay=settings.maintenance_initial_delay,
+        )
+        if settings.maintenance_enabled:
+            # Before the ops port serves /metrics: a scrape in the first moments
+            # would read 0 for every task (Erc8004MaintenanceStale).
+            await app[MAINTENANCE].load_last_success()
+
     # Kafka is informational for ingest: without it events wait in the outbox,
     # so indexers can keep posting and the pod stays in its Service.
     frame_web_app(
@@ -75,6 +88,7 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
         pool=POOL,
         registry=registry,
         kafka_required=False,
+        on_pool=maintenance_scheduler,
     )
 
     async def workers(app: web.Application) -> AsyncIterator[None]:
@@ -94,12 +108,6 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
                 poll_interval=settings.relay_poll_interval,
             )
             task = asyncio.create_task(worker.run(), name="relay")
-        app[MAINTENANCE] = MaintenanceScheduler(
-            pool=app[POOL],
-            tasks=tasks,
-            metrics=maintenance_metrics,
-            initial_delay=settings.maintenance_initial_delay,
-        )
         maintenance: asyncio.Task[None] | None = None
         if settings.maintenance_enabled:
             maintenance = asyncio.create_task(app[MAINTENANCE].run(), name="maintenance")

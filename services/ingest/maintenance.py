@@ -13,7 +13,8 @@ seconds instead of a full interval.
 
 Metrics (prefix ``erc8004_<service>_maintenance_``): ``last_success_timestamp_seconds
 {task}`` (the last success of any replica, as ``maintenance_runs`` records it: read
-when the loop starts and after each run, so a restarted replica reports it at once;
+before the app serves /metrics (or when the loop starts) and after each run, so a
+restarted replica reports it from its first scrape;
 0 while none is recorded), ``runs_total{task,
 outcome}`` (outcome: success, failure, skipped), ``duration_seconds{task}``,
 ``last_result{task}`` (what the last success returned: partitions created or
@@ -191,6 +192,7 @@ class MaintenanceScheduler:
         self._statement_timeout = statement_timeout
         self._stopping = asyncio.Event()
         self._last_success: dict[str, float] = {}
+        self._loaded = False
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -258,7 +260,9 @@ class MaintenanceScheduler:
 
     async def load_last_success(self) -> bool:
         """Set the last-success gauges from the database's record of every task's
-        last successful run (by any replica); False when it cannot be read."""
+        last successful run (by any replica); False when it cannot be read. The
+        app calls it once before it serves /metrics, and :meth:`run` when that
+        read did not happen or failed."""
         try:
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch("SELECT task, last_run_at FROM maintenance_last_runs()")
@@ -268,6 +272,7 @@ class MaintenanceScheduler:
         for row in rows:
             if row["task"] in self._index:
                 self._record_success(row["task"], row["last_run_at"].timestamp())
+        self._loaded = True
         return True
 
     def _record_success(self, name: str, at: float) -> None:
@@ -286,7 +291,8 @@ class MaintenanceScheduler:
     async def run(self) -> None:
         """The loop: each task when due, in declaration order, until stopped."""
         loop = asyncio.get_running_loop()
-        await self.load_last_success()
+        if not self._loaded:
+            await self.load_last_success()
         first = loop.time() + self._initial_delay
         due = {task.name: first for task in self._tasks}
         while not self._stopping.is_set():

@@ -195,8 +195,10 @@ def active_alerts(prom: Prometheus, since: float) -> set[tuple[str, str, str]]:
 
 
 def check_quiet(prom: Prometheus) -> None:
-    """No alert but the expected ones at any evaluation of the next few seconds
-    (from one evaluation after the stack was seen healthy)."""
+    """No alert but the expected ones at any evaluation of the next few seconds,
+    from one evaluation (every second) after the stack was seen healthy: an
+    evaluation just before a target's first scrape (absent() of its job) leaves a
+    pending ALERTS sample until the next one."""
     since = time.time() + 1.5
     time.sleep(5.5)  # a few evaluations of every rule
     alerts = active_alerts(prom, since)

@@ -388,3 +388,48 @@ async def test_a_restarted_replica_reports_the_last_success_the_database_recorde
     assert not await db.fetchval(
         "SELECT has_function_privilege('erc8004_api', 'maintenance_last_runs()', 'EXECUTE')"
     )
+
+
+async def test_ingest_reads_the_last_successes_before_it_serves_metrics(
+    db: asyncpg.Connection, ingest_pool: asyncpg.Pool, database_url: str
+) -> None:
+    """A restarted ingest reads maintenance_runs during its startup, before its ops
+    port serves /metrics: its very first scrape shows every task's last success,
+    never 0 (which Erc8004MaintenanceStale would count from 1970). The record is
+    held locked while the app starts, so a read left to the background would be
+    behind the first scrape every time."""
+    before, _ = scheduler(ingest_pool)
+    assert await before.run_all() == dict.fromkeys(TASKS, "success")
+    recorded = {
+        r["task"]: r["last_run_at"].timestamp()
+        for r in await db.fetch("SELECT task, last_run_at FROM maintenance_runs")
+    }
+    settings = IngestSettings(
+        database_url=SecretStr(database_url),
+        ingest_tokens=(SecretStr("t"),),
+        maintenance_initial_delay=3600,  # no run: only the read shows the successes
+        ops_port=0,
+    )
+    client = TestClient(TestServer(create_app(settings, relay=False), host="127.0.0.1"))
+    lock = db.transaction()
+    await lock.start()
+    await db.execute("LOCK TABLE maintenance_runs IN ACCESS EXCLUSIVE MODE")
+    starting = asyncio.create_task(client.start_server())
+    try:
+        await asyncio.sleep(1.0)
+        assert not starting.done(), "ingest served before it read maintenance_runs"
+    finally:
+        await lock.rollback()
+    await asyncio.wait_for(starting, 30)
+    try:
+        status, text = await ops_get(client, "/metrics")
+        assert status == 200
+        values = {
+            s.labels["task"]: s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == LAST_SUCCESS
+            for s in family.samples
+        }
+        assert values == pytest.approx(recorded)
+    finally:
+        await client.close()

@@ -34,7 +34,7 @@ from services.matcher.metrics import MatcherMetrics
 from services.matcher.settings import MatcherSettings
 from shared.contract.topics import ACTIONS, EVENTS, TOPICS
 from shared.outbound.policy import DEFAULT_ALLOWED_PORTS, parse_ports
-from shared.platform.settings import ServiceSettings
+from shared.platform.settings import DEFAULT_SECRETS_DIR, KafkaSettings, ServiceSettings
 from tests.deploy.promql import RULES, TARGET_LABELS, Family, analyse, families
 from tests.deploy.tools import ROOT, run, tool
 
@@ -211,6 +211,10 @@ def test_settings_every_service_requires_are_provided(
                 assert field.validation_alias in provided, (short, field.validation_alias)
         assert "DATABASE_URL" in files  # a login of the service's own
         assert not files & set(config["data"])  # secrets never in the ConfigMap
+        # The Kafka settings it is given are a whole combination (SASL_SSL with
+        # its mechanism, user, password file and CA file in prod; PLAINTEXT in
+        # dev): a missing piece would stop the service at start.
+        kafka_given(config, container, files)
 
 
 def test_dev_secret_holds_every_key_referenced(built: dict[str, list[Doc]]) -> None:
@@ -307,7 +311,7 @@ def test_network_policies_deny_by_default_and_open_what_is_needed(
     assert "egress" not in deny
     egress = policies["erc8004-egress-dns-postgres-kafka"]["spec"]["egress"]
     ports = {p["port"] for rule in egress for p in rule["ports"]}
-    assert ports == {53, 5432, 9092}
+    assert ports == {53, 5432, KAFKA_PORT[overlay]}
     if overlay == "prod":  # PostgreSQL and Kafka only at their own networks
         assert all(rule.get("to") for rule in egress)
     internet = policies["erc8004-egress-internet"]["spec"]
@@ -420,6 +424,261 @@ def test_migration_job_matches_its_release(built: dict[str, list[Doc]], overlay:
     assert job["spec"]["activeDeadlineSeconds"] > 0
 
 
+# --- production connections: Kafka SASL_SSL, PostgreSQL verify-full -------------
+
+README = ROOT / "deploy" / "README.md"
+#: The Kafka clients among the workloads (the indexer uses no Kafka:
+#: test_the_indexer_uses_no_kafka), with the Secret key of each one's password.
+KAFKA_USERS = {
+    "erc8004-ingest": "KAFKA_PASSWORD_INGEST",
+    "erc8004-matcher": "KAFKA_PASSWORD_MATCHER",
+    "erc8004-dispatcher": "KAFKA_PASSWORD_DISPATCHER",
+    "erc8004-api": "KAFKA_PASSWORD_API",
+    "erc8004-migrate": "KAFKA_PASSWORD_MIGRATE",
+}
+#: The brokers' port each overlay talks to (prod: the SASL_SSL listener).
+KAFKA_PORT = {"dev": 9092, "prod": 9093}
+KAFKA_CA_SECRET = "erc8004-kafka-ca"
+PG_CA_SECRET = "erc8004-pg-ca"
+#: What every DATABASE_URL_* (and POSTGRES_EXPORTER_DSN) of prod ends in.
+PG_TLS_QUERY = "?sslmode=verify-full&sslrootcert=/etc/erc8004/pg-ca/ca.crt"
+
+
+def kafka_given(config: Doc, container: Doc, files: set[str]) -> KafkaSettings:
+    """The Kafka settings a container starts with: its ConfigMap, its env, and a
+    stand-in for each of its secret files (they are not in the repository).
+    model_validate: the test process's own environment stays out."""
+    given: dict[str, str] = dict(config["data"])
+    given |= {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    given |= dict.fromkeys(files, "from-the-secret")
+    return KafkaSettings.model_validate(given)
+
+
+def secret_volume_items(pod: Doc, secret: str) -> dict[str, tuple[str, str]]:
+    """File name -> (the Secret key it holds, the volume's name), of a pod's
+    volumes from that Secret."""
+    return {
+        item["path"]: (item["key"], volume["name"])
+        for volume in pod.get("volumes", [])
+        if volume.get("secret", {}).get("secretName") == secret
+        for item in volume["secret"].get("items", [])
+    }
+
+
+def mounted_file(pod: Doc, container: Doc, path: str) -> Doc:
+    """The secret volume whose item is the file at ``path`` (its directory a
+    read-only mount of that volume), or fail."""
+    file = Path(path)
+    (mount,) = (m for m in container.get("volumeMounts", []) if Path(m["mountPath"]) == file.parent)
+    assert mount.get("readOnly") is True, mount
+    volume: Doc
+    (volume,) = (v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume, volume
+    assert file.name in {i["path"] for i in volume["secret"]["items"]}, (path, volume)
+    return volume
+
+
+def workloads(docs: list[Doc]) -> dict[str, tuple[Doc, Doc]]:
+    """Name -> (pod spec, its one container) of every Deployment, Job and CronJob."""
+    found = {}
+    for doc, container in containers(docs):
+        found[doc["metadata"]["name"]] = (pod_template(doc)["spec"], container)
+    return found
+
+
+def test_the_indexer_uses_no_kafka() -> None:
+    """Why the indexer is no Kafka client: nothing under services/indexer imports
+    a Kafka library or the platform's Kafka modules (it posts to ingest)."""
+    kafka_import = re.compile(
+        r"^\s*(from|import)\s+(aiokafka|faststream|kafka|shared\.platform\.kafka\w*)\b", re.M
+    )
+    sources = sorted((ROOT / "services" / "indexer").rglob("*.py"))
+    assert sources
+    for source in sources:
+        assert not kafka_import.search(source.read_text()), source
+    assert kafka_import.search("from shared.platform.kafka_access import KafkaAccess")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_clients_connect_as_the_overlay_says(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """prod: every Kafka client (the four services and the migration Job) speaks
+    SASL_SSL with SCRAM-SHA-512 as a Kafka user of its own, its password the
+    secret file kafka_sasl_password under SECRETS_DIR from a Secret key of its
+    own (never an environment variable), and KAFKA_SSL_CA_FILE names a file of
+    the Secret erc8004-kafka-ca mounted read-only; the settings make a whole
+    combination. dev stays on PLAINTEXT with no credentials. The indexer, in
+    both, has no Kafka settings."""
+    docs, migrate = built[overlay], built[f"{overlay}/migrate"]
+    found = {**workloads(docs), **workloads(migrate)}
+    users, keys = set(), set()
+    for name, key in KAFKA_USERS.items():
+        pod, container = found[name]
+        config = migrate if name == "erc8004-migrate" else docs
+        (config_map,) = (
+            d
+            for d in config
+            if d["kind"] == "ConfigMap"
+            and re.fullmatch(r"erc8004-(migrate-)?config-\w+", d["metadata"]["name"])
+        )
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert "KAFKA_SASL_PASSWORD" not in env, name  # a file, not a variable
+        files = secret_volume_items(pod, "erc8004-secrets")
+        kafka = kafka_given(config_map, container, set(files))
+        if overlay == "dev":
+            assert kafka.kafka_security_protocol == "PLAINTEXT", name
+            assert not {k for k in env if k.startswith("KAFKA_")}, name
+            assert "kafka_sasl_password" not in files, name
+            continue
+        assert kafka.kafka_security_protocol == "SASL_SSL", name
+        assert kafka.kafka_sasl_mechanism == "SCRAM-SHA-512", name
+        assert kafka.kafka_sasl_username == name, name  # its own user
+        users.add(kafka.kafka_sasl_username)
+        # The password file, from the workload's own key, in the directory the
+        # settings read secret files from.
+        secret_key, volume = files["kafka_sasl_password"]
+        assert secret_key == key, name
+        keys.add(secret_key)
+        secrets_dir = (
+            env["SECRETS_DIR"]["value"]
+            if "SECRETS_DIR" in env
+            else (config_map["data"].get("SECRETS_DIR", DEFAULT_SECRETS_DIR))
+        )
+        (mount,) = (m for m in container["volumeMounts"] if m["name"] == volume)
+        assert mount["mountPath"] == secrets_dir, name
+        assert mount["readOnly"] is True, name
+        # The brokers' CA: a file of erc8004-kafka-ca where KAFKA_SSL_CA_FILE says.
+        ca_volume = mounted_file(pod, container, kafka.kafka_ssl_ca_file)
+        assert ca_volume["secret"]["secretName"] == KAFKA_CA_SECRET, name
+        assert ca_volume["secret"]["items"] == [
+            {"key": "ca.crt", "path": Path(kafka.kafka_ssl_ca_file).name}
+        ], name
+        assert kafka.kafka_ssl_check_hostname is True, name
+    if overlay == "prod":
+        assert len(users) == len(keys) == len(KAFKA_USERS)  # no two share a user or key
+    # Only those: no other workload is given Kafka credentials or a protocol.
+    for name, (pod, container) in found.items():
+        if name not in KAFKA_USERS:
+            names = {e["name"] for e in container.get("env", [])}
+            assert not {k for k in names if k.startswith("KAFKA_")}, name
+            assert "kafka_sasl_password" not in secret_volume_items(pod, "erc8004-secrets")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_kafka_egress_port_is_the_bootstrap_port(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """The brokers' port of KAFKA_BOOTSTRAP_SERVERS (services and migration Job
+    alike) is the one the Kafka egress rule opens, and no other Kafka port is open."""
+    docs = built[overlay]
+    bootstrap = config_value(docs, "KAFKA_BOOTSTRAP_SERVERS")
+    ports = {int(server.rsplit(":", 1)[1]) for server in bootstrap.split(",")}
+    assert ports == {KAFKA_PORT[overlay]}
+    policy = of_kind(docs, "NetworkPolicy")["erc8004-egress-dns-postgres-kafka"]
+    opened = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert opened - {53, 5432} == ports
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_postgres_clients_mount_the_ca_their_urls_name(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """prod: every pod that connects to PostgreSQL (the five services,
+    postgres-exporter, the backup CronJob, the migration Job, the restore pod)
+    mounts the Secret erc8004-pg-ca's ca.crt read-only where the URLs'
+    sslrootcert points (deploy/README.md and the overlay's comments say so). dev
+    mounts none (its URLs name no CA); the restore pod's mount is optional, as it
+    serves both."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(PG_TLS_QUERY).query)
+    assert query["sslmode"] == ["verify-full"]
+    (rootcert,) = query["sslrootcert"]
+    readme = README.read_text()
+    assert f"`{PG_TLS_QUERY}`" in readme
+    overlay_text = ROOT / "deploy" / "k8s" / "overlays" / "prod" / "kustomization.yaml"
+    assert PG_TLS_QUERY in overlay_text.read_text()
+    docs, migrate = built[overlay], built[f"{overlay}/migrate"]
+    found = workloads(docs) | workloads(migrate)
+    # Every workload here talks to PostgreSQL (the services, the exporter, the
+    # backup, the migrations): each is checked.
+    assert {f"erc8004-{s}" for s in SERVICES} | {
+        "erc8004-postgres-exporter",
+        BACKUP_CRONJOB,
+        "erc8004-migrate",
+    } == set(found)
+    restore: Doc = yaml.safe_load((BACKUP / "restore-pod.yaml").read_text())
+    (restore_container,) = restore["spec"]["containers"]
+    pods = {**found, "erc8004-restore": (restore["spec"], restore_container)}
+    for name, (pod, container) in pods.items():
+        if overlay == "dev" and name != "erc8004-restore":
+            assert not secret_volume_items(pod, PG_CA_SECRET), name
+            continue
+        volume = mounted_file(pod, container, rootcert)
+        assert volume["secret"]["secretName"] == PG_CA_SECRET, name
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}], name
+        # Readable by the pod's user whatever its group (the exporter has no fsGroup).
+        assert volume["secret"]["defaultMode"] & 0o004, name
+        assert volume["secret"].get("optional", False) is (name == "erc8004-restore"), name
+
+
+def readme_secret_keys() -> set[str]:
+    """The keys of deploy/README.md's table of the Secret erc8004-secrets."""
+    text = README.read_text()
+    start = text.index("Secret `erc8004-secrets`")
+    table = text[start:].split("\n\n| key |", 1)[1].split("\n\n", 1)[0]
+    keys: set[str] = set()
+    for row in table.splitlines()[2:]:
+        first = row.split("|")[1]
+        keys |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", first))
+    return keys
+
+
+def referenced_secret_keys(pods: list[tuple[Doc, Doc]], secret: str) -> set[str]:
+    """The keys of that Secret these (pod spec, container) pairs read, as files
+    or as environment variables."""
+    keys = set()
+    for pod, container in pods:
+        keys |= {key for key, _ in secret_volume_items(pod, secret).values()}
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref and ref["name"] == secret:
+                keys.add(ref["key"])
+    return keys
+
+
+def test_the_readme_lists_every_secret_key_prod_references(built: dict[str, list[Doc]]) -> None:
+    """The Secret table of deploy/README.md is what prod needs: every key prod's
+    manifests (and its migration Job, and the restore pod) read from
+    erc8004-secrets is a row, every row is read; the CA Secrets they mount are
+    named there and in the set-up checklist."""
+    restore: Doc = yaml.safe_load((BACKUP / "restore-pod.yaml").read_text())
+    (restore_container,) = restore["spec"]["containers"]
+    pods = [
+        *workloads(built["prod"]).values(),
+        *workloads(built["prod/migrate"]).values(),
+        (restore["spec"], restore_container),
+    ]
+    referenced = referenced_secret_keys(pods, "erc8004-secrets")
+    assert set(KAFKA_USERS.values()) <= referenced
+    assert readme_secret_keys() == referenced
+    text = README.read_text()
+    checklist = text[text.index("### Production set-up, end to end") :].split("\n### ", 1)[0]
+    for secret in ("erc8004-secrets", KAFKA_CA_SECRET, PG_CA_SECRET):
+        assert f"`{secret}`" in checklist, secret
+        assert secret in referenced_secret_names(pods), secret
+
+
+def referenced_secret_names(pods: list[tuple[Doc, Doc]]) -> set[str]:
+    names = set()
+    for pod, container in pods:
+        names |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+    return names
+
+
 # --- the indexer (services/indexer) ---------------------------------------------
 
 INDEXER = "erc8004-indexer"
@@ -446,8 +705,12 @@ def indexer_pod(docs: list[Doc]) -> tuple[Doc, Doc, Doc]:
 
 
 def secret_files(pod: Doc) -> dict[str, str]:
-    """File name -> the Secret key it holds, of a pod's secret volume."""
-    (volume,) = (v["secret"] for v in pod["volumes"] if "secret" in v)
+    """File name -> the Secret key it holds, of a pod's volume of erc8004-secrets."""
+    (volume,) = (
+        v["secret"]
+        for v in pod["volumes"]
+        if v.get("secret", {}).get("secretName") == "erc8004-secrets"
+    )
     return {item["path"]: item["key"] for item in volume["items"]}
 
 

@@ -307,3 +307,90 @@ def test_the_two_lag_autoscalings_are_never_listed_together(overlay: str) -> Non
     listed = {Path(c).name for c in kustomization.get("components", [])}
     assert not {"lag-autoscaling", "keda"} <= listed
     assert set(CONSUMER_METRICS) == set(CONSUMES)
+
+
+# --- components/kafka-sasl-ssl and components/strimzi with prod ----------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_two_kafka_wirings_are_never_listed_together(overlay: str) -> None:
+    """kafka-sasl-ssl (a Kafka of one's own) and strimzi each give the clients a
+    password source and a CA: an overlay (and its migrate/) lists one at most."""
+    for path in (f"overlays/{overlay}", f"overlays/{overlay}/migrate"):
+        kustomization = yaml.safe_load((K8S / path / "kustomization.yaml").read_text())
+        listed = {
+            Path(c).parent.name if Path(c).name == "migrate" else Path(c).name
+            for c in kustomization.get("components", [])
+        }
+        assert not {"kafka-sasl-ssl", "strimzi"} <= listed, path
+
+
+def prod_on_strimzi(tmp_path: Path, path: str) -> list[Doc]:
+    """prod (or prod/migrate) changed as deploy/README.md's "Kafka managed by
+    Strimzi" says: the strimzi component in place of kafka-sasl-ssl, no
+    KAFKA_BOOTSTRAP_SERVERS of prod's own; everything else as it is."""
+    source = K8S / path
+    kustomization = yaml.safe_load((source / "kustomization.yaml").read_text())
+    here = tmp_path / path.replace("/", "-")
+    here.mkdir()
+
+    def moved(entry: str) -> str:
+        entry = entry.replace("components/kafka-sasl-ssl", "components/strimzi")
+        return os.path.relpath((source / entry).resolve(), here)
+
+    kustomization["resources"] = [moved(r) for r in kustomization["resources"]]
+    components = kustomization["components"]
+    assert any("kafka-sasl-ssl" in c for c in components), path  # what the README replaces
+    kustomization["components"] = [moved(c) for c in components]
+    for generator in kustomization["configMapGenerator"]:
+        generator["literals"] = [
+            literal
+            for literal in generator["literals"]
+            if not literal.startswith("KAFKA_BOOTSTRAP_SERVERS=")
+        ]
+    (here / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = run(
+        "kustomize", "build", "--load-restrictor", "LoadRestrictionsNone", str(here), timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_prod_runs_on_strimzi_as_the_readme_says(tmp_path: Path) -> None:
+    """prod with the strimzi component in place of its own Kafka wiring: every
+    client connects as its KafkaUser (password from the user's Secret, no
+    KAFKA_PASSWORD_* key needed), the CA file is the cluster CA's, the bootstrap
+    port is the one the egress rule opens; PostgreSQL's CA stays mounted; the
+    migration Job leaves Kafka alone; all of it valid."""
+    docs = prod_on_strimzi(tmp_path, "overlays/prod")
+    migrate = prod_on_strimzi(tmp_path, "overlays/prod/migrate")
+    for doc in (*docs, *migrate):
+        assert doc["metadata"]["namespace"] == "erc8004"
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+    assert set(of_kind(docs, "KafkaUser")) == set(KAFKA_CLIENTS)
+    bootstrap = config_value(docs, "KAFKA_BOOTSTRAP_SERVERS")
+    assert bootstrap == config_value(
+        build_with(tmp_path, "base", "components/strimzi"), "KAFKA_BOOTSTRAP_SERVERS"
+    )
+    ports = {int(server.rsplit(":", 1)[1]) for server in bootstrap.split(",")}
+    policy = of_kind(docs, "NetworkPolicy")["erc8004-egress-dns-postgres-kafka"]
+    assert {p["port"] for r in policy["spec"]["egress"] for p in r["ports"]} - {53, 5432} == ports
+    for deployment in KAFKA_CLIENTS:
+        pod, container = container_of(docs, deployment)
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KAFKA_SASL_USERNAME"]["value"] == deployment
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == deployment
+        ca_file = Path(env["KAFKA_SSL_CA_FILE"]["value"])
+        (mount,) = (m for m in container["volumeMounts"] if Path(m["mountPath"]) == ca_file.parent)
+        (volume,) = (v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "kafka-cluster-ca-cert", deployment
+        for each in pod["volumes"]:
+            secret = each.get("secret", {})
+            assert secret.get("secretName") != "erc8004-kafka-ca", deployment
+            assert not any(i["key"].startswith("KAFKA_PASSWORD_") for i in secret.get("items", []))
+        assert "/etc/erc8004/pg-ca" in {m["mountPath"] for m in container["volumeMounts"]}
+    assert config_value(migrate, "MIGRATE_KAFKA_TOPICS") == "false"
+    (job,) = of_kind(migrate, "Job").values()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert "/etc/erc8004/pg-ca" in {m["mountPath"] for m in container["volumeMounts"]}

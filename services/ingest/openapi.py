@@ -135,16 +135,38 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
 }
 
 
-def _by_event_type() -> list[dict[str, Any]]:
-    """Each event type's registry and required fields, as if/then rules."""
+def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """A property's schema without its null option."""
+    options = [o for o in prop.get("anyOf", [prop]) if o != {"type": "null"}]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _by_event_type(properties: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each event type's registry and required fields (given, and not null), as
+    if/then rules."""
+
+    def given(*names: str) -> dict[str, Any]:
+        return {
+            "required": list(names),
+            "properties": {name: _not_null(properties[name]) for name in names},
+        }
+
     rules: list[dict[str, Any]] = []
     for event_type, required in REQUIRED_FIELDS.items():
-        then: dict[str, Any] = {
-            "properties": {"registry": {"const": EVENT_REGISTRY[event_type].value}},
-            "required": list(required),
-        }
-        if event_type == "NewFeedback":  # a value in one of the two layouts
-            then["anyOf"] = [{"required": ["score"]}, {"required": ["value", "value_decimals"]}]
+        then = given(*required)
+        then["properties"]["registry"] = {"const": EVENT_REGISTRY[event_type].value}
+        if event_type == "NewFeedback":  # without the legacy score: value and its decimals
+            rules.append(
+                {
+                    "if": {
+                        "properties": {
+                            "event_type": {"const": event_type},
+                            "score": {"type": "null"},
+                        }
+                    },
+                    "then": given("value", "value_decimals"),
+                }
+            )
         rules.append(
             {
                 "if": {"properties": {"event_type": {"const": event_type}}},
@@ -180,7 +202,7 @@ def _precise_event(schema: dict[str, Any]) -> dict[str, Any]:
         "description": "The legacy layout's score (0..100); with value given, it must "
         "equal value / 10^value_decimals.",
     }
-    schema["allOf"] = _by_event_type()
+    schema["allOf"] = _by_event_type(schema["properties"])
     return schema
 
 

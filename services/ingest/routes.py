@@ -100,8 +100,9 @@ def _labels(item: object) -> tuple[str, str]:
         value = item.get("chain_id")
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31:
             chain = str(value)
-        if item.get("registry") in _REGISTRIES:
-            registry = str(item["registry"])
+        given = item.get("registry")
+        if isinstance(given, str) and given in _REGISTRIES:  # a dict is unhashable
+            registry = given
     return chain, registry
 
 

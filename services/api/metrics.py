@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from shared.contract.actions import ActionType
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -23,6 +25,16 @@ class ApiMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
+        metrics = cls._create(registry)
+        # Known label values exported at 0 from the start, so that increase() sees
+        # the first increment (route, method and status of requests are not known
+        # before they are served).
+        for action_type in ActionType:
+            metrics.jobs_redriven.labels(action_type.value)
+        return metrics
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> ApiMetrics:
         return cls(
             requests=Counter(
                 "erc8004_api_requests_total",

@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from services.dispatcher.kinds.base import ActionKind, ActionRow, Outcome, Target
-from services.dispatcher.metrics import DispatcherMetrics
+from services.dispatcher.metrics import ActionStatus, DeferReason, DispatcherMetrics
 from services.dispatcher.policy import Breakers, DestinationLimits, backoff_delay, now_utc
 from services.dispatcher.registration import ResolveError
 from services.dispatcher.renderer import RendererUnavailableError
@@ -197,7 +197,7 @@ class Attempts:
 
     async def _conclude(self, job: ActionJob, outcome: Outcome, elapsed: float) -> None:
         """Follow-up first (retry or dead letter, acknowledged), then the row."""
-        status: str
+        status: ActionStatus
         if outcome.kind == "success":
             status = "success"
         elif outcome.kind == "retracted":
@@ -245,7 +245,7 @@ class Attempts:
         )
 
     async def _defer(
-        self, job: ActionJob, seconds: float, reason: str
+        self, job: ActionJob, seconds: float, reason: DeferReason
     ) -> tuple[Outcome, float] | None:
         """Back on the retry topic, same attempt, due in ``seconds`` (no attempt made);
         a job deferred past max_job_age ends as dead instead of cycling for ever."""

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.contract.actions import ActionType
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DELAY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+#: An attempt's recorded status (action_results.status).
+ActionStatus = Literal["success", "failed", "retrying", "dead", "retracted"]
+#: Why a job went back on the retry topic without an attempt: its destination is
+#: busy, its breaker open, its Telegram chat at its rate; or the batch handed its
+#: partitions over, or the job is not due yet.
+DeferReason = Literal["busy", "breaker_open", "chat_rate", "handover", "not_due"]
+TelegramLinkOutcome = Literal["linked", "refused", "invalid_code", "bot_removed"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,22 @@ class DispatcherMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DispatcherMetrics:
+        metrics = cls._create(registry)
+        # Every known label value exported at 0 from the start, so that increase()
+        # sees the first increment.
+        for action_type in ActionType:
+            for status in get_args(ActionStatus):
+                metrics.actions.labels(action_type.value, status)
+            metrics.retries.labels(action_type.value)
+            metrics.dlq.labels(action_type.value)
+        for reason in get_args(DeferReason):
+            metrics.deferred.labels(reason)
+        for outcome in get_args(TelegramLinkOutcome):
+            metrics.telegram_links.labels(outcome)
+        return metrics
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> DispatcherMetrics:
         return cls(
             actions=Counter(
                 "erc8004_dispatcher_actions_total",
@@ -98,23 +125,12 @@ class DispatcherMetrics:
                 "Messages held by the dead-letter topic.",
                 registry=registry,
             ),
-            telegram_links=_with_labels(
-                Counter(
-                    "erc8004_dispatcher_telegram_links_total",
-                    "Link commands the bot read, by outcome (linked; refused: not an "
-                    "administrator; invalid_code: unknown, used or expired), and chats "
-                    "unlinked because the bot left them (bot_removed).",
-                    ["outcome"],
-                    registry=registry,
-                ),
-                ("linked", "refused", "invalid_code", "bot_removed"),
+            telegram_links=Counter(
+                "erc8004_dispatcher_telegram_links_total",
+                "Link commands the bot read, by outcome (linked; refused: not an "
+                "administrator; invalid_code: unknown, used or expired), and chats "
+                "unlinked because the bot left them (bot_removed).",
+                ["outcome"],
+                registry=registry,
             ),
         )
-
-
-def _with_labels(counter: Counter, values: tuple[str, ...]) -> Counter:
-    """Every known label value exported at 0 from the start, so that increase() sees
-    the first increment."""
-    for value in values:
-        counter.labels(value)
-    return counter

@@ -33,7 +33,7 @@ import orjson
 import structlog
 
 from services.dispatcher.kinds.base import short
-from services.dispatcher.metrics import DispatcherMetrics
+from services.dispatcher.metrics import DispatcherMetrics, TelegramLinkOutcome
 from shared.outbound.client import fetch
 from shared.outbound.policy import OutboundPolicy
 
@@ -305,5 +305,5 @@ class ChatLinker:
             raise BotApiError(method, resp.status, str(description)[:200])
         return answer
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: TelegramLinkOutcome) -> None:
         self._metrics.telegram_links.labels(outcome).inc()

@@ -35,7 +35,7 @@ import structlog
 
 from services.indexer.abi import TOPIC0S, UndecodableLogError, event_from_log
 from services.indexer.ingest_client import MAX_POST_BYTES, Backoff, ConflictError, IngestClient
-from services.indexer.metrics import IndexerMetrics
+from services.indexer.metrics import IndexerMetrics, SkipReason
 from services.indexer.rpc import Block, JsonRpc, RpcError, as_block
 from services.indexer.settings import ChainConfig
 from shared.contract.events import parse_events
@@ -387,7 +387,7 @@ class Follower:
                 self._skip("too_large", event, f"{size} bytes of JSON, over {MAX_POST_BYTES}")
         return [e for i, e in enumerate(decoded) if i not in bad]
 
-    def _skip(self, reason: str, entry: dict[str, Any], detail: str) -> None:
+    def _skip(self, reason: SkipReason, entry: dict[str, Any], detail: str) -> None:
         self.metrics.skipped.labels(self._label, reason).inc()
         log.error(
             "registry log skipped",

@@ -13,7 +13,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiohttp
 import orjson
@@ -78,6 +78,12 @@ class Backoff:
 Sleep = Callable[[float], Awaitable[None]]
 
 
+#: Why a call to ingest is tried again: no answer in time, no connection, the
+#: token refused (401, 403), or another HTTP status class.
+RetryReason = Literal["timeout", "connection", "unauthorized", "http_3xx", "http_4xx", "http_5xx"]
+_STATUS_CLASSES: Final[dict[int, RetryReason]] = {3: "http_3xx", 4: "http_4xx", 5: "http_5xx"}
+
+
 class IngestClient:
     """Ingest at ``base_url`` with an indexer's bearer token. ``on_retry(reason)`` is
     told of every failed attempt (metrics); ``guard()`` is awaited before every
@@ -90,7 +96,7 @@ class IngestClient:
         token: str,
         *,
         timeout: float = 30.0,
-        on_retry: Callable[[str], None] = lambda _reason: None,
+        on_retry: Callable[[RetryReason], None] = lambda _reason: None,
         sleep: Sleep = asyncio.sleep,
         guard: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -153,8 +159,8 @@ class IngestClient:
                     status = response.status
                     raw = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = "timeout" if isinstance(exc, TimeoutError) else "connection"
-                await self._wait(backoff, path, reason, type(exc).__name__)
+                failure: RetryReason = "timeout" if isinstance(exc, TimeoutError) else "connection"
+                await self._wait(backoff, path, failure, type(exc).__name__)
                 continue
             answer = _json(raw)
             if status < 300 or (status == 404 and method == "GET"):
@@ -164,10 +170,12 @@ class IngestClient:
                 raise ConflictError(list(details))
             if status in (400, 413, 422):
                 raise RefusedError(status, answer)
-            reason = "unauthorized" if status in (401, 403) else f"http_{status // 100}xx"
+            reason: RetryReason = (
+                "unauthorized" if status in (401, 403) else _STATUS_CLASSES[min(status // 100, 5)]
+            )
             await self._wait(backoff, path, reason, f"HTTP {status}")
 
-    async def _wait(self, backoff: Backoff, path: str, reason: str, detail: str) -> None:
+    async def _wait(self, backoff: Backoff, path: str, reason: RetryReason, detail: str) -> None:
         self._on_retry(reason)
         delay = backoff.next()
         log.warning("ingest call failed, retrying", path=path, reason=detail, retry_in=delay)

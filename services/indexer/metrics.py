@@ -4,12 +4,16 @@ the settings, registries and error kinds are fixed sets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.indexer.ingest_client import RetryReason
 from shared.contract.events import Registry
 
 RPC_ERROR_KINDS = ("too_large", "rate_limited", "timeout", "connection", "server", "invalid")
+#: Why a log was not posted (erc8004_indexer_events_skipped_total).
+SkipReason = Literal["undecodable", "invalid", "too_large"]
 DEPTH_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100, 500, 1000)
 
 
@@ -123,10 +127,12 @@ class IndexerMetrics:
                 metrics.rpc_errors.labels(label, kind)
             for registry_name in Registry:
                 metrics.events.labels(label, registry_name.value)
-            for reason in ("undecodable", "invalid", "too_large"):
+            for reason in get_args(SkipReason):
                 metrics.skipped.labels(label, reason)
             metrics.reorgs.labels(label)
             metrics.blocks.labels(label)
             metrics.heartbeats.labels(label)
             metrics.leader.labels(label).set(0)
+        for retry in get_args(RetryReason):
+            metrics.ingest_retries.labels(retry)
         return metrics

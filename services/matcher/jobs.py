@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from services.matcher.metrics import MatcherMetrics
+from services.matcher.metrics import NO_CONDITION, MatcherMetrics
 from shared.contract.events import Event, version_key
 from shared.contract.jobs import ActionJob, build_job
 from shared.engine.evaluate import TriggerSpec
@@ -22,7 +22,8 @@ def fire(
     count: bool = True,
 ) -> list[ActionJob]:
     if count:
-        for condition_type in {c.condition_type.value for c in trigger.conditions} or {"none"}:
+        types = {c.condition_type.value for c in trigger.conditions} or {NO_CONDITION}
+        for condition_type in types:
             metrics.fired.labels(condition_type).inc()
     now = datetime.now(UTC)
     # A firing recorded by the previous release (its explain has no event_version)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.contract.actions import ActionType
+from shared.contract.condition_types import ConditionType
 
 CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000)
 SECONDS_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 0.01, 0.05, 0.25, 1)
 BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+#: A firing's condition type; ``none`` for a trigger without conditions.
+NO_CONDITION = "none"
+RecomputationCause = Literal["reorg", "revocation"]
+RecomputationResult = Literal["exact", "withdrawn"]
+#: An index update: the whole index (full) or one trigger (trigger).
+IndexReload = Literal["full", "trigger"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +42,17 @@ class MatcherMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MatcherMetrics:
         metrics = cls._create(registry)
-        for cause in ("reorg", "revocation"):  # known labels start at 0
-            for result in ("exact", "withdrawn"):
+        # Every known label value exported at 0 from the start, so that increase()
+        # sees the first increment.
+        for cause in get_args(RecomputationCause):
+            for result in get_args(RecomputationResult):
                 metrics.recomputations.labels(cause, result)
+        for condition_type in (*(c.value for c in ConditionType), NO_CONDITION):
+            metrics.fired.labels(condition_type)
+        for action_type in ActionType:
+            metrics.jobs.labels(action_type.value)
+        for kind in get_args(IndexReload):
+            metrics.index_reloads.labels(kind)
         return metrics
 
     @classmethod

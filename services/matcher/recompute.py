@@ -22,7 +22,7 @@ import structlog
 
 from services.matcher import queries
 from services.matcher.keeper import IndexKeeper
-from services.matcher.metrics import MatcherMetrics
+from services.matcher.metrics import MatcherMetrics, RecomputationCause
 from shared.contract.event_rows import (
     event_from_row,
 )
@@ -163,7 +163,7 @@ class Recomputations:
         trigger: TriggerSpec,
         start: int | None,
         *,
-        why: str,
+        why: RecomputationCause,
         replaced: frozenset[str] = frozenset(),
         revocation: Event | None = None,
     ) -> None:

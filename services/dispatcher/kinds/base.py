@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import orjson
 
+from services.dispatcher.metrics import DeferReason
 from shared.contract.actions import ActionConfig
 from shared.contract.jobs import ActionJob
 from shared.outbound.policy import OutboundError, OutboundTimeoutError, RefusedDestination
@@ -160,7 +161,7 @@ class Deferral:
     """Put the job back on the retry topic, same attempt, due in ``seconds``."""
 
     seconds: float
-    reason: str
+    reason: DeferReason
 
 
 class ActionKind(Protocol):

@@ -26,6 +26,7 @@ class Rule:
 
 
 _ACTION = r"(?:trigger\.)?actions\.[0-9]+\.config"
+_CONDITION = r"(?:trigger\.)?conditions\.[0-9]+(?:\.config\.conditions\.[0-9]+)*"
 
 #: The rules, each named by its key in docs/api.md.
 EXCEPTIONS: Final[tuple[Rule, ...]] = (
@@ -58,8 +59,17 @@ EXCEPTIONS: Final[tuple[Rule, ...]] = (
     # JSON Schema's integer is any number without a fraction, 1.0 too
     Rule("integers", r".*", "Input should be a valid integer"),
     Rule("integers", r"value|score", "must be an integer or a decimal string"),
-    # a condition's field, operator, value and config by its condition_type
-    Rule("conditions", r"(?:trigger\.)?conditions(?:\..*)?", ""),
+    # a condition's value and config by its condition_type (and operator), and where
+    # conditions may stand
+    Rule("conditions", rf"{_CONDITION}\.value", ""),
+    Rule("conditions", rf"{_CONDITION}\.config(?:\.(?!conditions(?:\.|$)).*)?", ""),
+    Rule("conditions", rf"{_CONDITION}\.config\.conditions", "a not group takes exactly one"),
+    Rule("conditions", rf"{_CONDITION}", "groups nest at most"),
+    Rule("conditions", rf"{_CONDITION}", "a trigger has at most one absence condition"),
+    Rule("conditions", rf"{_CONDITION}", "an absence condition stands at the top level only"),
+    Rule("conditions", rf"{_CONDITION}\.condition_type", "ema_threshold cannot be combined"),
+    Rule("conditions", rf"{_CONDITION}\.condition_type", "rate_limit cannot be combined"),
+    Rule("conditions", r"(?:trigger\.)?conditions", "at most"),
 )
 
 #: The keys, in the order docs/api.md lists them.

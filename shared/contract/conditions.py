@@ -8,20 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Context, Decimal
-from typing import Annotated, Any, Final, Self, cast
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, cast
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PrivateAttr,
     Strict,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+from pydantic_core.core_schema import definition_reference_schema
 
 from shared.contract.condition_types import (
     ADDRESS_FIELDS,
@@ -75,9 +80,60 @@ def _depth(info: ValidationInfo) -> int:
 
 
 class Condition(BaseModel):
-    """One trigger_conditions row, validated and normalized for its condition_type."""
+    """One trigger_conditions row, validated and normalized for its condition_type.
+
+    Its JSON Schema is a union discriminated by ``condition_type`` of one object
+    schema per type (``AgentIdEqualsCondition``, …, ``GroupCondition``; a subclass's
+    variants are named after it) naming the fields and operators the type takes; a
+    group's config holds its conditions. What a value and a config hold per type is
+    checked here and described in docs/semantics.md."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Set on the per-type models the JSON Schema is generated from.
+    _schema_variant: ClassVar[bool] = False
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        if cls._schema_variant:
+            return handler(core_schema)
+        generator = handler.generate_json_schema  # type: ignore[attr-defined]
+        refs = {
+            kind.value: generator.generate_inner(
+                _schema_variant(cls, kind).__pydantic_core_schema__
+            )
+            for kind in ConditionType
+        }
+        # a group's conditions are Conditions (a reference, not a second expansion)
+        if cls is not Condition:
+            generator.generate_inner(Condition.__pydantic_core_schema__)
+        nested = generator.generate_inner(
+            definition_reference_schema(Condition.__pydantic_core_schema__["ref"])
+        )
+        group = handler.resolve_ref_schema(refs[ConditionType.group.value])
+        group["properties"]["config"] = {
+            "type": "object",
+            "properties": {
+                "conditions": {
+                    "type": "array",
+                    "items": nested,
+                    "minItems": 1,
+                    "maxItems": MAX_CONDITIONS,
+                }
+            },
+            "required": ["conditions"],
+            "additionalProperties": False,
+        }
+        group.setdefault("required", []).append("config")
+        return {
+            "oneOf": list(refs.values()),
+            "discriminator": {
+                "propertyName": "condition_type",
+                "mapping": {kind: ref["$ref"] for kind, ref in refs.items()},
+            },
+        }
 
     condition_type: ConditionType
     field: Annotated[str, Strict(), Field(max_length=64)] = ""
@@ -413,3 +469,33 @@ _VALUE_CHECKS: Final[dict[ConditionType, Callable[[Condition, Errors, list[str]]
     ConditionType.field_equals: Condition._field_values,
     ConditionType.absence: Condition._silence,
 }
+
+
+_VARIANTS: dict[tuple[type[Condition], ConditionType], type[Condition]] = {}
+
+
+def _schema_variant(base: type[Condition], kind: ConditionType) -> type[Condition]:
+    """``base`` narrowed to one condition type, for the JSON Schema only."""
+    variant = _VARIANTS.get((base, kind))
+    if variant is not None:
+        return variant
+    camel = "".join(part.capitalize() for part in kind.value.split("_"))
+    name = base.__name__.replace("Condition", f"{camel}Condition", 1)
+    operators = tuple(sorted(CONDITION_OPERATORS[kind]))
+    fields: dict[str, Any] = {
+        "condition_type": (Literal[kind.value], ...),
+        "operator": (Literal[operators], ...),
+    }
+    if kind is ConditionType.group:  # its config is written in by the JSON Schema hook
+        fields["field"] = (Literal[""], "")
+        fields["value"] = (Literal[""], "")
+    else:
+        names = sorted(CONDITION_FIELDS[kind])
+        if len(names) == 1 or kind in DEFAULT_FIELD:  # '' reads the type's own field
+            fields["field"] = (Literal[("", *names)], "")
+        else:
+            fields["field"] = (Literal[tuple(names)], ...)
+    variant = create_model(name, __base__=base, __doc__=f"A {kind.value} condition.", **fields)
+    variant._schema_variant = True
+    _VARIANTS[(base, kind)] = variant
+    return variant

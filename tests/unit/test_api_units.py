@@ -207,7 +207,15 @@ def test_patch_body_is_documented_as_the_handler_reads_it() -> None:
         assert variant["properties"]["action_type"]["const"] == kind
         config = variant["properties"]["config"]["$ref"].rsplit("/", 1)[1]
         assert config == f"{kind.capitalize()}Config"
-    assert "id" in schemas["ConditionPatch"]["properties"]
+    # one variant per condition type, discriminated by condition_type
+    conditions = schemas["ConditionPatch"]["discriminator"]["mapping"]
+    assert len(conditions) == 11
+    for kind, ref in conditions.items():
+        variant = schemas[ref.rsplit("/", 1)[1]]
+        assert "id" in variant["properties"]
+        assert variant["properties"]["condition_type"]["const"] == kind
+    group = schemas[conditions["group"].rsplit("/", 1)[1]]["properties"]["config"]
+    assert group["properties"]["conditions"]["items"] == {"$ref": "#/components/schemas/Condition"}
 
     echoed = {
         "id": "3f1c", "enabled_at": "2026-01-01T00:00:00Z", "created_at": None,

@@ -14,7 +14,7 @@ KUSTOMIZE_VERSION := v5.8.1
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps demo evm-deps tools monitoring-deps test-rules lock infra up down run migrate schema contracts test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench-indexer bench chaos backup restore fuzz-engine
+.PHONY: help deps demo evm-deps tools monitoring-deps test-rules lock infra up down run migrate schema contracts manifests test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench-indexer bench chaos backup restore fuzz-engine
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ schema: infra ## rewrite db/schema.sql from the migrations
 
 contracts: deps ## rewrite docs/openapi/*.json, docs/asyncapi.yaml, docs/schemas/event.schema.json from the models
 	$(PY) -m tools.contracts
+
+manifests: deps ## rewrite deploy/prometheus/prometheusrule.yaml (the alerts as a PrometheusRule) from erc8004-rules.yaml
+	$(PY) -m tools.prometheus_rule
 
 test: infra tools monitoring-deps evm-deps ## run the whole test suite against real PostgreSQL and Kafka
 	$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import os
 import re
 import stat
@@ -37,6 +38,7 @@ from shared.outbound.policy import DEFAULT_ALLOWED_PORTS, parse_ports
 from shared.platform.settings import DEFAULT_SECRETS_DIR, KafkaSettings, ServiceSettings
 from tests.deploy.promql import RULES, TARGET_LABELS, Family, analyse, families
 from tests.deploy.tools import ROOT, run, tool
+from tools import prometheus_rule
 
 pytestmark = pytest.mark.unit
 
@@ -112,6 +114,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(
             assert doc["metadata"]["namespace"] == ("erc8004-dev" if "dev" in name else "erc8004")
             if doc["kind"] == "ServiceMonitor":
                 continue  # a CRD: test_service_monitors_scrape_every_service
+            if doc["kind"] == "PrometheusRule":
+                continue  # a CRD: test_the_alerts_and_the_dashboard_deploy_with_the_rest
             for version in KUBERNETES_VERSIONS:
                 kubernetes_validate.validate(doc, version, strict=True)
     assert {
@@ -1538,3 +1542,88 @@ def test_deploy_script_checks_the_external_metrics_first(
     assert calls.count("apply -f -") == 2  # the migration Job, then the services
     warned = [m for m in external if f"external metric {m} is not served" in result.stderr]
     assert warned == ([] if served else external), result.stderr
+
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "erc8004-backend.json"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_alerts_and_the_dashboard_deploy_with_the_rest(
+    built: dict[str, list[Doc]], overlay: str
+) -> None:
+    """The PrometheusRule carries the rule file promtool tests, every alert of it;
+    the dashboard is a ConfigMap Grafana's sidecar picks up by its label; prod
+    labels the rule for the Operator's selector like its ServiceMonitors."""
+    docs = built[overlay]
+    (rule,) = of_kind(docs, "PrometheusRule").values()
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    rules = yaml.safe_load(RULES.read_text())
+    assert rule["spec"] == rules
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert alerts == {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert len(alerts) > 10
+    dashboard = of_kind(docs, "ConfigMap")["erc8004-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["erc8004-backend.json"]) == json.loads(
+        DASHBOARD.read_text()
+    )
+    if overlay == "prod":
+        monitors = of_kind(docs, "ServiceMonitor").values()
+        release = {m["metadata"]["labels"]["release"] for m in monitors}
+        assert rule["metadata"]["labels"]["release"] in release
+
+
+def test_the_committed_prometheus_rule_is_the_rule_file() -> None:
+    """deploy/prometheus/prometheusrule.yaml is generated (make manifests)."""
+    prometheus_rule.main(["--check"])  # raises SystemExit(1) when stale
+    assert prometheus_rule.RESOURCE.read_text() == prometheus_rule.render()
+
+
+def test_an_overlay_can_point_every_runbook_at_its_own_docs(tmp_path: Path) -> None:
+    """The example of deploy/README.md ("Monitoring"): a replacement puts a base URL
+    in front of every alert's runbook anchor."""
+    base = "https://docs.example/erc8004/runbooks.md"
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    prod = ROOT / "deploy" / "k8s" / "overlays" / "prod"
+    (overlay / "kustomization.yaml").write_text(
+        RUNBOOK_OVERLAY.format(prod=os.path.relpath(prod, overlay), base=base)
+    )
+    result = run("kustomize", "build", str(overlay), timeout=60)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    (rule,) = of_kind(docs, "PrometheusRule").values()
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    wanted = [
+        f"{base}#{r['annotations']['runbook_url'].partition('#')[2]}"
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+    ]
+    assert urls == wanted
+
+
+#: The overlay of deploy/README.md's example, to the letter but for the paths.
+RUNBOOK_OVERLAY = """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {prod}
+configMapGenerator:
+  - name: erc8004-config
+    behavior: merge
+    literals:
+      - RUNBOOK_BASE_URL={base}
+replacements:
+  - source:
+      kind: ConfigMap
+      name: erc8004-config
+      fieldPath: data.RUNBOOK_BASE_URL
+    targets:
+      - select:
+          kind: PrometheusRule
+        fieldPaths:
+          - spec.groups.*.rules.*.annotations.runbook_url
+        options:
+          delimiter: "#"
+          index: 0
+"""

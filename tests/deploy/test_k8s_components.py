@@ -44,7 +44,7 @@ pytestmark = pytest.mark.unit
 
 Doc = dict[str, Any]
 K8S = ROOT / "deploy" / "k8s"
-CRD_KINDS = {"KafkaTopic", "KafkaUser", "ScaledObject", "ServiceMonitor"}
+CRD_KINDS = {"KafkaTopic", "KafkaUser", "ScaledObject", "ServiceMonitor", "PrometheusRule"}
 #: The services that use Kafka, by Deployment, with their settings.
 KAFKA_CLIENTS: dict[str, type[ServiceSettings]] = {
     "erc8004-ingest": IngestSettings,

@@ -30,6 +30,7 @@ WITH_BUILDER = (
     "tools.seal_headers",
     "tools.rotate_secrets",
     "tools.contracts",
+    "tools.prometheus_rule",
     "tools.demo",
     "tools.loadgen",
     "tools.chaos",

@@ -408,7 +408,7 @@ async def test_relay_listener_survives_a_lost_connection(
         )
         killed = await db.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = 'erc8004-ingest-relay'"
+            " WHERE application_name = 'erc8004-ingest-relay' AND datname = current_database()"
         )
         assert killed == 1
 

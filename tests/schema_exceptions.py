@@ -18,11 +18,13 @@ from typing import Any, Final
 @dataclass(frozen=True)
 class Rule:
     """One rule: the field (``details[].field``, a regular expression matched in
-    full) and the message's start."""
+    full), the message's start and what follows it (a regular expression matched in
+    full; anything unless given)."""
 
     key: str
     field: str
     message: str
+    rest: str = ".*"
 
 
 _ACTION = r"(?:trigger\.)?actions\.[0-9]+\.config"
@@ -59,10 +61,22 @@ EXCEPTIONS: Final[tuple[Rule, ...]] = (
     # JSON Schema's integer is any number without a fraction, 1.0 too
     Rule("integers", r".*", "Input should be a valid integer"),
     Rule("integers", r"value|score", "must be an integer or a decimal string"),
-    # a condition's value and config by its condition_type (and operator), and where
-    # conditions may stand
-    Rule("conditions", rf"{_CONDITION}\.value", ""),
-    Rule("conditions", rf"{_CONDITION}\.config(?:\.(?!conditions(?:\.|$)).*)?", ""),
+    Rule("integers", rf"{_CONDITION}\.config\.window_size", "must be an integer"),
+    # a condition's value is one item or a comma-separated list by its operator; the
+    # value of a type taking both matches either
+    Rule("condition-lists", rf"{_CONDITION}\.value", "must be a comma-separated list without"),
+    Rule("condition-lists", rf"{_CONDITION}\.value", "must list at most"),
+    Rule("condition-lists", rf"{_CONDITION}\.value", "not an agent id", r".*,.*"),
+    Rule("condition-lists", rf"{_CONDITION}\.value", "unknown event type", r".*,.*"),
+    Rule("condition-lists", rf"{_CONDITION}\.value", "tags are at most 256 characters"),
+    Rule("condition-lists", rf"{_CONDITION}\.value", "values are at most 8192 characters"),
+    # a field_equals value on an address field is an address
+    Rule("field-addresses", rf"{_CONDITION}\.value", "not an address (0x + 40 hex)"),
+    # a decimal's length and size, an alpha written with an exponent
+    Rule("decimal-bounds", rf"{_CONDITION}\.value", "must be a decimal number"),
+    Rule("decimal-bounds", rf"{_CONDITION}\.config\.alpha", "must be a number with 0 < alpha"),
+    Rule("decimal-bounds", rf"{_CONDITION}\.config\.hysteresis", "must be a number >= 0"),
+    # where conditions may stand
     Rule("conditions", rf"{_CONDITION}\.config\.conditions", "a not group takes exactly one"),
     Rule("conditions", rf"{_CONDITION}", "groups nest at most"),
     Rule("conditions", rf"{_CONDITION}", "a trigger has at most one absence condition"),
@@ -88,6 +102,8 @@ def excused(status: int, body: Any) -> bool:
         and any(
             re.fullmatch(rule.field, str(d.get("field", "")), re.DOTALL) is not None
             and str(d.get("message", "")).startswith(rule.message)
+            and re.fullmatch(rule.rest, str(d["message"])[len(rule.message) :], re.DOTALL)
+            is not None
             for rule in EXCEPTIONS
         )
         for d in details

@@ -20,6 +20,7 @@ from pydantic import (
     Strict,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
@@ -28,6 +29,12 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 from pydantic_core.core_schema import definition_reference_schema
 
+from shared.contract.condition_schema import (
+    CONFIG_SCHEMAS,
+    OPTIONAL_CONFIG,
+    OPTIONAL_VALUE,
+    VALUE_SCHEMAS,
+)
 from shared.contract.condition_types import (
     ADDRESS_FIELDS,
     CONDITION_FIELDS,
@@ -85,8 +92,9 @@ class Condition(BaseModel):
     Its JSON Schema is a union discriminated by ``condition_type`` of one object
     schema per type (``AgentIdEqualsCondition``, …, ``GroupCondition``; a subclass's
     variants are named after it) naming the fields and operators the type takes; a
-    group's config holds its conditions. What a value and a config hold per type is
-    checked here and described in docs/semantics.md."""
+    group's config holds its conditions, and each type's value and config carry the
+    patterns and object schemas of shared.contract.condition_schema. What a value and
+    a config hold per type is checked here and described in docs/semantics.md."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -495,6 +503,10 @@ def _schema_variant(base: type[Condition], kind: ConditionType) -> type[Conditio
             fields["field"] = (Literal[("", *names)], "")
         else:
             fields["field"] = (Literal[tuple(names)], ...)
+        value = Annotated[str, WithJsonSchema(VALUE_SCHEMAS[kind])]
+        fields["value"] = (value, "" if kind in OPTIONAL_VALUE else ...)
+        config = Annotated[dict[str, Any], WithJsonSchema(CONFIG_SCHEMAS[kind])]
+        fields["config"] = (config, Field(default_factory=dict) if kind in OPTIONAL_CONFIG else ...)
     variant = create_model(name, __base__=base, __doc__=f"A {kind.value} condition.", **fields)
     variant._schema_variant = True
     _VARIANTS[(base, kind)] = variant

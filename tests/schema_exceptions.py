@@ -70,6 +70,8 @@ EXCEPTIONS: Final[tuple[Rule, ...]] = (
     Rule("condition-lists", rf"{_CONDITION}\.value", "unknown event type", r".*,.*"),
     Rule("condition-lists", rf"{_CONDITION}\.value", "tags are at most 256 characters"),
     Rule("condition-lists", rf"{_CONDITION}\.value", "values are at most 8192 characters"),
+    # an event_type_equals value names events of the trigger's own registry
+    Rule("event-type-registry", rf"{_CONDITION}\.value", "", r".* is not an event of the .*"),
     # a field_equals value on an address field is an address
     Rule("field-addresses", rf"{_CONDITION}\.value", "not an address (0x + 40 hex)"),
     # a decimal's length and size, an alpha written with an exponent

@@ -62,7 +62,7 @@ def schemathesis(
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # about 170 s alone on 2 cores; more beside other work
         check=False,
         cwd=cwd,  # schemathesis keeps a cache in its working directory
         env={

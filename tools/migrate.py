@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -97,6 +98,18 @@ async def speaks_tls(database_url: str) -> bool:
             await conn.close()
 
 
+def probe_tls(database_url: str) -> bool:
+    """:func:`speaks_tls`, from synchronous code: in a thread of its own when this
+    one runs an event loop (the benchmarks' scratch databases are migrated from
+    inside one)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(speaks_tls(database_url))
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(lambda: asyncio.run(speaks_tls(database_url))).result()
+
+
 def needs_probe(database_url: str) -> bool:
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(database_url).query))
     return query.get("sslmode", "prefer") in ("prefer", "allow")
@@ -115,7 +128,7 @@ def run_dbmate(
     user of the machine could read it in the process list); a failure is reported
     without the URL."""
     if server_tls is None and needs_probe(database_url):
-        server_tls = asyncio.run(speaks_tls(database_url))
+        server_tls = probe_tls(database_url)
     cmd = [
         dbmate_binary(),
         "--env",

@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.platform.db import create_pool
 from tests.conftest import ENV, ROOT
+from tools.benchdb import scratch_database
 from tools.migrate import dbmate_url
 
 pytestmark = [
@@ -190,3 +191,15 @@ def test_dbmate_gets_an_sslmode_it_knows() -> None:
     assert mode(base + "?sslmode=disable") == {"sslmode": "disable"}
     with pytest.raises(SystemExit, match="unknown sslmode"):
         dbmate_url(base + "?sslmode=sometimes")
+
+
+async def test_a_database_is_migrated_from_inside_an_event_loop(admin_url: str) -> None:
+    """The benchmarks and chaos runs migrate their scratch databases from inside one
+    (tools.benchdb): the sslmode probe then runs in a thread of its own."""
+    async with scratch_database(admin_url, "tls_loop") as url:
+        conn = await asyncpg.connect(url)
+        try:
+            applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+        finally:
+            await conn.close()
+    assert applied == len(list((ROOT / "db" / "migrations").glob("*.sql")))

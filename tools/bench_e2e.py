@@ -1,7 +1,8 @@
 """End-to-end benchmark of the whole pipeline: indexers -> ingest -> Kafka ->
 matcher -> Kafka -> dispatcher -> webhook receiver.
 
-    python -m tools.bench_e2e [--events 60000] [--triggers 10000] [--latency-seconds 30]
+    python -m tools.bench_e2e [--events 400000] [--triggers 10000] [--latency-seconds 30]
+                              [--profile]
 
 On a scratch database and scratch topics, with ingest, matcher and dispatcher as
 real processes, 10,000 triggers of mixed condition types of which the ones on
@@ -29,6 +30,9 @@ import asyncio
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -148,6 +152,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                 sustained,
             )
             say(f"sustained: {args.events} events as fast as ingest takes them")
+            profilers = start_profilers(pipeline, out, stamp) if args.profile else []
             t_start = time.time()
             await gen.run(progress=True)
             t_posted = time.time()
@@ -159,6 +164,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
 
             await wait_until(evaluated_all, 600, "the matcher to evaluate every event")
             t_evaluated = time.time()
+            result["profiles"] = stop_profilers(profilers)
 
             async def delivered_all() -> bool:
                 return all_delivered(deliveries, sustained.owed)
@@ -329,10 +335,48 @@ def draw(
     return [latency_png, throughput_png]
 
 
+def start_profilers(
+    pipeline: Pipeline, out: Path, stamp: str
+) -> list[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """py-spy sampling each service (100 Hz, native frames off) for the sustained
+    phase: a flame graph per service, bench-results/e2e-<time>-<service>.svg."""
+    spy = Path(sys.executable).with_name("py-spy")
+    running = []
+    for name, service in pipeline.services.items():
+        assert service.proc is not None
+        svg = out / f"e2e-{stamp}-{name}.svg"
+        command = [str(spy), "record", "--pid", str(service.proc.pid), "--rate", "100"]
+        command += ["--output", str(svg), "--format", "flamegraph", "--nonblocking"]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        running.append((name, svg, proc))
+    return running
+
+
+def stop_profilers(running: list[tuple[str, Path, subprocess.Popen[bytes]]]) -> dict[str, str]:
+    """Stop each py-spy (SIGINT: it writes its flame graph) and name the files."""
+    written: dict[str, str] = {}
+    for name, svg, proc in running:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            continue
+        if svg.exists():
+            written[name] = str(svg.relative_to(ROOT))
+        else:
+            say(f"py-spy wrote no profile of {name}: {err.decode(errors='replace')[-300:]}")
+    return written
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("tools.bench_e2e", (__doc__ or "").split("\n\n")[0])
     parser.add_argument(
-        "--events", type=int, default=60_000, help="events of the sustained-throughput phase"
+        "--events",
+        type=int,
+        default=400_000,
+        help="events of the sustained-throughput phase (400,000: about a minute at the "
+        "2-core rate, a steady state rather than a burst)",
     )
     parser.add_argument("--triggers", type=int, default=10_000, help="triggers installed")
     parser.add_argument(
@@ -346,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="length of the latency phase at 1,000 events/s",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record a py-spy flame graph of each service during the sustained phase",
     )
     return parser
 

@@ -81,12 +81,14 @@ def create_app(settings: ApiSettings, *, passwords: Passwords | None = None) -> 
     )
     app[SECRETS] = SecretBox(settings.secrets_key)
     app[PROXIES] = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")
-    app[PRODUCER] = JobProducer(KafkaAccess.from_settings(settings), settings.actions_topic)
+    kafka = KafkaAccess.from_settings(settings)
+    app[PRODUCER] = JobProducer(kafka, settings.actions_topic)
     # Kafka is informational: only a redrive produces to it (503 without it), so the
     # API stays in its Service while the broker is away (issue 16).
     frame_web_app(
         app,
         settings,
+        kafka=kafka,
         ops_port=settings.ops_port,
         pool=POOL,
         registry=registry,

@@ -81,9 +81,11 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
 
     # Kafka is informational for ingest: without it events wait in the outbox,
     # so indexers can keep posting and the pod stays in its Service.
+    kafka = KafkaAccess.from_settings(settings)
     frame_web_app(
         app,
         settings,
+        kafka=kafka,
         ops_port=settings.ops_port,
         pool=POOL,
         registry=registry,
@@ -102,7 +104,7 @@ def create_app(settings: IngestSettings, *, relay: bool = True) -> web.Applicati
                     server_settings={"application_name": "erc8004-ingest-relay"}
                     | ({"role": settings.database_role} if settings.database_role else {}),
                 ),
-                producer_factory=new_producer(KafkaAccess.from_settings(settings)),
+                producer_factory=new_producer(kafka),
                 metrics=app[METRICS],
                 batch_size=settings.relay_batch_size,
                 poll_interval=settings.relay_poll_interval,

@@ -31,6 +31,7 @@ def frame_web_app(
     app: web.Application,
     settings: ServiceSettings,
     *,
+    kafka: KafkaAccess,
     ops_port: int,
     pool: web.AppKey[asyncpg.Pool],
     registry: CollectorRegistry,
@@ -43,18 +44,19 @@ def frame_web_app(
     ``settings.http_host``:``ops_port`` (0: a free port) serves /healthz, the
     detailed /readyz and /metrics (``registry``) from the moment the pool is open
     until the app's cleanup. Readiness needs PostgreSQL, and Kafka unless
-    ``kafka_required`` is False (then it is only reported). ``on_pool`` checks the
+    ``kafka_required`` is False (then it is only reported), probed through ``kafka``
+    (the service's own access, built once). ``on_pool`` checks the
     new pool before anything else starts: if it raises, the pool is closed and the
     app does not start."""
-    probe = KafkaProbe(KafkaAccess.from_settings(settings))
+    probe = KafkaProbe(kafka)
 
     async def check_postgres() -> None:
         await check_db(app[pool])
 
-    kafka = {"kafka": probe.check}
+    kafka_check = {"kafka": probe.check}
     readiness = Readiness(
-        {"postgres": check_postgres, **(kafka if kafka_required else {})},
-        None if kafka_required else kafka,
+        {"postgres": check_postgres, **(kafka_check if kafka_required else {})},
+        None if kafka_required else kafka_check,
     )
     add_public_health_routes(app, readiness)
     ops = web.Application()

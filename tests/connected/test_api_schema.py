@@ -16,12 +16,12 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.apiutil import JWT_SECRET, SECRETS_KEY
+from tests.conftest import StartService
 from tests.procs import ROOT, ServiceProcess, http_get
 
 # Kafka: the API is ready (/readyz) only with its broker reachable.
@@ -90,8 +90,8 @@ def passed(output: str) -> int:
 
 
 @pytest.fixture
-def api(env: dict[str, str], database_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(
+def api(env: dict[str, str], database_url: str, start_service: StartService) -> ServiceProcess:
+    return start_service(
         "api",
         {
             **env,
@@ -100,13 +100,7 @@ def api(env: dict[str, str], database_url: str, tmp_path: Path) -> Iterator[Serv
             "SECRETS_KEY": SECRETS_KEY,
             "ACTIONS_TOPIC": f"test.api.{uuid.uuid4().hex[:8]}",
         },
-        tmp_path,
-    ).start()
-    try:
-        proc.wait_http("/readyz", timeout=60)
-        yield proc
-    finally:
-        proc.stop()
+    )
 
 
 def post(url: str, body: dict[str, object], headers: dict[str, str] | None = None) -> object:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from services.ingest.openapi import document
+from tests.conftest import StartService
 from tests.connected.test_api_schema import passed, report, schemathesis
 from tests.procs import ServiceProcess
 
@@ -22,8 +22,8 @@ TOKEN = "schema-check-token-0123456789"
 
 
 @pytest.fixture
-def ingest(env: dict[str, str], database_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(
+def ingest(env: dict[str, str], database_url: str, start_service: StartService) -> ServiceProcess:
+    return start_service(
         "ingest",
         {
             **env,
@@ -32,13 +32,7 @@ def ingest(env: dict[str, str], database_url: str, tmp_path: Path) -> Iterator[S
             "EVENTS_TOPIC": f"test.ingest.{uuid.uuid4().hex[:8]}",
             "MAINTENANCE_ENABLED": "false",
         },
-        tmp_path,
-    ).start()
-    try:
-        proc.wait_http("/readyz", timeout=60)
-        yield proc
-    finally:
-        proc.stop()
+    )
 
 
 def without_the_feedback_layout_rule(doc: dict[str, object]) -> dict[str, object]:

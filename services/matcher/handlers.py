@@ -31,6 +31,7 @@ from shared.contract.jobs import (
     AnyTopicMessage,
     EventMessage,
     TickMessage,
+    event_keys,
     parse_topic_message,
 )
 from shared.engine.evaluate import TriggerSpec, evaluate
@@ -68,17 +69,35 @@ class Matcher:
         )
 
     async def consume(self, bodies: Sequence[bytes]) -> None:
-        """One consumed batch of erc8004.events, as the subscriber hands it over: a
-        message that does not parse is logged and skipped; a batch that fails is
+        """One consumed batch of erc8004.events, as the subscriber hands it over: an
+        event no trigger of the index can match is counted, not decoded (its
+        evaluation would find no candidate); a message that does not parse is logged
+        and skipped; a batch that fails is
         logged and raised (to be redelivered) after a pause that grows with the
         failures in a row, so that a database outage is not hammered."""
         messages: list[AnyTopicMessage] = []
+        index = self._keeper.index
+        passed = 0
         for body in bodies:
+            # Most events concern no trigger: those are counted and left undecoded
+            # (building an event's model costs more than evaluating it). Not on a
+            # chain with an absence trigger, where every event is a tick too.
+            keys = event_keys(body)
+            if keys is not None and not (
+                index.ticks(keys.chain_id)
+                or index.may_match(keys.chain_id, keys.registry, keys.event_type, keys.agent_id)
+            ):
+                passed += 1
+                continue
             try:
                 messages.append(parse_topic_message(body))
             except ValidationError as exc:
                 # A message no matcher can read would block its partition forever.
                 log.error("unreadable message skipped", error=str(exc)[:500])
+        if passed:
+            self._metrics.events.inc(passed)
+            for _ in range(passed):
+                self._metrics.candidates.observe(0)
         try:
             await self.handle(messages)
         except Exception:

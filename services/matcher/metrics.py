@@ -108,7 +108,10 @@ class MatcherMetrics:
             ),
             evaluation_seconds=Histogram(
                 "erc8004_matcher_evaluation_seconds",
-                "In-memory evaluation time of one event against its candidates.",
+                (
+                    "In-memory evaluation time of one event against its candidates "
+                    "(not observed for the events the index rules out undecoded)."
+                ),
                 buckets=SECONDS_BUCKETS,
                 registry=registry,
             ),

@@ -113,6 +113,22 @@ class TriggerIndex:
                         found[trigger.id] = trigger
         return [found[k] for k in sorted(found)]
 
+    def may_match(
+        self, chain_id: int, registry: str, event_type: str, agent_id: int | None
+    ) -> bool:
+        """Whether an event with these keys may have candidates: False only when
+        :meth:`candidates` would return none (True may still find none), read from
+        the keys alone, before the event is decoded."""
+        bucket = self._buckets.get((chain_id, registry))
+        if bucket is None:
+            return False
+        types = (event_type, ANY, WITHDRAWS.get(event_type))
+        for key in types:
+            by_agent = bucket.get(key) if key is not None else None
+            if by_agent and (ANY in by_agent or (agent_id is not None and agent_id in by_agent)):
+                return True
+        return False
+
     def stateful_of_chain(self, chain_id: int) -> list[TriggerSpec]:
         """Every stateful trigger of a chain (for reorg retractions)."""
         return sorted(

@@ -253,7 +253,9 @@ async def test_every_condition_type_end_to_end(db: asyncpg.Connection, matcher: 
     versions = {r["id"]: r["version"] for r in await db.fetch("SELECT id, version FROM triggers")}
     assert versions[t["rate"]] == 2
     proc = matcher.start()
-    await matcher.produce([e1, e2, e3, e4, v1, v2])
+    # an event of a chain no trigger watches: counted, not decoded
+    elsewhere = feedback(chain + 1, 106, 7, score=5)
+    await matcher.produce([e1, e2, e3, elsewhere, e4, v1, v2])
     jobs = await matcher.jobs(expect=len(expected))
     names = {v: k for k, v in t.items()}
     got = {(names[j.trigger_id], j.event.id) for j in jobs}
@@ -268,11 +270,12 @@ async def test_every_condition_type_end_to_end(db: asyncpg.Connection, matcher: 
     assert any(c["type"] == "ema_threshold" for c in ema_job.explain["conditions"])
 
     # Every metric the issue names, with values that follow from this run.
-    assert metric(proc, "erc8004_matcher_events_evaluated_total") == 6
+    assert metric(proc, "erc8004_matcher_events_evaluated_total") == 7
     assert metric(proc, "erc8004_matcher_index_triggers") == len(t)
     _, body = http_get(proc.metrics_url)
     text = body.decode()
-    assert "erc8004_matcher_candidates_per_event_count 6.0" in text
+    assert "erc8004_matcher_candidates_per_event_count 7.0" in text
+    assert 'erc8004_matcher_candidates_per_event_bucket{le="0.0"} 1.0' in text
     assert 'erc8004_matcher_triggers_fired_total{condition_type="ema_threshold"} 2.0' in text
     assert 'erc8004_matcher_jobs_produced_total{action_type="rest"} 15.0' in text
     assert "erc8004_matcher_evaluation_seconds_bucket" in text

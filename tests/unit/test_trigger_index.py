@@ -1,0 +1,196 @@
+"""The matcher leaves undecoded the events the trigger index rules out from their
+keys alone (``TriggerIndex.may_match`` over ``event_keys`` of the message): that
+must never drop an event that has a candidate."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from shared.contract.events import Event
+from shared.contract.jobs import (
+    EventKeys,
+    EventMessage,
+    TickMessage,
+    dump_message,
+    event_keys,
+)
+from shared.engine.replay import compile_trigger
+from shared.engine.trigger_index import TriggerIndex
+from tests import engine_strategies as es
+from tests.strategies import event_dicts, retraction_messages
+
+AT = datetime(2026, 12, 6, tzinfo=UTC)
+
+
+def _index(triggers: list[dict[str, Any]]) -> TriggerIndex:
+    index = TriggerIndex()
+    for n, trigger in enumerate(triggers):
+        spec = compile_trigger(
+            {
+                "id": f"t{n:02d}",
+                "user_id": "u",
+                "name": "t",
+                "chain_id": trigger["chain_id"],
+                "registry": trigger["registry"],
+                "enabled_at": AT,
+                "cooldown_seconds": trigger["cooldown_seconds"],
+                "conditions": trigger["conditions"],
+                "actions": [],
+            }
+        )
+        assert spec is not None
+        index.put(spec)
+    return index
+
+
+@st.composite
+def events_of_the_chains(draw: st.DrawFn) -> Event:
+    # mostly feedback and revocations: the triggers drawn watch them most
+    kind = draw(st.sampled_from(("NewFeedback", "FeedbackRevoked", None)))
+    data = draw(event_dicts(kind))
+    data["chain_id"] = draw(st.sampled_from(es.CHAINS))
+    if "agent_id" in data:
+        data["agent_id"] = draw(st.sampled_from((*es.AGENTS, 4)))
+    return Event.model_validate(data)
+
+
+@st.composite
+def keyed_triggers(draw: st.DrawFn) -> dict[str, Any]:
+    """Engine triggers, half of them keyed on one event type and agent (the index's
+    buckets), as most triggers are."""
+    trigger = draw(es.triggers())
+    if trigger["registry"] == "reputation" and draw(st.booleans()):
+        kind = draw(st.sampled_from(("NewFeedback", "FeedbackRevoked")))
+        keyed = es.validated(
+            {
+                **trigger,
+                "conditions": [
+                    es._condition("event_type_equals", "=", kind),
+                    es._condition("agent_id_equals", "=", str(draw(st.sampled_from(es.AGENTS)))),
+                    *trigger["conditions"],
+                ],
+            }
+        )
+        assume(keyed is not None)
+        assert keyed is not None
+        return keyed
+    return trigger
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(keyed_triggers(), min_size=1, max_size=6), st.lists(events_of_the_chains(), max_size=8)
+)
+def test_an_event_ruled_out_by_its_keys_has_no_candidate(
+    triggers: list[dict[str, Any]], events: list[Event]
+) -> None:
+    index = _index(triggers)
+    for event in events:
+        keys = event_keys(dump_message(EventMessage(event=event, ingested_at=AT)))
+        assert keys == EventKeys(
+            event.chain_id, event.registry.value, event.event_type, event.agent_id
+        )
+        may = index.may_match(keys.chain_id, keys.registry, keys.event_type, keys.agent_id)
+        found = index.candidates(event)
+        if found:
+            assert may, (event, [t.id for t in found])
+        elif may:
+            # only a revocation may be let through for nothing: the stateless
+            # triggers on NewFeedback are not its candidates
+            assert event.event_type == "FeedbackRevoked"
+
+
+def test_the_index_rules_out_other_agents_types_chains_and_registries() -> None:
+    feedback_of_agent_2: dict[str, Any] = {
+        "chain_id": 1,
+        "registry": "reputation",
+        "cooldown_seconds": None,
+        "conditions": [
+            {
+                "condition_type": "agent_id_equals",
+                "field": "agent_id",
+                "operator": "=",
+                "value": "2",
+            },
+            {
+                "condition_type": "event_type_equals",
+                "field": "event_type",
+                "operator": "=",
+                "value": "NewFeedback",
+            },
+        ],
+    }
+    index = _index([feedback_of_agent_2])
+    assert index.may_match(1, "reputation", "NewFeedback", 2)
+    assert not index.may_match(1, "reputation", "NewFeedback", 3)
+    assert not index.may_match(1, "reputation", "NewFeedback", None)
+    assert not index.may_match(1, "reputation", "ResponseAppended", 2)
+    assert not index.may_match(2, "reputation", "NewFeedback", 2)
+    assert not index.may_match(1, "validation", "NewFeedback", 2)
+    # a stateless trigger on NewFeedback is no candidate of a revocation, but the
+    # keys alone cannot tell: let through
+    assert index.may_match(1, "reputation", "FeedbackRevoked", 2)
+    chain_wide = {**feedback_of_agent_2, "conditions": feedback_of_agent_2["conditions"][1:]}
+    index = _index([chain_wide])
+    assert index.may_match(1, "reputation", "NewFeedback", 3)
+    assert index.may_match(1, "reputation", "NewFeedback", None)
+
+
+@given(retraction_messages())
+def test_keys_are_read_only_from_event_messages(message: Any) -> None:
+    assert event_keys(dump_message(message)) is None
+
+
+def test_keys_not_of_their_types_are_left_to_the_full_parse() -> None:
+    tick = TickMessage(chain_id=1, block_number=5, block_hash="0x" + "ab" * 32, timestamp=10)
+    assert event_keys(dump_message(tick)) is None
+    good = {"chain_id": 1, "registry": "reputation", "event_type": "NewFeedback", "agent_id": 7}
+    assert event_keys(orjson.dumps({"kind": "event", "event": good})) == EventKeys(
+        1, "reputation", "NewFeedback", 7
+    )
+    for field, value in [
+        ("chain_id", "1"),
+        ("chain_id", True),
+        ("chain_id", 1.0),
+        ("chain_id", None),
+        ("registry", "reputations"),
+        ("registry", 1),
+        ("event_type", None),
+        ("event_type", ["NewFeedback"]),
+        ("agent_id", "7"),
+        ("agent_id", False),
+    ]:
+        body = orjson.dumps({"kind": "event", "event": {**good, field: value}})
+        assert event_keys(body) is None, (field, value)
+    for body in [b"", b"{", b"[]", b'{"kind":"event"}', b'{"kind":"event","event":[1]}']:
+        assert event_keys(body) is None, body
+    # an integer beyond 64 bits is the full parse's to refuse
+    assert event_keys(b'{"kind":"event","event":{"chain_id":' + b"9" * 30 + b"}}") is None
+
+
+@pytest.mark.parametrize("agent", [None, 3])
+def test_an_absent_agent_meets_only_chain_wide_triggers(agent: int | None) -> None:
+    index = _index(
+        [
+            {
+                "chain_id": 1,
+                "registry": "identity",
+                "cooldown_seconds": None,
+                "conditions": [
+                    {
+                        "condition_type": "agent_id_equals",
+                        "field": "agent_id",
+                        "operator": "in",
+                        "value": "3,4",
+                    }
+                ],
+            }
+        ]
+    )
+    assert index.may_match(1, "identity", "Registered", agent) is (agent == 3)

@@ -34,12 +34,7 @@ def unsaved_spec(trigger: TriggerCreate, *, user_id: str) -> TriggerSpec:
         cooldown_seconds=trigger.cooldown_seconds,
         conditions=tuple(trigger.conditions),
         actions=tuple(
-            ActionSpec(
-                id=i,
-                action_type=a.action_type.value,
-                priority=a.priority,
-                config={},
-            )
+            ActionSpec.of(i, a.action_type.value, a.priority, {})
             for i, a in enumerate(trigger.actions)
         ),
     )

@@ -21,6 +21,8 @@ from shared.engine.trigger_index import TriggerIndex
 from shared.platform.db import keep_listening, listen
 
 log = structlog.get_logger(__name__)
+#: Triggers fetched, stored and compiled at a time by a load.
+LOAD_CHUNK = 5000
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
@@ -67,32 +69,37 @@ class IndexKeeper:
         started = time.perf_counter()
         async with self._pool.acquire() as conn:
             current = await queries.trigger_fingerprints(conn)
-            stale = [i for i, fp in current.items() if self._fingerprints.get(i) != fp]
-            rows = []
-            for i in range(0, len(stale), 5000):
-                rows += await queries.list_triggers_by_id(conn, stale[i : i + 5000])
-        # stored before the fingerprints move on: a failure here is retried next time
-        new = await self._save_definitions(rows)
-        compiled = 0
+        stale = [i for i, fp in current.items() if self._fingerprints.get(i) != fp]
+        compiled = fetched = 0
         edited: list[TriggerSpec] = []
-        for n, row in enumerate(rows):
-            trigger = compile_trigger(row)
-            if trigger is None:
-                self._take_out(row["id"])
-            else:
-                if self._edited(trigger, new):
-                    edited.append(trigger)
-                self.index.put(trigger)
-                compiled += 1
-            self._fingerprints[row["id"]] = row["fp"]
-            if n % 500 == 499:
-                await asyncio.sleep(0)  # a large load must not stall the consumer
+        # A chunk at a time: the rows of a large load (a million triggers) are never
+        # all held at once beside the index they become.
+        for i in range(0, len(stale), LOAD_CHUNK):
+            async with self._pool.acquire() as conn:
+                rows = await queries.list_triggers_by_id(conn, stale[i : i + LOAD_CHUNK])
+            fetched += len(rows)
+            # stored before the fingerprints move on: a failure here is retried next time
+            new = await self._save_definitions(rows)
+            for n, row in enumerate(rows):
+                trigger = compile_trigger(row)
+                if trigger is None:
+                    self._take_out(row["id"])
+                else:
+                    if self._edited(trigger, new):
+                        edited.append(trigger)
+                    self.index.put(trigger)
+                    compiled += 1
+                self._fingerprints[row["id"]] = row["fp"]
+                if n % 500 == 499:
+                    await asyncio.sleep(0)  # a large load must not stall the consumer
+            if len(stale) > LOAD_CHUNK:
+                log.info("trigger index loading", loaded=fetched, of=len(stale))
         await self._forget_removed(edited)
         removed = [i for i in self._fingerprints if i not in current]
         for trigger_id in removed:
             self._take_out(trigger_id)
             del self._fingerprints[trigger_id]
-        if rows and not self._frozen:
+        if fetched and not self._frozen:
             # The index is long-lived and large (100k triggers: millions of
             # objects); left to the cyclic GC, every full collection walks all of
             # it. Frozen objects are skipped. Once, after the first load: later
@@ -102,12 +109,12 @@ class IndexKeeper:
             self._frozen = True
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("full").inc()
-        if rows or removed:
+        if fetched or removed:
             log.info(
                 "trigger index synced",
                 triggers=len(self.index),
                 compiled=compiled,
-                skipped=len(rows) - compiled,
+                skipped=fetched - compiled,
                 removed=len(removed),
                 seconds=round(time.perf_counter() - started, 3),
             )

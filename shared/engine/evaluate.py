@@ -52,8 +52,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
-from functools import cached_property
 from typing import Any, Final
+
+import orjson
 
 from shared.contract.condition_types import ConditionType
 from shared.contract.conditions import Condition
@@ -110,22 +111,39 @@ _COMPARE: Final[dict[str, Compare]] = {
 # --- public data ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ActionSpec:
     """One trigger_actions row as the matcher hands it on."""
 
     id: int  # trigger_actions.id
     action_type: str  # telegram | rest | mcp
     priority: int
-    config: dict[str, Any]  # as stored (secrets included)
+    #: The config as stored (secrets included), as compact JSON: the matcher holds
+    #: every enabled trigger's actions and reads them only when one fires, and a
+    #: dict per action costs several times the bytes.
+    config_json: str
+
+    @classmethod
+    def of(
+        cls, action_id: int, action_type: str, priority: int, config: Mapping[str, Any]
+    ) -> ActionSpec:
+        # a str of its exact size: orjson's bytes keep their whole buffer (kilobytes)
+        return cls(action_id, action_type, priority, orjson.dumps(config).decode())
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config, decoded afresh (the caller may change it)."""
+        config: dict[str, Any] = orjson.loads(self.config_json)
+        return config
 
     def __hash__(self) -> int:
         return hash((self.id, self.action_type, self.priority))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TriggerSpec:
-    """An enabled trigger as the evaluator takes it; compiled once, lazily."""
+    """An enabled trigger as the evaluator takes it; compiled once, lazily (slots:
+    the matcher holds one per enabled trigger, a million of them at the most)."""
 
     id: str
     user_id: str
@@ -138,14 +156,20 @@ class TriggerSpec:
     actions: tuple[ActionSpec, ...]
     #: triggers.version: which edit of the trigger this is (0: not known).
     version: int = 0
+    #: the compiled program, once built (``_program``)
+    _compiled: _Program | None = field(default=None, init=False, repr=False, compare=False)
 
     def __hash__(self) -> int:
         # Conditions and action configs hold dicts: hash what identifies the trigger.
         return hash((self.id, self.user_id, self.chain_id, self.registry, self.cooldown_seconds))
 
-    @cached_property
+    @property
     def _program(self) -> _Program:
-        return _compile(self)
+        compiled = self._compiled
+        if compiled is None:
+            compiled = _compile(self)
+            object.__setattr__(self, "_compiled", compiled)
+        return compiled
 
     @property
     def is_stateful(self) -> bool:

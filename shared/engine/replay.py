@@ -8,10 +8,12 @@ compiles its index with :func:`compile_trigger`; the API's backtest runs
 from __future__ import annotations
 
 import heapq
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 import structlog
 from pydantic import ValidationError
 
@@ -37,11 +39,33 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+#: Validated conditions by their definition, while some trigger holds them: triggers
+#: share most of their conditions (the same event type, threshold or window), and a
+#: condition model is frozen, so one instance serves them all (the matcher holds
+#: every enabled trigger; validating each condition once also makes loading faster).
+_CONDITIONS: weakref.WeakValueDictionary[str, Condition] = weakref.WeakValueDictionary()
+
+
+def _condition(raw: Any) -> Condition:
+    """``Condition.model_validate(raw)``, shared with every trigger holding the same
+    definition (the same JSON, keys in the same order). A definition that cannot be
+    written as JSON is validated alone."""
+    try:
+        key = orjson.dumps(raw).decode()  # exact size: orjson's bytes keep their buffer
+    except TypeError:
+        return Condition.model_validate(raw)
+    found = _CONDITIONS.get(key)
+    if found is None:
+        found = Condition.model_validate(raw)
+        _CONDITIONS[key] = found
+    return found
+
+
 def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | None:
     """A stored trigger as the evaluator takes it; None (logged) when a row written
     behind the API's back does not validate: one bad trigger never stops the rest."""
     try:
-        conditions = tuple(Condition.model_validate(c) for c in row["conditions"])
+        conditions = tuple(_condition(c) for c in row["conditions"])
     except ValidationError as exc:
         log.error("trigger skipped: invalid condition", trigger_id=row["id"], error=str(exc))
         return None
@@ -56,11 +80,11 @@ def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | No
         conditions=conditions,
         version=_version(row),
         actions=tuple(
-            ActionSpec(
-                id=a["id"],
-                action_type=a["action_type"],
-                priority=a["priority"] if a["priority"] is not None else 1,
-                config=a["config"] or {},
+            ActionSpec.of(
+                a["id"],
+                a["action_type"],
+                a["priority"] if a["priority"] is not None else 1,
+                a["config"] or {},
             )
             for a in row["actions"]
         ),

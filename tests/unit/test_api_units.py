@@ -254,7 +254,7 @@ def test_replay_is_the_matcher_step_by_step() -> None:
         id="t", user_id="u", name="n", chain_id=1, registry="reputation",
         enabled_at=datetime.now(UTC),
         cooldown_seconds=None, conditions=(condition,),
-        actions=(ActionSpec(1, "telegram", 1, {}),),
+        actions=(ActionSpec.of(1, "telegram", 1, {}),),
     )  # fmt: skip
 
     def feedback(chain: int, block: int) -> Event:

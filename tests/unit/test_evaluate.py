@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import decimal
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -57,7 +58,7 @@ def trig(*conds: dict[str, Any], cooldown: int | None = None, tid: str = "t1") -
         enabled_at=datetime(2024, 1, 1, tzinfo=UTC),
         cooldown_seconds=cooldown,
         conditions=tuple(Condition.model_validate(c) for c in conds),
-        actions=(ActionSpec(id=1, action_type="rest", priority=1, config={"url": "https://x"}),),
+        actions=(ActionSpec.of(1, "rest", 1, {"url": "https://x"}),),
     )
 
 
@@ -877,7 +878,7 @@ def test_field_conditions(c: dict[str, Any], overrides: dict[str, Any], expected
 def test_score_threshold_on_a_validation_response() -> None:
     v = event("ValidationResponse", response=85)
     c = cond("score_threshold", ">=", "80", "response")
-    t = TriggerSpec(**{**trig(c).__dict__, "registry": "validation"})
+    t = replace(trig(c), registry="validation")
     assert evaluate(t, v, states={}).fired
     assert not evaluate(t, event("ValidationResponse", response=20), states={}).fired
     assert not verdict(c, fb(1))  # a feedback has no response

@@ -1,7 +1,7 @@
 """End-to-end benchmark of the whole pipeline: indexers -> ingest -> Kafka ->
 matcher -> Kafka -> dispatcher -> webhook receiver.
 
-    python -m tools.bench_e2e [--events 400000] [--triggers 10000] [--latency-seconds 30]
+    python -m tools.bench_e2e [--events 600000] [--triggers 10000] [--latency-seconds 30]
                               [--profile]
 
 On a scratch database and scratch topics, with ingest, matcher and dispatcher as
@@ -18,9 +18,12 @@ to a local receiver that records arrival times):
 3. Raw baselines in the same run: asyncpg COPY of the same rows into the events
    table of a fresh database, aiokafka produce and consume of the same messages.
 
-Prints the figures, writes bench-results/e2e-<time>.json and two PNG plots
-(latency distribution; throughput over time). Targets (reported, not asserted):
-throughput >= 10 % of the raw COPY rate, p99 <= 250 ms at 1,000 events/s.
+Prints the figures (with the cores each process kept busy through the sustained
+phase: the services, PostgreSQL, Kafka, the load generator), writes
+bench-results/e2e-<time>.json and two PNG plots (latency distribution; throughput
+over time). Targets (reported, not asserted): throughput >= 20 % of the raw COPY
+rate over a sustained phase of at least 60 s, p99 <= 100 ms at 1,000 events/s
+(p99.9 reported).
 """
 
 from __future__ import annotations
@@ -56,7 +59,16 @@ from shared.platform.entrypoint import cli_parser
 from tools.bench_ingest import raw_copy
 from tools.bench_matcher import produce, raw_consume
 from tools.benchdb import scratch_topic
-from tools.benchkit import RESULTS, ROOT, pct, stack, timestamp, write_json
+from tools.benchkit import (
+    RESULTS,
+    ROOT,
+    cpu_seconds,
+    cpu_split,
+    pct,
+    stack,
+    timestamp,
+    write_json,
+)
 from tools.loadgen import Settings
 from tools.localnet import Receiver
 from tools.pipeline import (
@@ -153,6 +165,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             )
             say(f"sustained: {args.events} events as fast as ingest takes them")
             profilers = start_profilers(pipeline, out, stamp) if args.profile else []
+            pids = {s.proc.pid: n for n, s in pipeline.services.items() if s.proc is not None}
+            cpu_before = cpu_seconds(pids)
             t_start = time.time()
             await gen.run(progress=True)
             t_posted = time.time()
@@ -164,6 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
 
             await wait_until(evaluated_all, 600, "the matcher to evaluate every event")
             t_evaluated = time.time()
+            cores = cpu_split(cpu_before, cpu_seconds(pids), t_evaluated - t_start)
             result["profiles"] = stop_profilers(profilers)
 
             async def delivered_all() -> bool:
@@ -248,6 +263,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                 if len(times) > 1
                 else None,
                 "fired_fraction": round(len(sustained.owed) / len(sustained.acked), 4),
+                "seconds": round(t_evaluated - t_start, 1),
+                # cores kept busy by each, over the phase (2 on this machine)
+                "cores_busy": cores,
             },
             "latency_at_1000_per_s": {
                 "events": len(latency.acked),
@@ -255,6 +273,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                 "p50_ms": round(pct(delays, 0.50), 1),
                 "p95_ms": round(pct(delays, 0.95), 1),
                 "p99_ms": round(pct(delays, 0.99), 1),
+                "p99_9_ms": round(pct(delays, 0.999), 1),
                 "max_ms": round(max(delays), 1),
                 "ack_to_fired_p50_p99_ms": [
                     round(pct(to_fired, 0.5), 1),
@@ -277,7 +296,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             },
             "peak_rss_mib": peaks,
             "duplicate_deliveries": duplicates,
-            "targets": {"ratio_to_raw_copy_min": 0.10, "p99_ms_max": 250},
+            "targets": {
+                "ratio_to_raw_copy_min": 0.20,
+                "sustained_seconds_min": 60,
+                "p99_ms_max": 100,
+            },
         }
     )
     plots = draw(out, stamp, delays, sampler.samples, t_phase2)
@@ -374,9 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--events",
         type=int,
-        default=400_000,
-        help="events of the sustained-throughput phase (400,000: about a minute at the "
-        "2-core rate, a steady state rather than a burst)",
+        default=600_000,
+        help="events of the sustained-throughput phase (600,000: over a minute at the "
+        "2-core rate, a steady state rather than a burst; the phase's length is printed "
+        "as sustained.seconds)",
     )
     parser.add_argument("--triggers", type=int, default=10_000, help="triggers installed")
     parser.add_argument(

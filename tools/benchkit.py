@@ -79,6 +79,53 @@ def service(
             proc.wait(timeout=stop_within)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(names: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process of the machine, summed
+    by who it is: the pids in ``names`` by their name, this process as "load
+    generator" (the bench posts the load), PostgreSQL's processes as "postgres",
+    Kafka's JVM as "kafka", everything else as "other". Take it before and after a
+    phase (:func:`cpu_split`): how the cores were shared."""
+    totals: dict[str, float] = {}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        if pid in names:
+            who = names[pid]
+        elif pid == me:
+            who = "load generator"
+        elif comm == "postgres":
+            who = "postgres"
+        elif comm == "java" and b"kafka" in cmdline:
+            who = "kafka"
+        else:
+            who = "other"
+        totals[who] = totals.get(who, 0.0) + seconds
+    return totals
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Cores each group kept busy between two :func:`cpu_seconds` (CPU seconds over
+    wall seconds; processes that ended in between are not counted)."""
+    return {
+        who: round((after[who] - before.get(who, 0.0)) / wall, 3)
+        for who in sorted(after, key=lambda w: before.get(w, 0.0) - after[w])
+        if after[who] - before.get(who, 0.0) > 0
+    }
+
+
 def timestamp() -> str:
     """The time now, as results and logs are named by it."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"

@@ -114,8 +114,8 @@ restore: deps ## pg_restore DUMP=<file> into a new database DB=<name> (default e
 bench-ingest: infra ## ingest benchmark: events/s batched and single, latency, ratio to raw COPY
 	$(WITH_ENV) $(PY) -m tools.bench_ingest
 
-bench-matcher: infra ## matcher benchmark: events/s and per-event cost at 100 / 10k / 100k triggers
-	$(WITH_ENV) $(PY) -m tools.bench_matcher
+bench-matcher: infra ## matcher benchmark: events/s, per-event cost, memory and index load at 100 / 10k / 100k / 1M triggers
+	$(WITH_ENV) $(PY) -m tools.bench_matcher $(BENCH_ARGS)
 
 bench-dispatcher: infra ## dispatcher benchmark: REST actions/s, produced-to-received delay p50/p99
 	$(WITH_ENV) $(PY) -m tools.bench_dispatcher

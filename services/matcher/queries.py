@@ -42,20 +42,40 @@ BY_ID_SQL = (
     + " AND t.id = any($1::text[])) AS x"
 )
 
+#: A page of every enabled trigger by id, with its fingerprint: the first load reads
+#: each trigger once (fingerprints first, then the changed ones, is for resyncs).
+PAGE_SQL = (
+    "SELECT x.*, md5(x::text) AS fp FROM ("  # noqa: S608
+    + TRIGGERS_SQL
+    + " AND t.id > $1 ORDER BY t.id LIMIT $2) AS x"
+)
+
 
 async def list_enabled_triggers(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(TRIGGERS_SQL)
 
 
-async def trigger_fingerprints(conn: Conn) -> dict[str, str]:
+def fingerprint(md5_hex: str) -> int:
+    """A fingerprint (md5 in hex) as the matcher keeps it, one per enabled trigger: an
+    int of 44 bytes instead of a str of 81."""
+    return int(md5_hex, 16)
+
+
+async def trigger_fingerprints(conn: Conn) -> dict[str, int]:
     """id -> md5 of everything the matcher reads of an enabled trigger: a resync
     compares these and compiles only what changed."""
     rows = await conn.fetch(FINGERPRINTS_SQL)
-    return {r["id"]: r["fp"] for r in rows}
+    return {r["id"]: fingerprint(r["fp"]) for r in rows}
 
 
 async def list_triggers_by_id(conn: Conn, ids: Sequence[str]) -> list[asyncpg.Record]:
     return await conn.fetch(BY_ID_SQL, list(ids))
+
+
+async def list_triggers_after(conn: Conn, after: str, limit: int) -> list[asyncpg.Record]:
+    """Up to ``limit`` enabled triggers with ids after ``after``, by id, with their
+    fingerprints (``fp``)."""
+    return await conn.fetch(PAGE_SQL, after, limit)
 
 
 StateKey = tuple[str, str]
@@ -366,28 +386,40 @@ async def update_records(
     )
 
 
-async def stored_definitions(conn: Conn) -> set[tuple[str, int]]:
-    rows = await conn.fetch("SELECT trigger_id, version FROM trigger_definitions")
-    return {(r["trigger_id"], r["version"]) for r in rows}
-
-
-async def save_definitions(conn: Conn, rows: Sequence[asyncpg.Record]) -> None:
+async def save_definitions(conn: Conn, rows: Sequence[asyncpg.Record]) -> set[tuple[str, int]]:
     """The definitions (what a recomputation evaluates under) of these trigger rows
-    (TRIGGERS_SQL), where not stored yet."""
+    (TRIGGERS_SQL), where not stored yet; returns the (trigger, version) pairs stored
+    now. The stored ones are asked for first, so a load of triggers whose versions
+    are all stored sends none of their definitions."""
     if not rows:
-        return
-    await conn.execute(
+        return set()
+    stored = await conn.fetch(
+        """
+        SELECT d.trigger_id, d.version
+        FROM unnest($1::text[], $2::int[]) AS k(trigger_id, version)
+        JOIN trigger_definitions d USING (trigger_id, version)
+        """,
+        [r["id"] for r in rows],
+        [r["version"] for r in rows],
+    )
+    have = {(r["trigger_id"], r["version"]) for r in stored}
+    new = [r for r in rows if (r["id"], r["version"]) not in have]
+    if not new:
+        return set()
+    inserted = await conn.fetch(
         """
         INSERT INTO trigger_definitions (trigger_id, version, definition)
         SELECT t.id, t.version, t.definition
         FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS t(id, version, definition)
         WHERE EXISTS (SELECT 1 FROM triggers x WHERE x.id = t.id)
         ON CONFLICT (trigger_id, version) DO NOTHING
+        RETURNING trigger_id, version
         """,
-        [r["id"] for r in rows],
-        [r["version"] for r in rows],
-        [definition_of(r) for r in rows],
+        [r["id"] for r in new],
+        [r["version"] for r in new],
+        [definition_of(r) for r in new],
     )
+    return {(r["trigger_id"], r["version"]) for r in inserted}
 
 
 def definition_of(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:

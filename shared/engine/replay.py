@@ -8,6 +8,7 @@ compiles its index with :func:`compile_trigger`; the API's backtest runs
 from __future__ import annotations
 
 import heapq
+import sys
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ log = structlog.get_logger(__name__)
 #: condition model is frozen, so one instance serves them all (the matcher holds
 #: every enabled trigger; validating each condition once also makes loading faster).
 _CONDITIONS: weakref.WeakValueDictionary[str, Condition] = weakref.WeakValueDictionary()
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
 
 
 def _condition(raw: Any) -> Condition:
@@ -57,6 +59,12 @@ def _condition(raw: Any) -> Condition:
     found = _CONDITIONS.get(key)
     if found is None:
         found = Condition.model_validate(raw)
+        # Which fields the input set is one of a few sets; pydantic gives every model
+        # a set of its own (728 bytes, the largest part of a condition). Shared: a
+        # frozen model's is only read (a copy of the model copies it).
+        fields_set = frozenset(found.__pydantic_fields_set__)
+        shared = _FIELDS_SETS.setdefault(fields_set, set(fields_set))
+        object.__setattr__(found, "__pydantic_fields_set__", shared)
         _CONDITIONS[key] = found
     return found
 
@@ -69,12 +77,13 @@ def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | No
     except ValidationError as exc:
         log.error("trigger skipped: invalid condition", trigger_id=row["id"], error=str(exc))
         return None
+    # a user's triggers, a registry's, share one copy of its name (sys.intern)
     return TriggerSpec(
         id=row["id"],
-        user_id=row["user_id"],
+        user_id=sys.intern(row["user_id"]),
         name=row["name"],
         chain_id=row["chain_id"],
-        registry=row["registry"],
+        registry=sys.intern(row["registry"]),
         enabled_at=row["enabled_at"],
         cooldown_seconds=row["cooldown_seconds"],
         conditions=conditions,
@@ -82,7 +91,7 @@ def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | No
         actions=tuple(
             ActionSpec.of(
                 a["id"],
-                a["action_type"],
+                sys.intern(a["action_type"]),
                 a["priority"] if a["priority"] is not None else 1,
                 a["config"] or {},
             )

@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.matcher import keeper as keeper_module
+from services.matcher import queries as matcher_queries
 from services.matcher.handlers import Matcher
 from services.matcher.keeper import IndexKeeper
 from services.matcher.metrics import MatcherMetrics
@@ -178,3 +180,52 @@ async def test_one_users_jobs_for_one_event_are_capped_the_same_way_on_redeliver
     published.jobs.clear()
     await handler.consume(batch)
     assert {j.job_id for j in published.jobs} == {j.job_id for j in first}
+
+
+@pytest.mark.parametrize("chunk", [3, 0])  # 0: the number of triggers (the last page full)
+async def test_a_first_load_reads_every_enabled_trigger_once_by_pages(
+    db: asyncpg.Connection, database_url: str, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    chain = random_chain()
+    made = [await insert_trigger(db, chain_id=chain, conditions=NEW_FEEDBACK) for _ in range(7)]
+    await insert_trigger(db, chain_id=chain, conditions=NEW_FEEDBACK, enabled=False)
+    enabled = {r["id"] for r in await db.fetch("SELECT id FROM triggers WHERE enabled")}
+    monkeypatch.setattr(keeper_module, "LOAD_CHUNK", chunk or len(enabled))
+    pages: list[int] = []
+    read_page = matcher_queries.list_triggers_after
+
+    async def counted(conn: asyncpg.Connection, after: str, limit: int) -> list[asyncpg.Record]:
+        rows = await read_page(conn, after, limit)
+        pages.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(matcher_queries, "list_triggers_after", counted)
+    pool = await create_pool(database_url, application_name="test-matcher", max_size=4)
+    registry = CollectorRegistry()
+    keeper = IndexKeeper(
+        pool=pool,
+        connect=lambda: asyncpg.connect(database_url),
+        metrics=MatcherMetrics.create(registry),
+    )
+    try:
+        await keeper.start()
+        assert sum(pages) == len(enabled), pages  # each enabled trigger read once
+        assert pages[-1] == 0 or pages[-1] < keeper_module.LOAD_CHUNK
+        assert len(pages) > 2 if chunk == 3 else len(pages) == 2
+        assert set(made) <= keeper.index.ids() <= enabled
+        stored = await db.fetch(
+            "SELECT trigger_id FROM trigger_definitions WHERE trigger_id = any($1::text[])", made
+        )
+        assert {r["trigger_id"] for r in stored} == set(made)
+        # a later resync reads only what changed: nothing, then the one edited
+        pages.clear()
+        await keeper.resync()
+        assert pages == []
+        await db.execute("UPDATE triggers SET name = 'renamed' WHERE id = $1", made[0])
+        await keeper.resync()
+        assert keeper.index.get(made[0]) is not None
+        assert keeper.index.get(made[0]).name == "renamed"  # type: ignore[union-attr]
+    finally:
+        if keeper._listener is not None:
+            await keeper._listener.close()
+        await pool.close()

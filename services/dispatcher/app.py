@@ -33,6 +33,7 @@ from shared.platform.kafka import LagProbe, started_producer, stop_producer, wat
 from shared.platform.kafka_access import KafkaAccess
 from shared.platform.secrets import SecretBox
 from shared.platform.stream import (
+    FETCH_MAX_WAIT_MS,
     Handoff,
     StreamService,
     batch_subscriber,
@@ -163,6 +164,8 @@ def create_app(settings: DispatcherSettings) -> FastStream:
             handle=functools.partial(
                 runtime.handler.handle, from_retry=from_retry, interrupt=handoff.revoking
             ),
+            # a job reaching a partition left out of the fetch in flight waits for it
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
 
     app = create_stream_app(service, on_ready=runtime.start, on_stop=runtime.stop)

@@ -20,19 +20,27 @@ def with_database(url: str, name: str) -> str:
 
 
 async def drop_database(admin_url: str, name: str) -> None:
-    """Drop, retrying a few times: FORCE terminates the database's backends, but a
-    non-superuser may not terminate an autovacuum worker that is busy in it."""
+    """Drop, retrying for up to a minute: FORCE terminates the database's backends,
+    but a non-superuser may not terminate an autovacuum worker busy in it (a table
+    of a few hundred thousand fresh rows gets one); a plain DROP then asks the
+    worker to stop, and waits on nothing else once FORCE has had its way."""
     conn = await asyncpg.connect(admin_url)
     try:
-        for attempt in range(20):
+        force = True
+        for attempt in range(240):
             try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
-                if attempt == 19:
+                option = " WITH (FORCE)" if force else ""
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}"{option}')
+            except asyncpg.InsufficientPrivilegeError:
+                force = False  # an autovacuum worker: a plain DROP stops it
+            except asyncpg.ObjectInUseError:
+                if attempt == 239:
                     raise
+                force = True
                 await asyncio.sleep(0.25)
             else:
                 return
+        raise RuntimeError(f"database {name} could not be dropped")
     finally:
         await conn.close()
 

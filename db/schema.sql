@@ -1840,17 +1840,17 @@ CREATE INDEX events_default_agent_id_block_time_idx ON public.events_default USI
 
 
 --
--- Name: idx_events_agent_id; Type: INDEX; Schema: public; Owner: -
+-- Name: idx_events_agent_feedback; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX idx_events_agent_id ON ONLY public.events USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+CREATE INDEX idx_events_agent_feedback ON ONLY public.events USING btree (agent_id, feedback_index) WHERE (agent_id IS NOT NULL);
 
 
 --
--- Name: events_default_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_default_agent_id_feedback_index_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_default_agent_id_idx ON public.events_default USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+CREATE INDEX events_default_agent_id_feedback_index_idx ON public.events_default USING btree (agent_id, feedback_index) WHERE (agent_id IS NOT NULL);
 
 
 --
@@ -1973,10 +1973,10 @@ CREATE INDEX events_p202611_agent_id_block_time_idx ON public.events_p202611 USI
 
 
 --
--- Name: events_p202611_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202611_agent_id_feedback_index_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202611_agent_id_idx ON public.events_p202611 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+CREATE INDEX events_p202611_agent_id_feedback_index_idx ON public.events_p202611 USING btree (agent_id, feedback_index) WHERE (agent_id IS NOT NULL);
 
 
 --
@@ -2043,10 +2043,10 @@ CREATE INDEX events_p202612_agent_id_block_time_idx ON public.events_p202612 USI
 
 
 --
--- Name: events_p202612_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202612_agent_id_feedback_index_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202612_agent_id_idx ON public.events_p202612 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+CREATE INDEX events_p202612_agent_id_feedback_index_idx ON public.events_p202612 USING btree (agent_id, feedback_index) WHERE (agent_id IS NOT NULL);
 
 
 --
@@ -2113,10 +2113,10 @@ CREATE INDEX events_p202701_agent_id_block_time_idx ON public.events_p202701 USI
 
 
 --
--- Name: events_p202701_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202701_agent_id_feedback_index_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202701_agent_id_idx ON public.events_p202701 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+CREATE INDEX events_p202701_agent_id_feedback_index_idx ON public.events_p202701 USING btree (agent_id, feedback_index) WHERE (agent_id IS NOT NULL);
 
 
 --
@@ -2183,10 +2183,10 @@ CREATE INDEX events_p202702_agent_id_block_time_idx ON public.events_p202702 USI
 
 
 --
--- Name: events_p202702_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202702_agent_id_feedback_index_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202702_agent_id_idx ON public.events_p202702 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+CREATE INDEX events_p202702_agent_id_feedback_index_idx ON public.events_p202702 USING btree (agent_id, feedback_index) WHERE (agent_id IS NOT NULL);
 
 
 --
@@ -2253,10 +2253,10 @@ CREATE INDEX events_p202703_agent_id_block_time_idx ON public.events_p202703 USI
 
 
 --
--- Name: events_p202703_agent_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: events_p202703_agent_id_feedback_index_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX events_p202703_agent_id_idx ON public.events_p202703 USING btree (agent_id) WHERE (agent_id IS NOT NULL);
+CREATE INDEX events_p202703_agent_id_feedback_index_idx ON public.events_p202703 USING btree (agent_id, feedback_index) WHERE (agent_id IS NOT NULL);
 
 
 --
@@ -2526,10 +2526,10 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_de
 
 
 --
--- Name: events_default_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_default_agent_id_feedback_index_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_default_agent_id_idx;
+ALTER INDEX public.idx_events_agent_feedback ATTACH PARTITION public.events_default_agent_id_feedback_index_idx;
 
 
 --
@@ -2603,10 +2603,10 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 
 
 --
--- Name: events_p202611_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202611_agent_id_feedback_index_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202611_agent_id_idx;
+ALTER INDEX public.idx_events_agent_feedback ATTACH PARTITION public.events_p202611_agent_id_feedback_index_idx;
 
 
 --
@@ -2680,10 +2680,10 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 
 
 --
--- Name: events_p202612_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202612_agent_id_feedback_index_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202612_agent_id_idx;
+ALTER INDEX public.idx_events_agent_feedback ATTACH PARTITION public.events_p202612_agent_id_feedback_index_idx;
 
 
 --
@@ -2757,10 +2757,10 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 
 
 --
--- Name: events_p202701_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202701_agent_id_feedback_index_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202701_agent_id_idx;
+ALTER INDEX public.idx_events_agent_feedback ATTACH PARTITION public.events_p202701_agent_id_feedback_index_idx;
 
 
 --
@@ -2834,10 +2834,10 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 
 
 --
--- Name: events_p202702_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202702_agent_id_feedback_index_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202702_agent_id_idx;
+ALTER INDEX public.idx_events_agent_feedback ATTACH PARTITION public.events_p202702_agent_id_feedback_index_idx;
 
 
 --
@@ -2911,10 +2911,10 @@ ALTER INDEX public.idx_events_agent_block_time ATTACH PARTITION public.events_p2
 
 
 --
--- Name: events_p202703_agent_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+-- Name: events_p202703_agent_id_feedback_index_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
-ALTER INDEX public.idx_events_agent_id ATTACH PARTITION public.events_p202703_agent_id_idx;
+ALTER INDEX public.idx_events_agent_feedback ATTACH PARTITION public.events_p202703_agent_id_feedback_index_idx;
 
 
 --
@@ -3458,4 +3458,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261207090000'),
     ('20261208090000'),
     ('20261208100000'),
-    ('20261209120000');
+    ('20261209120000'),
+    ('20261210090000');

@@ -24,15 +24,24 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+#: Ports free_port handed out in this process: never handed out twice.
+_HANDED_OUT: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on at the moment of asking (for a process that is
-    told its port; a server in this process binds port 0 instead)."""
+    told its port; a server in this process binds port 0 instead), and not handed
+    out by an earlier call: the system may offer a port again once it is closed,
+    and two services told the same port start one of them on the other's (the
+    second's readiness then answered by the first)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Headers(dict[str, str]):

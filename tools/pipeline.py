@@ -397,6 +397,12 @@ class Pipeline:
             self.services[name] = Service(name, env, self.log_dir)
             self.services[name].start()
         await asyncio.gather(*(s.wait_ready() for s in self.services.values()))
+        await asyncio.sleep(0.5)
+        for service in self.services.values():  # ready, and still running
+            assert service.proc is not None
+            if service.proc.poll() is not None:
+                log = (self.log_dir / f"{service.name}.log").read_text(errors="replace")
+                raise RuntimeError(f"{service.name} exited after it was ready:\n{log[-3000:]}")
 
     def sample(self) -> None:
         for service in self.services.values():

@@ -159,6 +159,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                     single=0,
                     duplicates=0,
                     seed=1,
+                    # Block time runs 2 s per block of 4 events a chain: the stream
+                    # starts far enough back to end an hour before now (a block
+                    # more than a day ahead is refused), whatever its length.
+                    start_timestamp=int(time.time())
+                    - 2 * (args.events // (4 * len(CHAINS)) + 1)
+                    - 3600,
                 ),
                 population,
                 sustained,

@@ -9,7 +9,8 @@ a job produced to its request received.
 2. Delay: with the dispatcher running, jobs are produced at ``--rate`` per second
    for ``--seconds``; each job's delay is its request's arrival at the receiver
    minus the moment it was produced (one clock: receiver and producer share this
-   process). p50 / p95 / p99 are printed.
+   process). p50 / p95 / p99 are printed. Then, the dispatcher idle, 20 jobs one
+   at a time half a second apart: the delay an idle dispatcher adds.
 3. Baselines in the same run: a raw aiokafka produce + consume of the same
    messages, and raw aiohttp POSTs of the same bodies to the same receiver with the
    dispatcher's per-destination concurrency.
@@ -210,6 +211,11 @@ async def paced(
     return [(arrivals[k] - t) * 1000 for k, t in produced.items()]
 
 
+#: The idle phase: jobs produced one at a time, this many per second.
+IDLE_JOBS = 20
+IDLE_RATE = 2.0
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     admin_url, bootstrap = stack()
     arrivals: dict[str, float] = {}
@@ -255,6 +261,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 delays = await paced(
                     bootstrap, actions, jobs_for(total, args.jobs, target), args.rate, arrivals
                 )
+                # An idle dispatcher receiving one job at a time: no extra delay for
+                # being idle (its polls and fetches waiting on an empty topic).
+                await asyncio.sleep(2)
+                say(f"idle: {IDLE_JOBS} jobs one at a time, {1 / IDLE_RATE:g} s apart")
+                idle = await paced(
+                    bootstrap,
+                    actions,
+                    jobs_for(IDLE_JOBS, args.jobs + total, target),
+                    IDLE_RATE,
+                    arrivals,
+                )
                 figures["dispatcher_peak_rss_mib"] = peak_rss_mib(dispatcher.proc.pid)
             figures.update(await outcome_counts(url))
     finally:
@@ -274,6 +291,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "delay_ms_p95": round(pct(delays, 0.95), 1),
         "delay_ms_p99": round(pct(delays, 0.99), 1),
         "delay_ms_max": round(max(delays), 1),
+        "idle_jobs": len(idle),
+        "idle_delay_ms_p50": round(pct(idle, 0.50), 1),
+        "idle_delay_ms_max": round(max(idle), 1),
     }
 
 

@@ -149,18 +149,27 @@ def migrate(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def migrations_written() -> int:
+    return len(list((ROOT / "db" / "migrations").glob("*.sql")))
+
+
+async def migrations_applied(url: str) -> int:
+    """The migrations the database at ``url`` records as applied."""
+    conn = await asyncpg.connect(url)
+    try:
+        applied: int = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+    finally:
+        await conn.close()
+    return applied
+
+
 async def test_tools_migrate_applies_the_migrations_over_verify_full(
     empty_database: str, tmp_path: Path
 ) -> None:
     url = with_query(empty_database, sslmode="verify-full", sslrootcert=str(CA))
     done = await asyncio.to_thread(migrate, url, "up", "--no-topics")
     assert done.returncode == 0, done.stderr[-3000:]
-    conn = await asyncpg.connect(url)
-    try:
-        applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
-    finally:
-        await conn.close()
-    assert applied == len(list((ROOT / "db" / "migrations").glob("*.sql")))
+    assert await migrations_applied(url) == migrations_written()
     # dbmate checks the certificate too: another CA fails, and no password is printed
     bad = with_query(
         empty_database, sslmode="verify-full", sslrootcert=str(other_ca(tmp_path / "x.pem"))
@@ -197,9 +206,4 @@ async def test_a_database_is_migrated_from_inside_an_event_loop(admin_url: str) 
     """The benchmarks and chaos runs migrate their scratch databases from inside one
     (tools.benchdb): the sslmode probe then runs in a thread of its own."""
     async with scratch_database(admin_url, "tls_loop") as url:
-        conn = await asyncpg.connect(url)
-        try:
-            applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
-        finally:
-            await conn.close()
-    assert applied == len(list((ROOT / "db" / "migrations").glob("*.sql")))
+        assert await migrations_applied(url) == migrations_written()

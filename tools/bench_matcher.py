@@ -185,14 +185,7 @@ def peak_rss_mib(pid: int) -> float:
 async def run_matcher(url: str, bootstrap: str, topic: str, n_events: int) -> dict[str, float]:
     port = 19101
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "EVENTS_TOPIC": topic,
-        "MATCHER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-        "HTTP_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-    }
+    env = matcher_env(url, topic, port)
     wrap = ["taskset", "-c", "1"] if shutil.which("taskset") else []  # one core
     async with scratch_topic(bootstrap) as jobs:  # where fired jobs go
         env["ACTIONS_TOPIC"] = jobs
@@ -244,18 +237,31 @@ async def run_matcher(url: str, bootstrap: str, topic: str, n_events: int) -> di
     }
 
 
-async def restart(url: str, size: int) -> dict[str, float]:
-    """The matcher started again on the same database: the time until its index
-    holds every trigger, and its peak memory (the first start also stored each
-    trigger's definition; this one finds them stored, as every later start does)."""
-    port = 19102
-    env = {
+def matcher_env(url: str, topic: str, port: int) -> dict[str, str]:
+    """A benchmark matcher's environment: the scratch database and topic, a group of
+    its own."""
+    return {
         **os.environ,
         "DATABASE_URL": url,
+        "EVENTS_TOPIC": topic,
         "MATCHER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
         "HTTP_PORT": str(port),
         "LOG_LEVEL": "WARNING",
     }
+
+
+async def restart(url: str, bootstrap: str, topic: str, size: int) -> dict[str, float]:
+    """The matcher started again on the same database: the time until its index
+    holds every trigger, and its peak memory (the first start also stored each
+    trigger's definition; this one finds them stored, as every later start does)."""
+    port = 19102
+    env = matcher_env(url, topic, port)
+    async with scratch_topic(bootstrap) as jobs:  # never the stack's own topics
+        env["ACTIONS_TOPIC"] = jobs
+        return await _timed_load(env, port, size)
+
+
+async def _timed_load(env: dict[str, str], port: int, size: int) -> dict[str, float]:
     started = time.perf_counter()
     with service("matcher", env) as matcher:
         async with aiohttp.ClientSession() as session:
@@ -339,7 +345,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 consume_rate = await raw_consume(bootstrap, topic, len(events))
                 memory = await in_memory(url, events)
                 process = await run_matcher(url, bootstrap, topic, len(events))
-                process.update(await restart(url, size + WILDCARDS))
+                process.update(await restart(url, bootstrap, topic, size + WILDCARDS))
         row = {
             **{k: round(v, 2) for k, v in memory.items()},
             **{k: round(v, 2) for k, v in process.items()},

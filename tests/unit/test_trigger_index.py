@@ -194,3 +194,43 @@ def test_an_absent_agent_meets_only_chain_wide_triggers(agent: int | None) -> No
         ]
     )
     assert index.may_match(1, "identity", "Registered", agent) is (agent == 3)
+
+
+def _row(n: int, value: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"t{n}",
+        "user_id": "u",
+        "name": "t",
+        "chain_id": 1,
+        "registry": "reputation",
+        "enabled_at": AT,
+        "cooldown_seconds": None,
+        "version": 1,
+        "conditions": [
+            {"condition_type": "score_threshold", "field": "score", "operator": "<", "value": value}
+        ],
+        "actions": [{"id": n, "action_type": "rest", "priority": None, "config": config}],
+    }
+
+
+def test_triggers_share_equal_conditions_and_keep_their_own_action_configs() -> None:
+    config = {"url": "https://example.org/hook", "headers": {"X-A": "b"}, "max_attempts": 3}
+    a, b, c = (
+        compile_trigger(_row(n, v, {**config, "n": n})) for n, v in enumerate(["1", "1", "2"])
+    )
+    assert a is not None
+    assert b is not None
+    assert c is not None
+    # one frozen model for an equal definition, another for another
+    assert a.conditions[0] is b.conditions[0]
+    assert a.conditions[0] is not c.conditions[0]
+    assert c.conditions[0].number == 2
+    assert a.conditions[0].model_dump() == b.conditions[0].model_dump()
+    # the shared fields set is what pydantic would have given each
+    assert a.conditions[0].model_fields_set == {"condition_type", "field", "operator", "value"}
+    # each action keeps its own config, decoded afresh at every read
+    assert a.actions[0].config == {**config, "n": 0}
+    assert b.actions[0].config == {**config, "n": 1}
+    a.actions[0].config["url"] = "https://elsewhere.example/"
+    assert a.actions[0].config["url"] == "https://example.org/hook"
+    assert a.actions[0].priority == 1

@@ -575,6 +575,20 @@ $$;
 
 
 --
+-- Name: recorded_attempts(text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.recorded_attempts(job_ids text[]) RETURNS TABLE(job_id text, run_id text, attempt integer, status text)
+    LANGUAGE sql STABLE
+    SET enable_seqscan TO 'off'
+    AS $$
+    SELECT r.job_id, r.run_id, r.attempt, r.status
+    FROM action_results r
+    WHERE r.job_id = ANY(job_ids)
+$$;
+
+
+--
 -- Name: refresh_stats_views(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2344,13 +2358,6 @@ CREATE INDEX idx_action_results_executed_at ON public.action_results USING btree
 
 
 --
--- Name: idx_action_results_job_id; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX idx_action_results_job_id ON public.action_results USING btree (job_id);
-
-
---
 -- Name: idx_action_results_status; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3459,4 +3466,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208090000'),
     ('20261208100000'),
     ('20261209120000'),
-    ('20261210090000');
+    ('20261210090000'),
+    ('20261211090000');

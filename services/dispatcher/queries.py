@@ -39,12 +39,9 @@ JOIN LATERAL (
     ORDER BY r.created_at LIMIT 1) r ON true
 """
 
-#: Attempts already recorded for these jobs (to skip redelivered ones).
-RECORDED_ATTEMPTS = """
-SELECT job_id, run_id, attempt, status
-FROM action_results
-WHERE job_id = ANY($1::text[])
-"""
+#: Attempts already recorded for these jobs (to skip redelivered ones): by index even
+#: while action_results has no statistics (migration 20261211090000).
+RECORDED_ATTEMPTS = "SELECT job_id, run_id, attempt, status FROM recorded_attempts($1::text[])"
 
 #: The agent's MCP token and its scope (NULL: any tool / any user), only while
 #: whoever set it still owns the agent (its latest
@@ -72,6 +69,20 @@ INSERT INTO action_results
      error_message, response_data, retry_count, attempt, run_id, event_version,
      trigger_version)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (job_id, (coalesce(run_id, '')), attempt) DO NOTHING
+"""
+
+#: INSERT_RESULT for many rows in one statement (one array per column, in its order):
+#: one execution and one implicit transaction for a whole flush. DO NOTHING also
+#: skips a row that repeats an earlier one of the same statement.
+INSERT_RESULTS = """
+INSERT INTO action_results
+    (job_id, trigger_id, event_id, user_id, action_type, status, duration_ms,
+     error_message, response_data, retry_count, attempt, run_id, event_version,
+     trigger_version)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::int[], $8::text[], $9::jsonb[], $10::int[],
+                     $11::int[], $12::text[], $13::text[], $14::int[])
 ON CONFLICT (job_id, (coalesce(run_id, '')), attempt) DO NOTHING
 """
 

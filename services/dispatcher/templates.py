@@ -42,10 +42,12 @@ class TemplateRenderError(Exception):
     """A template does not compile or render; the message says where and why."""
 
 
-def context_of(job: ActionJob, **extra: Any) -> dict[str, Any]:
-    """The variables a template sees."""
+def context_of(
+    job: ActionJob, *, event: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The variables a template sees (``event``: the job's event already dumped)."""
     return {
-        "event": job.event.model_dump(mode="json"),
+        "event": job.event.model_dump(mode="json") if event is None else event,
         "trigger": {"id": job.trigger_id, "name": job.trigger_name},
         "explain": job.explain,
         "job": {"id": job.job_id, "attempt": job.attempt},

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Annotated, Any, Final, Literal, Self
 
 import orjson
@@ -270,10 +270,15 @@ class ActionJob(BaseModel):
         return cls.model_validate_json(data)
 
     def action_config(self) -> ActionConfig:
-        """The config validated as its action type's model."""
-        return Action.model_validate(
-            {"action_type": self.action_type, "config": self.config}
-        ).config
+        """The config validated as its action type's model (one frozen model per
+        distinct config, kept for the jobs of the same action that follow)."""
+        try:
+            key = orjson.dumps(self.config)
+        except TypeError:  # an integer beyond 64 bits: orjson cannot write it
+            return Action.model_validate(
+                {"action_type": self.action_type, "config": self.config}
+            ).config
+        return _config_of(self.action_type, key)
 
     def retry(self, *, due_at: datetime, parts: tuple[int, str] | None = None) -> ActionJob:
         """The same job as its next attempt, due at due_at (``parts``: how far the
@@ -282,6 +287,16 @@ class ActionJob(BaseModel):
         if parts is not None:
             update["parts_sent"], update["parts_digest"] = parts
         return self.model_copy(update=update)
+
+
+@lru_cache(maxsize=4096)
+def _config_of(action_type: ActionType, config_json: bytes) -> ActionConfig:
+    """A config validated as ``action_type``'s model; keyed by the config's JSON (its
+    keys in the job's order: a config reordered is validated once more, no harm).
+    A ValidationError is raised each time, not kept."""
+    return Action.model_validate(
+        {"action_type": action_type, "config": orjson.loads(config_json)}
+    ).config
 
 
 def build_job(

@@ -27,7 +27,12 @@ from services.dispatcher.kinds.base import (
     scrub,
     short,
 )
-from services.dispatcher.kinds.rest import build_rest_request, webhook_signature
+from services.dispatcher.kinds.rest import (
+    build_rest_request,
+    render_rest,
+    rest_templates,
+    webhook_signature,
+)
 from services.dispatcher.kinds.telegram import split_message
 from services.dispatcher.policy import (
     Breakers,
@@ -612,3 +617,54 @@ def test_an_ipfs_uri_is_fetched_under_the_gateways_path(uri: str, url: str) -> N
 def test_an_ipfs_uri_cannot_leave_the_gateways_path(uri: str) -> None:
     with pytest.raises(ResolveError):
         ipfs_gateway_url("https://gw.test/ipfs/", uri)
+
+
+# --------------------------------------------------------------------------- per-job costs
+
+
+def test_jobs_of_one_config_share_its_validated_model_and_a_bad_one_fails_each_time() -> None:
+    config = {"url": "https://example.org/hook", "timeout_ms": 1234}
+    first, second = a_job(dict(config)), a_job(dict(config))
+    assert first.action_config() is second.action_config()
+    cfg = first.action_config()
+    assert isinstance(cfg, RestConfig)
+    assert cfg.timeout_ms == 1234
+    other = a_job({"url": "https://example.org/other"})
+    assert other.action_config() is not first.action_config()
+    other_cfg = other.action_config()
+    assert isinstance(other_cfg, RestConfig)
+    assert str(other_cfg.url) == "https://example.org/other"
+    bad = a_job({"url": "ftp://example.org/hook"})
+    for _ in range(2):
+        with pytest.raises(ValidationError):
+            bad.action_config()
+    # beyond what the cache's key can hold: validated as before, not a TypeError
+    with pytest.raises(ValidationError):
+        a_job({"url": "https://example.org/hook", "timeout_ms": 2**70}).action_config()
+
+
+def test_rest_arguments_build_a_template_context_only_for_templates() -> None:
+    job = a_job()
+    dumped = job.event.model_dump(mode="json")
+    plain = RestConfig.model_validate({"url": "https://example.org/hook"})
+    url, _, body, default, ctx = rest_templates(job, plain)
+    assert (url, body, ctx) == ("https://example.org/hook", None, {})
+    assert default is not None
+    assert default["event"] == dumped
+    assert default["job_id"] == job.job_id
+    templated = RestConfig.model_validate(
+        {"url": "https://example.org/hook", "headers": {"X-Agent": "{{ event.agent_id }}"}}
+    )
+    *_, default, ctx = rest_templates(job, templated)
+    assert ctx["event"] == dumped
+    assert ctx["job"] == {"id": job.job_id, "attempt": 1}
+    assert default is not None
+    assert default["event"] == dumped
+    rendered = render_rest(*rest_templates(job, templated))
+    assert rendered.headers["X-Agent"] == "7"
+    assert orjson.loads(rendered.body or b"")["event"] == dumped
+    # a GET sends no body: nothing of the event is dumped unless templated
+    get = RestConfig.model_validate({"url": "https://example.org/hook", "method": "GET"})
+    *_, default, ctx = rest_templates(job, get)
+    assert default is None
+    assert ctx == {}

@@ -400,3 +400,27 @@ async def test_a_bug_in_one_job_is_recorded_not_raised() -> None:
     assert store.statuses(job) == ["failed"]
     assert store.rows[0][ERROR] == "internal error: KeyError"
     assert store.rows[0][ATTEMPT] == 1
+
+
+async def test_the_inflight_gauge_counts_attempts_under_way() -> None:
+    registry = CollectorRegistry()
+    kind = FakeKind(delay=0.3)
+    store = FakeStore({1: ActionRow("t1", None, enabled=True)})
+    dispatcher = Dispatcher(
+        settings=settings(),
+        store=store,
+        send=Sent(),
+        metrics=DispatcherMetrics.create(registry),
+        kinds={ActionType.rest: kind},
+    )
+
+    def inflight() -> float | None:
+        return registry.get_sample_value("erc8004_dispatcher_inflight_jobs")
+
+    assert inflight() == 0
+    batch = asyncio.create_task(dispatcher.handle_batch([a_job(1), a_job(2), a_job(3)]))
+    await asyncio.sleep(0.1)
+    assert inflight() == 3
+    await batch
+    assert inflight() == 0
+    assert len(store.rows) == 3

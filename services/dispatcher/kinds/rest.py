@@ -28,7 +28,7 @@ from services.dispatcher.kinds.base import (
     mask,
     scrub,
 )
-from services.dispatcher.renderer import Renderer, RendererBusyError
+from services.dispatcher.renderer import Renderer, RendererBusyError, has_templates
 from services.dispatcher.templates import (
     TemplateRenderError,
     context_of,
@@ -74,13 +74,13 @@ def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> 
     return "v1," + base64.b64encode(digest).decode()
 
 
-def _default_body(job: ActionJob) -> dict[str, Any]:
+def _default_body(job: ActionJob, event: dict[str, Any]) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
         "attempt": job.attempt,
         "fired_at": job.created_at.isoformat(),
         "trigger": {"id": job.trigger_id, "name": job.trigger_name},
-        "event": job.event.model_dump(mode="json"),
+        "event": event,
         "explain": job.explain,
     }
 
@@ -155,11 +155,16 @@ def _same_origin(rendered: str, configured: str) -> bool:
 
 
 def rest_templates(job: ActionJob, cfg: RestConfig) -> tuple[Any, ...]:
-    """render_rest's arguments for this job."""
+    """render_rest's arguments for this job: the template context only when a
+    template has something to render (the event dumped once, for both)."""
     default = None
-    if cfg.body_template is None and cfg.method not in ("GET", "DELETE"):
-        default = _default_body(job)
-    return (cfg.url, dict(cfg.headers), cfg.body_template, default, context_of(job))
+    templated = has_templates(cfg.url, cfg.headers, cfg.body_template)
+    wants_default = cfg.body_template is None and cfg.method not in ("GET", "DELETE")
+    event = job.event.model_dump(mode="json") if templated or wants_default else {}
+    if wants_default:
+        default = _default_body(job, event)
+    ctx = context_of(job, event=event) if templated else {}
+    return (cfg.url, dict(cfg.headers), cfg.body_template, default, ctx)
 
 
 def build_rest_request(

@@ -42,7 +42,17 @@ from shared.contract.jobs import ActionJob, job_id
 from shared.platform.entrypoint import cli_parser
 from tools.bench_matcher import peak_rss_mib, raw_consume
 from tools.benchdb import scratch_database, scratch_topic
-from tools.benchkit import BenchService, bench_py_args, insert_user, pct, save, service, stack
+from tools.benchkit import (
+    BenchService,
+    bench_py_args,
+    cpu_seconds,
+    cpu_split,
+    insert_user,
+    pct,
+    save,
+    service,
+    stack,
+)
 from tools.eventgen import make_event
 from tools.localnet import Receiver, Seen, empty_ok
 
@@ -174,13 +184,25 @@ async def outcome_counts(url: str) -> dict[str, float]:
     return {f"rows_{r['status']}": float(r["n"]) for r in rows}
 
 
-async def wait_all_recorded(url: str, n: int, dispatcher: BenchService) -> None:
+async def wait_all_recorded(
+    url: str, n: int, dispatcher: BenchService, arrivals: dict[str, float]
+) -> dict[str, float]:
+    """Until ``n`` successes are recorded; how the cores were shared from the first
+    request received to then (:func:`cpu_split`)."""
     deadline = time.monotonic() + 600
+    names = {dispatcher.proc.pid: "dispatcher"}
+    while not arrivals:
+        dispatcher.check()
+        if time.monotonic() > deadline:
+            raise SystemExit("throughput phase: no request arrived in 600 s")
+        await asyncio.sleep(0.005)
+    before, started = cpu_seconds(names), time.monotonic()
     while await count_success(url) < n:
         dispatcher.check()
         if time.monotonic() > deadline:
             raise SystemExit("throughput phase did not finish in 600 s")
         await asyncio.sleep(0.2)
+    return cpu_split(before, cpu_seconds(names), time.monotonic() - started)
 
 
 async def paced(
@@ -252,10 +274,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             with service("dispatcher", env, py_args=bench_py_args()) as dispatcher:
                 say("throughput: dispatcher started")
-                await wait_all_recorded(url, len(jobs), dispatcher)
+                cores = await wait_all_recorded(url, len(jobs), dispatcher, arrivals)
                 times = sorted(arrivals.values())
                 figures["actions_per_s"] = (len(times) - 1) / (times[-1] - times[0])
-                say(f"throughput: {figures['actions_per_s']:.0f} actions/s")
+                say(f"throughput: {figures['actions_per_s']:.0f} actions/s; cores busy {cores}")
                 total = int(args.rate * args.seconds)
                 say(f"delay: {total} jobs at {args.rate:g}/s")
                 delays = await paced(
@@ -283,6 +305,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency_per_destination": args.concurrency,
         "jobs": args.jobs,
         **{k: round(v, 1) for k, v in figures.items()},
+        "cores_busy_throughput": cores,
         "ratio_to_raw_post": round(figures["actions_per_s"] / figures["raw_post_per_s"], 3),
         "ratio_to_raw_consume": round(figures["actions_per_s"] / figures["raw_consume_per_s"], 4),
         "paced_rate_per_s": args.rate,

@@ -47,6 +47,8 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import sys
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -127,8 +129,9 @@ class ActionSpec:
     def of(
         cls, action_id: int, action_type: str, priority: int, config: Mapping[str, Any]
     ) -> ActionSpec:
-        # a str of its exact size: orjson's bytes keep their whole buffer (kilobytes)
-        return cls(action_id, action_type, priority, orjson.dumps(config).decode())
+        # a str of its exact size (orjson's bytes keep their whole buffer: kilobytes),
+        # one copy for the triggers of the same config (a user's webhook, on many)
+        return cls(action_id, action_type, priority, sys.intern(orjson.dumps(config).decode()))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -310,9 +313,11 @@ def scope_key(trigger: TriggerSpec, event: Event) -> str:
 # --- compiled form -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class _Node:
-    """One condition of the tree, with what evaluating it needs precomputed."""
+    """One condition of the tree, with what evaluating it needs precomputed. Depends
+    only on its condition, place (path, order) and stream (chain, registry): triggers
+    holding the same condition model at the same place share one (:data:`_NODES`)."""
 
     path: str
     order: int  # pre-order position, the order of explain entries
@@ -405,18 +410,47 @@ def _compile(trigger: TriggerSpec) -> _Program:
     )
 
 
+#: Compiled conditions other than groups and agents, while some program holds them, by (the
+#: condition model's identity, path, order, chain, registry): conditions are shared
+#: between triggers (shared.engine.replay), and so is what they compile to (a node
+#: and its test closures: most of a compiled trigger). The node holds its condition,
+#: so the identity in a live entry's key is never reused.
+_NODES: weakref.WeakValueDictionary[tuple[int, str, int, int, str], _Node] = (
+    weakref.WeakValueDictionary()
+)
+
+
 def _compile_node(cond: Condition, path: str, counter: list[int], chain: int, reg: str) -> _Node:
     order = counter[0]
     counter[0] += 1
     kind = cond.condition_type
     if kind is ConditionType.group:
-        children = tuple(
-            _compile_node(child, f"{path}.{i}", counter, chain, reg)
-            for i, child in enumerate(cond.children)
-        )
-        stateful = any(c.stateful for c in children)
-        test = None if stateful else _group_test(cond.operator, [c.test for c in children])
-        return _Node(path, order, cond, "group", stateful, test, None, children)
+        return _compile_group(cond, path, order, counter, chain=chain, reg=reg)
+    if kind is ConditionType.agent_id_equals:
+        # one agent's condition is rarely another trigger's: an entry would cost
+        # more than it saves
+        return _compile_single(cond, path, order, chain, reg)
+    key = (id(cond), path, order, chain, reg)
+    node = _NODES.get(key)
+    if node is None or node.cond is not cond:
+        node = _NODES[key] = _compile_single(cond, path, order, chain, reg)
+    return node
+
+
+def _compile_group(
+    cond: Condition, path: str, order: int, counter: list[int], *, chain: int, reg: str
+) -> _Node:
+    children = tuple(
+        _compile_node(child, f"{path}.{i}", counter, chain, reg)
+        for i, child in enumerate(cond.children)
+    )
+    stateful = any(c.stateful for c in children)
+    test = None if stateful else _group_test(cond.operator, [c.test for c in children])
+    return _Node(path, order, cond, "group", stateful, test, None, children)
+
+
+def _compile_single(cond: Condition, path: str, order: int, chain: int, reg: str) -> _Node:
+    kind = cond.condition_type
     if kind is ConditionType.ema_threshold:
         return _ema_node(cond, path, order, condition_id(cond, chain, reg))
     if kind is ConditionType.rate_limit:
@@ -470,6 +504,13 @@ def _combine(op: str, verdicts: list[bool]) -> bool:
     return all(verdicts)
 
 
+_AGENT_ID: Final = operator.attrgetter("agent_id")
+
+#: What _equality takes as ``items`` when there is one value (``one``): its size is
+#: all it reads then.
+_ONE: Final = frozenset({None})
+
+
 def _equality(get: Read, op: str, items: frozenset[Any], one: Any) -> Test:
     """A test of ``get(e)`` against the value(s): = / in match, != / not_in do not."""
     if op in ("=", "in"):
@@ -504,8 +545,9 @@ def _text_field(name: str) -> tuple[Read, Read]:
 def _leaf(cond: Condition) -> tuple[Test, Read]:
     kind, op, values = cond.condition_type, cond.operator, cond.values
     if kind is ConditionType.agent_id_equals:
-        ids = frozenset(int(v) for v in values)
-        get_agent: Read = operator.attrgetter("agent_id")
+        get_agent: Read = _AGENT_ID
+        # one agent (the usual case): no set built and kept for it
+        ids = frozenset(int(v) for v in values) if len(set(values)) > 1 else _ONE
         return _equality(get_agent, op, ids, int(values[0])), get_agent
     if kind is ConditionType.score_threshold:
         number = _NUMBERS[cond.field]

@@ -51,22 +51,29 @@ _FIELDS_SETS: dict[frozenset[str], set[str]] = {}
 def _condition(raw: Any) -> Condition:
     """``Condition.model_validate(raw)``, shared with every trigger holding the same
     definition (the same JSON, keys in the same order). A definition that cannot be
-    written as JSON is validated alone."""
+    written as JSON is validated alone, and so is an agent's condition: one agent's
+    is rarely another trigger's, and its entry would cost more than it saves."""
+    if isinstance(raw, Mapping) and raw.get("condition_type") == "agent_id_equals":
+        return _fields_shared(Condition.model_validate(raw))
     try:
         key = orjson.dumps(raw).decode()  # exact size: orjson's bytes keep their buffer
     except TypeError:
         return Condition.model_validate(raw)
     found = _CONDITIONS.get(key)
     if found is None:
-        found = Condition.model_validate(raw)
-        # Which fields the input set is one of a few sets; pydantic gives every model
-        # a set of its own (728 bytes, the largest part of a condition). Shared: a
-        # frozen model's is only read (a copy of the model copies it).
-        fields_set = frozenset(found.__pydantic_fields_set__)
-        shared = _FIELDS_SETS.setdefault(fields_set, set(fields_set))
-        object.__setattr__(found, "__pydantic_fields_set__", shared)
-        _CONDITIONS[key] = found
+        found = _CONDITIONS[key] = _fields_shared(Condition.model_validate(raw))
     return found
+
+
+def _fields_shared(condition: Condition) -> Condition:
+    """``condition`` holding the shared copy of its set of fields set: which fields the
+    input set is one of a few sets, and pydantic gives every model a set of its own
+    (728 bytes, the largest part of a condition). Shared: a frozen model's is only
+    read (a copy of the model copies it)."""
+    fields_set = frozenset(condition.__pydantic_fields_set__)
+    shared = _FIELDS_SETS.setdefault(fields_set, set(fields_set))
+    object.__setattr__(condition, "__pydantic_fields_set__", shared)
+    return condition
 
 
 def compile_trigger(row: asyncpg.Record | Mapping[str, Any]) -> TriggerSpec | None:

@@ -21,7 +21,19 @@ ANY = "*"
 #: that count NewFeedback, so those are candidates of a FeedbackRevoked too.
 WITHDRAWS = {"FeedbackRevoked": "NewFeedback"}
 
-Bucket = dict[str, dict[str | int, dict[str, TriggerSpec]]]
+#: The triggers under one key: the trigger itself while it is the only one (most
+#: agents have one trigger, and a dict of one costs more than the trigger's own
+#: entry), else by id.
+Held = TriggerSpec | dict[str, TriggerSpec]
+Bucket = dict[str, dict[str | int, Held]]
+
+
+def _held(held: Held | None) -> Iterable[TriggerSpec]:
+    if held is None:
+        return ()
+    if isinstance(held, TriggerSpec):
+        return (held,)
+    return held.values()
 
 
 def _keys(trigger: TriggerSpec) -> tuple[list[str], list[str | int]]:
@@ -34,7 +46,8 @@ def _keys(trigger: TriggerSpec) -> tuple[list[str], list[str | int]]:
             event_types = list(condition.values)
         elif condition.condition_type == ConditionType.agent_id_equals:
             agents = [int(v) for v in condition.values]
-    return event_types, agents
+    # each key once: a value named twice ("in" 3,3) is one place
+    return list(dict.fromkeys(event_types)), list(dict.fromkeys(agents))
 
 
 class TriggerIndex:
@@ -64,7 +77,14 @@ class TriggerIndex:
         for event_type in event_types:
             by_agent = bucket.setdefault(event_type, {})
             for agent in agents:
-                by_agent.setdefault(agent, {})[trigger.id] = trigger
+                held = by_agent.get(agent)
+                if held is None:
+                    by_agent[agent] = trigger
+                elif isinstance(held, TriggerSpec):
+                    if held is not trigger:  # (an agent named twice)
+                        by_agent[agent] = {held.id: held, trigger.id: trigger}
+                else:
+                    held[trigger.id] = trigger
         if has_absence(trigger):
             self._absence.setdefault(trigger.chain_id, {})[trigger.id] = trigger
 
@@ -82,8 +102,14 @@ class TriggerIndex:
         for event_type in event_types:
             by_agent = bucket[event_type]
             for agent in agents:
-                by_agent[agent].pop(trigger_id, None)
-                if not by_agent[agent]:
+                held = by_agent[agent]
+                if isinstance(held, TriggerSpec):
+                    del by_agent[agent]
+                    continue
+                held.pop(trigger_id, None)
+                if len(held) == 1:
+                    (by_agent[agent],) = held.values()
+                elif not held:
                     del by_agent[agent]
             if not by_agent:
                 del bucket[event_type]
@@ -103,12 +129,13 @@ class TriggerIndex:
             by_agent = bucket.get(event_type)
             if by_agent:
                 for agent in agent_keys:
-                    found.update(by_agent.get(agent, {}))
+                    for trigger in _held(by_agent.get(agent)):
+                        found[trigger.id] = trigger
         withdrawn = WITHDRAWS.get(event.event_type)
         if withdrawn is not None:
             by_agent = bucket.get(withdrawn) or {}
             for agent in agent_keys:
-                for trigger in by_agent.get(agent, {}).values():
+                for trigger in _held(by_agent.get(agent)):
                     if trigger.is_stateful:
                         found[trigger.id] = trigger
         return [found[k] for k in sorted(found)]

@@ -4,6 +4,7 @@ must never drop an event that has a candidate."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,10 +21,12 @@ from shared.contract.jobs import (
     dump_message,
     event_keys,
 )
+from shared.engine.evaluate import evaluate
 from shared.engine.replay import compile_trigger
 from shared.engine.trigger_index import TriggerIndex
 from tests import engine_strategies as es
 from tests.strategies import event_dicts, retraction_messages
+from tools.eventgen import make_event
 
 AT = datetime(2026, 12, 6, tzinfo=UTC)
 
@@ -234,3 +237,120 @@ def test_triggers_share_equal_conditions_and_keep_their_own_action_configs() -> 
     a.actions[0].config["url"] = "https://elsewhere.example/"
     assert a.actions[0].config["url"] == "https://example.org/hook"
     assert a.actions[0].priority == 1
+
+
+def test_equal_conditions_at_the_same_place_share_their_compiled_form() -> None:
+    a, b, c = (compile_trigger(_row(n, v, {"url": "https://x.example/"})) for n, v in
+               enumerate(["1", "1", "2"]))  # fmt: skip
+    other_chain = compile_trigger({**_row(3, "1", {"url": "https://x.example/"}), "chain_id": 2})
+    assert a is not None
+    assert b is not None
+    assert c is not None
+    assert other_chain is not None
+    (node_a,), (node_b,) = a._program.gate_nodes, b._program.gate_nodes
+    assert node_a is node_b
+    assert c._program.gate_nodes[0] is not node_a
+    assert other_chain._program.gate_nodes[0] is not node_a
+    # the same config: one string for both actions
+    assert a.actions[0].config_json is b.actions[0].config_json
+    # an agent's condition: a model of its own, its fields set shared
+    agent = {
+        "condition_type": "agent_id_equals",
+        "field": "agent_id",
+        "operator": "=",
+        "value": "7",
+    }
+    d, e = (compile_trigger({**_row(n, "1", {}), "conditions": [agent]}) for n in (4, 5))
+    assert d is not None
+    assert e is not None
+    assert d.conditions[0] is not e.conditions[0]
+    assert d.conditions[0].__pydantic_fields_set__ is e.conditions[0].__pydantic_fields_set__
+    assert d.conditions[0].model_fields_set == {"condition_type", "field", "operator", "value"}
+    # and each still judges by its own definition (score < 1, score < 2)
+    one = Event.model_validate(
+        make_event(random.Random(1), chain_id=1, block_number=5, log_index=0, agent_id=7,
+                   legacy=True, score=1)
+    )  # fmt: skip
+    assert one.score == 1
+    assert not evaluate(a, one, states={}).fired
+    assert evaluate(c, one, states={}).fired
+    assert evaluate(d, one, states={}).fired
+
+
+def _spec(n: int, trigger: dict[str, Any]) -> Any:
+    spec = compile_trigger(
+        {
+            "id": f"t{n:02d}",
+            "user_id": "u",
+            "name": "t",
+            "chain_id": trigger["chain_id"],
+            "registry": trigger["registry"],
+            "enabled_at": AT,
+            "cooldown_seconds": trigger["cooldown_seconds"],
+            "conditions": trigger["conditions"],
+            "actions": [],
+        }
+    )
+    assert spec is not None
+    return spec
+
+
+def _reference_candidates(live: dict[str, Any], event: Event) -> list[str]:
+    """The candidates by the rule the index documents, trigger by trigger: its chain
+    and registry; each top-level = / in condition on the event type or the agent
+    names the event's; a revocation also brings the stateful triggers that would
+    take the NewFeedback it names."""
+
+    def named(spec: Any, kind: str) -> set[str] | None:
+        found: set[str] | None = None
+        for c in spec.conditions:
+            if c.condition_type.value == kind and c.operator in ("=", "in"):
+                found = {v.strip() for v in c.value.split(",")}
+        return found
+
+    def keyed_to(spec: Any, event_type: str) -> bool:
+        types, agents = named(spec, "event_type_equals"), named(spec, "agent_id_equals")
+        if types is not None and event_type not in types:
+            return False
+        return agents is None or (event.agent_id is not None and str(event.agent_id) in agents)
+
+    out = []
+    for tid, spec in live.items():
+        if (spec.chain_id, spec.registry) != (event.chain_id, event.registry.value):
+            continue
+        if keyed_to(spec, event.event_type) or (
+            event.event_type == "FeedbackRevoked"
+            and spec.is_stateful
+            and keyed_to(spec, "NewFeedback")
+        ):
+            out.append(tid)
+    return sorted(out)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.none() | keyed_triggers()), min_size=1, max_size=14),
+    st.lists(events_of_the_chains(), min_size=1, max_size=6),
+)
+def test_puts_replacements_and_removals_keep_the_candidates_exact(
+    steps: list[tuple[int, dict[str, Any] | None]], events: list[Event]
+) -> None:
+    """Triggers put, replaced (another definition under the same id) and removed in
+    any order, several on one key: the candidates are always those of the triggers
+    live, and an emptied index holds nothing."""
+    index = TriggerIndex()
+    live: dict[str, Any] = {}
+    for n, trigger in steps:
+        if trigger is None:
+            index.remove(f"t{n:02d}")
+            live.pop(f"t{n:02d}", None)
+        else:
+            spec = _spec(n, trigger)
+            index.put(spec)
+            live[spec.id] = spec
+        for event in events:
+            assert [t.id for t in index.candidates(event)] == _reference_candidates(live, event)
+    assert len(index) == len(live)
+    for tid in list(live):
+        index.remove(tid)
+    assert index._buckets == {}

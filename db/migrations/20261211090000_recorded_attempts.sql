@@ -9,7 +9,13 @@
 -- job_id and serves every lookup by job id, and one index fewer is maintained
 -- for every attempt recorded.
 
+-- Dropping the index takes a short exclusive lock on action_results, which waits
+-- for reads already running (the hourly refresh of action_metrics_hourly, the
+-- retention cleanup) while the dispatcher's writes queue behind it: the wait is
+-- bounded, and the migration fails (and is run again) rather than stall them.
+
 -- migrate:up
+SET LOCAL lock_timeout = '5s';
 CREATE FUNCTION recorded_attempts(job_ids TEXT[])
 RETURNS TABLE (job_id TEXT, run_id TEXT, attempt INTEGER, status TEXT)
 LANGUAGE sql STABLE
@@ -24,5 +30,7 @@ GRANT EXECUTE ON FUNCTION recorded_attempts(TEXT[]) TO erc8004_dispatcher;
 DROP INDEX idx_action_results_job_id;
 
 -- migrate:down
+-- Roll the dispatcher back first: the previous release does not call the function.
+-- Building the index blocks writes to action_results while it reads the table.
 CREATE INDEX idx_action_results_job_id ON action_results (job_id);
 DROP FUNCTION IF EXISTS recorded_attempts(TEXT[]);

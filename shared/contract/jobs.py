@@ -275,6 +275,8 @@ class ActionJob(BaseModel):
         try:
             key = orjson.dumps(self.config)
         except TypeError:  # an integer beyond 64 bits: orjson cannot write it
+            key = None
+        if key is None or len(key) > MAX_CACHED_CONFIG:
             return Action.model_validate(
                 {"action_type": self.action_type, "config": self.config}
             ).config
@@ -287,6 +289,12 @@ class ActionJob(BaseModel):
         if parts is not None:
             update["parts_sent"], update["parts_digest"] = parts
         return self.model_copy(update=update)
+
+
+#: Configs up to this size (JSON bytes) are kept validated: the cache holds at most
+#: 4,096 of them, so a few tens of MiB at worst; a larger config (long templates, up
+#: to 64 KiB each) is validated for each attempt.
+MAX_CACHED_CONFIG: Final = 4096
 
 
 @lru_cache(maxsize=4096)

@@ -113,6 +113,13 @@ _COMPARE: Final[dict[str, Compare]] = {
 # --- public data ---------------------------------------------------------------------------
 
 
+def _shared_text(text: str) -> str:
+    """One copy of equal texts while something holds them: sys.intern on Python 3.11,
+    where an interned string is freed with its last holder; from 3.12 interned
+    strings live for ever (every edited config would stay), so the text as it is."""
+    return sys.intern(text) if sys.version_info < (3, 12) else text
+
+
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
     """One trigger_actions row as the matcher hands it on."""
@@ -131,7 +138,7 @@ class ActionSpec:
     ) -> ActionSpec:
         # a str of its exact size (orjson's bytes keep their whole buffer: kilobytes),
         # one copy for the triggers of the same config (a user's webhook, on many)
-        return cls(action_id, action_type, priority, sys.intern(orjson.dumps(config).decode()))
+        return cls(action_id, action_type, priority, _shared_text(orjson.dumps(config).decode()))
 
     @property
     def config(self) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from services.dispatcher.templates import (
 )
 from shared.contract.actions import ActionType, RestConfig
 from shared.contract.events import Event
-from shared.contract.jobs import ActionJob, job_id
+from shared.contract.jobs import MAX_CACHED_CONFIG, ActionJob, job_id
 from shared.outbound.policy import origin
 from tools.eventgen import make_event
 
@@ -638,6 +638,11 @@ def test_jobs_of_one_config_share_its_validated_model_and_a_bad_one_fails_each_t
     for _ in range(2):
         with pytest.raises(ValidationError):
             bad.action_config()
+    # a config beyond the cached size: validated for each job, the same result
+    long_body = {"url": "https://example.org/hook", "body_template": "x" * MAX_CACHED_CONFIG}
+    big, big_again = a_job(long_body), a_job(dict(long_body))
+    assert big.action_config() is not big_again.action_config()
+    assert big.action_config() == big_again.action_config()
     # beyond what the cache's key can hold: validated as before, not a TypeError
     with pytest.raises(ValidationError):
         a_job({"url": "https://example.org/hook", "timeout_ms": 2**70}).action_config()

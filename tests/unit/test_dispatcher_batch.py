@@ -402,9 +402,20 @@ async def test_a_bug_in_one_job_is_recorded_not_raised() -> None:
     assert store.rows[0][ATTEMPT] == 1
 
 
+@dataclass
+class HeldKind(FakeKind):
+    """Attempts wait until ``release`` is set."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
+        await self.release.wait()
+        return await super().attempt(job, cfg, target)
+
+
 async def test_the_inflight_gauge_counts_attempts_under_way() -> None:
     registry = CollectorRegistry()
-    kind = FakeKind(delay=0.3)
+    kind = HeldKind()
     store = FakeStore({1: ActionRow("t1", None, enabled=True)})
     dispatcher = Dispatcher(
         settings=settings(),
@@ -419,8 +430,13 @@ async def test_the_inflight_gauge_counts_attempts_under_way() -> None:
 
     assert inflight() == 0
     batch = asyncio.create_task(dispatcher.handle_batch([a_job(1), a_job(2), a_job(3)]))
-    await asyncio.sleep(0.1)
+    for _ in range(200):  # the attempts start within a few turns of the loop
+        if inflight() == 3:
+            break
+        await asyncio.sleep(0.001)
     assert inflight() == 3
+    assert kind.calls == []  # all three held in their attempts
+    kind.release.set()
     await batch
     assert inflight() == 0
     assert len(store.rows) == 3

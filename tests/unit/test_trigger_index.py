@@ -21,7 +21,7 @@ from shared.contract.jobs import (
     dump_message,
     event_keys,
 )
-from shared.engine.evaluate import evaluate
+from shared.engine.evaluate import TriggerSpec, evaluate
 from shared.engine.replay import compile_trigger
 from shared.engine.trigger_index import TriggerIndex
 from tests import engine_strategies as es
@@ -31,24 +31,28 @@ from tools.eventgen import make_event
 AT = datetime(2026, 12, 6, tzinfo=UTC)
 
 
+def _spec(n: int, trigger: dict[str, Any]) -> TriggerSpec:
+    spec = compile_trigger(
+        {
+            "id": f"t{n:02d}",
+            "user_id": "u",
+            "name": "t",
+            "chain_id": trigger["chain_id"],
+            "registry": trigger["registry"],
+            "enabled_at": AT,
+            "cooldown_seconds": trigger["cooldown_seconds"],
+            "conditions": trigger["conditions"],
+            "actions": [],
+        }
+    )
+    assert spec is not None
+    return spec
+
+
 def _index(triggers: list[dict[str, Any]]) -> TriggerIndex:
     index = TriggerIndex()
     for n, trigger in enumerate(triggers):
-        spec = compile_trigger(
-            {
-                "id": f"t{n:02d}",
-                "user_id": "u",
-                "name": "t",
-                "chain_id": trigger["chain_id"],
-                "registry": trigger["registry"],
-                "enabled_at": AT,
-                "cooldown_seconds": trigger["cooldown_seconds"],
-                "conditions": trigger["conditions"],
-                "actions": [],
-            }
-        )
-        assert spec is not None
-        index.put(spec)
+        index.put(_spec(n, trigger))
     return index
 
 
@@ -275,24 +279,6 @@ def test_equal_conditions_at_the_same_place_share_their_compiled_form() -> None:
     assert not evaluate(a, one, states={}).fired
     assert evaluate(c, one, states={}).fired
     assert evaluate(d, one, states={}).fired
-
-
-def _spec(n: int, trigger: dict[str, Any]) -> Any:
-    spec = compile_trigger(
-        {
-            "id": f"t{n:02d}",
-            "user_id": "u",
-            "name": "t",
-            "chain_id": trigger["chain_id"],
-            "registry": trigger["registry"],
-            "enabled_at": AT,
-            "cooldown_seconds": trigger["cooldown_seconds"],
-            "conditions": trigger["conditions"],
-            "actions": [],
-        }
-    )
-    assert spec is not None
-    return spec
 
 
 def _reference_candidates(live: dict[str, Any], event: Event) -> list[str]:

@@ -106,14 +106,18 @@ class Dispatcher:
         for job in jobs:
             unique.setdefault(attempt_key(job), job)
         await self._back_pressure(interrupt)
-        todo = await self._not_yet_recorded(list(unique.values()))
+        candidates = list(unique.values())
         started: dict[asyncio.Task[None], ActionJob] = {}
         nap = 0.0
         if from_retry:
-            todo, nap = await self._hold_or_park(todo)
+            todo, nap = await self._hold_or_park(await self._not_yet_recorded(candidates))
             started = await self._start_when_due(todo, interrupt)
         else:
-            prepared = await self._prepare(todo)
+            # Both reads at once (one round trip of waiting, not two): the lookups of
+            # a job found recorded are not used.
+            todo, prepared = await asyncio.gather(
+                self._not_yet_recorded(candidates), self._prepare(candidates)
+            )
             started = {self._start(job, prepared): job for job in todo}
         await self._wait_or_guard(started)
         if nap > 0 and not started:

@@ -5,6 +5,7 @@ the group-committing :class:`~services.dispatcher.results.ResultWriter`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,31 +57,38 @@ class PgJobStore:
         self._pool = pool
         self._writer = ResultWriter(pool)
 
-    async def recorded(self, job_ids: Sequence[str]) -> list[Recorded]:
+    async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(queries.RECORDED_ATTEMPTS, list(job_ids))
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        return rows
+
+    async def recorded(self, job_ids: Sequence[str]) -> list[Recorded]:
+        rows = await self._fetch(queries.RECORDED_ATTEMPTS, list(job_ids))
         return [Recorded(r["job_id"], r["run_id"], r["attempt"], r["status"]) for r in rows]
 
     async def lookups(self, jobs: Sequence[ActionJob]) -> Lookups:
+        """Both reads at once, each on its own connection."""
         ids = sorted({j.action_id for j in jobs if j.action_id <= INT32_MAX})
-        async with self._pool.acquire() as conn:
-            actions = {
-                r["id"]: ActionRow(
-                    r["trigger_id"],
-                    r["secret_ciphertext"],
-                    bool(r["enabled"]),
-                    r["secret_headers_ciphertext"],
-                    r["telegram_chat"],
-                )
-                for r in await conn.fetch(queries.ACTIONS_OF_JOBS, ids)
-            }
-            rows = await conn.fetch(
+        action_rows, replaced_rows = await asyncio.gather(
+            self._fetch(queries.ACTIONS_OF_JOBS, ids),
+            self._fetch(
                 queries.REPLACED_VERSIONS,
                 [j.event.id for j in jobs],
                 [j.event.block_time for j in jobs],
                 [j.event.block_hash for j in jobs],
+            ),
+        )
+        actions = {
+            r["id"]: ActionRow(
+                r["trigger_id"],
+                r["secret_ciphertext"],
+                bool(r["enabled"]),
+                r["secret_headers_ciphertext"],
+                r["telegram_chat"],
             )
-        return Lookups(actions, {r["n"] - 1: str(r["reorg_id"]) for r in rows})
+            for r in action_rows
+        }
+        return Lookups(actions, {r["n"] - 1: str(r["reorg_id"]) for r in replaced_rows})
 
     async def agent_token(
         self, chain_id: int, agent_id: int, agent_registry: str | None = None

@@ -173,6 +173,41 @@ async def test_duplicates_in_a_batch_are_attempted_once_and_recorded_jobs_skippe
     assert len(store.rows) == 2
 
 
+@dataclass
+class MeetingStore(FakeStore):
+    """Each read waits until the other one has started: read one after the other,
+    they never meet."""
+
+    started: dict[str, asyncio.Event] = field(
+        default_factory=lambda: {"recorded": asyncio.Event(), "lookups": asyncio.Event()}
+    )
+
+    async def recorded(self, job_ids: Sequence[str]) -> list[Recorded]:
+        self.started["recorded"].set()
+        await self.started["lookups"].wait()
+        return await super().recorded(job_ids)
+
+    async def lookups(self, jobs: Sequence[ActionJob]) -> Lookups:
+        self.started["lookups"].set()
+        await self.started["recorded"].wait()
+        return await super().lookups(jobs)
+
+
+async def test_a_batch_reads_what_is_recorded_and_its_lookups_at_once() -> None:
+    kind = FakeKind()
+    store = MeetingStore({1: ActionRow("t1", None, enabled=True)})
+    dispatcher, _, _ = build(kind, store)
+    job = a_job(1)
+    async with asyncio.timeout(5):
+        await dispatcher.handle_batch([job])
+    assert kind.calls == [job.job_id]
+    # A redelivery: looked up again, but found recorded and not attempted.
+    async with asyncio.timeout(5):
+        await dispatcher.handle_batch([job])
+    assert kind.calls == [job.job_id]
+    assert store.statuses(job) == ["success"]
+
+
 async def test_transient_goes_to_the_retry_topic_then_the_dlq_after_max_attempts() -> None:
     kind = FakeKind([Outcome.transient("HTTP 503")] * 3)
     dispatcher, store, sent = build(kind)

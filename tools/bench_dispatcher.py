@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.contract.actions import ActionType
 from shared.contract.events import Event
@@ -233,6 +233,41 @@ async def paced(
     return [(arrivals[k] - t) * 1000 for k, t in produced.items()]
 
 
+async def raw_idle_delays(bootstrap: str, topic: str, jobs: list[ActionJob]) -> list[float]:
+    """The idle phase's baseline: the same jobs, paced the same, to a bare aiokafka
+    consumer of the dispatcher's group settings; the delays (ms) from produced to
+    consumed. What an idle dispatcher adds beyond it is its own work per job."""
+    consumed: dict[str, float] = {}
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-idle-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+
+    async def consume() -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100, max_records=200)).values():
+                now = time.time()
+                for r in records:
+                    consumed.setdefault(json.loads(r.value)["job_id"], now)
+
+    task = asyncio.create_task(consume())
+    try:
+        for _ in range(600):  # the group's first join: at most 30 s
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)  # settled: its fetches waiting on an empty topic
+        return await paced(bootstrap, topic, jobs, IDLE_RATE, consumed)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await consumer.stop()
+
+
 #: The idle phase: jobs produced one at a time, this many per second.
 IDLE_JOBS = 20
 IDLE_RATE = 2.0
@@ -250,6 +285,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             scratch_topic(bootstrap, 12) as actions,
             scratch_topic(bootstrap, 12) as retry,
             scratch_topic(bootstrap, 3) as dlq,
+            scratch_topic(bootstrap, 12) as idle_topic,
         ):
             target = await make_trigger(url, hook)
             say(f"throughput: producing {args.jobs} jobs")
@@ -295,6 +331,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     arrivals,
                 )
                 figures["dispatcher_peak_rss_mib"] = peak_rss_mib(dispatcher.proc.pid)
+            say(f"raw baseline: {IDLE_JOBS} jobs one at a time to an idle aiokafka consumer")
+            raw_idle = await raw_idle_delays(
+                bootstrap, idle_topic, jobs_for(IDLE_JOBS, args.jobs + total + IDLE_JOBS, target)
+            )
             figures.update(await outcome_counts(url))
     finally:
         await receiver.stop()
@@ -317,6 +357,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "idle_jobs": len(idle),
         "idle_delay_ms_p50": round(pct(idle, 0.50), 1),
         "idle_delay_ms_max": round(max(idle), 1),
+        "raw_idle_consume_delay_ms_p50": round(pct(raw_idle, 0.50), 1),
+        "raw_idle_consume_delay_ms_max": round(max(raw_idle), 1),
     }
 
 

@@ -86,7 +86,7 @@ manifests: deps ## rewrite deploy/prometheus/prometheusrule.yaml (the alerts as 
 	$(PY) -m tools.prometheus_rule
 
 test: infra tools monitoring-deps evm-deps ## run the whole test suite against real PostgreSQL and Kafka
-	$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	$(WITH_ENV) $(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-unit: deps tools monitoring-deps ## pure unit tests only (no PostgreSQL, no Kafka)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

@@ -47,7 +47,9 @@ class MatcherRuntime:
             resync_interval=settings.resync_interval,
         )
         await keeper.start()
-        self._producer = await started_producer(svc.kafka, "erc8004-matcher")
+        # No linger: a batch's jobs are sent together and then awaited (they batch
+        # anyway); waiting 2 ms more only delayed every firing.
+        self._producer = await started_producer(svc.kafka, "erc8004-matcher", linger_ms=0)
         self.matcher = Matcher(
             pool=svc.db(),
             keeper=keeper,

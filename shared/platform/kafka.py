@@ -47,11 +47,13 @@ def new_producer(
     )
 
 
-async def started_producer(kafka: KafkaAccess | str, client_id: str) -> AIOKafkaProducer:
+async def started_producer(
+    kafka: KafkaAccess | str, client_id: str, *, linger_ms: int = 2
+) -> AIOKafkaProducer:
     """A :func:`new_producer` started, waiting for Kafka while it does not answer (a
     producer whose start failed is closed and a new one made)."""
     while True:
-        producer = new_producer(kafka, client_id)
+        producer = new_producer(kafka, client_id, linger_ms=linger_ms)
         try:
             await producer.start()
             return producer

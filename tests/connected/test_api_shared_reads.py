@@ -5,13 +5,14 @@ a pool connection beyond the acquire limit.
 
 The million rows are written by PostgreSQL itself (INSERT ... SELECT over
 generate_series, spread over 60 days of block time, four chains, every registry),
-once per test module."""
+once per test module; each test reads its own copy."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -22,6 +23,7 @@ from services.api.app import create_app
 from services.api.queries import ACQUIRE_SECONDS, shared_read
 from shared.platform.db import create_pool
 from tests.apiutil import Client, api_settings, cheap_passwords, signup
+from tools.benchdb import drop_database, with_database
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -72,12 +74,56 @@ async def fill(db: asyncpg.Connection) -> None:
     print(f"[shared reads] {ROWS:,} events in {time.monotonic() - started:.1f}s")  # noqa: T201
 
 
+@pytest.fixture(scope="module")
+def filled_template(admin_url: str, template_db: str) -> Iterator[str]:
+    """A migrated database holding the million events, filled once for the module:
+    each test reads its own copy of it (``filled_url``)."""
+    name = f"erc8004_shared_reads_{uuid.uuid4().hex[:12]}"
+
+    async def build() -> None:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        finally:
+            await admin.close()
+        db = await asyncpg.connect(with_database(admin_url, name))
+        try:
+            await fill(db)
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(build())
+        yield name
+    finally:
+        asyncio.run(drop_database(admin_url, name))
+
+
 @pytest.fixture
-async def client(
-    database_url: str, kafka_bootstrap: str, db: asyncpg.Connection
-) -> AsyncIterator[Client]:
-    await fill(db)
-    settings = api_settings(database_url, kafka_bootstrap, "erc8004.actions.unused")
+def filled_url(admin_url: str, filled_template: str) -> Iterator[str]:
+    """This test's own copy of the filled database (a file copy: seconds, where
+    filling takes half a minute); its statistics and refreshed view come with it."""
+    name = f"erc8004_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(
+                f'CREATE DATABASE "{name}" TEMPLATE "{filled_template}" STRATEGY FILE_COPY'
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        asyncio.run(drop_database(admin_url, name))
+
+
+@pytest.fixture
+async def client(filled_url: str, kafka_bootstrap: str) -> AsyncIterator[Client]:
+    settings = api_settings(filled_url, kafka_bootstrap, "erc8004.actions.unused")
     app = create_app(settings, passwords=cheap_passwords())
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client

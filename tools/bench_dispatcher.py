@@ -39,7 +39,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shared.contract.actions import ActionType
 from shared.contract.events import Event
 from shared.contract.jobs import ActionJob, job_id
+from shared.contract.topics import MAX_MESSAGE_BYTES
 from shared.platform.entrypoint import cli_parser
+from shared.platform.stream import FETCH_MAX_WAIT_MS
 from tools.bench_matcher import peak_rss_mib, raw_consume
 from tools.benchdb import scratch_database, scratch_topic
 from tools.benchkit import (
@@ -235,7 +237,7 @@ async def paced(
 
 async def raw_idle_delays(bootstrap: str, topic: str, jobs: list[ActionJob]) -> list[float]:
     """The idle phase's baseline: the same jobs, paced the same, to a bare aiokafka
-    consumer of the dispatcher's group settings; the delays (ms) from produced to
+    consumer with the dispatcher's fetch settings; the delays (ms) from produced to
     consumed. What an idle dispatcher adds beyond it is its own work per job."""
     consumed: dict[str, float] = {}
     consumer = AIOKafkaConsumer(
@@ -244,6 +246,8 @@ async def raw_idle_delays(bootstrap: str, topic: str, jobs: list[ActionJob]) -> 
         group_id=f"bench-idle-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
     )
     await consumer.start()
 

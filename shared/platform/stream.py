@@ -55,9 +55,11 @@ class StreamService:
         return self.pool
 
 
-#: How long a batch subscriber's poll waits for records when none are there. The
-#: poll returns as soon as records arrive, so this bounds nothing but the idle
-#: wake-ups (10 a second); see :func:`_poll_without_nap`.
+#: How long a batch subscriber's poll waits for records when none are there (during
+#: a rebalance it waits for the new assignment, however long). The poll returns as
+#: soon as records arrive, so this sets only how often an idle consumer's loop wakes
+#: (10 times a second; aiokafka's fetcher asks the broker on its own, every
+#: ``fetch_max_wait_ms``); see :func:`_poll_without_nap`.
 IDLE_POLL_MS = 100
 
 #: How long the broker may hold a fetch that finds no new record (aiokafka's default
@@ -285,6 +287,7 @@ def batch_subscriber(
         group_id=group_id,
         batch=True,
         max_records=max_records,
+        # Unused by the poll that replaces FastStream's (_poll_without_nap).
         batch_timeout_ms=IDLE_POLL_MS,
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,

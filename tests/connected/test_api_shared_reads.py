@@ -83,7 +83,18 @@ def filled_template(admin_url: str, template_db: str) -> Iterator[str]:
     async def build() -> None:
         admin = await asyncpg.connect(admin_url)
         try:
+            # Left behind by a run killed outright (a million rows each): dropped once
+            # a day old, as the migrated templates are (another run may use a newer one).
+            for old in await admin.fetch(
+                """SELECT datname FROM pg_database
+                   WHERE datname LIKE 'erc8004_shared_reads_%'
+                     AND coalesce(substring(shobj_description(oid, 'pg_database')
+                                            FROM '^created ([0-9]+)$')::bigint, 0)
+                         < extract(epoch FROM now()) - 86400"""
+            ):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{old["datname"]}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+            await admin.execute(f"COMMENT ON DATABASE \"{name}\" IS 'created {int(time.time())}'")
         finally:
             await admin.close()
         db = await asyncpg.connect(with_database(admin_url, name))

@@ -1,7 +1,9 @@
 """The batch subscribers' poll (shared.platform.stream.batch_subscriber): it waits in
 aiokafka's ``getmany`` only, never naps after an empty poll (FastStream's own poll
 sleeps ``batch_timeout_ms`` again, which delayed a record reaching an idle consumer),
-and hands on every record it got, in partition order."""
+and hands on every record it got, partition by partition as ``getmany`` returned
+them. Also through FastStream's own consume loop, so that a renamed call there
+cannot bring the nap back unseen."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from faststream.kafka import KafkaBroker
 
 from shared.platform import stream
@@ -73,7 +76,7 @@ async def test_an_empty_poll_does_not_nap(monkeypatch: pytest.MonkeyPatch) -> No
     assert consumer.calls == [{"timeout_ms": IDLE_POLL_MS, "max_records": 7}] * 3
 
 
-async def test_every_record_of_a_poll_is_handed_on_in_partition_order() -> None:
+async def test_every_record_of_a_poll_is_handed_on_as_getmany_returned_it() -> None:
     first = {
         TopicPartition("t", 0): [record(0, 5), record(0, 6)],
         TopicPartition("t", 2): [record(2, 1)],
@@ -94,3 +97,38 @@ def test_a_subscriber_of_another_shape_is_refused_at_start() -> None:
     single = broker.subscriber("t", group_id="g")  # one record at a time, not batches
     with pytest.raises(TypeError, match="batch subscriber"):
         stream._poll_without_nap(single, 10)
+
+
+class StoppingConsumer(FakeConsumer):
+    """Stops (as a stopped aiokafka consumer does) once its batches are used up."""
+
+    async def getmany(self, **kwargs: Any) -> dict[TopicPartition, list[Any]]:
+        if not self.batches:
+            raise ConsumerStoppedError
+        return await super().getmany(**kwargs)
+
+
+async def test_faststreams_consume_loop_polls_without_napping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    naps: list[float] = []
+
+    async def nap(seconds: float) -> None:
+        naps.append(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", nap)
+    monkeypatch.setattr(asyncio, "sleep", nap)
+    consumer = StoppingConsumer([{}, {}, {TopicPartition("t", 0): [record(0, 1)]}, {}])
+    sub = subscriber()
+    handed: list[tuple[Any, ...]] = []
+
+    async def consume_one(msg: tuple[Any, ...]) -> None:
+        handed.append(msg)
+
+    sub.consume_one = consume_one
+    sub.running = True
+    async with asyncio.timeout(5):
+        await sub._run_consume_loop(consumer)  # returns when the consumer stops
+    assert [[r.value for r in batch] for batch in handed] == [[b"0:1"]]
+    assert naps == []
+    assert len(consumer.calls) == 4

@@ -59,6 +59,26 @@ def admin_url() -> str:
     return ENV["DATABASE_URL"]
 
 
+async def create_dated_database(
+    conn: asyncpg.Connection, name: str, *, sweep: str, template: str | None = None
+) -> None:
+    """Create database ``name`` (a copy of ``template`` when given), its creation
+    time in its comment; first drop the databases named ``sweep``… whose comment
+    dates them more than a day back (another run may still use a newer one)."""
+    for old in await conn.fetch(
+        """SELECT datname FROM pg_database
+           WHERE datname LIKE $1 || '%'
+             AND coalesce(substring(shobj_description(oid, 'pg_database')
+                                    FROM '^created ([0-9]+)$')::bigint, 0)
+                 < extract(epoch FROM now()) - 86400""",
+        sweep,
+    ):
+        await conn.execute(f'DROP DATABASE IF EXISTS "{old["datname"]}" WITH (FORCE)')
+    copy = f' TEMPLATE "{template}"' if template is not None else ""
+    await conn.execute(f'CREATE DATABASE "{name}"{copy}')
+    await conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'created {int(time.time())}'")
+
+
 @pytest.fixture(scope="session")
 def template_db(admin_url: str) -> str:
     """A database with every migration applied, named by the migrations' digest,
@@ -73,17 +93,7 @@ def template_db(admin_url: str) -> str:
                 return False
             # Templates of other migration sets are dropped once a day old: another
             # checkout (a branch with one more migration) may be testing with one now.
-            for old in await conn.fetch(
-                """SELECT datname FROM pg_database
-                   WHERE datname LIKE 'erc8004_tmpl_%'
-                     AND coalesce(substring(shobj_description(oid, 'pg_database')
-                                            FROM '^created ([0-9]+)$')::bigint, 0)
-                         < extract(epoch FROM now()) - 86400"""
-            ):
-                await conn.execute(f'DROP DATABASE IF EXISTS "{old["datname"]}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            created = int(time.time())
-            await conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'created {created}'")
+            await create_dated_database(conn, name, sweep="erc8004_tmpl_")
             return True
         finally:
             await conn.close()

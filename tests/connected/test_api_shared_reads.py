@@ -23,6 +23,7 @@ from services.api.app import create_app
 from services.api.queries import ACQUIRE_SECONDS, shared_read
 from shared.platform.db import create_pool
 from tests.apiutil import Client, api_settings, cheap_passwords, signup
+from tests.conftest import create_dated_database
 from tools.benchdb import drop_database, with_database
 
 pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -84,17 +85,10 @@ def filled_template(admin_url: str, template_db: str) -> Iterator[str]:
         admin = await asyncpg.connect(admin_url)
         try:
             # Left behind by a run killed outright (a million rows each): dropped once
-            # a day old, as the migrated templates are (another run may use a newer one).
-            for old in await admin.fetch(
-                """SELECT datname FROM pg_database
-                   WHERE datname LIKE 'erc8004_shared_reads_%'
-                     AND coalesce(substring(shobj_description(oid, 'pg_database')
-                                            FROM '^created ([0-9]+)$')::bigint, 0)
-                         < extract(epoch FROM now()) - 86400"""
-            ):
-                await admin.execute(f'DROP DATABASE IF EXISTS "{old["datname"]}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-            await admin.execute(f"COMMENT ON DATABASE \"{name}\" IS 'created {int(time.time())}'")
+            # a day old, as the migrated templates are.
+            await create_dated_database(
+                admin, name, sweep="erc8004_shared_reads_", template=template_db
+            )
         finally:
             await admin.close()
         db = await asyncpg.connect(with_database(admin_url, name))

@@ -141,7 +141,8 @@ def stack(
     tag = uuid.uuid4().hex[:10]
     name = f"erc8004_test_scrape_{tag}"
     events_topic, actions_topic = f"test.scrape.{tag}", f"test.scrape.actions.{tag}"
-    topics = [events_topic, actions_topic]
+    retry_topic, dlq_topic = f"test.scrape.retry.{tag}", f"test.scrape.dlq.{tag}"
+    topics = [events_topic, actions_topic, retry_topic, dlq_topic]
     database_url = asyncio.run(prepare(admin_url, template_db, name, kafka_bootstrap, topics))
     chain = random_chain(10_000_000)
     procs: list[ServiceProcess] = []
@@ -154,6 +155,8 @@ def stack(
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "EVENTS_TOPIC": events_topic,
             "ACTIONS_TOPIC": actions_topic,
+            "ACTIONS_RETRY_TOPIC": retry_topic,
+            "ACTIONS_DLQ_TOPIC": dlq_topic,
             "MATCHER_GROUP": f"matcher-{tag}",
             "DISPATCHER_GROUP": f"dispatcher-{tag}",
             "MAINTENANCE_INITIAL_DELAY": "0",

@@ -218,7 +218,14 @@ def services(
 ) -> Iterator[list[ServiceProcess]]:
     tag = uuid.uuid4().hex[:10]
     name = f"erc8004_test_prom_{tag}"
-    topics = [f"test.prom.{tag}", f"test.prom.actions.{tag}"]
+    # Every topic of its own: a fresh dispatcher group reads its retry topic from the
+    # start, and the shared default one holds other tests' failing retries.
+    topics = [
+        f"test.prom.{tag}",
+        f"test.prom.actions.{tag}",
+        f"test.prom.retry.{tag}",
+        f"test.prom.dlq.{tag}",
+    ]
     database_url = asyncio.run(prepare(admin_url, template_db, name, kafka_bootstrap, topics))
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -228,6 +235,8 @@ def services(
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "EVENTS_TOPIC": topics[0],
         "ACTIONS_TOPIC": topics[1],
+        "ACTIONS_RETRY_TOPIC": topics[2],
+        "ACTIONS_DLQ_TOPIC": topics[3],
         "MATCHER_GROUP": f"matcher-{tag}",
         "DISPATCHER_GROUP": f"dispatcher-{tag}",
         "MAINTENANCE_INITIAL_DELAY": "0",

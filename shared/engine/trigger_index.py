@@ -10,7 +10,7 @@ are the union of at most four buckets, whatever the number of triggers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from shared.contract.condition_types import ConditionType, Operator
 from shared.contract.events import Event
@@ -36,18 +36,31 @@ def _held(held: Held | None) -> Iterable[TriggerSpec]:
     return held.values()
 
 
-def _keys(trigger: TriggerSpec) -> tuple[list[str], list[str | int]]:
-    event_types: list[str] = [ANY]
-    agents: list[str | int] = [ANY]
+#: The operators whose condition names the keys a trigger sits under.
+_KEY_OPERATORS = frozenset({Operator.eq.value, Operator.in_.value})
+_KEY_TYPES = frozenset({ConditionType.agent_id_equals, ConditionType.event_type_equals})
+_ANY_KEY: tuple[str] = (ANY,)
+
+
+def _keys(trigger: TriggerSpec) -> tuple[Sequence[str], Sequence[str | int]]:
+    event_types: Sequence[str] = _ANY_KEY
+    agents: Sequence[str | int] = _ANY_KEY
     for condition in trigger.conditions:
-        if condition.operator not in (Operator.eq, Operator.in_):
-            continue
-        if condition.condition_type == ConditionType.event_type_equals:
-            event_types = list(condition.values)
-        elif condition.condition_type == ConditionType.agent_id_equals:
-            agents = [int(v) for v in condition.values]
+        kind = condition.condition_type
+        if kind in _KEY_TYPES and condition.operator in _KEY_OPERATORS:
+            values = condition.values
+            if kind == ConditionType.event_type_equals:
+                event_types = values
+            elif len(values) == 1:
+                agents = (int(values[0]),)
+            else:
+                agents = [int(v) for v in values]
     # each key once: a value named twice ("in" 3,3) is one place
-    return list(dict.fromkeys(event_types)), list(dict.fromkeys(agents))
+    if len(event_types) > 1:
+        event_types = list(dict.fromkeys(event_types))
+    if len(agents) > 1:
+        agents = list(dict.fromkeys(agents))
+    return event_types, agents
 
 
 class TriggerIndex:

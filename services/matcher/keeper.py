@@ -57,8 +57,8 @@ class IndexKeeper:
         self._listener = await listen(self._connect, "trigger_changed", self._on_notify)
         # The first load makes millions of long-lived objects (about 30 per trigger)
         # and nothing else runs yet: the cyclic GC would walk the growing heap again
-        # and again (40 % of a 300,000-trigger load). It runs once at the end, before
-        # the index is frozen out of its sight (_resync).
+        # and again (40 % of a 300,000-trigger load). At the end the index is frozen
+        # out of its sight (_resync).
         gc.disable()
         try:
             await self.resync()
@@ -113,8 +113,11 @@ class IndexKeeper:
             # The index is long-lived and large (100k triggers: millions of
             # objects); left to the cyclic GC, every full collection walks all of
             # it. Frozen objects are skipped. Once, after the first load: later
-            # freezes would also pin whatever a batch in flight holds.
-            gc.collect()
+            # freezes would also pin whatever a batch in flight holds. Without a
+            # collection first: the load leaves no cyclic garbage to free (a test
+            # holds it to that), and a full collection walks the whole new heap (about
+            # 5 s of a million triggers' load). What a cycle made meanwhile would
+            # cost is its own few bytes, pinned once.
             gc.freeze()
             self._frozen = True
         self._metrics.index_size.set(len(self.index))

@@ -389,23 +389,26 @@ async def update_records(
 async def save_definitions(conn: Conn, rows: Sequence[asyncpg.Record]) -> set[tuple[str, int]]:
     """The definitions (what a recomputation evaluates under) of these trigger rows
     (TRIGGERS_SQL), where not stored yet; returns the (trigger, version) pairs stored
-    now. The stored ones are asked for first, so a load of triggers whose versions
-    are all stored sends none of their definitions."""
+    now. The missing ones are asked for first (their positions in ``rows``), so a
+    load of triggers whose versions are all stored, every start but the first, sends
+    none of their definitions and reads nothing back."""
     if not rows:
         return set()
-    stored = await conn.fetch(
+    missing = await conn.fetch(
         """
-        SELECT d.trigger_id, d.version
-        FROM unnest($1::text[], $2::int[]) AS k(trigger_id, version)
-        JOIN trigger_definitions d USING (trigger_id, version)
+        SELECT k.n
+        FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS k(trigger_id, version, n)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM trigger_definitions d
+            WHERE d.trigger_id = k.trigger_id AND d.version = k.version
+        )
         """,
         [r["id"] for r in rows],
         [r["version"] for r in rows],
     )
-    have = {(r["trigger_id"], r["version"]) for r in stored}
-    new = [r for r in rows if (r["id"], r["version"]) not in have]
-    if not new:
+    if not missing:
         return set()
+    new = [rows[m["n"] - 1] for m in missing]
     inserted = await conn.fetch(
         """
         INSERT INTO trigger_definitions (trigger_id, version, definition)

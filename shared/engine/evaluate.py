@@ -1344,8 +1344,12 @@ def with_due(trigger: TriggerSpec, row: Mapping[str, Any]) -> State:
 def has_absence(trigger: TriggerSpec) -> bool:
     """The trigger has an absence condition: every tick of its chain concerns it.
     (It stands at the top level: read without compiling the trigger, which the
-    index does lazily.)"""
-    return any(c.condition_type is ConditionType.absence for c in trigger.conditions)
+    index does lazily; a loop, not any() over a generator: a large load asks it of
+    every trigger twice.)"""
+    for condition in trigger.conditions:
+        if condition.condition_type is ConditionType.absence:
+            return True
+    return False
 
 
 def tick(

@@ -57,7 +57,10 @@ def _condition(raw: Any) -> Condition:
     written as JSON is validated alone, and an agent's condition is not shared: one
     agent's is rarely another trigger's, and its entry would cost more than it saves
     (:func:`_agent_condition`)."""
-    if isinstance(raw, Mapping) and raw.get("condition_type") == "agent_id_equals":
+    # (type() first: isinstance against the Mapping ABC is slow, and rows hold dicts)
+    if (type(raw) is dict or isinstance(raw, Mapping)) and raw.get(
+        "condition_type"
+    ) == "agent_id_equals":
         return _agent_condition(raw)
     try:
         key = orjson.dumps(raw).decode()  # exact size: orjson's bytes keep their buffer

@@ -6,6 +6,7 @@ subscriber hands it over (the records' bytes)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -225,6 +226,80 @@ async def test_a_first_load_reads_every_enabled_trigger_once_by_pages(
         await keeper.resync()
         assert keeper.index.get(made[0]) is not None
         assert keeper.index.get(made[0]).name == "renamed"  # type: ignore[union-attr]
+    finally:
+        if keeper._listener is not None:
+            await keeper._listener.close()
+        await pool.close()
+
+
+async def test_definitions_are_stored_once_and_only_the_missing_ones_are_sent(
+    db: asyncpg.Connection,
+) -> None:
+    chain = random_chain()
+    made = [await insert_trigger(db, chain_id=chain, conditions=NEW_FEEDBACK) for _ in range(5)]
+    rows = await matcher_queries.list_triggers_by_id(db, made)
+    assert len(rows) == 5
+    first = [rows[1], rows[3]]
+    assert await matcher_queries.save_definitions(db, first) == {
+        (r["id"], r["version"]) for r in first
+    }
+    # the rest, in another order, beside the two stored: only the three are stored now
+    shuffled = list(rows)
+    random.Random(5).shuffle(shuffled)
+    rest = {(r["id"], r["version"]) for r in rows} - {(r["id"], r["version"]) for r in first}
+    assert await matcher_queries.save_definitions(db, shuffled) == rest
+    assert await matcher_queries.save_definitions(db, shuffled) == set()
+    stored = await db.fetch(
+        "SELECT trigger_id, version, definition FROM trigger_definitions"
+        " WHERE trigger_id = any($1::text[])",
+        made,
+    )
+    assert {(r["trigger_id"], r["version"]): r["definition"] for r in stored} == {
+        (r["id"], r["version"]): matcher_queries.definition_of(r) for r in rows
+    }
+    # a new version of one is missing again, the others are not
+    await db.execute("UPDATE triggers SET cooldown_seconds = 60 WHERE id = $1", made[2])
+    rows = await matcher_queries.list_triggers_by_id(db, made)
+    edited = next(r for r in rows if r["id"] == made[2])
+    assert await matcher_queries.save_definitions(db, rows) == {(made[2], edited["version"])}
+
+
+async def test_a_first_load_leaves_no_cyclic_garbage_to_freeze(
+    db: asyncpg.Connection, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper freezes its index after the first load without collecting first
+    (a full collection walks the whole new heap): right only while a load, of valid
+    triggers and of one that does not validate, makes no reference cycles."""
+    chain = random_chain()
+    for agent in range(30):
+        await insert_trigger(
+            db,
+            chain_id=chain,
+            conditions=[
+                {"condition_type": "agent_id_equals", "operator": "=", "value": str(agent)},
+                *NEW_FEEDBACK,
+            ],
+        )
+    # written behind the API's back: skipped at load, with an error logged
+    await insert_trigger(
+        db,
+        chain_id=chain,
+        conditions=[{"condition_type": "agent_id_equals", "operator": "=", "value": "x"}],
+    )
+    monkeypatch.setattr(keeper_module, "LOAD_CHUNK", 7)
+    found: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: found.append(gc.collect()))
+    pool = await create_pool(database_url, application_name="test-matcher", max_size=4)
+    keeper = IndexKeeper(
+        pool=pool,
+        connect=lambda: asyncpg.connect(database_url),
+        metrics=MatcherMetrics.create(CollectorRegistry()),
+    )
+    try:
+        gc.collect()
+        await keeper.start()
+        assert len(keeper.index) >= 30
+        assert found == [0]
     finally:
         if keeper._listener is not None:
             await keeper._listener.close()

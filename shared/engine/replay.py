@@ -92,7 +92,8 @@ def _agent_condition(raw: Mapping[str, Any]) -> Condition:
     value, operator = raw.get("value"), raw.get("operator")
     field, config = raw.get("field", ""), raw.get("config")
     if not (
-        type(value) is str
+        isinstance(raw.get("condition_type"), str)  # (a str, not just equal to one)
+        and type(value) is str
         and type(operator) is str
         and type(field) is str
         and (config is None or (type(config) is dict and not config))
@@ -111,7 +112,9 @@ def _agent_condition(raw: Mapping[str, Any]) -> Condition:
         except ValidationError:
             return Condition.model_validate(raw)  # raises, about this condition
         _AGENT_SHAPES[key] = shape
-    # What pydantic's own copy of a model does, with the id in place of "0".
+    # What pydantic's own copy of a model does, with the id in place of "0" (the
+    # empty config is the shape's: a frozen condition's is only read, as a shared
+    # condition's is).
     private = shape.__pydantic_private__
     if private is None:  # (Condition has private attributes: not expected)
         return _fields_shared(Condition.model_validate(raw))

@@ -299,7 +299,10 @@ async def test_a_first_load_leaves_no_cyclic_garbage_to_freeze(
         gc.collect()
         await keeper.start()
         assert len(keeper.index) >= 30
-        assert found == [0]
+        # A cycle per trigger (or per page) would leave 30 (or 5) objects or more;
+        # the event loop's and asyncpg's own garbage meanwhile, if any, a few.
+        assert len(found) == 1
+        assert found[0] < 5, found
     finally:
         if keeper._listener is not None:
             await keeper._listener.close()

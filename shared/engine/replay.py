@@ -115,14 +115,12 @@ def _agent_condition(raw: Mapping[str, Any]) -> Condition:
     # What pydantic's own copy of a model does, with the id in place of "0" (the
     # empty config is the shape's: a frozen condition's is only read, as a shared
     # condition's is).
-    private = shape.__pydantic_private__
-    if private is None:  # (Condition has private attributes: not expected)
-        return _fields_shared(Condition.model_validate(raw))
     condition = Condition.__new__(Condition)
     object.__setattr__(condition, "__dict__", {**shape.__dict__, "value": value})
     object.__setattr__(condition, "__pydantic_fields_set__", shape.__pydantic_fields_set__)
     object.__setattr__(condition, "__pydantic_extra__", None)
-    object.__setattr__(condition, "__pydantic_private__", {**private, "_values": tuple(items)})
+    private = {**shape._private, "_values": tuple(items)}
+    object.__setattr__(condition, "__pydantic_private__", private)
     return condition
 
 

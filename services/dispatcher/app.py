@@ -19,7 +19,7 @@ from faststream import FastStream
 
 from services.dispatcher.batch import Dispatcher
 from services.dispatcher.handlers import JobHandler
-from services.dispatcher.kinds import build_kinds
+from services.dispatcher.kinds.table import build_kinds
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.registration import Resolver
 from services.dispatcher.renderer import Renderer
@@ -68,7 +68,18 @@ class DispatcherRuntime:
 
     async def start(self, svc: StreamService) -> None:
         settings = self.settings
-        self._producer = await started_producer(svc.kafka, "erc8004-dispatcher")
+        self._renderer = Renderer(
+            workers=settings.template_workers,
+            seconds=settings.template_render_seconds,
+            memory_mb=settings.template_memory_mb,
+        )
+        # The template workers start (a fork server's imports, ~1 s) while the
+        # producer connects.
+        warming = asyncio.create_task(self._renderer.start(), name="renderer-start")
+        try:
+            self._producer = await started_producer(svc.kafka, "erc8004-dispatcher")
+        finally:
+            await warming
         self._session = new_session(
             self.policy,
             limit=200,
@@ -84,12 +95,6 @@ class DispatcherRuntime:
             max_bytes=settings.outbound_max_response_bytes,
         )
         store = PgJobStore(svc.db())
-        self._renderer = Renderer(
-            workers=settings.template_workers,
-            seconds=settings.template_render_seconds,
-            memory_mb=settings.template_memory_mb,
-        )
-        await self._renderer.start()
         kinds = build_kinds(
             settings,
             session=self._session,

@@ -5,6 +5,7 @@ PY := .venv/bin/python
 UV_VERSION := 0.13.9
 WITH_ENV := deploy/local/with-env
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 # Deployment tooling for the tests: kustomize, built from its Go module into
 # .run/bin once per version (the module and build caches stay under .run/go, so
 # `make clean` removes them); prometheus and promtool, Debian's package.
@@ -85,8 +86,8 @@ contracts: deps ## rewrite docs/openapi/*.json, docs/asyncapi.yaml, docs/schemas
 manifests: deps ## rewrite deploy/prometheus/prometheusrule.yaml (the alerts as a PrometheusRule) from erc8004-rules.yaml
 	$(PY) -m tools.prometheus_rule
 
-test: infra tools monitoring-deps evm-deps ## run the whole test suite against real PostgreSQL and Kafka
-	$(WITH_ENV) $(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+test: infra tools monitoring-deps evm-deps ## the whole suite against real PostgreSQL and Kafka: TEST_WORKERS (2) tests at a time, then the serial ones
+	TEST_WORKERS=$(TEST_WORKERS) tests/run.sh $(PYTEST_ARGS)
 
 test-unit: deps tools monitoring-deps ## pure unit tests only (no PostgreSQL, no Kafka)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

@@ -1,6 +1,9 @@
 """Test harness: the real PostgreSQL and Kafka of the local stack (or those named by
 DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS), a fresh database per test cloned from a
-migrated template, and a uuid topic per test."""
+migrated template, and a uuid topic per test.
+
+make test runs the tests two at a time (pytest-xdist workers), then those marked
+``serial`` one at a time: nothing here may assume it is the only test running."""
 
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import asyncpg
+import hypothesis
 import pytest
 
 from shared.platform.db import register_codecs
 from shared.platform.kafka import ensure_topics
 from tests.procs import ServiceProcess
+from tools import localnet
 from tools.benchdb import drop_database, scratch_topic, with_database
 from tools.migrate import MIGRATIONS, run_dbmate
 
@@ -39,6 +44,17 @@ def dev_env() -> dict[str, str]:
 
 
 ENV = dev_env()
+
+# Under pytest-xdist each worker hands out ports of its own residue class: a port
+# one worker picked for a service not started yet is never another's pick.
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
+    localnet.PORT_SLOT = (int(_worker[2:]), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+
+# No per-example time limit: a test sharing the cores with another (make test runs
+# two at a time) may take longer than Hypothesis's 200 ms on any one example; what
+# the tests assert does not depend on it.
+hypothesis.settings.register_profile("suite", deadline=None)
+hypothesis.settings.load_profile("suite")
 
 
 def migrations_digest() -> str:
@@ -85,25 +101,28 @@ def template_db(admin_url: str) -> str:
     so it is built once and rebuilt only when a migration changes."""
     name = f"erc8004_tmpl_{migrations_digest()}"
 
-    async def prepare() -> bool:
+    async def prepare() -> None:
         conn = await asyncpg.connect(admin_url)
         try:
+            # One builder at a time (make test's workers start together): the others
+            # wait here, then find it built. A clone of a template being migrated
+            # would fail or copy half of it.
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", name)
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if exists:
-                return False
+                return
             # Templates of other migration sets are dropped once a day old: another
             # checkout (a branch with one more migration) may be testing with one now.
             await create_dated_database(conn, name, sweep="erc8004_tmpl_")
-            return True
+            try:
+                run_dbmate(with_database(admin_url, name), "up")
+            except BaseException:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                raise
         finally:
-            await conn.close()
+            await conn.close()  # and with it the lock
 
-    if asyncio.run(prepare()):
-        try:
-            run_dbmate(with_database(admin_url, name), "up")
-        except BaseException:
-            asyncio.run(drop_database(admin_url, name))
-            raise
+    asyncio.run(prepare())
     return name
 
 

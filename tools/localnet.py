@@ -12,6 +12,7 @@ or ``await receiver.start()`` / ``await receiver.stop()`` around a longer run.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 import threading
@@ -27,6 +28,25 @@ from aiohttp import web
 #: Ports free_port handed out in this process: never handed out twice.
 _HANDED_OUT: set[int] = set()
 
+#: (slot, slots): processes that pick ports side by side (the test runner's
+#: workers) take one slot each, and free_port hands out only ports of its own
+#: slot's share of SLOT_PORTS: none is handed a port another picked but has not
+#: bound yet. (0, 1): the system picks.
+PORT_SLOT = (0, 1)
+
+#: The ports the slots share: below Linux's ephemeral range (32768-60999), where
+#: the system itself hands out none (an outgoing connection's local port, bind(0)).
+SLOT_PORTS = range(20000, 32000)
+
+
+def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on at the moment of asking (for a process that is
@@ -35,6 +55,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     and two services told the same port start one of them on the other's (the
     second's readiness then answered by the first)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    slot, slots = PORT_SLOT
+    if slots > 1:
+        share = len(SLOT_PORTS) // slots
+        ports = SLOT_PORTS[slot * share : (slot + 1) * share]
+        start = random.randrange(len(ports))
+        for i in range(len(ports)):
+            candidate = ports[(start + i) % len(ports)]
+            if candidate not in _HANDED_OUT and _bindable(family, host, candidate):
+                _HANDED_OUT.add(candidate)
+                return candidate
+        raise OSError(f"no free port left in {ports}")
     while True:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))

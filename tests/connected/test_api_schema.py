@@ -26,7 +26,7 @@ from tests.conftest import StartService
 from tests.procs import ROOT, ServiceProcess, http_get
 
 # Kafka: the API is ready (/readyz) only with its broker reachable.
-pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial]
 
 #: What only a login's access token may do (an API key answers 403): fuzzed in a run
 #: of their own, with such a token. Logging out everywhere is left out of it, since it

@@ -26,7 +26,13 @@ from tests.apiutil import Client, api_settings, cheap_passwords, signup
 from tests.conftest import create_dated_database
 from tools.benchdb import drop_database, with_database
 
-pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.db,
+    pytest.mark.kafka,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.serial,
+]
 
 ROWS = 1_000_000
 #: Every event type with its registry; the last is rare (1 in 100,000).

@@ -269,6 +269,7 @@ async def test_rest_secret_headers_reach_the_receiver_and_nowhere_else(
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the first replica must hold the job within 2 s
 async def test_a_retry_held_until_due_moves_to_a_new_replica_and_runs_once(
     db: asyncpg.Connection, dispatcher: Dispatch, retry_topic: str
 ) -> None:
@@ -875,6 +876,7 @@ async def test_mcp_server_errors_are_retried_and_a_redrive_runs_again(
 _HEAVY = '{{ ("a" * 65536)|list|unique|list|length }}'
 
 
+@pytest.mark.serial  # bounds /healthz to 0.1 s while the workers burn both cores
 async def test_a_costly_template_neither_stalls_the_dispatcher_nor_delays_other_jobs(
     db: asyncpg.Connection, dispatcher: Dispatch
 ) -> None:

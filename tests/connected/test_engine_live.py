@@ -50,7 +50,12 @@ pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 @pytest.fixture
 def pipeline_env(
-    env: dict[str, str], database_url: str, topic: str, actions_topic: str, retry_topic: str
+    env: dict[str, str],
+    database_url: str,
+    topic: str,
+    actions_topic: str,
+    retry_topic: str,
+    dlq_topic: str,
 ) -> dict[str, str]:
     run = uuid.uuid4().hex[:8]
     return {
@@ -59,6 +64,8 @@ def pipeline_env(
         "EVENTS_TOPIC": topic,
         "ACTIONS_TOPIC": actions_topic,
         "ACTIONS_RETRY_TOPIC": retry_topic,
+        "ACTIONS_DLQ_TOPIC": dlq_topic,
+        "TELEGRAM_UPDATES_POLL": "0",
         "MATCHER_GROUP": f"matcher-{run}",
         "DISPATCHER_GROUP": f"dispatcher-{run}",
         "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",

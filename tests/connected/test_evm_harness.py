@@ -13,7 +13,7 @@ from web3.types import TxReceipt
 from tests.evm_fixtures import evm, evm_node  # noqa: F401 (fixtures)
 from tools.evmnode import Chain
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("evm")]
 
 # The events, written out by hand from the registries' declarations: (signature,
 # number of indexed parameters).

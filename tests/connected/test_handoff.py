@@ -19,7 +19,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from shared.platform.stream import Handoff
 
-pytestmark = [pytest.mark.kafka]
+pytestmark = [pytest.mark.kafka, pytest.mark.serial]
 
 RECORDS = 60
 

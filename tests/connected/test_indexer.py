@@ -40,7 +40,7 @@ from tests.procs import ServiceProcess
 from tests.rpcproxy import FaultPlan, rpc_proxy
 from tools.evmnode import CHAIN_ID, Chain
 
-pytestmark = [pytest.mark.db, pytest.mark.kafka]
+pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.xdist_group("evm")]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tests.kafkautil import read_topic
 from tests.procs import ROOT, ServiceProcess
 from tools.eventgen import stream, take
 
-pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial]
 
 TOKEN = "dev-indexer-token"
 

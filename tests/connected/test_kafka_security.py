@@ -45,6 +45,7 @@ from tests.matcherutil import insert_trigger, insert_user, random_chain
 from tools.eventgen import make_event
 
 pytestmark = [
+    pytest.mark.xdist_group("kafka-security"),
     pytest.mark.kafka,
     pytest.mark.skipif(
         not ENV.get("LOCAL_KAFKA_SASL_SSL") or ENV["KAFKA_BOOTSTRAP_SERVERS"] != "127.0.0.1:9092",

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -587,7 +588,7 @@ async def test_an_absence_fires_once_per_silence_on_heartbeats_and_events(
     # Redelivered from the start to a new group: the recorded firings again, no more.
     proc.stop()
     # (one message per batch: a heartbeat's batch holds no event of the scope it fired)
-    matcher.start(MATCHER_GROUP="again", MATCHER_BATCH_MAX_RECORDS="1")
+    matcher.start(MATCHER_GROUP=f"again-{uuid.uuid4().hex[:8]}", MATCHER_BATCH_MAX_RECORDS="1")
     again = await matcher.jobs(expect=6)
     assert sorted(j.job_id for j in again) == sorted([j.job_id for j in jobs] * 2)
 
@@ -671,7 +672,7 @@ async def test_index_survives_losing_its_listen_connection(
     await wait_metric(proc, "erc8004_matcher_index_triggers", 1, within=10)
     killed = await db.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        " WHERE application_name = 'erc8004-matcher-listen'"
+        " WHERE application_name = 'erc8004-matcher-listen' AND datname = current_database()"
     )
     assert killed == 1
     await asyncio.sleep(0.5)
@@ -785,6 +786,7 @@ async def wait_all_evaluated(db: asyncpg.Connection, expected: int, within: floa
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # needs 600 evaluations before the producer ends
 async def test_kill_9_mid_stream_state_equals_clean_replay(
     db: asyncpg.Connection, matcher: Matching
 ) -> None:
@@ -838,6 +840,7 @@ async def test_two_replicas_give_the_results_of_one(
     os.environ.get("LOCAL_DB", "1" if "DATABASE_URL" not in os.environ else "0") != "1",
     reason="crashes the local cluster; an external one is not ours",
 )
+@pytest.mark.serial  # stops PostgreSQL
 async def test_postgres_crash_mid_stream_state_equals_clean_replay(
     database_url: str, matcher: Matching
 ) -> None:

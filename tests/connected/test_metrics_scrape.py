@@ -32,7 +32,12 @@ from tests.procs import ServiceProcess, http_get
 from tools.benchdb import drop_database, with_database
 from tools.eventgen import make_event
 
-pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.db,
+    pytest.mark.kafka,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("metrics-scrape"),
+]
 
 TOKEN = "dev-indexer-token"  # deploy/local/dev.env
 

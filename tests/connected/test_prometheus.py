@@ -32,7 +32,13 @@ from tests.deploy.tools import tool
 from tests.procs import ServiceProcess, http_get, metrics_url
 from tools.localnet import free_port
 
-pytestmark = [pytest.mark.db, pytest.mark.kafka, pytest.mark.slow, pytest.mark.promtool]
+pytestmark = [
+    pytest.mark.db,
+    pytest.mark.kafka,
+    pytest.mark.slow,
+    pytest.mark.promtool,
+    pytest.mark.serial,
+]
 
 SERVICES = ("ingest", "matcher", "dispatcher", "api")
 NAMESPACE = "erc8004-local"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,30 @@ SERVICES = ["ingest", "matcher", "dispatcher", "api"]
 
 
 @pytest.fixture
-def service_env(env: dict[str, str], database_url: str, kafka_bootstrap: str) -> dict[str, str]:
-    return {**env, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+def service_env(
+    env: dict[str, str],
+    database_url: str,
+    kafka_bootstrap: str,
+    topic: str,
+    actions_topic: str,
+    retry_topic: str,
+    dlq_topic: str,
+) -> dict[str, str]:
+    """This test's database, topics and consumer groups (another test may run a
+    matcher or a dispatcher at the same time)."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        **env,
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "EVENTS_TOPIC": topic,
+        "ACTIONS_TOPIC": actions_topic,
+        "ACTIONS_RETRY_TOPIC": retry_topic,
+        "ACTIONS_DLQ_TOPIC": dlq_topic,
+        "MATCHER_GROUP": f"matcher-{run}",
+        "DISPATCHER_GROUP": f"dispatcher-{run}",
+        "TELEGRAM_UPDATES_POLL": "0",
+    }
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -24,7 +24,7 @@ import pytest
 from tools.benchdb import with_database
 from tools.migrate import dbmate_binary
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, pytest.mark.xdist_group("migrations")]
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "db" / "migrations"

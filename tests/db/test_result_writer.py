@@ -18,6 +18,7 @@ from tests.matcherutil import insert_user
 from tests.procs import ROOT
 
 pytestmark = [
+    pytest.mark.serial,
     pytest.mark.db,
     pytest.mark.slow,
     pytest.mark.skipif(

@@ -322,7 +322,8 @@ async def test_a_row_the_api_changes_meanwhile_keeps_its_new_secret(
             deadline = time.monotonic() + 30
             while not await db.fetchval(
                 """SELECT count(*) FROM pg_stat_activity
-                   WHERE application_name = $1 AND wait_event_type = 'Lock'""",
+                   WHERE application_name = $1 AND wait_event_type = 'Lock'
+                     AND datname = current_database()""",
                 APPLICATION_NAME,
             ):
                 assert tool.returncode is None, "the tool ended without waiting for the row"

@@ -11,7 +11,7 @@ import yaml
 from tests.deploy.test_k8s import SERVICES
 from tests.deploy.tools import ROOT
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.xdist_group("compose")]
 
 #: Services the laptop stack may leave out: the indexer needs an EVM node's
 #: JSON-RPC endpoint, which the stack does not have (docs/indexer.md). Checked

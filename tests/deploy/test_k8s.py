@@ -40,7 +40,7 @@ from tests.deploy.promql import RULES, TARGET_LABELS, Family, analyse, families
 from tests.deploy.tools import ROOT, run, tool
 from tools import prometheus_rule
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.xdist_group("k8s")]
 
 Doc = dict[str, Any]
 OVERLAYS = ("dev", "prod")

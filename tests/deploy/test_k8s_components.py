@@ -40,7 +40,7 @@ from tests.deploy.test_k8s import (
 from tests.deploy.tools import ROOT, run
 from tools.migrate import topics_wanted
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.xdist_group("k8s-components")]
 
 Doc = dict[str, Any]
 K8S = ROOT / "deploy" / "k8s"

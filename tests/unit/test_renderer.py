@@ -45,6 +45,7 @@ async def test_renders_in_a_worker(renderer: Renderer) -> None:
     assert out == "agent 7"
 
 
+@pytest.mark.serial  # bounds the event loop's gaps to 0.1 s and the time limit's error
 async def test_a_costly_template_is_stopped_and_the_loop_stays_free(renderer: Renderer) -> None:
     gaps: list[float] = []
     stop = asyncio.Event()
@@ -112,6 +113,7 @@ async def test_a_killed_idle_worker_costs_one_redelivery_not_the_renderer() -> N
         await asyncio.to_thread(renderer.close)
 
 
+@pytest.mark.serial  # bounds the deferral's delay to 0.5 s
 async def test_a_rendering_queued_too_long_is_deferred_not_timed_out() -> None:
     renderer = Renderer(workers=1, seconds=1.0, memory_mb=128)
     try:

@@ -320,11 +320,16 @@ def scope_key(trigger: TriggerSpec, event: Event) -> str:
 # --- compiled form -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class _Node:
     """One condition of the tree, with what evaluating it needs precomputed. Depends
     only on its condition, place (path, order) and stream (chain, registry): triggers
-    holding the same condition model at the same place share one (:data:`_NODES`)."""
+    holding the same condition model at the same place share one (:data:`_NODES`).
+
+    Never changed once built, but not a frozen dataclass: a frozen one's ``__init__``
+    sets each field through ``object.__setattr__`` (a node: 3.6 µs against 0.4), and
+    a trigger's first evaluation builds a node and a :class:`_Program` (a million
+    triggers: most of a first pass's events meet a trigger not yet compiled)."""
 
     path: str
     order: int  # pre-order position, the order of explain entries
@@ -353,8 +358,11 @@ class _Node:
     silence: int = 0
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class _Program:
+    """A trigger compiled; never changed once built (not frozen: see :class:`_Node`;
+    2.7 µs against 0.7)."""
+
     gate: tuple[Test, ...]  # stateless top-level tests
     gate_nodes: tuple[_Node, ...]
     stateful_nodes: tuple[_Node, ...]  # stateful top-level nodes

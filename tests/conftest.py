@@ -45,10 +45,12 @@ def dev_env() -> dict[str, str]:
 
 ENV = dev_env()
 
-# Under pytest-xdist each worker hands out ports of its own residue class: a port
-# one worker picked for a service not started yet is never another's pick.
+# Under pytest-xdist each worker hands out ports from a share of its own: a port one
+# worker picked for a service not started yet is never another's pick. (A worker
+# that replaces a crashed one is numbered on, gw2, gw3...: it takes gw0's or gw1's.)
 if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
-    localnet.PORT_SLOT = (int(_worker[2:]), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _slots = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    localnet.PORT_SLOT = (int(_worker[2:]) % _slots, _slots)
 
 # No per-example time limit: a test sharing the cores with another (make test runs
 # two at a time) may take longer than Hypothesis's 200 ms on any one example; what
@@ -111,14 +113,17 @@ def template_db(admin_url: str) -> str:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if exists:
                 return
+            # Built under another name and renamed once migrated: a build cut short
+            # (a failure, Ctrl-C, a kill) never leaves a half-migrated template
+            # behind under the name the next run would clone. Its leftover is
+            # dropped here, under the lock.
+            building = f"{name}_wip"
+            await conn.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
             # Templates of other migration sets are dropped once a day old: another
             # checkout (a branch with one more migration) may be testing with one now.
-            await create_dated_database(conn, name, sweep="erc8004_tmpl_")
-            try:
-                run_dbmate(with_database(admin_url, name), "up")
-            except BaseException:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                raise
+            await create_dated_database(conn, building, sweep="erc8004_tmpl_")
+            run_dbmate(with_database(admin_url, building), "up")
+            await conn.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
         finally:
             await conn.close()  # and with it the lock
 

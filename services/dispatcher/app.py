@@ -78,8 +78,10 @@ class DispatcherRuntime:
         warming = asyncio.create_task(self._renderer.start(), name="renderer-start")
         try:
             self._producer = await started_producer(svc.kafka, "erc8004-dispatcher")
-        finally:
-            await warming
+        except BaseException:
+            warming.cancel()  # (on_stop reaps the workers)
+            raise
+        await warming
         self._session = new_session(
             self.policy,
             limit=200,

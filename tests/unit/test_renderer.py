@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -128,3 +130,18 @@ async def test_a_rendering_queued_too_long_is_deferred_not_timed_out() -> None:
         assert await renderer.call(render_text, "{{ 'light' }}", {}) == "light"
     finally:
         await asyncio.to_thread(renderer.close)
+
+
+def test_the_workers_fork_server_does_not_import_the_mcp_client() -> None:
+    """What the template workers' fork server preloads stays clear of the MCP client
+    (about 1 s of imports, paid at every dispatcher start before it is ready)."""
+    code = (
+        "import importlib, sys\n"
+        "from services.dispatcher.renderer import _RENDER_MODULES\n"
+        "for m in _RENDER_MODULES: importlib.import_module(m)\n"
+        "print(sorted(k for k in sys.modules if k == 'mcp' or k.startswith('mcp.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]", out

@@ -31,6 +31,32 @@ def matcher_env(
 
 
 @pytest.fixture
+def stack_env(
+    env: dict[str, str],
+    database_url: str,
+    topic: str,
+    actions_topic: str,
+    retry_topic: str,
+    dlq_topic: str,
+) -> dict[str, str]:
+    """The environment of a matcher and a dispatcher of this test's own: its
+    database, its four topics, consumer groups of its own and no Telegram polling
+    (another test may run a matcher or a dispatcher at the same time)."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        **env,
+        "DATABASE_URL": database_url,
+        "EVENTS_TOPIC": topic,
+        "ACTIONS_TOPIC": actions_topic,
+        "ACTIONS_RETRY_TOPIC": retry_topic,
+        "ACTIONS_DLQ_TOPIC": dlq_topic,
+        "TELEGRAM_UPDATES_POLL": "0",
+        "MATCHER_GROUP": f"matcher-{run}",
+        "DISPATCHER_GROUP": f"dispatcher-{run}",
+    }
+
+
+@pytest.fixture
 def matcher(
     matcher_env: dict[str, str], kafka_bootstrap: str, start_service: StartService
 ) -> Matching:

@@ -49,25 +49,9 @@ pytestmark = [pytest.mark.db, pytest.mark.kafka]
 
 
 @pytest.fixture
-def pipeline_env(
-    env: dict[str, str],
-    database_url: str,
-    topic: str,
-    actions_topic: str,
-    retry_topic: str,
-    dlq_topic: str,
-) -> dict[str, str]:
-    run = uuid.uuid4().hex[:8]
+def pipeline_env(stack_env: dict[str, str]) -> dict[str, str]:
     return {
-        **env,
-        "DATABASE_URL": database_url,
-        "EVENTS_TOPIC": topic,
-        "ACTIONS_TOPIC": actions_topic,
-        "ACTIONS_RETRY_TOPIC": retry_topic,
-        "ACTIONS_DLQ_TOPIC": dlq_topic,
-        "TELEGRAM_UPDATES_POLL": "0",
-        "MATCHER_GROUP": f"matcher-{run}",
-        "DISPATCHER_GROUP": f"dispatcher-{run}",
+        **stack_env,
         "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
         "RETRY_BACKOFF_BASE": "0.2",
         "RETRY_BACKOFF_CAP": "1",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,30 +20,8 @@ SERVICES = ["ingest", "matcher", "dispatcher", "api"]
 
 
 @pytest.fixture
-def service_env(
-    env: dict[str, str],
-    database_url: str,
-    kafka_bootstrap: str,
-    topic: str,
-    actions_topic: str,
-    retry_topic: str,
-    dlq_topic: str,
-) -> dict[str, str]:
-    """This test's database, topics and consumer groups (another test may run a
-    matcher or a dispatcher at the same time)."""
-    run = uuid.uuid4().hex[:8]
-    return {
-        **env,
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "EVENTS_TOPIC": topic,
-        "ACTIONS_TOPIC": actions_topic,
-        "ACTIONS_RETRY_TOPIC": retry_topic,
-        "ACTIONS_DLQ_TOPIC": dlq_topic,
-        "MATCHER_GROUP": f"matcher-{run}",
-        "DISPATCHER_GROUP": f"dispatcher-{run}",
-        "TELEGRAM_UPDATES_POLL": "0",
-    }
+def service_env(stack_env: dict[str, str], kafka_bootstrap: str) -> dict[str, str]:
+    return {**stack_env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -380,10 +380,28 @@ class _Program:
 
 def _compile(trigger: TriggerSpec) -> _Program:
     counter = [0]
+    chain, reg = trigger.chain_id, trigger.registry
     roots = tuple(
-        _compile_node(c, str(i), counter, trigger.chain_id, trigger.registry)
-        for i, c in enumerate(trigger.conditions)
+        [_compile_node(c, str(i), counter, chain, reg) for i, c in enumerate(trigger.conditions)]
     )
+    cooldown = max(trigger.cooldown_seconds or 0, 0)
+    if cooldown == 0 and not any([n.stateful for n in roots]):  # noqa: C419 - faster here
+        # Most triggers: stateless conditions only, no cooldown (a first evaluation
+        # compiles one, so this path is kept short).
+        return _Program(
+            gate=tuple([n.test for n in roots if n.test is not None]),
+            gate_nodes=roots,
+            stateful_nodes=(),
+            state_nodes=(),
+            all_state_nodes=(),
+            rate_nodes=(),
+            absence=None,
+            cooldown=0,
+            stateful=False,
+            crossing=False,
+            agent_firing=False,
+            trigger_row=True,
+        )
     all_nodes: list[_Node] = []
 
     def collect(node: _Node) -> None:
@@ -398,14 +416,15 @@ def _compile(trigger: TriggerSpec) -> _Program:
     for node in every_state:
         unique.setdefault(node.cid, node)
     state_nodes = tuple(unique.values())
-    cooldown = max(trigger.cooldown_seconds or 0, 0)
     agent_firing = any(n.agent for n in state_nodes)
     crossing = any(n.kind == "ema" and n.crossing for n in state_nodes)
     gate_nodes = tuple(n for n in roots if not n.stateful)
     set_id = ""
     if crossing:  # arming is kept only in crossing mode: only then is the set named
+        # a stateful condition's node already holds its identity (json + sha256 each)
         ids = sorted(
-            condition_id(c, trigger.chain_id, trigger.registry) for c in trigger.conditions
+            n.cid if n.kind in _STATE_KINDS else condition_id(c, chain, reg)
+            for n, c in zip(roots, trigger.conditions, strict=True)
         )
         set_id = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
     return _Program(

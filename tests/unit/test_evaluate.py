@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import decimal
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -935,3 +936,53 @@ def test_a_retraction_reaches_windows_of_the_previous_layout() -> None:
     after = evaluate(t, fb(2, ts=BASE + 5), states={"42": out.state})
     assert not after.fired
     assert entry(after, "0")["input"]["count"] == 1
+
+
+def test_the_condition_sets_identity_is_the_hash_of_every_top_level_conditions_id() -> None:
+    """A crossing trigger's stored arming names its condition set: the sha256 of its
+    top-level conditions' identities, sorted and joined by commas (its first 16 hex
+    digits). The compiler takes a stateful condition's identity from its node; a
+    stored row must still match what each condition's definition gives."""
+    t = trig(
+        cond("agent_id_equals", "=", "7"),
+        cond("ema_threshold", "<", "40", alpha=1),
+        group("not", cond("rate_limit", ">=", "2", **W60)),
+        cond("rate_limit", ">=", "3", **W60),
+    )
+    ids = sorted(condition_id(c, t.chain_id, t.registry) for c in t.conditions)
+    expected = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
+    assert t.state_signature[1] == expected
+    # reordering the conditions names the same set
+    assert trig(*reversed([c.model_dump() for c in t.conditions])).state_signature == (
+        t.state_signature
+    )
+
+
+def test_a_stateless_trigger_compiles_to_the_program_of_the_general_path() -> None:
+    """Triggers without stateful conditions or cooldown take a short path through the
+    compiler; with a cooldown the same conditions take the general one. Both must
+    agree on everything but the cooldown's own fields."""
+    conds = (
+        cond("agent_id_equals", "in", "7,8"),
+        group("any", cond("score_threshold", "<", "10"), cond("tag_equals", "=", "x", "tag1")),
+        cond("event_type_equals", "=", "NewFeedback"),
+    )
+    short, general = trig(*conds)._program, trig(*conds, cooldown=60)._program
+    for name in ("gate_nodes", "stateful_nodes", "state_nodes", "all_state_nodes", "rate_nodes"):
+        assert [n.path for n in getattr(short, name)] == [n.path for n in getattr(general, name)], (
+            name
+        )
+    assert len(short.gate) == len(general.gate) == 3
+    assert (short.absence, short.crossing, short.agent_firing, short.trigger_row) == (
+        general.absence,
+        general.crossing,
+        general.agent_firing,
+        general.trigger_row,
+    )
+    assert (short.stateful, short.cooldown, general.stateful) == (False, 0, True)
+    for agent, score, fires in ((8, 5, True), (9, 5, False), (7, 50, False)):
+        e = fb(1, score, agent_id=agent)
+        assert evaluate(trig(*conds), e, states={}).fired is fires
+        with_cooldown = trig(*conds, cooldown=60)
+        states = dict.fromkeys(scope_keys(with_cooldown, e))
+        assert evaluate(with_cooldown, e, states=states).fired is fires

@@ -277,7 +277,11 @@ def _precheck(url: URL, policy: OutboundPolicy) -> None:
     if not host:
         raise RefusedDestination(redact_url(url), "", "no host")
     if parse_ip(host) is not None or is_numeric_host(host):
-        check_host(redact_url(url), host, policy, url.port)
+        try:
+            check_host("", host, policy, url.port)
+        except RefusedDestination as exc:
+            # the URL redacted only when it is refused (it costs more than the check)
+            raise RefusedDestination(redact_url(url), exc.address, exc.reason) from None
 
 
 async def fetch(
@@ -351,7 +355,7 @@ async def _exchange(
             ) as resp:
                 location = resp.headers.get("Location")
                 if resp.status not in REDIRECT_STATUSES or not location:
-                    body = await _read_capped(resp, policy.max_response_bytes, redact_url(url))
+                    body = await _read_capped(resp, policy.max_response_bytes, url)
                     return OutboundResponse(
                         status=resp.status,
                         headers=_joined_headers(resp.headers.items()),
@@ -378,10 +382,10 @@ async def _exchange(
     raise RedirectError(redact_url(url), f"more than {policy.max_redirects} redirects")
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, url: URL) -> bytes:
     declared = resp.content_length
     if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
-        raise ResponseTooLarge(url, limit)
+        raise ResponseTooLarge(redact_url(url), limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -390,7 +394,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int, url: str) -> by
             return b"".join(chunks)
         size += len(chunk)
         if size > limit:
-            raise ResponseTooLarge(url, limit)
+            raise ResponseTooLarge(redact_url(url), limit)
         chunks.append(chunk)
 
 

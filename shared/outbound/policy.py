@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -90,9 +91,11 @@ BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-
 # --------------------------------------------------------------------------- policy
 
 
+@functools.lru_cache(maxsize=4096)
 def origin(url: str) -> str:
     """scheme://host:port of a URL (ValueError for a bad port): the unit of the
-    dispatcher's breakers and limits, and of where a secret header may go."""
+    dispatcher's breakers and limits, and of where a secret header may go (kept for
+    the URLs seen last: each attempt asks for its own)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
@@ -218,10 +221,9 @@ class OutboundPolicy:
         return cls(allowed_networks=parse_networks(setting), **kw)
 
     def within(self, seconds: float) -> OutboundPolicy:
-        """The same policy for one exchange of at most ``seconds`` in all."""
-        return dataclasses.replace(
-            self, connect_timeout=min(self.connect_timeout, seconds), total_timeout=seconds
-        )
+        """The same policy for one exchange of at most ``seconds`` in all (the same
+        object for the same policy and seconds: each attempt asks for one)."""
+        return _within(self, seconds)
 
     def allows(self, ip: IPAddress) -> bool:
         """Whether ``ip`` is inside one of the allowed networks."""
@@ -233,6 +235,13 @@ class OutboundPolicy:
         if self.allowed_ports is None or port in self.allowed_ports or self.allows(ip):
             return None
         return f"port {port} is not allowed ({PORTS_SETTING_NAME})"
+
+
+@functools.lru_cache(maxsize=256)
+def _within(policy: OutboundPolicy, seconds: float) -> OutboundPolicy:
+    return dataclasses.replace(
+        policy, connect_timeout=min(policy.connect_timeout, seconds), total_timeout=seconds
+    )
 
 
 # --------------------------------------------------------------------------- addresses
@@ -310,8 +319,10 @@ def _refusal_v6(ip: IPv6Address) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(host: str) -> IPAddress | None:
-    """The address ``host`` spells, or None for a host name."""
+    """The address ``host`` spells, or None for a host name (kept for the hosts seen
+    last: addresses are immutable, and each request to an IP literal asks)."""
     candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         return ipaddress.ip_address(candidate)

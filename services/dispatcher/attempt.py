@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,6 +43,8 @@ from shared.contract.jobs import ActionJob, DeadLetter
 from shared.platform.secrets import SecretDecryptError
 
 log = structlog.get_logger(__name__)
+#: The standard library logger behind ``log``: whether debug lines are written.
+_DEBUG_LOG = logging.getLogger(__name__)
 
 #: Send(topic, key, value) -> awaits the broker's acknowledgement.
 Send = Callable[[str, bytes, bytes], Awaitable[None]]
@@ -237,6 +240,8 @@ class Attempts:
         self.metrics.delay.labels(job.action_type).observe(
             max(0.0, (now_utc() - start).total_seconds())
         )
+        if status == "success" and not _DEBUG_LOG.isEnabledFor(logging.DEBUG):
+            return  # the usual case: not logged, and its fields not gathered either
         (log.debug if status == "success" else log.info)(
             "attempt",
             job_id=job.job_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
 import ssl
 from collections.abc import Iterable, Sequence
@@ -201,6 +202,13 @@ def _client_timeout(policy: OutboundPolicy) -> aiohttp.ClientTimeout:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _exchange_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts within :func:`fetch`: connecting only (fetch's deadline
+    bounds the rest)."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
+
+
 # Session arguments new_session fixes, because they decide where or how long it connects.
 _FIXED_SESSION_ARGS = frozenset(
     {
@@ -340,7 +348,8 @@ async def _exchange(
     data: bytes | None,
     json_body: Any,
 ) -> OutboundResponse:
-    timeout = _client_timeout(policy)
+    # fetch's own deadline bounds the whole exchange: no second timer per request
+    timeout = _exchange_timeout(policy.connect_timeout)
     for _hop in range(policy.max_redirects + 1):
         _precheck(url, policy)
         try:

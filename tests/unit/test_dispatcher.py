@@ -52,13 +52,14 @@ from shared.contract.actions import ActionType, RestConfig
 from shared.contract.events import Event
 from shared.contract.jobs import MAX_CACHED_CONFIG, ActionJob, job_id
 from shared.outbound.policy import origin
+from tests.strategies import events
 from tools.eventgen import make_event
 
 pytestmark = pytest.mark.unit
 
 
 def a_job(config: dict[str, Any] | None = None, **kw: Any) -> ActionJob:
-    event = Event.model_validate(
+    event = kw.pop("event", None) or Event.model_validate(
         make_event(random.Random(1), chain_id=8453, agent_id=7, block_number=100, log_index=0)
     )
     return ActionJob(
@@ -204,6 +205,21 @@ def test_raw_secret_signature_and_default_body() -> None:
     get = build_rest_request(job, RestConfig(url="https://example.org/", method="GET"), secret=None)
     assert get.body is None
     assert "webhook-signature" not in get.headers
+
+
+@given(events())
+def test_the_default_body_holds_the_event_as_its_json_dump(event: Event) -> None:
+    """Without templates the event is written into the body by pydantic's own JSON
+    (not dumped to a dict first): the bytes must be those of the dict written by
+    orjson, which templates see, whatever text the event's fields hold."""
+    job = a_job(event=event)
+    req = build_rest_request(job, RestConfig(url="https://example.org/"), secret=None)
+    assert req.body is not None
+    whole = orjson.loads(req.body)
+    assert whole["event"] == event.model_dump(mode="json")
+    expected = orjson.dumps({"event": event.model_dump(mode="json")})
+    assert orjson.dumps({"event": orjson.Fragment(event.model_dump_json())}) == expected
+    assert expected[len(b'{"event":') : -1] in req.body
 
 
 @pytest.mark.parametrize(
@@ -655,7 +671,8 @@ def test_rest_arguments_build_a_template_context_only_for_templates() -> None:
     url, _, body, default, ctx = rest_templates(job, plain)
     assert (url, body, ctx) == ("https://example.org/hook", None, {})
     assert default is not None
-    assert default["event"] == dumped
+    # not dumped to a dict: written into the body as pydantic's JSON
+    assert orjson.loads(orjson.dumps(default))["event"] == dumped
     assert default["job_id"] == job.job_id
     templated = RestConfig.model_validate(
         {"url": "https://example.org/hook", "headers": {"X-Agent": "{{ event.agent_id }}"}}

@@ -10,6 +10,7 @@ committed file differs from what would be written (``make contracts`` writes the
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from services.api.routes import document as api_document
 from services.ingest.openapi import document as ingest_document
 from services.ingest.openapi import event_schema
 from shared.contract import topics
+from shared.contract.events import Event
 from shared.contract.jobs import (
     ActionJob,
     DeadLetter,
@@ -78,6 +80,27 @@ def _operation_id(action: str, service: str, topic: str) -> str:
     return f"{service}_{action}_{topic.replace('.', '_')}"
 
 
+def _job_event(schemas: dict[str, Any]) -> None:
+    """A job carries its event without the empty fields and without the derived ``id``
+    and ``block_time`` (``ActionJob.dump``): the job's event gets a schema of its own
+    that does not require those two."""
+    if "Event" not in schemas or "ActionJob" not in schemas:
+        return
+    event = copy.deepcopy(schemas["Event"])
+    event["required"] = [f for f in event["required"] if f not in _DERIVED]
+    event["title"] = "JobEvent"
+    event["description"] = (
+        "The event of an action job: an Event written without its empty (null) fields "
+        "and without the derived id and block_time, which a reader computes."
+    )
+    schemas["JobEvent"] = event
+    schemas["ActionJob"]["properties"]["event"] = {"$ref": MESSAGE_REF.format(model="JobEvent")}
+
+
+#: Event fields computed from others.
+_DERIVED: Final = tuple(Event.model_computed_fields)
+
+
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0 document: every topic with its messages (their JSON Schemas
     from the models), its key, and the services producing and consuming it."""
@@ -85,6 +108,7 @@ def asyncapi() -> dict[str, Any]:
     for flow in TOPIC_FLOWS.values():
         models += [m for m in flow["messages"] if m not in models]
     _, defs = models_json_schema([(m, "serialization") for m in models], ref_template=MESSAGE_REF)
+    _job_event(defs.get("$defs", {}))
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}

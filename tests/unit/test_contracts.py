@@ -5,17 +5,21 @@ exceptions of the schema check equal to those the check excuses."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import jsonschema  # type: ignore[import-untyped]  # (no stubs installed)
 import pytest
 import yaml
+from hypothesis import given, settings
 
 from services.ingest.openapi import EXAMPLES, event_schema
 from shared.contract import topics
 from shared.contract.events import Event
+from shared.contract.jobs import ActionJob, DeadLetter, EventMessage, dump_message
 from tests.schema_exceptions import KEYS, excused
+from tests.strategies import action_jobs
 from tools import contracts
 
 pytestmark = pytest.mark.unit
@@ -56,6 +60,24 @@ def test_asyncapi_names_every_topic_with_its_producers_consumers_and_key() -> No
         assert message["bindings"]["kafka"]["key"]["description"]
         name = message["payload"]["$ref"].rsplit("/", 1)[1]
         assert name in document["components"]["schemas"]
+
+
+@settings(max_examples=60)
+@given(action_jobs())
+def test_the_topics_schema_accepts_the_jobs_and_letters_the_services_write(job: ActionJob) -> None:
+    """The AsyncAPI document describes what goes on the wire: a job's event without its
+    empty and derived fields, a dead letter's job with them."""
+    schemas = yaml.safe_load((DOCS / "asyncapi.yaml").read_text())["components"]["schemas"]
+
+    def check(model: str, body: bytes) -> None:
+        root = {"components": {"schemas": schemas}, "$ref": f"#/components/schemas/{model}"}
+        jsonschema.Draft202012Validator(root).validate(json.loads(body))
+
+    check("ActionJob", job.dump())
+    assert "id" not in json.loads(job.dump())["event"]
+    letter = DeadLetter(job=job, error="e", attempts=job.attempt, failed_at=job.created_at)
+    check("DeadLetter", letter.dump())
+    check("EventMessage", dump_message(EventMessage(event=job.event)))
 
 
 def test_every_example_event_is_accepted_by_the_model_and_the_schema() -> None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from services.dispatcher.kinds import rest as rest_kind
 from services.dispatcher.kinds.base import (
     Outcome,
     http_outcome,
@@ -205,6 +206,22 @@ def test_raw_secret_signature_and_default_body() -> None:
     get = build_rest_request(job, RestConfig(url="https://example.org/", method="GET"), secret=None)
     assert get.body is None
     assert "webhook-signature" not in get.headers
+
+
+def test_only_an_untemplated_url_is_kept_by_the_url_check() -> None:
+    """A template worker's memory is capped: what templates render must not fill the
+    cache of URL checks, or one user's long rendered URLs would starve the others."""
+    cache = rest_kind._configured_url_refusal
+    cache.cache_clear()
+    job = a_job()
+    for i in range(3):
+        cfg = RestConfig.model_validate({"url": "https://example.org/h/{{job.attempt}}" + "x" * i})
+        render_rest(*rest_templates(job, cfg))
+    assert cache.cache_info().currsize == 0
+    plain = RestConfig.model_validate({"url": "https://example.org/hook"})
+    render_rest(*rest_templates(job, plain))
+    render_rest(*rest_templates(job, plain))
+    assert (cache.cache_info().currsize, cache.cache_info().hits) == (1, 1)
 
 
 @given(events())

@@ -44,10 +44,8 @@ from shared.outbound.policy import OutboundPolicy, origin
 from shared.platform.secrets import SecretBox, SecretDecryptError
 
 
-@functools.lru_cache(maxsize=4096)
 def _valid_http_url(url: str) -> str | None:
-    """Why a rendered URL is unusable, or None (kept for the URLs seen last: an
-    untemplated URL is asked about at each attempt)."""
+    """Why a rendered URL is unusable, or None."""
     try:
         parts = urlsplit(url)
         _ = parts.port
@@ -55,9 +53,18 @@ def _valid_http_url(url: str) -> str | None:
         return f"rendered URL is invalid: {exc}"
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return "rendered URL is not an http(s) URL with a host"
-    if len(url) > 2048 or any(c.isspace() or ord(c) < 32 for c in url):
+    if len(url) > MAX_URL_CHARS or any(c.isspace() or ord(c) < 32 for c in url):
         return "rendered URL is too long or holds whitespace"
     return None
+
+
+#: Longest URL a request is sent to.
+MAX_URL_CHARS = 2048
+
+#: The check of an action's own URL when it has nothing to render (asked at each
+#: attempt): kept for the last ones. Rendered URLs are checked afresh, so that no
+#: template's output fills the cache (a template worker's memory is capped).
+_configured_url_refusal = functools.lru_cache(maxsize=1024)(_valid_http_url)
 
 
 def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -123,7 +130,9 @@ def render_rest(
     output budget."""
     with one_job():
         url = render_text(url_template, ctx)
-        if (why := _valid_http_url(url)) is not None:
+        untemplated = url is url_template and len(url) <= MAX_URL_CHARS
+        check = _configured_url_refusal if untemplated else _valid_http_url
+        if (why := check(url)) is not None:
             raise TemplateRenderError(why)
         headers = {name: render_text(value, ctx) for name, value in header_templates.items()}
         for name, value in headers.items():
@@ -157,11 +166,17 @@ def _same_origin(rendered: str, configured: str) -> bool:
         return False
 
 
+def rest_sources(cfg: RestConfig) -> tuple[Any, ...]:
+    """The action's template sources: whether any has something to render decides
+    where it is rendered (here or in a template worker)."""
+    return (cfg.url, cfg.headers, cfg.body_template)
+
+
 def rest_templates(job: ActionJob, cfg: RestConfig) -> tuple[Any, ...]:
     """render_rest's arguments for this job: the template context only when a
     template has something to render (the event dumped once, for both)."""
     default = None
-    templated = has_templates(cfg.url, cfg.headers, cfg.body_template)
+    templated = has_templates(*rest_sources(cfg))
     wants_default = cfg.body_template is None and cfg.method not in ("GET", "DELETE")
     if templated:
         event = job.event.model_dump(mode="json")
@@ -169,9 +184,10 @@ def rest_templates(job: ActionJob, cfg: RestConfig) -> tuple[Any, ...]:
         if wants_default:
             default = _default_body(job, event)
     else:
-        # Rendered here, not in a worker (nothing to render): the event goes into the
-        # body as pydantic writes it, the same JSON as its dump written by orjson, in
-        # a third of the time.
+        # Rendered here, not in a worker (Renderer.call takes the same rest_sources:
+        # nothing to render): the event goes into the body as pydantic writes it, the
+        # same JSON as its dump written by orjson, in a third of the time (a Fragment
+        # cannot be pickled to a worker).
         ctx = {}
         if wants_default:
             default = _default_body(job, orjson.Fragment(job.event.model_dump_json()))
@@ -234,7 +250,7 @@ async def run_rest(
         rendered = await renderer.call(
             render_rest,
             *rest_templates(job, cfg),
-            templates=(cfg.url, cfg.headers, cfg.body_template),
+            templates=rest_sources(cfg),
         )
         req = build_rest_request(
             job, cfg, secret=secret, secret_headers=secret_headers, rendered=rendered

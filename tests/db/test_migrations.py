@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -77,7 +78,31 @@ def create_database() -> tuple[str, str]:
 
 
 def drop_database(name: str) -> None:
-    asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_drop(name))
+
+
+async def _drop(name: str, patience: float = 20.0) -> None:
+    """DROP ... WITH (FORCE), again while it is refused for a backend that the admin
+    may not end: a closed connection's backend still exiting (seen once under two
+    test workers). Beyond ``patience`` the refusal is raised with who is connected."""
+    conn = await asyncpg.connect(admin_url())
+    try:
+        give_up = time.monotonic() + patience
+        while True:
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError as exc:
+                if time.monotonic() > give_up:
+                    rows = await conn.fetch(
+                        "SELECT pid, usename, application_name, backend_type, state "
+                        "FROM pg_stat_activity WHERE datname = $1",
+                        name,
+                    )
+                    raise AssertionError(f"{exc}; connected: {[dict(r) for r in rows]}") from exc
+                await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
 
 
 async def insert_events(

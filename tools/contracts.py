@@ -25,8 +25,8 @@ from services.api.routes import document as api_document
 from services.ingest.openapi import document as ingest_document
 from services.ingest.openapi import event_schema
 from shared.contract import topics
-from shared.contract.events import Event
 from shared.contract.jobs import (
+    EVENT_DERIVED,
     ActionJob,
     DeadLetter,
     EventMessage,
@@ -87,7 +87,7 @@ def _job_event(schemas: dict[str, Any]) -> None:
     if "Event" not in schemas or "ActionJob" not in schemas:
         return
     event = copy.deepcopy(schemas["Event"])
-    event["required"] = [f for f in event["required"] if f not in _DERIVED]
+    event["required"] = [f for f in event["required"] if f not in EVENT_DERIVED]
     event["title"] = "JobEvent"
     event["description"] = (
         "The event of an action job: an Event written without its empty (null) fields "
@@ -95,10 +95,6 @@ def _job_event(schemas: dict[str, Any]) -> None:
     )
     schemas["JobEvent"] = event
     schemas["ActionJob"]["properties"]["event"] = {"$ref": MESSAGE_REF.format(model="JobEvent")}
-
-
-#: Event fields computed from others.
-_DERIVED: Final = tuple(Event.model_computed_fields)
 
 
 def asyncapi() -> dict[str, Any]:

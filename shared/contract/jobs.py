@@ -228,8 +228,9 @@ _INGESTED_AT: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 _LATER_FIELDS: dict[str, Any] = {"run_id": None, "parts_sent": 0, "parts_digest": None}
 #: An event's fields that may be absent: absent reads back as None, their default.
 _EVENT_OPTIONAL: Final = tuple(n for n, f in Event.model_fields.items() if not f.is_required())
-#: An event's fields computed from others (its dump writes them; its parse checks them).
-_EVENT_DERIVED: Final = tuple(Event.model_computed_fields)
+#: An event's fields computed from others (its dump writes them; its parse checks
+#: them): a job's event is written without them.
+EVENT_DERIVED: Final = tuple(Event.model_computed_fields)
 
 
 class ActionJob(BaseModel):
@@ -273,8 +274,8 @@ class ActionJob(BaseModel):
         }
         event = self.event
         exclude["event"] = {name for name in _EVENT_OPTIONAL if getattr(event, name) is None}
-        exclude["event"].update(_EVENT_DERIVED)
-        return self.__pydantic_serializer__.to_json(self, exclude=exclude or None)
+        exclude["event"].update(EVENT_DERIVED)
+        return self.__pydantic_serializer__.to_json(self, exclude=exclude)
 
     @classmethod
     def parse(cls, data: bytes) -> ActionJob:

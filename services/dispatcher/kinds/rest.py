@@ -43,6 +43,9 @@ from shared.outbound.client import fetch
 from shared.outbound.policy import OutboundPolicy, origin
 from shared.platform.secrets import SecretBox, SecretDecryptError
 
+#: Longest URL a request is sent to.
+MAX_URL_CHARS = 2048
+
 
 def _valid_http_url(url: str) -> str | None:
     """Why a rendered URL is unusable, or None."""
@@ -57,9 +60,6 @@ def _valid_http_url(url: str) -> str | None:
         return "rendered URL is too long or holds whitespace"
     return None
 
-
-#: Longest URL a request is sent to.
-MAX_URL_CHARS = 2048
 
 #: The check of an action's own URL when it has nothing to render (asked at each
 #: attempt): kept for the last ones. Rendered URLs are checked afresh, so that no

@@ -133,6 +133,12 @@ async def test_loopback_refused_without_a_connection(host: str) -> None:
         assert "loopback" in info.value.reason
         assert info.value.url == url
         assert info.value.address == host
+        # The URL of a refusal is redacted (credentials, query and fragment dropped).
+        with pytest.raises(RefusedDestination) as info:
+            await fetch(session, "GET", f"http://u:pw@{netloc(host, listener.port)}/p?t=s#f",
+                        policy=STRICT)  # fmt: skip
+        assert info.value.url == url + "p"
+        assert (info.value.address, "loopback" in info.value.reason) == (host, True)
         # The connector refuses on its own too (a request that bypasses fetch).
         with pytest.raises(RefusedDestination, match="loopback"):
             await session.get(url)
@@ -340,6 +346,7 @@ async def test_response_size_is_capped() -> None:
             with pytest.raises(ResponseTooLarge) as info:
                 await fetch(session, "GET", server.url(f"{path}?n={limit + 1000}"), policy=policy)
             assert info.value.limit == limit
+            assert "n=" not in str(info.value)  # the URL redacted: no query
         # A compressed bomb is cut at the cap of decompressed bytes.
         with pytest.raises(ResponseTooLarge):
             await fetch(session, "GET", server.url("/gzip?n=50000000"), policy=policy)

@@ -95,12 +95,26 @@ class Dispatcher:
         interrupt: asyncio.Event | None = None,
     ) -> None:
         """Attempt ``jobs``; return when every attempt is recorded or covered by a guard
-        copy. Raises (so the batch is redelivered) when the database or Kafka fails.
+        copy (:meth:`begin_batch`, then what it returns)."""
+        rest = await self.begin_batch(jobs, from_retry=from_retry, interrupt=interrupt)
+        if rest is not None:
+            await rest
+
+    async def begin_batch(
+        self,
+        jobs: Sequence[ActionJob],
+        *,
+        from_retry: bool = False,
+        interrupt: asyncio.Event | None = None,
+    ) -> asyncio.Task[None] | None:
+        """Start the attempts of ``jobs``; returns the task that ends when every attempt
+        is recorded or covered by a guard copy (None: nothing to wait for). Either
+        raises (so the batch is redelivered) when the database or Kafka fails.
         ``interrupt`` (the consumer's partitions are being handed over) ends the waits
         of the batch early: before anything started the batch is left uncommitted,
         retry jobs not yet due go back on the retry topic."""
         if not jobs:
-            return
+            return None
         interrupt = interrupt or asyncio.Event()
         unique: dict[AttemptKey, ActionJob] = {}
         for job in jobs:
@@ -119,6 +133,11 @@ class Dispatcher:
                 self._not_yet_recorded(candidates), self._prepare(candidates)
             )
             started = {self._start(job, prepared): job for job in todo}
+        return asyncio.create_task(self._end_batch(started, nap, interrupt), name="batch-end")
+
+    async def _end_batch(
+        self, started: dict[asyncio.Task[None], ActionJob], nap: float, interrupt: asyncio.Event
+    ) -> None:
         await self._wait_or_guard(started)
         if nap > 0 and not started:
             # Everything read was put back: pause before reading the same jobs again.

@@ -6,7 +6,7 @@ growing pause."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import structlog
 from pydantic import ValidationError
@@ -50,7 +50,8 @@ class JobHandler:
 
     async def handle(
         self, bodies: Sequence[bytes], *, from_retry: bool, interrupt: asyncio.Event
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Begin the batch; returns what is left of it (its attempts' end), or None."""
         settings = self.settings
         jobs, bad = parse_jobs(bodies)
         topic = settings.retry_topic if from_retry else settings.actions_topic
@@ -61,12 +62,32 @@ class JobHandler:
             await self.send(settings.dlq_topic, b"unreadable", letter.dump())
         assert self.dispatcher is not None
         try:
-            await self.dispatcher.handle_batch(jobs, from_retry=from_retry, interrupt=interrupt)
+            rest = await self.dispatcher.begin_batch(
+                jobs, from_retry=from_retry, interrupt=interrupt
+            )
         except StoppingError:
             raise
         except Exception:
-            self._failures += 1
             log.exception("batch failed; it will be redelivered", jobs=len(jobs))
-            await with_backoff(self._failures)
+            await self._pause()
+            raise
+        if rest is None:
+            self._failures = 0
+            return None
+        return self._ended(rest, len(jobs))
+
+    async def _ended(self, rest: Awaitable[None], jobs: int) -> None:
+        try:
+            await rest
+        except StoppingError:
+            raise
+        except Exception:
+            log.exception("batch failed; it will be redelivered", jobs=jobs)
+            await self._pause()
             raise
         self._failures = 0
+
+    async def _pause(self) -> None:
+        """A growing pause after each failure in a row, before the batch is redelivered."""
+        self._failures += 1
+        await with_backoff(self._failures)

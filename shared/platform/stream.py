@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,12 @@ import asyncpg
 import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+)
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as CurrentMessage
@@ -169,38 +175,148 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
     rejoin (aiokafka's default is the 10 s session timeout, too short for the wait).
     ``revoking`` is set while a hand-over waits: a batch that would wait on its own
     (jobs not yet due) ends early on it.
+
+    With ``overlap`` > 0 (:meth:`begin`), a batch's handler may return before the
+    batch is done, with what is left of it (an awaitable): the next batch begins
+    while up to ``overlap`` earlier ones finish, so that the consumer's work between
+    batches (its commit, the next poll, the next batch's reads) does not leave the
+    service idle. Each finishing batch commits its own offsets, in batch order, only
+    once it and every earlier batch are done; one that fails rewinds its partitions
+    and every later batch still finishing (they are not committed, and are fetched
+    again). A hand-over waits for the batches finishing too.
     """
 
     #: How late after a rebalance starts a member may learn of it (heartbeat interval)
     #: plus the time to rejoin: the rebalance timeout is the limit and this.
     MARGIN = 15.0
 
-    def __init__(self, name: str, *, limit: float) -> None:
+    def __init__(self, name: str, *, limit: float, overlap: int = 0) -> None:
         self.name = name
         self.limit = limit
+        self.overlap = overlap
         self.rebalance_timeout_ms = int((limit + self.MARGIN) * 1000)
         self.revoking = asyncio.Event()
         self._busy = asyncio.Lock()
         self.stale_batches = 0
+        #: The batches begun and not yet committed or rewound, oldest first: each one's
+        #: finishing task (overlap mode).
+        self._finishing: deque[asyncio.Task[None]] = deque()
+        #: Moves on when a finishing batch fails: batches begun before that are
+        #: neither committed nor left where they are, but fetched again.
+        self._generation = 0
+        #: Set when the service stops: a batch begun from then on is finished and
+        #: committed before its handler returns (the consumer is about to close).
+        self.closing = False
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
             return
         self.revoking.set()
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(self.limit):
                 await self._busy.acquire()
         except TimeoutError:
-            log.warning(
-                "a batch outlasted the partition hand-over; the next owner may redo it",
-                consumer=self.name,
-                limit_s=self.limit,
-            )
+            self._outlasted()
             return
-        self._busy.release()
-        waited = asyncio.get_running_loop().time() - started
+        try:
+            # the batches still finishing commit (or rewind) before the partitions go
+            if not await self.settle(self.limit - (loop.time() - started)):
+                self._outlasted()
+                return
+        finally:
+            self._busy.release()
+        waited = loop.time() - started
         log.info("partitions handed over", consumer=self.name, waited_s=round(waited, 3))
+
+    def _outlasted(self) -> None:
+        log.warning(
+            "a batch outlasted the partition hand-over; the next owner may redo it",
+            consumer=self.name,
+            limit_s=self.limit,
+        )
+
+    async def settle(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for every batch still finishing to be committed or
+        rewound; True when none is left."""
+        pending = [task for task in self._finishing if not task.done()]
+        if not pending:
+            return True
+        _, left = await asyncio.wait(pending, timeout=max(seconds, 0.0))
+        return not left
+
+    async def begin(
+        self, message: KafkaMessage, start: Callable[[], Awaitable[Awaitable[None] | None]]
+    ) -> None:
+        """Overlap mode: begin one batch under the hand-over lock (skipped when stale,
+        rewound when ``start`` raises) and leave what ``start`` returns (the rest of the
+        batch) to finish while the next batch begins; at most ``overlap`` batches
+        finish at once. See the class's description."""
+        while len(self._finishing) > self.overlap:
+            await asyncio.wait({self._finishing[0]})
+        async with self._busy:
+            if self.revoking.is_set() or not await self._current(message):
+                self.stale_batches += 1
+                log.info("batch from before a rebalance skipped", consumer=self.name)
+                return
+            generation = self._generation
+            try:
+                rest = await start()
+            except BaseException:
+                # (not FastStream's nack: that would go forward past the records of an
+                # earlier batch that failed meanwhile and was rewound)
+                _rewind(message.consumer, _offsets(message)[0])
+                raise
+            previous = self._finishing[-1] if self._finishing else None
+            task = asyncio.create_task(
+                self._finish(message, rest, previous, generation), name=f"{self.name}:finish"
+            )
+            self._finishing.append(task)
+            task.add_done_callback(self._finished)
+        if self.closing:
+            await asyncio.wait({task})
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._finishing.remove(task)
+
+    async def _finish(
+        self,
+        message: KafkaMessage,
+        rest: Awaitable[None] | None,
+        previous: asyncio.Task[None] | None,
+        generation: int,
+    ) -> None:
+        """The end of one batch: its rest awaited, then (after every earlier batch) its
+        offsets committed. A batch that failed moves the generation on and rewinds its
+        partitions: it is fetched again, and the batches begun before that are not
+        committed (they may hold later records of the same partitions). Never raises:
+        the handler logged what went wrong."""
+        failed = False
+        try:
+            if rest is not None:
+                await rest
+        except BaseException:  # noqa: BLE001 (logged by the handler; fetched again)
+            failed = True
+        if previous is not None:
+            await asyncio.wait({previous})
+        consumer: Any = message.consumer  # aiokafka's
+        if failed:
+            self._generation += 1
+            _rewind(consumer, _offsets(message)[0])
+            return
+        if generation != self._generation:
+            return  # an earlier batch failed: fetched again from before this one
+        assigned = consumer.assignment()
+        offsets = {tp: n for tp, n in _offsets(message)[1].items() if tp in assigned}
+        try:
+            if offsets:
+                await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # The batch's effects are durable and idempotent: a later commit covers
+            # its partitions, or their next owner redoes it.
+            log.warning("batch done but not committed", consumer=self.name, error=repr(exc)[:200])
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.revoking.clear()
@@ -234,11 +350,7 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         """True while every record of the batch is still ours and ahead of the
         committed point: after a rebalance a kept partition restarts from its
         committed offset, so a batch fetched before it would be handled twice."""
-        records = (
-            message.raw_message
-            if isinstance(message.raw_message, tuple)
-            else (message.raw_message,)
-        )
+        records = _records(message)
         consumer = message.consumer
         assigned = consumer.assignment()  # type: ignore[attr-defined]
         last: dict[TopicPartition, int] = {}
@@ -256,8 +368,53 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         return True
 
 
-#: A batch handler: the records' bytes (``raw_values``), in offset order per partition.
-BatchHandler = Callable[[list[bytes]], Awaitable[None]]
+def _records(message: KafkaMessage) -> tuple[ConsumerRecord[Any, Any], ...]:
+    raw = message.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+def _offsets(
+    message: KafkaMessage,
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Per partition of the batch: its first record's offset, and the offset after its
+    last (what a commit of the batch names)."""
+    firsts: dict[TopicPartition, int] = {}
+    nexts: dict[TopicPartition, int] = {}
+    for record in _records(message):
+        tp = TopicPartition(record.topic, record.partition)
+        firsts[tp] = min(firsts.get(tp, record.offset), record.offset)
+        nexts[tp] = max(nexts.get(tp, 0), record.offset + 1)
+    return firsts, nexts
+
+
+def _rewind(consumer: Any, firsts: dict[TopicPartition, int]) -> None:
+    """Fetch the batch again: each of its partitions still ours goes back to the
+    batch's first record, unless the consumer is already at or before it (an earlier
+    batch's rewind went further back: going forward would skip its records). At
+    once, without yielding to the loop, so that no batch begins in between."""
+    assignment = consumer.assignment()
+    for tp, first in firsts.items():
+        if tp not in assignment:
+            continue  # partition gone meanwhile: its next owner starts from the commit
+        position = _position(consumer, tp)
+        # (no known position: it is being reset to the committed offset, which is
+        # before every record not committed)
+        if position is not None and first < position:
+            consumer.seek(tp, first)
+
+
+def _position(consumer: Any, tp: TopicPartition) -> int | None:
+    """The consumer's position on ``tp`` as aiokafka's ``position()`` returns it when
+    known, read without awaiting (that coroutine only yields when the position is
+    unknown); None when unknown."""
+    state = consumer._subscription.subscription.assignment.state_value(tp)
+    return state.position if state.has_valid_position else None
+
+
+#: A batch handler: the records' bytes (``raw_values``), in offset order per partition;
+#: returns None when the batch is done, or what is left of it (overlap mode: awaited
+#: while the next batch begins).
+BatchHandler = Callable[[list[bytes]], Awaitable[Awaitable[None] | None]]
 
 
 def batch_subscriber(
@@ -278,9 +435,14 @@ def batch_subscriber(
     aiokafka's default unless the caller needs less (FETCH_MAX_WAIT_MS)."""
 
     async def on_batch(bodies: list[Any], batch: CurrentMessage) -> None:
+        if handoff.overlap > 0:
+            await handoff.begin(batch, lambda: handle(bodies))
+            return
         async with handoff.batch(batch) as current:
             if current:
-                await handle(bodies)
+                rest = await handle(bodies)
+                if rest is not None:
+                    await rest
 
     subscriber = broker.subscriber(
         topic,

@@ -414,9 +414,11 @@ async def test_unreadable_message_goes_to_the_dead_letter_topic() -> None:
     handler = JobHandler(dispatcher.settings, send=sent)
     handler.dispatcher = dispatcher
     job = a_job()
-    await handler.handle(
+    rest = await handler.handle(
         [b'{"job_id": 1}', job.dump()], from_retry=False, interrupt=asyncio.Event()
     )
+    assert rest is not None
+    await rest
     assert store.statuses(job) == ["success"]
     (letter,) = sent.on(DLQ)
     unreadable = UnreadableLetter.model_validate_json(letter)

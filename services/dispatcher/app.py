@@ -196,6 +196,8 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         # now on ends before its handler returns.
         for handoff in handoffs:
             handoff.closing = True
-        await asyncio.gather(*(h.settle(settings.batch_deadline + 5.0) for h in handoffs))
+        settled = await asyncio.gather(*(h.settle(settings.batch_deadline + 5.0) for h in handoffs))
+        if not all(settled):
+            log.warning("batches still ending at shutdown are left to be redone")
 
     return app

@@ -256,9 +256,19 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         while len(self._finishing) > self.overlap:
             await asyncio.wait({self._finishing[0]})
         async with self._busy:
-            if self.revoking.is_set() or not await self._current(message):
+            if self.revoking.is_set():
                 self.stale_batches += 1
                 log.info("batch from before a rebalance skipped", consumer=self.name)
+                return
+            if not await self._current(message):
+                # Fetched before a rebalance restarted its partitions from their
+                # committed offsets, or before a failed batch's rewind went back into
+                # it (it waited for room meanwhile): skipped, and rewound, so that the
+                # part of it before where the consumer now stands is fetched again
+                # (rewinds only go back: at worst records are handled twice).
+                self.stale_batches += 1
+                log.info("batch fetched before a rewind skipped", consumer=self.name)
+                _rewind(message.consumer, _offsets(message)[0])
                 return
             generation = self._generation
             try:
@@ -275,11 +285,13 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
             self._finishing.append(task)
             task.add_done_callback(self._finished)
         if self.closing:
-            await asyncio.wait({task})
+            await asyncio.wait({task}, timeout=self.limit)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):
             self._finishing.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ending a batch failed", consumer=self.name, error=repr(task.exception()))
 
     async def _finish(
         self,
@@ -297,8 +309,14 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             if rest is not None:
                 await rest
-        except BaseException:  # noqa: BLE001 (logged by the handler; fetched again)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is cancelled (the loop is closing), not the rest
             failed = True
+        except Exception as exc:  # noqa: BLE001 (the batch is fetched again)
+            failed = True
+            log.warning("batch failed; fetched again", consumer=self.name, error=repr(exc)[:200])
         if previous is not None:
             await asyncio.wait({previous})
         consumer: Any = message.consumer  # aiokafka's

@@ -192,12 +192,12 @@ def create_app(settings: DispatcherSettings) -> FastStream:
         # jobs are due gives up at once (uncommitted) instead of holding shutdown.
         if runtime.dispatcher is not None:
             runtime.dispatcher.stopping.set()
-        # The batches still ending commit before the consumers close; one begun from
-        # now on ends before its handler returns.
-        for handoff in handoffs:
-            handoff.closing = True
-        settled = await asyncio.gather(*(h.settle(settings.batch_deadline + 5.0) for h in handoffs))
-        if not all(settled):
+        # The batches still ending commit before the consumers close, and so does one
+        # begun from now on: half the shutdown time for them, half for the attempts
+        # still running when the consumers have stopped (DispatcherRuntime.stop).
+        budget = settings.shutdown_timeout / 2
+        closed = await asyncio.gather(*(h.close(budget) for h in handoffs))
+        if not all(closed):
             log.warning("batches still ending at shutdown are left to be redone")
 
     return app

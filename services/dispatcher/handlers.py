@@ -47,12 +47,18 @@ class JobHandler:
         self.send = send
         self.dispatcher: Dispatcher | None = None
         self._failures = 0
+        #: A batch's end failed: the next batch waits first (it is the one fetched
+        #: again, most likely: not hammered at once).
+        self._pause_next = False
 
     async def handle(
         self, bodies: Sequence[bytes], *, from_retry: bool, interrupt: asyncio.Event
     ) -> Awaitable[None] | None:
         """Begin the batch; returns what is left of it (its attempts' end), or None."""
         settings = self.settings
+        if self._pause_next:
+            self._pause_next = False
+            await with_backoff(self._failures)
         jobs, bad = parse_jobs(bodies)
         topic = settings.retry_topic if from_retry else settings.actions_topic
         for body, reason in bad:
@@ -82,8 +88,11 @@ class JobHandler:
         except StoppingError:
             raise
         except Exception:
+            # Raised at once, so that the batch is rewound before more work begins
+            # behind it; the pause comes before the next batch instead.
             log.exception("batch failed; it will be redelivered", jobs=jobs)
-            await self._pause()
+            self._failures += 1
+            self._pause_next = True
             raise
         self._failures = 0
 

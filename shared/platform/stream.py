@@ -204,9 +204,11 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         #: Moves on when a finishing batch fails: batches begun before that are
         #: neither committed nor left where they are, but fetched again.
         self._generation = 0
-        #: Set when the service stops: a batch begun from then on is finished and
-        #: committed before its handler returns (the consumer is about to close).
+        #: Set by :meth:`close` when the service stops: a batch begun from then on is
+        #: ended and committed before its handler returns (the consumer is about to
+        #: close), by the loop time ``_close_by``.
         self.closing = False
+        self._close_by = 0.0
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
@@ -236,6 +238,13 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
             consumer=self.name,
             limit_s=self.limit,
         )
+
+    async def close(self, seconds: float) -> bool:
+        """The service is stopping: the batches still ending, and any begun from now
+        on, get ``seconds`` in all to end and commit; True when none was left."""
+        self.closing = True
+        self._close_by = asyncio.get_running_loop().time() + seconds
+        return await self.settle(seconds)
 
     async def settle(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for every batch still finishing to be committed or
@@ -285,7 +294,8 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
             self._finishing.append(task)
             task.add_done_callback(self._finished)
         if self.closing:
-            await asyncio.wait({task}, timeout=self.limit)
+            left = self._close_by - asyncio.get_running_loop().time()
+            await asyncio.wait({task}, timeout=max(left, 0.0))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):
@@ -312,11 +322,14 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                raise  # this task is cancelled (the loop is closing), not the rest
+                # this task is cancelled (the loop is closing), not the rest: no batch
+                # after this one may commit past it
+                self._generation += 1
+                raise
             failed = True
         except Exception as exc:  # noqa: BLE001 (the batch is fetched again)
             failed = True
-            log.warning("batch failed; fetched again", consumer=self.name, error=repr(exc)[:200])
+            log.info("batch failed; fetched again", consumer=self.name, error=repr(exc)[:200])
         if previous is not None:
             await asyncio.wait({previous})
         consumer: Any = message.consumer  # aiokafka's

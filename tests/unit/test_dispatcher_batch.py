@@ -426,6 +426,39 @@ async def test_unreadable_message_goes_to_the_dead_letter_topic() -> None:
     assert "job_id" in unreadable.error
 
 
+async def test_a_batch_whose_end_fails_raises_at_once_and_the_next_batch_waits_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Overlapping batches: the failure of a batch's end is raised without a pause (its
+    partitions are rewound before more work begins behind it); the pause, growing
+    with the failures in a row, comes before the handler's next batch."""
+    pauses: list[int] = []
+
+    async def pause(attempt: int) -> None:
+        pauses.append(attempt)
+
+    monkeypatch.setattr("services.dispatcher.handlers.with_backoff", pause)
+    kind = FakeKind(target_error=ConnectionResetError("connection lost"))
+    dispatcher, _, sent = build(kind)
+    handler = JobHandler(dispatcher.settings, send=sent)
+    handler.dispatcher = dispatcher
+    for n in (1, 2):
+        rest = await handler.handle([a_job(n).dump()], from_retry=False, interrupt=asyncio.Event())
+        assert rest is not None
+        with pytest.raises(ConnectionResetError):
+            await rest
+    assert pauses == [1]  # before the second batch, none after the second failure yet
+    kind.target_error = None
+    rest = await handler.handle([a_job(3).dump()], from_retry=False, interrupt=asyncio.Event())
+    assert rest is not None
+    await rest
+    assert pauses == [1, 2]
+    rest = await handler.handle([a_job(4).dump()], from_retry=False, interrupt=asyncio.Event())
+    assert rest is not None
+    await rest
+    assert pauses == [1, 2]  # a batch ended well: no more pauses
+
+
 async def test_a_bug_in_one_job_is_recorded_not_raised() -> None:
     class Broken(FakeKind):
         async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:

@@ -181,9 +181,10 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
     while up to ``overlap`` earlier ones finish, so that the consumer's work between
     batches (its commit, the next poll, the next batch's reads) does not leave the
     service idle. Each finishing batch commits its own offsets, in batch order, only
-    once it and every earlier batch are done; one that fails rewinds its partitions
-    and every later batch still finishing (they are not committed, and are fetched
-    again). A hand-over waits for the batches finishing too.
+    once it and every earlier batch are done; one that fails rewinds its partitions,
+    and no batch begun before that commits (those holding later records of the same
+    partitions are fetched again with it). A hand-over waits for the batches finishing
+    too.
     """
 
     #: How late after a rebalance starts a member may learn of it (heartbeat interval)

@@ -382,18 +382,13 @@ class Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
         """True while every record of the batch is still ours and ahead of the
         committed point: after a rebalance a kept partition restarts from its
         committed offset, so a batch fetched before it would be handled twice."""
-        records = _records(message)
         consumer = message.consumer
         assigned = consumer.assignment()  # type: ignore[attr-defined]
-        last: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            last[tp] = max(last.get(tp, -1), record.offset)
-        for tp, offset in last.items():
+        for tp, after_last in _offsets(message)[1].items():
             if tp not in assigned:
                 return False
             try:
-                if await consumer.position(tp) <= offset:  # type: ignore[attr-defined]
+                if await consumer.position(tp) < after_last:  # type: ignore[attr-defined]
                     return False
             except IllegalStateError:
                 return False

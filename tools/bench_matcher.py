@@ -41,6 +41,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.matcher import queries
+from services.matcher.keeper import ProgramSettler
+from services.matcher.settings import MatcherSettings
 from shared.contract.events import Event, parse_events
 from shared.engine.evaluate import evaluate, scope_keys
 from shared.engine.replay import compile_trigger
@@ -299,6 +301,9 @@ async def in_memory(url: str, events: list[Event]) -> dict[str, float]:
     gc.freeze()  # as the matcher does after loading its index
     states: dict[tuple[str, str], dict[str, Any]] = {}
     seen: set[str] = set()
+    # as the matcher: between its batches, the programs built leave the GC's sight
+    settler = ProgramSettler()
+    batch = MatcherSettings.model_fields["batch_max_records"].default
 
     def one_pass() -> tuple[list[float], int, int]:
         """Each event's cost (index lookup and evaluation), the candidates, and how
@@ -306,8 +311,10 @@ async def in_memory(url: str, events: list[Event]) -> dict[str, float]:
         program is built at its first evaluation, not at load)."""
         costs = []
         candidates = first = 0
-        for event in events:
+        for n, event in enumerate(events):
             t0 = time.perf_counter()
+            if n % batch == 0:  # (counted with the batch's first event)
+                settler.settle()
             found = index.candidates(event)
             for trigger in found:
                 if trigger.is_stateful:

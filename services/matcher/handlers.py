@@ -21,7 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from services.matcher.jobs import fire
-from services.matcher.keeper import IndexKeeper
+from services.matcher.keeper import IndexKeeper, ProgramSettler
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.recompute import Recomputations
 from services.matcher.stateful import Stateful, Tick
@@ -63,6 +63,7 @@ class Matcher:
         self._publish = publish
         self._metrics = metrics
         self._failures = 0
+        self._settler = ProgramSettler()
         self._recomputations = Recomputations(pool=pool, keeper=keeper, metrics=metrics)
         self._stateful = Stateful(
             pool=pool, keeper=keeper, metrics=metrics, recomputations=self._recomputations
@@ -107,6 +108,8 @@ class Matcher:
             await with_backoff(self._failures)
             raise
         self._failures = 0
+        # between batches: the programs this one built leave the cyclic GC's sight
+        self._settler.settle()
 
     async def handle(self, messages: Sequence[AnyTopicMessage]) -> int:
         """Make a batch's effects durable; returns the number of jobs produced."""

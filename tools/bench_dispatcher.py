@@ -14,7 +14,12 @@ a job produced to its request received.
 3. Baselines in the same run: a raw aiokafka produce + consume of the same
    messages, and raw aiohttp POSTs of the same bodies to the same receiver with the
    dispatcher's per-destination concurrency, before the dispatcher starts and right
-   after its throughput phase; the ratio is to their mean.
+   after its throughput phase; the ratio is to their mean. After the dispatcher
+   stopped, the least a dispatcher can do (tools/raw_dispatch.py, a process of its
+   own: consume, POST, record each outcome with COPY, commit) on ``--jobs`` jobs of
+   the same topic: its actions/s, its ratio to raw POSTs, and the dispatcher's ratio
+   to it (``ratio_to_raw_dispatch``) say how much of the gap to raw POSTs any
+   dispatcher that records what it did would keep.
 
 The receiver is an aiohttp server in this process answering 200 at once. Prints the
 figures and writes bench-results/dispatcher-<time>.json.
@@ -27,6 +32,7 @@ import asyncio
 import json
 import os
 import random
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -162,6 +168,22 @@ async def raw_posts(hook: str, bodies: list[bytes], concurrency: int) -> float:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return len(bodies) / (time.perf_counter() - started)
+
+
+async def raw_dispatch(
+    bootstrap: str, topic: str, url: str, jobs: int, concurrency: int
+) -> dict[str, float]:
+    """tools/raw_dispatch.py in a process of its own (as the dispatcher runs), on
+    ``jobs`` of the topic's jobs from its beginning: the least a dispatcher can do."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.raw_dispatch", "--bootstrap", bootstrap, "--topic", topic,
+        "--database", url, "--jobs", str(jobs), "--concurrency", str(concurrency),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"tools.raw_dispatch exited with {proc.returncode}")
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
 async def count_success(url: str) -> int:
@@ -347,6 +369,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     arrivals,
                 )
                 figures["dispatcher_peak_rss_mib"] = peak_rss_mib(dispatcher.proc.pid)
+            say(f"raw dispatch loop: {args.jobs} jobs consumed, posted, recorded, committed")
+            arrivals.clear()
+            skeleton = await raw_dispatch(bootstrap, actions, url, args.jobs, args.concurrency)
+            times = sorted(arrivals.values())
+            figures["raw_dispatch_per_s"] = (len(times) - 1) / (times[-1] - times[0])
+            figures["raw_dispatch_cpu_us_per_action"] = skeleton["cpu_seconds"] / args.jobs * 1e6
+            say(f"raw dispatch loop: {figures['raw_dispatch_per_s']:.0f} actions/s")
             say(f"raw baseline: {IDLE_JOBS} jobs one at a time to an idle aiokafka consumer")
             raw_idle = await raw_idle_delays(
                 bootstrap, idle_topic, jobs_for(IDLE_JOBS, args.jobs + total + IDLE_JOBS, target)
@@ -364,6 +393,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cores_busy_throughput": cores,
         "ratio_to_raw_post": round(figures["actions_per_s"] / figures["raw_post_per_s"], 3),
         "ratio_to_raw_consume": round(figures["actions_per_s"] / figures["raw_consume_per_s"], 4),
+        "raw_dispatch_ratio_to_raw_post": round(
+            figures["raw_dispatch_per_s"] / figures["raw_post_per_s"], 3
+        ),
+        "ratio_to_raw_dispatch": round(figures["actions_per_s"] / figures["raw_dispatch_per_s"], 3),
         "paced_rate_per_s": args.rate,
         "paced_jobs": len(delays),
         "delay_ms_p50": round(pct(delays, 0.50), 1),

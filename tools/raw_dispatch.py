@@ -9,8 +9,9 @@ Written for speed, not to be run in production: the consumer fills a queue, a fi
 number of workers POST (as many as the dispatcher's per-destination concurrency), a
 recorder COPYs the outcomes every few milliseconds and then commits, per partition,
 the offsets below the first one not yet recorded (at least once, as the dispatcher).
-It exits once ``--jobs`` outcomes are recorded, printing one JSON line: the jobs, the
-seconds from the first POST to the last record, and its CPU seconds.
+It exits once ``--jobs`` outcomes are recorded, printing one JSON line: the jobs
+recorded, the POSTs made (a few more: those in flight at the end) and how many
+failed, the seconds from the first POST to the last record, and its CPU seconds.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class RawDispatch:
         self.offsets = Offsets()
         self.recorded = 0
         self.first_post: float | None = None
+        self.posts = 0
+        self.failed = 0
         self.finished = asyncio.Event()
 
     async def consume(self) -> None:
@@ -107,14 +110,20 @@ class RawDispatch:
             started = time.perf_counter()
             if self.first_post is None:
                 self.first_post = started
-            async with session.post(
-                job["config"]["url"],
-                data=body,
-                headers={"Content-Type": "application/json", "Idempotency-Key": job["job_id"]},
-            ) as resp:
-                await resp.read()
+            self.posts += 1
+            status = -1  # a failed exchange is recorded too: a worker never dies
+            try:
+                async with session.post(
+                    job["config"]["url"],
+                    data=body,
+                    headers={"Content-Type": "application/json", "Idempotency-Key": job["job_id"]},
+                ) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                self.failed += 1
             ms = (time.perf_counter() - started) * 1e3
-            self.results.append((tp, offset, job["job_id"], resp.status, ms))
+            self.results.append((tp, offset, job["job_id"], status, ms))
 
     async def record(self) -> None:
         while self.recorded < self.args.jobs:
@@ -170,17 +179,29 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         await pool.close()
     assert raw.first_post is not None
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {"jobs": raw.recorded, "seconds": ended - raw.first_post, "cpu_seconds": cpu}
+    return {
+        "jobs": raw.recorded,
+        "posts": raw.posts,
+        "failed": raw.failed,
+        "seconds": ended - raw.first_post,
+        "cpu_seconds": cpu,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("tools.raw_dispatch", __doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--database", required=True)
-    parser.add_argument("--jobs", type=int, required=True)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--bootstrap", required=True, help="Kafka's bootstrap servers")
+    parser.add_argument("--topic", required=True, help="the topic of the jobs, read from its start")
+    parser.add_argument(
+        "--database", required=True, help="PostgreSQL URL; the outcomes go into " + TABLE
+    )
+    parser.add_argument("--jobs", type=int, required=True, help="outcomes to record, then exit")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="POSTs at a time (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=200, help="records per fetch (default: %(default)s)"
+    )
     return parser
 
 

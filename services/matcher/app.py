@@ -56,6 +56,7 @@ class MatcherRuntime:
             publish=self.publish,
             metrics=self.metrics,
             max_jobs_per_event_per_user=settings.max_jobs_per_event_per_user,
+            settle_every=settings.settle_every,
         )
         lag = LagProbe(svc.kafka, settings.group_id, settings.events_topic)
         self._tasks = [

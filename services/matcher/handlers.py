@@ -21,7 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from services.matcher.jobs import fire
-from services.matcher.keeper import IndexKeeper, ProgramSettler
+from services.matcher.keeper import SETTLE_EVERY, IndexKeeper, ProgramSettler
 from services.matcher.metrics import MatcherMetrics
 from services.matcher.recompute import Recomputations
 from services.matcher.stateful import Stateful, Tick
@@ -57,13 +57,14 @@ class Matcher:
         publish: Publish,
         metrics: MatcherMetrics,
         max_jobs_per_event_per_user: int = MAX_JOBS_PER_EVENT_PER_USER,
+        settle_every: int = SETTLE_EVERY,
     ) -> None:
         self._keeper = keeper
         self._max_jobs = max_jobs_per_event_per_user
         self._publish = publish
         self._metrics = metrics
         self._failures = 0
-        self._settler = ProgramSettler()
+        self._settler = ProgramSettler(settle_every)
         self._recomputations = Recomputations(pool=pool, keeper=keeper, metrics=metrics)
         self._stateful = Stateful(
             pool=pool, keeper=keeper, metrics=metrics, recomputations=self._recomputations

@@ -46,8 +46,9 @@ class ProgramSettler:
     The price: an object alive at that moment that later becomes part of a garbage
     cycle stays (a frozen object is still freed by its reference count, as
     programs and states are: they hold no cycles). Between batches little else is
-    alive, and a settle comes only with SETTLE_EVERY new programs, so this is bounded
-    by the triggers (about 200 settles for a million)."""
+    alive, and a settle comes only with SETTLE_EVERY new programs (MATCHER_SETTLE_EVERY:
+    about 200 settles for a million triggers, then one for each 5,000 edits and
+    reloads). ``erc8004_matcher_gc_frozen_objects`` shows what is frozen."""
 
     def __init__(self, every: int = SETTLE_EVERY) -> None:
         self._every = every
@@ -153,8 +154,9 @@ class IndexKeeper:
         if fetched and not self._frozen:
             # The index is long-lived and large (100k triggers: millions of
             # objects); left to the cyclic GC, every full collection walks all of
-            # it. Frozen objects are skipped. Once, after the first load: later
-            # freezes would also pin whatever a batch in flight holds. Without a
+            # it. Frozen objects are skipped. Once, after the first load (the
+            # programs compiled later are frozen between batches, ProgramSettler,
+            # after a collection: a freeze pins what is alive then). Without a
             # collection first: the load leaves no cyclic garbage to free (a test
             # holds it to that), and a full collection walks the whole new heap (about
             # 5 s of a million triggers' load). What a cycle made meanwhile would

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -38,6 +39,7 @@ class MatcherMetrics:
     index_size: Gauge
     index_reloads: Counter
     consumer_lag: Gauge
+    frozen_objects: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MatcherMetrics:
@@ -53,6 +55,7 @@ class MatcherMetrics:
             metrics.jobs.labels(action_type.value)
         for kind in get_args(IndexReload):
             metrics.index_reloads.labels(kind)
+        metrics.frozen_objects.set_function(gc.get_freeze_count)
         return metrics
 
     @classmethod
@@ -141,6 +144,13 @@ class MatcherMetrics:
             consumer_lag=Gauge(
                 "erc8004_matcher_consumer_lag_messages",
                 "Messages of erc8004.events not yet committed by the matcher group.",
+                registry=registry,
+            ),
+            frozen_objects=Gauge(
+                "erc8004_matcher_gc_frozen_objects",
+                "Objects out of the cyclic GC's sight (the index after its load, the"
+                " programs compiled since): grows with the triggers compiled, not with"
+                " the events.",
                 registry=registry,
             ),
         )

@@ -31,3 +31,8 @@ class MatcherSettings(ServiceSettings):
     resync_interval: float = Field(
         default=60.0, gt=0, le=60, validation_alias="MATCHER_RESYNC_INTERVAL"
     )
+    #: Programs compiled between two settles (one collection, then a freeze: they
+    #: leave the cyclic GC's sight; services/matcher/keeper.py, ProgramSettler).
+    settle_every: int = Field(
+        default=5000, ge=1, le=100_000_000, validation_alias="MATCHER_SETTLE_EVERY"
+    )

@@ -264,7 +264,8 @@ def _definition_text(condition: Condition, chain_id: int, registry: str) -> str:
     keys sorted, no spaces. A condition without config (an agent's, in a crossing
     trigger's set: one for each such trigger compiled) is its kind's text around
     its value (:data:`_TEXTS`), without dumping the model (5 µs against 1)."""
-    if not condition.config:
+    # (a Condition itself: a subclass may dump more fields, e.g. the API's ConditionPatch)
+    if type(condition) is Condition and not condition.config:
         key = (chain_id, registry, condition.condition_type, condition.field, condition.operator)
         around = _TEXTS.get(key)
         if around is None:

@@ -881,3 +881,30 @@ async def test_postgres_crash_mid_stream_state_equals_clean_replay(
     jobs = await matcher.jobs(expect=len(want_jobs))
     assert {j.job_id for j in jobs} == want_jobs
     assert "batch failed; it will be redelivered" in proc.log_text(), "no batch met the crash"
+
+
+async def test_the_programs_built_by_a_batch_are_frozen_after_it(
+    db: asyncpg.Connection, matcher: Matching
+) -> None:
+    """Between batches, once MATCHER_SETTLE_EVERY programs were built (here one), the
+    matcher collects and freezes them: the frozen objects grow after the batch that
+    compiled the trigger, and not before."""
+    chain = random_chain()
+    proc = matcher.start(MATCHER_SETTLE_EVERY="1")
+    await insert_trigger(
+        db,
+        chain_id=chain,
+        conditions=[{"condition_type": "agent_id_equals", "operator": "=", "value": "77"}],
+    )
+    await wait_metric(proc, "erc8004_matcher_index_triggers", 1, within=10)
+    before = metric(proc, "erc8004_matcher_gc_frozen_objects")
+    assert before > 0  # the start's heap
+    await asyncio.sleep(1)
+    assert metric(proc, "erc8004_matcher_gc_frozen_objects") == before  # nothing built yet
+    await matcher.produce([feedback(chain, 10, 77, score=1)])
+    await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 1)
+    deadline = time.monotonic() + 10
+    while metric(proc, "erc8004_matcher_gc_frozen_objects") <= before:
+        assert time.monotonic() < deadline, "the program built was not frozen"
+        await asyncio.sleep(0.1)
+    assert len(await matcher.jobs(expect=1)) == 1

@@ -38,6 +38,7 @@ WITH_BUILDER = (
     "tools.bench_ingest",
     "tools.bench_matcher",
     "tools.bench_dispatcher",
+    "tools.raw_dispatch",
     "tools.bench_indexer",
     "tools.bench_e2e",
 )

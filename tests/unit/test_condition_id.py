@@ -83,3 +83,23 @@ def test_ids_differ_by_value_stream_and_place_of_nothing_else() -> None:
     assert condition_id(seven, 1, "reputation") != condition_id(eight, 1, "reputation")
     assert condition_id(seven, 1, "reputation") != condition_id(seven, 2, "reputation")
     assert condition_id(seven, 1, "reputation") != condition_id(seven, 1, "validation")
+
+
+class WithId(Condition):
+    """A subclass dumping one more field (as the API's ConditionPatch does)."""
+
+    id: int | None = None
+
+
+def test_a_subclass_neither_takes_nor_leaves_a_plain_conditions_text() -> None:
+    definition = c("agent_id_equals", "=", "41")
+    patch = WithId.model_validate({**definition, "id": 3})
+    # its own id: the hash of what it dumps, the extra field included
+    dumped = json.dumps([5, "reputation", patch.model_dump(mode="json")], sort_keys=True,
+                        separators=(",", ":"))  # fmt: skip
+    assert condition_id(patch, 5, "reputation") == hashlib.sha256(dumped.encode()).hexdigest()[:16]
+    # and a plain condition of the same kind hashed after it is still its own
+    plain = Condition.model_validate({**definition, "value": "42"})
+    assert condition_id(plain, 5, "reputation") == written_out(
+        {**definition, "value": "42"}, 5, "reputation"
+    )

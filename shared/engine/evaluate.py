@@ -658,9 +658,9 @@ def _agent_leaf(cond: Condition) -> tuple[Test, Read]:
 
 
 def _leaf(cond: Condition) -> tuple[Test, Read]:
+    """A stateless leaf's (test, explain input); an agent's is :func:`_agent_leaf`'s
+    (its node is made by :func:`_compile_node` directly)."""
     kind, op, values = cond.condition_type, cond.operator, cond.values
-    if kind is ConditionType.agent_id_equals:
-        return _agent_leaf(cond)
     if kind is ConditionType.score_threshold:
         number = _NUMBERS[cond.field]
         return _number_test(cond, number), lambda e: _str_or_none(number(e))
@@ -683,7 +683,7 @@ def _leaf(cond: Condition) -> tuple[Test, Read]:
         if wanted:
             return (lambda e: bool(e.file_uri)), _file_uri_input
         return (lambda e: not e.file_uri), _file_uri_input
-    raise ValueError(f"not a stateless leaf: {kind}")  # pragma: no cover - schema closed
+    raise ValueError(f"no leaf test here for {kind}")  # pragma: no cover - schema closed
 
 
 def _file_uri_input(e: Event) -> str | None:

@@ -8,6 +8,7 @@ make test runs the tests two at a time (pytest-xdist workers), then those marked
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import time
@@ -129,6 +130,15 @@ def template_db(admin_url: str) -> str:
 
     asyncio.run(prepare())
     return name
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """Nothing frozen from the cyclic GC's sight before the test, nor after it (a
+    test of gc.freeze starts from, and leaves, the process as pytest made it)."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture

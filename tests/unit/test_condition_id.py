@@ -14,6 +14,7 @@ import pytest
 
 from shared.contract.conditions import Condition
 from shared.engine.evaluate import condition_id
+from tests.unit.test_evaluate import cond as c
 
 pytestmark = pytest.mark.unit
 
@@ -23,15 +24,6 @@ def written_out(definition: dict[str, Any], chain: int, registry: str) -> str:
     dumped = Condition.model_validate(definition).model_dump(mode="json")
     text = json.dumps([chain, registry, dumped], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def c(kind: str, op: str, value: str, field: str = "", **config: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"condition_type": kind, "operator": op, "value": value}
-    if field:
-        out["field"] = field
-    if config:
-        out["config"] = config
-    return out
 
 
 DEFINITIONS = [

@@ -4,7 +4,6 @@ collection then walks only what came after (a stall of the event loop otherwise)
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,13 +13,6 @@ from aiohttp import web
 from shared.platform import entrypoint
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def unfrozen() -> Iterator[None]:
-    gc.unfreeze()
-    yield
-    gc.unfreeze()
 
 
 def test_the_heap_is_frozen_before_the_app_serves(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -16,13 +15,6 @@ from shared.engine.evaluate import TriggerSpec, programs_built
 from shared.engine.replay import compile_trigger
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def unfrozen() -> Iterator[None]:
-    gc.unfreeze()
-    yield
-    gc.unfreeze()
 
 
 def _triggers(n: int) -> list[TriggerSpec]:

@@ -3,10 +3,11 @@
 * Checks first: the action must still exist under the job's trigger, the trigger be
   enabled, the event version not replaced by a reorg (then the job is retracted),
   the action config valid; the kind resolves the target (ResolveError,
-  SecretDecryptError end the job or defer it).
+  SecretDecryptError end the job or defer it); the kind prepares the attempt
+  (renders its templates, builds the request: a template error ends the job here).
 * Then the destination's concurrency slot (shared fairly between users; a user's
   full queue defers the job) and the circuit breaker of the user and destination
-  (open: deferred without spending an attempt), and the attempt itself under the
+  (open: deferred without spending an attempt), and the exchange itself under the
   kind's time limit.
 * The outcome is concluded: a transient failure goes to ``erc8004.actions.retry``
   with its due time (exponential backoff, full jitter, at least the destination's
@@ -24,13 +25,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from services.dispatcher.kinds.base import ActionKind, ActionRow, Outcome, Target
+from services.dispatcher.kinds.base import ActionKind, ActionRow, Exchange, Outcome, Target
 from services.dispatcher.metrics import ActionStatus, DeferReason, DispatcherMetrics
 from services.dispatcher.policy import Breakers, DestinationLimits, backoff_delay, now_utc
 from services.dispatcher.registration import ResolveError
@@ -38,7 +40,7 @@ from services.dispatcher.renderer import RendererUnavailableError
 from services.dispatcher.results import result_row
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.store import JobStore
-from shared.contract.actions import ActionConfig, ActionType
+from shared.contract.actions import ActionType
 from shared.contract.jobs import ActionJob, DeadLetter
 from shared.platform.secrets import SecretDecryptError
 
@@ -102,6 +104,17 @@ class Attempts:
         #: counter here costs less than a locked gauge update twice per attempt).
         self.running = 0
         metrics.inflight.set_function(lambda: self.running)
+        metrics.open_breakers.set_function(self.breakers.open_count)
+        #: The labelled series each attempt updates, looked up once per label set
+        #: (``labels()`` takes a lock and builds a key each time).
+        self._series: dict[tuple[str, ...], Any] = {}
+
+    def _series_of(self, metric: str, *labels: str) -> Any:
+        key = (metric, *labels)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = getattr(self.metrics, metric).labels(*labels)
+        return series
 
     def guard_seconds(self, job: ActionJob) -> float:
         """When a guard copy of ``job`` falls due: after the attempt's time limit."""
@@ -156,12 +169,18 @@ class Attempts:
         deferral = kind.wait_before(cfg, target)
         if deferral is not None:
             return await self._defer(job, deferral.seconds, deferral.reason)
-        return await self._attempt_at(job, kind, cfg, target)
+        # Rendering and building the request before the slot: the slot is held for
+        # the exchange alone, and a job waiting for one has done its share of the
+        # work meanwhile (docs/performance.md, "Issue 17, ninth session").
+        exchange = await kind.prepare(job, cfg, target)
+        if isinstance(exchange, Outcome):
+            return exchange, 0.0
+        return await self._attempt_at(job, kind, exchange, target)
 
     async def _attempt_at(
-        self, job: ActionJob, kind: ActionKind, cfg: ActionConfig, target: Target
+        self, job: ActionJob, kind: ActionKind, exchange: Exchange, target: Target
     ) -> tuple[Outcome, float] | None:
-        """The attempt within its destination's slot and breaker (None: deferred)."""
+        """The exchange within its destination's slot and breaker (None: deferred)."""
         destination = target.destination
         slot = self.limits.slot(destination, job.user_id)
         if slot is None:
@@ -178,7 +197,7 @@ class Attempts:
             outcome: Outcome | None = None
             try:
                 async with asyncio.timeout(kind.time_limit(job)):
-                    outcome = await kind.attempt(job, cfg, target)
+                    outcome = await exchange()
             except TimeoutError:
                 outcome = Outcome.transient("attempt exceeded its time limit")
             finally:
@@ -189,9 +208,8 @@ class Attempts:
                     self.breakers.record(breaker, fault=fault)
                 else:
                     self.breakers.release(breaker)
-                self.metrics.open_breakers.set(self.breakers.open_count())
             elapsed = time.perf_counter() - started
-        self.metrics.duration.labels(job.action_type).observe(elapsed)
+        self._series_of("duration", job.action_type).observe(elapsed)
         return outcome, elapsed
 
     # ------------------------------------------------------------------ outcomes
@@ -235,9 +253,9 @@ class Attempts:
             self.metrics.dlq.labels(job.action_type).inc()
             status = "dead"
         await self.store.record(result_row(job, status, outcome, elapsed))
-        self.metrics.actions.labels(job.action_type, status).inc()
+        self._series_of("actions", job.action_type, status).inc()
         start = job.due_at or job.created_at
-        self.metrics.delay.labels(job.action_type).observe(
+        self._series_of("delay", job.action_type).observe(
             max(0.0, (now_utc() - start).total_seconds())
         )
         if status == "success" and not _DEBUG_LOG.isEnabledFor(logging.DEBUG):

@@ -63,10 +63,10 @@ class Breakers:
 
     def record(self, destination: str, *, fault: bool) -> None:
         """The result of a call that :meth:`admit` let through."""
-        state = self._states.setdefault(destination, _BreakerState())
         if not fault:
             self._states.pop(destination, None)
             return
+        state = self._states.setdefault(destination, _BreakerState())
         state.probing = False
         state.failures += 1
         if state.opened_at is not None or state.failures >= self.threshold:

@@ -30,6 +30,8 @@ from services.dispatcher.kinds.base import (
 )
 from services.dispatcher.kinds.rest import (
     build_rest_request,
+    exchange_rest,
+    prepare_rest,
     render_rest,
     rest_templates,
     webhook_signature,
@@ -42,6 +44,7 @@ from services.dispatcher.policy import (
     backoff_delay,
 )
 from services.dispatcher.registration import ResolveError, ipfs_gateway_url
+from services.dispatcher.renderer import Renderer
 from services.dispatcher.templates import (
     TemplateRenderError,
     context_of,
@@ -52,9 +55,11 @@ from services.dispatcher.templates import (
 from shared.contract.actions import ActionType, RestConfig
 from shared.contract.events import Event
 from shared.contract.jobs import MAX_CACHED_CONFIG, ActionJob, job_id
-from shared.outbound.policy import origin
+from shared.outbound.client import new_session
+from shared.outbound.policy import OutboundPolicy, origin
 from tests.strategies import events
 from tools.eventgen import make_event
+from tools.localnet import Receiver, serve
 
 pytestmark = pytest.mark.unit
 
@@ -191,6 +196,37 @@ def test_rest_request_carries_idempotency_key_and_a_verifiable_signature() -> No
     assert payload == {"text": "Low score"}
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(req.body + b" ", req.headers)
+
+
+async def test_a_prepared_request_is_signed_when_it_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepared before its slot, a request may wait there: its Standard Webhooks
+    # timestamp is the moment it leaves, not the moment it was built.
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    clock = [1_700_000_000.0]
+    monkeypatch.setattr(rest_kind, "time", type("Clock", (), {"time": lambda: clock[0]}))
+    renderer = Renderer(workers=1, seconds=1.0, memory_mb=64)  # nothing to render: unused
+    policy = OutboundPolicy.from_setting("127.0.0.0/8")
+    try:
+        async with serve(Receiver()) as receiver, new_session(policy) as session:
+            cfg = RestConfig(url=receiver.url("/hook"))
+            job = a_job({"url": cfg.url})
+            ready = await prepare_rest(job, cfg, renderer=renderer, secret=secret)
+            assert not isinstance(ready, Outcome)
+            req, key = ready
+            assert not {h.lower() for h in req.headers} & {"webhook-timestamp", "webhook-id"}
+            clock[0] += 90.0  # the slot came 90 s later
+            outcome = await exchange_rest(job, cfg, req, key, session=session, policy=policy)
+    finally:
+        renderer.close()
+    assert outcome.kind == "success"
+    (seen,) = receiver.seen
+    assert seen.headers["webhook-timestamp"] == "1700000090"
+    assert seen.headers["webhook-signature"] == webhook_signature(
+        secret, job.job_id, 1_700_000_090, seen.body
+    )
+    assert seen.body == req.body
 
 
 def test_raw_secret_signature_and_default_body() -> None:

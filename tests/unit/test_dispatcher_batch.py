@@ -5,6 +5,7 @@ No Kafka, no PostgreSQL, no HTTP: the rules of docs/reliability.md one by one.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from services.dispatcher.batch import Dispatcher, StoppingError
 from services.dispatcher.handlers import JobHandler
-from services.dispatcher.kinds.base import ActionRow, AgentToken, Deferral, Outcome, Target
+from services.dispatcher.kinds.base import (
+    ActionRow,
+    AgentToken,
+    Deferral,
+    Exchange,
+    Outcome,
+    Target,
+)
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.results import ResultRow
 from services.dispatcher.settings import DispatcherSettings
@@ -91,6 +99,11 @@ class FakeKind:
 
     def wait_before(self, cfg: ActionConfig, target: Target) -> Deferral | None:
         return self.defer
+
+    async def prepare(
+        self, job: ActionJob, cfg: ActionConfig, target: Target
+    ) -> Exchange | Outcome:
+        return functools.partial(self.attempt, job, cfg, target)
 
     async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
         self.calls.append(job.job_id)
@@ -510,3 +523,65 @@ async def test_the_inflight_gauge_counts_attempts_under_way() -> None:
     await batch
     assert inflight() == 0
     assert len(store.rows) == 3
+
+
+@dataclass
+class StagedKind(HeldKind):
+    """Notes each preparation and each exchange begun (exchanges held until
+    ``release``); the jobs named in ``unrenderable`` end in their preparation."""
+
+    steps: list[str] = field(default_factory=list)
+    unrenderable: set[str] = field(default_factory=set)
+
+    async def prepare(
+        self, job: ActionJob, cfg: ActionConfig, target: Target
+    ) -> Exchange | Outcome:
+        self.steps.append(f"prepare {job.job_id}")
+        if job.job_id in self.unrenderable:
+            return Outcome.permanent("template error", sent=False)
+        return await super().prepare(job, cfg, target)
+
+    async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
+        self.steps.append(f"exchange {job.job_id}")
+        return await super().attempt(job, cfg, target)
+
+
+async def until(condition: Any, turns: int = 500) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not met in time")
+
+
+async def test_a_job_waiting_for_its_destinations_slot_is_already_prepared() -> None:
+    kind = StagedKind()
+    dispatcher, store, _ = build(kind, per_destination_concurrency=1)
+    first, second = a_job(1), a_job(2)
+    batch = asyncio.create_task(dispatcher.handle_batch([first, second]))
+    await until(lambda: len(kind.steps) == 3)
+    await asyncio.sleep(0.01)  # nothing more happens while the slot is held
+    assert sorted(kind.steps) == sorted(
+        [f"prepare {first.job_id}", f"prepare {second.job_id}", f"exchange {first.job_id}"]
+    )
+    kind.release.set()
+    await batch
+    assert kind.steps[-1] == f"exchange {second.job_id}"
+    assert store.statuses(first) == store.statuses(second) == ["success"]
+
+
+async def test_a_job_that_ends_in_its_preparation_never_takes_a_slot() -> None:
+    # A template error is the job's own: it neither waits behind the destination
+    # nor counts toward its breaker.
+    kind = StagedKind()
+    dispatcher, store, _ = build(kind, per_destination_concurrency=1)
+    held, broken = a_job(1), a_job(2)
+    kind.unrenderable.add(broken.job_id)
+    batch = asyncio.create_task(dispatcher.handle_batch([held, broken]))
+    await until(lambda: store.statuses(broken) == ["failed"])
+    assert store.statuses(held) == []  # still holding the only slot
+    assert not dispatcher.attempts.breakers.is_open("u1\nhttps://hooks.example")
+    kind.release.set()
+    await batch
+    assert store.statuses(held) == ["success"]
+    assert f"exchange {broken.job_id}" not in kind.steps

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol
@@ -164,17 +164,28 @@ class Deferral:
     reason: DeferReason
 
 
+#: What an attempt does once it holds its destination's slot: the exchange itself.
+Exchange = Callable[[], Awaitable[Outcome]]
+
+
 class ActionKind(Protocol):
     """One action type (rest, telegram, mcp), as the attempt stage drives it:
     ``target`` resolves where the job goes (raising ResolveError or
     SecretDecryptError), ``wait_before`` may defer the job before its attempt takes a
-    slot, ``attempt`` makes the attempt within ``time_limit`` seconds."""
+    slot, ``prepare`` does what needs no destination yet (rendering, building the
+    request: an Outcome when the attempt ends there), and the Exchange it returns is
+    awaited within the destination's slot and ``time_limit`` seconds. ``attempt`` is
+    the two in one (prepare, then exchange)."""
 
     def time_limit(self, job: ActionJob) -> float: ...
 
     async def target(self, job: ActionJob, cfg: ActionConfig, action: ActionRow) -> Target: ...
 
     def wait_before(self, cfg: ActionConfig, target: Target) -> Deferral | None: ...
+
+    async def prepare(
+        self, job: ActionJob, cfg: ActionConfig, target: Target
+    ) -> Exchange | Outcome: ...
 
     async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +25,7 @@ from services.dispatcher.kinds.base import (
     ActionRow,
     AgentToken,
     Deferral,
+    Exchange,
     Outcome,
     Target,
     excerpt,
@@ -136,6 +138,11 @@ class McpKind:
         except ValueError:
             return False
         return self._policy.allows(ip)
+
+    async def prepare(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Exchange:
+        # The whole of run_mcp is the exchange: the tool's arguments may take in the
+        # file it reads first, and its session belongs to the destination's slot.
+        return functools.partial(self.attempt, job, cfg, target)
 
     async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
         assert isinstance(cfg, McpConfig)

@@ -21,6 +21,7 @@ from services.dispatcher.kinds.base import (
     USER_AGENT,
     ActionRow,
     Deferral,
+    Exchange,
     Outcome,
     Target,
     exception_outcome,
@@ -67,21 +68,28 @@ def _valid_http_url(url: str) -> str | None:
 _configured_url_refusal = functools.lru_cache(maxsize=1024)(_valid_http_url)
 
 
-def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` of
-    ``{id}.{timestamp}.{body}``; a ``whsec_`` secret is base64 of the key bytes (any
-    other secret is used as its UTF-8 bytes). TemplateRenderError for a ``whsec_``
-    secret that is not base64."""
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a signing secret: a ``whsec_`` secret is base64 of the key
+    bytes, any other secret is used as its UTF-8 bytes. TemplateRenderError for a
+    ``whsec_`` secret that is not base64."""
     if secret.startswith("whsec_"):
         try:
-            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
         except (binascii.Error, ValueError):
             raise TemplateRenderError("the signing secret is whsec_ but not base64") from None
-    else:
-        key = secret.encode()
+    return secret.encode()
+
+
+def _signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` of
+    ``{id}.{timestamp}.{body}`` under :func:`signing_key` of ``secret``."""
+    return _signature(signing_key(secret), msg_id, timestamp, body)
 
 
 def _default_body(job: ActionJob, event: dict[str, Any] | orjson.Fragment) -> dict[str, Any]:
@@ -194,19 +202,16 @@ def rest_templates(job: ActionJob, cfg: RestConfig) -> tuple[Any, ...]:
     return (cfg.url, dict(cfg.headers), cfg.body_template, default, ctx)
 
 
-def build_rest_request(
+def _unsigned_request(
     job: ActionJob,
     cfg: RestConfig,
     *,
     secret: str | None,
-    secret_headers: dict[str, str] | None = None,
-    rendered: RenderedRest | None = None,
+    secret_headers: dict[str, str] | None,
+    rendered: RenderedRest,
 ) -> RestRequest:
-    """The request an attempt sends, from its ``rendered`` templates (rendered here
-    when not given; TemplateRenderError when a template fails). ``secret_headers``
-    (decrypted) are sent as they are: values, not templates."""
-    if rendered is None:
-        rendered = render_rest(*rest_templates(job, cfg))
+    """The request without its signature headers (TemplateRenderError when the
+    secrets may not go where the rendered URL points)."""
     if (secret is not None or secret_headers) and not _same_origin(rendered.url, cfg.url):
         # A trigger written before templates were kept out of the host (or a bug):
         # its secrets go only where the trigger's own URL points.
@@ -228,37 +233,83 @@ def build_rest_request(
         out["Content-Type"] = rendered.content_type
     out["User-Agent"] = USER_AGENT
     out["Idempotency-Key"] = job.job_id
-    if secret is not None:
-        ts = int(time.time())
-        out["webhook-id"] = job.job_id
-        out["webhook-timestamp"] = str(ts)
-        out["webhook-signature"] = webhook_signature(secret, job.job_id, ts, body or b"")
     return RestRequest(cfg.method, rendered.url, out, body)
 
 
-async def run_rest(
+def signed(req: RestRequest, msg_id: str, key: bytes | None) -> RestRequest:
+    """``req`` with its Standard Webhooks headers, signed now (None: no signing key,
+    ``req`` itself)."""
+    if key is None:
+        return req
+    ts = int(time.time())
+    headers = {
+        **req.headers,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": _signature(key, msg_id, ts, req.body or b""),
+    }
+    return RestRequest(req.method, req.url, headers, req.body)
+
+
+def build_rest_request(
     job: ActionJob,
     cfg: RestConfig,
     *,
-    session: aiohttp.ClientSession,
-    policy: OutboundPolicy,
+    secret: str | None,
+    secret_headers: dict[str, str] | None = None,
+    rendered: RenderedRest | None = None,
+) -> RestRequest:
+    """The request an attempt sends, from its ``rendered`` templates (rendered here
+    when not given; TemplateRenderError when a template fails), signed now.
+    ``secret_headers`` (decrypted) are sent as they are: values, not templates."""
+    if rendered is None:
+        rendered = render_rest(*rest_templates(job, cfg))
+    req = _unsigned_request(
+        job, cfg, secret=secret, secret_headers=secret_headers, rendered=rendered
+    )
+    return signed(req, job.job_id, None if secret is None else signing_key(secret))
+
+
+async def prepare_rest(
+    job: ActionJob,
+    cfg: RestConfig,
+    *,
     renderer: Renderer,
     secret: str | None,
     secret_headers: dict[str, str] | None = None,
-) -> Outcome:
+) -> tuple[RestRequest, bytes | None] | Outcome:
+    """The request, not signed yet, and its signing key; an Outcome when the attempt
+    ends here (a template error, no template worker free). Done before the attempt
+    takes its destination's slot: the slot is held for the exchange alone."""
     try:
         rendered = await renderer.call(
             render_rest,
             *rest_templates(job, cfg),
             templates=rest_sources(cfg),
         )
-        req = build_rest_request(
+        req = _unsigned_request(
             job, cfg, secret=secret, secret_headers=secret_headers, rendered=rendered
         )
+        key = None if secret is None else signing_key(secret)
     except TemplateRenderError as exc:
         return Outcome.permanent(str(exc), sent=False)
     except RendererBusyError as exc:
         return Outcome.transient(str(exc), destination_fault=False, sent=False)
+    return req, key
+
+
+async def exchange_rest(
+    job: ActionJob,
+    cfg: RestConfig,
+    req: RestRequest,
+    key: bytes | None,
+    *,
+    session: aiohttp.ClientSession,
+    policy: OutboundPolicy,
+    secret_headers: dict[str, str] | None = None,
+) -> Outcome:
+    """Sign ``req`` (its timestamp is the moment it is sent) and send it."""
+    req = signed(req, job.job_id, key)
     # The origin only: webhook URLs often carry their token in the path (Slack, Discord).
     what = f"{req.method} {origin(req.url)}"
     try:
@@ -277,6 +328,27 @@ async def run_rest(
     # credentials into action_results: masked in the whole body, before the excerpt.
     body = mask(resp.body, (secret_headers or {}).values())
     return http_outcome(resp.status, resp.headers, body, cfg.expected_status)
+
+
+async def run_rest(
+    job: ActionJob,
+    cfg: RestConfig,
+    *,
+    session: aiohttp.ClientSession,
+    policy: OutboundPolicy,
+    renderer: Renderer,
+    secret: str | None,
+    secret_headers: dict[str, str] | None = None,
+) -> Outcome:
+    """One whole attempt: :func:`prepare_rest`, then :func:`exchange_rest`."""
+    ready = await prepare_rest(
+        job, cfg, renderer=renderer, secret=secret, secret_headers=secret_headers
+    )
+    if isinstance(ready, Outcome):
+        return ready
+    return await exchange_rest(
+        job, cfg, *ready, session=session, policy=policy, secret_headers=secret_headers
+    )
 
 
 class RestKind:
@@ -328,6 +400,25 @@ class RestKind:
         ):
             raise SecretDecryptError("the action's secret headers are not a JSON object")
         return headers
+
+    async def prepare(
+        self, job: ActionJob, cfg: ActionConfig, target: Target
+    ) -> Exchange | Outcome:
+        assert isinstance(cfg, RestConfig)
+        ready = await prepare_rest(
+            job, cfg, renderer=self._renderer, secret=target.secret, secret_headers=target.headers
+        )
+        if isinstance(ready, Outcome):
+            return ready
+        return functools.partial(
+            exchange_rest,
+            job,
+            cfg,
+            *ready,
+            session=self._session,
+            policy=self._policy,
+            secret_headers=target.headers,
+        )
 
     async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
         assert isinstance(cfg, RestConfig)

@@ -4,6 +4,7 @@ rate limiter (globally and per chat); a retry resumes after the parts delivered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import replace
 from typing import Any
@@ -14,6 +15,7 @@ import orjson
 from services.dispatcher.kinds.base import (
     ActionRow,
     Deferral,
+    Exchange,
     Outcome,
     Target,
     exception_outcome,
@@ -250,6 +252,11 @@ class TelegramKind:
                 transient=False,
             )
         return Target(destination=f"telegram:{origin(self._api_base)}", chat=action.telegram_chat)
+
+    async def prepare(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Exchange:
+        # The whole of run_telegram is the exchange: its message is rendered within the
+        # slot, and its parts wait for the bot's rate limiter there.
+        return functools.partial(self.attempt, job, cfg, target)
 
     async def attempt(self, job: ActionJob, cfg: ActionConfig, target: Target) -> Outcome:
         assert isinstance(cfg, TelegramConfig)

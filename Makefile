@@ -15,7 +15,7 @@ KUSTOMIZE_VERSION := v5.8.1
 GO_ENV := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(CURDIR)/.run/go/mod GOCACHE=$(CURDIR)/.run/go/cache GOFLAGS=-modcacherw
 BACKUP_DIR ?= .run/backups
 
-.PHONY: help deps demo evm-deps tools monitoring-deps test-rules lock infra up down run migrate schema contracts manifests test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench-indexer bench chaos backup restore fuzz-engine
+.PHONY: help deps demo evm-deps tools monitoring-deps test-rules lock infra up down run migrate schema contracts manifests test test-unit lint format status clean bench-ingest bench-matcher bench-dispatcher bench-ladder bench-indexer bench chaos backup restore fuzz-engine
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -120,6 +120,9 @@ bench-matcher: infra ## matcher benchmark: events/s, per-event cost, memory and 
 
 bench-dispatcher: infra ## dispatcher benchmark: REST actions/s, produced-to-received delay p50/p99
 	$(WITH_ENV) $(PY) -m tools.bench_dispatcher
+
+bench-ladder: infra ## a webhook attempt's CPU layer by layer, from a raw POST to the dispatcher's batches
+	$(WITH_ENV) $(PY) -m tools.dispatch_ladder $(BENCH_ARGS)
 
 bench-indexer: infra evm-deps ## indexer backfill: blocks/s and events/s end to end against a raw eth_getLogs read
 	$(WITH_ENV) $(PY) -m tools.bench_indexer $(BENCH_ARGS)

@@ -39,6 +39,7 @@ WITH_BUILDER = (
     "tools.bench_matcher",
     "tools.bench_dispatcher",
     "tools.raw_dispatch",
+    "tools.dispatch_ladder",
     "tools.bench_indexer",
     "tools.bench_e2e",
 )

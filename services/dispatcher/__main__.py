@@ -17,13 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-#: Allocations between the cyclic GC's young collections. An attempt's objects
-#: (its task, futures, request and response, its job's models) die of their
-#: reference count within a few milliseconds; collecting every 700 allocations (the
-#: default) walked those in flight again and again and promoted them to the older
-#: generations. Measured in the throughput phase of ``make bench-dispatcher``, three
-#: rounds each way, twice: 0.359-0.360 of raw POSTs with the default, 0.378-0.402
-#: with this (docs/performance.md, "Issue 17, ninth session").
+#: The cyclic GC's young threshold: a young collection each time this many more
+#: container objects are alive than at the last one (Python's default: 700). The
+#: dispatcher keeps thousands of short-lived objects in flight (each attempt's task,
+#: futures, request and response, its job's models: they die of their reference
+#: count within milliseconds); at 700 the collector walked those in flight again and
+#: again, and promoted them to the older generations. Measured in the throughput
+#: phase of ``make bench-dispatcher``, three rounds each way, twice: 0.359-0.360 of
+#: raw POSTs with the default, 0.378-0.402 with this (docs/performance.md, "Issue 17,
+#: ninth session").
 YOUNG_COLLECTION_EVERY = 20_000
 
 

@@ -3,8 +3,8 @@
 * Checks first: the action must still exist under the job's trigger, the trigger be
   enabled, the event version not replaced by a reorg (then the job is retracted),
   the action config valid; the kind resolves the target (ResolveError,
-  SecretDecryptError end the job or defer it); the kind prepares the attempt
-  (renders its templates, builds the request: a template error ends the job here).
+  SecretDecryptError end the job or defer it); the kind prepares what needs no
+  destination (a webhook without templates is built: an error ends the job here).
 * Then the destination's concurrency slot (shared fairly between users; a user's
   full queue defers the job) and the circuit breaker of the user and destination
   (open: deferred without spending an attempt), and the exchange itself under the
@@ -25,11 +25,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import structlog
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from services.dispatcher.kinds.base import ActionKind, ActionRow, Exchange, Outcome, Target
@@ -50,6 +51,9 @@ _DEBUG_LOG = logging.getLogger(__name__)
 
 #: Send(topic, key, value) -> awaits the broker's acknowledgement.
 Send = Callable[[str, bytes, bytes], Awaitable[None]]
+
+#: A labelled metric (Counter, Histogram).
+M = TypeVar("M", Counter, Histogram)
 
 #: How long past an attempt's own time limit its guard copy falls due.
 GUARD_MARGIN = 10.0
@@ -107,14 +111,14 @@ class Attempts:
         metrics.open_breakers.set_function(self.breakers.open_count)
         #: The labelled series each attempt updates, looked up once per label set
         #: (``labels()`` takes a lock and builds a key each time).
-        self._series: dict[tuple[str, ...], Any] = {}
+        self._series: dict[tuple[object, ...], Any] = {}
 
-    def _series_of(self, metric: str, *labels: str) -> Any:
+    def _series_of(self, metric: M, *labels: str) -> M:
         key = (metric, *labels)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = getattr(self.metrics, metric).labels(*labels)
-        return series
+            series = self._series[key] = metric.labels(*labels)
+        return cast(M, series)
 
     def guard_seconds(self, job: ActionJob) -> float:
         """When a guard copy of ``job`` falls due: after the attempt's time limit."""
@@ -169,9 +173,10 @@ class Attempts:
         deferral = kind.wait_before(cfg, target)
         if deferral is not None:
             return await self._defer(job, deferral.seconds, deferral.reason)
-        # Rendering and building the request before the slot: the slot is held for
-        # the exchange alone, and a job waiting for one has done its share of the
-        # work meanwhile (docs/performance.md, "Issue 17, ninth session").
+        # What needs no destination (a webhook without templates built) before the
+        # slot: the slot is held for the exchange alone, and a job waiting for one
+        # has done that share of its work meanwhile (docs/performance.md, "Issue 17,
+        # ninth session").
         exchange = await kind.prepare(job, cfg, target)
         if isinstance(exchange, Outcome):
             return exchange, 0.0
@@ -209,7 +214,7 @@ class Attempts:
                 else:
                     self.breakers.release(breaker)
             elapsed = time.perf_counter() - started
-        self._series_of("duration", job.action_type).observe(elapsed)
+        self._series_of(self.metrics.duration, job.action_type).observe(elapsed)
         return outcome, elapsed
 
     # ------------------------------------------------------------------ outcomes
@@ -253,9 +258,9 @@ class Attempts:
             self.metrics.dlq.labels(job.action_type).inc()
             status = "dead"
         await self.store.record(result_row(job, status, outcome, elapsed))
-        self._series_of("actions", job.action_type, status).inc()
+        self._series_of(self.metrics.actions, job.action_type, status).inc()
         start = job.due_at or job.created_at
-        self._series_of("delay", job.action_type).observe(
+        self._series_of(self.metrics.delay, job.action_type).observe(
             max(0.0, (now_utc() - start).total_seconds())
         )
         if status == "success" and not _DEBUG_LOG.isEnabledFor(logging.DEBUG):

@@ -72,9 +72,13 @@ def run_service(
     """Run the service built by ``create_app``: an aiohttp app (api, ingest) serves
     the service's port, a FastStream app (matcher, dispatcher) consumes (its lifespan
     serves the operational endpoints). ``young_collection_every``: the cyclic GC's
-    first threshold (allocations between young collections; Python's default is
-    700), for a service whose objects mostly die young of their reference count (the
-    older generations then collect every 20 of the younger's collections)."""
+    first threshold (a young collection each time that many more container objects
+    are alive than at the last one; Python's default is 700), for a service that
+    keeps many short-lived objects in flight at once (the older generations then
+    collect every 20 of the younger's collections). At least 1: 0 would turn the
+    collector off."""
+    if young_collection_every is not None and young_collection_every < 1:
+        raise ValueError("young_collection_every must be at least 1")
     settings = settings_type.from_env()
     configure_logging(settings.log_level, service=settings.service_name)
     app = create_app(settings)

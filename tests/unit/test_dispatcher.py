@@ -22,6 +22,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from services.dispatcher.kinds import rest as rest_kind
 from services.dispatcher.kinds.base import (
     Outcome,
+    Target,
     http_outcome,
     mask,
     parse_retry_after,
@@ -29,9 +30,8 @@ from services.dispatcher.kinds.base import (
     short,
 )
 from services.dispatcher.kinds.rest import (
+    RestKind,
     build_rest_request,
-    exchange_rest,
-    prepare_rest,
     render_rest,
     rest_templates,
     webhook_signature,
@@ -44,7 +44,6 @@ from services.dispatcher.policy import (
     backoff_delay,
 )
 from services.dispatcher.registration import ResolveError, ipfs_gateway_url
-from services.dispatcher.renderer import Renderer
 from services.dispatcher.templates import (
     TemplateRenderError,
     context_of,
@@ -55,11 +54,11 @@ from services.dispatcher.templates import (
 from shared.contract.actions import ActionType, RestConfig
 from shared.contract.events import Event
 from shared.contract.jobs import MAX_CACHED_CONFIG, ActionJob, job_id
-from shared.outbound.client import new_session
+from shared.outbound.client import OutboundResponse
 from shared.outbound.policy import OutboundPolicy, origin
+from shared.platform.secrets import SecretBox
 from tests.strategies import events
 from tools.eventgen import make_event
-from tools.localnet import Receiver, serve
 
 pytestmark = pytest.mark.unit
 
@@ -198,35 +197,95 @@ def test_rest_request_carries_idempotency_key_and_a_verifiable_signature() -> No
         Webhook(secret).verify(req.body + b" ", req.headers)
 
 
-async def test_a_prepared_request_is_signed_when_it_is_sent(
+class InProcessRenderer:
+    """Renders here and notes what it was asked to render (no template workers)."""
+
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+
+    async def call(self, fn: Any, *args: Any, templates: Any = None) -> Any:
+        self.calls.append(templates)
+        return fn(*args)
+
+
+def noting_rest_kind(
+    monkeypatch: pytest.MonkeyPatch, renderer: InProcessRenderer
+) -> tuple[RestKind, list[dict[str, Any]]]:
+    """A REST kind whose requests are noted in the list returned instead of leaving."""
+    sent: list[dict[str, Any]] = []
+
+    async def fetch(_session: Any, method: str, url: str, **kw: Any) -> OutboundResponse:
+        sent.append({"method": method, "url": url, **kw})
+        return OutboundResponse(200, {}, b"", url)
+
+    monkeypatch.setattr(rest_kind, "fetch", fetch)
+    kind = RestKind(
+        session=None,  # type: ignore[arg-type]
+        policy=OutboundPolicy.from_setting("127.0.0.0/8"),
+        secrets=SecretBox(base64.urlsafe_b64encode(b"k" * 32).decode()),  # unused
+        renderer=renderer,  # type: ignore[arg-type]
+    )
+    return kind, sent
+
+
+async def test_a_prepared_webhook_is_signed_when_it_is_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Prepared before its slot, a request may wait there: its Standard Webhooks
+    # Built before its slot, a request may wait there: its Standard Webhooks
     # timestamp is the moment it leaves, not the moment it was built.
     secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
     clock = [1_700_000_000.0]
     monkeypatch.setattr(rest_kind, "time", type("Clock", (), {"time": lambda: clock[0]}))
-    renderer = Renderer(workers=1, seconds=1.0, memory_mb=64)  # nothing to render: unused
-    policy = OutboundPolicy.from_setting("127.0.0.0/8")
-    try:
-        async with serve(Receiver()) as receiver, new_session(policy) as session:
-            cfg = RestConfig(url=receiver.url("/hook"))
-            job = a_job({"url": cfg.url})
-            ready = await prepare_rest(job, cfg, renderer=renderer, secret=secret)
-            assert not isinstance(ready, Outcome)
-            req, key = ready
-            assert not {h.lower() for h in req.headers} & {"webhook-timestamp", "webhook-id"}
-            clock[0] += 90.0  # the slot came 90 s later
-            outcome = await exchange_rest(job, cfg, req, key, session=session, policy=policy)
-    finally:
-        renderer.close()
-    assert outcome.kind == "success"
-    (seen,) = receiver.seen
-    assert seen.headers["webhook-timestamp"] == "1700000090"
-    assert seen.headers["webhook-signature"] == webhook_signature(
-        secret, job.job_id, 1_700_000_090, seen.body
+    renderer = InProcessRenderer()
+    kind, sent = noting_rest_kind(monkeypatch, renderer)
+    cfg = RestConfig(url="https://hooks.example/in")
+    job = a_job({"url": cfg.url})
+    exchange = await kind.prepare(
+        job, cfg, Target(destination="https://hooks.example", secret=secret)
     )
-    assert seen.body == req.body
+    assert not isinstance(exchange, Outcome)
+    assert renderer.calls  # built now...
+    assert sent == []  # ...but not sent
+    clock[0] += 90.0  # the slot came 90 s later
+    assert (await exchange()).kind == "success"
+    (request,) = sent
+    headers, body = request["headers"], request["data"]
+    assert headers["webhook-timestamp"] == "1700000090"
+    assert headers["webhook-signature"] == webhook_signature(
+        secret, job.job_id, 1_700_000_090, body
+    )
+
+
+async def test_a_webhook_with_templates_renders_within_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rendering goes to the shared template workers: ahead of the slot, a backlog's
+    # renderings would all queue there at once. Only the exchange renders it.
+    renderer = InProcessRenderer()
+    kind, sent = noting_rest_kind(monkeypatch, renderer)
+    cfg = RestConfig(
+        url="https://hooks.example/in", body_template={"agent": "{{ event.agent_id }}"}
+    )
+    job = a_job({"url": cfg.url, "body_template": cfg.body_template})
+    exchange = await kind.prepare(job, cfg, Target(destination="https://hooks.example"))
+    assert not isinstance(exchange, Outcome)
+    assert renderer.calls == []  # nothing rendered before the slot
+    assert (await exchange()).kind == "success"
+    assert len(renderer.calls) == 1
+    assert sent[0]["data"] == b'{"agent":"7"}'
+
+
+async def test_an_untemplated_webhooks_error_ends_it_before_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kind, sent = noting_rest_kind(monkeypatch, InProcessRenderer())
+    cfg = RestConfig(url="https://hooks.example/in")
+    target = Target(destination="https://hooks.example", secret="whsec_@@@")
+    outcome = await kind.prepare(a_job({"url": cfg.url}), cfg, target)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.kind, outcome.sent) == ("permanent", False)
+    assert outcome.error == "the signing secret is whsec_ but not base64"
+    assert sent == []
 
 
 def test_raw_secret_signature_and_default_body() -> None:

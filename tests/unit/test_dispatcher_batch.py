@@ -571,8 +571,8 @@ async def test_a_job_waiting_for_its_destinations_slot_is_already_prepared() -> 
 
 
 async def test_a_job_that_ends_in_its_preparation_never_takes_a_slot() -> None:
-    # A template error is the job's own: it neither waits behind the destination
-    # nor counts toward its breaker.
+    # An error in its preparation is the job's own: it does not wait behind the
+    # destination.
     kind = StagedKind()
     dispatcher, store, _ = build(kind, per_destination_concurrency=1)
     held, broken = a_job(1), a_job(2)
@@ -580,8 +580,22 @@ async def test_a_job_that_ends_in_its_preparation_never_takes_a_slot() -> None:
     batch = asyncio.create_task(dispatcher.handle_batch([held, broken]))
     await until(lambda: store.statuses(broken) == ["failed"])
     assert store.statuses(held) == []  # still holding the only slot
-    assert not dispatcher.attempts.breakers.is_open("u1\nhttps://hooks.example")
     kind.release.set()
     await batch
     assert store.statuses(held) == ["success"]
     assert f"exchange {broken.job_id}" not in kind.steps
+
+
+async def test_an_open_breaker_does_not_defer_a_job_that_ends_in_its_preparation() -> None:
+    # The breaker speaks for the destination; a job that cannot be built says
+    # nothing about it and is not put off for it either: it fails now.
+    kind = StagedKind(outcomes=[Outcome.transient("HTTP 503")])
+    kind.release.set()
+    dispatcher, store, sent = build(kind, breaker_threshold=1)
+    failing, broken = a_job(1), a_job(2)
+    await dispatcher.handle_batch([failing])
+    assert dispatcher.attempts.breakers.is_open("u1\nhttps://hooks.example")
+    kind.unrenderable.add(broken.job_id)
+    await dispatcher.handle_batch([broken])
+    assert store.statuses(broken) == ["failed"]
+    assert all(ActionJob.parse(m).job_id != broken.job_id for m in sent.on(RETRY))

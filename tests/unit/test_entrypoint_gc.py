@@ -85,6 +85,12 @@ def test_a_service_may_collect_its_young_objects_less_often(
         gc.set_threshold(*before)
         entrypoint.run_service(Settings, lambda _s: web.Application())  # type: ignore[type-var]
         assert seen["thresholds"] == before  # left alone unless asked
+        with pytest.raises(ValueError, match="at least 1"):
+            entrypoint.run_service(
+                Settings,  # type: ignore[type-var]
+                lambda _s: web.Application(),
+                young_collection_every=0,  # would turn the collector off
+            )
     finally:
         gc.set_threshold(*before)
 

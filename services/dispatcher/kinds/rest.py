@@ -404,7 +404,15 @@ class RestKind:
     async def prepare(
         self, job: ActionJob, cfg: ActionConfig, target: Target
     ) -> Exchange | Outcome:
+        """The request built now when the action has nothing to render (built here,
+        in microseconds: the slot is then held for the exchange alone). An action
+        with templates renders within the slot, as part of the exchange: its
+        rendering goes to the shared template workers, which the destination's
+        slots, its breaker and each user's fair turn keep from being flooded by one
+        destination's backlog."""
         assert isinstance(cfg, RestConfig)
+        if has_templates(*rest_sources(cfg)):
+            return functools.partial(self.attempt, job, cfg, target)
         ready = await prepare_rest(
             job, cfg, renderer=self._renderer, secret=target.secret, secret_headers=target.headers
         )

@@ -16,21 +16,24 @@ from shared.platform import entrypoint
 pytestmark = pytest.mark.unit
 
 
+class Settings:
+    """What run_service reads of a service's settings."""
+
+    @classmethod
+    def from_env(cls) -> Any:
+        return SimpleNamespace(
+            log_level="WARNING",
+            service_name="test",
+            http_host="127.0.0.1",
+            http_port=0,
+            shutdown_timeout=1.0,
+        )
+
+
 def test_the_heap_is_frozen_before_the_app_serves(
     unfrozen: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, Any] = {}
-
-    class Settings:
-        @classmethod
-        def from_env(cls) -> Any:
-            return SimpleNamespace(
-                log_level="WARNING",
-                service_name="test",
-                http_host="127.0.0.1",
-                http_port=0,
-                shutdown_timeout=1.0,
-            )
 
     made: list[object] = []
 
@@ -57,17 +60,6 @@ def test_a_service_may_collect_its_young_objects_less_often(
     unfrozen: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, Any] = {}
-
-    class Settings:
-        @classmethod
-        def from_env(cls) -> Any:
-            return SimpleNamespace(
-                log_level="WARNING",
-                service_name="test",
-                http_host="127.0.0.1",
-                http_port=0,
-                shutdown_timeout=1.0,
-            )
 
     def run_app(app: web.Application, **_kwargs: Any) -> None:
         seen["thresholds"] = gc.get_threshold()

@@ -173,10 +173,9 @@ class ActionKind(Protocol):
     ``target`` resolves where the job goes (raising ResolveError or
     SecretDecryptError), ``wait_before`` may defer the job before its attempt takes a
     slot, ``prepare`` does what needs no destination yet and costs little (a
-    webhook without templates built: an Outcome when the attempt ends there), and
-    the Exchange it returns is
-    awaited within the destination's slot and ``time_limit`` seconds. ``attempt`` is
-    the two in one (prepare, then exchange)."""
+    webhook without templates built: an Outcome when the attempt ends there), and the
+    Exchange it returns is awaited within the destination's slot and ``time_limit``
+    seconds. ``attempt`` is the two in one (prepare, then exchange)."""
 
     def time_limit(self, job: ActionJob) -> float: ...
 

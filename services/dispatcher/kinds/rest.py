@@ -279,8 +279,9 @@ async def prepare_rest(
     secret_headers: dict[str, str] | None = None,
 ) -> tuple[RestRequest, bytes | None] | Outcome:
     """The request, not signed yet, and its signing key; an Outcome when the attempt
-    ends here (a template error, no template worker free). Done before the attempt
-    takes its destination's slot: the slot is held for the exchange alone."""
+    ends here (a template error, no template worker free). RestKind.prepare calls it
+    before the destination's slot for an action with nothing to render; run_rest,
+    within the slot, for one with templates."""
     try:
         rendered = await renderer.call(
             render_rest,

@@ -5,7 +5,11 @@ a job produced to its request received.
 
 1. Throughput: ``--jobs`` REST jobs are put on a fresh actions topic, then the real
    dispatcher process starts; actions/s is measured from the first request the
-   receiver gets to the last (every job recorded in action_results).
+   receiver gets to the last (every job recorded in action_results). Also printed:
+   the cores each process kept busy, the dispatcher's CPU per action, and its
+   event loop's (main thread's) time split into running, waiting for a core and
+   idle; ``ratio_to_raw_post_at_one_full_core`` is the most that CPU per action
+   allows (a core of its own, never idle or waiting), against the same raw POSTs.
 2. Delay: with the dispatcher running, jobs are produced at ``--rate`` per second
    for ``--seconds``; each job's delay is its request's arrival at the receiver
    minus the moment it was produced (one clock: receiver and producer share this
@@ -57,8 +61,10 @@ from tools.benchkit import (
     cpu_seconds,
     cpu_split,
     insert_user,
+    main_thread_schedule,
     pct,
     save,
+    schedule_split,
     service,
     stack,
 )
@@ -217,11 +223,22 @@ async def outcome_counts(url: str) -> dict[str, float]:
     return {f"rows_{r['status']}": float(r["n"]) for r in rows}
 
 
+@dataclass(frozen=True)
+class Throughput:
+    """How the machine was shared while the dispatcher worked through its jobs."""
+
+    #: cores each group kept busy (:func:`cpu_split`)
+    cores: dict[str, float]
+    #: the dispatcher's main thread (its event loop): running, waiting for a core,
+    #: idle (:func:`schedule_split`); empty where the kernel does not say
+    loop: dict[str, float]
+
+
 async def wait_all_recorded(
     url: str, n: int, dispatcher: BenchService, arrivals: dict[str, float]
-) -> dict[str, float]:
+) -> Throughput:
     """Until ``n`` successes are recorded; how the cores were shared from the first
-    request received to then (:func:`cpu_split`)."""
+    request received to then."""
     deadline = time.monotonic() + 600
     names = {dispatcher.proc.pid: "dispatcher"}
     while not arrivals:
@@ -229,13 +246,18 @@ async def wait_all_recorded(
         if time.monotonic() > deadline:
             raise SystemExit("throughput phase: no request arrived in 600 s")
         await asyncio.sleep(0.005)
-    before, started = cpu_seconds(names), time.monotonic()
+    pid = dispatcher.proc.pid
+    before, loop_before, started = cpu_seconds(names), main_thread_schedule(pid), time.monotonic()
     while await count_success(url) < n:
         dispatcher.check()
         if time.monotonic() > deadline:
             raise SystemExit("throughput phase did not finish in 600 s")
         await asyncio.sleep(0.2)
-    return cpu_split(before, cpu_seconds(names), time.monotonic() - started)
+    loop_after, wall = main_thread_schedule(pid), time.monotonic() - started
+    loop = {}
+    if loop_before is not None and loop_after is not None:
+        loop = schedule_split(loop_before, loop_after, wall)
+    return Throughput(cpu_split(before, cpu_seconds(names), wall), loop)
 
 
 async def paced(
@@ -345,10 +367,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             with service("dispatcher", env, py_args=bench_py_args()) as dispatcher:
                 say("throughput: dispatcher started")
-                cores = await wait_all_recorded(url, len(jobs), dispatcher, arrivals)
+                shared = await wait_all_recorded(url, len(jobs), dispatcher, arrivals)
+                cores = shared.cores
                 times = sorted(arrivals.values())
                 figures["actions_per_s"] = (len(times) - 1) / (times[-1] - times[0])
+                figures["dispatcher_cpu_us_per_action"] = (
+                    cores.get("dispatcher", 0.0) / figures["actions_per_s"] * 1e6
+                )
                 say(f"throughput: {figures['actions_per_s']:.0f} actions/s; cores busy {cores}")
+                say(f"throughput: the dispatcher's event loop {shared.loop}")
                 # The baseline again right after (the dispatcher idle): this machine's
                 # speed drifts within a run, and the ratio takes the mean of the two.
                 say("raw baseline again: aiohttp POSTs to the receiver")
@@ -399,7 +426,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "jobs": args.jobs,
         **{k: round(v, 1) for k, v in figures.items()},
         "cores_busy_throughput": cores,
+        "dispatcher_loop_throughput": shared.loop,
         "ratio_to_raw_post": round(figures["actions_per_s"] / figures["raw_post_per_s"], 3),
+        # The most its CPU per action allows: a core of its own, never idle or waiting.
+        "ratio_to_raw_post_at_one_full_core": round(
+            1e6 / figures["dispatcher_cpu_us_per_action"] / figures["raw_post_per_s"], 3
+        ),
         "ratio_to_raw_consume": round(figures["actions_per_s"] / figures["raw_consume_per_s"], 4),
         "raw_dispatch_ratio_to_raw_post": round(
             figures["raw_dispatch_per_s"] / figures["raw_post_per_s"], 3

@@ -126,6 +126,41 @@ def cpu_split(before: dict[str, float], after: dict[str, float], wall: float) ->
     }
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Seconds a thread ran on a core and waited for one while runnable, so far
+    (Linux's ``/proc/<pid>/schedstat``, of the process's main thread)."""
+
+    running: float
+    waiting: float
+
+
+def main_thread_schedule(pid: int) -> Schedule | None:
+    """Where the main thread of ``pid`` spent its time so far; None where the kernel
+    does not say (not Linux, or no scheduler statistics)."""
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return Schedule(running=int(fields[0]) / 1e9, waiting=int(fields[1]) / 1e9)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def schedule_split(before: Schedule, after: Schedule, wall: float) -> dict[str, float]:
+    """Shares of ``wall`` seconds between two :func:`main_thread_schedule`: on a core,
+    runnable but waiting for a core (the machine busy elsewhere), and idle (the
+    rest: the thread had nothing to run, e.g. every request out and no answer back).
+    A single-threaded event loop runs no faster than its running share allows."""
+    if wall <= 0:
+        raise ValueError("wall must be positive")
+    running = (after.running - before.running) / wall
+    waiting = (after.waiting - before.waiting) / wall
+    return {
+        "running": round(running, 3),
+        "waiting_for_core": round(waiting, 3),
+        "idle": round(max(0.0, 1.0 - running - waiting), 3),
+    }
+
+
 def timestamp() -> str:
     """The time now, as results and logs are named by it."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"

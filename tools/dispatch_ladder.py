@@ -1,5 +1,5 @@
 """Where a webhook attempt's CPU goes, layer by layer: the same REST jobs sent to a
-local receiver (a process of its own) by one process, five times, each time with one
+local receiver (a process of its own) by one process, six times, each time with one
 more of the dispatcher's layers, at the dispatcher's concurrency per destination.
 
     python -m tools.dispatch_ladder [--jobs N] [--concurrency C]     (make bench-ladder)
@@ -10,10 +10,13 @@ more of the dispatcher's layers, at the dispatcher's concurrency per destination
 3. ``+ outbound guard``: the POST goes through the outbound client instead
    (``shared.outbound.client.fetch``: the address checks, the capped read, the
    exchange's deadline, its redirects handled by hand).
-4. ``+ webhook built``: the REST kind makes the attempt (``RestKind.attempt``: the
-   action's config, its templates or the default body with the event's JSON, the
-   headers, the outcome of the answer).
-5. ``+ attempt stage, recorded``: the dispatcher's own batches
+4. ``+ default body``: the POST carries the body the REST kind sends for an action
+   without a body template (``render_rest`` of ``rest_templates``: the event's JSON
+   dumped from the model, the job's fields, orjson) instead of the job's message.
+5. ``+ webhook built``: the REST kind makes the whole attempt (``RestKind.attempt``:
+   the target, the same body, the headers, the signature when there is a secret,
+   the outcome of the answer).
+6. ``+ attempt stage, recorded``: the dispatcher's own batches
    (``Dispatcher.handle_batch`` on batches of 200: the checks against the database,
    a task per attempt, the destination's slot, its breaker, the time limit, the
    metrics, and a row per attempt in PostgreSQL through the group-committing writer).
@@ -44,7 +47,7 @@ from prometheus_client import CollectorRegistry
 from services.dispatcher.__main__ import YOUNG_COLLECTION_EVERY
 from services.dispatcher.batch import Dispatcher
 from services.dispatcher.kinds.base import ActionRow
-from services.dispatcher.kinds.rest import RestKind
+from services.dispatcher.kinds.rest import RestKind, render_rest, rest_templates
 from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.renderer import Renderer
 from services.dispatcher.settings import DispatcherSettings
@@ -68,6 +71,7 @@ LAYERS = (
     "raw POST",
     "+ job parsed",
     "+ outbound guard",
+    "+ default body",
     "+ webhook built",
     "+ attempt stage, recorded",
 )
@@ -151,6 +155,13 @@ class Ladder:
         ActionJob.parse(body)
         await fetch(self.guarded, "POST", self.hook, policy=self.policy, headers=_JSON, data=body)
 
+    async def bodied(self, body: bytes) -> None:
+        job = ActionJob.parse(body)
+        rendered = render_rest(*rest_templates(job, self.cfg))
+        await fetch(
+            self.guarded, "POST", self.hook, policy=self.policy, headers=_JSON, data=rendered.body
+        )
+
     async def built(self, body: bytes) -> None:
         job = ActionJob.parse(body)
         target = await self.kind.target(job, self.cfg, self.row)
@@ -186,6 +197,7 @@ class Ladder:
                     each(self.raw),
                     each(self.parsed),
                     each(self.guarded_post),
+                    each(self.bodied),
                     each(self.built),
                     self.staged,
                 ),

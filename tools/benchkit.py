@@ -129,7 +129,8 @@ def cpu_split(before: dict[str, float], after: dict[str, float], wall: float) ->
 @dataclass(frozen=True)
 class Schedule:
     """Seconds a thread ran on a core and waited for one while runnable, so far
-    (Linux's ``/proc/<pid>/schedstat``, of the process's main thread)."""
+    (Linux's ``/proc/<pid>/schedstat``: the task whose id is the pid, the process's
+    main thread alone; the kernel counts in nanoseconds)."""
 
     running: float
     waiting: float
@@ -140,9 +141,12 @@ def main_thread_schedule(pid: int) -> Schedule | None:
     does not say (not Linux, or no scheduler statistics)."""
     try:
         fields = Path(f"/proc/{pid}/schedstat").read_text().split()
-        return Schedule(running=int(fields[0]) / 1e9, waiting=int(fields[1]) / 1e9)
+        running, waiting = int(fields[0]), int(fields[1])
     except (OSError, IndexError, ValueError):
         return None
+    if running == 0 and waiting == 0:
+        return None  # a kernel keeping no scheduler statistics writes zeros
+    return Schedule(running=running / 1e9, waiting=waiting / 1e9)
 
 
 def schedule_split(before: Schedule, after: Schedule, wall: float) -> dict[str, float]:

@@ -11,11 +11,13 @@ more of the dispatcher's layers, at the dispatcher's concurrency per destination
    (``shared.outbound.client.fetch``: the address checks, the capped read, the
    exchange's deadline, its redirects handled by hand).
 4. ``+ default body``: the POST carries the body the REST kind sends for an action
-   without a body template (``render_rest`` of ``rest_templates``: the event's JSON
-   dumped from the model, the job's fields, orjson) instead of the job's message.
+   without a body template instead of the job's message (``render_rest`` of
+   ``rest_templates``: the event's JSON dumped from the model with its empty and
+   derived fields, the job's fields, orjson; the URL's check; about a fifth larger
+   than the message).
 5. ``+ webhook built``: the REST kind makes the whole attempt (``RestKind.attempt``:
-   the target, the same body, the headers, the signature when there is a secret,
-   the outcome of the answer).
+   the target, the same body, the headers, the outcome of the answer; the
+   benchmark's action has no signing secret, so nothing is signed).
 6. ``+ attempt stage, recorded``: the dispatcher's own batches
    (``Dispatcher.handle_batch`` on batches of 200: the checks against the database,
    a task per attempt, the destination's slot, its breaker, the time limit, the
@@ -65,7 +67,7 @@ from tools.benchdb import scratch_database
 from tools.benchkit import save, stack
 from tools.localnet import Receiver, empty_ok, free_port
 
-#: Jobs of one batch in layer 5, as the dispatcher's default batch_max_records.
+#: Jobs of one batch in layer 6, as the dispatcher's default batch_max_records.
 BATCH = 200
 LAYERS = (
     "raw POST",

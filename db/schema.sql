@@ -786,7 +786,8 @@ CREATE TABLE public.event_outbox (
     payload bytea NOT NULL,
     broadcast boolean DEFAULT false NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL
-);
+)
+WITH (vacuum_truncate='false');
 
 
 --
@@ -3467,4 +3468,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208100000'),
     ('20261209120000'),
     ('20261210090000'),
-    ('20261211090000');
+    ('20261211090000'),
+    ('20261212090000');

@@ -340,11 +340,11 @@ async def test_outbox_insert_statement_notifies_once(
 async def _emptied_then_vacuumed(db: asyncpg.Connection, table: str) -> tuple[int, int]:
     """The table's file size with 20,000 rows just deleted, and after a VACUUM."""
     await db.execute(
-        f"INSERT INTO {table} (msg_key, payload)"  # noqa: S608 (a table name of this test)
+        f"INSERT INTO {table} (msg_key, payload)"
         " SELECT 'vacuum:' || g, convert_to(repeat('x', 200), 'UTF8')"
         " FROM generate_series(1, 20000) g"
     )
-    await db.execute(f"DELETE FROM {table} WHERE msg_key LIKE 'vacuum:%'")  # noqa: S608
+    await db.execute(f"DELETE FROM {table} WHERE msg_key LIKE 'vacuum:%'")
     before: int = await db.fetchval("SELECT pg_relation_size($1::regclass)", table)
     await db.execute(f"VACUUM {table}")
     after: int = await db.fetchval("SELECT pg_relation_size($1::regclass)", table)

@@ -8,7 +8,6 @@ make test runs the tests two at a time (pytest-xdist workers), then those marked
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import os
 import time
@@ -22,6 +21,7 @@ import asyncpg
 import hypothesis
 import pytest
 
+from shared.platform import frozen_heap
 from shared.platform.db import register_codecs
 from shared.platform.kafka import ensure_topics
 from tests.procs import ServiceProcess
@@ -135,10 +135,11 @@ def template_db(admin_url: str) -> str:
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
     """Nothing frozen from the cyclic GC's sight before the test, nor after it (a
-    test of gc.freeze starts from, and leaves, the process as pytest made it)."""
-    gc.unfreeze()
+    test of gc.freeze starts from, and leaves, the process as pytest made it; the
+    services' own count of it, shared.platform.frozen_heap, with it)."""
+    frozen_heap.unfreeze()
     yield
-    gc.unfreeze()
+    frozen_heap.unfreeze()
 
 
 @pytest.fixture

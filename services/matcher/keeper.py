@@ -18,6 +18,7 @@ from services.matcher.metrics import MatcherMetrics
 from shared.engine.evaluate import TriggerSpec, forget_removed, has_absence, programs_built
 from shared.engine.replay import compile_trigger
 from shared.engine.trigger_index import TriggerIndex
+from shared.platform import frozen_heap
 from shared.platform.db import keep_listening, listen
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,7 @@ class ProgramSettler:
     programs and states are: they hold no cycles). Between batches little else is
     alive, and a settle comes only with SETTLE_EVERY new programs (MATCHER_SETTLE_EVERY:
     about 200 settles for a million triggers, then one for each 5,000 edits and
-    reloads). ``erc8004_matcher_gc_frozen_objects`` shows what is frozen."""
+    reloads). ``erc8004_matcher_gc_frozen_objects_total`` counts what was frozen."""
 
     def __init__(self, every: int = SETTLE_EVERY) -> None:
         self._every = every
@@ -63,7 +64,7 @@ class ProgramSettler:
             return False
         self._at = built
         gc.collect()
-        gc.freeze()
+        frozen_heap.freeze_young()
         self.settles += 1
         return True
 
@@ -160,8 +161,9 @@ class IndexKeeper:
             # collection first: the load leaves no cyclic garbage to free (a test
             # holds it to that), and a full collection walks the whole new heap (about
             # 5 s of a million triggers' load). What a cycle made meanwhile would
-            # cost is its own few bytes, pinned once.
-            gc.freeze()
+            # cost is its own few bytes, pinned once. (Counted by one walk: the
+            # collector was off, so the index is wherever it was made.)
+            frozen_heap.freeze()
             self._frozen = True
         self._metrics.index_size.set(len(self.index))
         self._metrics.index_reloads.labels("full").inc()

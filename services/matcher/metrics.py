@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from shared.contract.actions import ActionType
 from shared.contract.condition_types import ConditionType
+from shared.platform import frozen_heap
 
 CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000)
 SECONDS_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 0.01, 0.05, 0.25, 1)
@@ -21,6 +23,28 @@ RecomputationCause = Literal["reorg", "revocation"]
 RecomputationResult = Literal["exact", "withdrawn"]
 #: An index update: the whole index (full) or one trigger (trigger).
 IndexReload = Literal["full", "trigger"]
+
+
+class FrozenObjects:
+    """``erc8004_matcher_gc_frozen_objects_total``: objects taken out of the cyclic
+    GC's sight since the start, read at each scrape from the count the freezes keep
+    (shared.platform.frozen_heap; CPython's own count walks every frozen object)."""
+
+    NAME = "erc8004_matcher_gc_frozen_objects"
+    HELP = (
+        "Objects taken out of the cyclic GC's sight since the start (the start-up heap,"
+        " the index after its load, the programs compiled since); grows with the"
+        " triggers compiled, not with the events."
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.NAME, self.HELP)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.NAME, self.HELP, value=frozen_heap.frozen_total())
 
 
 @dataclass(frozen=True)
@@ -39,7 +63,7 @@ class MatcherMetrics:
     index_size: Gauge
     index_reloads: Counter
     consumer_lag: Gauge
-    frozen_objects: Gauge
+    frozen_objects: FrozenObjects
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MatcherMetrics:
@@ -55,7 +79,6 @@ class MatcherMetrics:
             metrics.jobs.labels(action_type.value)
         for kind in get_args(IndexReload):
             metrics.index_reloads.labels(kind)
-        metrics.frozen_objects.set_function(gc.get_freeze_count)
         return metrics
 
     @classmethod
@@ -146,11 +169,5 @@ class MatcherMetrics:
                 "Messages of erc8004.events not yet committed by the matcher group.",
                 registry=registry,
             ),
-            frozen_objects=Gauge(
-                "erc8004_matcher_gc_frozen_objects",
-                "Objects out of the cyclic GC's sight (the index after its load, the"
-                " programs compiled since): grows with the triggers compiled, not with"
-                " the events.",
-                registry=registry,
-            ),
+            frozen_objects=FrozenObjects(registry),
         )

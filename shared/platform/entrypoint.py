@@ -14,6 +14,7 @@ from typing import TypeVar
 from aiohttp import web
 from faststream import FastStream
 
+from shared.platform import frozen_heap
 from shared.platform.logging import configure_logging
 from shared.platform.loop import new_event_loop
 from shared.platform.settings import ServiceSettings
@@ -60,7 +61,7 @@ def freeze_startup_heap() -> None:
     loop that shows in the latency tail (docs/performance.md). One collection first,
     so cyclic garbage of the imports is freed rather than pinned."""
     gc.collect()
-    gc.freeze()
+    frozen_heap.freeze()
 
 
 def run_service(

@@ -897,14 +897,14 @@ async def test_the_programs_built_by_a_batch_are_frozen_after_it(
         conditions=[{"condition_type": "agent_id_equals", "operator": "=", "value": "77"}],
     )
     await wait_metric(proc, "erc8004_matcher_index_triggers", 1, within=10)
-    before = metric(proc, "erc8004_matcher_gc_frozen_objects")
+    before = metric(proc, "erc8004_matcher_gc_frozen_objects_total")
     assert before > 0  # the start's heap
     await asyncio.sleep(1)
-    assert metric(proc, "erc8004_matcher_gc_frozen_objects") == before  # nothing built yet
+    assert metric(proc, "erc8004_matcher_gc_frozen_objects_total") == before  # nothing built yet
     await matcher.produce([feedback(chain, 10, 77, score=1)])
     await wait_metric(proc, "erc8004_matcher_events_evaluated_total", 1)
     deadline = time.monotonic() + 10
-    while metric(proc, "erc8004_matcher_gc_frozen_objects") <= before:
+    while metric(proc, "erc8004_matcher_gc_frozen_objects_total") <= before:
         assert time.monotonic() < deadline, "the program built was not frozen"
         await asyncio.sleep(0.1)
     assert len(await matcher.jobs(expect=1)) == 1

@@ -13,6 +13,7 @@ import pytest
 from services.matcher.keeper import ProgramSettler
 from shared.engine.evaluate import TriggerSpec, programs_built
 from shared.engine.replay import compile_trigger
+from shared.platform import frozen_heap
 
 pytestmark = pytest.mark.unit
 
@@ -80,6 +81,9 @@ def test_a_settle_comes_with_enough_new_programs_and_freezes_them(unfrozen: None
     assert settler.settle()
     assert gone() is None
     assert gc.get_freeze_count() > 0
+    # counted as it froze, by what it took from the generations (no walk of them all;
+    # a temporary frozen with them and freed since stays counted)
+    assert 0 <= frozen_heap.frozen_total() - gc.get_freeze_count() <= 10
     assert not _tracked(program)  # the GC no longer walks it
     assert not settler.settle()  # nothing new since
     # a frozen program is still freed by its reference count (its agent's node: its own)

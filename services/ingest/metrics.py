@@ -76,7 +76,8 @@ class IngestMetrics:
             ),
             relay_lag=Gauge(
                 "erc8004_ingest_relay_lag_seconds",
-                "Age of the oldest message in the outbox (0 when empty).",
+                "Age of the oldest message in the outbox, the next one the relay sends (0 when"
+                " empty).",
                 registry=registry,
             ),
             relay_batch=Histogram(

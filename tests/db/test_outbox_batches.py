@@ -1,13 +1,16 @@
 """The relay's batches are bounded in bytes as well as rows: large events (texts of
 megabytes are stored as the chain has them) never make a batch that exceeds memory
-or the send's time limit; a row larger than the bound still goes, alone."""
+or the send's time limit; a row larger than the bound still goes, alone. The
+outbox's statistics read its live rows, not the empty pages a backlog left."""
 
 from __future__ import annotations
+
+import json
 
 import asyncpg
 import pytest
 
-from services.ingest.queries import lock_outbox_batch
+from services.ingest.queries import OUTBOX_STATS, lock_outbox_batch, outbox_stats
 
 pytestmark = [pytest.mark.db]
 
@@ -34,3 +37,40 @@ async def test_a_batch_stops_at_its_byte_bound_but_takes_at_least_one_row(
     assert await batch(100, 100) == [5000]
     await db.execute("DELETE FROM event_outbox")
     assert await batch(100, 100) == []
+
+
+async def _pages_read(db: asyncpg.Connection, sql: str) -> int:
+    """The shared buffers ``sql`` touched (hit or read), from its plan run."""
+    plan = await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
+    if isinstance(plan, str):  # (without the connection's json codec)
+        plan = json.loads(plan)
+    top = plan[0]["Plan"]
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+
+
+async def test_the_stats_after_a_drained_backlog_read_the_live_rows_not_the_file(
+    db: asyncpg.Connection,
+) -> None:
+    """The outbox keeps its largest backlog's size in empty pages (it is never
+    truncated): the once-a-second depth and lag must not scan them."""
+    await db.execute(
+        "INSERT INTO event_outbox (msg_key, payload)"
+        " SELECT 'backlog:' || g, convert_to(repeat('x', 700), 'UTF8')"
+        " FROM generate_series(1, 20000) g"
+    )
+    await db.execute("DELETE FROM event_outbox")
+    await db.execute("VACUUM ANALYZE event_outbox")
+    pages = await db.fetchval("SELECT pg_relation_size('event_outbox') / 8192")
+    assert pages > 1500  # the backlog's pages are still there
+    assert await outbox_stats(db) == (0, 0.0)
+    await db.execute(
+        "INSERT INTO event_outbox (msg_key, payload, created_at) VALUES"
+        " ('a', '\\x01', now() - interval '30 seconds'), ('b', '\\x02', now())"
+    )
+    depth, lag = await outbox_stats(db)
+    assert depth == 2
+    assert 29 < lag < 60  # the next message's age: the one with the lowest seq
+    assert await _pages_read(db, OUTBOX_STATS) < 50
+    # a count next to min(created_at), as before, reads every page of the file
+    whole = "SELECT count(*), min(created_at) FROM event_outbox"
+    assert await _pages_read(db, whole) >= pages

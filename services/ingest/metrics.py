@@ -71,7 +71,8 @@ class IngestMetrics:
             ),
             outbox_depth=Gauge(
                 "erc8004_ingest_outbox_depth",
-                "Messages in the outbox, not yet acknowledged by Kafka.",
+                "Messages in the outbox, not yet acknowledged by Kafka (counted up to 10,000;"
+                " beyond, the span of their sequence numbers).",
                 registry=registry,
             ),
             relay_lag=Gauge(

@@ -308,23 +308,35 @@ async def delete_outbox(conn: Conn, seqs: list[int]) -> None:
     await conn.execute("DELETE FROM event_outbox WHERE seq = any($1::bigint[])", seqs)
 
 
+#: Up to this many queued messages the outbox's depth is counted exactly.
+EXACT_DEPTH = 10_000
+
 #: The outbox's depth and the age of its next message (the lowest seq: the one the
-#: relay sends first), both read through the primary key. The outbox is never
-#: truncated by vacuum (migration 20261212090000), so after a backlog its file keeps
-#: the backlog's size in empty pages; a count(*) next to min(created_at) (a column
-#: the key does not hold) could only scan the whole file, once a second: 30,000
-#: pages after a 300,000-event backlog. Through the key it reads the live rows'
-#: pages only (docs/performance.md, "Issue 17, eleventh session").
-OUTBOX_STATS = """
-    SELECT (SELECT count(*) FROM event_outbox) AS depth,
+#: relay sends first), read once a second, through the primary key only. The outbox
+#: is never truncated by vacuum (migration 20261212090000), so after a backlog its
+#: file keeps the backlog's size in empty pages: a count(*) next to min(created_at)
+#: (a column the key does not hold) scanned the whole file, 30,000 pages after a
+#: 300,000-event backlog. And a count of a large backlog costs its size every
+#: second, just when the relay catches up (a mean of 26 ms in make bench's burst).
+#: So the depth is counted up to EXACT_DEPTH (0 is always exact); beyond, it is the
+#: span of queued sequence numbers, two probes of the key, which also counts the
+#: numbers rolled-back inserts skipped between them (docs/performance.md, "Issue
+#: 17, eleventh session").
+OUTBOX_STATS = f"""
+    SELECT CASE WHEN c.n <= {EXACT_DEPTH} THEN c.n
+                ELSE (SELECT max(seq) FROM event_outbox) - (SELECT min(seq) FROM event_outbox) + 1
+           END AS depth,
            coalesce(extract(epoch FROM now() - (
                SELECT created_at FROM event_outbox ORDER BY seq LIMIT 1
            )), 0)::float8 AS lag
-"""
+    FROM (SELECT count(*) AS n FROM (
+        SELECT 1 FROM event_outbox ORDER BY seq LIMIT {EXACT_DEPTH + 1}
+    ) queued) c
+"""  # noqa: S608 (a constant)
 
 
 async def outbox_stats(conn: Conn) -> tuple[int, float]:
-    """(depth, age in seconds of the next message the relay sends)."""
+    """(depth, age in seconds of the next message the relay sends): OUTBOX_STATS."""
     row = await conn.fetchrow(OUTBOX_STATS)
     assert row is not None
     return int(row["depth"]), float(row["lag"])

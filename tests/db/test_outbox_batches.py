@@ -10,7 +10,7 @@ import json
 import asyncpg
 import pytest
 
-from services.ingest.queries import OUTBOX_STATS, lock_outbox_batch, outbox_stats
+from services.ingest.queries import EXACT_DEPTH, OUTBOX_STATS, lock_outbox_batch, outbox_stats
 
 pytestmark = [pytest.mark.db]
 
@@ -74,3 +74,27 @@ async def test_the_stats_after_a_drained_backlog_read_the_live_rows_not_the_file
     # a count next to min(created_at), as before, reads every page of the file
     whole = "SELECT count(*), min(created_at) FROM event_outbox"
     assert await _pages_read(db, whole) >= pages
+
+
+async def test_a_large_backlog_is_measured_by_its_span_a_small_one_exactly(
+    db: asyncpg.Connection,
+) -> None:
+    """Up to EXACT_DEPTH queued messages are counted; beyond, the depth is the span
+    of their sequence numbers (two probes of the key, not a count every second)."""
+    queued = EXACT_DEPTH + 2000
+    await db.execute(
+        "INSERT INTO event_outbox (msg_key, payload)"
+        " SELECT 'q:' || g, '\\x00' FROM generate_series(1, $1::int) g",
+        queued,
+    )
+    first = await db.fetchval("SELECT min(seq) FROM event_outbox")
+    # a gap in the middle, as a rolled-back insert leaves: the span still counts it
+    await db.execute("DELETE FROM event_outbox WHERE seq BETWEEN $1 AND $1 + 99", first + 500)
+    await db.execute("VACUUM ANALYZE event_outbox")
+    depth, _ = await outbox_stats(db)
+    assert depth == queued
+    assert await _pages_read(db, OUTBOX_STATS) < 100
+    # at or below the bound, exact, gap and all
+    await db.execute("DELETE FROM event_outbox WHERE seq >= $1", first + EXACT_DEPTH - 1000)
+    depth, _ = await outbox_stats(db)
+    assert depth == EXACT_DEPTH - 1000 - 100

@@ -46,9 +46,10 @@ def freeze_young() -> int:
     yet frozen (few, after a collection between batches), not the millions frozen
     before. Returns what it froze."""
     global _total  # noqa: PLW0603
-    # No object is made between the count and the freeze: each list is freed by its
-    # reference count at once, and get_objects leaves out the list it builds.
-    froze = len(gc.get_objects(0)) + len(gc.get_objects(1)) + len(gc.get_objects(2))
+    # One call over every generation (none can collect in between), and no object
+    # made between the count and the freeze: get_objects leaves out the list it
+    # builds, and the list is freed by its reference count at once.
+    froze = len(gc.get_objects())
     gc.freeze()
     _total += froze
     return froze

@@ -29,7 +29,8 @@ def test_each_freeze_adds_what_gc_froze_and_reading_walks_nothing(
     kept = [[i] for i in range(20_000)]
     assert frozen_heap.frozen_total() == 0
     first = frozen_heap.freeze()
-    assert first == gc.get_freeze_count() >= 20_000
+    assert first >= 20_000
+    assert 0 <= first - gc.get_freeze_count() <= 10
     # young objects made since, cyclic garbage among them, then a collection between
     # batches and a freeze of what survived (ProgramSettler)
     kept += [[i] for i in range(5_000)]
@@ -39,7 +40,9 @@ def test_each_freeze_adds_what_gc_froze_and_reading_walks_nothing(
     gc.collect()
     second = frozen_heap.freeze_young()
     assert 5_000 <= second < 5_100
-    assert frozen_heap.frozen_total() == first + second == gc.get_freeze_count()
+    assert frozen_heap.frozen_total() == first + second
+    # gc's own count: the same, less what another thread (pytest's own) freed since
+    assert 0 <= first + second - gc.get_freeze_count() <= 10
     with monkeypatch.context() as patched:
         _no_walk(patched)
         assert frozen_heap.frozen_total() == first + second
@@ -71,4 +74,4 @@ def test_a_scrape_of_the_matcher_reads_the_kept_total(
     _no_walk(monkeypatch)
     lines = generate_latest(registry).decode().splitlines()
     assert "# TYPE erc8004_matcher_gc_frozen_objects_total counter" in lines
-    assert f"erc8004_matcher_gc_frozen_objects_total {float(froze)}" in lines
+    assert registry.get_sample_value("erc8004_matcher_gc_frozen_objects_total") == froze

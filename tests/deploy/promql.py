@@ -91,6 +91,13 @@ def families(registry: CollectorRegistry) -> dict[str, Family]:
     to read its labels from)."""
     found: dict[str, Family] = {}
     for collector in set(registry._names_to_collectors.values()):
+        if not hasattr(collector, "_name"):
+            # a collector of its own (e.g. the matcher's frozen objects): its
+            # families as it describes them, without labels
+            for family in collector.describe():  # type: ignore[attr-defined]
+                exposed = f"{family.name}_total" if family.type == "counter" else family.name
+                found[exposed] = Family(family.type, family.documentation, frozenset())
+            continue
         name, kind = getattr(collector, "_name"), getattr(collector, "_type")  # noqa: B009
         exposed = f"{name}_total" if kind == "counter" else name
         found[exposed] = Family(

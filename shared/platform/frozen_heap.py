@@ -3,10 +3,11 @@ is frozen rather than when somebody asks.
 
 CPython counts its frozen objects by walking their whole list
 (``gc.get_freeze_count``: about 10 ns an object). At a million triggers the
-matcher's frozen index is tens of millions of objects, so a gauge that asked at
-every scrape stalled the matcher's event loop for a third of a second each time:
-a benchmark polling its counters every 20 ms cut it from about 8,000 to 900
-events/s (docs/performance.md, "Issue 17, eleventh session"). Here each freeze
+matcher's frozen index is 8.4 million objects after its load, more as programs are
+compiled, so a gauge that asked at every scrape stalled the matcher's event loop
+for about 0.1 s each time: a benchmark polling its counters every 20 ms cut it
+from about 9,000 to 900 events/s (docs/performance.md, "Issue 17, eleventh
+session"). Here each freeze
 adds what it froze to a running total, and reading it costs nothing.
 
 The total counts objects as they are frozen; a frozen object freed later (by its

@@ -261,6 +261,30 @@ class OutboxRow:
     broadcast: bool
 
 
+#: The outbox is a queue read in key order, and its statistics swing. After a
+#: backlog drains and vacuum passes, it holds a handful of rows in a file that kept
+#: the backlog's size (it is never truncated). The planner spreads those rows over
+#: every page, so for any LIMIT above its row estimate it prices a read through the
+#: key above a sequential scan of the whole file and a sort: in `make bench`, after
+#: the 750,000-event burst, every relay batch then read 58,000 empty pages, 100-160
+#: ms each, where the key reads a few (docs/performance.md, "Issue 17, twelfth
+#: session"). The relay's and the statistics' transactions turn sequential scans
+#: off (for the transaction only), which leaves the key.
+KEY_ORDER_ONLY = "set_config('enable_seqscan', 'off', true)"
+
+#: The next rows' sizes, in the relay's order (under KEY_ORDER_ONLY).
+OUTBOX_SIZES = """
+    SELECT seq, octet_length(payload) AS size FROM event_outbox
+    ORDER BY seq LIMIT $1
+"""
+
+#: The rows of one batch, locked (under KEY_ORDER_ONLY).
+OUTBOX_LOCK = """
+    SELECT seq, topic, msg_key, payload, broadcast FROM event_outbox
+    WHERE seq <= $2
+    ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+
 #: Bytes of payload one relay batch takes at most (always at least one row): a
 #: batch of large events stays within memory and the send's time limit.
 RELAY_BATCH_BYTES = 16 * 1024 * 1024
@@ -272,15 +296,12 @@ async def lock_outbox_batch(
     """Inside the caller's transaction: take the relay lock and the oldest rows, at
     most ``limit`` of them and ``max_bytes`` of payload (but at least one row). None
     when another relay holds the lock."""
-    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
-        return None
-    sizes = await conn.fetch(
-        """
-        SELECT seq, octet_length(payload) AS size FROM event_outbox
-        ORDER BY seq LIMIT $1
-        """,
-        limit,
+    locked = await conn.fetchrow(
+        f"SELECT pg_try_advisory_xact_lock($1) AS locked, {KEY_ORDER_ONLY}", RELAY_LOCK
     )
+    if locked is None or not locked["locked"]:
+        return None
+    sizes = await conn.fetch(OUTBOX_SIZES, limit)
     total, last = 0, None
     for row in sizes:
         total += row["size"]
@@ -289,15 +310,7 @@ async def lock_outbox_batch(
         last = row["seq"]
     if last is None:
         return []
-    rows = await conn.fetch(
-        """
-        SELECT seq, topic, msg_key, payload, broadcast FROM event_outbox
-        WHERE seq <= $2
-        ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
-        """,
-        limit,
-        last,
-    )
+    rows = await conn.fetch(OUTBOX_LOCK, limit, last)
     return [
         OutboxRow(r["seq"], r["topic"], r["msg_key"].encode(), r["payload"], r["broadcast"])
         for r in rows
@@ -337,7 +350,9 @@ OUTBOX_STATS = f"""
 
 async def outbox_stats(conn: Conn) -> tuple[int, float]:
     """(depth, age in seconds of the next message the relay sends): OUTBOX_STATS."""
-    row = await conn.fetchrow(OUTBOX_STATS)
+    async with conn.transaction():
+        await conn.execute(f"SELECT {KEY_ORDER_ONLY}")
+        row = await conn.fetchrow(OUTBOX_STATS)
     assert row is not None
     return int(row["depth"]), float(row["lag"])
 

@@ -1,7 +1,8 @@
 """The relay's batches are bounded in bytes as well as rows: large events (texts of
 megabytes are stored as the chain has them) never make a batch that exceeds memory
 or the send's time limit; a row larger than the bound still goes, alone. The
-outbox's statistics read its live rows, not the empty pages a backlog left."""
+outbox's statistics and the relay's batches read its live rows, not the empty pages
+a backlog left."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import json
 import asyncpg
 import pytest
 
-from services.ingest.queries import EXACT_DEPTH, OUTBOX_STATS, lock_outbox_batch, outbox_stats
+from services.ingest.queries import (
+    EXACT_DEPTH,
+    OUTBOX_LOCK,
+    OUTBOX_SIZES,
+    OUTBOX_STATS,
+    lock_outbox_batch,
+    outbox_stats,
+)
 
 pytestmark = [pytest.mark.db]
 
@@ -39,9 +47,9 @@ async def test_a_batch_stops_at_its_byte_bound_but_takes_at_least_one_row(
     assert await batch(100, 100) == []
 
 
-async def _pages_read(db: asyncpg.Connection, sql: str) -> int:
+async def _pages_read(db: asyncpg.Connection, sql: str, *args: object) -> int:
     """The shared buffers ``sql`` touched (hit or read), from its plan run."""
-    plan = await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
+    plan = await db.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
     if isinstance(plan, str):  # (without the connection's json codec)
         plan = json.loads(plan)
     top = plan[0]["Plan"]
@@ -98,3 +106,36 @@ async def test_a_large_backlog_is_measured_by_its_span_a_small_one_exactly(
     await db.execute("DELETE FROM event_outbox WHERE seq >= $1", first + EXACT_DEPTH - 1000)
     depth, _ = await outbox_stats(db)
     assert depth == EXACT_DEPTH - 1000 - 100
+
+
+async def test_the_relay_reads_through_the_key_after_a_drained_backlog(
+    db: asyncpg.Connection,
+) -> None:
+    """After a backlog drains and vacuum passes, the statistics say a few rows in a
+    file of the backlog's size; the planner then prefers a sequential scan of every
+    page (and a sort) to the key for the relay's batch. The relay's transaction turns
+    that off: its reads touch a few pages, not the file."""
+    await db.execute(
+        "INSERT INTO event_outbox (msg_key, payload)"
+        " SELECT 'backlog:' || g, convert_to(repeat('x', 700), 'UTF8')"
+        " FROM generate_series(1, 20000) g"
+    )
+    await db.execute("DELETE FROM event_outbox WHERE seq < (SELECT max(seq) - 2 FROM event_outbox)")
+    await db.execute("VACUUM ANALYZE event_outbox")
+    pages = await db.fetchval("SELECT pg_relation_size('event_outbox') / 8192")
+    assert pages > 1500
+    last = await db.fetchval("SELECT max(seq) FROM event_outbox")
+    # Without the setting, the planner scans the whole file for a batch of 2,000.
+    async with db.transaction():
+        assert await _pages_read(db, OUTBOX_SIZES, 2000) >= pages
+        assert await _pages_read(db, OUTBOX_LOCK, 2000, last) >= pages
+    # The relay's own transaction: its batch is the three live rows, read through
+    # the key, as are its two statements run again in the same transaction.
+    async with db.transaction():
+        rows = await lock_outbox_batch(db, 2000)
+        assert rows is not None
+        assert [r.seq for r in rows] == [last - 2, last - 1, last]
+        assert await _pages_read(db, OUTBOX_SIZES, 2000) < 50
+        assert await _pages_read(db, OUTBOX_LOCK, 2000, last) < 50
+    # the setting ended with the transaction
+    assert await db.fetchval("SHOW enable_seqscan") == "on"

@@ -120,13 +120,19 @@ CONF
   server_tls
   log "starting PostgreSQL on 127.0.0.1:$PORT with TLS (log: $PGRUN/postgres.log)"
   # Given on the command line, so a cluster made before TLS was added gets it too.
+  # backend_flush_after: a backend that writes out pages itself (ingest's COPYs
+  # evicting dirty buffers, autovacuum through its ring) asks the kernel to write
+  # them every 256 kB, as the checkpointer and the background writer already do.
+  # Left in the page cache, they gathered into a gigabyte the kernel wrote back in
+  # one go every 30 s, and every commit's WAL flush waited 40-140 ms behind it
+  # (docs/performance.md, "Issue 17, twelfth session").
   # WAL: ingest writes every event, its outbox row and their indexes; with the
   # default max_wal_size (1GB) a sustained load forces a checkpoint every ~25 s,
   # and after each one every page's first change writes the whole page to the
   # WAL again. 4GB and 15 minutes (docs/performance.md; deploy/README.md says
   # the same for a production database).
   as_pg "$BIN/pg_ctl" -D "$DATA" -l "$PGRUN/postgres.log" -w -t 60 \
-    -o "-c ssl=on -c ssl_cert_file=$PGRUN/tls/server.pem -c ssl_key_file=$PGRUN/tls/server-key.pem -c ssl_ca_file=$PGRUN/tls/ca.pem -c max_wal_size=4GB -c checkpoint_timeout=15min" \
+    -o "-c ssl=on -c ssl_cert_file=$PGRUN/tls/server.pem -c ssl_key_file=$PGRUN/tls/server-key.pem -c ssl_ca_file=$PGRUN/tls/ca.pem -c max_wal_size=4GB -c checkpoint_timeout=15min -c backend_flush_after=256kB" \
     start >/dev/null
   local user password db
   user=$(url_part user); password=$(url_part password); db=$(url_part db)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -197,7 +198,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             say(f"sustained: {sustained_eps:.0f} events/s through the pipeline")
             t_phase2 = time.time() - sampler.t0
 
-            # 2. latency at a fixed rate
+            # 2. latency at a fixed rate. This process keeps the sustained phase's
+            # events (for the raw baselines): frozen, they are out of the reach of its
+            # full collections, which walked them for 120-160 ms, a stall of the
+            # receiver's clock when one fell inside the phase.
+            gc.collect()
+            gc.freeze()
             latency = Phase()
             gen2 = steered_load(
                 Settings(
@@ -216,7 +222,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                 latency,
             )
             say(f"latency: 1,000 events/s for {args.latency_seconds:g} s")
+            latency_window = [time.time()]
             await gen2.run(progress=True)
+            latency_window.append(time.time())
 
             async def delivered_latency() -> bool:
                 return all_delivered(deliveries, latency.owed)
@@ -237,6 +245,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             to_webhook = [
                 (first_at[job] - fired_at[job]) * 1000 for job in latency.owed if job in fired_at
             ]
+            # The slowest owed actions, each with its three times (seconds since the
+            # epoch), to lay beside the services' logs and the machine's counters.
+            slowest = sorted(
+                (
+                    {
+                        "ms": round((first_at[job] - latency.acked[eid]) * 1000, 1),
+                        "acked": round(latency.acked[eid], 4),
+                        "fired": round(fired_at[job], 4) if job in fired_at else None,
+                        "received": round(first_at[job], 4),
+                        "event_id": eid,
+                    }
+                    for job, eid in latency.owed.items()
+                ),
+                key=lambda row: -float(row["ms"] or 0),
+            )[:10]
             sampling.cancel()
             pipeline.sample()
             peaks = {n: round(s.peak_rss_mib, 1) for n, s in pipeline.services.items()}
@@ -289,6 +312,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
                     round(pct(to_webhook, 0.5), 1),
                     round(pct(to_webhook, 0.99), 1),
                 ],
+                "window": [round(t, 3) for t in latency_window],
+                "slowest": slowest,
             },
             "raw": {
                 "copy_events_per_s": round(raw_copy_rate),

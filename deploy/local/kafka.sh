@@ -113,7 +113,11 @@ start() {
   log "starting Kafka 4.3.1 (KRaft) on 127.0.0.1:$PORT (log: $KRUN/kafka.log)"
   # setsid: its own session, so a Ctrl-C meant for `make run` reaches it only
   # through our own stop, and it outlives the shell that started it.
-  setsid nohup java "${JAVA_OPTS[@]}" kafka.Kafka "$KRUN/server.properties" \
+  # The broker's GC pauses go to gc.log (three files of 10 MB at most): a pause
+  # stalls every produce and fetch, so it is the first thing to look at when the
+  # pipeline's tail latency jumps.
+  setsid nohup java "${JAVA_OPTS[@]}" "-Xlog:gc,safepoint:file=$KRUN/gc.log:time,uptime:filecount=3,filesize=10M" \
+    kafka.Kafka "$KRUN/server.properties" \
     >>"$KRUN/kafka.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   local i

@@ -201,6 +201,14 @@ async def test_a_first_load_reads_every_enabled_trigger_once_by_pages(
         return rows
 
     monkeypatch.setattr(matcher_queries, "list_triggers_after", counted)
+    read_by_id = matcher_queries.list_triggers_by_id
+    by_id: list[str] = []
+
+    async def counted_by_id(conn: asyncpg.Connection, ids: Sequence[str]) -> list[asyncpg.Record]:
+        by_id.extend(ids)
+        return await read_by_id(conn, ids)
+
+    monkeypatch.setattr(matcher_queries, "list_triggers_by_id", counted_by_id)
     pool = await create_pool(database_url, application_name="test-matcher", max_size=4)
     registry = CollectorRegistry()
     keeper = IndexKeeper(
@@ -218,12 +226,16 @@ async def test_a_first_load_reads_every_enabled_trigger_once_by_pages(
             "SELECT trigger_id FROM trigger_definitions WHERE trigger_id = any($1::text[])", made
         )
         assert {r["trigger_id"] for r in stored} == set(made)
-        # a later resync reads only what changed: nothing, then the one edited
+        # a later resync reads only what changed: nothing (the pages' fingerprints
+        # are the resync's), then the one edited
         pages.clear()
+        by_id.clear()
         await keeper.resync()
         assert pages == []
+        assert by_id == []
         await db.execute("UPDATE triggers SET name = 'renamed' WHERE id = $1", made[0])
         await keeper.resync()
+        assert by_id == [made[0]]
         assert keeper.index.get(made[0]) is not None
         assert keeper.index.get(made[0]).name == "renamed"  # type: ignore[union-attr]
     finally:

@@ -351,8 +351,11 @@ OUTBOX_STATS = f"""
 async def outbox_stats(conn: Conn) -> tuple[int, float]:
     """(depth, age in seconds of the next message the relay sends): OUTBOX_STATS."""
     async with conn.transaction():
-        await conn.execute(f"SELECT {KEY_ORDER_ONLY}")
+        # Inside a caller's transaction this is a savepoint, which a setting outlives:
+        # put back what the caller had.
+        before = await conn.fetchval(f"SELECT current_setting('enable_seqscan'), {KEY_ORDER_ONLY}")
         row = await conn.fetchrow(OUTBOX_STATS)
+        await conn.execute("SELECT set_config('enable_seqscan', $1, true)", before)
     assert row is not None
     return int(row["depth"]), float(row["lag"])
 

@@ -39,7 +39,12 @@ TRIGGERS_SQL = _TRIGGERS.format(fp="")
 #: A trigger's fingerprint: the versions of its rows, the trigger's and its
 #: conditions' and actions' (by id). Any change to any of them (whoever makes it)
 #: writes a new row version, with the writing transaction's id (``xmin``), so it
-#: changes the fingerprint; vacuum, a freeze or VACUUM FULL keep the ids. A change
+#: changes the fingerprint; vacuum, a freeze or VACUUM FULL keep the ids. The
+#: database's own triggers also move ``triggers.version`` on each change of what the
+#: matcher reads (migration 20261206100000); the children's versions still count
+#: when those did not fire (a replica's apply, triggers disabled). The version is
+#: in the text too, so that a transaction id used again after wraparound cannot
+#: match an old fingerprint by itself. A change
 #: that leaves the definition as it was still counts (the trigger is read again).
 #: Until 2026-12-08 the fingerprint was an md5 of the whole definition built as JSON
 #: for every enabled trigger: at each resync (every minute) 150-460 ms of a
@@ -47,7 +52,7 @@ TRIGGERS_SQL = _TRIGGERS.format(fp="")
 #: third of that (docs/performance.md, "Issue 17, twelfth session").
 #:
 #: For one trigger (alias ``t``), by its key:
-_ROW_VERSIONS = """md5(t.xmin::text
+_ROW_VERSIONS = """md5(t.version::text || '|' || t.xmin::text
     || '|' || coalesce((SELECT string_agg(c.id::text || '@' || c.xmin::text, ',' ORDER BY c.id)
                         FROM trigger_conditions c WHERE c.trigger_id = t.id), '')
     || '|' || coalesce((SELECT string_agg(a.id::text || '@' || a.xmin::text, ',' ORDER BY a.id)
@@ -55,7 +60,8 @@ _ROW_VERSIONS = """md5(t.xmin::text
 
 #: For every enabled trigger: the same text, the children grouped in one pass each.
 FINGERPRINTS_SQL = """
-SELECT t.id, md5(t.xmin::text || '|' || coalesce(c.v, '') || '|' || coalesce(a.v, '')) AS fp
+SELECT t.id, md5(t.version::text || '|' || t.xmin::text || '|' || coalesce(c.v, '') || '|'
+                 || coalesce(a.v, '')) AS fp
 FROM triggers t
 LEFT JOIN (SELECT trigger_id, string_agg(id::text || '@' || xmin::text, ',' ORDER BY id) AS v
            FROM trigger_conditions GROUP BY trigger_id) c ON c.trigger_id = t.id

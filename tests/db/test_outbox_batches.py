@@ -139,3 +139,15 @@ async def test_the_relay_reads_through_the_key_after_a_drained_backlog(
         assert await _pages_read(db, OUTBOX_LOCK, 2000, last) < 50
     # the setting ended with the transaction
     assert await db.fetchval("SHOW enable_seqscan") == "on"
+
+
+async def test_the_stats_inside_a_callers_transaction_leave_its_settings_alone(
+    db: asyncpg.Connection,
+) -> None:
+    """The statistics turn sequential scans off for themselves; in a caller's
+    transaction (a savepoint, which a setting outlives) the caller's value is back
+    afterwards."""
+    async with db.transaction():
+        assert await outbox_stats(db) == (0, 0.0)
+        assert await db.fetchval("SHOW enable_seqscan") == "on"
+    assert await db.fetchval("SHOW enable_seqscan") == "on"

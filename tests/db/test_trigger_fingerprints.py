@@ -41,6 +41,11 @@ async def _by_pages(db: asyncpg.Connection) -> dict[str, int]:
     return out
 
 
+async def _without_actions(db: asyncpg.Connection, trigger_id: str) -> str:
+    await db.execute("DELETE FROM trigger_actions WHERE trigger_id = $1", trigger_id)
+    return trigger_id
+
+
 async def _make(db: asyncpg.Connection) -> dict[str, str]:
     chain = random_chain()
     return {
@@ -48,7 +53,7 @@ async def _make(db: asyncpg.Connection) -> dict[str, str]:
         "wide": await insert_trigger(
             db, chain_id=chain, conditions=TWO_CONDITIONS, actions=TWO_ACTIONS
         ),
-        "bare": await insert_trigger(db, chain_id=chain, conditions=[]),
+        "bare": await _without_actions(db, await insert_trigger(db, chain_id=chain, conditions=[])),
         "other": await insert_trigger(db, chain_id=chain, conditions=TWO_CONDITIONS),
     }
 
@@ -142,6 +147,20 @@ async def test_each_change_moves_the_changed_triggers_fingerprint_only(
             ),
         ),
         (
+            "a condition written again as it was",
+            {wide},
+            lambda: db.execute(
+                "UPDATE trigger_conditions SET value = value WHERE trigger_id = $1", wide
+            ),
+        ),
+        (
+            "an action written again as it was",
+            {other},
+            lambda: db.execute(
+                "UPDATE trigger_actions SET config = config WHERE trigger_id = $1", other
+            ),
+        ),
+        (
             "a row written again as it was",
             {wide},
             lambda: db.execute("UPDATE triggers SET name = name WHERE id = $1", wide),
@@ -149,11 +168,21 @@ async def test_each_change_moves_the_changed_triggers_fingerprint_only(
     ]
     for what, moved, change in changes:
         before = await queries.trigger_fingerprints(db)
+        rows_before = await _trigger_rows(db)
         await change()
         after = await queries.trigger_fingerprints(db)
+        if "written again" in what and "row" not in what:
+            # the trigger's own row (its version, its xmin) is untouched: the
+            # children's versions alone move the fingerprint
+            assert await _trigger_rows(db) == rows_before, what
         assert {i for i in made.values() if before[i] != after[i]} == moved, what
         ids = list(made.values())
         assert await _by_id(db, ids) == {i: after[i] for i in ids}, what
+
+
+async def _trigger_rows(db: asyncpg.Connection) -> dict[str, tuple[int, str]]:
+    rows = await db.fetch("SELECT id, version, xmin::text AS x FROM triggers")
+    return {r["id"]: (r["version"], r["x"]) for r in rows}
 
 
 async def test_vacuum_leaves_the_fingerprints_as_they_were(db: asyncpg.Connection) -> None:

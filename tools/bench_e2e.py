@@ -247,19 +247,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 (one
             ]
             # The slowest owed actions, each with its three times (seconds since the
             # epoch), to lay beside the services' logs and the machine's counters.
-            slowest = sorted(
-                (
-                    {
-                        "ms": round((first_at[job] - latency.acked[eid]) * 1000, 1),
-                        "acked": round(latency.acked[eid], 4),
-                        "fired": round(fired_at[job], 4) if job in fired_at else None,
-                        "received": round(first_at[job], 4),
-                        "event_id": eid,
-                    }
-                    for job, eid in latency.owed.items()
-                ),
-                key=lambda row: -float(row["ms"] or 0),
-            )[:10]
+            by_delay = sorted(
+                latency.owed.items(), key=lambda je: latency.acked[je[1]] - first_at[je[0]]
+            )
+            slowest = [
+                {
+                    "ms": round((first_at[job] - latency.acked[eid]) * 1000, 1),
+                    "acked": round(latency.acked[eid], 4),
+                    "fired": round(fired_at[job], 4) if job in fired_at else None,
+                    "received": round(first_at[job], 4),
+                    "event_id": eid,
+                }
+                for job, eid in by_delay[:10]
+            ]
             sampling.cancel()
             pipeline.sample()
             peaks = {n: round(s.peak_rss_mib, 1) for n, s in pipeline.services.items()}

@@ -44,8 +44,8 @@ TRIGGERS_SQL = _TRIGGERS.format(fp="")
 #: matcher reads (migration 20261206100000); the children's versions still count
 #: when those did not fire (a replica's apply, triggers disabled). The version is
 #: in the text too, so that a transaction id used again after wraparound cannot
-#: match an old fingerprint by itself. A change
-#: that leaves the definition as it was still counts (the trigger is read again).
+#: match an old fingerprint by itself. A change that leaves the definition as it
+#: was still counts (the trigger is read again).
 #: Until 2026-12-08 the fingerprint was an md5 of the whole definition built as JSON
 #: for every enabled trigger: at each resync (every minute) 150-460 ms of a
 #: PostgreSQL core at 10,000 triggers, 2 s at 100,000; the versions take about a

@@ -56,20 +56,29 @@ async def _pages_read(db: asyncpg.Connection, sql: str, *args: object) -> int:
     return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
 
 
-async def test_the_stats_after_a_drained_backlog_read_the_live_rows_not_the_file(
-    db: asyncpg.Connection,
-) -> None:
-    """The outbox keeps its largest backlog's size in empty pages (it is never
-    truncated): the once-a-second depth and lag must not scan them."""
+async def _drained_backlog(db: asyncpg.Connection, keep: int) -> int:
+    """A backlog of 20,000 rows of 700 bytes, drained but for the last ``keep`` and
+    vacuumed (the statistics now say a few rows); the file's pages, still there."""
     await db.execute(
         "INSERT INTO event_outbox (msg_key, payload)"
         " SELECT 'backlog:' || g, convert_to(repeat('x', 700), 'UTF8')"
         " FROM generate_series(1, 20000) g"
     )
-    await db.execute("DELETE FROM event_outbox")
+    await db.execute(
+        "DELETE FROM event_outbox WHERE seq <= (SELECT max(seq) - $1 FROM event_outbox)", keep
+    )
     await db.execute("VACUUM ANALYZE event_outbox")
-    pages = await db.fetchval("SELECT pg_relation_size('event_outbox') / 8192")
+    pages: int = await db.fetchval("SELECT pg_relation_size('event_outbox') / 8192")
     assert pages > 1500  # the backlog's pages are still there
+    return pages
+
+
+async def test_the_stats_after_a_drained_backlog_read_the_live_rows_not_the_file(
+    db: asyncpg.Connection,
+) -> None:
+    """The outbox keeps its largest backlog's size in empty pages (it is never
+    truncated): the once-a-second depth and lag must not scan them."""
+    pages = await _drained_backlog(db, keep=0)
     assert await outbox_stats(db) == (0, 0.0)
     await db.execute(
         "INSERT INTO event_outbox (msg_key, payload, created_at) VALUES"
@@ -115,15 +124,7 @@ async def test_the_relay_reads_through_the_key_after_a_drained_backlog(
     file of the backlog's size; the planner then prefers a sequential scan of every
     page (and a sort) to the key for the relay's batch. The relay's transaction turns
     that off: its reads touch a few pages, not the file."""
-    await db.execute(
-        "INSERT INTO event_outbox (msg_key, payload)"
-        " SELECT 'backlog:' || g, convert_to(repeat('x', 700), 'UTF8')"
-        " FROM generate_series(1, 20000) g"
-    )
-    await db.execute("DELETE FROM event_outbox WHERE seq < (SELECT max(seq) - 2 FROM event_outbox)")
-    await db.execute("VACUUM ANALYZE event_outbox")
-    pages = await db.fetchval("SELECT pg_relation_size('event_outbox') / 8192")
-    assert pages > 1500
+    pages = await _drained_backlog(db, keep=3)
     last = await db.fetchval("SELECT max(seq) FROM event_outbox")
     # Without the setting, the planner scans the whole file for a batch of 2,000.
     async with db.transaction():

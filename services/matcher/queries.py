@@ -51,24 +51,32 @@ TRIGGERS_SQL = _TRIGGERS.format(fp="")
 #: PostgreSQL core at 10,000 triggers, 2 s at 100,000; the versions take about a
 #: third of that (docs/performance.md, "Issue 17, twelfth session").
 #:
-#: For one trigger (alias ``t``), by its key:
-_ROW_VERSIONS = """md5(t.version::text || '|' || t.xmin::text
-    || '|' || coalesce((SELECT string_agg(c.id::text || '@' || c.xmin::text, ',' ORDER BY c.id)
-                        FROM trigger_conditions c WHERE c.trigger_id = t.id), '')
-    || '|' || coalesce((SELECT string_agg(a.id::text || '@' || a.xmin::text, ',' ORDER BY a.id)
-                        FROM trigger_actions a WHERE a.trigger_id = t.id), ''))"""
+#: The text hashed, written once for the two forms below: ``{conditions}`` and
+#: ``{actions}`` are each child table's versions of the trigger ``t``.
+_FINGERPRINT = (
+    "md5(t.version::text || '|' || t.xmin::text"
+    " || '|' || coalesce({conditions}, '') || '|' || coalesce({actions}, ''))"
+)
+#: One child table's rows of a trigger, as ``id@xmin`` in id order.
+_CHILD_VERSIONS = "string_agg(id::text || '@' || xmin::text, ',' ORDER BY id)"
+
+#: For one trigger (alias ``t``), by its key: each child table read for it alone.
+#: (Composed from the constants above only, as is FINGERPRINTS_SQL.)
+_ROW_VERSIONS = _FINGERPRINT.format(
+    conditions=f"(SELECT {_CHILD_VERSIONS} FROM trigger_conditions WHERE trigger_id = t.id)",  # noqa: S608
+    actions=f"(SELECT {_CHILD_VERSIONS} FROM trigger_actions WHERE trigger_id = t.id)",  # noqa: S608
+)
 
 #: For every enabled trigger: the same text, the children grouped in one pass each.
-FINGERPRINTS_SQL = """
-SELECT t.id, md5(t.version::text || '|' || t.xmin::text || '|' || coalesce(c.v, '') || '|'
-                 || coalesce(a.v, '')) AS fp
+FINGERPRINTS_SQL = f"""
+SELECT t.id, {_FINGERPRINT.format(conditions="c.v", actions="a.v")} AS fp
 FROM triggers t
-LEFT JOIN (SELECT trigger_id, string_agg(id::text || '@' || xmin::text, ',' ORDER BY id) AS v
+LEFT JOIN (SELECT trigger_id, {_CHILD_VERSIONS} AS v
            FROM trigger_conditions GROUP BY trigger_id) c ON c.trigger_id = t.id
-LEFT JOIN (SELECT trigger_id, string_agg(id::text || '@' || xmin::text, ',' ORDER BY id) AS v
+LEFT JOIN (SELECT trigger_id, {_CHILD_VERSIONS} AS v
            FROM trigger_actions GROUP BY trigger_id) a ON a.trigger_id = t.id
 WHERE t.enabled
-"""
+"""  # noqa: S608
 
 _WITH_FP = _TRIGGERS.format(fp=",\n       " + _ROW_VERSIONS + " AS fp")
 BY_ID_SQL = _WITH_FP + " AND t.id = any($1::text[])"
